@@ -1,0 +1,505 @@
+//! Configuration: flags > `OXIBASE_*` environment > TOML file > defaults.
+//!
+//! The file layer is deserialized straight into [`Config`] (missing keys take their
+//! defaults); the flag/env layer is clap's (`ServeArgs`), whose `Some` values override.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The Supabase CLI's well-known local JWT secret. With it, the CLI's published anon and
+/// service_role keys verify, so `supabase start` habits work unchanged.
+pub const DEFAULT_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+
+/// A value that must never reach a log line: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret<T>(pub T);
+
+impl<T> Secret<T> {
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the API listens on. Loopback only by default (both families, because
+    /// `localhost` may resolve to either).
+    pub bind: Vec<String>,
+    /// The one HTTP port serving every API.
+    pub port: u16,
+    /// Postgres data, stored objects and logs live here.
+    pub data_dir: PathBuf,
+    /// An external database; when set, no PostgreSQL is started.
+    pub database_url: Option<Secret<String>>,
+    /// Port of the embedded PostgreSQL (127.0.0.1 only).
+    pub db_port: u16,
+    /// Directory holding `initdb`/`postgres`; found automatically when unset.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Size of the request connection pool.
+    pub db_pool_size: usize,
+    /// fsync in the embedded PostgreSQL; off trades crash safety for speed (tests).
+    pub db_fsync: bool,
+    /// HS256 secret that signs and verifies JWTs.
+    pub jwt_secret: Secret<String>,
+    /// Lifetime of issued access tokens, in seconds.
+    pub jwt_expiry: u64,
+    /// A JSON file with a JWK or an array of JWKs (private or public, RS256/ES256) that
+    /// oxibase also trusts; a private key there signs issued access tokens.
+    pub jwt_keys_file: Option<PathBuf>,
+    /// The URL clients reach this server at (used in `iss`, links); defaults to
+    /// `http://127.0.0.1:<port>`.
+    pub api_external_url: Option<String>,
+    /// Largest request body accepted by JSON APIs, in bytes.
+    pub max_body_bytes: usize,
+    /// Log filter (tracing's EnvFilter syntax).
+    pub log: String,
+    pub rest: RestConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestConfig {
+    /// Schemas exposed through /rest/v1; the first is the default profile.
+    pub schemas: Vec<String>,
+    /// Schemas appended to the search_path of each request.
+    pub extra_search_path: Vec<String>,
+    /// Upper bound on rows a read returns (none by default).
+    pub max_rows: Option<u64>,
+    /// Allow `Accept: application/vnd.pgrst.plan` (EXPLAIN). Off by default, as in Supabase.
+    pub db_plan_enabled: bool,
+    /// Allow aggregate functions in `select`.
+    pub db_aggregates_enabled: bool,
+    /// Allow `Prefer: tx=rollback` to override commit.
+    pub db_tx_allow_override: bool,
+    /// statement_timeout for anon/authenticated requests, in milliseconds (0 = none).
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where email links send users.
+    pub site_url: String,
+    /// Extra allowed redirect URLs.
+    pub additional_redirect_urls: Vec<String>,
+    /// Sign-ups confirm immediately (as `supabase start`).
+    pub autoconfirm: bool,
+    pub disable_signup: bool,
+    pub anonymous_sign_ins: bool,
+    pub minimum_password_length: usize,
+    /// Seconds an already-rotated refresh token may still be reused.
+    pub refresh_token_reuse_interval: u64,
+    /// SMTP server URL (`smtp://user:pass@host:port`); when unset mail goes to the log and
+    /// the local inbox.
+    pub smtp_url: Option<Secret<String>>,
+    pub smtp_sender: String,
+    /// Requests per hour per IP for sign-up/sign-in/OTP/verify.
+    pub rate_limit_per_hour: u32,
+    /// Emails sent per hour per address.
+    pub email_rate_limit_per_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file:///path`, `s3://bucket` (AWS_* variables) or `memory://`; local files under
+    /// `<data_dir>/storage` when unset.
+    pub url: Option<String>,
+    /// Global upload limit, in bytes.
+    pub file_size_limit: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: vec!["127.0.0.1".into(), "::1".into()],
+            port: 54321,
+            data_dir: PathBuf::from("./.oxibase"),
+            database_url: None,
+            db_port: 54322,
+            pg_bin_dir: None,
+            db_pool_size: 16,
+            db_fsync: true,
+            jwt_secret: Secret(DEFAULT_JWT_SECRET.to_string()),
+            jwt_expiry: 3600,
+            jwt_keys_file: None,
+            api_external_url: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            log: "info".into(),
+            rest: RestConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            schemas: vec!["public".into(), "graphql_public".into()],
+            extra_search_path: vec!["public".into(), "extensions".into()],
+            max_rows: None,
+            db_plan_enabled: false,
+            db_aggregates_enabled: false,
+            db_tx_allow_override: false,
+            statement_timeout_ms: 8000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            site_url: "http://localhost:3000".into(),
+            additional_redirect_urls: vec![],
+            autoconfirm: true,
+            disable_signup: false,
+            anonymous_sign_ins: true,
+            minimum_password_length: 6,
+            refresh_token_reuse_interval: 10,
+            smtp_url: None,
+            smtp_sender: "noreply@oxibase.local".into(),
+            rate_limit_per_hour: 1000,
+            email_rate_limit_per_hour: 100,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: None, file_size_limit: 50 * 1024 * 1024 }
+    }
+}
+
+/// Flags and their `OXIBASE_*` environment variables (clap gives flags precedence).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (default: ./oxibase.toml when present).
+    #[arg(long, env = "OXIBASE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Listen addresses, comma separated.
+    #[arg(long, env = "OXIBASE_BIND", value_delimiter = ',', global = true)]
+    pub bind: Option<Vec<String>>,
+    /// API port.
+    #[arg(long, env = "OXIBASE_PORT", global = true)]
+    pub port: Option<u16>,
+    /// Data directory.
+    #[arg(long, env = "OXIBASE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// External database URL (no embedded PostgreSQL is started).
+    #[arg(long, env = "OXIBASE_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Embedded PostgreSQL port.
+    #[arg(long, env = "OXIBASE_DB_PORT", global = true)]
+    pub db_port: Option<u16>,
+    /// Directory with the PostgreSQL binaries.
+    #[arg(long, env = "OXIBASE_PG_BIN_DIR", global = true)]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// HS256 JWT secret.
+    #[arg(long, env = "OXIBASE_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// JWK file of extra trusted (and, if private, signing) keys.
+    #[arg(long, env = "OXIBASE_JWT_KEYS_FILE", global = true)]
+    pub jwt_keys_file: Option<PathBuf>,
+    /// Object storage URL.
+    #[arg(long, env = "OXIBASE_STORAGE_URL", global = true)]
+    pub storage_url: Option<String>,
+    /// Schemas exposed by /rest/v1, comma separated.
+    #[arg(long, env = "OXIBASE_REST_SCHEMAS", value_delimiter = ',', global = true)]
+    pub rest_schemas: Option<Vec<String>>,
+    /// Log filter.
+    #[arg(long, env = "OXIBASE_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merge every layer. `default_file` is `./oxibase.toml`, read only when present.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => {
+                let default = Path::new("oxibase.toml");
+                if default.exists() {
+                    Self::from_file(default)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        cfg.apply(args);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    /// Overlay the flag/env layer.
+    pub fn apply(&mut self, a: &ServeArgs) {
+        if let Some(v) = &a.bind {
+            self.bind = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = a.port {
+            self.port = v;
+        }
+        if let Some(v) = &a.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &a.database_url {
+            self.database_url = Some(Secret(v.clone()));
+        }
+        if let Some(v) = a.db_port {
+            self.db_port = v;
+        }
+        if let Some(v) = &a.pg_bin_dir {
+            self.pg_bin_dir = Some(v.clone());
+        }
+        if let Some(v) = &a.jwt_secret {
+            self.jwt_secret = Secret(v.clone());
+        }
+        if let Some(v) = &a.jwt_keys_file {
+            self.jwt_keys_file = Some(v.clone());
+        }
+        if let Some(v) = &a.storage_url {
+            self.storage.url = Some(v.clone());
+        }
+        if let Some(v) = &a.rest_schemas {
+            self.rest.schemas = v.iter().map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(v) = &a.log {
+            self.log = v.clone();
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bind.is_empty() {
+            return Err(ConfigError::Invalid("bind: at least one address is needed".into()));
+        }
+        for b in &self.bind {
+            let ip: IpAddr = b.parse().map_err(|_| {
+                ConfigError::Invalid(format!("bind: '{b}' is not an IP address"))
+            })?;
+            if !ip.is_loopback() && self.jwt_secret.expose() == DEFAULT_JWT_SECRET {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to listen on {b}: the JWT secret is the Supabase CLI's well-known \
+                     local secret, so anyone could mint service_role tokens. Set \
+                     OXIBASE_JWT_SECRET (32+ characters) or bind a loopback address."
+                )));
+            }
+        }
+        if self.jwt_secret.expose().len() < 32 {
+            return Err(ConfigError::Invalid("jwt_secret must be at least 32 characters".into()));
+        }
+        if self.rest.schemas.is_empty() {
+            return Err(ConfigError::Invalid("rest.schemas: at least one schema is needed".into()));
+        }
+        if self.db_pool_size == 0 {
+            return Err(ConfigError::Invalid("db_pool_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn external_url(&self) -> String {
+        self.api_external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+
+    /// The effective configuration as TOML, secrets shown as `***`.
+    pub fn dump(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        redact(&mut v, &["jwt_secret", "database_url", "smtp_url"]);
+        let t = json_to_toml(&v).expect("object");
+        toml::to_string_pretty(&t).expect("toml")
+    }
+
+    /// Every key path (`rest.max_rows`), for keeping config.example.toml in step.
+    pub fn key_paths() -> Vec<String> {
+        let v = serde_json::to_value(Config::default()).expect("config serializes");
+        let mut out = vec![];
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            if let serde_json::Value::Object(m) = v {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    if v.is_object() {
+                        walk(&p, v, out);
+                    } else {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        walk("", &v, &mut out);
+        out
+    }
+}
+
+fn redact(v: &mut serde_json::Value, keys: &[&str]) {
+    if let serde_json::Value::Object(m) = v {
+        for (k, val) in m.iter_mut() {
+            if keys.contains(&k.as_str()) && !val.is_null() {
+                *val = serde_json::Value::String("***".into());
+            } else {
+                redact(val, keys);
+            }
+        }
+    }
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(m) => {
+            let mut t = toml::map::Map::new();
+            for (k, v) in m {
+                if let Some(tv) = json_to_toml(v) {
+                    t.insert(k.clone(), tv);
+                }
+            }
+            toml::Value::Table(t)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn precedence_flags_over_file_over_defaults() {
+        let mut cfg = Config::from_toml("port = 1111\ndb_port = 2222\n[rest]\nmax_rows = 5\n").unwrap();
+        assert_eq!(cfg.port, 1111);
+        assert_eq!(cfg.rest.max_rows, Some(5));
+        assert_eq!(cfg.data_dir, PathBuf::from("./.oxibase"));
+        let args = ServeArgs { port: Some(3333), ..Default::default() };
+        cfg.apply(&args);
+        assert_eq!(cfg.port, 3333, "flag/env beats file");
+        assert_eq!(cfg.db_port, 2222, "file beats default");
+    }
+
+    #[test]
+    fn env_layer_is_read_and_flags_beat_env() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        // clap reads env for the flag layer; a flag given on the command line wins.
+        std::env::set_var("OXIBASE_DB_PORT", "4444");
+        std::env::set_var("OXIBASE_LOG", "debug");
+        let t = T::parse_from(["x", "--log", "warn"]);
+        std::env::remove_var("OXIBASE_DB_PORT");
+        std::env::remove_var("OXIBASE_LOG");
+        assert_eq!(t.a.db_port, Some(4444));
+        assert_eq!(t.a.log.as_deref(), Some("warn"));
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_are_errors() {
+        assert!(Config::from_toml("prot = 1").unwrap_err().contains("unknown field"));
+        assert!(Config::from_toml("port = \"x\"").is_err());
+        assert!(Config::from_toml("port = 99999").is_err());
+    }
+
+    #[test]
+    fn well_known_secret_refuses_public_bind() {
+        let mut cfg = Config::default();
+        cfg.bind = vec!["0.0.0.0".into()];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("refusing"), "{err}");
+        cfg.jwt_secret = Secret("a-different-secret-that-is-long-enough-xx".into());
+        cfg.validate().unwrap();
+        cfg.bind = vec!["localhost".into()];
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn dump_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.database_url = Some(Secret("postgres://u:pw@h/db".into()));
+        let d = cfg.dump();
+        assert!(!d.contains(DEFAULT_JWT_SECRET));
+        assert!(!d.contains("pw@h"));
+        assert!(d.contains("jwt_secret = \"***\""));
+        assert!(format!("{cfg:?}").contains("***"));
+    }
+
+    #[test]
+    fn example_file_documents_every_key() {
+        let text = include_str!("../config.example.toml");
+        // Keys appear as `key = value` or, for optional ones, `# key = value`, under [section].
+        let mut section = String::new();
+        let mut documented = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let l = line.trim();
+            if l.starts_with('[') && l.ends_with(']') {
+                section = l.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
+            let l = l.strip_prefix("# ").unwrap_or(l);
+            if let Some((k, _)) = l.split_once(" = ") {
+                if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    documented.insert(if section.is_empty() { k.to_string() } else { format!("{section}.{k}") });
+                }
+            }
+        }
+        let keys: std::collections::BTreeSet<String> = Config::key_paths().into_iter().collect();
+        assert_eq!(documented, keys, "config.example.toml and Config disagree");
+        // And the uncommented part of the example parses as a Config.
+        Config::from_toml(text).unwrap();
+    }
+}

@@ -1,0 +1,93 @@
+//! The database: embedded PostgreSQL, migrations, the request pool, and the one place that
+//! hands a request's role and claims to PostgreSQL.
+
+pub mod embedded_pg;
+pub mod migrate;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Transaction;
+use tokio_postgres::NoTls;
+
+use crate::http::apikey::AuthContext;
+
+/// A PostgreSQL error as one line: message, then detail and hint when present.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!("; at {w}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+pub fn make_pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
+    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(mgr).max_size(size).build().expect("pool config is valid")
+}
+
+/// Extra request GUCs (PostgREST sets these so SQL can read the request).
+#[derive(Default)]
+pub struct RequestGucs<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// JSON object of lower-cased request headers.
+    pub headers: Option<&'a str>,
+    pub search_path: Option<&'a str>,
+    /// statement_timeout in ms, or None to leave it.
+    pub statement_timeout_ms: Option<u64>,
+}
+
+/// Begin the request's transaction and, in the same round trip, become its role with its
+/// claims. Every API that runs caller work goes through here, so RLS always sees
+/// `auth.uid()`, `auth.role()` and `auth.jwt()`.
+pub async fn begin_as<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    ctx: &AuthContext,
+    gucs: &RequestGucs<'_>,
+    read_only: bool,
+) -> Result<Transaction<'c>, tokio_postgres::Error> {
+    let tx = client.build_transaction().read_only(read_only).start().await?;
+    set_role_and_claims(&tx, ctx, gucs).await?;
+    Ok(tx)
+}
+
+pub async fn set_role_and_claims(
+    tx: &tokio_postgres::Transaction<'_>,
+    ctx: &AuthContext,
+    gucs: &RequestGucs<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let claims = ctx.claims.to_string();
+    let sub = ctx.claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+    let role = ctx.role.as_str();
+    let timeout = gucs.statement_timeout_ms.map(|t| t.to_string()).unwrap_or_default();
+    tx.execute(
+        "select set_config('role', $1, true),
+                set_config('request.jwt.claims', $2, true),
+                set_config('request.jwt.claim.sub', $3, true),
+                set_config('request.jwt.claim.role', $1, true),
+                set_config('request.method', $4, true),
+                set_config('request.path', $5, true),
+                set_config('request.headers', $6, true),
+                case when $7 = '' then '' else set_config('search_path', $7, true) end,
+                case when $8 = '' then '' else set_config('statement_timeout', $8, true) end",
+        &[
+            &role,
+            &claims,
+            &sub,
+            &gucs.method,
+            &gucs.path,
+            &gucs.headers.unwrap_or("{}"),
+            &gucs.search_path.unwrap_or(""),
+            &timeout,
+        ],
+    )
+    .await?;
+    Ok(())
+}

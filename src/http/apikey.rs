@@ -1,0 +1,172 @@
+//! Who is calling: the `Authorization: Bearer` token, else the `apikey` header (or query
+//! parameter, for WebSockets), mapped to a database role and claims. A request with no key
+//! at all is `anon` (the postgrest-js suite sends none). Each API turns a [`JwtError`] into
+//! its own error shape.
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::jwt::{JwtError, JwtKeys};
+
+/// The database role a request runs as (the JWT's `role` claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role(pub String);
+
+impl Role {
+    pub fn anon() -> Role {
+        Role("anon".into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// service_role and supabase_admin bypass RLS and may use admin routes.
+    pub fn is_service(&self) -> bool {
+        matches!(self.0.as_str(), "service_role" | "supabase_admin")
+    }
+    pub fn is_anon(&self) -> bool {
+        self.0 == "anon"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthContext {
+    pub role: Role,
+    /// The verified claims (for API keys, the key's own claims).
+    pub claims: Value,
+    /// The raw bearer token, when one was sent.
+    pub token: Option<String>,
+}
+
+impl AuthContext {
+    pub fn anon() -> AuthContext {
+        AuthContext { role: Role::anon(), claims: json!({"role": "anon"}), token: None }
+    }
+    pub fn service() -> AuthContext {
+        AuthContext { role: Role("service_role".into()), claims: json!({"role": "service_role"}), token: None }
+    }
+    /// The user id (`sub`), for tokens issued to a user.
+    pub fn user_id(&self) -> Option<uuid::Uuid> {
+        self.claims.get("sub")?.as_str()?.parse().ok()
+    }
+}
+
+/// New-style API keys: publishable (anon) and secret (service_role).
+#[derive(Debug, Clone)]
+pub struct OpaqueKeys {
+    pub publishable: String,
+    pub secret: String,
+}
+
+impl OpaqueKeys {
+    /// The well-known local pair for the default secret; otherwise keys derived from the
+    /// secret, so every process sharing a secret agrees on them.
+    pub fn for_secret(secret: &str) -> OpaqueKeys {
+        if secret == crate::config::DEFAULT_JWT_SECRET {
+            return OpaqueKeys {
+                publishable: "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH".into(),
+                secret: "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz".into(),
+            };
+        }
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let derive = |label: &str| {
+            let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+            m.update(label.as_bytes());
+            let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
+            b[..31].to_string()
+        };
+        OpaqueKeys {
+            publishable: format!("sb_publishable_{}", derive("publishable")),
+            secret: format!("sb_secret_{}", derive("secret")),
+        }
+    }
+}
+
+pub struct KeyRing {
+    pub jwt: JwtKeys,
+    pub opaque: OpaqueKeys,
+}
+
+impl KeyRing {
+    /// Map one presented credential to a role and claims.
+    pub fn resolve(&self, token: &str) -> Result<AuthContext, JwtError> {
+        let token = token.trim();
+        if token.starts_with("sb_") {
+            let role = if token == self.opaque.publishable {
+                "anon"
+            } else if token == self.opaque.secret {
+                "service_role"
+            } else {
+                return Err(JwtError::InvalidApiKey);
+            };
+            return Ok(AuthContext { role: Role(role.into()), claims: json!({"role": role}), token: None });
+        }
+        let claims = self.jwt.verify(token)?;
+        let role = claims.get("role").and_then(Value::as_str).unwrap_or("anon").to_string();
+        Ok(AuthContext { role: Role(role), claims, token: Some(token.to_string()) })
+    }
+
+    /// Authenticate a request from its headers (and, for WebSockets, its query string).
+    pub fn authenticate(&self, headers: &HeaderMap, query_apikey: Option<&str>) -> Result<AuthContext, JwtError> {
+        if let Some(bearer) = bearer(headers) {
+            return self.resolve(bearer);
+        }
+        if let Some(k) = headers.get("apikey").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()) {
+            return self.resolve(k);
+        }
+        if let Some(k) = query_apikey.filter(|s| !s.is_empty()) {
+            return self.resolve(k);
+        }
+        Ok(AuthContext::anon())
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_JWT_SECRET;
+
+    fn ring() -> KeyRing {
+        KeyRing { jwt: JwtKeys::new(DEFAULT_JWT_SECRET), opaque: OpaqueKeys::for_secret(DEFAULT_JWT_SECRET) }
+    }
+
+    #[test]
+    fn no_key_is_anon_and_opaque_keys_map_to_roles() {
+        let r = ring();
+        let h = HeaderMap::new();
+        assert_eq!(r.authenticate(&h, None).unwrap().role.as_str(), "anon");
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz".parse().unwrap());
+        assert_eq!(r.authenticate(&h, None).unwrap().role.as_str(), "service_role");
+        let mut h = HeaderMap::new();
+        h.insert("apikey", "sb_publishable_nope".parse().unwrap());
+        assert_eq!(r.authenticate(&h, None).unwrap_err(), JwtError::InvalidApiKey);
+    }
+
+    #[test]
+    fn bearer_wins_over_apikey() {
+        let r = ring();
+        let user = r.jwt.sign_hs256(&json!({"role":"authenticated","sub":"7f1b7c3e-6a39-4d2b-9a55-0e0c1d7e2f11"}));
+        let mut h = HeaderMap::new();
+        h.insert("apikey", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH".parse().unwrap());
+        h.insert("authorization", format!("Bearer {user}").parse().unwrap());
+        let ctx = r.authenticate(&h, None).unwrap();
+        assert_eq!(ctx.role.as_str(), "authenticated");
+        assert!(ctx.user_id().is_some());
+    }
+
+    #[test]
+    fn derived_opaque_keys_differ_per_secret() {
+        let a = OpaqueKeys::for_secret("x".repeat(40).as_str());
+        let b = OpaqueKeys::for_secret("y".repeat(40).as_str());
+        assert_ne!(a.publishable, b.publishable);
+        assert!(a.secret.starts_with("sb_secret_"));
+    }
+}

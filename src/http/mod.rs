@@ -1,0 +1,80 @@
+//! HTTP plumbing shared by every API: body types, responses, CORS, the router and server.
+
+pub mod apikey;
+pub mod body;
+pub mod cors;
+pub mod router;
+pub mod server;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: buffered or streamed.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type Req = hyper::Request<hyper::body::Incoming>;
+pub type Resp = Response<Body>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Stream a body from any `Stream<Item = Result<Bytes, E>>`.
+pub fn stream<S, E>(s: S) -> Body
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + Sync + 'static,
+    E: Into<BoxError> + 'static,
+{
+    use futures::TryStreamExt;
+    http_body_util::StreamBody::new(s.map_ok(hyper::body::Frame::data).map_err(Into::into)).boxed()
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
+    let mut r = Response::new(full(serde_json::to_vec(value).expect("json serializes")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn status_response(status: StatusCode) -> Resp {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    r
+}
+
+/// Errors of each API implement this, so one function turns any of them into a response
+/// and logs internal detail once (never to the client).
+pub trait ApiError: std::fmt::Debug {
+    fn status(&self) -> StatusCode;
+    fn body(&self) -> serde_json::Value;
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![]
+    }
+    /// Detail for the log only (internal errors); never sent to the client.
+    fn log_detail(&self) -> Option<String> {
+        None
+    }
+}
+
+pub fn error_response<E: ApiError>(e: &E) -> Resp {
+    if let Some(detail) = e.log_detail() {
+        tracing::error!(status = e.status().as_u16(), detail = %detail, "internal error");
+    }
+    let mut r = json_response(e.status(), &e.body());
+    for (k, v) in e.headers() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+/// Query-string pairs, form-decoded (`+` is a space), keys kept in order with repeats.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+}

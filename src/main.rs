@@ -1,0 +1,86 @@
+//! Thin entry point: parse the command line, set up logging, hand over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use oxibase::cli::{keys_text, Cli, Command};
+use oxibase::{Config, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli.args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("oxibase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Keys => {
+            print!("{}", keys_text(&cfg, &cfg.external_url()));
+            ExitCode::SUCCESS
+        }
+        Command::Config { .. } => {
+            print!("{}", cfg.dump());
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => rt.block_on(migrate(cfg)),
+        Command::Serve => rt.block_on(serve(cfg)),
+    }
+}
+
+fn progress() -> oxibase::Progress {
+    Arc::new(|line: &str| eprintln!("{line}"))
+}
+
+async fn migrate(mut cfg: Config) -> ExitCode {
+    // Start the database and apply migrations without serving: bind nothing public.
+    cfg.port = 0;
+    cfg.bind = vec!["127.0.0.1".into()];
+    match Server::start(cfg, progress()).await {
+        Ok(s) => {
+            eprintln!("Migrations are up to date.");
+            s.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxibase: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> ExitCode {
+    let server = match Server::start(cfg.clone(), progress()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("oxibase: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listening: Vec<String> = server.addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(addrs = %listening.join(", "), "listening");
+    let mut shown = cfg.clone();
+    shown.port = server.port();
+    println!("oxibase is running.\n\n{}", keys_text(&shown, &shown.external_url()));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

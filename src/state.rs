@@ -1,0 +1,31 @@
+//! Everything a handler needs, built once at start and shared (no globals).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+
+use crate::config::Config;
+use crate::http::apikey::KeyRing;
+
+pub struct Inner {
+    pub config: Config,
+    /// Request connections (the `authenticator` role, switching per transaction).
+    pub pool: Pool,
+    pub keys: KeyRing,
+    pub rest: crate::rest::State,
+    pub auth: crate::auth::State,
+    pub storage: crate::storage::State,
+    pub realtime: crate::realtime::State,
+    pub functions: crate::functions::State,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
