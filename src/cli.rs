@@ -8,7 +8,11 @@ use crate::http::apikey::OpaqueKeys;
 use crate::jwt::JwtKeys;
 
 #[derive(Debug, Parser)]
-#[command(name = "oxibase", version, about = "One binary that serves the Supabase APIs on a real PostgreSQL")]
+#[command(
+    name = "oxibase",
+    version,
+    about = "One binary that serves the Supabase APIs on a real PostgreSQL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -43,7 +47,9 @@ pub fn api_keys(cfg: &Config) -> (String, String) {
         return (WELL_KNOWN_ANON.into(), WELL_KNOWN_SERVICE.into());
     }
     let k = JwtKeys::new(secret);
-    let key = |role: &str| k.sign_hs256(&json!({"iss": "supabase-demo", "role": role, "exp": 1983812996}));
+    let key = |role: &str| {
+        k.sign_hs256(&json!({"iss": "supabase-demo", "role": role, "exp": 1983812996}))
+    };
     (key("anon"), key("service_role"))
 }
 
@@ -84,7 +90,10 @@ mod tests {
         let mut cfg = Config::default();
         cfg.jwt_secret = crate::config::Secret("q".repeat(40));
         let (a, _) = api_keys(&cfg);
-        assert_eq!(JwtKeys::new(&"q".repeat(40)).verify(&a).unwrap()["role"], "anon");
+        assert_eq!(
+            JwtKeys::new(&"q".repeat(40)).verify(&a).unwrap()["role"],
+            "anon"
+        );
         assert!(!keys_text(&cfg, "x").contains(&"q".repeat(40)));
     }
 }

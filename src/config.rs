@@ -184,7 +184,10 @@ impl Default for AuthConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: None, file_size_limit: 50 * 1024 * 1024 }
+        StorageConfig {
+            url: None,
+            file_size_limit: 50 * 1024 * 1024,
+        }
     }
 }
 
@@ -204,7 +207,12 @@ pub struct ServeArgs {
     #[arg(long, env = "OXIBASE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// External database URL (no embedded PostgreSQL is started).
-    #[arg(long, env = "OXIBASE_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OXIBASE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Embedded PostgreSQL port.
     #[arg(long, env = "OXIBASE_DB_PORT", global = true)]
@@ -213,7 +221,12 @@ pub struct ServeArgs {
     #[arg(long, env = "OXIBASE_PG_BIN_DIR", global = true)]
     pub pg_bin_dir: Option<PathBuf>,
     /// HS256 JWT secret.
-    #[arg(long, env = "OXIBASE_JWT_SECRET", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OXIBASE_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// JWK file of extra trusted (and, if private, signing) keys.
     #[arg(long, env = "OXIBASE_JWT_KEYS_FILE", global = true)]
@@ -222,7 +235,12 @@ pub struct ServeArgs {
     #[arg(long, env = "OXIBASE_STORAGE_URL", global = true)]
     pub storage_url: Option<String>,
     /// Schemas exposed by /rest/v1, comma separated.
-    #[arg(long, env = "OXIBASE_REST_SCHEMAS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "OXIBASE_REST_SCHEMAS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub rest_schemas: Option<Vec<String>>,
     /// Log filter.
     #[arg(long, env = "OXIBASE_LOG", global = true)]
@@ -232,7 +250,10 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -259,9 +280,14 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
@@ -271,7 +297,11 @@ impl Config {
     /// Overlay the flag/env layer.
     pub fn apply(&mut self, a: &ServeArgs) {
         if let Some(v) = &a.bind {
-            self.bind = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            self.bind = v
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if let Some(v) = a.port {
             self.port = v;
@@ -279,7 +309,7 @@ impl Config {
         if let Some(v) = &a.data_dir {
             self.data_dir = v.clone();
         }
-        if let Some(v) = &a.database_url {
+        if let Some(v) = a.database_url.as_ref().filter(|v| !v.is_empty()) {
             self.database_url = Some(Secret(v.clone()));
         }
         if let Some(v) = a.db_port {
@@ -288,7 +318,8 @@ impl Config {
         if let Some(v) = &a.pg_bin_dir {
             self.pg_bin_dir = Some(v.clone());
         }
-        if let Some(v) = &a.jwt_secret {
+        // An empty variable (OXIBASE_JWT_SECRET=) counts as unset.
+        if let Some(v) = a.jwt_secret.as_ref().filter(|v| !v.is_empty()) {
             self.jwt_secret = Secret(v.clone());
         }
         if let Some(v) = &a.jwt_keys_file {
@@ -307,12 +338,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bind.is_empty() {
-            return Err(ConfigError::Invalid("bind: at least one address is needed".into()));
+            return Err(ConfigError::Invalid(
+                "bind: at least one address is needed".into(),
+            ));
         }
         for b in &self.bind {
-            let ip: IpAddr = b.parse().map_err(|_| {
-                ConfigError::Invalid(format!("bind: '{b}' is not an IP address"))
-            })?;
+            let ip: IpAddr = b
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("bind: '{b}' is not an IP address")))?;
             if !ip.is_loopback() && self.jwt_secret.expose() == DEFAULT_JWT_SECRET {
                 return Err(ConfigError::Invalid(format!(
                     "refusing to listen on {b}: the JWT secret is the Supabase CLI's well-known \
@@ -322,13 +355,19 @@ impl Config {
             }
         }
         if self.jwt_secret.expose().len() < 32 {
-            return Err(ConfigError::Invalid("jwt_secret must be at least 32 characters".into()));
+            return Err(ConfigError::Invalid(
+                "jwt_secret must be at least 32 characters".into(),
+            ));
         }
         if self.rest.schemas.is_empty() {
-            return Err(ConfigError::Invalid("rest.schemas: at least one schema is needed".into()));
+            return Err(ConfigError::Invalid(
+                "rest.schemas: at least one schema is needed".into(),
+            ));
         }
         if self.db_pool_size == 0 {
-            return Err(ConfigError::Invalid("db_pool_size must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "db_pool_size must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -360,7 +399,11 @@ impl Config {
         fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
             if let serde_json::Value::Object(m) = v {
                 for (k, v) in m {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     if v.is_object() {
                         walk(&p, v, out);
                     } else {
@@ -420,11 +463,15 @@ mod tests {
 
     #[test]
     fn precedence_flags_over_file_over_defaults() {
-        let mut cfg = Config::from_toml("port = 1111\ndb_port = 2222\n[rest]\nmax_rows = 5\n").unwrap();
+        let mut cfg =
+            Config::from_toml("port = 1111\ndb_port = 2222\n[rest]\nmax_rows = 5\n").unwrap();
         assert_eq!(cfg.port, 1111);
         assert_eq!(cfg.rest.max_rows, Some(5));
         assert_eq!(cfg.data_dir, PathBuf::from("./.oxibase"));
-        let args = ServeArgs { port: Some(3333), ..Default::default() };
+        let args = ServeArgs {
+            port: Some(3333),
+            ..Default::default()
+        };
         cfg.apply(&args);
         assert_eq!(cfg.port, 3333, "flag/env beats file");
         assert_eq!(cfg.db_port, 2222, "file beats default");
@@ -450,7 +497,9 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_keys_are_errors() {
-        assert!(Config::from_toml("prot = 1").unwrap_err().contains("unknown field"));
+        assert!(Config::from_toml("prot = 1")
+            .unwrap_err()
+            .contains("unknown field"));
         assert!(Config::from_toml("port = \"x\"").is_err());
         assert!(Config::from_toml("port = 99999").is_err());
     }
@@ -493,7 +542,11 @@ mod tests {
             let l = l.strip_prefix("# ").unwrap_or(l);
             if let Some((k, _)) = l.split_once(" = ") {
                 if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                    documented.insert(if section.is_empty() { k.to_string() } else { format!("{section}.{k}") });
+                    documented.insert(if section.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{section}.{k}")
+                    });
                 }
             }
         }

@@ -28,7 +28,12 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     pub fn new(secret: &str) -> JwtKeys {
-        JwtKeys { hs_secret: secret.as_bytes().to_vec(), asym: vec![], public_jwks: vec![], signer: None }
+        JwtKeys {
+            hs_secret: secret.as_bytes().to_vec(),
+            asym: vec![],
+            public_jwks: vec![],
+            signer: None,
+        }
     }
 
     /// Load a JWK, an array of JWKs, or a `{keys:[...]}` set from JSON text.
@@ -36,14 +41,16 @@ impl JwtKeys {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let list = match v {
             Value::Array(a) => a,
-            Value::Object(ref m) if m.contains_key("keys") => {
-                m["keys"].as_array().cloned().ok_or("keys is not an array")?
-            }
+            Value::Object(ref m) if m.contains_key("keys") => m["keys"]
+                .as_array()
+                .cloned()
+                .ok_or("keys is not an array")?,
             Value::Object(_) => vec![v],
             _ => return Err("expected a JWK object or an array of them".into()),
         };
         for k in list {
-            let jwk: Jwk = serde_json::from_value(k.clone()).map_err(|e| format!("bad JWK: {e}"))?;
+            let jwk: Jwk =
+                serde_json::from_value(k.clone()).map_err(|e| format!("bad JWK: {e}"))?;
             let alg = match k.get("alg").and_then(Value::as_str) {
                 Some("RS256") => Algorithm::RS256,
                 Some("ES256") => Algorithm::ES256,
@@ -60,7 +67,10 @@ impl JwtKeys {
             self.asym.push((kid.clone(), alg, dk));
             let mut public = serde_json::Map::new();
             for (name, val) in k.as_object().into_iter().flatten() {
-                if !matches!(name.as_str(), "d" | "p" | "q" | "dp" | "dq" | "qi" | "oth" | "key_ops") {
+                if !matches!(
+                    name.as_str(),
+                    "d" | "p" | "q" | "dp" | "dq" | "qi" | "oth" | "key_ops"
+                ) {
                     public.insert(name.clone(), val.clone());
                 }
             }
@@ -88,15 +98,16 @@ impl JwtKeys {
         validation.required_spec_claims.clear();
         validation.leeway = 0;
         let result = match header.alg {
-            Algorithm::HS256 => {
-                jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(&self.hs_secret), &validation)
-            }
+            Algorithm::HS256 => jsonwebtoken::decode::<Value>(
+                token,
+                &DecodingKey::from_secret(&self.hs_secret),
+                &validation,
+            ),
             alg @ (Algorithm::RS256 | Algorithm::ES256) => {
                 let mut last = None;
-                let candidates = self
-                    .asym
-                    .iter()
-                    .filter(|(kid, a, _)| *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid));
+                let candidates = self.asym.iter().filter(|(kid, a, _)| {
+                    *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+                });
                 let mut found = None;
                 for (_, _, key) in candidates {
                     match jsonwebtoken::decode::<Value>(token, key, &validation) {
@@ -110,10 +121,16 @@ impl JwtKeys {
                 match (found, last) {
                     (Some(r), _) => r,
                     (None, Some(e)) => Err(e),
-                    (None, None) => return Err(JwtError::Invalid("no matching signing key".into())),
+                    (None, None) => {
+                        return Err(JwtError::Invalid("no matching signing key".into()))
+                    }
                 }
             }
-            other => return Err(JwtError::Invalid(format!("signing method {other:?} is not allowed"))),
+            other => {
+                return Err(JwtError::Invalid(format!(
+                    "signing method {other:?} is not allowed"
+                )))
+            }
         };
         match result {
             Ok(data) => {
@@ -145,8 +162,12 @@ impl JwtKeys {
     }
 
     pub fn sign_hs256(&self, claims: &Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(&self.hs_secret))
-            .expect("HS256 signing cannot fail")
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&self.hs_secret),
+        )
+        .expect("HS256 signing cannot fail")
     }
 
     pub fn hs_secret(&self) -> &[u8] {
@@ -209,7 +230,12 @@ fn der_len(n: usize) -> Vec<u8> {
     if n < 0x80 {
         vec![n as u8]
     } else {
-        let bytes: Vec<u8> = n.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect();
         let mut v = vec![0x80 | bytes.len() as u8];
         v.extend(bytes);
         v
@@ -243,7 +269,9 @@ mod tests {
     fn well_known_anon_key_verifies() {
         let k = JwtKeys::new(DEFAULT_JWT_SECRET);
         assert_eq!(k.verify(ANON).unwrap()["role"], "anon");
-        assert!(JwtKeys::new("another-secret-another-secret-another").verify(ANON).is_err());
+        assert!(JwtKeys::new("another-secret-another-secret-another")
+            .verify(ANON)
+            .is_err());
     }
 
     #[test]
@@ -255,8 +283,15 @@ mod tests {
         assert!(k.verify(&good).is_ok());
         let mut parts: Vec<String> = good.split('.').map(String::from).collect();
         parts[1] = base64_url(br#"{"role":"service_role","exp":4000000000}"#);
-        assert!(matches!(k.verify(&parts.join(".")), Err(JwtError::Invalid(_))));
-        let none = format!("{}.{}.", base64_url(br#"{"alg":"none","typ":"JWT"}"#), base64_url(br#"{"role":"service_role"}"#));
+        assert!(matches!(
+            k.verify(&parts.join(".")),
+            Err(JwtError::Invalid(_))
+        ));
+        let none = format!(
+            "{}.{}.",
+            base64_url(br#"{"alg":"none","typ":"JWT"}"#),
+            base64_url(br#"{"role":"service_role"}"#)
+        );
         assert!(matches!(k.verify(&none), Err(JwtError::Invalid(_))));
         assert!(matches!(k.verify("garbage"), Err(JwtError::Invalid(_))));
         assert!(matches!(k.verify(""), Err(JwtError::Invalid(_))));

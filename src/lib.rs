@@ -70,18 +70,26 @@ pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 fn lock_data_dir(cfg: &Config) -> Result<File, StartError> {
     let dir = &cfg.data_dir;
     let shown = dir.display().to_string();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StartError::DataDir { path: shown.clone(), message: e.to_string() })?;
+    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("oxibase.lock"))
-        .map_err(|e| StartError::DataDir { path: shown.clone(), message: e.to_string() })?;
+        .map_err(|e| StartError::DataDir {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse(shown)),
-        Err(std::fs::TryLockError::Error(e)) => Err(StartError::DataDir { path: shown, message: e.to_string() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError::DataDir {
+            path: shown,
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -106,30 +114,51 @@ async fn prepare_database(
     let (admin_url, mut pg) = match &cfg.database_url {
         Some(url) => (url.expose().clone(), None),
         None => {
-            let mut pg = EmbeddedPg::new(&cfg.data_dir, cfg.db_port, cfg.pg_bin_dir.as_deref(), cfg.db_fsync)?;
+            let mut pg = EmbeddedPg::new(
+                &cfg.data_dir,
+                cfg.db_port,
+                cfg.pg_bin_dir.as_deref(),
+                cfg.db_fsync,
+            )?;
             if !pg.is_initialized() {
                 progress(&format!(
                     "Initializing PostgreSQL in {} (first start only, a few seconds)...",
                     pg.data.display()
                 ));
-                let p = std::mem::replace(&mut pg, EmbeddedPg::new(&cfg.data_dir, cfg.db_port, cfg.pg_bin_dir.as_deref(), cfg.db_fsync)?);
+                let p = std::mem::replace(
+                    &mut pg,
+                    EmbeddedPg::new(
+                        &cfg.data_dir,
+                        cfg.db_port,
+                        cfg.pg_bin_dir.as_deref(),
+                        cfg.db_fsync,
+                    )?,
+                );
                 let p = tokio::task::spawn_blocking(move || p.init().map(|_| p))
                     .await
                     .map_err(|e| StartError::Init(e.to_string()))??;
                 pg = p;
             }
-            progress(&format!("Starting PostgreSQL {} on 127.0.0.1:{}...", pg.bin_dir.display(), pg.port));
+            progress(&format!(
+                "Starting PostgreSQL {} on 127.0.0.1:{}...",
+                pg.bin_dir.display(),
+                pg.port
+            ));
             pg.start().await?;
             (pg.superuser_url(), Some(pg))
         }
     };
     let result = async {
-        let admin_cfg: tokio_postgres::Config = admin_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StartError::Connect(format!("invalid database URL: {e}")))?;
+        let admin_cfg: tokio_postgres::Config =
+            admin_url.parse().map_err(|e: tokio_postgres::Error| {
+                StartError::Connect(format!("invalid database URL: {e}"))
+            })?;
         let mut admin = connect(&admin_cfg).await?;
         let p = progress.clone();
-        let applied = db::migrate::run(&mut admin, &move |name| p(&format!("Applying migration {name}..."))).await?;
+        let applied = db::migrate::run(&mut admin, &move |name| {
+            p(&format!("Applying migration {name}..."))
+        })
+        .await?;
         if !applied.is_empty() {
             tracing::info!(count = applied.len(), "migrations applied");
         }
@@ -137,9 +166,15 @@ async fn prepare_database(
         // on every start (nothing well-known). External: the given URL's role.
         let pool_cfg = if pg.is_some() {
             use rand::Rng;
-            let pw: String = rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect();
+            let pw: String = rand::thread_rng()
+                .sample_iter(&rand::distributions::Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect();
             admin
-                .batch_execute(&format!("alter role authenticator with login password '{pw}'"))
+                .batch_execute(&format!(
+                    "alter role authenticator with login password '{pw}'"
+                ))
                 .await
                 .map_err(|e| StartError::Connect(db::error_text(&e)))?;
             let mut c = admin_cfg.clone();
@@ -165,12 +200,16 @@ async fn prepare_database(
 fn load_keys(cfg: &Config) -> Result<KeyRing, StartError> {
     let mut jwt = JwtKeys::new(cfg.jwt_secret.expose());
     if let Some(path) = &cfg.jwt_keys_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| StartError::Init(format!("cannot read jwt_keys_file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StartError::Init(format!("cannot read jwt_keys_file {}: {e}", path.display()))
+        })?;
         jwt.add_jwks_json(&text)
             .map_err(|e| StartError::Init(format!("jwt_keys_file {}: {e}", path.display())))?;
     }
-    Ok(KeyRing { jwt, opaque: OpaqueKeys::for_secret(cfg.jwt_secret.expose()) })
+    Ok(KeyRing {
+        jwt,
+        opaque: OpaqueKeys::for_secret(cfg.jwt_secret.expose()),
+    })
 }
 
 impl Server {
@@ -180,18 +219,36 @@ impl Server {
         // Listen first: a taken port fails fast, before any database work.
         let mut listeners = vec![];
         for b in &cfg.bind {
-            let addr: SocketAddr = format!("{}:{}", if b.contains(':') { format!("[{b}]") } else { b.clone() }, cfg.port)
-                .parse()
-                .map_err(|_| StartError::Bind { addr: b.clone(), message: "not an IP address".into() })?;
+            let addr: SocketAddr = format!(
+                "{}:{}",
+                if b.contains(':') {
+                    format!("[{b}]")
+                } else {
+                    b.clone()
+                },
+                cfg.port
+            )
+            .parse()
+            .map_err(|_| StartError::Bind {
+                addr: b.clone(),
+                message: "not an IP address".into(),
+            })?;
             // Port 0 with two families: the second takes the first's port.
             let addr = match (addr.port(), listeners.first()) {
-                (0, Some(l)) => SocketAddr::new(addr.ip(), TcpListener::local_addr(l).map(|a| a.port()).unwrap_or(0)),
+                (0, Some(l)) => SocketAddr::new(
+                    addr.ip(),
+                    TcpListener::local_addr(l).map(|a| a.port()).unwrap_or(0),
+                ),
                 _ => addr,
             };
             match TcpListener::bind(addr).await {
                 Ok(l) => listeners.push(l),
                 // ::1 may not exist (IPv6 disabled): serve IPv4 alone then.
-                Err(e) if addr.is_ipv6() && !listeners.is_empty() && e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                Err(e)
+                    if addr.is_ipv6()
+                        && !listeners.is_empty()
+                        && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
                     tracing::warn!(%addr, "IPv6 loopback unavailable; serving IPv4 only");
                 }
                 Err(e) => {
@@ -200,12 +257,22 @@ impl Server {
                     } else {
                         ""
                     };
-                    return Err(StartError::Bind { addr: addr.to_string(), message: format!("{e}{hint}") });
+                    return Err(StartError::Bind {
+                        addr: addr.to_string(),
+                        message: format!("{e}{hint}"),
+                    });
                 }
             }
         }
-        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let lock = if cfg.database_url.is_none() { Some(lock_data_dir(&cfg)?) } else { None };
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let lock = if cfg.database_url.is_none() {
+            Some(lock_data_dir(&cfg)?)
+        } else {
+            None
+        };
         let (admin_url, pool_cfg, mut pg) = prepare_database(&cfg, &progress).await?;
         let pool = db::make_pool(pool_cfg, cfg.db_pool_size);
         let built = async {
@@ -238,7 +305,15 @@ impl Server {
         functions::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
-        Ok(Server { state, addrs, db_url: admin_url, shutdown: tx, serve, pg, _lock: lock })
+        Ok(Server {
+            state,
+            addrs,
+            db_url: admin_url,
+            shutdown: tx,
+            serve,
+            pg,
+            _lock: lock,
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -18,8 +18,14 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keys => {
             print!("{}", keys_text(&cfg, &cfg.external_url()));
@@ -67,7 +73,10 @@ async fn serve(cfg: Config) -> ExitCode {
     tracing::info!(addrs = %listening.join(", "), "listening");
     let mut shown = cfg.clone();
     shown.port = server.port();
-    println!("oxibase is running.\n\n{}", keys_text(&shown, &shown.external_url()));
+    println!(
+        "oxibase is running.\n\n{}",
+        keys_text(&shown, &shown.external_url())
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

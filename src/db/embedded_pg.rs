@@ -48,24 +48,44 @@ pub struct EmbeddedPg {
     run_as: Option<RunAs>,
     child: Option<Child>,
     fsync: bool,
+    die_with_parent: bool,
 }
 
 impl EmbeddedPg {
     /// Locate binaries and check the version; nothing is written yet.
-    pub fn new(data_dir: &Path, port: u16, bin_dir: Option<&Path>, fsync: bool) -> Result<Self, PgError> {
+    pub fn new(
+        data_dir: &Path,
+        port: u16,
+        bin_dir: Option<&Path>,
+        fsync: bool,
+    ) -> Result<Self, PgError> {
         let bin_dir = match bin_dir {
             Some(d) => d.to_path_buf(),
             None => find_bin_dir().ok_or(PgError::NotFound)?,
         };
         let postgres = bin_dir.join("postgres");
-        let out = Command::new(&postgres).arg("--version").output().map_err(|_| PgError::NotFound)?;
+        let out = Command::new(&postgres)
+            .arg("--version")
+            .output()
+            .map_err(|_| PgError::NotFound)?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let version = text.split_whitespace().nth(2).unwrap_or("").to_string();
-        let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
         if major < MIN_MAJOR {
-            return Err(PgError::TooOld { dir: bin_dir.display().to_string(), found: version });
+            return Err(PgError::TooOld {
+                dir: bin_dir.display().to_string(),
+                found: version,
+            });
         }
-        let run_as = if is_root() { Some(lookup_user("postgres")?) } else { None };
+        let run_as = if is_root() {
+            Some(lookup_user("postgres")?)
+        } else {
+            None
+        };
         Ok(EmbeddedPg {
             bin_dir,
             data: data_dir.join("pg"),
@@ -74,7 +94,14 @@ impl EmbeddedPg {
             run_as,
             child: None,
             fsync,
+            die_with_parent: false,
         })
+    }
+
+    /// Test harnesses: the postmaster gets SIGINT when the thread that started it exits
+    /// (keep that thread alive for as long as the database is wanted).
+    pub fn set_die_with_parent(&mut self, yes: bool) {
+        self.die_with_parent = yes;
     }
 
     fn command(&self, program: &str) -> Command {
@@ -108,14 +135,19 @@ impl EmbeddedPg {
         }
         if self.data.exists() {
             // A half-finished initdb from an interrupted first start: start over.
-            fs::remove_dir_all(&self.data)
-                .map_err(|e| PgError::Setup(format!("cannot clear {}: {e}", self.data.display())))?;
+            fs::remove_dir_all(&self.data).map_err(|e| {
+                PgError::Setup(format!("cannot clear {}: {e}", self.data.display()))
+            })?;
         }
         fs::create_dir_all(&self.data)
             .map_err(|e| PgError::Setup(format!("cannot create {}: {e}", self.data.display())))?;
         fs::set_permissions(&self.data, fs::Permissions::from_mode(0o700)).ok();
         self.chown(&self.data)?;
-        let pwfile = self.data.parent().unwrap_or(Path::new(".")).join(".pgpass.init");
+        let pwfile = self
+            .data
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".pgpass.init");
         fs::write(&pwfile, SUPERUSER_PASSWORD)
             .map_err(|e| PgError::Setup(format!("cannot write {}: {e}", pwfile.display())))?;
         self.chown(&pwfile)?;
@@ -123,9 +155,21 @@ impl EmbeddedPg {
             .command("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args(["-U", SUPERUSER, "-A", "scram-sha-256", "-E", "UTF8", "--no-locale"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
-            .args(if self.fsync { &[][..] } else { &["--no-sync"][..] })
+            .args(if self.fsync {
+                &[][..]
+            } else {
+                &["--no-sync"][..]
+            })
             .stdin(Stdio::null())
             .output();
         let _ = fs::remove_file(&pwfile);
@@ -144,7 +188,8 @@ impl EmbeddedPg {
     pub async fn start(&mut self) -> Result<(), PgError> {
         self.stop_orphan().await?;
         let logs = self.log_path.parent().unwrap().to_path_buf();
-        fs::create_dir_all(&logs).map_err(|e| PgError::Setup(format!("cannot create {}: {e}", logs.display())))?;
+        fs::create_dir_all(&logs)
+            .map_err(|e| PgError::Setup(format!("cannot create {}: {e}", logs.display())))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,18 +201,42 @@ impl EmbeddedPg {
             .arg(&self.data)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
-            .args(["-c", "wal_level=logical", "-c", "max_replication_slots=20", "-c", "max_wal_senders=20"])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
+            .args([
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=20",
+                "-c",
+                "max_wal_senders=20",
+            ])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
+        if self.die_with_parent {
+            die_with_parent(&mut cmd);
+        }
         if !self.fsync {
-            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
         }
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| PgError::Setup(e.to_string()))?)
             .stderr(log)
             .kill_on_drop(false);
-        let child = cmd.spawn().map_err(|e| PgError::Start(format!("cannot run postgres: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| PgError::Start(format!("cannot run postgres: {e}")))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -201,12 +270,18 @@ impl EmbeddedPg {
     }
 
     pub fn superuser_url(&self) -> String {
-        format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
     }
 
     async fn ping(&self) -> bool {
-        let Ok(cfg) = self.superuser_url().parse::<tokio_postgres::Config>() else { return false };
-        match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await {
+        let Ok(cfg) = self.superuser_url().parse::<tokio_postgres::Config>() else {
+            return false;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await
+        {
             Ok(Ok((client, conn))) => {
                 tokio::spawn(conn);
                 client.simple_query("select 1").await.is_ok()
@@ -219,12 +294,23 @@ impl EmbeddedPg {
     /// oxibase owns it): ask it to shut down fast, then wait for it.
     async fn stop_orphan(&self) -> Result<(), PgError> {
         let pidfile = self.data.join("postmaster.pid");
-        let Ok(text) = fs::read_to_string(&pidfile) else { return Ok(()) };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return Ok(()) };
+        let Ok(text) = fs::read_to_string(&pidfile) else {
+            return Ok(());
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return Ok(());
+        };
         if !process_alive(pid) {
             return Ok(()); // postgres removes a stale pid file itself
         }
-        tracing::warn!(pid, "a PostgreSQL from an earlier run is still up on this data directory; stopping it");
+        tracing::warn!(
+            pid,
+            "a PostgreSQL from an earlier run is still up on this data directory; stopping it"
+        );
         signal(pid, libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(30);
         while process_alive(pid) {
@@ -268,7 +354,11 @@ fn process_alive(pid: i32) -> bool {
     // A zombie or recycled pid that is not a postgres does not count.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("");
             state != "Z" && stat.contains("(postgres)")
         }
         Err(_) => false,
@@ -280,6 +370,18 @@ fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) takes plain integers and has no memory effects on this process.
     unsafe {
         libc::kill(pid, sig);
+    }
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+            Ok(())
+        });
     }
 }
 

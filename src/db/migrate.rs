@@ -13,7 +13,11 @@ pub struct Migration {
 
 macro_rules! migration {
     ($v:expr, $file:literal) => {
-        Migration { version: $v, name: $file, sql: include_str!(concat!("../../sql/", $file)) }
+        Migration {
+            version: $v,
+            name: $file,
+            sql: include_str!(concat!("../../sql/", $file)),
+        }
     };
 }
 
@@ -46,7 +50,10 @@ fn db_err(e: tokio_postgres::Error) -> MigrateError {
 }
 
 /// Apply what is missing; returns the names applied now. `progress` hears about each one.
-pub async fn run(client: &mut Client, progress: &dyn Fn(&str)) -> Result<Vec<&'static str>, MigrateError> {
+pub async fn run(
+    client: &mut Client,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<&'static str>, MigrateError> {
     client
         .batch_execute(
             "select pg_advisory_lock(7391026);
@@ -58,13 +65,21 @@ pub async fn run(client: &mut Client, progress: &dyn Fn(&str)) -> Result<Vec<&'s
         .await
         .map_err(db_err)?;
     let result = apply(client, progress).await;
-    let _ = client.batch_execute("select pg_advisory_unlock(7391026)").await;
+    let _ = client
+        .batch_execute("select pg_advisory_unlock(7391026)")
+        .await;
     result
 }
 
-async fn apply(client: &mut Client, progress: &dyn Fn(&str)) -> Result<Vec<&'static str>, MigrateError> {
+async fn apply(
+    client: &mut Client,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<&'static str>, MigrateError> {
     let rows = client
-        .query("select version, name, checksum from oxibase.schema_migrations order by version", &[])
+        .query(
+            "select version, name, checksum from oxibase.schema_migrations order by version",
+            &[],
+        )
         .await
         .map_err(db_err)?;
     for row in &rows {
@@ -97,7 +112,10 @@ async fn apply(client: &mut Client, progress: &dyn Fn(&str)) -> Result<Vec<&'sta
         let tx = client.transaction().await.map_err(db_err)?;
         tx.batch_execute(m.sql)
             .await
-            .map_err(|e| MigrateError::Failed { name: m.name.into(), message: crate::db::error_text(&e) })?;
+            .map_err(|e| MigrateError::Failed {
+                name: m.name.into(),
+                message: crate::db::error_text(&e),
+            })?;
         tx.execute(
             "insert into oxibase.schema_migrations (version, name, checksum) values ($1, $2, $3)",
             &[&m.version, &m.name, &checksum(m.sql)],
@@ -120,7 +138,12 @@ mod tests {
             assert!(w[0].version < w[1].version);
         }
         for m in MIGRATIONS {
-            assert!(m.name.starts_with(&format!("{:04}", m.version)), "{} vs {}", m.name, m.version);
+            assert!(
+                m.name.starts_with(&format!("{:04}", m.version)),
+                "{} vs {}",
+                m.name,
+                m.version
+            );
         }
     }
 }

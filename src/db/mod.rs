@@ -4,8 +4,8 @@
 pub mod embedded_pg;
 pub mod migrate;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use deadpool_postgres::Transaction;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::http::apikey::AuthContext;
@@ -28,8 +28,17 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 }
 
 pub fn make_pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
-    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(mgr).max_size(size).build().expect("pool config is valid")
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .build()
+        .expect("pool config is valid")
 }
 
 /// Extra request GUCs (PostgREST sets these so SQL can read the request).
@@ -53,7 +62,11 @@ pub async fn begin_as<'c>(
     gucs: &RequestGucs<'_>,
     read_only: bool,
 ) -> Result<Transaction<'c>, tokio_postgres::Error> {
-    let tx = client.build_transaction().read_only(read_only).start().await?;
+    let tx = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await?;
     set_role_and_claims(&tx, ctx, gucs).await?;
     Ok(tx)
 }
@@ -66,7 +79,10 @@ pub async fn set_role_and_claims(
     let claims = ctx.claims.to_string();
     let sub = ctx.claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
     let role = ctx.role.as_str();
-    let timeout = gucs.statement_timeout_ms.map(|t| t.to_string()).unwrap_or_default();
+    let timeout = gucs
+        .statement_timeout_ms
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     tx.execute(
         "select set_config('role', $1, true),
                 set_config('request.jwt.claims', $2, true),

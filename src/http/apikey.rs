@@ -39,10 +39,18 @@ pub struct AuthContext {
 
 impl AuthContext {
     pub fn anon() -> AuthContext {
-        AuthContext { role: Role::anon(), claims: json!({"role": "anon"}), token: None }
+        AuthContext {
+            role: Role::anon(),
+            claims: json!({"role": "anon"}),
+            token: None,
+        }
     }
     pub fn service() -> AuthContext {
-        AuthContext { role: Role("service_role".into()), claims: json!({"role": "service_role"}), token: None }
+        AuthContext {
+            role: Role("service_role".into()),
+            claims: json!({"role": "service_role"}),
+            token: None,
+        }
     }
     /// The user id (`sub`), for tokens issued to a user.
     pub fn user_id(&self) -> Option<uuid::Uuid> {
@@ -70,9 +78,11 @@ impl OpaqueKeys {
         use base64::Engine;
         use hmac::{Hmac, Mac};
         let derive = |label: &str| {
-            let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+            let mut m =
+                Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
             m.update(label.as_bytes());
-            let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
+            let b =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
             b[..31].to_string()
         };
         OpaqueKeys {
@@ -99,19 +109,39 @@ impl KeyRing {
             } else {
                 return Err(JwtError::InvalidApiKey);
             };
-            return Ok(AuthContext { role: Role(role.into()), claims: json!({"role": role}), token: None });
+            return Ok(AuthContext {
+                role: Role(role.into()),
+                claims: json!({"role": role}),
+                token: None,
+            });
         }
         let claims = self.jwt.verify(token)?;
-        let role = claims.get("role").and_then(Value::as_str).unwrap_or("anon").to_string();
-        Ok(AuthContext { role: Role(role), claims, token: Some(token.to_string()) })
+        let role = claims
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("anon")
+            .to_string();
+        Ok(AuthContext {
+            role: Role(role),
+            claims,
+            token: Some(token.to_string()),
+        })
     }
 
     /// Authenticate a request from its headers (and, for WebSockets, its query string).
-    pub fn authenticate(&self, headers: &HeaderMap, query_apikey: Option<&str>) -> Result<AuthContext, JwtError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_apikey: Option<&str>,
+    ) -> Result<AuthContext, JwtError> {
         if let Some(bearer) = bearer(headers) {
             return self.resolve(bearer);
         }
-        if let Some(k) = headers.get("apikey").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()) {
+        if let Some(k) = headers
+            .get("apikey")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+        {
             return self.resolve(k);
         }
         if let Some(k) = query_apikey.filter(|s| !s.is_empty()) {
@@ -125,7 +155,10 @@ impl KeyRing {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -134,7 +167,10 @@ mod tests {
     use crate::config::DEFAULT_JWT_SECRET;
 
     fn ring() -> KeyRing {
-        KeyRing { jwt: JwtKeys::new(DEFAULT_JWT_SECRET), opaque: OpaqueKeys::for_secret(DEFAULT_JWT_SECRET) }
+        KeyRing {
+            jwt: JwtKeys::new(DEFAULT_JWT_SECRET),
+            opaque: OpaqueKeys::for_secret(DEFAULT_JWT_SECRET),
+        }
     }
 
     #[test]
@@ -143,19 +179,37 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(r.authenticate(&h, None).unwrap().role.as_str(), "anon");
         let mut h = HeaderMap::new();
-        h.insert("authorization", "Bearer sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz".parse().unwrap());
-        assert_eq!(r.authenticate(&h, None).unwrap().role.as_str(), "service_role");
+        h.insert(
+            "authorization",
+            "Bearer sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            r.authenticate(&h, None).unwrap().role.as_str(),
+            "service_role"
+        );
         let mut h = HeaderMap::new();
         h.insert("apikey", "sb_publishable_nope".parse().unwrap());
-        assert_eq!(r.authenticate(&h, None).unwrap_err(), JwtError::InvalidApiKey);
+        assert_eq!(
+            r.authenticate(&h, None).unwrap_err(),
+            JwtError::InvalidApiKey
+        );
     }
 
     #[test]
     fn bearer_wins_over_apikey() {
         let r = ring();
-        let user = r.jwt.sign_hs256(&json!({"role":"authenticated","sub":"7f1b7c3e-6a39-4d2b-9a55-0e0c1d7e2f11"}));
+        let user = r.jwt.sign_hs256(
+            &json!({"role":"authenticated","sub":"7f1b7c3e-6a39-4d2b-9a55-0e0c1d7e2f11"}),
+        );
         let mut h = HeaderMap::new();
-        h.insert("apikey", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH".parse().unwrap());
+        h.insert(
+            "apikey",
+            "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
+                .parse()
+                .unwrap(),
+        );
         h.insert("authorization", format!("Bearer {user}").parse().unwrap());
         let ctx = r.authenticate(&h, None).unwrap();
         assert_eq!(ctx.role.as_str(), "authenticated");

@@ -15,7 +15,9 @@ pub async fn read_limited(body: hyper::body::Incoming, limit: usize) -> Result<B
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(BodyError::TooLarge(limit))
             } else {
                 Err(BodyError::Read(e.to_string()))

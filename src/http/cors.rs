@@ -27,7 +27,10 @@ pub fn preflight(headers: &HeaderMap) -> Resp {
         .cloned()
         .unwrap_or(HeaderValue::from_static(DEFAULT_ALLOW_HEADERS));
     h.insert("access-control-allow-headers", allow);
-    h.insert("access-control-allow-methods", HeaderValue::from_static(METHODS));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static(METHODS),
+    );
     h.insert("access-control-max-age", HeaderValue::from_static("3600"));
     h.insert("content-length", HeaderValue::from_static("0"));
     r
@@ -36,9 +39,17 @@ pub fn preflight(headers: &HeaderMap) -> Resp {
 /// Added to every response.
 pub fn decorate(request_origin: Option<&HeaderValue>, resp: &mut Resp) {
     let h = resp.headers_mut();
-    let origin = request_origin.cloned().unwrap_or(HeaderValue::from_static("*"));
+    let origin = request_origin
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
     h.insert("access-control-allow-origin", origin);
-    h.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
-    h.insert("access-control-expose-headers", HeaderValue::from_static(EXPOSE));
+    h.insert(
+        "access-control-allow-credentials",
+        HeaderValue::from_static("true"),
+    );
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(EXPOSE),
+    );
     h.append("vary", HeaderValue::from_static("Origin"));
 }

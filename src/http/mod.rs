@@ -17,7 +17,9 @@ pub type Req = hyper::Request<hyper::body::Incoming>;
 pub type Resp = Response<Body>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -37,7 +39,10 @@ where
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
     let mut r = Response::new(full(serde_json::to_vec(value).expect("json serializes")));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -76,5 +81,7 @@ pub fn error_response<E: ApiError>(e: &E) -> Resp {
 
 /// Query-string pairs, form-decoded (`+` is a space), keys kept in order with repeats.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }

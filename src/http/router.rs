@@ -24,9 +24,12 @@ impl Default for ApiRouter {
             ("realtime", Api::Realtime),
             ("functions", Api::Functions),
         ] {
-            r.insert(format!("/{prefix}/v1"), api).expect("static route");
-            r.insert(format!("/{prefix}/v1/"), api).expect("static route");
-            r.insert(format!("/{prefix}/v1/{{*rest}}"), api).expect("static route");
+            r.insert(format!("/{prefix}/v1"), api)
+                .expect("static route");
+            r.insert(format!("/{prefix}/v1/"), api)
+                .expect("static route");
+            r.insert(format!("/{prefix}/v1/{{*rest}}"), api)
+                .expect("static route");
         }
         r.insert("/health", Api::Health).expect("static route");
         ApiRouter(r)
@@ -53,7 +56,10 @@ mod tests {
         assert_eq!(r.route("/rest/v1/"), Some((Api::Rest, "")));
         assert_eq!(r.route("/rest/v1"), Some((Api::Rest, "")));
         assert_eq!(r.route("/rest/v1/rpc/f"), Some((Api::Rest, "rpc/f")));
-        assert_eq!(r.route("/storage/v1/object/b/a/b.png"), Some((Api::Storage, "object/b/a/b.png")));
+        assert_eq!(
+            r.route("/storage/v1/object/b/a/b.png"),
+            Some((Api::Storage, "object/b/a/b.png"))
+        );
         assert_eq!(r.route("/health"), Some((Api::Health, "")));
         assert_eq!(r.route("/nope"), None);
         assert_eq!(r.route("/rest/v2/x"), None);

@@ -15,11 +15,16 @@ use super::router::{Api, ApiRouter};
 use super::{cors, json_response, Req, Resp};
 use crate::state::AppState;
 
-pub async fn serve(listeners: Vec<TcpListener>, state: AppState, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let tracker = tokio_util::task::TaskTracker::new();
     let (drain_tx, drain_rx) = watch::channel(false);
     let router = std::sync::Arc::new(ApiRouter::default());
-    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr)>(64);
+    let (conn_tx, mut conn_rx) =
+        tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr)>(64);
     let mut accept_tasks = vec![];
     for l in listeners {
         let tx = conn_tx.clone();
@@ -140,7 +145,10 @@ async fn dispatch(state: &AppState, api: Api, req: Req, rest: &str) -> Resp {
 
 async fn health(state: &AppState) -> Resp {
     let ok = async {
-        let c = tokio::time::timeout(Duration::from_secs(2), state.pool.get()).await.ok()?.ok()?;
+        let c = tokio::time::timeout(Duration::from_secs(2), state.pool.get())
+            .await
+            .ok()?
+            .ok()?;
         c.simple_query("select 1").await.ok()
     }
     .await
@@ -148,6 +156,9 @@ async fn health(state: &AppState) -> Resp {
     if ok {
         json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
     } else {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "unavailable"}))
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable"}),
+        )
     }
 }

@@ -20,5 +20,8 @@ pub fn spawn_background(_state: &AppState) {}
 
 pub async fn handle(_state: &AppState, req: Req, path: &str) -> Resp {
     let method = req.method().clone();
-    json_response(StatusCode::NOT_IMPLEMENTED, &json!({"statusCode":"501","error":"Not Implemented","message":format!("{method} /storage/v1/{path} is not implemented yet")}))
+    json_response(
+        StatusCode::NOT_IMPLEMENTED,
+        &json!({"statusCode":"501","error":"Not Implemented","message":format!("{method} /storage/v1/{path} is not implemented yet")}),
+    )
 }
