@@ -78,3 +78,56 @@ async fn bad_tokens_get_401_in_the_api_shape() {
     assert!(b.get("details").is_some() && b.get("hint").is_some());
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn corrupt_migration_history_is_a_clear_error() {
+    let t = TestServer::start().await;
+    t.batch("update oxibase.schema_migrations set checksum = 'deadbeef' where version = 1")
+        .await;
+    let mut cfg = t.server.state.config.clone();
+    cfg.port = 0;
+    let err = oxibase::Server::start(cfg.clone(), std::sync::Arc::new(|_: &str| {}))
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("migration history is corrupt") && msg.contains("0001_supabase_base.sql"),
+        "{msg}"
+    );
+    t.batch("update oxibase.schema_migrations set checksum = 'x' where false; insert into oxibase.schema_migrations values (9999, '9999_future.sql', 'x')").await;
+    let err = oxibase::Server::start(cfg, std::sync::Arc::new(|_: &str| {}))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[tokio::test]
+async fn port_in_use_is_a_clear_error() {
+    let t = TestServer::start().await;
+    let mut cfg = t.server.state.config.clone();
+    cfg.port = t.server.port();
+    let err = oxibase::Server::start(cfg, std::sync::Arc::new(|_: &str| {}))
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot listen") && msg.contains("port in use"),
+        "{msg}"
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let t = TestServer::start().await;
+    let (mut c, conn) = tokio_postgres::connect(&t.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let applied = oxibase::db::migrate::run(&mut c, &|_| {}).await.unwrap();
+    assert!(applied.is_empty(), "nothing left to apply: {applied:?}");
+    t.server.shutdown().await;
+}

@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { URL, ANON_KEY, SERVICE_KEY } from '../lib/env.mjs';
 import { binaryPath, startServer } from '../lib/server.mjs';
 import { sql } from '../lib/pg.mjs';
@@ -128,4 +131,29 @@ test('a tampered JWT is rejected, not treated as anon', async () => {
     headers: { Authorization: 'Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.' },
   });
   assert.equal(expired.status, 401, 'alg none is rejected');
+});
+
+test('a malformed config file gets one clear message and exit code 2', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oxibase-badcfg-'));
+  const f = join(dir, 'bad.toml');
+  writeFileSync(f, 'port = "not a number"\n');
+  let err;
+  try {
+    execFileSync(binaryPath(), ['serve', '--config', f], { stdio: 'pipe' });
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err);
+  assert.equal(err.status, 2);
+  assert.match(err.stderr.toString(), /invalid config file .*bad\.toml/);
+  assert.doesNotMatch(err.stderr.toString(), /panicked/);
+});
+
+test('config --dump shows merged settings with secrets hidden', () => {
+  const out = execFileSync(binaryPath(), ['config', '--dump'], {
+    env: { ...process.env, OXIBASE_PORT: '6000', OXIBASE_JWT_SECRET: 'a-custom-secret-that-is-at-least-32-chars' },
+  }).toString();
+  assert.match(out, /^port = 6000$/m);
+  assert.match(out, /^jwt_secret = "\*\*\*"$/m);
+  assert.doesNotMatch(out, /a-custom-secret/);
 });

@@ -465,3 +465,48 @@ fn find_bin_dir() -> Option<PathBuf> {
     versions.sort();
     versions.pop().map(|(_, d)| d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_bin(version_line: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["postgres", "initdb"] {
+            let p = d.path().join(name);
+            fs::write(&p, format!("#!/bin/sh\necho '{version_line}'\n")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn too_old_postgres_is_named() {
+        let bin = fake_bin("postgres (PostgreSQL) 14.9");
+        let data = tempfile::tempdir().unwrap();
+        let err = EmbeddedPg::new(data.path(), 1, Some(bin.path()), true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, PgError::TooOld { .. }), "{err}");
+        assert!(err.to_string().contains("14.9") && err.to_string().contains("15"));
+    }
+
+    #[test]
+    fn missing_postgres_says_what_to_install() {
+        let data = tempfile::tempdir().unwrap();
+        let err = EmbeddedPg::new(data.path(), 1, Some(Path::new("/nonexistent/bin")), true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, PgError::NotFound));
+        assert!(err.to_string().contains("apt-get install postgresql"));
+    }
+
+    #[test]
+    fn new_enough_postgres_is_accepted() {
+        let bin = fake_bin("postgres (PostgreSQL) 16.2 (Debian)");
+        let data = tempfile::tempdir().unwrap();
+        let pg = EmbeddedPg::new(data.path(), 1, Some(bin.path()), true).unwrap();
+        assert_eq!(pg.data, data.path().join("pg"));
+    }
+}
