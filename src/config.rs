@@ -68,6 +68,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Log filter (tracing's EnvFilter syntax).
     pub log: String,
+    /// Apply the AI chat platform's tables, buckets and policies (sql/0002). Off leaves a
+    /// bare Supabase-like database for another project's SQL.
+    pub app_schema: bool,
     pub rest: RestConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
@@ -143,6 +146,7 @@ impl Default for Config {
             api_external_url: None,
             max_body_bytes: 10 * 1024 * 1024,
             log: "info".into(),
+            app_schema: true,
             rest: RestConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),

@@ -155,7 +155,7 @@ async fn prepare_database(
             })?;
         let mut admin = connect(&admin_cfg).await?;
         let p = progress.clone();
-        let applied = db::migrate::run(&mut admin, &move |name| {
+        let applied = db::migrate::run(&mut admin, cfg.app_schema, &move |name| {
             p(&format!("Applying migration {name}..."))
         })
         .await?;

@@ -127,7 +127,9 @@ async fn migrations_are_idempotent() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let applied = oxibase::db::migrate::run(&mut c, &|_| {}).await.unwrap();
+    let applied = oxibase::db::migrate::run(&mut c, true, &|_| {})
+        .await
+        .unwrap();
     assert!(applied.is_empty(), "nothing left to apply: {applied:?}");
     t.server.shutdown().await;
 }

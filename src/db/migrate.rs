@@ -9,14 +9,26 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Part of the AI chat app's schema rather than the Supabase platform: skipped when
+    /// `app_schema = false` (e.g. to load another project's SQL, like the official suites').
+    pub app: bool,
 }
 
 macro_rules! migration {
+    ($v:expr, $file:literal, app) => {
+        Migration {
+            version: $v,
+            name: $file,
+            sql: include_str!(concat!("../../sql/", $file)),
+            app: true,
+        }
+    };
     ($v:expr, $file:literal) => {
         Migration {
             version: $v,
             name: $file,
             sql: include_str!(concat!("../../sql/", $file)),
+            app: false,
         }
     };
 }
@@ -24,7 +36,7 @@ macro_rules! migration {
 /// Every migration, in order. Add new files at the end; never edit an applied one.
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
-    migration!(2, "0002_app_schema.sql"),
+    migration!(2, "0002_app_schema.sql", app),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +64,7 @@ fn db_err(e: tokio_postgres::Error) -> MigrateError {
 /// Apply what is missing; returns the names applied now. `progress` hears about each one.
 pub async fn run(
     client: &mut Client,
+    include_app: bool,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<&'static str>, MigrateError> {
     client
@@ -64,7 +77,7 @@ pub async fn run(
         )
         .await
         .map_err(db_err)?;
-    let result = apply(client, progress).await;
+    let result = apply(client, include_app, progress).await;
     let _ = client
         .batch_execute("select pg_advisory_unlock(7391026)")
         .await;
@@ -73,6 +86,7 @@ pub async fn run(
 
 async fn apply(
     client: &mut Client,
+    include_app: bool,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<&'static str>, MigrateError> {
     let rows = client
@@ -105,7 +119,7 @@ async fn apply(
     }
     let mut applied = vec![];
     for m in MIGRATIONS {
-        if rows.iter().any(|r| r.get::<_, i32>(0) == m.version) {
+        if rows.iter().any(|r| r.get::<_, i32>(0) == m.version) || (m.app && !include_app) {
             continue;
         }
         progress(m.name);

@@ -75,7 +75,7 @@ fn shared_pg() -> &'static SharedPg {
                     .await
                     .unwrap();
                 let h = tokio::spawn(conn);
-                oxibase::db::migrate::run(&mut client, &|_| {})
+                oxibase::db::migrate::run(&mut client, true, &|_| {})
                     .await
                     .expect("migrations apply");
                 drop(client);
