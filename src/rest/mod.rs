@@ -37,6 +37,7 @@ use sql::{ident, qualified, BodyShape, Sql};
 pub struct State {
     cache: RwLock<Arc<SchemaCache>>,
     last_reload: Mutex<Instant>,
+    miss_lock: tokio::sync::Mutex<()>,
     schemas: Vec<String>,
 }
 
@@ -61,6 +62,7 @@ pub async fn init(config: &Config, pool: &Pool) -> Result<State, String> {
     Ok(State {
         cache: RwLock::new(Arc::new(sc)),
         last_reload: Mutex::new(Instant::now()),
+        miss_lock: tokio::sync::Mutex::new(()),
         schemas,
     })
 }
@@ -80,19 +82,22 @@ pub async fn reload(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
-/// Reload after a miss (unknown table/function/relationship), at most every 200 ms, so a
-/// request right after DDL does not race the NOTIFY.
+/// Reload after a miss (unknown table/function/relationship), so a request right after
+/// DDL does not race the NOTIFY. Misses are serialized, and reloads are at most every 50 ms
+/// (a stream of bad names cannot turn into a stream of catalog scans).
 async fn reload_on_miss(state: &AppState) -> bool {
-    let due = state
-        .rest
-        .last_reload
-        .lock()
-        .map(|t| t.elapsed() > Duration::from_millis(200))
-        .unwrap_or(false);
-    if due {
-        return reload(state).await.is_ok();
+    let started = Instant::now();
+    let _guard = state.rest.miss_lock.lock().await;
+    let last = state.rest.last_reload.lock().map(|t| *t).unwrap_or(started);
+    if last > started {
+        // Someone reloaded while we waited: use theirs.
+        return true;
     }
-    false
+    let since = last.elapsed();
+    if since < Duration::from_millis(50) {
+        tokio::time::sleep(Duration::from_millis(50) - since).await;
+    }
+    reload(state).await.is_ok()
 }
 
 /// LISTEN on `pgrst` (DDL event trigger and `NOTIFY pgrst, 'reload schema'`) on a
