@@ -1,0 +1,1015 @@
+//! The query-string grammar of PostgREST, parsed without touching the database:
+//! `select`, filters (with `not.`, quantifiers and `or=()`/`and=()` trees), `order`,
+//! `limit`/`offset`, `columns`, `on_conflict`, each possibly prefixed by an embed path.
+//! Every function here is total: bad input is a `RestError` (PGRST100), never a panic.
+
+use super::error::RestError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonKey {
+    Key(String),
+    Idx(i64),
+}
+
+/// `->` (json) or `->>` (text) followed by a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonOp {
+    pub text: bool,
+    pub key: JsonKey,
+}
+
+/// A column, possibly followed by a JSON path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub path: Vec<JsonOp>,
+}
+
+impl Field {
+    pub fn plain(name: &str) -> Field {
+        Field {
+            name: name.into(),
+            path: vec![],
+        }
+    }
+    /// The name PostgREST gives the output column: the last JSON key, else the column.
+    pub fn default_alias(&self) -> String {
+        match self.path.last() {
+            Some(JsonOp {
+                key: JsonKey::Key(k),
+                ..
+            }) => k.clone(),
+            Some(JsonOp {
+                key: JsonKey::Idx(_),
+                ..
+            }) => self.name.clone(),
+            None => self.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+impl Agg {
+    fn parse(s: &str) -> Option<Agg> {
+        Some(match s {
+            "count" => Agg::Count,
+            "sum" => Agg::Sum,
+            "avg" => Agg::Avg,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            _ => return None,
+        })
+    }
+    pub fn sql(self) -> &'static str {
+        match self {
+            Agg::Count => "count",
+            Agg::Sum => "sum",
+            Agg::Avg => "avg",
+            Agg::Min => "min",
+            Agg::Max => "max",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinType {
+    Inner,
+    Left,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectItem {
+    Star,
+    Field {
+        field: Field,
+        alias: Option<String>,
+        cast: Option<String>,
+        agg: Option<Agg>,
+        agg_cast: Option<String>,
+    },
+    /// `count()` without a column.
+    CountAll {
+        alias: Option<String>,
+        cast: Option<String>,
+    },
+    Embed(Embed),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embed {
+    pub name: String,
+    pub alias: Option<String>,
+    pub hint: Option<String>,
+    pub join: Option<JoinType>,
+    pub spread: bool,
+    pub items: Vec<SelectItem>,
+}
+
+impl Embed {
+    /// The name the embed is known by in filters and in the response.
+    pub fn label(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    Any,
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// eq neq gt gte lt lte like ilike match imatch isdistinct cs cd ov sl sr nxl nxr adj
+    Simple {
+        op: String,
+        quant: Option<Quant>,
+        value: String,
+    },
+    In(Vec<String>),
+    Is(IsVal),
+    Fts {
+        op: String,
+        config: Option<String>,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsVal {
+    Null,
+    NotNull,
+    True,
+    False,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub field: Field,
+    pub negate: bool,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Logic {
+    Filter(Filter),
+    Tree {
+        or: bool,
+        negate: bool,
+        children: Vec<Logic>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderTerm {
+    pub field: Field,
+    /// `rel(col)`: order by a to-one embedded column.
+    pub relation: Option<String>,
+    pub desc: bool,
+    pub nulls_first: Option<bool>,
+}
+
+pub const SIMPLE_OPS: &[&str] = &[
+    "eq",
+    "neq",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "like",
+    "ilike",
+    "match",
+    "imatch",
+    "isdistinct",
+    "cs",
+    "cd",
+    "ov",
+    "sl",
+    "sr",
+    "nxl",
+    "nxr",
+    "adj",
+];
+const QUANT_OPS: &[&str] = &[
+    "eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "match", "imatch",
+];
+const FTS_OPS: &[&str] = &["fts", "plfts", "phfts", "wfts"];
+
+// ---------------------------------------------------------------------------------------
+// Low-level helpers
+
+/// Split on `sep` at depth 0, outside double quotes (backslash escapes inside quotes).
+pub fn split_top(s: &str, sep: char) -> Result<Vec<String>, String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut depth = 0i32;
+    let mut in_q = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if in_q {
+            cur.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            } else if c == '"' {
+                in_q = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_q = true;
+                cur.push(c);
+            }
+            '(' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("unexpected \")\"".into());
+                }
+                cur.push(c);
+            }
+            c if c == sep && depth == 0 => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if in_q {
+        return Err("unexpected end of input, expecting '\"'".into());
+    }
+    if depth != 0 {
+        return Err("unexpected end of input, expecting \")\"".into());
+    }
+    out.push(cur);
+    Ok(out)
+}
+
+/// Remove surrounding double quotes and unescape `\x`.
+fn unquote(s: &str) -> String {
+    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        let inner = &s[1..s.len() - 1];
+        let mut out = String::new();
+        let mut it = inner.chars();
+        while let Some(c) = it.next() {
+            if c == '\\' {
+                if let Some(n) = it.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        s.to_string()
+    }
+}
+
+struct Cursor<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(s: &'a str) -> Self {
+        Cursor { s, pos: 0 }
+    }
+    fn rest(&self) -> &'a str {
+        &self.s[self.pos..]
+    }
+    fn eof(&self) -> bool {
+        self.pos >= self.s.len()
+    }
+    fn eat(&mut self, t: &str) -> bool {
+        if self.rest().starts_with(t) {
+            self.pos += t.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn peek(&self) -> Option<char> {
+        self.rest().chars().next()
+    }
+    /// An identifier: `"quoted"` or a run of characters up to a delimiter.
+    fn ident(&mut self, stops: &[char]) -> Result<String, String> {
+        if self.peek() == Some('"') {
+            let rest = self.rest();
+            let mut end = None;
+            let mut it = rest.char_indices().skip(1);
+            while let Some((i, c)) = it.next() {
+                if c == '\\' {
+                    it.next();
+                } else if c == '"' {
+                    end = Some(i);
+                    break;
+                }
+            }
+            let end = end.ok_or("unexpected end of input, expecting '\"'")?;
+            let q = &rest[..=end];
+            self.pos += end + 1;
+            return Ok(unquote(q));
+        }
+        let rest = self.rest();
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            if stops.contains(&c) || c == '"' {
+                end = i;
+                break;
+            }
+            if rest[i..].starts_with("->") || rest[i..].starts_with("::") {
+                end = i;
+                break;
+            }
+        }
+        if end == 0 {
+            return Err(match rest.chars().next() {
+                Some(c) => format!("unexpected \"{c}\" expecting field name (* or [a..z0..9_$])"),
+                None => "unexpected end of input expecting field name (* or [a..z0..9_$])".into(),
+            });
+        }
+        let id = rest[..end].trim().to_string();
+        self.pos += end;
+        if id.is_empty() {
+            return Err("expecting field name".into());
+        }
+        Ok(id)
+    }
+    /// A field: identifier plus `->`/`->>` path.
+    fn field(&mut self, stops: &[char]) -> Result<Field, String> {
+        let name = self.ident(stops)?;
+        let mut path = vec![];
+        loop {
+            let text = if self.eat("->>") {
+                true
+            } else if self.eat("->") {
+                false
+            } else {
+                break;
+            };
+            let k = self.ident(stops)?;
+            let key = match k.parse::<i64>() {
+                Ok(n)
+                    if !k.starts_with('"') && k.chars().all(|c| c.is_ascii_digit() || c == '-') =>
+                {
+                    JsonKey::Idx(n)
+                }
+                _ => JsonKey::Key(k),
+            };
+            path.push(JsonOp { text, key });
+        }
+        Ok(Field { name, path })
+    }
+    /// `::type` (letters, digits, `_`, spaces and `[]` only: it is written into SQL).
+    fn cast(&mut self) -> Result<Option<String>, String> {
+        if !self.eat("::") {
+            return Ok(None);
+        }
+        let rest = self.rest();
+        let end = rest
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || c == '_' || c == ' ' || c == '[' || c == ']')
+            })
+            .unwrap_or(rest.len());
+        let t = rest[..end].trim().to_string();
+        if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            return Err("expecting a type name after \"::\"".into());
+        }
+        self.pos += end;
+        Ok(Some(t))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// select
+
+const SELECT_STOPS: &[char] = &[',', ':', '(', ')', '!', '.'];
+
+pub fn parse_select(s: &str) -> Result<Vec<SelectItem>, RestError> {
+    // Whitespace outside quotes carries no meaning (the client strips it as well).
+    let cleaned = strip_ws(s);
+    parse_select_items(&cleaned, 0).map_err(|d| RestError::parse("select parameter", s, d))
+}
+
+fn strip_ws(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_q = false;
+    let mut prev_bs = false;
+    for c in s.chars() {
+        if in_q {
+            out.push(c);
+            if c == '"' && !prev_bs {
+                in_q = false;
+            }
+            prev_bs = c == '\\' && !prev_bs;
+            continue;
+        }
+        if c == '"' {
+            in_q = true;
+            prev_bs = false;
+        }
+        if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const MAX_DEPTH: usize = 16;
+
+fn parse_select_items(s: &str, depth: usize) -> Result<Vec<SelectItem>, String> {
+    if depth > MAX_DEPTH {
+        return Err("embedding is nested too deeply".into());
+    }
+    if s.is_empty() {
+        return Ok(vec![]);
+    }
+    let parts = split_top(s, ',')?;
+    let mut out = vec![];
+    for p in parts {
+        if p.is_empty() {
+            return Err("unexpected \",\" expecting field name (* or [a..z0..9_$])".into());
+        }
+        out.push(parse_select_item(&p, depth)?);
+    }
+    Ok(out)
+}
+
+fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, String> {
+    if p == "*" {
+        return Ok(SelectItem::Star);
+    }
+    let mut c = Cursor::new(p);
+    let spread = c.eat("...");
+    // Optional alias.
+    let save = c.pos;
+    let mut alias = None;
+    if let Ok(id) = c.ident(SELECT_STOPS) {
+        if c.rest().starts_with(':') && !c.rest().starts_with("::") {
+            c.pos += 1;
+            alias = Some(id);
+        } else {
+            c.pos = save;
+        }
+    } else {
+        c.pos = save;
+    }
+    if !spread && c.eat("count()") {
+        let cast = c.cast()?;
+        if !c.eof() {
+            return Err(format!("unexpected \"{}\"", c.rest()));
+        }
+        return Ok(SelectItem::CountAll { alias, cast });
+    }
+    let field = c.field(SELECT_STOPS)?;
+    // Embedding: name[!hint][!inner](...)
+    if c.peek() == Some('!') || c.peek() == Some('(') {
+        if !field.path.is_empty() {
+            return Err("unexpected \"(\"".into());
+        }
+        let mut hint = None;
+        let mut join = None;
+        while c.eat("!") {
+            let h = c.ident(SELECT_STOPS)?;
+            match h.as_str() {
+                "inner" => join = Some(JoinType::Inner),
+                "left" => join = Some(JoinType::Left),
+                _ => {
+                    if hint.is_some() {
+                        return Err(format!("unexpected \"{h}\""));
+                    }
+                    hint = Some(h)
+                }
+            }
+        }
+        if !c.eat("(") {
+            return Err("unexpected end of input expecting \"(\"".into());
+        }
+        let inner = c.rest();
+        if !inner.ends_with(')') {
+            return Err("unexpected end of input expecting \")\"".into());
+        }
+        let items = parse_select_items(&inner[..inner.len() - 1], depth + 1)?;
+        return Ok(SelectItem::Embed(Embed {
+            name: field.name,
+            alias,
+            hint,
+            join,
+            spread,
+            items,
+        }));
+    }
+    if spread {
+        return Err("expecting \"(\" after a spread relation".into());
+    }
+    let cast = c.cast()?;
+    let mut agg = None;
+    let mut agg_cast = None;
+    if c.eat(".") {
+        let name = c.ident(SELECT_STOPS)?;
+        let a = Agg::parse(&name)
+            .ok_or_else(|| format!("unexpected \"{name}\" expecting aggregate function"))?;
+        if !c.eat("()") {
+            return Err("expecting \"()\" after an aggregate".into());
+        }
+        agg = Some(a);
+        agg_cast = c.cast()?;
+    }
+    if !c.eof() {
+        return Err(format!(
+            "unexpected \"{}\" expecting delimiter (.), \",\", \"->\" or end of input",
+            c.rest().chars().next().unwrap_or(' ')
+        ));
+    }
+    Ok(SelectItem::Field {
+        field,
+        alias,
+        cast,
+        agg,
+        agg_cast,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// filters
+
+/// `[not.]op[(mod)].value` for the column `field`.
+pub fn parse_filter(field: Field, value: &str) -> Result<Filter, RestError> {
+    parse_op_value(value)
+        .map(|(negate, op)| Filter { field, negate, op })
+        .map_err(|d| RestError::parse("filter", value, d))
+}
+
+fn parse_op_value(v: &str) -> Result<(bool, Op), String> {
+    let (negate, v) = match v.strip_prefix("not.") {
+        Some(r) => (true, r),
+        None => (false, v),
+    };
+    let (opname, rest) = match v.find(['.', '(']) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => {
+            return Err(format!(
+                "unexpected end of input expecting operator (eq, gt, ...) in \"{v}\""
+            ))
+        }
+    };
+    // Optional modifier in parentheses.
+    let (modifier, rest) = if let Some(r) = rest.strip_prefix('(') {
+        let end = r
+            .find(')')
+            .ok_or("unexpected end of input expecting \")\"")?;
+        (Some(&r[..end]), &r[end + 1..])
+    } else {
+        (None, rest)
+    };
+    let value = rest.strip_prefix('.').ok_or_else(|| {
+        format!(
+            "unexpected \"{}\" expecting \".\"",
+            rest.chars().next().unwrap_or(' ')
+        )
+    })?;
+    let op = match opname {
+        "in" if modifier.is_none() => Op::In(parse_list(value)?),
+        "is" if modifier.is_none() => {
+            Op::Is(match value.to_ascii_lowercase().as_str() {
+                "null" => IsVal::Null,
+                "not_null" => IsVal::NotNull,
+                "true" => IsVal::True,
+                "false" => IsVal::False,
+                "unknown" => IsVal::Unknown,
+                _ => return Err(format!(
+                    "unexpected \"{value}\" expecting null or trilean value (unknown, true, false)"
+                )),
+            })
+        }
+        o if FTS_OPS.contains(&o) => Op::Fts {
+            op: o.into(),
+            config: modifier.map(str::to_string),
+            value: value.into(),
+        },
+        o if SIMPLE_OPS.contains(&o) => {
+            let quant = match modifier {
+                None => None,
+                Some("any") if QUANT_OPS.contains(&o) => Some(Quant::Any),
+                Some("all") if QUANT_OPS.contains(&o) => Some(Quant::All),
+                Some(m) => return Err(format!("unexpected \"{m}\" expecting \"any\" or \"all\"")),
+            };
+            Op::Simple {
+                op: o.into(),
+                quant,
+                value: value.into(),
+            }
+        }
+        o => return Err(format!("unknown operator \"{o}\"")),
+    };
+    Ok((negate, op))
+}
+
+/// `(a,"b,c",d)` -> values.
+fn parse_list(v: &str) -> Result<Vec<String>, String> {
+    let inner = v
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or("unexpected end of input expecting \"(\" ... \")\"")?;
+    if inner.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut in_q = false;
+    let mut quoted = false;
+    let mut it = inner.chars();
+    while let Some(c) = it.next() {
+        if in_q {
+            match c {
+                '\\' => {
+                    if let Some(n) = it.next() {
+                        cur.push(n);
+                    }
+                }
+                '"' => in_q = false,
+                c => cur.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if cur.is_empty() => {
+                in_q = true;
+                quoted = true;
+            }
+            ',' => {
+                out.push(std::mem::take(&mut cur));
+                quoted = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if in_q {
+        return Err("unexpected end of input expecting '\"'".into());
+    }
+    let _ = quoted;
+    out.push(cur);
+    Ok(out)
+}
+
+/// `(a.eq.1,and(b.gt.2,not.c.is.null))` for `or=` / `and=` (negate for `not.or`).
+pub fn parse_logic(or: bool, negate: bool, value: &str) -> Result<Logic, RestError> {
+    parse_logic_inner(or, negate, value, 0).map_err(|d| {
+        RestError::parse(
+            "logic tree",
+            &format!(
+                "{}{}{value}",
+                if negate { "not." } else { "" },
+                if or { "or=" } else { "and=" }
+            ),
+            d,
+        )
+    })
+}
+
+fn parse_logic_inner(or: bool, negate: bool, value: &str, depth: usize) -> Result<Logic, String> {
+    if depth > MAX_DEPTH {
+        return Err("logic tree nested too deeply".into());
+    }
+    let inner = value
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or("unexpected end of input expecting \"(\"")?;
+    let mut children = vec![];
+    for part in split_top(inner, ',')? {
+        if part.is_empty() {
+            return Err("unexpected \",\" expecting logic operator or field name".into());
+        }
+        let (neg, body) = match part.strip_prefix("not.") {
+            Some(r) if r.starts_with("and(") || r.starts_with("or(") => (true, r),
+            _ => (false, part.as_str()),
+        };
+        if let Some(r) = body.strip_prefix("and") {
+            if r.starts_with('(') {
+                children.push(parse_logic_inner(false, neg, r, depth + 1)?);
+                continue;
+            }
+        }
+        if let Some(r) = body.strip_prefix("or") {
+            if r.starts_with('(') {
+                children.push(parse_logic_inner(true, neg, r, depth + 1)?);
+                continue;
+            }
+        }
+        let mut c = Cursor::new(body);
+        let field = c.field(&['.', ',', '(', ')'])?;
+        if !c.eat(".") {
+            return Err(format!(
+                "unexpected end of input in \"{body}\" expecting \".\""
+            ));
+        }
+        let (neg, mut op) = parse_op_value(c.rest())?;
+        // Values inside a logic tree may be double-quoted.
+        if let Op::Simple { value, .. } | Op::Fts { value, .. } = &mut op {
+            *value = unquote(value);
+        }
+        children.push(Logic::Filter(Filter {
+            field,
+            negate: neg,
+            op,
+        }));
+    }
+    Ok(Logic::Tree {
+        or,
+        negate,
+        children,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// order
+
+pub fn parse_order(s: &str) -> Result<Vec<OrderTerm>, RestError> {
+    parse_order_inner(s).map_err(|d| RestError::parse("order", s, d))
+}
+
+fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
+    let mut out = vec![];
+    for part in split_top(s, ',')? {
+        if part.is_empty() {
+            return Err("unexpected \",\" expecting field name".into());
+        }
+        let mut c = Cursor::new(&part);
+        let mut field = c.field(&['.', ',', '(', ')'])?;
+        let mut relation = None;
+        if c.eat("(") {
+            let f = c.field(&['.', ',', '(', ')'])?;
+            if !c.eat(")") {
+                return Err("expecting \")\"".into());
+            }
+            relation = Some(field.name);
+            field = f;
+        }
+        let mut desc = false;
+        let mut nulls_first = None;
+        while c.eat(".") {
+            let w = c.ident(&['.'])?;
+            match w.as_str() {
+                "asc" => desc = false,
+                "desc" => desc = true,
+                "nullsfirst" => nulls_first = Some(true),
+                "nullslast" => nulls_first = Some(false),
+                o => return Err(format!("unexpected \"{o}\" expecting \"asc\", \"desc\", \"nullsfirst\" or \"nullslast\"")),
+            }
+        }
+        if !c.eof() {
+            return Err(format!("unexpected \"{}\"", c.rest()));
+        }
+        out.push(OrderTerm {
+            field,
+            relation,
+            desc,
+            nulls_first,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// columns=, on_conflict=
+
+pub fn parse_columns(s: &str, what: &str) -> Result<Vec<String>, RestError> {
+    let mut out = vec![];
+    for p in split_top(s, ',').map_err(|d| RestError::parse(what, s, d))? {
+        let p = p.trim();
+        if p.is_empty() {
+            return Err(RestError::parse(what, s, "empty column name"));
+        }
+        out.push(unquote(p));
+    }
+    Ok(out)
+}
+
+/// A query key split into its embed path and last segment: `books.authors.or` ->
+/// (["books","authors"], "or"); `not.or` is kept as the last segment.
+pub fn split_key(key: &str) -> Result<(Vec<String>, String), RestError> {
+    let err = |d: String| RestError::parse("filter", key, d);
+    // JSON paths may not be split on '.', but keys with '->' only ever have it in the last
+    // segment; split before the first arrow.
+    let (head, tail) = match key.find("->") {
+        Some(i) => (&key[..i], &key[i..]),
+        None => (key, ""),
+    };
+    let mut segs: Vec<String> = split_top(head, '.').map_err(err)?;
+    let last = segs.pop().unwrap_or_default() + tail;
+    if segs.last().map(String::as_str) == Some("not") && (last == "or" || last == "and") {
+        segs.pop();
+        return Ok((
+            segs.into_iter().map(|s| unquote(&s)).collect(),
+            format!("not.{last}"),
+        ));
+    }
+    Ok((segs.into_iter().map(|s| unquote(&s)).collect(), last))
+}
+
+pub fn parse_field(s: &str) -> Result<Field, RestError> {
+    let mut c = Cursor::new(s);
+    let f = c.field(&[]).map_err(|d| RestError::parse("filter", s, d))?;
+    if !c.eof() {
+        return Err(RestError::parse(
+            "filter",
+            s,
+            format!("unexpected \"{}\"", c.rest()),
+        ));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_grammar() {
+        let s = parse_select("id,author:users!messages_user_fkey!inner(username,\"weird col\"),...x(a),n:data->a->>b::text,count(),price.sum()").unwrap();
+        assert_eq!(s.len(), 6);
+        match &s[1] {
+            SelectItem::Embed(e) => {
+                assert_eq!(e.name, "users");
+                assert_eq!(e.alias.as_deref(), Some("author"));
+                assert_eq!(e.hint.as_deref(), Some("messages_user_fkey"));
+                assert_eq!(e.join, Some(JoinType::Inner));
+                assert_eq!(
+                    e.items[1],
+                    SelectItem::Field {
+                        field: Field::plain("weird col"),
+                        alias: None,
+                        cast: None,
+                        agg: None,
+                        agg_cast: None
+                    }
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(&s[2], SelectItem::Embed(e) if e.spread));
+        match &s[3] {
+            SelectItem::Field {
+                field, alias, cast, ..
+            } => {
+                assert_eq!(field.name, "data");
+                assert_eq!(field.path.len(), 2);
+                assert!(field.path[1].text);
+                assert_eq!(alias.as_deref(), Some("n"));
+                assert_eq!(cast.as_deref(), Some("text"));
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(&s[4], SelectItem::CountAll { .. }));
+        assert!(matches!(
+            &s[5],
+            SelectItem::Field {
+                agg: Some(Agg::Sum),
+                ..
+            }
+        ));
+        assert!(parse_select("a,,b").is_err());
+        assert!(parse_select("a(").is_err());
+        assert!(parse_select("a::int;drop").is_err());
+        assert!(parse_select("x.foo()").is_err());
+        let nested = parse_select("*, a(*, b(*, c(id)))").unwrap();
+        assert_eq!(nested.len(), 2);
+    }
+
+    #[test]
+    fn filters() {
+        let f = parse_filter(Field::plain("a"), "not.in.(1,\"b,c\",d)").unwrap();
+        assert!(f.negate);
+        assert_eq!(f.op, Op::In(vec!["1".into(), "b,c".into(), "d".into()]));
+        let f = parse_filter(Field::plain("a"), "like(any).{a*,b*}").unwrap();
+        assert_eq!(
+            f.op,
+            Op::Simple {
+                op: "like".into(),
+                quant: Some(Quant::Any),
+                value: "{a*,b*}".into()
+            }
+        );
+        let f = parse_filter(Field::plain("a"), "wfts(english).cat & dog").unwrap();
+        assert_eq!(
+            f.op,
+            Op::Fts {
+                op: "wfts".into(),
+                config: Some("english".into()),
+                value: "cat & dog".into()
+            }
+        );
+        assert!(parse_filter(Field::plain("a"), "is.maybe").is_err());
+        assert!(parse_filter(Field::plain("a"), "nope.1").is_err());
+        assert!(parse_filter(Field::plain("a"), "eq").is_err());
+        assert_eq!(
+            parse_filter(Field::plain("a"), "eq.").unwrap().op,
+            Op::Simple {
+                op: "eq".into(),
+                quant: None,
+                value: "".into()
+            }
+        );
+    }
+
+    #[test]
+    fn logic() {
+        let l = parse_logic(
+            true,
+            false,
+            "(a.eq.1,and(b.gt.2,c.lt.3),not.or(d.is.null,e.in.(1,2)),f.eq.\"x,y\")",
+        )
+        .unwrap();
+        match l {
+            Logic::Tree { or, children, .. } => {
+                assert!(or);
+                assert_eq!(children.len(), 4);
+                assert!(matches!(
+                    &children[2],
+                    Logic::Tree {
+                        or: true,
+                        negate: true,
+                        ..
+                    }
+                ));
+                match &children[3] {
+                    Logic::Filter(f) => assert_eq!(
+                        f.op,
+                        Op::Simple {
+                            op: "eq".into(),
+                            quant: None,
+                            value: "x,y".into()
+                        }
+                    ),
+                    o => panic!("{o:?}"),
+                }
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(parse_logic(true, false, "(a.eq.1").is_err());
+        assert!(parse_logic(true, false, "a.eq.1").is_err());
+    }
+
+    #[test]
+    fn order_and_keys() {
+        let o = parse_order("id.desc.nullsfirst,name,data->>x.asc,author(name).desc").unwrap();
+        assert_eq!(o.len(), 4);
+        assert!(o[0].desc && o[0].nulls_first == Some(true));
+        assert_eq!(o[2].field.path.len(), 1);
+        assert_eq!(o[3].relation.as_deref(), Some("author"));
+        assert!(parse_order("id.up").is_err());
+        assert_eq!(
+            split_key("books.authors.or").unwrap(),
+            (vec!["books".into(), "authors".into()], "or".into())
+        );
+        assert_eq!(split_key("not.or").unwrap(), (vec![], "not.or".into()));
+        assert_eq!(
+            split_key("data->a.b").unwrap(),
+            (vec![], "data->a.b".into())
+        );
+        assert_eq!(
+            parse_columns("\"a\",\"b c\"", "columns").unwrap(),
+            vec!["a", "b c"]
+        );
+    }
+
+    /// Exhaustive-ish: no input over a small alphabet makes any parser panic.
+    #[test]
+    fn parsers_never_panic() {
+        let alphabet: Vec<char> = "a.,()!:\"-> *{}\\1é".chars().collect();
+        let mut inputs = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = vec![];
+            for s in &inputs {
+                for c in &alphabet {
+                    let mut t = s.clone();
+                    t.push(*c);
+                    next.push(t);
+                }
+            }
+            for s in &next {
+                let _ = parse_select(s);
+                let _ = parse_order(s);
+                let _ = parse_filter(Field::plain("a"), s);
+                let _ = parse_logic(true, false, s);
+                let _ = split_key(s);
+                let _ = parse_field(s);
+                let _ = parse_columns(s, "columns");
+            }
+            // Keep the frontier bounded.
+            inputs = next.into_iter().step_by(7).collect();
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! The schema cache: relations, columns, keys, relationships (including through views and
+//! computed ones) and functions of the exposed schemas, read from the catalogs in a few
+//! queries. Only the planner reads it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use tokio_postgres::GenericClient;
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` of the column (written into SQL for casts; catalog text).
+    pub ty: String,
+    pub nullable: bool,
+    pub default: Option<String>,
+    pub description: Option<String>,
+    pub enum_values: Vec<String>,
+    pub generated: bool,
+    pub position: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// 'r' table, 'p' partitioned, 'v' view, 'm' matview, 'f' foreign
+    pub kind: char,
+    pub columns: Vec<Column>,
+    pub pk: Vec<String>,
+    pub description: Option<String>,
+    pub insertable: bool,
+    pub updatable: bool,
+    pub deletable: bool,
+}
+
+impl Relation {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+    pub fn is_view(&self) -> bool {
+        matches!(self.kind, 'v' | 'm')
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cardinality {
+    ManyToOne,
+    OneToMany,
+    OneToOne,
+    ManyToMany {
+        junction: (String, String),
+        fk_source: String,
+        fk_target: String,
+        source_cols: Vec<(String, String)>,
+        target_cols: Vec<(String, String)>,
+    },
+}
+
+/// A relationship from `source` to `target`; `cols` pairs source column with target column.
+#[derive(Debug, Clone)]
+pub struct Relationship {
+    pub source: (String, String),
+    pub target: (String, String),
+    pub constraint: String,
+    pub cols: Vec<(String, String)>,
+    pub card: Cardinality,
+    /// Computed relationship: the function (schema, name) taking a source row.
+    pub function: Option<(String, String)>,
+    pub to_one_computed: bool,
+}
+
+impl Relationship {
+    pub fn is_to_one(&self) -> bool {
+        match &self.card {
+            Cardinality::ManyToOne | Cardinality::OneToOne => true,
+            Cardinality::OneToMany => self.to_one_computed,
+            Cardinality::ManyToMany { .. } => false,
+        }
+    }
+    pub fn card_name(&self) -> &'static str {
+        match &self.card {
+            Cardinality::ManyToOne => "many-to-one",
+            Cardinality::OneToMany => "one-to-many",
+            Cardinality::OneToOne => "one-to-one",
+            Cardinality::ManyToMany { .. } => "many-to-many",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Arg {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub mode: String,
+    #[serde(default)]
+    pub has_default: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum RetType {
+    /// A relation's row type (table, view or named composite that is a relation).
+    Relation(String, String),
+    /// `returns table(...)` / OUT parameters / a composite type: columns of a record.
+    Record(Vec<(String, String)>),
+    Scalar(String),
+    Void,
+}
+
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub schema: String,
+    pub name: String,
+    /// Input arguments in order (IN, INOUT, VARIADIC).
+    pub args: Vec<Arg>,
+    pub ret: RetType,
+    pub returns_set: bool,
+    /// 'i', 's' or 'v'
+    pub volatility: char,
+    pub variadic: bool,
+    pub rows: f32,
+    pub description: Option<String>,
+}
+
+impl Function {
+    pub fn signature(&self) -> String {
+        let a: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| format!("{} => {}", a.name, a.ty))
+            .collect();
+        format!("{}.{}({})", self.schema, self.name, a.join(", "))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SchemaCache {
+    pub relations: HashMap<(String, String), Relation>,
+    pub by_oid: HashMap<u32, (String, String)>,
+    pub relationships: Vec<Relationship>,
+    pub functions: HashMap<(String, String), Vec<Function>>,
+    /// Computed fields: (schema, relation name) -> function names returning a scalar.
+    pub computed_fields: HashMap<(String, String), Vec<(String, String, String)>>,
+    /// `alter role authenticator set pgrst.*` overrides.
+    pub role_settings: HashMap<String, String>,
+    pub postgis: bool,
+}
+
+impl SchemaCache {
+    pub fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.relations.get(&(schema.to_string(), name.to_string()))
+    }
+    pub fn setting_bool(&self, key: &str) -> Option<bool> {
+        self.role_settings
+            .get(key)
+            .map(|v| matches!(v.as_str(), "true" | "on" | "1"))
+    }
+}
+
+const RELATIONS: &str = r#"
+select n.nspname::text, c.relname::text, c.relkind::text, c.oid::oid,
+       obj_description(c.oid, 'pg_class'),
+       pg_relation_is_updatable(c.oid::regclass, true)
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = any($1) and c.relkind in ('r','v','m','f','p')
+  and not c.relispartition
+"#;
+
+const COLUMNS: &str = r#"
+select a.attrelid::oid, a.attname::text, a.attnum::int4, format_type(a.atttypid, a.atttypmod),
+       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum),
+       coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_enum e
+                 where e.enumtypid = a.atttypid), '{}'),
+       a.attgenerated <> ''
+from pg_attribute a
+join pg_class c on c.oid = a.attrelid
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+where n.nspname = any($1) and c.relkind in ('r','v','m','f','p') and a.attnum > 0
+  and not a.attisdropped
+order by a.attrelid, a.attnum
+"#;
+
+/// Primary keys, unique constraints and foreign keys, column names resolved.
+const CONSTRAINTS: &str = r#"
+select con.contype::text, con.conname::text, con.conrelid::oid,
+       array(select a.attname::text from unnest(con.conkey) with ordinality k(n, o)
+             join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.n order by k.o),
+       con.confrelid::oid,
+       array(select a.attname::text from unnest(coalesce(con.confkey, '{}')) with ordinality k(n, o)
+             join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.n order by k.o)
+from pg_constraint con
+where con.contype in ('p','u','f')
+  and (con.conrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1))
+    or con.confrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1)))
+"#;
+
+const VIEWS: &str = r#"
+select r.ev_class::oid, r.ev_action::text
+from pg_rewrite r join pg_class c on c.oid = r.ev_class join pg_namespace n on n.oid = c.relnamespace
+where r.rulename = '_RETURN' and c.relkind in ('v','m') and n.nspname = any($1)
+"#;
+
+const FUNCTIONS: &str = r#"
+select n.nspname::text, p.proname::text,
+  coalesce((select json_agg(json_build_object('name', coalesce(a.name, ''), 'type', format_type(a.typ, null), 'mode', a.mode::text) order by a.ord)
+     from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]),
+                 coalesce(p.proargmodes, array_fill('i'::"char", array[p.pronargs::int])),
+                 coalesce(p.proargnames, array_fill(''::text, array[coalesce(array_length(p.proallargtypes, 1), p.pronargs::int)])))
+          with ordinality as a(typ, mode, name, ord)), '[]')::text,
+  p.pronargdefaults::int4, p.proretset, p.provolatile::text, p.provariadic <> 0,
+  p.prorows::float4, t.typtype::text, t.typrelid::oid, format_type(p.prorettype, null),
+  obj_description(p.oid, 'pg_proc'),
+  case when t.typtype = 'c' then (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'mode', 'o') order by a.attnum)
+     from pg_attribute a where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)::text end
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_type t on t.oid = p.prorettype
+where n.nspname = any($1) and p.prokind = 'f'
+"#;
+
+fn opt_desc(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+pub async fn load<C: GenericClient>(
+    client: &C,
+    schemas: &[String],
+) -> Result<SchemaCache, tokio_postgres::Error> {
+    let mut sc = SchemaCache::default();
+    for r in client.query(RELATIONS, &[&schemas]).await? {
+        let kind: String = r.get(2);
+        let upd: i32 = r.get(5);
+        let key = (r.get::<_, String>(0), r.get::<_, String>(1));
+        let oid: u32 = r.get(3);
+        let k = kind.chars().next().unwrap_or('r');
+        let is_table = matches!(k, 'r' | 'p');
+        sc.by_oid.insert(oid, key.clone());
+        sc.relations.insert(
+            key.clone(),
+            Relation {
+                oid,
+                schema: key.0,
+                name: key.1,
+                kind: k,
+                columns: vec![],
+                pk: vec![],
+                description: opt_desc(r.get(4)),
+                // pg_relation_is_updatable bits: 8 insert, 4 update, 16 delete.
+                insertable: is_table || upd & 8 != 0,
+                updatable: is_table || upd & 4 != 0,
+                deletable: is_table || upd & 16 != 0,
+            },
+        );
+    }
+    for r in client.query(COLUMNS, &[&schemas]).await? {
+        let oid: u32 = r.get(0);
+        let Some(key) = sc.by_oid.get(&oid) else {
+            continue;
+        };
+        if let Some(rel) = sc.relations.get_mut(key) {
+            rel.columns.push(Column {
+                name: r.get(1),
+                position: r.get(2),
+                ty: r.get(3),
+                nullable: r.get(4),
+                default: r.get(5),
+                description: opt_desc(r.get(6)),
+                enum_values: r.get(7),
+                generated: r.get(8),
+            });
+        }
+    }
+    // Constraints.
+    struct Fk {
+        name: String,
+        rel: u32,
+        cols: Vec<String>,
+        frel: u32,
+        fcols: Vec<String>,
+    }
+    let mut fks = vec![];
+    let mut uniques: HashMap<u32, Vec<Vec<String>>> = HashMap::new();
+    for r in client.query(CONSTRAINTS, &[&schemas]).await? {
+        let ty: String = r.get(0);
+        let rel: u32 = r.get(2);
+        let cols: Vec<String> = r.get(3);
+        match ty.as_str() {
+            "p" => {
+                if let Some(key) = sc.by_oid.get(&rel).cloned() {
+                    if let Some(x) = sc.relations.get_mut(&key) {
+                        x.pk = cols.clone();
+                    }
+                }
+                uniques.entry(rel).or_default().push(cols);
+            }
+            "u" => uniques.entry(rel).or_default().push(cols),
+            _ => fks.push(Fk {
+                name: r.get(1),
+                rel,
+                cols,
+                frel: r.get(4),
+                fcols: r.get(5),
+            }),
+        }
+    }
+    // Views: which view column comes from which (table oid, column number).
+    let mut view_cols: HashMap<u32, Vec<(String, u32, i32)>> = HashMap::new();
+    for r in client.query(VIEWS, &[&schemas]).await? {
+        let oid: u32 = r.get(0);
+        let action: String = r.get(1);
+        view_cols.insert(oid, parse_view_targets(&action));
+    }
+    // Column numbers -> names for every relation referenced by views.
+    let referenced: Vec<u32> = view_cols.values().flatten().map(|(_, t, _)| *t).collect();
+    let mut attnames: HashMap<(u32, i32), String> = HashMap::new();
+    if !referenced.is_empty() {
+        for r in client
+            .query(
+                "select attrelid::oid, attnum::int4, attname::text from pg_attribute where attrelid = any($1) and attnum > 0",
+                &[&referenced],
+            )
+            .await?
+        {
+            attnames.insert((r.get(0), r.get(1)), r.get(2));
+        }
+    }
+    // For each view: base (table oid, column name) -> view column name, following views of views.
+    let mut view_map: HashMap<u32, Vec<(String, u32, String)>> = HashMap::new();
+    for (&v, cols) in &view_cols {
+        let mut out = vec![];
+        for (vcol, t, n) in cols {
+            if let Some(bn) = attnames.get(&(*t, *n)) {
+                out.push((vcol.clone(), *t, bn.clone()));
+            }
+        }
+        view_map.insert(v, out);
+    }
+    // Resolve chains (view over view) up to a few levels.
+    for _ in 0..4 {
+        let snapshot = view_map.clone();
+        for (_, cols) in view_map.iter_mut() {
+            let mut extra = vec![];
+            for (vcol, t, bn) in cols.iter() {
+                if let Some(inner) = snapshot.get(t) {
+                    for (ivcol, it, ibn) in inner {
+                        if ivcol == bn
+                            && !cols
+                                .iter()
+                                .any(|(a, b, c)| a == vcol && b == it && c == ibn)
+                        {
+                            extra.push((vcol.clone(), *it, ibn.clone()));
+                        }
+                    }
+                }
+            }
+            cols.extend(extra);
+        }
+    }
+    // Every relation (table or view) that exposes all of `cols` of table `t`: (oid, mapped cols).
+    let expose = |t: u32, cols: &[String]| -> Vec<(u32, Vec<String>)> {
+        let mut out = vec![(t, cols.to_vec())];
+        for (&v, m) in &view_map {
+            // A view may expose a column twice; take the first mapping per base column.
+            let mut mapped = vec![];
+            for c in cols {
+                match m.iter().find(|(_, bt, bn)| *bt == t && bn == c) {
+                    Some((vc, _, _)) => mapped.push(vc.clone()),
+                    None => break,
+                }
+            }
+            if mapped.len() == cols.len() {
+                out.push((v, mapped));
+            }
+        }
+        out
+    };
+    // View primary keys come from their base table.
+    for (&v, _) in &view_map {
+        let Some(vkey) = sc.by_oid.get(&v).cloned() else {
+            continue;
+        };
+        let mut pk = vec![];
+        for (&t, ucs) in &uniques {
+            let Some(tkey) = sc.by_oid.get(&t) else {
+                continue;
+            };
+            let Some(trel) = sc.relations.get(tkey) else {
+                continue;
+            };
+            if trel.pk.is_empty() {
+                continue;
+            }
+            let _ = ucs;
+            for (vo, mapped) in expose(t, &trel.pk) {
+                if vo == v {
+                    pk = mapped;
+                }
+            }
+            if !pk.is_empty() {
+                break;
+            }
+        }
+        if let Some(r) = sc.relations.get_mut(&vkey) {
+            r.pk = pk;
+        }
+    }
+    let is_unique = |t: u32, cols: &[String]| -> bool {
+        uniques.get(&t).is_some_and(|us| {
+            us.iter().any(|u| {
+                !u.is_empty() && u.iter().all(|c| cols.contains(c)) && u.len() <= cols.len()
+            })
+        })
+    };
+    for fk in &fks {
+        let one_to_one = is_unique(fk.rel, &fk.cols);
+        for (s, scols) in expose(fk.rel, &fk.cols) {
+            for (t, tcols) in expose(fk.frel, &fk.fcols) {
+                let (Some(sk), Some(tk)) = (sc.by_oid.get(&s).cloned(), sc.by_oid.get(&t).cloned())
+                else {
+                    continue;
+                };
+                let pairs: Vec<(String, String)> =
+                    scols.iter().cloned().zip(tcols.iter().cloned()).collect();
+                sc.relationships.push(Relationship {
+                    source: sk.clone(),
+                    target: tk.clone(),
+                    constraint: fk.name.clone(),
+                    cols: pairs.clone(),
+                    card: if one_to_one {
+                        Cardinality::OneToOne
+                    } else {
+                        Cardinality::ManyToOne
+                    },
+                    function: None,
+                    to_one_computed: false,
+                });
+                sc.relationships.push(Relationship {
+                    source: tk,
+                    target: sk,
+                    constraint: fk.name.clone(),
+                    cols: pairs.into_iter().map(|(a, b)| (b, a)).collect(),
+                    card: if one_to_one {
+                        Cardinality::OneToOne
+                    } else {
+                        Cardinality::OneToMany
+                    },
+                    function: None,
+                    to_one_computed: false,
+                });
+            }
+        }
+    }
+    // Many-to-many through junctions: two FKs out of the same relation.
+    let m2o: Vec<Relationship> = sc
+        .relationships
+        .iter()
+        .filter(|r| {
+            matches!(r.card, Cardinality::ManyToOne | Cardinality::OneToOne) && r.function.is_none()
+        })
+        .cloned()
+        .collect();
+    for a in &m2o {
+        for b in &m2o {
+            if a.source != b.source || a.constraint == b.constraint {
+                continue;
+            }
+            // Junction rows point at a (source of the m2m) and b (target).
+            sc.relationships.push(Relationship {
+                source: a.target.clone(),
+                target: b.target.clone(),
+                constraint: b.constraint.clone(),
+                cols: vec![],
+                card: Cardinality::ManyToMany {
+                    junction: a.source.clone(),
+                    fk_source: a.constraint.clone(),
+                    fk_target: b.constraint.clone(),
+                    source_cols: a.cols.iter().map(|(j, s)| (s.clone(), j.clone())).collect(),
+                    target_cols: b.cols.iter().map(|(j, t)| (t.clone(), j.clone())).collect(),
+                },
+                function: None,
+                to_one_computed: false,
+            });
+        }
+    }
+    // Functions.
+    let mut type_rel: HashMap<u32, (String, String)> = HashMap::new();
+    for (oid, key) in &sc.by_oid {
+        type_rel.insert(*oid, key.clone());
+    }
+    for r in client.query(FUNCTIONS, &[&schemas]).await? {
+        let schema: String = r.get(0);
+        let name: String = r.get(1);
+        let all: Vec<Arg> = serde_json::from_str(&r.get::<_, String>(2)).unwrap_or_default();
+        let ndefaults: i32 = r.get(3);
+        let returns_set: bool = r.get(4);
+        let vol: String = r.get(5);
+        let variadic: bool = r.get(6);
+        let rows: f32 = r.get(7);
+        let typtype: String = r.get(8);
+        let typrelid: u32 = r.get(9);
+        let rettype: String = r.get(10);
+        let description = opt_desc(r.get(11));
+        let comp_cols: Option<String> = r.get(12);
+        let mut args: Vec<Arg> = all
+            .iter()
+            .filter(|a| matches!(a.mode.as_str(), "i" | "b" | "v"))
+            .cloned()
+            .collect();
+        let outs: Vec<(String, String)> = all
+            .iter()
+            .filter(|a| matches!(a.mode.as_str(), "o" | "b" | "t"))
+            .map(|a| (a.name.clone(), a.ty.clone()))
+            .collect();
+        let n = args.len();
+        for (i, a) in args.iter_mut().enumerate() {
+            a.has_default = (i as i32) >= n as i32 - ndefaults;
+        }
+        let ret = if typrelid != 0 && type_rel.contains_key(&typrelid) {
+            let k = &type_rel[&typrelid];
+            RetType::Relation(k.0.clone(), k.1.clone())
+        } else if rettype == "void" {
+            RetType::Void
+        } else if rettype == "record" && !outs.is_empty() {
+            RetType::Record(outs)
+        } else if typtype == "c" {
+            let cols: Vec<Arg> = comp_cols
+                .and_then(|c| serde_json::from_str(&c).ok())
+                .unwrap_or_default();
+            RetType::Record(cols.into_iter().map(|a| (a.name, a.ty)).collect())
+        } else {
+            RetType::Scalar(rettype)
+        };
+        let f = Function {
+            schema: schema.clone(),
+            name: name.clone(),
+            args,
+            ret,
+            returns_set,
+            volatility: vol.chars().next().unwrap_or('v'),
+            variadic,
+            rows,
+            description,
+        };
+        // Computed relationships/fields: one argument of a relation's row type.
+        if f.args.len() == 1 {
+            let aty = f.args[0].ty.trim_matches('"').to_string();
+            let src = sc
+                .relations
+                .values()
+                .find(|rel| {
+                    aty == rel.name
+                        || aty == format!("{}.{}", rel.schema, rel.name)
+                        || aty == format!("\"{}\".{}", rel.schema, rel.name)
+                })
+                .map(|rel| (rel.schema.clone(), rel.name.clone()));
+            if let Some(src) = src {
+                match &f.ret {
+                    RetType::Relation(ts, tn) => sc.relationships.push(Relationship {
+                        source: src,
+                        target: (ts.clone(), tn.clone()),
+                        constraint: name.clone(),
+                        cols: vec![],
+                        card: if f.returns_set {
+                            Cardinality::OneToMany
+                        } else {
+                            Cardinality::ManyToOne
+                        },
+                        function: Some((schema.clone(), name.clone())),
+                        to_one_computed: !f.returns_set || rows == 1.0,
+                    }),
+                    RetType::Scalar(t) if !f.returns_set => sc
+                        .computed_fields
+                        .entry(src)
+                        .or_default()
+                        .push((schema.clone(), name.clone(), t.clone())),
+                    _ => {}
+                }
+            }
+        }
+        sc.functions.entry((schema, name)).or_default().push(f);
+    }
+    // Role settings of the login role (PostgREST reads `pgrst.*` from it).
+    if let Ok(rows) = client
+        .query(
+            "select unnest(s.setconfig) from pg_db_role_setting s join pg_roles r on r.oid = s.setrole
+             where r.rolname = 'authenticator' and s.setdatabase in (0, (select oid from pg_database where datname = current_database()))",
+            &[],
+        )
+        .await
+    {
+        for r in rows {
+            let kv: String = r.get(0);
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Some(k) = k.strip_prefix("pgrst.") {
+                    sc.role_settings.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+    }
+    sc.postgis = client
+        .query_opt("select 1 from pg_extension where extname = 'postgis'", &[])
+        .await?
+        .is_some();
+    Ok(sc)
+}
+
+/// `(resname, resorigtbl, resorigcol)` of every TARGETENTRY in a rule's node tree. Later
+/// entries win for a name, so the outer query's target list (printed last) decides.
+fn parse_view_targets(action: &str) -> Vec<(String, u32, i32)> {
+    let mut out: Vec<(String, u32, i32)> = vec![];
+    let mut rest = action;
+    while let Some(i) = rest.find(":resname ") {
+        rest = &rest[i + 9..];
+        let Some(end) = rest.find(" :ressortgroupref") else {
+            break;
+        };
+        let name = rest[..end].replace('\\', "");
+        let num = |key: &str, s: &str| -> Option<i64> {
+            let j = s.find(key)? + key.len();
+            let t = &s[j..];
+            let e = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            t[..e].parse().ok()
+        };
+        let tbl = num(":resorigtbl ", rest).unwrap_or(0) as u32;
+        let col = num(":resorigcol ", rest).unwrap_or(0) as i32;
+        out.retain(|(n, _, _)| n != &name);
+        if tbl != 0 && name != "<>" {
+            out.push((name, tbl, col));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn view_targets() {
+        let s = "({QUERY :targetList ({TARGETENTRY :expr {VAR} :resno 1 :resname id :ressortgroupref 0 :resorigtbl 1234 :resorigcol 1 :resjunk false} {TARGETENTRY :expr {FUNCEXPR} :resno 2 :resname x :ressortgroupref 0 :resorigtbl 0 :resorigcol 0 :resjunk false} {TARGETENTRY :resname weird\\ col :ressortgroupref 0 :resorigtbl 9 :resorigcol 3 :resjunk false})})";
+        let t = super::parse_view_targets(s);
+        assert_eq!(t, vec![("id".into(), 1234, 1), ("weird col".into(), 9, 3)]);
+    }
+}

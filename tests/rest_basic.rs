@@ -1,0 +1,128 @@
+//! /rest/v1 end to end against a fresh database: schema-cache reload after DDL, reads,
+//! writes, RPC, errors and the body limit.
+mod common;
+
+use common::{TestServer, ANON_KEY, SERVICE_KEY};
+use serde_json::json;
+
+const FIXTURE: &str = r#"
+create table public.it_items (id serial primary key, name text not null, qty int default 1);
+create table public.it_parts (id serial primary key, item_id int references public.it_items(id), label text);
+insert into public.it_items (name, qty) values ('a', 1), ('b', 2), ('c', 3);
+insert into public.it_parts (item_id, label) values (1, 'x'), (1, 'y'), (2, 'z');
+create function public.it_double(n int) returns int language sql immutable as $$ select n * 2 $$;
+grant all on public.it_items, public.it_parts to anon, service_role;
+grant all on all sequences in schema public to anon, service_role;
+"#;
+
+async fn setup() -> TestServer {
+    let t = TestServer::start().await;
+    t.batch(FIXTURE).await;
+    // The DDL event trigger notifies `pgrst`; requests also reload on a miss.
+    t
+}
+
+#[tokio::test]
+async fn reads_embeds_and_counts() {
+    let t = setup().await;
+    let url = format!(
+        "{}/rest/v1/it_items?select=name,it_parts(label)&order=id&it_parts.order=label.desc&limit=2",
+        t.url
+    );
+    let r = t
+        .http
+        .get(&url, &[("apikey", ANON_KEY), ("prefer", "count=exact")])
+        .await;
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert_eq!(r.header("content-range"), Some("0-1/3"));
+    assert_eq!(
+        r.json(),
+        json!([{"name":"a","it_parts":[{"label":"y"},{"label":"x"}]},{"name":"b","it_parts":[{"label":"z"}]}])
+    );
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&name=in.(a,c)&or=(qty.eq.1,qty.gt.2)", t.url),
+            &[],
+        )
+        .await;
+    assert_eq!(r.json(), json!([{"id":1},{"id":3}]));
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn writes_rpc_and_errors() {
+    let t = setup().await;
+    let h = [
+        ("apikey", SERVICE_KEY),
+        ("content-type", "application/json"),
+        ("prefer", "return=representation"),
+    ];
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/it_items?select=name,qty", t.url), &h, r#"{"name":"d"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json(), json!([{"name":"d","qty":1}]));
+    let r = t
+        .http
+        .send("PATCH", &format!("{}/rest/v1/it_items?name=eq.d", t.url), &h, r#"{"qty":9}"#)
+        .await;
+    assert_eq!(r.json()[0]["qty"], 9);
+    let r = t
+        .http
+        .send("DELETE", &format!("{}/rest/v1/it_items?name=eq.d", t.url), &h, "")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().map(|a| a.len()), Some(1));
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/rpc/it_double", t.url), &h, r#"{"n":21}"#)
+        .await;
+    assert_eq!(r.json(), json!(42));
+    // Errors in PostgREST's shape.
+    let r = t.http.get(&format!("{}/rest/v1/it_nope", t.url), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "PGRST205");
+    assert!(r.json().get("hint").is_some());
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/it_items?select=a(b", t.url), &[])
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "PGRST100");
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/it_items", t.url), &h, r#"{"name":"a","id":1}"#)
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["code"], "23505");
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(11 * 1024 * 1024));
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/it_items", t.url), &h, big)
+        .await;
+    assert_eq!(r.status, 413);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn schema_cache_follows_ddl() {
+    let t = setup().await;
+    let r = t.http.get(&format!("{}/rest/v1/it_items?select=id&limit=1", t.url), &[]).await;
+    assert_eq!(r.status, 200);
+    t.batch("create table public.it_late (id int primary key); grant select on public.it_late to anon; insert into public.it_late values (7);")
+        .await;
+    let mut ok = false;
+    for _ in 0..30 {
+        let r = t.http.get(&format!("{}/rest/v1/it_late", t.url), &[]).await;
+        if r.status == 200 {
+            assert_eq!(r.json(), json!([{"id":7}]));
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "new table never became visible");
+    t.server.shutdown().await;
+}
