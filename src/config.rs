@@ -117,6 +117,17 @@ pub struct AuthConfig {
     pub rate_limit_per_hour: u32,
     /// Emails sent per hour per address.
     pub email_rate_limit_per_hour: u32,
+    /// bcrypt cost for new password hashes (GoTrue uses 10).
+    pub password_hash_cost: u32,
+    /// Characters a password must mix: "" (none), "letters_digits",
+    /// "lower_upper_letters_digits" or "lower_upper_letters_digits_symbols".
+    pub password_requirements: String,
+    /// Seconds an emailed OTP or link stays valid.
+    pub otp_expiry: u64,
+    /// Minimum seconds between two emails of one kind to one user.
+    pub email_max_frequency: u64,
+    /// Take the client IP for rate limits from `X-Forwarded-For` (only behind a proxy).
+    pub trust_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,6 +193,11 @@ impl Default for AuthConfig {
             smtp_sender: "noreply@oxibase.local".into(),
             rate_limit_per_hour: 1000,
             email_rate_limit_per_hour: 100,
+            password_hash_cost: 10,
+            password_requirements: String::new(),
+            otp_expiry: 3600,
+            email_max_frequency: 1,
+            trust_forwarded_for: false,
         }
     }
 }

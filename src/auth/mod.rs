@@ -1,27 +1,451 @@
-//! /auth/v1 (not built yet: every route answers 501 in this API's error shape).
+//! /auth/v1: a GoTrue-compatible API (what supabase-js 2.119 speaks to).
+//!
+//! Every request is parsed into a [`Call`] (method, path, query, JSON body, client IP),
+//! routed by [`route`], and answered with `X-Supabase-Api-Version: 2024-01-01`. The
+//! server's own work on auth tables runs in one transaction per request as
+//! `supabase_auth_admin`, never as the caller.
+
+mod admin;
+mod email;
+pub mod error;
+mod password;
+mod ratelimit;
+mod session;
+mod signup;
+mod token;
+mod user;
+mod users;
+mod util;
 
 use deadpool_postgres::Pool;
-use http::StatusCode;
-use serde_json::json;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::http::{json_response, Req, Resp};
+use crate::http::apikey::AuthContext;
+use crate::http::{error_response, json_response, status_response, Req, Resp};
 use crate::state::AppState;
+use error::{AuthError, AuthResult};
+
+/// Auth bodies are small; a bigger one is refused before parsing.
+const MAX_BODY: usize = 256 * 1024;
+/// Largest user_metadata / app_metadata accepted, serialized.
+pub const MAX_METADATA: usize = 64 * 1024;
 
 /// This API's share of the application state.
-pub struct State {}
-
-pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
-    Ok(State {})
+pub struct State {
+    pub smtp: Option<email::Smtp>,
 }
 
-/// Background work started once the server is up (listeners, sweepers).
-pub fn spawn_background(_state: &AppState) {}
+pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
+    let smtp = match &config.auth.smtp_url {
+        Some(url) => Some(email::Smtp::new(url.expose(), &config.auth.smtp_sender)?),
+        None => None,
+    };
+    Ok(State { smtp })
+}
 
-pub async fn handle(_state: &AppState, req: Req, path: &str) -> Resp {
-    let method = req.method().clone();
-    json_response(
-        StatusCode::NOT_IMPLEMENTED,
-        &json!({"code":"not_implemented","message":format!("{method} /auth/v1/{path} is not implemented yet"),"msg":format!("{method} /auth/v1/{path} is not implemented yet")}),
-    )
+/// Background work: deliver queued mail (when SMTP is configured) and sweep old rate-limit
+/// windows, expired flow states and old outbox rows.
+pub fn spawn_background(state: &AppState) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            if s.auth.smtp.is_some() {
+                email::deliver_pending(&s).await;
+            }
+            if n % 300 == 0 {
+                sweep(&s).await;
+            }
+            n += 1;
+        }
+    });
+}
+
+async fn sweep(state: &AppState) {
+    let Ok(c) = state.pool.get().await else {
+        return;
+    };
+    let r = c
+        .batch_execute(
+            "begin; set local role supabase_auth_admin;
+             delete from auth.oxibase_rate_limits where window_start < now() - interval '2 hours';
+             delete from auth.flow_state where created_at < now() - interval '1 day';
+             delete from auth.oxibase_outbox where created_at < now() - interval '7 days';
+             commit;",
+        )
+        .await;
+    if let Err(e) = r {
+        let _ = c.batch_execute("rollback").await;
+        tracing::warn!(error = %crate::db::error_text(&e), "auth sweep failed");
+    }
+}
+
+/// One parsed request.
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub ip: String,
+}
+
+impl Call {
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+    /// A string field of the body; empty strings count as absent.
+    pub fn s(&self, k: &str) -> Option<&str> {
+        self.body
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    pub fn b(&self, k: &str) -> Option<bool> {
+        self.body.get(k).and_then(Value::as_bool)
+    }
+    pub fn origin(&self) -> session::Origin {
+        session::Origin {
+            ip: Some(self.ip.clone()).filter(|i| i != "unknown"),
+            user_agent: self
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(512).collect()),
+        }
+    }
+    /// `redirect_to` from the query (supabase-js) or the body.
+    pub fn redirect_to(&self) -> Option<&str> {
+        self.q("redirect_to")
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.s("redirect_to"))
+            .or_else(|| self.s("redirectTo"))
+    }
+    pub fn code_challenge(&self) -> AuthResult<Option<(String, String)>> {
+        util::pkce_params(self.s("code_challenge"), self.s("code_challenge_method"))
+    }
+}
+
+pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
+    let path = path.trim_end_matches('/').to_string();
+    let mut resp = match parse(state, req, path).await {
+        Ok(call) => match route(state, &call).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        },
+        Err(e) => error_response(&e),
+    };
+    resp.headers_mut().insert(
+        "x-supabase-api-version",
+        HeaderValue::from_static("2024-01-01"),
+    );
+    resp
+}
+
+async fn parse(state: &AppState, req: Req, path: String) -> AuthResult<Call> {
+    let (parts, body) = req.into_parts();
+    let query = crate::http::query_pairs(parts.uri.query());
+    let ip = client_ip(state, &parts);
+    let bytes = crate::http::body::read_limited(body, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            crate::http::body::BodyError::TooLarge(n) => AuthError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_entity_too_large",
+                format!("Request body too large (max {n} bytes)"),
+            ),
+            crate::http::body::BodyError::Read(m) => {
+                AuthError::bad_request("bad_json", format!("Could not read request body: {m}"))
+            }
+        })?;
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else if parts.method == Method::GET || parts.method == Method::HEAD {
+        Value::Null
+    } else {
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            AuthError::bad_request(
+                "bad_json",
+                format!("Could not parse request body as JSON: {e}"),
+            )
+        })?;
+        if !(v.is_object() || v.is_null()) {
+            return Err(AuthError::bad_request(
+                "bad_json",
+                "Could not parse request body as JSON: expected an object",
+            ));
+        }
+        v
+    };
+    Ok(Call {
+        method: parts.method,
+        path,
+        query,
+        headers: parts.headers,
+        body,
+        ip,
+    })
+}
+
+/// The peer address when the server recorded it as a request extension; the first
+/// `X-Forwarded-For` hop only when configured to trust a proxy.
+fn client_ip(state: &AppState, parts: &http::request::Parts) -> String {
+    if state.config.auth.trust_forwarded_for {
+        if let Some(f) = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+        {
+            return f.to_string();
+        }
+    }
+    if let Some(a) = parts.extensions.get::<std::net::SocketAddr>() {
+        return a.ip().to_string();
+    }
+    "unknown".into()
+}
+
+async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let segs: Vec<&str> = call.path.split('/').filter(|s| !s.is_empty()).collect();
+    let m = &call.method;
+    match (m.as_str(), segs.as_slice()) {
+        ("GET", ["health"]) => Ok(ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "name": "GoTrue",
+            "description": "oxibase's GoTrue-compatible auth API"
+        }))),
+        ("GET", ["settings"]) => Ok(ok(settings(&state.config))),
+        ("GET", [".well-known", "jwks.json"]) => Ok(ok(state.keys.jwt.public_jwks())),
+        ("POST", ["signup"]) => signup::signup(state, call).await,
+        ("POST", ["token"]) => token::token(state, call).await,
+        ("GET", ["user"]) => user::get(state, call).await,
+        ("PUT", ["user"]) => user::update(state, call).await,
+        ("POST", ["logout"]) => user::logout(state, call).await,
+        ("GET", ["reauthenticate"]) => user::reauthenticate(state, call).await,
+        ("POST", ["otp"]) => email::otp(state, call).await,
+        ("POST", ["magiclink"]) => email::otp(state, call).await,
+        ("POST", ["verify"]) => email::verify_post(state, call).await,
+        ("GET", ["verify"]) => email::verify_get(state, call).await,
+        ("POST", ["recover"]) => email::recover(state, call).await,
+        ("POST", ["resend"]) => email::resend(state, call).await,
+        ("GET", ["inbox"]) => email::inbox(state, call).await,
+        ("POST", ["invite"]) => admin::invite(state, call).await,
+        (_, ["admin", rest @ ..]) => admin::route(state, call, rest).await,
+        ("GET", ["authorize"]) => Err(AuthError::validation(
+            "Unsupported provider: provider is not enabled",
+        )),
+        ("GET", ["user", "identities", "authorize"]) => Err(AuthError::not_found(
+            "manual_linking_disabled",
+            "Manual linking is disabled",
+        )),
+        ("DELETE", ["user", "identities", _]) => Err(AuthError::not_found(
+            "manual_linking_disabled",
+            "Manual linking is disabled",
+        )),
+        ("POST", ["sso"]) | ("GET", ["sso", ..]) | ("POST", ["sso", ..]) => Err(
+            AuthError::not_found("saml_provider_disabled", "SAML 2.0 is disabled"),
+        ),
+        (_, ["factors", ..]) => Err(AuthError::unprocessable(
+            "mfa_totp_enroll_not_enabled",
+            "MFA is not supported by this server yet",
+        )),
+        (_, ["callback"]) => Err(AuthError::validation(
+            "Unsupported provider: provider is not enabled",
+        )),
+        _ => Err(AuthError::not_found(
+            "not_found",
+            format!("{} /auth/v1/{} is not supported", m, call.path),
+        )),
+    }
+}
+
+pub fn ok(v: Value) -> Resp {
+    json_response(StatusCode::OK, &v)
+}
+
+pub fn no_content() -> Resp {
+    status_response(StatusCode::NO_CONTENT)
+}
+
+fn settings(cfg: &Config) -> Value {
+    let a = &cfg.auth;
+    let mut external = serde_json::Map::new();
+    for p in [
+        "apple",
+        "azure",
+        "bitbucket",
+        "discord",
+        "facebook",
+        "figma",
+        "fly",
+        "github",
+        "gitlab",
+        "google",
+        "keycloak",
+        "kakao",
+        "linkedin",
+        "linkedin_oidc",
+        "notion",
+        "spotify",
+        "slack",
+        "slack_oidc",
+        "workos",
+        "twitch",
+        "twitter",
+        "x",
+        "zoom",
+        "saml",
+        "web3_solana",
+        "web3_ethereum",
+    ] {
+        external.insert(p.into(), json!(false));
+    }
+    external.insert("anonymous_users".into(), json!(a.anonymous_sign_ins));
+    external.insert("email".into(), json!(true));
+    external.insert("phone".into(), json!(true));
+    json!({
+        "external": external,
+        "disable_signup": a.disable_signup,
+        "mailer_autoconfirm": a.autoconfirm,
+        "phone_autoconfirm": a.autoconfirm,
+        "sms_provider": "",
+        "saml_enabled": false,
+        "passkey_enabled": false,
+    })
+}
+
+// ------------------------------------------------------------------ shared plumbing
+
+/// A pooled connection for the server's own auth work.
+pub async fn client(state: &AppState) -> AuthResult<deadpool_postgres::Object> {
+    Ok(state.pool.get().await?)
+}
+
+/// Begin a transaction as `supabase_auth_admin`, timestamps rendered in UTC.
+pub async fn begin(
+    c: &mut deadpool_postgres::Object,
+) -> AuthResult<deadpool_postgres::Transaction<'_>> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("set local role supabase_auth_admin; set local timezone to 'UTC'")
+        .await?;
+    Ok(tx)
+}
+
+/// Commit on success (or on an error that asks for it), else roll back.
+pub async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, r: AuthResult<T>) -> AuthResult<T> {
+    match r {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) if e.commit => {
+            tx.commit().await?;
+            Err(e)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The caller's verified credentials (apikey or bearer); bad tokens get GoTrue's errors.
+pub fn caller(state: &AppState, call: &Call) -> AuthResult<AuthContext> {
+    state
+        .keys
+        .authenticate(&call.headers, None)
+        .map_err(|e| error::jwt_error(&e))
+}
+
+/// A user's access token: bearer present, verified, with a UUID `sub`.
+pub struct UserToken {
+    pub user_id: uuid::Uuid,
+    pub session_id: Option<uuid::Uuid>,
+    pub claims: Value,
+}
+
+pub fn user_token(state: &AppState, call: &Call) -> AuthResult<UserToken> {
+    let bearer =
+        crate::http::apikey::bearer(&call.headers).ok_or_else(AuthError::no_authorization)?;
+    let ctx = state
+        .keys
+        .resolve(bearer)
+        .map_err(|e| error::jwt_error(&e))?;
+    let sub = ctx
+        .claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AuthError::forbidden("bad_jwt", "invalid claim: missing sub claim"))?;
+    let user_id = sub.parse().map_err(|_| {
+        AuthError::bad_request("bad_jwt", "invalid claim: sub claim must be a UUID")
+    })?;
+    let session_id = match ctx.claims.get("session_id").and_then(Value::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            AuthError::forbidden("bad_jwt", "invalid claim: session_id claim must be a UUID")
+        })?),
+    };
+    Ok(UserToken {
+        user_id,
+        session_id,
+        claims: ctx.claims,
+    })
+}
+
+/// Check the token's user and session still exist (inside the request's transaction).
+pub async fn load_token_user(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: &UserToken,
+) -> AuthResult<users::User> {
+    let u = users::by_id(&**tx, t.user_id).await?;
+    let Some(u) = u.filter(|u| u.deleted_at.is_none()) else {
+        return Err(AuthError::forbidden(
+            "user_not_found",
+            "User from sub claim in JWT does not exist",
+        ));
+    };
+    if let Some(sid) = t.session_id {
+        let found = tx
+            .query_opt(
+                "select 1 from auth.sessions where id = $1 and user_id = $2",
+                &[&sid, &t.user_id],
+            )
+            .await?;
+        if found.is_none() {
+            return Err(AuthError::forbidden(
+                "session_not_found",
+                "Session from session_id claim in JWT does not exist",
+            ));
+        }
+    }
+    Ok(u)
+}
+
+/// Metadata from the body: an object (or absent), not larger than [`MAX_METADATA`].
+pub fn metadata(call: &Call, key: &str) -> AuthResult<Option<Value>> {
+    match call.body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => {
+            if v.to_string().len() > MAX_METADATA {
+                return Err(AuthError::validation(format!(
+                    "{key} is too large (max {MAX_METADATA} bytes)"
+                )));
+            }
+            Ok(Some(v.clone()))
+        }
+        Some(_) => Err(AuthError::bad_request(
+            "bad_json",
+            format!("Could not parse request body as JSON: {key} must be an object"),
+        )),
+    }
 }

@@ -37,6 +37,7 @@ macro_rules! migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql", app),
+    migration!(100, "0100_auth.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,575 @@
+//! The admin API (service_role or supabase_admin): /admin/users list/create/get/update/
+//! delete, /admin/generate_link, and POST /invite.
+
+use http::{HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::email::{self, Kind};
+use super::error::{AuthError, AuthResult};
+use super::users::{self, NewUser, User};
+use super::{begin, caller, client, finish, ok, password, util, Call};
+use crate::http::{json_response, Resp};
+use crate::state::AppState;
+
+fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
+    if crate::http::apikey::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey")
+    {
+        return Err(AuthError::no_authorization());
+    }
+    let ctx = caller(state, call)?;
+    if ctx.role.is_service() {
+        Ok(())
+    } else {
+        Err(AuthError::not_admin())
+    }
+}
+
+pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+    require_admin(state, call)?;
+    match (call.method.as_str(), rest) {
+        ("GET", ["users"]) => list(state, call).await,
+        ("POST", ["users"]) => create(state, call).await,
+        ("GET", ["users", id]) => get(state, parse_id(id)?).await,
+        ("PUT", ["users", id]) => update(state, call, parse_id(id)?).await,
+        ("DELETE", ["users", id]) => delete(state, call, parse_id(id)?).await,
+        ("POST", ["generate_link"]) => generate_link(state, call).await,
+        (_, ["users", _, "factors", ..]) => Ok(ok(json!([]))),
+        _ => Err(AuthError::not_found(
+            "not_found",
+            format!(
+                "{} /auth/v1/admin/{} is not supported",
+                call.method,
+                rest.join("/")
+            ),
+        )),
+    }
+}
+
+fn parse_id(s: &str) -> AuthResult<Uuid> {
+    s.parse()
+        .map_err(|_| AuthError::not_found("validation_failed", "user_id must be an UUID"))
+}
+
+async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let num = |k: &str, default: i64| -> AuthResult<i64> {
+        match call.q(k).map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<u32>()
+                .map(|n| n as i64)
+                .map_err(|e| AuthError::validation(format!("Bad Pagination Parameters: {k}: {e}"))),
+        }
+    };
+    let page = num("page", 1)?.max(1);
+    let per_page = num("per_page", 50)?.clamp(1, 1000);
+    let filter = call.q("filter").unwrap_or("").trim().to_string();
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let total: i64 = tx
+            .query_one(
+                "select count(*) from auth.users u where deleted_at is null
+                   and ($1 = '' or u.email ilike '%' || $1 || '%' or u.raw_user_meta_data->>'full_name' ilike '%' || $1 || '%')",
+                &[&filter],
+            )
+            .await?
+            .get(0);
+        let rows = tx
+            .query(
+                "select auth.oxibase_user_json(u) from auth.users u where deleted_at is null
+                   and ($1 = '' or u.email ilike '%' || $1 || '%' or u.raw_user_meta_data->>'full_name' ilike '%' || $1 || '%')
+                 order by created_at desc, id limit $2 offset $3",
+                &[&filter, &per_page, &((page - 1) * per_page)],
+            )
+            .await?;
+        let users: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+        Ok((total, users))
+    }
+    .await;
+    let (total, users) = finish(tx, r).await?;
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({"users": users, "aud": "authenticated"}),
+    );
+    let last = ((total + per_page - 1) / per_page).max(1);
+    let base = format!("{}/auth/v1/admin/users", state.config.external_url());
+    let mut links = vec![];
+    if page < last {
+        links.push(format!(
+            "<{base}?page={}&per_page={per_page}>; rel=\"next\"",
+            page + 1
+        ));
+    }
+    links.push(format!(
+        "<{base}?page={last}&per_page={per_page}>; rel=\"last\""
+    ));
+    let h = resp.headers_mut();
+    h.insert("x-total-count", HeaderValue::from(total));
+    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+        h.insert("link", v);
+    }
+    Ok(resp)
+}
+
+async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        match users::by_id(&*tx, id).await? {
+            Some(_) => users::json(&*tx, id).await,
+            None => Err(AuthError::user_not_found()),
+        }
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+/// `ban_duration`: "none" lifts a ban, a Go duration sets one.
+fn ban_until(call: &Call) -> AuthResult<Option<Option<chrono::DateTime<chrono::Utc>>>> {
+    match call.s("ban_duration") {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(d) => {
+            let secs = util::parse_go_duration(d).ok_or_else(|| {
+                AuthError::validation(format!(
+                    "invalid format for ban duration: time: invalid duration \"{d}\""
+                ))
+            })?;
+            Ok(Some(Some(
+                chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64),
+            )))
+        }
+    }
+}
+
+async fn password_hash_from(state: &AppState, call: &Call) -> AuthResult<Option<String>> {
+    match (call.s("password"), call.s("password_hash")) {
+        (Some(_), Some(_)) => Err(AuthError::validation(
+            "Only a password or a password hash should be provided",
+        )),
+        (Some(p), None) => {
+            password::check_strength(&state.config.auth, p)?;
+            Ok(Some(
+                password::hash(p, state.config.auth.password_hash_cost).await?,
+            ))
+        }
+        (None, Some(h)) => {
+            let ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| h.starts_with(p)) && h.len() == 60;
+            if !ok {
+                return Err(AuthError::validation(
+                    "Invalid password hash format: only bcrypt hashes are supported",
+                ));
+            }
+            Ok(Some(h.to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let email = call.s("email").map(util::validate_email).transpose()?;
+    let phone = call.s("phone").map(util::validate_phone).transpose()?;
+    if email.is_none() && phone.is_none() {
+        return Err(AuthError::validation(
+            "Cannot create a user without either an email or phone",
+        ));
+    }
+    let id = match call.s("id") {
+        None => None,
+        Some(s) => {
+            let id: Uuid = s
+                .parse()
+                .map_err(|_| AuthError::validation("ID must conform to the uuid v4 format"))?;
+            if id.is_nil() {
+                return Err(AuthError::validation("ID cannot be a nil uuid"));
+            }
+            Some(id)
+        }
+    };
+    let user_meta = super::metadata(call, "user_metadata")?
+        .or(super::metadata(call, "data")?)
+        .unwrap_or_else(|| json!({}));
+    let app_meta = super::metadata(call, "app_metadata")?;
+    let ban = ban_until(call)?;
+    let hash = password_hash_from(state, call).await?;
+    let role = call.s("role").map(str::to_string);
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        if let Some(e) = &email {
+            if users::by_email(&*tx, e).await?.is_some() {
+                return Err(AuthError::email_exists());
+            }
+        }
+        if let Some(p) = &phone {
+            if users::by_phone(&*tx, p).await?.is_some() {
+                return Err(AuthError::unprocessable(
+                    "phone_exists",
+                    "Phone number already registered by another user",
+                ));
+            }
+        }
+        let id = users::create(
+            &*tx,
+            NewUser {
+                id,
+                email: email.as_deref(),
+                phone: phone.as_deref(),
+                password_hash: hash,
+                user_meta,
+                app_meta,
+                role: role.as_deref(),
+                email_confirmed: call.b("email_confirm").unwrap_or(false),
+                phone_confirmed: call.b("phone_confirm").unwrap_or(false),
+                is_anonymous: false,
+                invited: false,
+            },
+        )
+        .await?;
+        if let Some(b) = ban {
+            tx.execute(
+                "update auth.users set banned_until = $2 where id = $1",
+                &[&id, &b],
+            )
+            .await?;
+        }
+        users::json(&*tx, id).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
+    let email = call.s("email").map(util::validate_email).transpose()?;
+    let phone = call.s("phone").map(util::validate_phone).transpose()?;
+    let user_meta = super::metadata(call, "user_metadata")?;
+    let app_meta = super::metadata(call, "app_metadata")?;
+    let ban = ban_until(call)?;
+    let hash = password_hash_from(state, call).await?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let Some(u) = users::by_id(&*tx, id).await? else {
+            return Err(AuthError::user_not_found());
+        };
+        if let Some(role) = call.s("role") {
+            tx.execute("update auth.users set role = $2 where id = $1", &[&id, &role])
+                .await?;
+        }
+        if let Some(e) = email.as_deref().filter(|e| Some(*e) != u.email.as_deref()) {
+            let taken = tx
+                .query_opt(
+                    "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
+                    &[&e, &id],
+                )
+                .await?;
+            if taken.is_some() {
+                return Err(AuthError::email_exists());
+            }
+            tx.execute(
+                "update auth.users set email = $2, email_change = '', email_change_token_new = '' where id = $1",
+                &[&id, &e],
+            )
+            .await?;
+            email::ensure_email_identity(&*tx, id).await?;
+        }
+        if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
+            if tx
+                .query_opt(
+                    "select 1 from auth.users where phone = $1 and id <> $2",
+                    &[&p, &id],
+                )
+                .await?
+                .is_some()
+            {
+                return Err(AuthError::unprocessable(
+                    "phone_exists",
+                    "Phone number already registered by another user",
+                ));
+            }
+            tx.execute("update auth.users set phone = $2 where id = $1", &[&id, &p])
+                .await?;
+        }
+        if let Some(h) = &hash {
+            tx.execute(
+                "update auth.users set encrypted_password = $2 where id = $1",
+                &[&id, h],
+            )
+            .await?;
+        }
+        match call.b("email_confirm") {
+            Some(true) => {
+                tx.execute(
+                    "update auth.users set email_confirmed_at = coalesce(email_confirmed_at, now()) where id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            Some(false) => {
+                tx.execute("update auth.users set email_confirmed_at = null where id = $1", &[&id])
+                    .await?;
+            }
+            None => {}
+        }
+        if call.b("phone_confirm") == Some(true) {
+            tx.execute(
+                "update auth.users set phone_confirmed_at = coalesce(phone_confirmed_at, now()) where id = $1",
+                &[&id],
+            )
+            .await?;
+        }
+        if let Some(m) = &user_meta {
+            let merged = users::merge_meta(&u.user_meta, m);
+            tx.execute(
+                "update auth.users set raw_user_meta_data = $2 where id = $1",
+                &[&id, &merged],
+            )
+            .await?;
+        }
+        if let Some(m) = &app_meta {
+            let merged = users::merge_meta(&u.app_meta, m);
+            tx.execute(
+                "update auth.users set raw_app_meta_data = $2 where id = $1",
+                &[&id, &merged],
+            )
+            .await?;
+        }
+        if let Some(b) = ban {
+            tx.execute("update auth.users set banned_until = $2 where id = $1", &[&id, &b])
+                .await?;
+            if b.is_some() {
+                tx.execute("delete from auth.sessions where user_id = $1", &[&id])
+                    .await?;
+            }
+        }
+        tx.execute("update auth.users set updated_at = now() where id = $1", &[&id])
+            .await?;
+        users::sync_email_identity(&*tx, id).await?;
+        users::json(&*tx, id).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
+    let soft = call.b("should_soft_delete").unwrap_or(false);
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let Some(u) = users::by_id(&*tx, id).await? else {
+            return Err(AuthError::user_not_found());
+        };
+        if soft {
+            if u.deleted_at.is_none() {
+                // GoTrue obfuscates what identified the user so the address can be reused.
+                tx.execute(
+                    "update auth.users set deleted_at = now(), updated_at = now(), email = null, phone = null,
+                       encrypted_password = '', confirmation_token = '', recovery_token = '',
+                       email_change_token_new = '', email_change_token_current = '', email_change = '',
+                       phone_change = '', phone_change_token = '', reauthentication_token = ''
+                     where id = $1",
+                    &[&id],
+                )
+                .await?;
+                tx.execute("delete from auth.identities where user_id = $1", &[&id])
+                    .await?;
+                tx.execute("delete from auth.sessions where user_id = $1", &[&id])
+                    .await?;
+            }
+        } else {
+            tx.execute("delete from auth.users where id = $1", &[&id])
+                .await
+                .map_err(|e| AuthError::internal("Database error deleting user", crate::db::error_text(&e)))?;
+        }
+        Ok(json!({}))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let cfg = &state.config.auth;
+    let ltype = call.s("type").unwrap_or("").to_string();
+    let email = util::validate_email(call.s("email").unwrap_or(""))?;
+    let data = super::metadata(call, "data")?;
+    let redirect = util::redirect_for(cfg, call.redirect_to());
+    let hash = match (ltype.as_str(), call.s("password")) {
+        ("signup", Some(p)) => {
+            password::check_strength(cfg, p)?;
+            Some(password::hash(p, cfg.password_hash_cost).await?)
+        }
+        _ => None,
+    };
+    let new_email = call.s("new_email").map(util::validate_email).transpose()?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let existing = users::by_email(&*tx, &email).await?;
+        let (user, kind): (User, Kind) = match ltype.as_str() {
+            "signup" | "invite" => {
+                let kind = if ltype == "signup" {
+                    Kind::Signup
+                } else {
+                    Kind::Invite
+                };
+                let u = match existing {
+                    Some(u) if u.is_confirmed() => return Err(AuthError::email_exists()),
+                    Some(u) => {
+                        if let Some(h) = &hash {
+                            tx.execute(
+                                "update auth.users set encrypted_password = $2 where id = $1",
+                                &[&u.id, h],
+                            )
+                            .await?;
+                        }
+                        if let Some(d) = &data {
+                            tx.execute(
+                                "update auth.users set raw_user_meta_data = $2 where id = $1",
+                                &[&u.id, d],
+                            )
+                            .await?;
+                        }
+                        if kind == Kind::Invite {
+                            tx.execute(
+                                "update auth.users set invited_at = now() where id = $1",
+                                &[&u.id],
+                            )
+                            .await?;
+                        }
+                        u
+                    }
+                    None => {
+                        let id = users::create(
+                            &*tx,
+                            NewUser {
+                                id: None,
+                                email: Some(&email),
+                                phone: None,
+                                password_hash: hash.clone(),
+                                user_meta: data.clone().unwrap_or_else(|| json!({})),
+                                app_meta: None,
+                                role: None,
+                                email_confirmed: false,
+                                phone_confirmed: false,
+                                is_anonymous: false,
+                                invited: kind == Kind::Invite,
+                            },
+                        )
+                        .await?;
+                        users::by_id(&*tx, id)
+                            .await?
+                            .ok_or_else(AuthError::user_not_found)?
+                    }
+                };
+                (u, kind)
+            }
+            "magiclink" | "recovery" => {
+                let Some(u) = existing else {
+                    return Err(AuthError::not_found(
+                        "user_not_found",
+                        "User with this email not found",
+                    ));
+                };
+                (
+                    u,
+                    if ltype == "magiclink" {
+                        Kind::MagicLink
+                    } else {
+                        Kind::Recovery
+                    },
+                )
+            }
+            "email_change_current" | "email_change_new" => {
+                let Some(u) = existing else {
+                    return Err(AuthError::not_found(
+                        "user_not_found",
+                        "User with this email not found",
+                    ));
+                };
+                let Some(ne) = &new_email else {
+                    return Err(AuthError::validation(
+                        "The new email address provided is invalid",
+                    ));
+                };
+                if users::by_email(&*tx, ne).await?.is_some() {
+                    return Err(AuthError::email_exists());
+                }
+                tx.execute(
+                    "update auth.users set email_change = $2 where id = $1",
+                    &[&u.id, ne],
+                )
+                .await?;
+                (u, Kind::EmailChange)
+            }
+            other => {
+                return Err(AuthError::validation(format!(
+                    "Invalid email action link type requested: {other}"
+                )))
+            }
+        };
+        let to = if kind == Kind::EmailChange {
+            new_email.clone().unwrap_or_default()
+        } else {
+            email.clone()
+        };
+        let sent = email::send(state, &tx, &user, kind, &to, &redirect, false).await?;
+        let mut out = users::json(&*tx, user.id).await?;
+        if let Some(o) = out.as_object_mut() {
+            o.insert("action_link".into(), json!(sent.action_link));
+            o.insert("email_otp".into(), json!(sent.otp));
+            o.insert("hashed_token".into(), json!(sent.token_hash));
+            o.insert("verification_type".into(), json!(kind.link_type()));
+            o.insert("redirect_to".into(), json!(redirect));
+        }
+        Ok(out)
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    require_admin(state, call)?;
+    let email = util::validate_email(call.s("email").unwrap_or(""))?;
+    let data = super::metadata(call, "data")?.unwrap_or_else(|| json!({}));
+    let redirect = util::redirect_for(&state.config.auth, call.redirect_to());
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = match users::by_email(&*tx, &email).await? {
+            Some(u) if u.is_confirmed() => return Err(AuthError::email_exists()),
+            Some(u) => {
+                tx.execute(
+                    "update auth.users set invited_at = now(), raw_user_meta_data = $2 where id = $1",
+                    &[&u.id, &data],
+                )
+                .await?;
+                users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?
+            }
+            None => {
+                let id = users::create(
+                    &*tx,
+                    NewUser {
+                        id: None,
+                        email: Some(&email),
+                        phone: None,
+                        password_hash: None,
+                        user_meta: data.clone(),
+                        app_meta: None,
+                        role: None,
+                        email_confirmed: false,
+                        phone_confirmed: false,
+                        is_anonymous: false,
+                        invited: true,
+                    },
+                )
+                .await?;
+                users::by_id(&*tx, id).await?.ok_or_else(AuthError::user_not_found)?
+            }
+        };
+        email::send(state, &tx, &u, Kind::Invite, &email, &redirect, true).await?;
+        users::json(&*tx, u.id).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}

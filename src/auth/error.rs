@@ -1,0 +1,187 @@
+//! GoTrue's error shape: `{code, message}` (API version 2024-01-01) plus the legacy `msg`
+//! and `error_code` fields older clients read, the `x-sb-error-code` header, and for weak
+//! passwords `weak_password.reasons`. Internal detail goes to the log only.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::http::ApiError;
+
+#[derive(Debug)]
+pub struct AuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// `weak_password.reasons` for weak_password errors.
+    pub reasons: Option<Vec<&'static str>>,
+    /// Log-only detail (internal errors).
+    pub internal: Option<String>,
+    /// Commit the transaction's work despite the error (e.g. revoking a replayed
+    /// refresh token's whole family).
+    pub commit: bool,
+}
+
+pub type AuthResult<T> = Result<T, AuthError>;
+
+impl AuthError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AuthError {
+        AuthError {
+            status,
+            code,
+            message: message.into(),
+            reasons: None,
+            internal: None,
+            commit: false,
+        }
+    }
+    pub fn keep_commit(mut self) -> AuthError {
+        self.commit = true;
+        self
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> AuthError {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn validation(message: impl Into<String>) -> AuthError {
+        Self::bad_request("validation_failed", message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> AuthError {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> AuthError {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> AuthError {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    /// A server-side failure: `message` is GoTrue's user-facing text, `detail` is logged.
+    pub fn internal(message: &str, detail: impl Into<String>) -> AuthError {
+        AuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "unexpected_failure",
+            message: message.into(),
+            reasons: None,
+            internal: Some(detail.into()),
+            commit: false,
+        }
+    }
+    pub fn invalid_credentials() -> AuthError {
+        Self::bad_request("invalid_credentials", "Invalid login credentials")
+    }
+    pub fn invalid_email() -> AuthError {
+        Self::bad_request(
+            "email_address_invalid",
+            "Unable to validate email address: invalid format",
+        )
+    }
+    pub fn invalid_phone() -> AuthError {
+        Self::bad_request(
+            "validation_failed",
+            "Invalid phone number format (E.164 required)",
+        )
+    }
+    pub fn otp_expired() -> AuthError {
+        Self::forbidden("otp_expired", "Token has expired or is invalid")
+    }
+    pub fn user_not_found() -> AuthError {
+        Self::not_found("user_not_found", "User not found")
+    }
+    pub fn email_exists() -> AuthError {
+        Self::unprocessable(
+            "email_exists",
+            "A user with this email address has already been registered",
+        )
+    }
+    pub fn phone_exists() -> AuthError {
+        Self::unprocessable(
+            "phone_exists",
+            "A user with this phone number has already been registered",
+        )
+    }
+    pub fn not_admin() -> AuthError {
+        Self::forbidden("not_admin", "User not allowed")
+    }
+    pub fn no_authorization() -> AuthError {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "no_authorization",
+            "This endpoint requires a valid Bearer token",
+        )
+    }
+    pub fn over_request_rate_limit() -> AuthError {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over_request_rate_limit",
+            "Request rate limit reached",
+        )
+    }
+    pub fn over_email_send_rate_limit() -> AuthError {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over_email_send_rate_limit",
+            "Email rate limit exceeded",
+        )
+    }
+    pub fn weak_password(message: String, reasons: Vec<&'static str>) -> AuthError {
+        AuthError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "weak_password",
+            message,
+            reasons: Some(reasons),
+            internal: None,
+            commit: false,
+        }
+    }
+}
+
+impl ApiError for AuthError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn body(&self) -> Value {
+        let mut v = json!({
+            "code": self.code,
+            "error_code": self.code,
+            "message": self.message,
+            "msg": self.message,
+        });
+        if let Some(r) = &self.reasons {
+            v["weak_password"] = json!({ "reasons": r });
+        }
+        v
+    }
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![("x-sb-error-code", self.code.to_string())]
+    }
+    fn log_detail(&self) -> Option<String> {
+        self.internal.clone()
+    }
+}
+
+impl From<tokio_postgres::Error> for AuthError {
+    fn from(e: tokio_postgres::Error) -> AuthError {
+        AuthError::internal("Database error", crate::db::error_text(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for AuthError {
+    fn from(e: deadpool_postgres::PoolError) -> AuthError {
+        AuthError::internal("Database error", format!("pool: {e}"))
+    }
+}
+
+/// Map a verification failure of the caller's JWT to GoTrue's error.
+pub fn jwt_error(e: &crate::jwt::JwtError) -> AuthError {
+    use crate::jwt::JwtError;
+    match e {
+        JwtError::Expired => AuthError::forbidden(
+            "bad_jwt",
+            "invalid JWT: unable to parse or verify signature, token has invalid claims: token is expired",
+        ),
+        JwtError::Invalid(_) => AuthError::forbidden("bad_jwt", e.to_string()),
+        JwtError::InvalidApiKey => AuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_authorization",
+            "Invalid API key",
+        ),
+    }
+}

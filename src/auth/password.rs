@@ -1,0 +1,90 @@
+//! Passwords: bcrypt like GoTrue (so hashes imported from Supabase keep working), run on
+//! the blocking pool because a hash costs tens of milliseconds, and the strength rules.
+
+use super::error::{AuthError, AuthResult};
+use crate::config::AuthConfig;
+
+/// A dummy hash verified when the user does not exist, so timing does not tell.
+const DUMMY_HASH: &str = "$2a$10$7EqJtq98hPqEX7fNZaFWoOhi5BWX4Z2o0AzFk0fQ8QqCc/GY9eT8a";
+
+pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
+    let p = password.to_string();
+    tokio::task::spawn_blocking(move || bcrypt::hash(p, cost))
+        .await
+        .map_err(|e| AuthError::internal("Error during password storage", e.to_string()))?
+        .map_err(|e| AuthError::internal("Error during password storage", e.to_string()))
+}
+
+/// Does `password` match `stored`? A missing or malformed hash never matches.
+pub async fn verify(password: &str, stored: Option<&str>) -> bool {
+    let p = password.to_string();
+    let (h, real) = match stored.filter(|s| s.starts_with("$2")) {
+        Some(s) => (s.to_string(), true),
+        None => (DUMMY_HASH.to_string(), false),
+    };
+    let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &h).unwrap_or(false))
+        .await
+        .unwrap_or(false);
+    ok && real
+}
+
+/// GoTrue's weak-password checks: minimum length, then required character sets.
+pub fn check_strength(cfg: &AuthConfig, password: &str) -> AuthResult<()> {
+    let min = cfg.minimum_password_length;
+    if password.chars().count() < min {
+        return Err(AuthError::weak_password(
+            format!("Password should be at least {min} characters."),
+            vec!["length"],
+        ));
+    }
+    const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+    const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    const DIGITS: &str = "0123456789";
+    const SYMBOLS: &str = "!@#$%^&*()_+-=[]{};'\\:\"|<>?,./`~";
+    const LETTERS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let sets: &[&str] = match cfg.password_requirements.as_str() {
+        "letters_digits" => &[LETTERS, DIGITS],
+        "lower_upper_letters_digits" => &[LOWER, UPPER, DIGITS],
+        "lower_upper_letters_digits_symbols" => &[LOWER, UPPER, DIGITS, SYMBOLS],
+        _ => &[],
+    };
+    if sets
+        .iter()
+        .any(|set| !password.chars().any(|c| set.contains(c)))
+    {
+        return Err(AuthError::weak_password(
+            format!(
+                "Password should contain at least one character of each: {}.",
+                sets.join(", ")
+            ),
+            vec!["characters"],
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strength_rules() {
+        let mut c = AuthConfig::default();
+        let e = check_strength(&c, "12345").unwrap_err();
+        assert_eq!(e.message, "Password should be at least 6 characters.");
+        assert_eq!(e.reasons, Some(vec!["length"]));
+        assert!(check_strength(&c, "123456").is_ok());
+        c.password_requirements = "lower_upper_letters_digits".into();
+        let e = check_strength(&c, "abcdef1").unwrap_err();
+        assert_eq!(e.reasons, Some(vec!["characters"]));
+        assert!(check_strength(&c, "abcDef1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn bcrypt_roundtrip_and_imported_hashes() {
+        let h = hash("secret-pw", 4).await.unwrap();
+        assert!(verify("secret-pw", Some(&h)).await);
+        assert!(!verify("wrong", Some(&h)).await);
+        assert!(!verify("x", None).await);
+    }
+}

@@ -1,0 +1,239 @@
+//! Sessions as GoTrue shapes them: a row in auth.sessions, a chain of short refresh tokens
+//! in auth.refresh_tokens (rotation, reuse interval, family revocation on replay), and an
+//! access token signed with the issuing key.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::error::{AuthError, AuthResult};
+use super::users;
+use super::util;
+use crate::state::AppState;
+
+/// Where a request came from, recorded on the session.
+#[derive(Default, Clone)]
+pub struct Origin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Create a session for `user_id` authenticated by `method` and return GoTrue's token
+/// response `{access_token, token_type, expires_in, expires_at, refresh_token, user}`.
+pub async fn issue(
+    state: &AppState,
+    c: &impl GenericClient,
+    user_id: Uuid,
+    method: &str,
+    origin: &Origin,
+) -> AuthResult<Value> {
+    let session_id = Uuid::new_v4();
+    let ip: Option<std::net::IpAddr> = origin.ip.as_deref().and_then(|i| i.parse().ok());
+    c.execute(
+        "insert into auth.sessions (id, user_id, created_at, updated_at, aal, user_agent, ip)
+         values ($1, $2, now(), now(), 'aal1', $3, $4)",
+        &[&session_id, &user_id, &origin.user_agent, &ip],
+    )
+    .await?;
+    c.execute(
+        "insert into auth.mfa_amr_claims (session_id, created_at, updated_at, authentication_method, id)
+         values ($1, now(), now(), $2, $3)",
+        &[&session_id, &method, &Uuid::new_v4()],
+    )
+    .await?;
+    let token = util::refresh_token();
+    c.execute(
+        "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, session_id)
+         values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3)",
+        &[&token, &user_id.to_string(), &session_id],
+    )
+    .await?;
+    c.execute(
+        "update auth.users set last_sign_in_at = now(), updated_at = now() where id = $1",
+        &[&user_id],
+    )
+    .await?;
+    respond(state, c, user_id, session_id, token).await
+}
+
+/// The token response for an existing session and refresh token.
+pub async fn respond(
+    state: &AppState,
+    c: &impl GenericClient,
+    user_id: Uuid,
+    session_id: Uuid,
+    refresh_token: String,
+) -> AuthResult<Value> {
+    let user = users::json(c, user_id).await?;
+    let amr: Vec<Value> = c
+        .query(
+            "select authentication_method, extract(epoch from created_at)::bigint
+             from auth.mfa_amr_claims where session_id = $1 order by created_at",
+            &[&session_id],
+        )
+        .await?
+        .iter()
+        .map(|r| json!({"method": r.get::<_, String>(0), "timestamp": r.get::<_, i64>(1)}))
+        .collect();
+    let aal: Option<String> = c
+        .query_opt(
+            "select aal from auth.sessions where id = $1",
+            &[&session_id],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let now = Utc::now().timestamp();
+    let exp = now + state.config.jwt_expiry as i64;
+    let claims = json!({
+        "aud": user["aud"].as_str().filter(|s| !s.is_empty()).unwrap_or("authenticated"),
+        "exp": exp,
+        "iat": now,
+        "iss": format!("{}/auth/v1", state.config.external_url()),
+        "sub": user_id.to_string(),
+        "email": user["email"],
+        "phone": user["phone"],
+        "app_metadata": user["app_metadata"],
+        "user_metadata": user["user_metadata"],
+        "role": user["role"].as_str().filter(|s| !s.is_empty()).unwrap_or("authenticated"),
+        "aal": aal.unwrap_or_else(|| "aal1".into()),
+        "amr": amr,
+        "session_id": session_id.to_string(),
+        "is_anonymous": user["is_anonymous"].as_bool().unwrap_or(false),
+    });
+    let access_token = state.keys.jwt.sign(&claims);
+    Ok(json!({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": state.config.jwt_expiry,
+        "expires_at": exp,
+        "refresh_token": refresh_token,
+        "user": user,
+    }))
+}
+
+/// `grant_type=refresh_token`, GoTrue's rules: an unrevoked token is swapped for a child;
+/// the revoked parent of the session's active token gets that active token back (a client
+/// that lost the answer); any other revoked token is accepted within the reuse interval,
+/// and after it revokes the whole session and answers refresh_token_already_used.
+pub async fn refresh(
+    state: &AppState,
+    tx: &deadpool_postgres::Transaction<'_>,
+    token: &str,
+) -> AuthResult<Value> {
+    let not_found = || {
+        AuthError::bad_request(
+            "refresh_token_not_found",
+            "Invalid Refresh Token: Refresh Token Not Found",
+        )
+    };
+    if token.is_empty() || token.len() > 255 {
+        return Err(not_found());
+    }
+    let Some(row) = tx
+        .query_opt(
+            "select id, token, revoked, updated_at, session_id, user_id
+             from auth.refresh_tokens where token = $1",
+            &[&token],
+        )
+        .await?
+    else {
+        return Err(not_found());
+    };
+    let rt_id: i64 = row.get(0);
+    let revoked: bool = row.get::<_, Option<bool>>(2).unwrap_or(false);
+    let updated_at: Option<DateTime<Utc>> = row.get(3);
+    let Some(session_id) = row.get::<_, Option<Uuid>>(4) else {
+        return Err(not_found());
+    };
+    // Lock the session: concurrent refreshes of one session serialize here.
+    let Some(sess) = tx
+        .query_opt(
+            "select user_id, not_after from auth.sessions where id = $1 for update",
+            &[&session_id],
+        )
+        .await?
+    else {
+        return Err(not_found());
+    };
+    let user_id: Uuid = sess.get(0);
+    let not_after: Option<DateTime<Utc>> = sess.get(1);
+    if not_after.is_some_and(|n| n < Utc::now()) {
+        return Err(AuthError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired",
+        ));
+    }
+    let Some(user) = users::by_id(&**tx, user_id).await? else {
+        return Err(not_found());
+    };
+    if user.deleted_at.is_some() {
+        return Err(not_found());
+    }
+    if user.is_banned() {
+        return Err(AuthError::bad_request("user_banned", "User is banned"));
+    }
+    // Re-read under the session lock.
+    let revoked = tx
+        .query_one(
+            "select coalesce(revoked, false) from auth.refresh_tokens where id = $1",
+            &[&rt_id],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(revoked);
+    if revoked {
+        let active = tx
+            .query_opt(
+                "select token, parent from auth.refresh_tokens
+                 where session_id = $1 and revoked = false order by id desc limit 1",
+                &[&session_id],
+            )
+            .await?;
+        if let Some(a) = &active {
+            if a.get::<_, Option<String>>(1).as_deref() == Some(token) {
+                let active_token: String = a.get(0);
+                touch_session(&**tx, session_id).await?;
+                return respond(state, &**tx, user_id, session_id, active_token).await;
+            }
+        }
+        let reuse_until = updated_at.unwrap_or_else(Utc::now)
+            + chrono::Duration::seconds(state.config.auth.refresh_token_reuse_interval as i64);
+        if Utc::now() > reuse_until {
+            tx.execute(
+                "update auth.refresh_tokens set revoked = true, updated_at = now()
+                 where session_id = $1 and revoked = false",
+                &[&session_id],
+            )
+            .await?;
+            return Err(AuthError::bad_request(
+                "refresh_token_already_used",
+                "Invalid Refresh Token: Already Used",
+            )
+            .keep_commit());
+        }
+    }
+    tx.execute(
+        "update auth.refresh_tokens set revoked = true, updated_at = now() where id = $1",
+        &[&rt_id],
+    )
+    .await?;
+    let new_token = util::refresh_token();
+    tx.execute(
+        "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id)
+         values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3, $4)",
+        &[&new_token, &user_id.to_string(), &token, &session_id],
+    )
+    .await?;
+    touch_session(&**tx, session_id).await?;
+    respond(state, &**tx, user_id, session_id, new_token).await
+}
+
+async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<()> {
+    c.execute(
+        "update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now() where id = $1",
+        &[&session_id],
+    )
+    .await?;
+    Ok(())
+}

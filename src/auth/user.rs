@@ -1,0 +1,227 @@
+//! The signed-in user: GET/PUT /user, POST /logout, GET /reauthenticate.
+
+use serde_json::{json, Value};
+
+use super::email::{self, Kind};
+use super::error::{AuthError, AuthResult};
+use super::{
+    begin, client, finish, load_token_user, no_content, ok, password, user_token, users, util, Call,
+};
+use crate::http::Resp;
+use crate::state::AppState;
+
+pub async fn get(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        users::json(&*tx, u.id).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let cfg = &state.config.auth;
+    let data = super::metadata(call, "data")?;
+    if call.body.get("app_metadata").is_some_and(|v| !v.is_null()) {
+        return Err(AuthError::forbidden(
+            "not_admin",
+            "Updating app_metadata requires admin privileges",
+        ));
+    }
+    let email = call.s("email").map(util::validate_email).transpose()?;
+    let phone = call.s("phone").map(util::validate_phone).transpose()?;
+    let new_password = call.s("password");
+    if let Some(p) = new_password {
+        password::check_strength(cfg, p)?;
+    }
+    let nonce = call.s("nonce");
+    let flow = call.code_challenge()?;
+    let redirect = util::redirect_for(cfg, call.redirect_to());
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        if let Some(p) = new_password {
+            if u.is_anonymous && u.email.is_none() && u.phone.is_none() && email.is_none() {
+                return Err(AuthError::unprocessable(
+                    "validation_failed",
+                    "Updating password of an anonymous user without an email or phone is not allowed",
+                ));
+            }
+            if let Some(n) = nonce {
+                let addr = u.email.clone().or(u.phone.clone()).unwrap_or_default();
+                let valid = !u.reauthentication_token.is_empty()
+                    && util::token_hash(&addr, n) == u.reauthentication_token
+                    && u.reauthentication_sent_at.is_some_and(|s| {
+                        (chrono::Utc::now() - s).num_seconds() <= cfg.otp_expiry as i64
+                    });
+                if !valid {
+                    return Err(AuthError::unprocessable(
+                        "reauthentication_not_valid",
+                        "Requires reauthentication",
+                    ));
+                }
+            }
+            if password::verify(p, u.encrypted_password.as_deref()).await {
+                return Err(AuthError::unprocessable(
+                    "same_password",
+                    "New password should be different from the old password.",
+                ));
+            }
+            let hash = password::hash(p, cfg.password_hash_cost).await?;
+            tx.execute(
+                "update auth.users set encrypted_password = $2, reauthentication_token = '',
+                   updated_at = now() where id = $1",
+                &[&u.id, &hash],
+            )
+            .await?;
+            // A password change signs out every other session (GoTrue keeps the current one).
+            tx.execute(
+                "delete from auth.sessions where user_id = $1 and ($2::uuid is null or id <> $2)",
+                &[&u.id, &t.session_id],
+            )
+            .await?;
+        }
+        if let Some(d) = &data {
+            let merged = users::merge_meta(&u.user_meta, d);
+            tx.execute(
+                "update auth.users set raw_user_meta_data = $2, updated_at = now() where id = $1",
+                &[&u.id, &merged],
+            )
+            .await?;
+        }
+        if let Some(e) = email.as_deref().filter(|e| Some(*e) != u.email.as_deref()) {
+            let taken = tx
+                .query_opt(
+                    "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
+                    &[&e, &u.id],
+                )
+                .await?;
+            if taken.is_some() {
+                return Err(AuthError::email_exists());
+            }
+            tx.execute(
+                "update auth.users set email_change = $2, updated_at = now() where id = $1",
+                &[&u.id, &e],
+            )
+            .await?;
+            if u.is_anonymous && cfg.autoconfirm {
+                // An anonymous user adding an email is like signing up.
+                tx.execute(
+                    "update auth.users set email = email_change, email_change = '', email_confirmed_at = now(),
+                       is_anonymous = false, updated_at = now() where id = $1",
+                    &[&u.id],
+                )
+                .await?;
+                email::ensure_email_identity(&*tx, u.id).await?;
+            } else {
+                let u2 = users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
+                if let Some(f) = &flow {
+                    email::create_flow_state(&*tx, u.id, f, "email_change").await?;
+                }
+                email::send(state, &tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
+            }
+        }
+        if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
+            let taken = tx
+                .query_opt(
+                    "select 1 from auth.users where phone = $1 and id <> $2 and deleted_at is null",
+                    &[&p, &u.id],
+                )
+                .await?;
+            if taken.is_some() {
+                return Err(AuthError::phone_exists());
+            }
+            if cfg.autoconfirm {
+                tx.execute(
+                    "update auth.users set phone = $2, phone_confirmed_at = now(), updated_at = now() where id = $1",
+                    &[&u.id, &p],
+                )
+                .await?;
+            } else {
+                tx.execute(
+                    "update auth.users set phone_change = $2, updated_at = now() where id = $1",
+                    &[&u.id, &p],
+                )
+                .await?;
+                let u2 = users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
+                email::send(state, &tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
+            }
+        }
+        users::json(&*tx, u.id).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let scope = call.q("scope").unwrap_or("global");
+    if !matches!(scope, "global" | "local" | "others") {
+        return Err(AuthError::validation(format!(
+            "Unsupported logout scope \"{scope}\""
+        )));
+    }
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r: AuthResult<Value> = async {
+        let u = load_token_user(&tx, &t).await?;
+        match (scope, t.session_id) {
+            ("local", Some(s)) => {
+                tx.execute("delete from auth.sessions where id = $1", &[&s])
+                    .await?;
+            }
+            ("others", Some(s)) => {
+                tx.execute(
+                    "delete from auth.sessions where user_id = $1 and id <> $2",
+                    &[&u.id, &s],
+                )
+                .await?;
+            }
+            ("others", None) => {}
+            _ => {
+                tx.execute("delete from auth.sessions where user_id = $1", &[&u.id])
+                    .await?;
+            }
+        }
+        Ok(json!({}))
+    }
+    .await;
+    finish(tx, r).await?;
+    Ok(no_content())
+}
+
+pub async fn reauthenticate(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let (to, kind) = match (&u.email, &u.phone) {
+            (Some(e), _) => {
+                if u.email_confirmed_at.is_none() {
+                    return Err(AuthError::unprocessable(
+                        "email_not_confirmed",
+                        "Please verify your email first.",
+                    ));
+                }
+                (e.clone(), Kind::Reauthentication)
+            }
+            (_, Some(p)) => (p.clone(), Kind::Reauthentication),
+            _ => {
+                return Err(AuthError::validation(
+                    "Reauthentication requires the user to have an email or a phone number",
+                ))
+            }
+        };
+        let site = state.config.auth.site_url.clone();
+        email::send(state, &tx, &u, kind, &to, &site, true).await?;
+        Ok(json!({}))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}

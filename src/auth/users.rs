@@ -1,0 +1,280 @@
+//! auth.users rows: loading, rendering as GoTrue's User JSON, creating with an identity.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::error::{AuthError, AuthResult};
+
+pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
+    coalesce(role, 'authenticated') as role, email, phone, encrypted_password, \
+    email_confirmed_at, phone_confirmed_at, banned_until, deleted_at, is_anonymous, \
+    coalesce(raw_app_meta_data, '{}') as raw_app_meta_data, \
+    coalesce(raw_user_meta_data, '{}') as raw_user_meta_data, \
+    coalesce(confirmation_token, '') as confirmation_token, \
+    coalesce(recovery_token, '') as recovery_token, \
+    coalesce(email_change_token_new, '') as email_change_token_new, \
+    coalesce(email_change, '') as email_change, \
+    coalesce(reauthentication_token, '') as reauthentication_token, \
+    coalesce(phone_change, '') as phone_change, \
+    coalesce(phone_change_token, '') as phone_change_token, \
+    confirmation_sent_at, recovery_sent_at, email_change_sent_at, reauthentication_sent_at, \
+    phone_change_sent_at, invited_at";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub aud: String,
+    pub role: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub encrypted_password: Option<String>,
+    pub email_confirmed_at: Option<DateTime<Utc>>,
+    pub phone_confirmed_at: Option<DateTime<Utc>>,
+    pub banned_until: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub is_anonymous: bool,
+    pub app_meta: Value,
+    pub user_meta: Value,
+    pub confirmation_token: String,
+    pub recovery_token: String,
+    pub email_change_token_new: String,
+    pub email_change: String,
+    pub reauthentication_token: String,
+    pub phone_change: String,
+    pub phone_change_token: String,
+    pub confirmation_sent_at: Option<DateTime<Utc>>,
+    pub recovery_sent_at: Option<DateTime<Utc>>,
+    pub email_change_sent_at: Option<DateTime<Utc>>,
+    pub reauthentication_sent_at: Option<DateTime<Utc>>,
+    pub phone_change_sent_at: Option<DateTime<Utc>>,
+    pub invited_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn from_row(r: &Row) -> User {
+        User {
+            id: r.get("id"),
+            aud: r.get("aud"),
+            role: r.get("role"),
+            email: r
+                .get::<_, Option<String>>("email")
+                .filter(|s| !s.is_empty()),
+            phone: r
+                .get::<_, Option<String>>("phone")
+                .filter(|s| !s.is_empty()),
+            encrypted_password: r.get("encrypted_password"),
+            email_confirmed_at: r.get("email_confirmed_at"),
+            phone_confirmed_at: r.get("phone_confirmed_at"),
+            banned_until: r.get("banned_until"),
+            deleted_at: r.get("deleted_at"),
+            is_anonymous: r.get("is_anonymous"),
+            app_meta: r.get("raw_app_meta_data"),
+            user_meta: r.get("raw_user_meta_data"),
+            confirmation_token: r.get("confirmation_token"),
+            recovery_token: r.get("recovery_token"),
+            email_change_token_new: r.get("email_change_token_new"),
+            email_change: r.get("email_change"),
+            reauthentication_token: r.get("reauthentication_token"),
+            phone_change: r.get("phone_change"),
+            phone_change_token: r.get("phone_change_token"),
+            confirmation_sent_at: r.get("confirmation_sent_at"),
+            recovery_sent_at: r.get("recovery_sent_at"),
+            email_change_sent_at: r.get("email_change_sent_at"),
+            reauthentication_sent_at: r.get("reauthentication_sent_at"),
+            phone_change_sent_at: r.get("phone_change_sent_at"),
+            invited_at: r.get("invited_at"),
+        }
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.email_confirmed_at.is_some() || self.phone_confirmed_at.is_some()
+    }
+
+    pub fn is_banned(&self) -> bool {
+        self.banned_until.is_some_and(|b| b > Utc::now())
+    }
+}
+
+pub async fn by_id(c: &impl GenericClient, id: Uuid) -> AuthResult<Option<User>> {
+    let q = format!("select {USER_COLS} from auth.users where id = $1");
+    Ok(c.query_opt(&q, &[&id]).await?.as_ref().map(User::from_row))
+}
+
+/// The live (not soft-deleted) user with this email, locked for the transaction.
+pub async fn by_email(c: &impl GenericClient, email: &str) -> AuthResult<Option<User>> {
+    let q = format!(
+        "select {USER_COLS} from auth.users where lower(email) = $1 and is_sso_user = false \
+         and deleted_at is null order by created_at limit 1 for update"
+    );
+    Ok(c.query_opt(&q, &[&email.to_lowercase()])
+        .await?
+        .as_ref()
+        .map(User::from_row))
+}
+
+pub async fn by_phone(c: &impl GenericClient, phone: &str) -> AuthResult<Option<User>> {
+    let q = format!(
+        "select {USER_COLS} from auth.users where phone = $1 and deleted_at is null limit 1 for update"
+    );
+    Ok(c.query_opt(&q, &[&phone])
+        .await?
+        .as_ref()
+        .map(User::from_row))
+}
+
+/// GoTrue's User JSON.
+pub async fn json(c: &impl GenericClient, id: Uuid) -> AuthResult<Value> {
+    let row = c
+        .query_opt(
+            "select auth.oxibase_user_json(u) from auth.users u where id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|r| r.get::<_, Value>(0))
+        .ok_or_else(AuthError::user_not_found)
+}
+
+pub struct NewUser<'a> {
+    pub id: Option<Uuid>,
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub password_hash: Option<String>,
+    pub user_meta: Value,
+    pub app_meta: Option<Value>,
+    pub role: Option<&'a str>,
+    pub email_confirmed: bool,
+    pub phone_confirmed: bool,
+    pub is_anonymous: bool,
+    pub invited: bool,
+}
+
+/// Insert a user and its email/phone identity. The app's `on auth.users insert` triggers
+/// run here; if one fails, the caller's transaction fails as a whole.
+pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> {
+    let id = n.id.unwrap_or_else(Uuid::new_v4);
+    let provider = if n.email.is_some() {
+        Some("email")
+    } else if n.phone.is_some() {
+        Some("phone")
+    } else {
+        None
+    };
+    let mut app = match provider {
+        Some(p) => json!({"provider": p, "providers": [p]}),
+        None => json!({}),
+    };
+    if let (Some(Value::Object(extra)), Some(obj)) = (&n.app_meta, app.as_object_mut()) {
+        for (k, v) in extra {
+            if k != "provider" && k != "providers" {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let user_meta = if n.user_meta.is_object() {
+        n.user_meta
+    } else {
+        json!({})
+    };
+    let res = c
+        .execute(
+            "insert into auth.users (instance_id, id, aud, role, email, phone, encrypted_password,
+               email_confirmed_at, phone_confirmed_at, raw_app_meta_data, raw_user_meta_data,
+               created_at, updated_at, is_anonymous, invited_at, is_super_admin,
+               confirmation_token, recovery_token, email_change_token_new, email_change,
+               email_change_token_current, reauthentication_token, phone_change, phone_change_token)
+             values ('00000000-0000-0000-0000-000000000000', $1, 'authenticated', $2, $3, $4, $5,
+               case when $6 then now() end, case when $7 then now() end, $8, $9,
+               now(), now(), $10, case when $11 then now() end, false,
+               '', '', '', '', '', '', '', '')",
+            &[
+                &id,
+                &n.role.unwrap_or("authenticated"),
+                &n.email,
+                &n.phone,
+                &n.password_hash.as_deref().unwrap_or(""),
+                &n.email_confirmed,
+                &n.phone_confirmed,
+                &app,
+                &user_meta,
+                &n.is_anonymous,
+                &n.invited,
+            ],
+        )
+        .await;
+    if let Err(e) = res {
+        if let Some(db) = e.as_db_error() {
+            if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
+                let c = db.constraint().unwrap_or("");
+                if c.contains("phone") {
+                    return Err(AuthError::phone_exists());
+                }
+                if c.contains("email") {
+                    return Err(AuthError::email_exists());
+                }
+                if c.contains("pkey") {
+                    return Err(AuthError::unprocessable(
+                        "user_already_exists",
+                        "User already registered",
+                    ));
+                }
+            }
+        }
+        return Err(AuthError::internal(
+            "Database error saving new user",
+            crate::db::error_text(&e),
+        ));
+    }
+    if let Some(p) = provider {
+        let (provider_id, data) = match p {
+            "email" => (
+                id.to_string(),
+                json!({"sub": id.to_string(), "email": n.email, "email_verified": n.email_confirmed, "phone_verified": false}),
+            ),
+            _ => (
+                id.to_string(),
+                json!({"sub": id.to_string(), "phone": n.phone, "email_verified": false, "phone_verified": n.phone_confirmed}),
+            ),
+        };
+        c.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider,
+               last_sign_in_at, created_at, updated_at)
+             values ($1, $2, $3, $4, now(), now(), now())",
+            &[&provider_id, &id, &data, &p],
+        )
+        .await
+        .map_err(|e| {
+            AuthError::internal("Database error saving new user", crate::db::error_text(&e))
+        })?;
+    }
+    Ok(id)
+}
+
+/// Merge `updates` into a metadata object; a null value removes the key (GoTrue).
+pub fn merge_meta(current: &Value, updates: &Value) -> Value {
+    let mut out = current.as_object().cloned().unwrap_or_default();
+    if let Some(u) = updates.as_object() {
+        for (k, v) in u {
+            if v.is_null() {
+                out.remove(k);
+            } else {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Keep the email identity's data in step with auth.users.
+pub async fn sync_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResult<()> {
+    c.execute(
+        "update auth.identities i set identity_data = i.identity_data
+            || jsonb_build_object('email', u.email, 'email_verified', u.email_confirmed_at is not null),
+            updated_at = now()
+         from auth.users u where u.id = i.user_id and i.user_id = $1 and i.provider = 'email'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}

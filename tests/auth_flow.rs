@@ -1,0 +1,1027 @@
+//! /auth/v1 end to end: sign-up, profile trigger, sign-in, RLS with the issued token,
+//! refresh rotation, user updates, logout, anonymous users, OTP and links via the local
+//! inbox, the admin API, asymmetric signing and rate limits.
+
+mod common;
+
+use common::{TestServer, ANON_KEY, SERVICE_KEY};
+use serde_json::{json, Value};
+
+struct Api<'a> {
+    t: &'a TestServer,
+}
+
+impl Api<'_> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: Value,
+    ) -> (u16, Value, common::reqwest_like::Response) {
+        let url = format!("{}/auth/v1/{path}", self.t.url);
+        let auth = format!("Bearer {bearer}");
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let r = self
+            .t
+            .http
+            .send(
+                method,
+                &url,
+                &[
+                    ("apikey", ANON_KEY),
+                    ("authorization", &auth),
+                    ("content-type", "application/json;charset=UTF-8"),
+                    ("x-supabase-api-version", "2024-01-01"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(
+            r.header("x-supabase-api-version"),
+            Some("2024-01-01"),
+            "{method} {path}"
+        );
+        let v = if r.body.is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        };
+        (r.status, v, r)
+    }
+    async fn post(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        let (s, v, _) = self.call("POST", path, bearer, body).await;
+        (s, v)
+    }
+    async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
+        let (s, v, _) = self.call("GET", path, bearer, Value::Null).await;
+        (s, v)
+    }
+    async fn put(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        let (s, v, _) = self.call("PUT", path, bearer, body).await;
+        (s, v)
+    }
+    async fn inbox(&self, email: &str) -> Vec<Value> {
+        let (s, v) = self.get(&format!("inbox?email={email}"), SERVICE_KEY).await;
+        assert_eq!(s, 200, "{v}");
+        v["messages"].as_array().unwrap().clone()
+    }
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn fast(cfg: &mut oxibase::Config) {
+    cfg.auth.password_hash_cost = 4;
+}
+
+#[tokio::test]
+async fn signup_profile_signin_rls_refresh_update_logout() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "Alice@Example.com", "password": "hunter22",
+                   "data": {"username": "alice", "full_name": "Alice A"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for k in ["access_token", "refresh_token", "expires_in", "expires_at"] {
+        assert!(!v[k].is_null(), "{k} missing: {v}");
+    }
+    assert_eq!(v["token_type"], "bearer");
+    assert_eq!(v["refresh_token"].as_str().unwrap().len(), 12);
+    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["user"]["email"], "alice@example.com");
+    assert_eq!(v["user"]["app_metadata"]["provider"], "email");
+    assert_eq!(v["user"]["identities"].as_array().unwrap().len(), 1);
+    let c = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], uid);
+    assert_eq!(c["role"], "authenticated");
+    assert_eq!(c["aud"], "authenticated");
+    assert_eq!(c["aal"], "aal1");
+    assert_eq!(c["amr"][0]["method"], "password");
+    assert_eq!(c["is_anonymous"], false);
+    assert_eq!(c["user_metadata"]["username"], "alice");
+    assert!(c["iss"].as_str().unwrap().ends_with("/auth/v1"));
+    assert!(c["session_id"].as_str().unwrap().len() == 36);
+
+    // The app's trigger made a profile.
+    let rows = t
+        .sql(&format!(
+            "select username, full_name from public.profiles where id = '{uid}'"
+        ))
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(0).as_deref(),
+        Some("alice")
+    );
+
+    // Signing up again is refused; wrong password and unknown user look alike.
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "alice@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("user_already_exists")),
+        "{v}"
+    );
+    assert_eq!(v["msg"], "User already registered");
+    let (s1, v1) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "alice@example.com", "password": "nope-nope"}),
+        )
+        .await;
+    let (s2, v2) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "nobody@example.com", "password": "nope-nope"}),
+        )
+        .await;
+    assert_eq!((s1, s2), (400, 400));
+    assert_eq!(v1, v2);
+    assert_eq!(v1["code"], "invalid_credentials");
+    assert_eq!(v1["message"], "Invalid login credentials");
+
+    // Sign in and read as the user through begin_as: RLS scopes rows to auth.uid().
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "ALICE@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let r1 = v["refresh_token"].as_str().unwrap().to_string();
+    let (_, bob) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "bob@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let bob_id = bob["user"]["id"].as_str().unwrap().to_string();
+    {
+        let state = &t.server.state;
+        let mut c = state.pool.get().await.unwrap();
+        let ctx = state.keys.resolve(&access).unwrap();
+        let tx = oxibase::db::begin_as(&mut c, &ctx, &Default::default(), true)
+            .await
+            .unwrap();
+        let rows = tx
+            .query("select id::text from public.profiles order by 1", &[])
+            .await
+            .unwrap();
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            ids,
+            vec![uid.clone()],
+            "bob's profile {bob_id} must be hidden"
+        );
+        let me: String = tx
+            .query_one("select auth.uid()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(me, uid);
+    }
+
+    // GET /user with the token.
+    let (s, v) = a.get("user", &access).await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(uid.as_str())));
+    let (s, v) = a.get("user", ANON_KEY).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("bad_jwt")), "{v}");
+
+    // Refresh rotates; the old token's immediate child comes back while it is current.
+    let (s, v) = a
+        .post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({"refresh_token": r1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r2 = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(r1, r2);
+    let (s, v) = a
+        .post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({"refresh_token": r1}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["refresh_token"].as_str()),
+        (200, Some(r2.as_str())),
+        "{v}"
+    );
+
+    // Update metadata and password.
+    let (s, v) = a
+        .put(
+            "user",
+            &access,
+            json!({"data": {"theme": "dark", "username": null}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user_metadata"]["theme"], "dark");
+    assert!(v["user_metadata"].get("username").is_none());
+    let (s, v) = a
+        .put("user", &access, json!({"password": "hunter22"}))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("same_password")));
+    let (s, v) = a.put("user", &access, json!({"password": "abc"})).await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("weak_password")));
+    assert_eq!(v["weak_password"]["reasons"], json!(["length"]));
+    let (s, v) = a
+        .put("user", &access, json!({"app_metadata": {"admin": true}}))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("not_admin")));
+    let (s, _) = a
+        .put("user", &access, json!({"password": "new-password-1"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "alice@example.com", "password": "new-password-1"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // Logout (global) revokes every session and its refresh tokens.
+    let (s, v, _) = a
+        .call("POST", "logout?scope=global", &access, Value::Null)
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = a
+        .post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({"refresh_token": r2}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("refresh_token_not_found")),
+        "{v}"
+    );
+    let (s, v) = a.get("user", &access).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("session_not_found")));
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresh_reuse_outside_interval_revokes_the_family() {
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.refresh_token_reuse_interval = 0;
+    })
+    .await;
+    let a = Api { t: &t };
+    let (_, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "r@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let r1 = v["refresh_token"].as_str().unwrap().to_string();
+    let refresh = |tok: String| {
+        let a = &a;
+        async move {
+            a.post(
+                "token?grant_type=refresh_token",
+                ANON_KEY,
+                json!({"refresh_token": tok}),
+            )
+            .await
+        }
+    };
+    let (_, v) = refresh(r1.clone()).await;
+    let r2 = v["refresh_token"].as_str().unwrap().to_string();
+    let (_, v) = refresh(r2.clone()).await;
+    let r3 = v["refresh_token"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, v) = refresh(r1.clone()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("refresh_token_already_used")),
+        "{v}"
+    );
+    assert_eq!(v["message"], "Invalid Refresh Token: Already Used");
+    // Replay detected: the current token of that session is dead too.
+    let (s, v) = refresh(r3).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("refresh_token_already_used")),
+        "{v}"
+    );
+    let (s, v) = refresh("nonexistent0".into()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("refresh_token_not_found"))
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn anonymous_users_and_bad_input() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (s, v) = a.post("signup", ANON_KEY, json!({"data": {}})).await;
+    assert_eq!(s, 200, "{v}");
+    let c = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(c["is_anonymous"], true);
+    assert_eq!(c["amr"][0]["method"], "anonymous");
+    let access = v["access_token"].as_str().unwrap().to_string();
+    // An anonymous user cannot set a password without an email...
+    let (s, _) = a
+        .put("user", &access, json!({"password": "hunter22"}))
+        .await;
+    assert_eq!(s, 422);
+    // ...but adding an email (autoconfirm) makes it permanent.
+    let (s, v) = a
+        .put("user", &access, json!({"email": "anon@example.com"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["email"], "anon@example.com");
+    assert_eq!(v["is_anonymous"], false);
+
+    for (body, code) in [
+        (
+            json!({"email": "xx:;x@x.x", "password": "hunter22"}),
+            "email_address_invalid",
+        ),
+        (json!({"email": "ok@example.com"}), "validation_failed"),
+        (
+            json!({"email": "ok@example.com", "password": "123"}),
+            "weak_password",
+        ),
+        (
+            json!({"email": "ok@example.com", "phone": "123456789", "password": "hunter22"}),
+            "validation_failed",
+        ),
+        (
+            json!({"email": "ok@example.com", "password": "hunter22", "data": {"x": "y".repeat(70_000)}}),
+            "validation_failed",
+        ),
+        (
+            json!({"email": "ok@example.com", "password": "hunter22", "data": "nope"}),
+            "bad_json",
+        ),
+    ] {
+        let (s, v) = a.post("signup", ANON_KEY, body).await;
+        assert!((400..500).contains(&s), "{s} {v}");
+        assert_eq!(v["code"], code, "{v}");
+    }
+    let (s, v, _) = a.call("POST", "signup", ANON_KEY, Value::Null).await;
+    assert_eq!(s, 200, "an empty body is an anonymous sign-in: {v}");
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/auth/v1/signup", t.url),
+            &[("content-type", "application/json")],
+            "{not json",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "bad_json");
+    let (s, v) = a.post("token?grant_type=nope", ANON_KEY, json!({})).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = a.get("settings", ANON_KEY).await;
+    assert_eq!((s, v["external"]["email"].as_bool()), (200, Some(true)));
+    let (s, v) = a.get("health", ANON_KEY).await;
+    assert_eq!((s, v["name"].as_str()), (200, Some("GoTrue")));
+    let (s, v) = a.get("user", "garbage").await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("bad_jwt")));
+    assert!(v["message"].as_str().unwrap().starts_with("invalid JWT"));
+
+    // Anonymous sign-ins can be switched off.
+    let t2 = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.anonymous_sign_ins = false;
+        c.auth.disable_signup = false;
+    })
+    .await;
+    let (s, v) = Api { t: &t2 }.post("signup", ANON_KEY, json!({})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("anonymous_provider_disabled"))
+    );
+    t2.server.shutdown().await;
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn otp_magic_link_recovery_and_pkce_through_the_inbox() {
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.autoconfirm = false;
+        c.auth.email_max_frequency = 0;
+    })
+    .await;
+    let a = Api { t: &t };
+    // Confirmations on: sign-up returns the bare user and mails a code.
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("access_token").is_none());
+    assert!(v["confirmation_sent_at"].is_string());
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("email_not_confirmed")));
+    // A second sign-up for a registered address does not reveal it.
+    let mail = a.inbox("carol@example.com").await;
+    assert_eq!(mail[0]["type"], "signup");
+    let otp = mail[0]["otp"].as_str().unwrap().to_string();
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "token": "000000", "type": "email"}),
+        )
+        .await;
+    if otp != "000000" {
+        assert_eq!((s, v["code"].as_str()), (403, Some("otp_expired")));
+        assert_eq!(v["message"], "Token has expired or is invalid");
+    }
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "token": otp, "type": "email"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["user"]["email_confirmed_at"].is_string());
+    // Used once only.
+    let (s, _) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "token": otp, "type": "email"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Magic link for the now-confirmed user: GET /verify redirects with the session.
+    let (s, v) = a
+        .post(
+            "otp",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "create_user": false}),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({})));
+    let mail = a.inbox("carol@example.com").await;
+    assert_eq!(mail[0]["type"], "magiclink");
+    let link = mail[0]["action_link"].as_str().unwrap().to_string();
+    let path = link.split("/auth/v1/").nth(1).unwrap().to_string();
+    let (s, _, r) = a.call("GET", &path, ANON_KEY, Value::Null).await;
+    assert_eq!(s, 303);
+    let loc = r.header("location").unwrap().to_string();
+    assert!(
+        loc.starts_with("http://localhost:3000#access_token="),
+        "{loc}"
+    );
+    assert!(loc.contains("&type=magiclink"), "{loc}");
+    // The link is spent.
+    let (_, _, r) = a.call("GET", &path, ANON_KEY, Value::Null).await;
+    assert!(r
+        .header("location")
+        .unwrap()
+        .contains("error_code=otp_expired"));
+
+    // OTP for an unknown address without create_user.
+    let (s, v) = a
+        .post(
+            "otp",
+            ANON_KEY,
+            json!({"email": "dave@example.com", "create_user": false}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("otp_disabled")));
+
+    // Recovery never tells whether the address exists.
+    let (s, v) = a
+        .post("recover", ANON_KEY, json!({"email": "nobody@example.com"}))
+        .await;
+    assert_eq!((s, v), (200, json!({})));
+    assert!(a.inbox("nobody@example.com").await.is_empty());
+    // PKCE recovery: the link redirects with ?code=, exchanged with the verifier.
+    let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let (s, _) = a
+        .post(
+            "recover?redirect_to=http://localhost:3000/reset",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "code_challenge": challenge, "code_challenge_method": "s256"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mail = a.inbox("carol@example.com").await;
+    assert_eq!(mail[0]["type"], "recovery");
+    let path = mail[0]["action_link"]
+        .as_str()
+        .unwrap()
+        .split("/auth/v1/")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let (s, _, r) = a.call("GET", &path, ANON_KEY, Value::Null).await;
+    assert_eq!(s, 303);
+    let loc = r.header("location").unwrap().to_string();
+    let code = loc
+        .split("code=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{loc}"))
+        .to_string();
+    assert!(
+        loc.starts_with("http://localhost:3000/reset?code="),
+        "{loc}"
+    );
+    let (s, v) = a
+        .post("token?grant_type=pkce", ANON_KEY, json!({"auth_code": code, "code_verifier": "wrong-verifier-wrong-verifier-wrong-verifier"}))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("bad_code_verifier")));
+    let (s, v) = a
+        .post(
+            "token?grant_type=pkce",
+            ANON_KEY,
+            json!({"auth_code": code, "code_verifier": verifier}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["amr"][0]["method"],
+        "recovery"
+    );
+    let access = v["access_token"].as_str().unwrap().to_string();
+
+    // Email change needs the new address's code.
+    let (s, v) = a
+        .put("user", &access, json!({"email": "carol2@example.com"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["new_email"], "carol2@example.com");
+    let mail = a.inbox("carol2@example.com").await;
+    let otp = mail[0]["otp"].as_str().unwrap();
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"email": "carol2@example.com", "token": otp, "type": "email_change"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user"]["email"], "carol2@example.com");
+
+    // Reauthentication sends a nonce that a password change may carry.
+    let (s, _) = a.get("reauthenticate", &access).await;
+    assert_eq!(s, 200);
+    let nonce = a.inbox("carol2@example.com").await[0]["otp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = a
+        .put(
+            "user",
+            &access,
+            json!({"password": "another-pw-1", "nonce": "111111"}),
+        )
+        .await;
+    if nonce != "111111" {
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (422, Some("reauthentication_not_valid"))
+        );
+    }
+    let (s, v) = a
+        .put(
+            "user",
+            &access,
+            json!({"password": "another-pw-1", "nonce": nonce}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The inbox is service_role only.
+    let (s, v) = a.get("inbox?email=carol2@example.com", ANON_KEY).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("not_admin")));
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    // The anon key and users are not admins.
+    let (s, v) = a.get("admin/users", ANON_KEY).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("not_admin")));
+    let (s, v) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "e1@example.com", "password": "hunter22", "email_confirm": true,
+                   "user_metadata": {"full_name": "E One"}, "app_metadata": {"roles": ["x"]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["app_metadata"]["provider"], "email");
+    assert_eq!(v["app_metadata"]["roles"], json!(["x"]));
+    assert!(v["email_confirmed_at"].is_string());
+    let (s, v) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "e1@example.com"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("email_exists")));
+    let (s, v) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "xx:;x@x.x", "password": "password123"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["message"],
+        "Unable to validate email address: invalid format"
+    );
+    for i in 2..=4 {
+        let (s, _) = a
+            .post(
+                "admin/users",
+                SERVICE_KEY,
+                json!({"email": format!("e{i}@example.com")}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    // Pagination headers as auth-js parses them.
+    let (s, v, r) = a
+        .call(
+            "GET",
+            "admin/users?page=&per_page=",
+            SERVICE_KEY,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["users"].as_array().unwrap().len(), 4);
+    assert_eq!(v["aud"], "authenticated");
+    assert_eq!(r.header("x-total-count"), Some("4"));
+    let (_, v, r) = a
+        .call(
+            "GET",
+            "admin/users?page=1&per_page=3",
+            SERVICE_KEY,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(v["users"].as_array().unwrap().len(), 3);
+    let link = r.header("link").unwrap().to_string();
+    let first = link.split(',').next().unwrap();
+    assert!(
+        first.contains("?page=2&per_page=3>; rel=\"next\""),
+        "{link}"
+    );
+    assert!(link.contains("?page=2&per_page=3>; rel=\"last\""), "{link}");
+    let (s, _) = a.get("admin/users?page=-1&per_page=10", SERVICE_KEY).await;
+    assert_eq!(s, 400);
+
+    let (s, v) = a.get(&format!("admin/users/{id}"), SERVICE_KEY).await;
+    assert_eq!((s, v["email"].as_str()), (200, Some("e1@example.com")));
+    let (s, v) = a
+        .get(
+            "admin/users/83fd9e20-7a80-46e4-bf29-a86e3d6bbf66",
+            SERVICE_KEY,
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("user_not_found")));
+    let (s, _) = a.get("admin/users/not-a-uuid", SERVICE_KEY).await;
+    assert_eq!(s, 404);
+
+    let (s, v) = a
+        .put(
+            &format!("admin/users/{id}"),
+            SERVICE_KEY,
+            json!({"email": "new_e1@example.com", "user_metadata": {"favorite_color": "yellow"},
+                    "app_metadata": {"roles": ["admin"]}, "ban_duration": "24h"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["email"], "new_e1@example.com");
+    assert_eq!(v["user_metadata"]["favorite_color"], "yellow");
+    assert_eq!(v["user_metadata"]["full_name"], "E One");
+    assert_eq!(v["app_metadata"]["roles"], json!(["admin"]));
+    assert!(v["banned_until"].is_string());
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "new_e1@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("user_banned")));
+    let (s, _) = a
+        .put(
+            &format!("admin/users/{id}"),
+            SERVICE_KEY,
+            json!({"ban_duration": "none"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "new_e1@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let (s, _) = a
+        .put(
+            &format!("admin/users/{id}"),
+            SERVICE_KEY,
+            json!({"ban_duration": "soon"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // generate_link + verify with the hashed token.
+    let (s, v) = a
+        .post("admin/generate_link", SERVICE_KEY,
+              json!({"type": "signup", "email": "gl@example.com", "password": "hunter22", "data": {"status": "alpha"},
+                     "redirect_to": "http://localhost:3000/welcome"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user_metadata"], json!({"status": "alpha"}));
+    assert_eq!(v["verification_type"], "signup");
+    let al = v["action_link"].as_str().unwrap();
+    assert!(
+        al.contains("?token=") && al.contains("type=signup") && al.contains("redirect_to="),
+        "{al}"
+    );
+    assert!(
+        a.inbox("gl@example.com").await.is_empty(),
+        "generate_link sends nothing"
+    );
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"token_hash": v["hashed_token"], "type": "signup"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a
+        .post("admin/generate_link", SERVICE_KEY, json!({"type": "email_change_current", "email": "gl@example.com", "new_email": "gl2@example.com"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["new_email"], "gl2@example.com");
+    assert!(v["action_link"]
+        .as_str()
+        .unwrap()
+        .contains("type=email_change"));
+    let (s, v) = a
+        .post(
+            "admin/generate_link",
+            SERVICE_KEY,
+            json!({"type": "recovery", "email": "zz@example.com"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("user_not_found")));
+
+    // Invite mails a link and marks invited_at.
+    let (s, v) = a
+        .post(
+            "invite",
+            SERVICE_KEY,
+            json!({"email": "inv@example.com", "data": {"status": "alpha"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["invited_at"].is_string());
+    assert_eq!(a.inbox("inv@example.com").await[0]["type"], "invite");
+    let (s, _) = a
+        .post("invite", ANON_KEY, json!({"email": "inv2@example.com"}))
+        .await;
+    assert_eq!(s, 403);
+
+    // Soft delete keeps the row, hides the user; the user's token stops working.
+    let (s, v, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{id}"),
+            SERVICE_KEY,
+            json!({"should_soft_delete": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let rows = t
+        .sql(&format!(
+            "select deleted_at is not null from auth.users where id = '{id}'"
+        ))
+        .await;
+    assert!(rows[0].get::<_, bool>(0));
+    let (s, v) = a.get("user", &access).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("user_not_found")));
+    let (_, v) = a.get("admin/users", SERVICE_KEY).await;
+    assert!(!v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["id"] == id.as_str()));
+    // Hard delete removes it (and the profile, by cascade).
+    let (_, v) = a.get("admin/users?per_page=1", SERVICE_KEY).await;
+    let other = v["users"][0]["id"].as_str().unwrap().to_string();
+    let (s, _, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{other}"),
+            SERVICE_KEY,
+            json!({"should_soft_delete": false}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(t
+        .sql(&format!("select 1 from auth.users where id = '{other}'"))
+        .await
+        .is_empty());
+    let (s, v, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{other}"),
+            SERVICE_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("user_not_found")));
+
+    // A user imported with a pgcrypto bcrypt hash signs in.
+    t.batch("insert into auth.users (id, aud, role, email, encrypted_password, email_confirmed_at, created_at, updated_at, raw_app_meta_data, raw_user_meta_data)
+             values ('9a0c3f4e-1111-4a2b-8c3d-000000000001', 'authenticated', 'authenticated', 'imported@example.com',
+                     extensions.crypt('imported-pw', extensions.gen_salt('bf')), now(), now(), now(), '{}', '{}')").await;
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "imported@example.com", "password": "imported-pw"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    t.server.shutdown().await;
+}
+
+const ES256_JWK: &str = r#"{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "oxibase-test-es256", "use": "sig", "x": "L6NrnM4kRlaFwZPPYzgNdAz_W3BaDLhlMdzhh_iXAZk", "y": "SzNa6WH4gU-0jMvC5qvi7JPhn9jNmRIsWTaN0cZB-Yk", "d": "ZzQcbjAaEHNEuxYQg5h9MiqMjIi7koJnZT3b0HQLRbs"}"#;
+
+#[tokio::test]
+async fn asymmetric_signing_and_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    std::fs::write(&path, format!("[{ES256_JWK}]")).unwrap();
+    let p2 = path.clone();
+    let t = TestServer::start_with(move |c| {
+        fast(c);
+        c.jwt_keys_file = Some(p2);
+    })
+    .await;
+    let a = Api { t: &t };
+    let (s, v) = a.get(".well-known/jwks.json", ANON_KEY).await;
+    assert_eq!(s, 200);
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], "oxibase-test-es256");
+    assert!(keys[0].get("d").is_none(), "private part must not leak");
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "es@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(header.kid.as_deref(), Some("oxibase-test-es256"));
+    // Verify with the published key alone.
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(keys[0].clone()).unwrap();
+    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    val.set_audience(&["authenticated"]);
+    let data = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &val,
+    )
+    .unwrap();
+    assert_eq!(data.claims["email"], "es@example.com");
+    let (s, _) = a.get("user", token).await;
+    assert_eq!(s, 200);
+    // HS256 tokens (the CLI's keys) are still accepted.
+    let (s, _) = a.get("admin/users", SERVICE_KEY).await;
+    assert_eq!(s, 200);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429() {
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.rate_limit_per_hour = 3;
+        c.auth.email_rate_limit_per_hour = 2;
+        c.auth.email_max_frequency = 0;
+    })
+    .await;
+    let a = Api { t: &t };
+    for i in 0..3 {
+        let (s, _) = a
+            .post(
+                "token?grant_type=password",
+                ANON_KEY,
+                json!({"email": format!("x{i}@example.com"), "password": "hunter22"}),
+            )
+            .await;
+        assert_eq!(s, 400);
+    }
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "x@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (429, Some("over_request_rate_limit")),
+        "{v}"
+    );
+    // Counters live in PostgreSQL.
+    let rows = t
+        .sql("select hits from auth.oxibase_rate_limits where key like 'ip:signin:%'")
+        .await;
+    assert_eq!(rows[0].get::<_, i32>(0), 4);
+    // Per-address email limit (otp has its own IP bucket).
+    let (s, _) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "m@example.com", "email_confirm": true}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s1, _) = a
+        .post("recover", ANON_KEY, json!({"email": "m@example.com"}))
+        .await;
+    let (s2, _) = a
+        .post("recover", ANON_KEY, json!({"email": "m@example.com"}))
+        .await;
+    let (s3, v) = a
+        .post("recover", ANON_KEY, json!({"email": "m@example.com"}))
+        .await;
+    assert_eq!((s1, s2, s3), (200, 200, 429), "{v}");
+    assert_eq!(v["code"], "over_email_send_rate_limit");
+    t.server.shutdown().await;
+}
