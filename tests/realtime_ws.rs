@@ -653,3 +653,74 @@ async fn postgres_changes_with_filters_and_rls() {
         .unwrap()
         .starts_with("Error parsing `filter` params"));
 }
+
+#[tokio::test]
+async fn broadcasts_cross_processes_sharing_a_database() {
+    let t = TestServer::start().await;
+    // A second oxibase on the same database.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = oxibase::Config::default();
+    cfg.port = 0;
+    cfg.bind = vec!["127.0.0.1".into()];
+    cfg.data_dir = dir.path().to_path_buf();
+    cfg.database_url = Some(oxibase::config::Secret(t.db_url.clone()));
+    cfg.db_pool_size = 2;
+    let other = oxibase::Server::start(cfg, std::sync::Arc::new(|_: &str| {}))
+        .await
+        .unwrap();
+    let other_url = format!("http://127.0.0.1:{}", other.port());
+
+    let mut on_b = Client::connect(&t, ANON_KEY, "2.0.0").await;
+    let url_b = format!("{other_url}/realtime/v1/websocket?apikey={ANON_KEY}&vsn=2.0.0")
+        .replace("http://", "ws://");
+    let (ws, _) = tokio_tungstenite::connect_async(url_b).await.unwrap();
+    let mut on_other = Client {
+        ws,
+        v2: true,
+        next_ref: 0,
+    };
+    on_b.join("realtime:x-proc", json!({"config":{}})).await;
+    on_other.join("realtime:x-proc", json!({"config":{}})).await;
+    // The listener connects in the background: retry the first send until it lands.
+    let mut delivered = false;
+    for _ in 0..20 {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/realtime/v1/api/broadcast/x-proc/events/e", t.url),
+                &[
+                    ("apikey", ANON_KEY),
+                    ("content-type", "application/octet-stream"),
+                ],
+                vec![1u8, 2, 3],
+            )
+            .await;
+        assert_eq!(r.status, 202);
+        let In::Bin(b) = on_b.recv().await else {
+            panic!()
+        };
+        assert!(b.ends_with(&[1, 2, 3]));
+        if let Ok(Some(Ok(Message::Binary(b)))) =
+            tokio::time::timeout(Duration::from_millis(300), on_other.ws.next()).await
+        {
+            assert!(b.ends_with(&[1, 2, 3]));
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the other process never received the broadcast");
+    // And back: a push on the other process reaches this one, exactly once.
+    on_other
+        .send(
+            Some("1"),
+            "realtime:x-proc",
+            "broadcast",
+            json!({"type":"broadcast","event":"back","payload":{"k":1}}),
+        )
+        .await;
+    let (_, p, _) = on_b.expect_event("broadcast").await;
+    assert_eq!(p["event"], "back");
+    on_b.silent(300).await;
+    other.shutdown().await;
+}

@@ -291,18 +291,26 @@ pub async fn check_published(state: &AppState, b: &PgBinding) -> Result<(), Stri
 }
 
 /// The capture task's state, kept in the realtime `State`.
-#[derive(Default)]
 pub struct Capture {
     running: tokio::sync::Mutex<bool>,
+    /// When a join last asked for capture (the task idles out only well after that).
+    last_demand: std::sync::Mutex<std::time::Instant>,
 }
 
-/// Start the capture task if it is not running; returns once the slot exists, so every
-/// change committed after a join reply is seen.
-pub async fn ensure_started(state: &AppState) -> Result<(), String> {
-    let mut running = state.realtime.capture.running.lock().await;
-    if *running {
-        return Ok(());
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            running: tokio::sync::Mutex::new(false),
+            last_demand: std::sync::Mutex::new(std::time::Instant::now()),
+        }
     }
+}
+
+/// With no postgres_changes subscriber for this long, the slot is dropped.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A session of its own holding a temporary slot (dropped with the session).
+async fn open_slot(state: &AppState) -> Result<(deadpool_postgres::ClientWrapper, String), String> {
     let obj = state.pool.get().await.map_err(|e| e.to_string())?;
     // Detached from the pool: the temporary slot belongs to this session.
     let client = deadpool_postgres::Object::take(obj);
@@ -331,56 +339,113 @@ pub async fn ensure_started(state: &AppState) -> Result<(), String> {
             )
         })?;
     tracing::info!(%slot, "realtime: change capture started");
+    Ok((client, slot))
+}
+
+/// Start the capture task if it is not running; returns once the slot exists, so every
+/// change committed after a join reply is seen.
+pub async fn ensure_started(state: &AppState) -> Result<(), String> {
+    *state.realtime.capture.last_demand.lock().expect("lock") = std::time::Instant::now();
+    let mut running = state.realtime.capture.running.lock().await;
+    if *running {
+        return Ok(());
+    }
+    let (client, slot) = open_slot(state).await?;
     *running = true;
-    let st = state.clone();
-    tokio::spawn(async move {
-        let mut decoder = Decoder::default();
-        let mut interval = tokio::time::interval(POLL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            let rows = client
-                .query(
-                    "select data from pg_logical_slot_get_binary_changes($1, NULL, 2000,
-                       'proto_version', '1', 'publication_names', 'supabase_realtime')",
-                    &[&slot],
-                )
-                .await;
-            let rows = match rows {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
-                    if client.is_closed() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if rows.is_empty() {
-                continue;
-            }
-            let mut changes = vec![];
-            for r in &rows {
-                let data: &[u8] = r.get(0);
-                match decoder.message(data) {
-                    Ok(Some(c)) => changes.push(c),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "realtime: undecodable pgoutput message"),
-                }
-            }
-            for rel in decoder.take_new_relations() {
-                if let Err(e) = decoder.describe(&client, rel).await {
-                    tracing::warn!(error = %e, "realtime: cannot describe a relation");
-                }
-            }
-            if !changes.is_empty() {
-                dispatch(&st, &decoder, changes).await;
+    tokio::spawn(capture(state.clone(), client, slot));
+    Ok(())
+}
+
+async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut slot: String) {
+    let mut decoder = Decoder::default();
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if st.realtime.hub.pg_subscribers().is_empty()
+            && st
+                .realtime
+                .capture
+                .last_demand
+                .lock()
+                .expect("lock")
+                .elapsed()
+                > IDLE
+        {
+            let mut running = st.realtime.capture.running.lock().await;
+            // Re-checked under the lock a join takes before it subscribes.
+            if st.realtime.hub.pg_subscribers().is_empty()
+                && st
+                    .realtime
+                    .capture
+                    .last_demand
+                    .lock()
+                    .expect("lock")
+                    .elapsed()
+                    > IDLE
+            {
+                *running = false;
+                tracing::info!(%slot, "realtime: no postgres_changes subscribers; capture stopped");
+                return;
             }
         }
-        *st.realtime.capture.running.lock().await = false;
-    });
-    Ok(())
+        let rows = client
+            .query(
+                "select data from pg_logical_slot_get_binary_changes($1, NULL, 2000,
+                   'proto_version', '1', 'publication_names', 'supabase_realtime')",
+                &[&slot],
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !client.is_closed() {
+                    continue;
+                }
+                // The session (and its slot) is gone: open a new one while anyone listens.
+                loop {
+                    if st.pool.is_closed() || st.realtime.hub.pg_subscribers().is_empty() {
+                        *st.realtime.capture.running.lock().await = false;
+                        return;
+                    }
+                    match open_slot(&st).await {
+                        Ok((c, s)) => {
+                            (client, slot) = (c, s);
+                            decoder = Decoder::default();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "realtime: change capture unavailable; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        let mut changes = vec![];
+        for r in &rows {
+            let data: &[u8] = r.get(0);
+            match decoder.message(data) {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "realtime: undecodable pgoutput message"),
+            }
+        }
+        for rel in decoder.take_new_relations() {
+            if let Err(e) = decoder.describe(&client, rel).await {
+                tracing::warn!(error = %e, "realtime: cannot describe a relation");
+            }
+        }
+        if !changes.is_empty() {
+            dispatch(&st, &decoder, changes).await;
+        }
+    }
 }
 
 // ------------------------------------------------------------------ pgoutput decoding

@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod changes;
+pub mod fanout;
 pub mod hub;
 pub mod phoenix;
 pub mod socket;
@@ -26,17 +27,34 @@ use phoenix::UserBroadcast;
 pub struct State {
     pub hub: Arc<Hub>,
     pub capture: changes::Capture,
+    pub fanout: fanout::Fanout,
 }
 
-pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
+pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
+    // The fan-out listener needs its own connection: the external URL, or the embedded
+    // database's superuser.
+    let url = match &config.database_url {
+        Some(u) => u.expose().clone(),
+        None => crate::display_db_url(config),
+    };
     Ok(State {
         hub: Arc::new(Hub::default()),
         capture: changes::Capture::default(),
+        fanout: fanout::Fanout::new(Some(url)),
     })
 }
 
-/// Change capture starts lazily, on the first postgres_changes subscription.
-pub fn spawn_background(_state: &AppState) {}
+/// The cross-process fan-out starts now; change capture starts lazily, on the first
+/// postgres_changes subscription.
+pub fn spawn_background(state: &AppState) {
+    fanout::start(state);
+}
+
+/// Deliver a broadcast here and to the other processes on this database.
+pub fn broadcast(state: &AppState, key: &hub::TopicKey, from: Option<hub::ChanId>, msg: Broadcast) {
+    state.realtime.fanout.publish(key, &msg);
+    state.realtime.hub.broadcast(key, from, msg);
+}
 
 fn error(status: StatusCode, message: &str) -> Resp {
     json_response(status, &json!({ "message": message }))
@@ -170,7 +188,7 @@ async fn single_broadcast(state: &AppState, req: Req, topic: String, event: Stri
         data: body,
         meta: None,
     });
-    state.realtime.hub.broadcast(&(topic, private), None, msg);
+    broadcast(state, &(topic, private), None, msg);
     status_response(StatusCode::ACCEPTED)
 }
 
@@ -232,10 +250,7 @@ async fn batch_broadcast(state: &AppState, req: Req) -> Resp {
                 continue;
             }
         }
-        state
-            .realtime
-            .hub
-            .broadcast(&(topic, private), None, Broadcast::Json(p));
+        broadcast(state, &(topic, private), None, Broadcast::Json(p));
     }
     status_response(StatusCode::ACCEPTED)
 }

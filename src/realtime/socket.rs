@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::authz::{self, Policies};
 use super::changes;
 use super::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
-use super::phoenix::{self, Msg, Payload, Vsn};
+use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
 use super::token::{self, TokenError};
 use crate::http::apikey::AuthContext;
 use crate::http::{empty, json_response, query_pairs, Req, Resp};
@@ -194,7 +194,8 @@ async fn run(
                 if !c.deliver(out).await { break }
             }
             _ = tick.tick() => {
-                if last_seen.elapsed() > IDLE_TIMEOUT { break }
+                // Idle client, or the server is shutting down (its pool is closed).
+                if last_seen.elapsed() > IDLE_TIMEOUT || c.state.pool.is_closed() { break }
                 if !c.expire_tokens().await { break }
             }
         }
@@ -548,11 +549,12 @@ impl Conn {
                 return true;
             }
         }
+        // Frame metadata (e.g. persist) is not forwarded, as in Supabase.
         let msg = match m.payload.clone() {
-            Payload::UserBroadcast(ub) => Broadcast::User(ub),
+            Payload::UserBroadcast(ub) => Broadcast::User(UserBroadcast { meta: None, ..ub }),
             Payload::Json(v) => Broadcast::Json(v),
         };
-        self.hub.broadcast(&key, Some(id), msg);
+        super::broadcast(&self.state, &key, Some(id), msg);
         if ack {
             return self.reply(&m, true, json!({})).await;
         }

@@ -1,0 +1,196 @@
+//! Broadcasts across oxibase processes that share one database: each broadcast is also sent
+//! with `pg_notify` on one channel, and every process LISTENs there and delivers what other
+//! processes published to its own subscribers. NOTIFY payloads are capped by PostgreSQL
+//! (8000 bytes); larger broadcasts stay local (logged). Presence stays per process.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::hub::{Broadcast, TopicKey};
+use super::phoenix::UserBroadcast;
+use crate::state::AppState;
+
+pub const CHANNEL: &str = "oxibase_realtime";
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7900;
+
+pub struct Fanout {
+    /// This process's id, so it ignores its own notifications.
+    pub origin: String,
+    tx: mpsc::Sender<String>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<String>>>,
+    /// Where the LISTEN connection goes (None: fan-out disabled).
+    url: Option<String>,
+}
+
+impl Fanout {
+    pub fn new(url: Option<String>) -> Fanout {
+        let (tx, rx) = mpsc::channel(4096);
+        Fanout {
+            origin: uuid::Uuid::new_v4().simple().to_string(),
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            url,
+        }
+    }
+
+    /// Queue a broadcast for the other processes (never blocks the caller).
+    pub fn publish(&self, key: &TopicKey, msg: &Broadcast) {
+        if self.url.is_none() {
+            return;
+        }
+        let body = encode(&self.origin, key, msg);
+        if body.len() > MAX_PAYLOAD {
+            tracing::debug!(topic = %key.0, bytes = body.len(), "realtime: broadcast too large for NOTIFY; delivered locally only");
+            return;
+        }
+        if self.tx.try_send(body).is_err() {
+            tracing::warn!("realtime: fan-out queue full; a broadcast stayed local");
+        }
+    }
+}
+
+fn encode(origin: &str, key: &TopicKey, msg: &Broadcast) -> String {
+    match msg {
+        Broadcast::Json(v) => json!({"o": origin, "t": key.0, "p": key.1, "v": v}),
+        Broadcast::User(ub) => json!({
+            "o": origin, "t": key.0, "p": key.1, "e": ub.event, "j": ub.json,
+            "d": base64::engine::general_purpose::STANDARD.encode(&ub.data),
+        }),
+    }
+    .to_string()
+}
+
+/// (origin, topic, message) of a notification payload.
+fn decode(s: &str) -> Option<(String, TopicKey, Broadcast)> {
+    let v: Value = serde_json::from_str(s).ok()?;
+    let origin = v.get("o")?.as_str()?.to_string();
+    let key = (v.get("t")?.as_str()?.to_string(), v.get("p")?.as_bool()?);
+    let msg = match v.get("v") {
+        Some(j) => Broadcast::Json(j.clone()),
+        None => Broadcast::User(UserBroadcast {
+            event: v.get("e")?.as_str()?.to_string(),
+            json: v.get("j")?.as_bool()?,
+            data: base64::engine::general_purpose::STANDARD
+                .decode(v.get("d")?.as_str()?)
+                .ok()?
+                .into(),
+            meta: None,
+        }),
+    };
+    Some((origin, key, msg))
+}
+
+/// Start the publisher (through the pool) and the listener (its own connection).
+pub fn start(state: &AppState) {
+    let Some(url) = state.realtime.fanout.url.clone() else {
+        return;
+    };
+    let Some(mut rx) = state.realtime.fanout.rx.lock().expect("lock").take() else {
+        return;
+    };
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 200 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let sent = async {
+                let c = st.pool.get().await.map_err(|e| e.to_string())?;
+                c.execute(
+                    "select pg_notify('oxibase_realtime', m) from unnest($1::text[]) m",
+                    &[&batch],
+                )
+                .await
+                .map_err(|e| crate::db::error_text(&e))
+            }
+            .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "realtime: fan-out publish failed");
+            }
+        }
+    });
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = listen(&st, &url).await {
+                tracing::warn!(error = %e, "realtime: fan-out listener stopped; retrying");
+            }
+            if st.pool.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+async fn listen(state: &AppState, url: &str) -> Result<(), String> {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        use futures::StreamExt;
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "realtime: fan-out connection error");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("listen {CHANNEL}"))
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    let me = state.realtime.fanout.origin.clone();
+    while let Some(p) = rx.recv().await {
+        if let Some((origin, key, msg)) = decode(&p) {
+            if origin != me {
+                state.realtime.hub.broadcast(&key, None, msg);
+            }
+        }
+    }
+    driver.abort();
+    Err("connection closed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let k = ("room".to_string(), true);
+        let j = Broadcast::Json(json!({"type":"broadcast","event":"e","payload":{"a":1}}));
+        let (o, key, m) = decode(&encode("me", &k, &j)).unwrap();
+        assert_eq!((o.as_str(), &key), ("me", &k));
+        assert!(matches!(m, Broadcast::Json(v) if v["payload"]["a"] == 1));
+        let u = Broadcast::User(UserBroadcast {
+            event: "b".into(),
+            json: false,
+            data: bytes::Bytes::from_static(&[0, 1, 255]),
+            meta: None,
+        });
+        let (_, _, m) = decode(&encode("me", &k, &u)).unwrap();
+        let Broadcast::User(ub) = m else { panic!() };
+        assert_eq!(&ub.data[..], &[0, 1, 255]);
+        assert!(!ub.json);
+        assert!(decode("{}").is_none());
+    }
+}
