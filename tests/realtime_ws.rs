@@ -724,3 +724,30 @@ async fn broadcasts_cross_processes_sharing_a_database() {
     on_b.silent(300).await;
     other.shutdown().await;
 }
+
+#[tokio::test]
+async fn postgres_changes_need_the_select_privilege() {
+    let t = TestServer::start().await;
+    t.batch(
+        "create table public.secrets (id int primary key, v text);
+         revoke all on public.secrets from anon;
+         alter publication supabase_realtime add table public.secrets;",
+    )
+    .await;
+    let cfg = json!({"config":{"postgres_changes":[{"event":"*","schema":"public","table":"secrets"}]}});
+    let mut anon = Client::connect(&t, ANON_KEY, "2.0.0").await;
+    let mut svc = Client::connect(&t, SERVICE_KEY, "1.0.0").await;
+    assert_eq!(anon.join("realtime:s", cfg.clone()).await["status"], "ok");
+    assert_eq!(svc.join("realtime:s", cfg).await["status"], "ok");
+    t.batch("insert into public.secrets values (1, 'x'); delete from public.secrets;")
+        .await;
+    let (_, p, _) = svc.expect_event("postgres_changes").await;
+    assert_eq!(p["data"]["record"], json!({"id": 1, "v": "x"}));
+    let (_, p, _) = svc.expect_event("postgres_changes").await;
+    assert_eq!(p["data"]["type"], "DELETE");
+    // Without RLS and with replica identity default, the old record is the key.
+    assert_eq!(p["data"]["old_record"], json!({"id": 1}));
+    let (_, sys, _) = anon.expect_event("system").await;
+    assert_eq!(sys["status"], "ok");
+    anon.silent(500).await;
+}

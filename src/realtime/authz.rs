@@ -35,7 +35,6 @@ pub async fn read_policies(
     state: &AppState,
     ctx: &AuthContext,
     topic: &str,
-    presence: bool,
 ) -> Result<Policies, AuthzError> {
     let err = |e: tokio_postgres::Error| AuthzError(crate::db::error_text(&e));
     let mut client = state
@@ -76,7 +75,7 @@ pub async fn read_policies(
     };
     Ok(Policies {
         broadcast_read: ids.contains(&b_id),
-        presence_read: presence && ids.contains(&p_id),
+        presence_read: ids.contains(&p_id),
     })
 }
 

@@ -827,6 +827,29 @@ async fn visible(
     }
 }
 
+/// May this subscriber SELECT from the table at all?
+async fn can_select(state: &AppState, ctx: &AuthContext, rel: u32) -> bool {
+    let Ok(mut client) = state.pool.get().await else {
+        return false;
+    };
+    let gucs = RequestGucs {
+        method: "GET",
+        path: "/realtime/v1/websocket",
+        ..Default::default()
+    };
+    let Ok(tx) = begin_as(&mut client, ctx, &gucs, true).await else {
+        return false;
+    };
+    let r = tx
+        .query_one(
+            "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
+            &[&i64::from(rel)],
+        )
+        .await;
+    let _ = tx.rollback().await;
+    r.map(|row| row.get(0)).unwrap_or(false)
+}
+
 async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
     let subs = state.realtime.hub.pg_subscribers();
     if subs.is_empty() {
@@ -891,18 +914,19 @@ async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
             if ids.is_empty() {
                 continue;
             }
-            if rel.rls && ch.kind != Kind::Delete && !ctx.role.is_service() {
+            // The subscriber must be able to SELECT the row (privileges and RLS); a deleted
+            // row cannot be read back, so only the table privilege is checked for it.
+            if !ctx.role.is_service() {
                 let k = format!("{}|{}", ctx.role.as_str(), ctx.claims);
                 let ok = match seen.get(&k) {
                     Some(v) => *v,
                     None => {
-                        let v = visible(
-                            state,
-                            ctx,
-                            rel,
-                            new.as_ref().expect("insert/update has a row"),
-                        )
-                        .await;
+                        let v = match &new {
+                            Some(row) if ch.kind != Kind::Delete => {
+                                visible(state, ctx, rel, row).await
+                            }
+                            _ => can_select(state, ctx, ch.rel).await,
+                        };
                         seen.insert(k, v);
                         v
                     }

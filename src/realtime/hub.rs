@@ -47,6 +47,8 @@ pub struct Sub {
     pub self_broadcast: bool,
     /// False on a private channel whose caller may not read broadcasts.
     pub broadcast_read: bool,
+    /// False on a private channel whose caller may not read presence.
+    pub presence_read: bool,
     /// postgres_changes bindings and the claims they are checked with.
     pub pg: Vec<PgBinding>,
     pub ctx: AuthContext,
@@ -136,7 +138,7 @@ impl Hub {
     }
 
     fn push_all(topic: &Topic, event: &'static str, payload: &Value) {
-        for (id, s) in &topic.subs {
+        for (id, s) in topic.subs.iter().filter(|(_, s)| s.presence_read) {
             let _ = s.tx.try_send(Out::Push {
                 chan: *id,
                 event,
@@ -237,6 +239,7 @@ mod tests {
             tx,
             self_broadcast,
             broadcast_read: true,
+            presence_read: true,
             pg: vec![],
             ctx: AuthContext::anon(),
         }
@@ -282,7 +285,13 @@ mod tests {
         };
         assert_eq!(payload["leaves"]["u1"]["metas"][0]["user"], "a");
         assert!(payload["joins"]["u1"]["metas"][0]["phx_ref_prev"].is_string());
+        // A channel that may not read presence gets no diffs.
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let mut blind = sub(tx2, false);
+        blind.presence_read = false;
+        hub.subscribe(k.clone(), 2, blind);
         hub.untrack(&k, 1);
+        assert!(rx2.try_recv().is_err());
         let Ok(Out::Push { payload, .. }) = rx.try_recv() else {
             panic!()
         };

@@ -393,8 +393,11 @@ impl Conn {
         };
         let mut policies = None;
         if private {
-            match authz::read_policies(&self.state, &ctx, &sub_topic, presence_enabled).await {
-                Ok(p) if p.broadcast_read || p.presence_read => policies = Some(p),
+            match authz::read_policies(&self.state, &ctx, &sub_topic).await {
+                // Presence read counts only when presence is enabled (as in Supabase).
+                Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
+                    policies = Some(p)
+                }
                 Ok(_) => {
                     let reason = format!(
                         "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
@@ -457,6 +460,7 @@ impl Conn {
         let id = self.hub.new_chan_id();
         let key: TopicKey = (sub_topic.clone(), private);
         let broadcast_read = policies.map(|p| p.broadcast_read).unwrap_or(true);
+        let presence_read = policies.map(|p| p.presence_read).unwrap_or(true);
         self.hub.subscribe(
             key.clone(),
             id,
@@ -464,6 +468,7 @@ impl Conn {
                 tx: self.tx.clone(),
                 self_broadcast,
                 broadcast_read,
+                presence_read,
                 pg: bindings,
                 ctx: ctx.clone(),
             },
@@ -642,11 +647,11 @@ impl Conn {
             Ok(x) => x,
             Err(e) => return self.shutdown_channel(&m.topic.clone(), &e.message()).await,
         };
-        let (key, id, presence) = (ch.key.clone(), ch.id, ch.presence_enabled);
+        let (key, id) = (ch.key.clone(), ch.id);
         let old_policies = ch.policies;
         let mut policies = None;
         if key.1 {
-            match authz::read_policies(&self.state, &ctx, &key.0, presence).await {
+            match authz::read_policies(&self.state, &ctx, &key.0).await {
                 Ok(p) => {
                     let revoked = old_policies.is_some_and(|o| {
                         (o.broadcast_read && !p.broadcast_read)
@@ -679,9 +684,11 @@ impl Conn {
         ch.broadcast_write = None;
         ch.presence_write = None;
         let broadcast_read = ch.policies.map(|p| p.broadcast_read).unwrap_or(true);
+        let presence_read = ch.policies.map(|p| p.presence_read).unwrap_or(true);
         self.hub.update_sub(&key, id, |s| {
             s.ctx = ctx;
             s.broadcast_read = broadcast_read;
+            s.presence_read = presence_read;
         });
         self.reply(&m, true, json!({})).await
     }
