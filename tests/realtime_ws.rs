@@ -734,7 +734,8 @@ async fn postgres_changes_need_the_select_privilege() {
          alter publication supabase_realtime add table public.secrets;",
     )
     .await;
-    let cfg = json!({"config":{"postgres_changes":[{"event":"*","schema":"public","table":"secrets"}]}});
+    let cfg =
+        json!({"config":{"postgres_changes":[{"event":"*","schema":"public","table":"secrets"}]}});
     let mut anon = Client::connect(&t, ANON_KEY, "2.0.0").await;
     let mut svc = Client::connect(&t, SERVICE_KEY, "1.0.0").await;
     assert_eq!(anon.join("realtime:s", cfg.clone()).await["status"], "ok");

@@ -29,6 +29,7 @@ pub enum FilterOp {
     Is,
     Like,
     Ilike,
+    IsDistinct,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +50,8 @@ pub struct PgBinding {
     /// `*` for every table of the schema.
     pub table: String,
     pub filters: Vec<Filter>,
+    /// `select`: only these columns (plus the primary key) are delivered.
+    pub select: Option<Vec<String>>,
 }
 
 /// A stable id for a binding's parameters (Supabase uses a hash of them too).
@@ -116,6 +119,7 @@ fn parse_filter(seg: &str) -> Result<Filter, String> {
         "is" => FilterOp::Is,
         "like" => FilterOp::Like,
         "ilike" => FilterOp::Ilike,
+        "isdistinct" => FilterOp::IsDistinct,
         _ => return Err(err()),
     };
     if op == FilterOp::In && !(value.starts_with('(') && value.ends_with(')')) {
@@ -151,6 +155,22 @@ pub fn parse_binding(p: &Value, id: u32) -> Result<PgBinding, String> {
             ))
         }
     };
+    let select = match p.get("select") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(cols)) => {
+            let cols: Vec<String> = cols
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            (!cols.is_empty()).then_some(cols)
+        }
+        Some(_) => {
+            return Err("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]".into())
+        }
+    };
+    if select.is_some() && (schema == "*" || table == "*") {
+        return Err("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.".into());
+    }
     let mut filters = vec![];
     if let Some(f) = filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
         for seg in split_top_level(f) {
@@ -163,6 +183,7 @@ pub fn parse_binding(p: &Value, id: u32) -> Result<PgBinding, String> {
         schema,
         table,
         filters,
+        select,
     })
 }
 
@@ -247,6 +268,13 @@ pub fn passes(filters: &[Filter], record: &Map<String, Value>) -> bool {
             },
             FilterOp::Like => !v.is_null() && like_match(&f.value, &as_text(v), false),
             FilterOp::Ilike => !v.is_null() && like_match(&f.value, &as_text(v), true),
+            FilterOp::IsDistinct => {
+                if f.value.eq_ignore_ascii_case("null") {
+                    !v.is_null()
+                } else {
+                    v.is_null() || compare(v, &f.value) != Some(Equal)
+                }
+            }
         };
         r != f.negate
     })
@@ -901,7 +929,7 @@ async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
         // RLS results per distinct claims, so many channels of one user cost one query.
         let mut seen: HashMap<String, bool> = HashMap::new();
         for (chan, tx, bindings, ctx) in &subs {
-            let ids: Vec<u32> = bindings
+            let matching: Vec<&PgBinding> = bindings
                 .iter()
                 .filter(|b| {
                     (b.schema == "*" || b.schema == rel.schema)
@@ -909,9 +937,8 @@ async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
                         && (b.action == "*" || b.action == kind)
                         && passes(&b.filters, &filter_rec)
                 })
-                .map(|b| b.id)
                 .collect();
-            if ids.is_empty() {
+            if matching.is_empty() {
                 continue;
             }
             // The subscriber must be able to SELECT the row (privileges and RLS); a deleted
@@ -935,13 +962,42 @@ async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
                     continue;
                 }
             }
-            let _ = tx.try_send(Out::Push {
-                chan: *chan,
-                event: "postgres_changes",
-                payload: json!({"ids": ids, "data": data}),
-            });
+            // One message per distinct column selection (as Supabase groups them).
+            let mut groups: Vec<(Option<&Vec<String>>, Vec<u32>)> = vec![];
+            for b in matching {
+                match groups.iter_mut().find(|(sel, _)| *sel == b.select.as_ref()) {
+                    Some((_, ids)) => ids.push(b.id),
+                    None => groups.push((b.select.as_ref(), vec![b.id])),
+                }
+            }
+            for (sel, ids) in groups {
+                let payload = match sel {
+                    None => json!({"ids": ids, "data": data}),
+                    Some(cols) => json!({"ids": ids, "data": select_columns(&data, cols, &rel.pk)}),
+                };
+                let _ = tx.try_send(Out::Push {
+                    chan: *chan,
+                    event: "postgres_changes",
+                    payload,
+                });
+            }
         }
     }
+}
+
+/// Keep only the selected columns (and the primary key) in a change's data.
+fn select_columns(data: &Value, cols: &[String], pk: &[String]) -> Value {
+    let keep = |name: &str| cols.iter().any(|c| c == name) || pk.iter().any(|c| c == name);
+    let mut d = data.clone();
+    for k in ["record", "old_record"] {
+        if let Some(o) = d.get_mut(k).and_then(Value::as_object_mut) {
+            o.retain(|name, _| keep(name));
+        }
+    }
+    if let Some(a) = d.get_mut("columns").and_then(Value::as_array_mut) {
+        a.retain(|c| c["name"].as_str().is_some_and(keep));
+    }
+    d
 }
 
 #[cfg(test)]
@@ -977,6 +1033,19 @@ mod tests {
         assert!(parse_binding(&json!({"event":"*"}), 1)
             .unwrap_err()
             .starts_with("No subscription params provided"));
+        let b = parse_binding(&json!({"schema":"s","table":"t","select":["a"]}), 1).unwrap();
+        assert_eq!(b.select, Some(vec!["a".to_string()]));
+        assert!(parse_binding(&json!({"schema":"s","select":["a"]}), 1)
+            .unwrap_err()
+            .starts_with("Column selection is not supported"));
+        assert!(parse_binding(&json!({"schema":"s","table":"t","select":"a"}), 1).is_err());
+        let d = select_columns(
+            &json!({"record":{"id":1,"a":2,"b":3},"columns":[{"name":"id"},{"name":"a"},{"name":"b"}]}),
+            &["a".to_string()],
+            &["id".to_string()],
+        );
+        assert_eq!(d["record"], json!({"id":1,"a":2}));
+        assert_eq!(d["columns"].as_array().unwrap().len(), 2);
         assert_eq!(
             binding_id(&json!({"event":"*","schema":"public"})),
             binding_id(&json!({"event":"*","schema":"public"}))
