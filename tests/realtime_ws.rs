@@ -752,3 +752,18 @@ async fn postgres_changes_need_the_select_privilege() {
     assert_eq!(sys["status"], "ok");
     anon.silent(500).await;
 }
+
+#[tokio::test]
+async fn a_socket_joins_at_most_100_channels() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(&t, ANON_KEY, "2.0.0").await;
+    for i in 0..100 {
+        let p = c.join(&format!("realtime:c{i}"), json!({"config":{}})).await;
+        assert_eq!(p["status"], "ok");
+    }
+    let p = c.join("realtime:one-more", json!({"config":{}})).await;
+    assert_eq!(p["response"]["reason"], "ChannelRateLimitReached: Too many channels");
+    // Rejoining a joined topic is still fine (the old channel is closed first).
+    let p = c.join("realtime:c5", json!({"config":{}})).await;
+    assert_eq!(p["status"], "ok");
+}

@@ -354,18 +354,27 @@ async fn open_slot(state: &AppState) -> Result<(deadpool_postgres::ClientWrapper
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    client
-        .query(
-            "select pg_create_logical_replication_slot($1, 'pgoutput', true)",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot create the replication slot: {}",
-                crate::db::error_text(&e)
+    // Creating a slot waits for every transaction already running in the cluster; a session
+    // left idle in a transaction must not hang the join that asked for capture.
+    let created = async {
+        client
+            .batch_execute("set statement_timeout = '10s'")
+            .await?;
+        client
+            .query(
+                "select pg_create_logical_replication_slot($1, 'pgoutput', true)",
+                &[&slot],
             )
-        })?;
+            .await?;
+        client.batch_execute("set statement_timeout = 0").await
+    }
+    .await;
+    created.map_err(|e| {
+        format!(
+            "cannot create the replication slot: {}",
+            crate::db::error_text(&e)
+        )
+    })?;
     tracing::info!(%slot, "realtime: change capture started");
     Ok((client, slot))
 }

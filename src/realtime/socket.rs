@@ -27,6 +27,8 @@ use crate::state::AppState;
 /// A client that sends nothing (not even heartbeats) for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const QUEUE: usize = 1024;
+/// Channels one socket may join (Supabase's default `max_channels_per_client`).
+const MAX_CHANNELS: usize = 100;
 
 fn ws_error(status: StatusCode, msg: &str) -> Resp {
     json_response(status, &json!({"error": msg}))
@@ -370,6 +372,15 @@ impl Conn {
             .filter(|k| !k.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(&m.topic) {
+            return self
+                .reply(
+                    &m,
+                    false,
+                    json!({"reason": "ChannelRateLimitReached: Too many channels"}),
+                )
+                .await;
+        }
         // Rejoining a joined topic replaces the old channel.
         if let Some(old) = self.remove_channel(&m.topic) {
             if !self
