@@ -612,6 +612,7 @@ async fn postgres_changes_with_filters_and_rls() {
     assert_eq!(d["table"], "notes");
     assert_eq!(d["record"]["body"], "mine");
     assert_eq!(d["record"]["n"], 9);
+    assert_eq!(d["record"]["tags"], json!(["x", "y"]));
     assert!(d.get("old_record").is_none());
     assert_eq!(d["errors"], Value::Null);
     assert_eq!(d["columns"][0], json!({"name":"id","type":"int8"}));
@@ -758,11 +759,16 @@ async fn a_socket_joins_at_most_100_channels() {
     let t = TestServer::start().await;
     let mut c = Client::connect(&t, ANON_KEY, "2.0.0").await;
     for i in 0..100 {
-        let p = c.join(&format!("realtime:c{i}"), json!({"config":{}})).await;
+        let p = c
+            .join(&format!("realtime:c{i}"), json!({"config":{}}))
+            .await;
         assert_eq!(p["status"], "ok");
     }
     let p = c.join("realtime:one-more", json!({"config":{}})).await;
-    assert_eq!(p["response"]["reason"], "ChannelRateLimitReached: Too many channels");
+    assert_eq!(
+        p["response"]["reason"],
+        "ChannelRateLimitReached: Too many channels"
+    );
     // Rejoining a joined topic is still fine (the old channel is closed first).
     let p = c.join("realtime:c5", json!({"config":{}})).await;
     assert_eq!(p["status"], "ok");

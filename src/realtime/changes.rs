@@ -757,8 +757,74 @@ fn typed(type_name: &str, text: &str) -> Value {
             Value::String(s)
         }
         "timestamp" => Value::String(text.replacen(' ', "T", 1)),
+        t if t.starts_with('_') => {
+            parse_array(text, &t[1..]).unwrap_or_else(|| Value::String(text.to_string()))
+        }
         _ => Value::String(text.to_string()),
     }
+}
+
+/// A PostgreSQL array literal (`{1,2}`, `{"a b",NULL}`, nested) as a JSON array whose
+/// elements are typed like `to_jsonb` types them.
+fn parse_array(text: &str, elem: &str) -> Option<Value> {
+    fn parse(chars: &[char], at: &mut usize, elem: &str) -> Option<Value> {
+        if chars.get(*at) != Some(&'{') {
+            return None;
+        }
+        *at += 1;
+        let mut out = vec![];
+        if chars.get(*at) == Some(&'}') {
+            *at += 1;
+            return Some(Value::Array(out));
+        }
+        loop {
+            match chars.get(*at)? {
+                '{' => out.push(parse(chars, at, elem)?),
+                '"' => {
+                    *at += 1;
+                    let mut s = String::new();
+                    loop {
+                        match chars.get(*at)? {
+                            '\\' => {
+                                *at += 1;
+                                s.push(*chars.get(*at)?);
+                            }
+                            '"' => break,
+                            c => s.push(*c),
+                        }
+                        *at += 1;
+                    }
+                    *at += 1;
+                    out.push(typed(elem, &s));
+                }
+                _ => {
+                    let start = *at;
+                    while !matches!(chars.get(*at)?, ',' | '}') {
+                        *at += 1;
+                    }
+                    let raw: String = chars[start..*at].iter().collect();
+                    let raw = raw.trim();
+                    out.push(if raw.eq_ignore_ascii_case("null") {
+                        Value::Null
+                    } else {
+                        typed(elem, raw)
+                    });
+                }
+            }
+            match chars.get(*at)? {
+                ',' => *at += 1,
+                '}' => {
+                    *at += 1;
+                    return Some(Value::Array(out));
+                }
+                _ => return None,
+            }
+        }
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut at = 0;
+    let v = parse(&chars, &mut at, elem)?;
+    (at == chars.len()).then_some(v)
 }
 
 fn record(
@@ -1142,5 +1208,14 @@ mod tests {
         );
         assert_eq!(typed("numeric", "NaN"), json!("NaN"));
         assert_eq!(commit_timestamp(0), "2000-01-01T00:00:00.000Z");
+        assert_eq!(typed("_int4", "{1,2,NULL}"), json!([1, 2, null]));
+        assert_eq!(
+            typed("_text", r#"{a,"b c","d\"e",NULL,"NULL"}"#),
+            json!(["a", "b c", "d\"e", null, "NULL"])
+        );
+        assert_eq!(typed("_int4", "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
+        assert_eq!(typed("_text", "{}"), json!([]));
+        assert_eq!(typed("_int4", "[0:1]={1,2}"), json!("[0:1]={1,2}"));
+        assert_eq!(typed("_bool", "{t,f}"), json!([true, false]));
     }
 }
