@@ -399,7 +399,7 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if st.realtime.hub.pg_subscribers().is_empty()
+        if !st.realtime.hub.has_pg_subscribers()
             && st
                 .realtime
                 .capture
@@ -411,7 +411,7 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
         {
             let mut running = st.realtime.capture.running.lock().await;
             // Re-checked under the lock a join takes before it subscribes.
-            if st.realtime.hub.pg_subscribers().is_empty()
+            if !st.realtime.hub.has_pg_subscribers()
                 && st
                     .realtime
                     .capture
@@ -443,7 +443,7 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
                 }
                 // The session (and its slot) is gone: open a new one while anyone listens.
                 loop {
-                    if st.pool.is_closed() || st.realtime.hub.pg_subscribers().is_empty() {
+                    if st.pool.is_closed() || !st.realtime.hub.has_pg_subscribers() {
                         *st.realtime.capture.running.lock().await = false;
                         return;
                     }
@@ -747,10 +747,11 @@ fn typed(type_name: &str, text: &str) -> Value {
         }
         "timestamptz" => {
             let mut s = text.replacen(' ', "T", 1);
-            // "+00" -> "+00:00"
-            let tail = &s[s.len().saturating_sub(3)..];
-            if (tail.starts_with('+') || tail.starts_with('-'))
-                && tail[1..].chars().all(|c| c.is_ascii_digit())
+            // A bare hour offset ("+00") becomes "+00:00".
+            let b = s.as_bytes();
+            if b.len() >= 3
+                && matches!(b[b.len() - 3], b'+' | b'-')
+                && b[b.len() - 2..].iter().all(u8::is_ascii_digit)
             {
                 s.push_str(":00");
             }

@@ -219,6 +219,12 @@ impl Hub {
         }
     }
 
+    pub fn has_pg_subscribers(&self) -> bool {
+        let t = self.topics.lock().expect("hub lock");
+        t.values()
+            .any(|topic| topic.subs.values().any(|s| !s.pg.is_empty()))
+    }
+
     /// Every channel with postgres_changes bindings: (chan, sender, bindings, claims).
     pub fn pg_subscribers(&self) -> Vec<(ChanId, mpsc::Sender<Out>, Vec<PgBinding>, AuthContext)> {
         let t = self.topics.lock().expect("hub lock");

@@ -620,7 +620,9 @@ impl Conn {
                         return self.reply(&m, false, json!({})).await;
                     }
                 }
-                let ch = self.channels.get_mut(&m.topic).expect("joined");
+                let Some(ch) = self.channels.get_mut(&m.topic) else {
+                    return true;
+                };
                 ch.presence_enabled = true;
                 if ch.last_track.as_ref() != Some(&data) {
                     ch.last_track = Some(data.clone());
@@ -687,7 +689,9 @@ impl Conn {
                 }
             }
         }
-        let ch = self.channels.get_mut(&m.topic).expect("joined");
+        let Some(ch) = self.channels.get_mut(&m.topic) else {
+            return true;
+        };
         ch.token = new;
         ch.ctx = ctx.clone();
         ch.exp = exp;
