@@ -723,6 +723,25 @@ async fn broadcasts_cross_processes_sharing_a_database() {
     let (_, p, _) = on_b.expect_event("broadcast").await;
     assert_eq!(p["event"], "back");
     on_b.silent(300).await;
+    // Larger than one NOTIFY: sent in chunks, reassembled on the other side.
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/realtime/v1/api/broadcast/x-proc/events/big", t.url),
+            &[
+                ("apikey", ANON_KEY),
+                ("content-type", "application/octet-stream"),
+            ],
+            big.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let In::Bin(b) = on_other.recv().await else {
+        panic!()
+    };
+    assert!(b.ends_with(&big));
     other.shutdown().await;
 }
 

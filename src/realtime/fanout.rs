@@ -1,7 +1,9 @@
 //! Broadcasts across oxibase processes that share one database: each broadcast is also sent
 //! with `pg_notify` on one channel, and every process LISTENs there and delivers what other
 //! processes published to its own subscribers. NOTIFY payloads are capped by PostgreSQL
-//! (8000 bytes); larger broadcasts stay local (logged). Presence stays per process.
+//! (8000 bytes), so a larger broadcast goes out as numbered chunks notified in one
+//! transaction (delivered contiguously and in order) and is reassembled on arrival.
+//! Presence stays per process.
 
 use std::time::Duration;
 
@@ -16,12 +18,16 @@ use crate::state::AppState;
 pub const CHANNEL: &str = "oxibase_realtime";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7900;
+/// Chunk size (bytes of the encoded message) for larger broadcasts: escaping inside the
+/// chunk wrapper at most doubles it, which still fits a NOTIFY.
+const CHUNK: usize = 3800;
 
 pub struct Fanout {
     /// This process's id, so it ignores its own notifications.
     pub origin: String,
-    tx: mpsc::Sender<String>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<String>>>,
+    /// Each item: the NOTIFY payloads of one broadcast (one, or its chunks in order).
+    tx: mpsc::Sender<Vec<String>>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Vec<String>>>>,
     /// Where the LISTEN connection goes (None: fan-out disabled).
     url: Option<String>,
 }
@@ -43,13 +49,74 @@ impl Fanout {
             return;
         }
         let body = encode(&self.origin, key, msg);
-        if body.len() > MAX_PAYLOAD {
-            tracing::debug!(topic = %key.0, bytes = body.len(), "realtime: broadcast too large for NOTIFY; delivered locally only");
-            return;
-        }
-        if self.tx.try_send(body).is_err() {
+        let parts = if body.len() <= MAX_PAYLOAD {
+            vec![body]
+        } else {
+            chunks(&self.origin, &body)
+        };
+        if self.tx.try_send(parts).is_err() {
             tracing::warn!("realtime: fan-out queue full; a broadcast stayed local");
         }
+    }
+}
+
+/// Split an encoded message into chunk payloads `{o,x,i,n,c}`.
+fn chunks(origin: &str, body: &str) -> Vec<String> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut pieces = vec![];
+    let mut rest = body;
+    while !rest.is_empty() {
+        let mut end = CHUNK.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    let n = pieces.len();
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| json!({"o": origin, "x": id, "i": i, "n": n, "c": c}).to_string())
+        .collect()
+}
+
+/// Reassembles chunked messages; whole messages pass straight through.
+#[derive(Default)]
+struct Assembler {
+    partial: std::collections::HashMap<String, Vec<Option<String>>>,
+}
+
+impl Assembler {
+    fn push(&mut self, payload: String) -> Option<String> {
+        let v: Value = serde_json::from_str(&payload).ok()?;
+        let Some(id) = v.get("x").and_then(Value::as_str) else {
+            return Some(payload);
+        };
+        let key = format!("{}:{id}", v.get("o")?.as_str()?);
+        let n = v.get("n")?.as_u64()? as usize;
+        let i = v.get("i")?.as_u64()? as usize;
+        if n == 0 || i >= n || n > 100_000 {
+            return None;
+        }
+        // A sender that died mid-message leaves a partial entry: keep the map bounded.
+        if self.partial.len() > 256 {
+            self.partial.clear();
+        }
+        let slots = self
+            .partial
+            .entry(key.clone())
+            .or_insert_with(|| vec![None; n]);
+        if slots.len() != n {
+            self.partial.remove(&key);
+            return None;
+        }
+        slots[i] = Some(v.get("c")?.as_str()?.to_string());
+        if slots.iter().all(Option::is_some) {
+            let parts = self.partial.remove(&key)?;
+            return Some(parts.into_iter().flatten().collect());
+        }
+        None
     }
 }
 
@@ -95,10 +162,11 @@ pub fn start(state: &AppState) {
     let st = state.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
+            // Several broadcasts per statement; a chunked one always stays within one.
+            let mut batch = first;
             while batch.len() < 200 {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => batch.extend(m),
                     Err(_) => break,
                 }
             }
@@ -159,7 +227,9 @@ async fn listen(state: &AppState, url: &str) -> Result<(), String> {
         .await
         .map_err(|e| crate::db::error_text(&e))?;
     let me = state.realtime.fanout.origin.clone();
+    let mut asm = Assembler::default();
     while let Some(p) = rx.recv().await {
+        let Some(p) = asm.push(p) else { continue };
         if let Some((origin, key, msg)) = decode(&p) {
             if origin != me {
                 state.realtime.hub.broadcast(&key, None, msg);
@@ -192,5 +262,24 @@ mod tests {
         assert_eq!(&ub.data[..], &[0, 1, 255]);
         assert!(!ub.json);
         assert!(decode("{}").is_none());
+    }
+
+    #[test]
+    fn large_messages_are_chunked_and_reassembled() {
+        let k = ("big".to_string(), false);
+        let big = format!("{}{}", "é".repeat(20_000), "\"\\".repeat(5_000));
+        let body = encode("me", &k, &Broadcast::Json(json!({"payload": big})));
+        let parts = chunks("me", &body);
+        assert!(parts.len() > 3);
+        assert!(parts.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let mut asm = Assembler::default();
+        let mut out = None;
+        for p in parts {
+            assert!(out.is_none());
+            out = asm.push(p);
+        }
+        assert_eq!(out.unwrap(), body);
+        // Whole messages pass through.
+        assert_eq!(asm.push("{\"o\":\"a\"}".into()).unwrap(), "{\"o\":\"a\"}");
     }
 }
