@@ -3,7 +3,9 @@
 //! processes published to its own subscribers. NOTIFY payloads are capped by PostgreSQL
 //! (8000 bytes), so a larger broadcast goes out as numbered chunks notified in one
 //! transaction (delivered contiguously and in order) and is reassembled on arrival.
-//! Presence stays per process.
+//! Presence travels the same way: each process announces its channels' presences when they
+//! change and again every few seconds; remote presences not announced for a while are
+//! dropped (their process is gone), with the usual leave diffs.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::hub::{Broadcast, TopicKey};
+use super::hub::{Broadcast, Owner, PresenceChange, TopicKey};
 use super::phoenix::UserBroadcast;
 use crate::state::AppState;
 
@@ -58,6 +60,46 @@ impl Fanout {
             tracing::warn!("realtime: fan-out queue full; a broadcast stayed local");
         }
     }
+}
+
+/// How often local presences are announced, and when unannounced remote ones expire.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+const PRESENCE_EXPIRY: Duration = Duration::from_secs(35);
+
+fn presence_payload(origin: &str, key: &TopicKey, change: &PresenceChange) -> String {
+    match change {
+        PresenceChange::Track { chan, pkey, meta } => {
+            json!({"o": origin, "t": key.0, "p": key.1, "pr": "track", "c": chan, "k": pkey, "m": meta})
+        }
+        PresenceChange::Untrack { chan } => {
+            json!({"o": origin, "t": key.0, "p": key.1, "pr": "untrack", "c": chan})
+        }
+    }
+    .to_string()
+}
+
+/// Apply a presence announcement from another process; false if it is not one.
+fn apply_presence(state: &AppState, me: &str, v: &Value) -> Option<bool> {
+    let op = v.get("pr")?.as_str()?;
+    let origin = v.get("o")?.as_str()?;
+    if origin == me {
+        return Some(true);
+    }
+    let key = (v.get("t")?.as_str()?.to_string(), v.get("p")?.as_bool()?);
+    let owner = Owner::Remote {
+        origin: origin.to_string(),
+        chan: v.get("c")?.as_u64()?,
+    };
+    let hub = &state.realtime.hub;
+    match op {
+        "track" => {
+            let pkey = v.get("k")?.as_str()?;
+            let meta = v.get("m")?.as_object()?.clone();
+            hub.remote_track(&key, owner, pkey, meta);
+        }
+        _ => hub.remote_untrack(&key, &owner),
+    }
+    Some(true)
 }
 
 /// Split an encoded message into chunk payloads `{o,x,i,n,c}`.
@@ -159,6 +201,47 @@ pub fn start(state: &AppState) {
     let Some(mut rx) = state.realtime.fanout.rx.lock().expect("lock").take() else {
         return;
     };
+    // Local presence changes are announced as they happen, and all of them periodically;
+    // remote ones that stop being announced expire.
+    let (origin, tx) = (
+        state.realtime.fanout.origin.clone(),
+        state.realtime.fanout.tx.clone(),
+    );
+    let _ = state
+        .realtime
+        .hub
+        .on_presence
+        .set(Box::new(move |key, change| {
+            let _ = tx.try_send(vec![presence_payload(&origin, key, &change)]);
+        }));
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+        loop {
+            tick.tick().await;
+            if st.pool.is_closed() {
+                break;
+            }
+            let fan = &st.realtime.fanout;
+            let all: Vec<String> = st
+                .realtime
+                .hub
+                .local_presences()
+                .into_iter()
+                .map(|(key, chan, pkey, meta)| {
+                    presence_payload(
+                        &fan.origin,
+                        &key,
+                        &PresenceChange::Track { chan, pkey, meta },
+                    )
+                })
+                .collect();
+            for batch in all.chunks(100) {
+                let _ = fan.tx.try_send(batch.to_vec());
+            }
+            st.realtime.hub.expire_remote(PRESENCE_EXPIRY);
+        }
+    });
     let st = state.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -230,6 +313,12 @@ async fn listen(state: &AppState, url: &str) -> Result<(), String> {
     let mut asm = Assembler::default();
     while let Some(p) = rx.recv().await {
         let Some(p) = asm.push(p) else { continue };
+        if let Ok(v) = serde_json::from_str::<Value>(&p) {
+            if v.get("pr").is_some() {
+                apply_presence(state, &me, &v);
+                continue;
+            }
+        }
         if let Some((origin, key, msg)) = decode(&p) {
             if origin != me {
                 state.realtime.hub.broadcast(&key, None, msg);

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -54,11 +55,34 @@ pub struct Sub {
     pub ctx: AuthContext,
 }
 
+/// Who tracked a presence: a channel here, or one in another process (fan-out).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    Local(ChanId),
+    Remote { origin: String, chan: u64 },
+}
+
 #[derive(Clone)]
 struct PresenceEntry {
-    chan: ChanId,
+    owner: Owner,
     meta: Map<String, Value>,
+    /// Last time a remote owner announced it (remote entries expire).
+    seen: Instant,
 }
+
+/// A local presence change, for the fan-out to announce.
+pub enum PresenceChange {
+    Track {
+        chan: ChanId,
+        pkey: String,
+        meta: Map<String, Value>,
+    },
+    Untrack {
+        chan: ChanId,
+    },
+}
+
+type PresenceHook = Box<dyn Fn(&TopicKey, PresenceChange) + Send + Sync>;
 
 #[derive(Default)]
 struct Topic {
@@ -70,6 +94,8 @@ struct Topic {
 pub struct Hub {
     topics: Mutex<HashMap<TopicKey, Topic>>,
     next: AtomicU64,
+    /// Told about local presence changes (set by the fan-out).
+    pub on_presence: std::sync::OnceLock<PresenceHook>,
 }
 
 fn meta_value(e: &PresenceEntry) -> Value {
@@ -162,29 +188,39 @@ impl Hub {
         Value::Object(out)
     }
 
-    /// Track (or update) a channel's presence under `pkey`; sends presence_diff to the topic.
-    pub fn track(&self, key: &TopicKey, chan: ChanId, pkey: &str, payload: Map<String, Value>) {
-        let mut t = self.topics.lock().expect("hub lock");
-        let topic = t.entry(key.clone()).or_default();
-        // A channel tracks one presence: an earlier one (under any key) leaves.
+    /// Remove `owner`'s presence from a topic; the leaves of a diff, and the old entry's
+    /// (key, phx_ref).
+    fn remove_owner(
+        topic: &mut Topic,
+        owner: &Owner,
+    ) -> (Map<String, Value>, Option<(String, Value)>) {
         let mut leaves = Map::new();
-        let mut prev_ref = None;
+        let mut old_ref = None;
         for (k, entries) in topic.presence.iter_mut() {
-            if let Some(pos) = entries.iter().position(|e| e.chan == chan) {
+            if let Some(pos) = entries.iter().position(|e| &e.owner == owner) {
                 let old = entries.remove(pos);
-                if k == pkey {
-                    prev_ref = old.meta.get("phx_ref").cloned();
+                if let Some(r) = old.meta.get("phx_ref") {
+                    old_ref = Some((k.clone(), r.clone()));
                 }
                 leaves.insert(k.clone(), json!({"metas": [meta_value(&old)]}));
             }
         }
         topic.presence.retain(|_, v| !v.is_empty());
-        let mut meta = payload;
-        meta.insert("phx_ref".into(), Value::String(new_phx_ref()));
-        if let Some(p) = prev_ref {
-            meta.insert("phx_ref_prev".into(), p);
-        }
-        let entry = PresenceEntry { chan, meta };
+        (leaves, old_ref)
+    }
+
+    fn put(
+        topic: &mut Topic,
+        owner: Owner,
+        pkey: &str,
+        meta: Map<String, Value>,
+        leaves: Map<String, Value>,
+    ) {
+        let entry = PresenceEntry {
+            owner,
+            meta,
+            seen: Instant::now(),
+        };
         let joins = json!({pkey: {"metas": [meta_value(&entry)]}});
         topic
             .presence
@@ -198,18 +234,79 @@ impl Hub {
         );
     }
 
+    /// Track (or update) a channel's presence under `pkey`; sends presence_diff to the topic.
+    pub fn track(&self, key: &TopicKey, chan: ChanId, pkey: &str, payload: Map<String, Value>) {
+        let meta = {
+            let mut t = self.topics.lock().expect("hub lock");
+            let topic = t.entry(key.clone()).or_default();
+            // A channel tracks one presence: an earlier one (under any key) leaves.
+            let (leaves, old) = Self::remove_owner(topic, &Owner::Local(chan));
+            let mut meta = payload;
+            meta.insert("phx_ref".into(), Value::String(new_phx_ref()));
+            if let Some((_, r)) = old.filter(|(k, _)| k == pkey) {
+                meta.insert("phx_ref_prev".into(), r);
+            }
+            Self::put(topic, Owner::Local(chan), pkey, meta.clone(), leaves);
+            meta
+        };
+        if let Some(hook) = self.on_presence.get() {
+            hook(
+                key,
+                PresenceChange::Track {
+                    chan,
+                    pkey: pkey.to_string(),
+                    meta,
+                },
+            );
+        }
+    }
+
     /// Remove a channel's presence (if any); sends presence_diff to the topic.
     pub fn untrack(&self, key: &TopicKey, chan: ChanId) {
-        let mut t = self.topics.lock().expect("hub lock");
-        let Some(topic) = t.get_mut(key) else { return };
-        let mut leaves = Map::new();
-        for (k, entries) in topic.presence.iter_mut() {
-            if let Some(pos) = entries.iter().position(|e| e.chan == chan) {
-                let old = entries.remove(pos);
-                leaves.insert(k.clone(), json!({"metas": [meta_value(&old)]}));
+        let removed = {
+            let mut t = self.topics.lock().expect("hub lock");
+            let Some(topic) = t.get_mut(key) else { return };
+            let (leaves, _) = Self::remove_owner(topic, &Owner::Local(chan));
+            if leaves.is_empty() {
+                false
+            } else {
+                Self::push_all(
+                    topic,
+                    "presence_diff",
+                    &json!({"joins": {}, "leaves": Value::Object(leaves)}),
+                );
+                true
+            }
+        };
+        if removed {
+            if let Some(hook) = self.on_presence.get() {
+                hook(key, PresenceChange::Untrack { chan });
             }
         }
-        topic.presence.retain(|_, v| !v.is_empty());
+    }
+
+    /// A presence announced by another process (new, changed, or a refresh of a known one).
+    pub fn remote_track(&self, key: &TopicKey, owner: Owner, pkey: &str, meta: Map<String, Value>) {
+        let mut t = self.topics.lock().expect("hub lock");
+        let topic = t.entry(key.clone()).or_default();
+        if let Some(e) = topic
+            .presence
+            .get_mut(pkey)
+            .and_then(|es| es.iter_mut().find(|e| e.owner == owner))
+        {
+            if e.meta.get("phx_ref") == meta.get("phx_ref") {
+                e.seen = Instant::now();
+                return;
+            }
+        }
+        let (leaves, _) = Self::remove_owner(topic, &owner);
+        Self::put(topic, owner, pkey, meta, leaves);
+    }
+
+    pub fn remote_untrack(&self, key: &TopicKey, owner: &Owner) {
+        let mut t = self.topics.lock().expect("hub lock");
+        let Some(topic) = t.get_mut(key) else { return };
+        let (leaves, _) = Self::remove_owner(topic, owner);
         if !leaves.is_empty() {
             Self::push_all(
                 topic,
@@ -217,6 +314,54 @@ impl Hub {
                 &json!({"joins": {}, "leaves": Value::Object(leaves)}),
             );
         }
+        if topic.subs.is_empty() && topic.presence.is_empty() {
+            t.remove(key);
+        }
+    }
+
+    /// Drop remote presences not announced for `max_age` (their process is gone).
+    pub fn expire_remote(&self, max_age: Duration) {
+        let mut t = self.topics.lock().expect("hub lock");
+        for topic in t.values_mut() {
+            let mut leaves = Map::new();
+            for (k, entries) in topic.presence.iter_mut() {
+                let (stale, keep): (Vec<_>, Vec<_>) = entries.drain(..).partition(|e| {
+                    matches!(e.owner, Owner::Remote { .. }) && e.seen.elapsed() > max_age
+                });
+                *entries = keep;
+                if !stale.is_empty() {
+                    leaves.insert(
+                        k.clone(),
+                        json!({"metas": stale.iter().map(meta_value).collect::<Vec<_>>()}),
+                    );
+                }
+            }
+            topic.presence.retain(|_, v| !v.is_empty());
+            if !leaves.is_empty() {
+                Self::push_all(
+                    topic,
+                    "presence_diff",
+                    &json!({"joins": {}, "leaves": Value::Object(leaves)}),
+                );
+            }
+        }
+        t.retain(|_, topic| !(topic.subs.is_empty() && topic.presence.is_empty()));
+    }
+
+    /// Every presence tracked by a local channel (for the periodic announcement).
+    pub fn local_presences(&self) -> Vec<(TopicKey, ChanId, String, Map<String, Value>)> {
+        let t = self.topics.lock().expect("hub lock");
+        let mut out = vec![];
+        for (key, topic) in t.iter() {
+            for (k, entries) in &topic.presence {
+                for e in entries {
+                    if let Owner::Local(chan) = e.owner {
+                        out.push((key.clone(), chan, k.clone(), e.meta.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn has_pg_subscribers(&self) -> bool {
@@ -302,6 +447,37 @@ mod tests {
             panic!()
         };
         assert_eq!(payload["leaves"]["u1"]["metas"][0]["user"], "b");
+        assert_eq!(hub.presence_state(&k), json!({}));
+    }
+
+    #[tokio::test]
+    async fn remote_presences_join_refresh_and_expire() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        let k = ("p".to_string(), false);
+        hub.subscribe(k.clone(), 1, sub(tx, false));
+        let owner = Owner::Remote {
+            origin: "other".into(),
+            chan: 9,
+        };
+        let mut m = Map::new();
+        m.insert("phx_ref".into(), json!("r1"));
+        hub.remote_track(&k, owner.clone(), "bob", m.clone());
+        let Ok(Out::Push { payload, .. }) = rx.try_recv() else {
+            panic!()
+        };
+        assert_eq!(payload["joins"]["bob"]["metas"][0]["phx_ref"], "r1");
+        // A refresh with the same ref changes nothing.
+        hub.remote_track(&k, owner.clone(), "bob", m);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(hub.local_presences().len(), 0);
+        hub.expire_remote(Duration::from_secs(60));
+        assert!(rx.try_recv().is_err());
+        hub.expire_remote(Duration::ZERO);
+        let Ok(Out::Push { payload, .. }) = rx.try_recv() else {
+            panic!()
+        };
+        assert_eq!(payload["leaves"]["bob"]["metas"][0]["phx_ref"], "r1");
         assert_eq!(hub.presence_state(&k), json!({}));
     }
 }
