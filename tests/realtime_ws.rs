@@ -792,3 +792,97 @@ async fn a_socket_joins_at_most_100_channels() {
     let p = c.join("realtime:c5", json!({"config":{}})).await;
     assert_eq!(p["status"], "ok");
 }
+
+#[tokio::test]
+async fn broadcast_from_the_database_and_replay() {
+    let t = TestServer::start().await;
+    let mut v2 = Client::connect(&t, ANON_KEY, "2.0.0").await;
+    let mut v1 = Client::connect(&t, ANON_KEY, "1.0.0").await;
+    v2.join("realtime:db-pub", json!({"config":{}})).await;
+    v1.join("realtime:db-pub", json!({"config":{}})).await;
+    let mut svc = Client::connect(&t, SERVICE_KEY, "2.0.0").await;
+    svc.join("realtime:db-priv", json!({"config":{"private":true}}))
+        .await;
+
+    t.batch("select realtime.send('{\"n\":1}', 'ev', 'db-pub', false)")
+        .await;
+    let In::Bin(b) = v2.recv().await else {
+        panic!()
+    };
+    let (tl, el, ml) = (b[1] as usize, b[2] as usize, b[3] as usize);
+    assert_eq!(&b[5..5 + tl], b"realtime:db-pub");
+    assert_eq!(&b[5 + tl..5 + tl + el], b"ev");
+    let meta: Value = serde_json::from_slice(&b[5 + tl + el..5 + tl + el + ml]).unwrap();
+    assert!(meta["id"].is_string());
+    let payload: Value = serde_json::from_slice(&b[5 + tl + el + ml..]).unwrap();
+    assert_eq!(payload["n"], 1);
+    assert_eq!(payload["id"], meta["id"]);
+    let (_, p, _) = v1.expect_event("broadcast").await;
+    assert_eq!(p["event"], "ev");
+    assert_eq!(p["payload"]["n"], 1);
+    assert_eq!(p["meta"]["id"], meta["id"]);
+    // Rolled back: nothing is delivered. Private by default: not on the public topic.
+    t.batch("begin; select realtime.send('{}', 'gone', 'db-pub', false); rollback;")
+        .await;
+    t.batch("select realtime.send('{\"secret\":true}', 'ev', 'db-pub')")
+        .await;
+    v2.silent(300).await;
+
+    // broadcast_changes from a trigger, to a private topic.
+    t.batch(
+        "create table public.items (id int primary key, name text);
+         create function public.items_bc() returns trigger language plpgsql as $$
+         begin
+           perform realtime.broadcast_changes('db-priv', tg_op, tg_op, tg_table_name, tg_table_schema, new, old);
+           return null;
+         end $$;
+         create trigger items_bc after insert or update or delete on public.items
+           for each row execute function public.items_bc();
+         insert into public.items values (1, 'one');",
+    )
+    .await;
+    let In::Bin(b) = svc.recv().await else {
+        panic!()
+    };
+    let (tl, el, ml) = (b[1] as usize, b[2] as usize, b[3] as usize);
+    assert_eq!(&b[5 + tl..5 + tl + el], b"INSERT");
+    let payload: Value = serde_json::from_slice(&b[5 + tl + el + ml..]).unwrap();
+    assert_eq!(payload["record"], json!({"id": 1, "name": "one"}));
+    assert_eq!(payload["old_record"], Value::Null);
+    assert_eq!(payload["operation"], "INSERT");
+    assert_eq!(payload["table"], "items");
+
+    // Replay: the stored private messages of a topic, oldest first, marked as replayed.
+    let mut late = Client::connect(&t, SERVICE_KEY, "1.0.0").await;
+    let p = late
+        .join(
+            "realtime:db-priv",
+            json!({"config":{"private":true,"broadcast":{"replay":{"since":0,"limit":10}}}}),
+        )
+        .await;
+    assert_eq!(p["status"], "ok");
+    let (_, m, _) = late.expect_event("broadcast").await;
+    assert_eq!(m["event"], "INSERT");
+    assert_eq!(m["meta"]["replayed"], true);
+    assert_eq!(m["payload"]["record"]["name"], "one");
+    let p = late
+        .join(
+            "realtime:db-pub",
+            json!({"config":{"broadcast":{"replay":{"since":0}}}}),
+        )
+        .await;
+    assert_eq!(
+        p["response"]["reason"],
+        "UnableToReplayMessages: Replay is not allowed for public channels"
+    );
+    let p = late
+        .join(
+            "realtime:x",
+            json!({"config":{"private":true,"broadcast":{"replay":{"since":"yesterday"}}}}),
+        )
+        .await;
+    assert_eq!(
+        p["response"]["reason"],
+        "UnableToReplayMessages: Replay params are not valid"
+    );
+}

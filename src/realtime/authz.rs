@@ -115,3 +115,47 @@ pub async fn can_write(
         }
     }
 }
+
+/// Up to `limit` (1..=25) private broadcast messages of `topic` inserted since `since_ms`
+/// (Unix milliseconds), oldest first: (id, event, payload).
+pub async fn replay(
+    state: &AppState,
+    topic: &str,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<(uuid::Uuid, String, serde_json::Value)>, AuthzError> {
+    let err = |e: tokio_postgres::Error| AuthzError(crate::db::error_text(&e));
+    let mut client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| AuthzError(e.to_string()))?;
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(err)?;
+    tx.batch_execute("set local role supabase_realtime_admin")
+        .await
+        .map_err(err)?;
+    let rows = tx
+        .query(
+            "select id, coalesce(event, ''), coalesce(payload, '{}'::jsonb)
+               from realtime.messages
+              where topic = $1 and private is true and extension = 'broadcast'
+                and inserted_at >= to_timestamp($2::float8 / 1000)::timestamp
+                and inserted_at < now()::timestamp + interval '1 minute'
+              order by inserted_at desc limit $3",
+            &[&topic, &(since_ms as f64), &limit.clamp(1, 25)],
+        )
+        .await
+        .map_err(err)?;
+    let _ = tx.commit().await;
+    let mut out: Vec<_> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    out.reverse();
+    Ok(out)
+}

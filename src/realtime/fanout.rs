@@ -102,6 +102,57 @@ fn apply_presence(state: &AppState, me: &str, v: &Value) -> Option<bool> {
     Some(true)
 }
 
+async fn purge_old_messages(state: &AppState) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| crate::db::error_text(&e);
+    let mut client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client.build_transaction().start().await.map_err(e)?;
+    tx.batch_execute(
+        "set local role supabase_realtime_admin;
+         delete from realtime.messages where inserted_at < now()::timestamp - interval '72 hours'",
+    )
+    .await
+    .map_err(e)?;
+    tx.commit().await.map_err(e)
+}
+
+/// Read a committed realtime.messages row and broadcast it here (meta `{id}`, as Supabase).
+async fn deliver_db_message(state: &AppState, id: &str) -> Result<(), String> {
+    let Ok(id) = id.parse::<uuid::Uuid>() else {
+        return Ok(());
+    };
+    let e = |e: tokio_postgres::Error| crate::db::error_text(&e);
+    let mut client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(e)?;
+    tx.batch_execute("set local role supabase_realtime_admin")
+        .await
+        .map_err(e)?;
+    let row = tx
+        .query_opt(
+            "select topic, coalesce(event, ''), payload::text, coalesce(private, false)
+               from realtime.messages where id = $1 limit 1",
+            &[&id],
+        )
+        .await
+        .map_err(e)?;
+    let _ = tx.commit().await;
+    let Some(row) = row else { return Ok(()) };
+    let (topic, event, payload, private): (String, String, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let msg = Broadcast::User(UserBroadcast {
+        event,
+        json: true,
+        data: payload.into_bytes().into(),
+        meta: Some(json!({ "id": id }).to_string()),
+    });
+    state.realtime.hub.broadcast(&(topic, private), None, msg);
+    Ok(())
+}
+
 /// Split an encoded message into chunk payloads `{o,x,i,n,c}`.
 fn chunks(origin: &str, body: &str) -> Vec<String> {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -217,10 +268,18 @@ pub fn start(state: &AppState) {
     let st = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
             if st.pool.is_closed() {
                 break;
+            }
+            n += 1;
+            // Hourly: stored broadcasts are kept 72 hours, as in Supabase.
+            if n % 360 == 1 {
+                if let Err(e) = purge_old_messages(&st).await {
+                    tracing::warn!(error = %e, "realtime: purging old realtime.messages failed");
+                }
             }
             let fan = &st.realtime.fanout;
             let all: Vec<String> = st
@@ -316,6 +375,15 @@ async fn listen(state: &AppState, url: &str) -> Result<(), String> {
         if let Ok(v) = serde_json::from_str::<Value>(&p) {
             if v.get("pr").is_some() {
                 apply_presence(state, &me, &v);
+                continue;
+            }
+            // A broadcast row committed in realtime.messages (realtime.send and friends).
+            if v.get("o").and_then(Value::as_str) == Some("db") {
+                if let Some(id) = v.get("m").and_then(Value::as_str) {
+                    if let Err(e) = deliver_db_message(state, id).await {
+                        tracing::warn!(error = %e, "realtime: cannot deliver a database broadcast");
+                    }
+                }
                 continue;
             }
         }

@@ -402,6 +402,26 @@ impl Conn {
             Ok(x) => x,
             Err(e) => return self.reply(&m, false, json!({"reason": e.reason()})).await,
         };
+        // Replay of stored broadcasts: private channels only, `since` in Unix milliseconds.
+        let replay = match config.pointer("/broadcast/replay") {
+            None | Some(Value::Null) => None,
+            Some(r) => {
+                if !private {
+                    return self
+                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}))
+                        .await;
+                }
+                match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
+                    (Some(since), None | Some(Value::Null)) => Some((since, 25)),
+                    (Some(since), Some(l)) if l.is_i64() => Some((since, l.as_i64().unwrap_or(25))),
+                    _ => {
+                        return self
+                            .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay params are not valid"}))
+                            .await
+                    }
+                }
+            }
+        };
         let mut policies = None;
         if private {
             match authz::read_policies(&self.state, &ctx, &sub_topic).await {
@@ -423,6 +443,24 @@ impl Conn {
                             false,
                             json!({"reason": "UnableToSetPolicies: Realtime was unable to connect to the project database"}),
                         )
+                        .await;
+                }
+            }
+        }
+        let mut replayed = vec![];
+        if let Some((since, limit)) = replay {
+            if !policies.is_some_and(|p| p.broadcast_read) {
+                let reason = format!(
+                    "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+                );
+                return self.reply(&m, false, json!({ "reason": reason })).await;
+            }
+            match authz::replay(&self.state, &sub_topic, since, limit).await {
+                Ok(r) => replayed = r,
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: replay query failed");
+                    return self
+                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Realtime was unable to replay messages"}))
                         .await;
                 }
             }
@@ -512,6 +550,15 @@ impl Conn {
             return false;
         }
         let join_ref = m.join_ref.clone().or_else(|| m.reference.clone());
+        for (id, event, payload) in replayed {
+            let msg = json!({"type":"broadcast","event":event,"payload":payload,"meta":{"replayed":true,"id":id}});
+            if !self
+                .push(&m.topic, join_ref.as_deref(), "broadcast", &msg)
+                .await
+            {
+                return false;
+            }
+        }
         if presence_enabled && policies.is_none_or(|p| p.presence_read) {
             let st = self.hub.presence_state(&key);
             if !self
