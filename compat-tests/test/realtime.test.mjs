@@ -328,3 +328,31 @@ test('postgres_changes: join reply echoes bindings; an unpublished table gets a 
   assert.equal(m.status, 'error');
   assert.match(m.message, /Unable to subscribe to changes with given parameters/);
 });
+
+test('broadcast from the database: realtime.send reaches supabase-js (both vsn), replay on join', async () => {
+  const name = uniq('rtc-db');
+  const boxes = [];
+  for (const vsn of ['1.0.0', '2.0.0']) {
+    const box = inbox();
+    const ch = (await client({ vsn })).channel(name).on('broadcast', { event: 'db' }, (m) => box.push(m));
+    await subscribed(ch);
+    boxes.push(box);
+  }
+  await sql(`select realtime.send($1::jsonb, 'db', $2, false)`, [JSON.stringify({ hello: 'db' }), name]);
+  for (const box of boxes) {
+    const m = await box.next();
+    assert.equal(m.payload.hello, 'db');
+    assert.ok(m.meta?.id || m.payload.id);
+  }
+  // Stored private broadcasts are replayed to a private channel that asks for them.
+  await sql(`select realtime.send('{"n":1}'::jsonb, 'stored', $1)`, [name]);
+  const user = await makeUser();
+  const box = inbox();
+  const ch = (await client({ token: user.token }))
+    .channel(name, { config: { private: true, broadcast: { replay: { since: Date.now() - 60_000, limit: 5 } } } })
+    .on('broadcast', { event: 'stored' }, (m) => box.push(m));
+  await subscribed(ch);
+  const r = await box.next();
+  assert.equal(r.payload.n, 1);
+  assert.equal(r.meta.replayed, true);
+});
