@@ -103,7 +103,7 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 }
 
 /// The caller of an HTTP broadcast (Bearer, apikey header or `apikey` query parameter).
-fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContext, Resp> {
+fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContext, Box<Resp>> {
     let q = query_pairs(req.uri().query());
     let qk = q
         .iter()
@@ -120,12 +120,12 @@ fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContex
         .or(qk.map(str::to_string))
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
     };
     // Supabase answers every token problem here with the same 401.
     token::verify(state, &token)
         .map(|(c, _)| c)
-        .map_err(|_| error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+        .map_err(|_| Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")))
 }
 
 async fn read_body(state: &AppState, req: Req) -> Result<Bytes, Resp> {
@@ -143,7 +143,7 @@ async fn read_body(state: &AppState, req: Req) -> Result<Bytes, Resp> {
 async fn single_broadcast(state: &AppState, req: Req, topic: String, event: String) -> Resp {
     let ctx = match caller(state, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = query_pairs(req.uri().query());
     let private = q.iter().any(|(k, v)| k == "private" && v == "true");
@@ -200,7 +200,7 @@ async fn single_broadcast(state: &AppState, req: Req, topic: String, event: Stri
 async fn batch_broadcast(state: &AppState, req: Req) -> Resp {
     let ctx = match caller(state, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match read_body(state, req).await {
         Ok(b) => b,

@@ -74,8 +74,10 @@ pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let mut cfg = WebSocketConfig::default();
-                cfg.max_message_size = Some(state.config.max_body_bytes.max(1 << 20));
+                let cfg = WebSocketConfig {
+                    max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
+                    ..Default::default()
+                };
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
