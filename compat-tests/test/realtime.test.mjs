@@ -356,3 +356,25 @@ test('broadcast from the database: realtime.send reaches supabase-js (both vsn),
   assert.equal(r.payload.n, 1);
   assert.equal(r.meta.replayed, true);
 });
+
+test('postgres_changes: chat messages of one conversation (filter + RLS through the parent)', async () => {
+  const a = await makeUser();
+  const ca = await client({ token: a.token });
+  const { data: c1 } = await ca.from('conversations').insert({ title: 'one' }).select().single();
+  const { data: c2 } = await ca.from('conversations').insert({ title: 'two' }).select().single();
+  const box = inbox();
+  const ch = ca
+    .channel(uniq('chat'))
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'messages', filter: `conversation_id=eq.${c1.id}` }, (p) =>
+      box.push(p),
+    );
+  await subscribed(ch);
+  await ca.from('messages').insert({ conversation_id: c2.id, role: 'user', content: 'elsewhere' });
+  const { error } = await ca.from('messages').insert({ conversation_id: c1.id, role: 'user', content: 'hi', metadata: { k: [1, 2] } });
+  assert.equal(error, null);
+  const m = await box.next();
+  assert.equal(m.new.content, 'hi');
+  assert.equal(m.new.conversation_id, c1.id);
+  assert.deepEqual(m.new.metadata, { k: [1, 2] });
+  await box.none();
+});
