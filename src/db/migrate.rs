@@ -25,6 +25,7 @@ macro_rules! migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql"),
+    migration!(200, "0200_storage_resumable.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -47,7 +47,7 @@ impl StorageError {
     }
 
     /// The semantic status (the body's `statusCode`).
-    fn semantic(&self) -> u16 {
+    pub fn semantic(&self) -> u16 {
         use StorageError::*;
         match self {
             NoSuchBucket | NoSuchKey | NoSuchUpload | RouteNotFound(_) => 404,

@@ -56,6 +56,9 @@ pub fn spawn_background(state: &AppState) {
             if let Err(e) = objects::sweep_orphans(&st, chrono::Duration::hours(1)).await {
                 tracing::warn!(error = %e, "storage sweep failed");
             }
+            if let Err(e) = tus::sweep(&st).await {
+                tracing::warn!(error = %e, "resumable upload sweep failed");
+            }
         }
     });
 }
