@@ -1,6 +1,7 @@
 // Storage through unmodified supabase-js: buckets, objects, RLS, signed/public URLs, limits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { URL, anon, service } from '../lib/env.mjs';
 import { makeUser, mintToken, uniq, raw } from './storage_helpers.mjs';
 
@@ -345,6 +346,14 @@ test('bad input: traversal, NUL, overlong keys, bad JSON, bad tokens', async () 
   assert.ok((await badJson.json()).message);
   const badJwt = await fetch(`${S}/bucket`, { headers: { Authorization: 'Bearer not.a.jwt' } });
   assert.equal(badJwt.status, 400);
+  assert.equal((await badJwt.json()).statusCode, '403');
+  // As Supabase Storage: no credentials at all is refused, not anon.
+  const none = await fetch(`${S}/bucket`);
+  assert.equal(none.status, 400);
+  assert.equal((await none.json()).message, 'Invalid Compact JWS');
+  const expired = mintToken({ role: 'authenticated', sub: crypto.randomUUID(), exp: 1000 });
+  const ex = await fetch(`${S}/bucket`, { headers: { Authorization: `Bearer ${expired}` } });
+  assert.equal((await ex.json()).statusCode, '403');
   const nf = await fetch(`${S}/nothing/here`, { headers: h });
   assert.equal(nf.status, 404);
   const mv = await fetch(`${S}/object/move`, { method: 'POST', headers: { ...h, 'content-type': 'application/json' }, body: JSON.stringify({ bucketId: 'chat-files', sourceKey: 'a', destinationKey: '../../x' }) });
