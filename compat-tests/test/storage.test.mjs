@@ -90,6 +90,11 @@ test('objects: upload raw and multipart, download, info, exists, update, upsert,
   assert.equal(info.data.contentType, 'image/png');
   assert.equal(info.data.cacheControl, 'max-age=60');
   assert.deepEqual((await st.info('docs/hello.txt')).data.metadata, { k: 'v' });
+  // Multipart carries metadata as a form field (raw bodies use x-metadata).
+  const blob2 = new Blob(['form'], { type: 'text/plain' });
+  assert.equal((await st.upload('docs/form.txt', blob2, { metadata: { via: 'form' } })).error, null);
+  assert.deepEqual((await st.info('docs/form.txt')).data.metadata, { via: 'form' });
+  assert.equal((await st.info('img/p.png')).data.metadata && Object.keys((await st.info('img/p.png')).data.metadata).length, 0);
 
   const conflict = await st.upload('docs/hello.txt', Buffer.from('again'));
   assert.equal(conflict.error.message, 'The resource already exists');
