@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { startServer, SERVICE_KEY } from '../lib/server.mjs';
 import { userClient } from './storage_helpers.mjs';
 
@@ -70,9 +71,46 @@ test('1 GiB upload and download stream with flat server memory', { timeout: 600_
     console.log(`server peak memory: before ${Math.round(before / 1024)} MiB, after ${Math.round(after / 1024)} MiB`);
     assert.ok(growthMiB < 64, `server peak memory grew by ${growthMiB.toFixed(1)} MiB for a 1 GiB transfer`);
 
+    // A client that dies mid-upload leaves no object and no bytes.
+    const ac = new AbortController();
+    let sent = 0;
+    const dying = new ReadableStream({
+      pull(ctrl) {
+        if (sent >= 24 * 1024 * 1024) {
+          ac.abort();
+          return;
+        }
+        ctrl.enqueue(Buffer.alloc(1 << 20, 1));
+        sent += 1 << 20;
+      },
+    });
+    await assert.rejects(fetch(`${server.url}/storage/v1/object/large/dies.bin`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${SERVICE_KEY}`, 'content-type': 'application/octet-stream' },
+      body: dying,
+      duplex: 'half',
+      signal: ac.signal,
+    }));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal((await svc.from('large').exists('dies.bin')).data, false);
+
     // Over the limit while streaming: refused, nothing kept.
     const small = await startServerLimitCheck(server, svc);
     assert.equal(small, true);
+
+    // On disk: exactly the bytes of the two live objects (warm.bin, huge.bin).
+    await svc.from('large').remove(['warm.bin']);
+    await new Promise((r) => setTimeout(r, 500));
+    const files = [];
+    const walk = (d) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name));
+        else files.push(join(d, e.name));
+      }
+    };
+    walk(join(server.dataDir, 'storage'));
+    assert.equal(files.length, 1, files.join('\n'));
+    assert.equal(statSync(files[0]).size, SIZE);
   } finally {
     await server.stop();
   }
