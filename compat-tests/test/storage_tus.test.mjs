@@ -63,6 +63,9 @@ test('TUS: 6 MB chunks, aborted chunk, server restart, then completion under RLS
     // Bucket limit (chat-files: 10 MiB) checked against Upload-Length... so use service on a big bucket.
     const tooBig = await create(server.url, u.token, 'chat-files', name, 11 * 1024 * 1024);
     assert.equal(tooBig.status, 413);
+    // Metadata that would become a header is checked.
+    assert.equal((await create(server.url, u.token, 'chat-files', `${u.id}/h.txt`, 3, { contentType: 'text/plain\r\nx-evil: 1' })).status, 400);
+    assert.equal((await create(server.url, u.token, 'chat-files', `${u.id}/../../x`, 3)).status, 400);
 
     const svc = userClient(SERVICE_KEY, server.url);
     assert.equal((await svc.storage.createBucket('tus-big', { public: false })).error, null);

@@ -126,6 +126,15 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
         .get("contentType")
         .cloned()
         .unwrap_or_else(|| "application/octet-stream".into());
+    // It becomes a response header on download: visible ASCII only, type/subtype.
+    if !content_type.contains('/')
+        || !content_type
+            .chars()
+            .all(|c| c.is_ascii_graphic() || c == ' ')
+        || content_type.len() > 255
+    {
+        return Err(StorageError::InvalidParameter("contentType".into()));
+    }
     if !objects::mime_allowed(&b.mimes, &content_type) {
         return Err(StorageError::InvalidMimeType(
             content_type
@@ -138,7 +147,12 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
     }
     let cache_control = match meta.get("cacheControl") {
         Some(c) if c.chars().all(|x| x.is_ascii_digit()) && !c.is_empty() => format!("max-age={c}"),
-        Some(c) if c.starts_with("max-age=") => c.clone(),
+        Some(c)
+            if c.strip_prefix("max-age=")
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|x| x.is_ascii_digit())) =>
+        {
+            c.clone()
+        }
         _ => "no-cache".into(),
     };
     let user_metadata = match meta.get("metadata") {
