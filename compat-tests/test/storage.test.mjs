@@ -146,6 +146,10 @@ test('objects: list folders, search, sort, list v2 with cursor pages', async () 
     cursor = r.data.nextCursor;
   }
   assert.equal(pages, 3);
+  const forged = Buffer.from(JSON.stringify({ c: 'created_at', o: 'asc', n: 'x', k: "'; drop table x; --" })).toString('base64url');
+  const bad = await st.listV2({ prefix: 'f/', cursor: forged });
+  assert.equal(bad.error.statusCode, '400');
+  assert.equal((await st.listV2({ cursor: 'not base64 json' })).error.statusCode, '400');
   assert.deepEqual(names, ['f/zz.txt', 'f/sub/d.txt', 'f/sub/c.txt', 'f/b.txt', 'f/a.txt']);
 });
 

@@ -888,6 +888,10 @@ pub async fn list_v2(
             .ok_or_else(bad)?
             .to_string();
         let k = v.get("k").and_then(Value::as_str).map(str::to_string);
+        // The sort key goes to SQL as a timestamp: refuse anything else here.
+        if let Some(k) = &k {
+            DateTime::parse_from_rfc3339(k).map_err(|_| bad())?;
+        }
         after = Some((k, n));
     }
     let cmp = if ord == "asc" { ">" } else { "<" };
