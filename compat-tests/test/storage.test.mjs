@@ -1,6 +1,7 @@
 // Storage through unmodified supabase-js: buckets, objects, RLS, signed/public URLs, limits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { URL, anon, service } from '../lib/env.mjs';
 import { makeUser, mintToken, uniq, raw } from './storage_helpers.mjs';
 
@@ -89,6 +90,11 @@ test('objects: upload raw and multipart, download, info, exists, update, upsert,
   assert.equal(info.data.contentType, 'image/png');
   assert.equal(info.data.cacheControl, 'max-age=60');
   assert.deepEqual((await st.info('docs/hello.txt')).data.metadata, { k: 'v' });
+  // Multipart carries metadata as a form field (raw bodies use x-metadata).
+  const blob2 = new Blob(['form'], { type: 'text/plain' });
+  assert.equal((await st.upload('docs/form.txt', blob2, { metadata: { via: 'form' } })).error, null);
+  assert.deepEqual((await st.info('docs/form.txt')).data.metadata, { via: 'form' });
+  assert.equal((await st.info('img/p.png')).data.metadata && Object.keys((await st.info('img/p.png')).data.metadata).length, 0);
 
   const conflict = await st.upload('docs/hello.txt', Buffer.from('again'));
   assert.equal(conflict.error.message, 'The resource already exists');
@@ -140,6 +146,10 @@ test('objects: list folders, search, sort, list v2 with cursor pages', async () 
     cursor = r.data.nextCursor;
   }
   assert.equal(pages, 3);
+  const forged = Buffer.from(JSON.stringify({ c: 'created_at', o: 'asc', n: 'x', k: "'; drop table x; --" })).toString('base64url');
+  const bad = await st.listV2({ prefix: 'f/', cursor: forged });
+  assert.equal(bad.error.statusCode, '400');
+  assert.equal((await st.listV2({ cursor: 'not base64 json' })).error.statusCode, '400');
   assert.deepEqual(names, ['f/zz.txt', 'f/sub/d.txt', 'f/sub/c.txt', 'f/b.txt', 'f/a.txt']);
 });
 
@@ -345,6 +355,14 @@ test('bad input: traversal, NUL, overlong keys, bad JSON, bad tokens', async () 
   assert.ok((await badJson.json()).message);
   const badJwt = await fetch(`${S}/bucket`, { headers: { Authorization: 'Bearer not.a.jwt' } });
   assert.equal(badJwt.status, 400);
+  assert.equal((await badJwt.json()).statusCode, '403');
+  // As Supabase Storage: no credentials at all is refused, not anon.
+  const none = await fetch(`${S}/bucket`);
+  assert.equal(none.status, 400);
+  assert.equal((await none.json()).message, 'Invalid Compact JWS');
+  const expired = mintToken({ role: 'authenticated', sub: crypto.randomUUID(), exp: 1000 });
+  const ex = await fetch(`${S}/bucket`, { headers: { Authorization: `Bearer ${expired}` } });
+  assert.equal((await ex.json()).statusCode, '403');
   const nf = await fetch(`${S}/nothing/here`, { headers: h });
   assert.equal(nf.status, 404);
   const mv = await fetch(`${S}/object/move`, { method: 'POST', headers: { ...h, 'content-type': 'application/json' }, body: JSON.stringify({ bucketId: 'chat-files', sourceKey: 'a', destinationKey: '../../x' }) });

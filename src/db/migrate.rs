@@ -38,6 +38,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql", app),
     migration!(100, "0100_auth.sql"),
+    migration!(200, "0200_storage_resumable.sql"),
     migration!(400, "0400_realtime.sql"),
     migration!(401, "0401_realtime_broadcast_from_db.sql"),
 ];

@@ -83,7 +83,22 @@ pub async fn set_role_and_claims(
         .statement_timeout_ms
         .map(|t| t.to_string())
         .unwrap_or_default();
-    tx.execute(
+    // query_typed: parameter types are given, so there is no separate prepare round trip
+    // (this statement runs on every request).
+    use tokio_postgres::types::{ToSql, Type};
+    let headers = gucs.headers.unwrap_or("{}");
+    let search_path = gucs.search_path.unwrap_or("");
+    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+        (&role, Type::TEXT),
+        (&claims, Type::TEXT),
+        (&sub, Type::TEXT),
+        (&gucs.method, Type::TEXT),
+        (&gucs.path, Type::TEXT),
+        (&headers, Type::TEXT),
+        (&search_path, Type::TEXT),
+        (&timeout, Type::TEXT),
+    ];
+    tx.query_typed(
         "select set_config('role', $1, true),
                 set_config('request.jwt.claims', $2, true),
                 set_config('request.jwt.claim.sub', $3, true),
@@ -93,16 +108,7 @@ pub async fn set_role_and_claims(
                 set_config('request.headers', $6, true),
                 case when $7 = '' then '' else set_config('search_path', $7, true) end,
                 case when $8 = '' then '' else set_config('statement_timeout', $8, true) end",
-        &[
-            &role,
-            &claims,
-            &sub,
-            &gucs.method,
-            &gucs.path,
-            &gucs.headers.unwrap_or("{}"),
-            &gucs.search_path.unwrap_or(""),
-            &timeout,
-        ],
+        &params,
     )
     .await?;
     Ok(())

@@ -21,7 +21,6 @@ pub enum StorageError {
     InvalidKey(String),
     EntityTooLarge,
     InvalidMimeType(String),
-    InvalidJwt(String),
     /// An RLS or privilege refusal (`42501`), or a role that may not do this.
     AccessDenied(String),
     InvalidSignature(String),
@@ -47,7 +46,7 @@ impl StorageError {
     }
 
     /// The semantic status (the body's `statusCode`).
-    fn semantic(&self) -> u16 {
+    pub fn semantic(&self) -> u16 {
         use StorageError::*;
         match self {
             NoSuchBucket | NoSuchKey | NoSuchUpload | RouteNotFound(_) => 404,
@@ -75,7 +74,6 @@ impl StorageError {
             InvalidKey(_) => "InvalidKey",
             EntityTooLarge => "EntityTooLarge",
             InvalidMimeType(_) => "InvalidMimeType",
-            InvalidJwt(_) => "InvalidJWT",
             AccessDenied(_) => "AccessDenied",
             InvalidSignature(_) => "InvalidSignature",
             ExpiredToken => "ExpiredToken",
@@ -117,7 +115,7 @@ impl StorageError {
             InvalidKey(k) => format!("Invalid key: {k}"),
             EntityTooLarge => "The object exceeded the maximum allowed size".into(),
             InvalidMimeType(m) => format!("mime type {m} is not supported"),
-            InvalidJwt(m) | AccessDenied(m) | InvalidSignature(m) | InvalidRequest(m) => m.clone(),
+            AccessDenied(m) | InvalidSignature(m) | InvalidRequest(m) => m.clone(),
             ExpiredToken => "The provided token has expired.".into(),
             InvalidParameter(p) => format!("Invalid Parameter {p}"),
             MissingParameter(p) => format!("Missing Required Parameter {p}"),

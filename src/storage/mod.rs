@@ -56,6 +56,9 @@ pub fn spawn_background(state: &AppState) {
             if let Err(e) = objects::sweep_orphans(&st, chrono::Duration::hours(1)).await {
                 tracing::warn!(error = %e, "storage sweep failed");
             }
+            if let Err(e) = tus::sweep(&st).await {
+                tracing::warn!(error = %e, "resumable upload sweep failed");
+            }
         }
     });
 }
@@ -135,12 +138,21 @@ async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageEr
     }
 }
 
-/// The caller's role and claims; a bad token is a Storage error (not anon).
+/// The caller's role and claims. As Supabase Storage, a JWT is required (the gateway's
+/// `apikey` counts when no `Authorization` is sent): none at all, or a bad one, is
+/// refused rather than treated as anon.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext, StorageError> {
+    let has_auth = crate::http::apikey::bearer(headers).is_some()
+        || headers
+            .get("apikey")
+            .is_some_and(|v| !v.as_bytes().is_empty());
+    if !has_auth {
+        return Err(StorageError::AccessDenied("Invalid Compact JWS".into()));
+    }
     state
         .keys
         .authenticate(headers, None)
-        .map_err(|e| StorageError::InvalidJwt(e.to_string()))
+        .map_err(|e| StorageError::AccessDenied(e.to_string()))
 }
 
 /// A transaction running as the caller (RLS applies).

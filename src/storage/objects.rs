@@ -261,7 +261,11 @@ pub async fn check_can_write(
     Ok(bucket)
 }
 
-fn object_metadata(w: &super::store::Written, content_type: &str, cache_control: &str) -> Value {
+pub fn object_metadata(
+    w: &super::store::Written,
+    content_type: &str,
+    cache_control: &str,
+) -> Value {
     json!({
         "eTag": format!("\"{}\"", w.md5),
         "size": w.size,
@@ -275,7 +279,7 @@ fn object_metadata(w: &super::store::Written, content_type: &str, cache_control:
 
 /// Point the (bucket, name) row at `version`, as the writer's role. Returns the row id.
 /// On any failure the caller deletes the new bytes.
-async fn commit_row(
+pub async fn commit_row(
     state: &AppState,
     who: &WriteAs<'_>,
     obj: &ObjectRef,
@@ -884,6 +888,10 @@ pub async fn list_v2(
             .ok_or_else(bad)?
             .to_string();
         let k = v.get("k").and_then(Value::as_str).map(str::to_string);
+        // The sort key goes to SQL as a timestamp: refuse anything else here.
+        if let Some(k) = &k {
+            DateTime::parse_from_rfc3339(k).map_err(|_| bad())?;
+        }
         after = Some((k, n));
     }
     let cmp = if ord == "asc" { ">" } else { "<" };
@@ -1198,8 +1206,8 @@ pub async fn sweep_orphans(state: &AppState, min_age: chrono::Duration) -> Resul
     let cutoff = Utc::now() - min_age;
     let candidates: Vec<String> = keys
         .iter()
-        .filter(|(_, t)| *t < cutoff)
-        .filter_map(|(p, _)| p.filename().map(str::to_string))
+        .filter(|(_, t, _)| *t < cutoff)
+        .filter_map(|(p, _, _)| p.filename().map(str::to_string))
         .filter(|v| is_our_version(v))
         .collect();
     if candidates.is_empty() {

@@ -263,17 +263,17 @@ impl Store {
         Ok(self.inner.head(key).await?.size as u64)
     }
 
-    /// Every key under `prefix` with its last-modified time.
+    /// Every key under `prefix` with its last-modified time and size.
     pub async fn list(
         &self,
         prefix: &str,
-    ) -> Result<Vec<(Path, chrono::DateTime<chrono::Utc>)>, object_store::Error> {
+    ) -> Result<Vec<(Path, chrono::DateTime<chrono::Utc>, u64)>, object_store::Error> {
         let p = Path::from(prefix);
         let mut s = self.inner.list(Some(&p));
         let mut out = vec![];
         while let Some(m) = s.next().await {
             let m = m?;
-            out.push((m.location, m.last_modified));
+            out.push((m.location, m.last_modified, m.size as u64));
         }
         Ok(out)
     }

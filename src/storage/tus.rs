@@ -1,27 +1,530 @@
-//! TUS resumable uploads. Not built yet.
+//! TUS 1.0.0 resumable uploads at /storage/v1/upload/resumable (creation,
+//! creation-with-upload, termination, expiration), as Supabase serves them to
+//! tus-js-client/Uppy with 6 MB chunks.
+//!
+//! State lives in `storage.resumable_uploads` and each accepted PATCH is stored whole as
+//! its own part (`uploads/<id>/<offset>`), so an upload resumes after a client or a server
+//! restart: HEAD reports the offset of the last complete part. An interrupted PATCH stores
+//! nothing and the client resends from that offset. The last PATCH assembles the parts into
+//! `objects/<version>` (streamed) and commits the row as the caller, under RLS.
 
+use base64::Engine;
+use futures::{StreamExt, TryStreamExt};
+use http::{Response, StatusCode};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
+use super::objects::{self, WriteAs};
+use super::store::Store;
+use super::{client, endpoint};
 use crate::http::apikey::AuthContext;
-use crate::http::{status_response, Req, Resp};
+use crate::http::{empty, Req, Resp};
 use crate::state::AppState;
 
+const VERSION: &str = "1.0.0";
+const EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration";
+
+fn tus(e: StorageError) -> StorageError {
+    match e {
+        StorageError::Internal(_) | StorageError::Tus(..) => e,
+        e => StorageError::Tus(e.semantic(), e.message()),
+    }
+}
+
+fn base() -> http::response::Builder {
+    Response::builder()
+        .header("tus-resumable", VERSION)
+        .header("cache-control", "no-store")
+}
+
 pub fn options() -> Resp {
-    status_response(http::StatusCode::NO_CONTENT)
+    base()
+        .status(StatusCode::NO_CONTENT)
+        .header("tus-version", VERSION)
+        .header("tus-extension", EXTENSIONS)
+        .body(empty())
+        .expect("static response")
 }
-pub async fn create(_s: &AppState, _c: &AuthContext, _r: Req) -> Result<Resp, StorageError> {
-    Err(StorageError::Tus(501, "not implemented".into()))
+
+struct Upload {
+    bucket: String,
+    name: String,
+    owner_id: Option<String>,
+    upsert: bool,
+    length: i64,
+    offset: i64,
+    content_type: String,
+    cache_control: String,
+    user_metadata: Option<Value>,
+    expires_at: chrono::DateTime<chrono::Utc>,
 }
-pub async fn head(_s: &AppState, _c: &AuthContext, _id: &str) -> Result<Resp, StorageError> {
-    Err(StorageError::Tus(501, "not implemented".into()))
+
+fn parse_metadata(h: &str) -> Result<std::collections::HashMap<String, String>, StorageError> {
+    let mut out = std::collections::HashMap::new();
+    for pair in h.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once(' ').unwrap_or((pair, ""));
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .map_err(|_| StorageError::Tus(400, "Upload-Metadata is not valid base64".into()))?;
+        out.insert(k.to_string(), String::from_utf8_lossy(&v).to_string());
+    }
+    Ok(out)
 }
+
+fn header<'a>(req: &'a Req, k: &str) -> Option<&'a str> {
+    req.headers().get(k).and_then(|v| v.to_str().ok())
+}
+
+fn location(id: &str) -> String {
+    format!("/storage/v1/upload/resumable/{id}")
+}
+
+fn owner_of(ctx: &AuthContext) -> Option<String> {
+    ctx.claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+pub async fn create(state: &AppState, ctx: &AuthContext, req: Req) -> Result<Resp, StorageError> {
+    create_inner(state, ctx, req).await.map_err(tus)
+}
+
+async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<Resp, StorageError> {
+    if header(&req, "upload-defer-length").is_some() {
+        return Err(StorageError::Tus(
+            400,
+            "Upload-Defer-Length is not supported".into(),
+        ));
+    }
+    let length: i64 = header(&req, "upload-length")
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| StorageError::Tus(400, "Upload-Length is required".into()))?;
+    let meta = parse_metadata(header(&req, "upload-metadata").unwrap_or(""))?;
+    let bucket = meta
+        .get("bucketName")
+        .ok_or_else(|| StorageError::Tus(400, "Upload-Metadata needs bucketName".into()))?;
+    let name = meta
+        .get("objectName")
+        .ok_or_else(|| StorageError::Tus(400, "Upload-Metadata needs objectName".into()))?;
+    endpoint::validate_bucket_name(bucket)?;
+    validate_key(name)?;
+    let obj = ObjectRef {
+        bucket: bucket.clone(),
+        name: name.clone(),
+    };
+    let upsert = header(&req, "x-upsert").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let who = WriteAs::caller(ctx, upsert);
+    let b = objects::check_can_write(state, &who, &obj).await?;
+    if length as u64 > objects::effective_limit(state, &b) {
+        return Err(StorageError::EntityTooLarge);
+    }
+    let content_type = meta
+        .get("contentType")
+        .cloned()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    // It becomes a response header on download: visible ASCII only, type/subtype.
+    if !content_type.contains('/')
+        || !content_type
+            .chars()
+            .all(|c| c.is_ascii_graphic() || c == ' ')
+        || content_type.len() > 255
+    {
+        return Err(StorageError::InvalidParameter("contentType".into()));
+    }
+    if !objects::mime_allowed(&b.mimes, &content_type) {
+        return Err(StorageError::InvalidMimeType(
+            content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ));
+    }
+    let cache_control = match meta.get("cacheControl") {
+        Some(c) if c.chars().all(|x| x.is_ascii_digit()) && !c.is_empty() => format!("max-age={c}"),
+        Some(c)
+            if c.strip_prefix("max-age=")
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|x| x.is_ascii_digit())) =>
+        {
+            c.clone()
+        }
+        _ => "no-cache".into(),
+    };
+    let user_metadata = match meta.get("metadata") {
+        Some(m) if !m.is_empty() => Some(
+            serde_json::from_str::<Value>(m)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| StorageError::InvalidParameter("metadata".into()))?,
+        ),
+        _ => None,
+    };
+    let id = Uuid::new_v4().simple().to_string();
+    let mut c = client(state).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    let expires: chrono::DateTime<chrono::Utc> = tx
+        .query_one(
+            "insert into storage.resumable_uploads (id, bucket_id, name, owner_id, upsert, \
+             upload_length, content_type, cache_control, user_metadata) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning expires_at",
+            &[
+                &id,
+                &obj.bucket,
+                &obj.name,
+                &who.owner_id,
+                &upsert,
+                &length,
+                &content_type,
+                &cache_control,
+                &user_metadata,
+            ],
+        )
+        .await
+        .map_err(|e| StorageError::from_db(&e))?
+        .get(0);
+    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    drop(c);
+    let with_body = header(&req, "content-type")
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/offset+octet-stream"));
+    let mut offset = 0;
+    if with_body || length == 0 {
+        offset = write_part(state, ctx, req, &id, 0).await?;
+    }
+    base()
+        .status(StatusCode::CREATED)
+        .header("location", location(&id))
+        .header("upload-offset", offset)
+        .header("upload-expires", http_date(&expires))
+        .body(empty())
+        .map_err(StorageError::internal)
+}
+
+fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The upload, if this caller may touch it (its owner, or the service role).
+async fn load(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Upload, StorageError> {
+    if !valid_id(id) {
+        return Err(StorageError::Tus(404, "Upload not found".into()));
+    }
+    let mut c = client(state).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    let row = tx
+        .query_opt(
+            "select bucket_id, name, owner_id, upsert, upload_length, upload_offset, \
+             content_type, cache_control, user_metadata, expires_at \
+             from storage.resumable_uploads where id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(|e| StorageError::from_db(&e))?
+        .ok_or_else(|| StorageError::Tus(404, "Upload not found".into()))?;
+    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    let up = Upload {
+        bucket: row.get(0),
+        name: row.get(1),
+        owner_id: row.get(2),
+        upsert: row.get(3),
+        length: row.get(4),
+        offset: row.get(5),
+        content_type: row.get(6),
+        cache_control: row.get(7),
+        user_metadata: row.get(8),
+        expires_at: row.get(9),
+    };
+    if !ctx.role.is_service() && owner_of(ctx) != up.owner_id {
+        return Err(StorageError::Tus(404, "Upload not found".into()));
+    }
+    if up.expires_at < chrono::Utc::now() {
+        return Err(StorageError::Tus(410, "Upload expired".into()));
+    }
+    Ok(up)
+}
+
+pub async fn head(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp, StorageError> {
+    let up = load(state, ctx, id).await?;
+    base()
+        .status(StatusCode::OK)
+        .header("upload-offset", up.offset)
+        .header("upload-length", up.length)
+        .header("upload-expires", http_date(&up.expires_at))
+        .body(empty())
+        .map_err(StorageError::internal)
+}
+
 pub async fn patch(
-    _s: &AppState,
-    _c: &AuthContext,
-    _r: Req,
-    _id: &str,
+    state: &AppState,
+    ctx: &AuthContext,
+    req: Req,
+    id: &str,
 ) -> Result<Resp, StorageError> {
-    Err(StorageError::Tus(501, "not implemented".into()))
+    let ct_ok = header(&req, "content-type")
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/offset+octet-stream"));
+    if !ct_ok {
+        return Err(StorageError::Tus(
+            415,
+            "Content-Type must be application/offset+octet-stream".into(),
+        ));
+    }
+    let offset: i64 = header(&req, "upload-offset")
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| StorageError::Tus(400, "Upload-Offset is required".into()))?;
+    let new_offset = write_part(state, ctx, req, id, offset).await.map_err(tus)?;
+    base()
+        .status(StatusCode::NO_CONTENT)
+        .header("upload-offset", new_offset)
+        .body(empty())
+        .map_err(StorageError::internal)
 }
-pub async fn delete(_s: &AppState, _c: &AuthContext, _id: &str) -> Result<Resp, StorageError> {
-    Err(StorageError::Tus(501, "not implemented".into()))
+
+fn part_key(id: &str, offset: i64) -> object_store::path::Path {
+    object_store::path::Path::from(format!("uploads/{id}/{offset:020}"))
+}
+
+/// Store this PATCH body as one part, advance the offset; finish when complete.
+async fn write_part(
+    state: &AppState,
+    ctx: &AuthContext,
+    req: Req,
+    id: &str,
+    offset: i64,
+) -> Result<i64, StorageError> {
+    let up = load(state, ctx, id).await?;
+    if offset != up.offset {
+        return Err(StorageError::Tus(
+            409,
+            "Upload-Offset does not match the upload".into(),
+        ));
+    }
+    let remaining = (up.length - up.offset) as u64;
+    let store = &state.storage.store;
+    let key = part_key(id, offset);
+    let body = http_body_util::BodyDataStream::new(req.into_body())
+        .map_err(|e| StorageError::InvalidRequest(format!("could not read the request body: {e}")))
+        .boxed();
+    let written = match store.put_stream(&key, body, remaining).await {
+        Ok(w) => w,
+        Err(super::store::PutError::TooLarge) => {
+            return Err(StorageError::Tus(
+                413,
+                "The PATCH passes the declared Upload-Length".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let new_offset = offset + written.size as i64;
+    if written.size == 0 && up.length > 0 {
+        let _ = store.delete(&key).await;
+        return Ok(offset);
+    }
+    let mut c = client(state).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    let n = tx
+        .execute(
+            "update storage.resumable_uploads set upload_offset = $3 \
+             where id = $1 and upload_offset = $2",
+            &[&id, &offset, &new_offset],
+        )
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    if n == 0 {
+        drop(tx);
+        let _ = store.delete(&key).await;
+        return Err(StorageError::Tus(
+            409,
+            "Upload-Offset does not match the upload".into(),
+        ));
+    }
+    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    drop(c);
+    if new_offset == up.length {
+        finish(state, ctx, id, &up).await?;
+    }
+    Ok(new_offset)
+}
+
+/// Assemble the parts into one object version and commit its row as the caller.
+async fn finish(
+    state: &AppState,
+    ctx: &AuthContext,
+    id: &str,
+    up: &Upload,
+) -> Result<(), StorageError> {
+    let store = state.storage.store.clone();
+    let mut parts = store
+        .list(&format!("uploads/{id}"))
+        .await
+        .map_err(|e| StorageError::internal(format!("object store list: {e}")))?;
+    parts.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    // Parts must tile [0, length) exactly.
+    let mut expect: u64 = 0;
+    for (p, _, size) in &parts {
+        let start: u64 = p
+            .filename()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u64::MAX);
+        if start != expect {
+            return Err(StorageError::internal(format!(
+                "upload {id}: part {p} out of order"
+            )));
+        }
+        expect += size;
+    }
+    if expect != up.length as u64 {
+        return Err(StorageError::internal(format!(
+            "upload {id}: parts hold {expect} bytes"
+        )));
+    }
+    let keys: Vec<_> = parts.into_iter().map(|(p, _, _)| p).collect();
+    let s2 = store.clone();
+    let stream = futures::stream::iter(keys.clone())
+        .then(move |k| {
+            let s = s2.clone();
+            async move { s.get(&k, None).await }
+        })
+        .try_flatten()
+        .map_err(|e| StorageError::internal(format!("object store read: {e}")))
+        .boxed();
+    let version = Uuid::new_v4().to_string();
+    let key = Store::object_key(&version);
+    let written = store.put_stream(&key, stream, up.length as u64).await?;
+    let obj = ObjectRef {
+        bucket: up.bucket.clone(),
+        name: up.name.clone(),
+    };
+    let who = WriteAs {
+        ctx,
+        owner_id: up.owner_id.clone(),
+        upsert: up.upsert,
+    };
+    let metadata = objects::object_metadata(&written, &up.content_type, &up.cache_control);
+    let result =
+        objects::commit_row(state, &who, &obj, &version, &metadata, &up.user_metadata).await;
+    if result.is_err() {
+        let _ = store.delete(&key).await;
+    }
+    // Done either way: a rejected finish (duplicate, RLS) cannot succeed on retry.
+    remove(state, id).await?;
+    result.map(|_| ())
+}
+
+async fn remove(state: &AppState, id: &str) -> Result<(), StorageError> {
+    let mut c = client(state).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    tx.execute(
+        "delete from storage.resumable_uploads where id = $1",
+        &[&id],
+    )
+    .await
+    .map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    let store = &state.storage.store;
+    if let Ok(parts) = store.list(&format!("uploads/{id}")).await {
+        store.delete_later(parts.into_iter().map(|(p, _, _)| p).collect());
+    }
+    Ok(())
+}
+
+pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp, StorageError> {
+    load(state, ctx, id).await?;
+    remove(state, id).await?;
+    base()
+        .status(StatusCode::NO_CONTENT)
+        .body(empty())
+        .map_err(StorageError::internal)
+}
+
+/// Drop expired uploads and parts whose upload row is gone.
+pub async fn sweep(state: &AppState) -> Result<(), String> {
+    let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
+    let tx = c.transaction().await.map_err(|e| e.to_string())?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    tx.execute(
+        "delete from storage.resumable_uploads where expires_at < now()",
+        &[],
+    )
+    .await
+    .map_err(|e| crate::db::error_text(&e))?;
+    let live: std::collections::HashSet<String> = tx
+        .query("select id from storage.resumable_uploads", &[])
+        .await
+        .map_err(|e| crate::db::error_text(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit().await.map_err(|e| crate::db::error_text(&e))?;
+    let store = &state.storage.store;
+    let parts = store.list("uploads").await.map_err(|e| e.to_string())?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+    let dead = parts
+        .into_iter()
+        .filter(|(p, t, _)| {
+            let id = p
+                .parts()
+                .nth(1)
+                .map(|x| x.as_ref().to_string())
+                .unwrap_or_default();
+            *t < cutoff && !live.contains(&id)
+        })
+        .map(|(p, _, _)| p)
+        .collect();
+    store.delete_later(dead);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_metadata_parses() {
+        let m = parse_metadata("bucketName YXZhdGFycw==,objectName YS9iLnBuZw==,empty").unwrap();
+        assert_eq!(m["bucketName"], "avatars");
+        assert_eq!(m["objectName"], "a/b.png");
+        assert_eq!(m["empty"], "");
+        assert!(parse_metadata("bucketName !!!").is_err());
+    }
+
+    #[test]
+    fn ids_are_strict() {
+        assert!(valid_id(&Uuid::new_v4().simple().to_string()));
+        assert!(!valid_id("../../etc"));
+        assert!(!valid_id(""));
+    }
 }

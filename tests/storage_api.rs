@@ -1,0 +1,285 @@
+//! Storage invariants seen from the outside: what bytes are on disk after accepted,
+//! rejected and overwritten uploads, the orphan sweeper, and the memory backend.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{TestServer, SERVICE_KEY};
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Version UUIDs of the files under <data>/storage/objects.
+fn stored_versions(t: &TestServer) -> Vec<String> {
+    let mut v: Vec<String> = files_under(&t.path().join("storage").join("objects"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn row_versions(t: &TestServer) -> Vec<String> {
+    let mut v: Vec<String> = t
+        .sql("select version from storage.objects where version is not null")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn user(t: &TestServer) -> (String, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    t.batch(&format!(
+        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
+    ))
+    .await;
+    let token = t.server.state.keys.jwt.sign_hs256(&serde_json::json!({
+        "sub": id, "role": "authenticated", "aud": "authenticated",
+        "exp": chrono::Utc::now().timestamp() + 600,
+    }));
+    (id, token)
+}
+
+async fn settle() {
+    // Old bytes are deleted in the background right after a commit.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn rejected_uploads_leave_no_bytes_and_overwrites_keep_one_version() {
+    let t = TestServer::start().await;
+    let auth = format!("Bearer {SERVICE_KEY}");
+    let h = |ct: &'static str| {
+        vec![
+            ("authorization", auth.clone()),
+            ("content-type", ct.to_string()),
+        ]
+    };
+    let send = |m: &'static str, path: String, hs: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let t = &t;
+        async move {
+            let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            t.http
+                .send(m, &format!("{}/storage/v1/{path}", t.url), &hs, body)
+                .await
+        }
+    };
+    let r = send(
+        "POST",
+        "bucket".into(),
+        h("application/json"),
+        br#"{"name":"lim","file_size_limit":1000,"allowed_mime_types":["image/*"]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let ok = send(
+        "POST",
+        "object/lim/a.png".into(),
+        h("image/png"),
+        vec![1; 1000],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let big = send(
+        "POST",
+        "object/lim/b.png".into(),
+        h("image/png"),
+        vec![1; 1001],
+    )
+    .await;
+    assert_eq!(big.json()["statusCode"], "413");
+    let mime = send(
+        "POST",
+        "object/lim/c.pdf".into(),
+        h("application/pdf"),
+        vec![1; 10],
+    )
+    .await;
+    assert_eq!(mime.json()["statusCode"], "415");
+    let dup = send(
+        "POST",
+        "object/lim/a.png".into(),
+        h("image/png"),
+        vec![2; 10],
+    )
+    .await;
+    assert_eq!(dup.json()["statusCode"], "409");
+    // Multipart: the size is only known while streaming.
+    let boundary = "XyZ";
+    let mut mp = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"cacheControl\"\r\n\r\n60\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"\"; filename=\"blob\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
+    mp.extend(vec![7u8; 5000]);
+    mp.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let hs = vec![("authorization", auth.clone()), ("content-type", ct)];
+    let mpr = send("POST", "object/lim/d.png".into(), hs, mp).await;
+    assert_eq!(mpr.json()["statusCode"], "413", "{}", mpr.text());
+    // RLS refusal: a user writing into someone else's folder.
+    let (_, tok) = user(&t).await;
+    let ua = vec![
+        ("authorization", format!("Bearer {tok}")),
+        ("content-type", "text/plain".to_string()),
+    ];
+    let denied = send(
+        "POST",
+        "object/chat-files/someone-else/x.txt".into(),
+        ua,
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(denied.json()["statusCode"], "403");
+
+    settle().await;
+    assert_eq!(stored_versions(&t), row_versions(&t).await);
+    assert_eq!(stored_versions(&t).len(), 1);
+
+    // Overwrites: the row always points at existing bytes, old ones go away.
+    let mut hs = h("image/png");
+    hs.push(("x-upsert", "true".into()));
+    for i in 0..5u8 {
+        let r = send("POST", "object/lim/a.png".into(), hs.clone(), vec![i; 900]).await;
+        assert_eq!(r.status, 200);
+    }
+    settle().await;
+    assert_eq!(stored_versions(&t), row_versions(&t).await);
+    let got = t
+        .http
+        .get(
+            &format!("{}/storage/v1/object/lim/a.png", t.url),
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(got.body.as_ref(), &[4u8; 900][..]);
+
+    // Deleting removes the bytes.
+    let del = send(
+        "DELETE",
+        "object/lim/a.png".into(),
+        h("application/json"),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(del.status, 200);
+    settle().await;
+    assert!(stored_versions(&t).is_empty());
+
+    // Nothing was ever written outside the storage root.
+    let root = t.path().join("storage");
+    for f in files_under(&t.path()) {
+        assert!(
+            f.starts_with(&root),
+            "file outside the storage root: {}",
+            f.display()
+        );
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn traversal_requests_are_refused_before_any_io() {
+    let t = TestServer::start().await;
+    let auth = format!("Bearer {SERVICE_KEY}");
+    for p in [
+        "../../../etc/x",
+        "a/../../b",
+        "%2e%2e/%2e%2e/x",
+        "/abs",
+        "a%00b",
+    ] {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/storage/v1/object/chat-files/{p}", t.url),
+                &[("authorization", &auth), ("content-type", "text/plain")],
+                "x",
+            )
+            .await;
+        assert_eq!(r.status, 400, "{p}");
+        assert_eq!(r.json()["code"], "InvalidKey", "{p}: {}", r.text());
+    }
+    assert!(files_under(&t.path())
+        .iter()
+        .all(|f| f.starts_with(t.path().join("storage"))));
+    assert!(stored_versions(&t).is_empty());
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sweeper_removes_bytes_no_row_points_at() {
+    let t = TestServer::start().await;
+    let auth = format!("Bearer {SERVICE_KEY}");
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/storage/v1/object/avatars/u/live.png", t.url),
+            &[("authorization", &auth), ("content-type", "image/png")],
+            "live",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // As if the server died between writing bytes and committing the row.
+    let store = &t.server.state.storage.store;
+    let orphan = oxibase::storage::store::Store::object_key(&uuid::Uuid::new_v4().to_string());
+    store
+        .put_bytes(&orphan, bytes::Bytes::from_static(b"orphan"))
+        .await
+        .unwrap();
+    assert_eq!(stored_versions(&t).len(), 2);
+    // Young orphans are left alone (an upload may still be committing)...
+    let n = oxibase::storage::objects::sweep_orphans(&t.server.state, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // ...old ones go.
+    let n = oxibase::storage::objects::sweep_orphans(&t.server.state, chrono::Duration::zero())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(stored_versions(&t), row_versions(&t).await);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_backend_serves_objects() {
+    let t = TestServer::start_with(|c| c.storage.url = Some("memory://".into())).await;
+    let auth = format!("Bearer {SERVICE_KEY}");
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/storage/v1/object/avatars/u/m.png", t.url),
+            &[("authorization", &auth), ("content-type", "image/png")],
+            "in memory",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let g = t
+        .http
+        .get(
+            &format!("{}/storage/v1/object/public/avatars/u/m.png", t.url),
+            &[],
+        )
+        .await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.text(), "in memory");
+    assert!(files_under(&t.path().join("storage")).is_empty());
+    t.server.shutdown().await;
+}
