@@ -337,8 +337,18 @@ impl Default for Capture {
 /// With no postgres_changes subscriber for this long, the slot is dropped.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// A capture session: its client, slot, and whether each poll must first flush the WAL.
+struct Session {
+    client: deadpool_postgres::ClientWrapper,
+    slot: String,
+    /// With `synchronous_commit = off` (e.g. fsync off in tests), commits reach the decoder
+    /// only when the WAL writer flushes (up to 200 ms); a synchronous commit of our own that
+    /// wrote WAL (a logical message, ignored by pgoutput) flushes everything before it.
+    force_flush: bool,
+}
+
 /// A session of its own holding a temporary slot (dropped with the session).
-async fn open_slot(state: &AppState) -> Result<(deadpool_postgres::ClientWrapper, String), String> {
+async fn open_slot(state: &AppState) -> Result<Session, String> {
     let obj = state.pool.get().await.map_err(|e| e.to_string())?;
     // Detached from the pool: the temporary slot belongs to this session.
     let client = deadpool_postgres::Object::take(obj);
@@ -375,8 +385,20 @@ async fn open_slot(state: &AppState) -> Result<(deadpool_postgres::ClientWrapper
             crate::db::error_text(&e)
         )
     })?;
+    let force_flush = client
+        .query_one("show synchronous_commit", &[])
+        .await
+        .map(|r| r.get::<_, String>(0) == "off")
+        .unwrap_or(false);
+    if force_flush {
+        let _ = client.batch_execute("set synchronous_commit = on").await;
+    }
     tracing::info!(%slot, "realtime: change capture started");
-    Ok((client, slot))
+    Ok(Session {
+        client,
+        slot,
+        force_flush,
+    })
 }
 
 /// Start the capture task if it is not running; returns once the slot exists, so every
@@ -387,13 +409,13 @@ pub async fn ensure_started(state: &AppState) -> Result<(), String> {
     if *running {
         return Ok(());
     }
-    let (client, slot) = open_slot(state).await?;
+    let session = open_slot(state).await?;
     *running = true;
-    tokio::spawn(capture(state.clone(), client, slot));
+    tokio::spawn(capture(state.clone(), session));
     Ok(())
 }
 
-async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut slot: String) {
+async fn capture(st: AppState, mut session: Session) {
     let mut decoder = Decoder::default();
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -422,15 +444,26 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
                     > IDLE
             {
                 *running = false;
-                tracing::info!(%slot, "realtime: no postgres_changes subscribers; capture stopped");
+                tracing::info!(slot = %session.slot, "realtime: no postgres_changes subscribers; capture stopped");
                 return;
             }
         }
-        let rows = client
+        if session.force_flush {
+            // Only when something is written but not yet flushed (no WAL while idle).
+            let _ = session
+                .client
+                .simple_query(
+                    "select case when pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()
+                       then pg_logical_emit_message(true, 'oxibase', '') end",
+                )
+                .await;
+        }
+        let rows = session
+            .client
             .query(
                 "select data from pg_logical_slot_get_binary_changes($1, NULL, 2000,
                    'proto_version', '1', 'publication_names', 'supabase_realtime')",
-                &[&slot],
+                &[&session.slot],
             )
             .await;
         let rows = match rows {
@@ -438,7 +471,7 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
             Err(e) => {
                 tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if !client.is_closed() {
+                if !session.client.is_closed() {
                     continue;
                 }
                 // The session (and its slot) is gone: open a new one while anyone listens.
@@ -448,8 +481,8 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
                         return;
                     }
                     match open_slot(&st).await {
-                        Ok((c, s)) => {
-                            (client, slot) = (c, s);
+                        Ok(s) => {
+                            session = s;
                             decoder = Decoder::default();
                             break;
                         }
@@ -475,7 +508,7 @@ async fn capture(st: AppState, mut client: deadpool_postgres::ClientWrapper, mut
             }
         }
         for rel in decoder.take_new_relations() {
-            if let Err(e) = decoder.describe(&client, rel).await {
+            if let Err(e) = decoder.describe(&session.client, rel).await {
                 tracing::warn!(error = %e, "realtime: cannot describe a relation");
             }
         }
