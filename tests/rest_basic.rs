@@ -42,7 +42,10 @@ async fn reads_embeds_and_counts() {
     let r = t
         .http
         .get(
-            &format!("{}/rest/v1/it_items?select=id&name=in.(a,c)&or=(qty.eq.1,qty.gt.2)", t.url),
+            &format!(
+                "{}/rest/v1/it_items?select=id&name=in.(a,c)&or=(qty.eq.1,qty.gt.2)",
+                t.url
+            ),
             &[],
         )
         .await;
@@ -60,24 +63,44 @@ async fn writes_rpc_and_errors() {
     ];
     let r = t
         .http
-        .send("POST", &format!("{}/rest/v1/it_items?select=name,qty", t.url), &h, r#"{"name":"d"}"#)
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_items?select=name,qty", t.url),
+            &h,
+            r#"{"name":"d"}"#,
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json(), json!([{"name":"d","qty":1}]));
     let r = t
         .http
-        .send("PATCH", &format!("{}/rest/v1/it_items?name=eq.d", t.url), &h, r#"{"qty":9}"#)
+        .send(
+            "PATCH",
+            &format!("{}/rest/v1/it_items?name=eq.d", t.url),
+            &h,
+            r#"{"qty":9}"#,
+        )
         .await;
     assert_eq!(r.json()[0]["qty"], 9);
     let r = t
         .http
-        .send("DELETE", &format!("{}/rest/v1/it_items?name=eq.d", t.url), &h, "")
+        .send(
+            "DELETE",
+            &format!("{}/rest/v1/it_items?name=eq.d", t.url),
+            &h,
+            "",
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json().as_array().map(|a| a.len()), Some(1));
     let r = t
         .http
-        .send("POST", &format!("{}/rest/v1/rpc/it_double", t.url), &h, r#"{"n":21}"#)
+        .send(
+            "POST",
+            &format!("{}/rest/v1/rpc/it_double", t.url),
+            &h,
+            r#"{"n":21}"#,
+        )
         .await;
     assert_eq!(r.json(), json!(42));
     // Errors in PostgREST's shape.
@@ -93,7 +116,12 @@ async fn writes_rpc_and_errors() {
     assert_eq!(r.json()["code"], "PGRST100");
     let r = t
         .http
-        .send("POST", &format!("{}/rest/v1/it_items", t.url), &h, r#"{"name":"a","id":1}"#)
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_items", t.url),
+            &h,
+            r#"{"name":"a","id":1}"#,
+        )
         .await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["code"], "23505");
@@ -109,7 +137,13 @@ async fn writes_rpc_and_errors() {
 #[tokio::test]
 async fn schema_cache_follows_ddl() {
     let t = setup().await;
-    let r = t.http.get(&format!("{}/rest/v1/it_items?select=id&limit=1", t.url), &[]).await;
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&limit=1", t.url),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 200);
     t.batch("create table public.it_late (id int primary key); grant select on public.it_late to anon; insert into public.it_late values (7);")
         .await;

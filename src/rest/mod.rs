@@ -560,6 +560,8 @@ struct Outcome {
     page: i64,
     body: Option<String>,
     location: Option<String>,
+    /// Rows an upsert inserted (vs updated), when asked for.
+    inserted: Option<i64>,
 }
 
 fn request_gucs_headers(h: &HeaderMap) -> String {
@@ -653,7 +655,26 @@ async fn execute(
             page: 0,
             body: Some(body),
             location: None,
+            inserted: None,
         });
+    }
+    // count=planned: the planner's row estimate for the count query.
+    let mut planned: Option<i64> = None;
+    if let Some((text, ps)) = &q.count_plan {
+        let cp: Vec<TextParam> = ps.iter().map(|p| TextParam(p)).collect();
+        let ct: Vec<(&(dyn ToSql + Sync), Type)> = cp
+            .iter()
+            .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
+            .collect();
+        let rows = tx
+            .query_typed(&format!("EXPLAIN (FORMAT JSON) {text}"), &ct)
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+        planned = rows
+            .first()
+            .and_then(|r| r.try_get::<_, Value>(0).ok())
+            .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+            .map(|n| n as i64);
     }
     let row = tx
         .query_typed(&q.text, &typed)
@@ -664,10 +685,11 @@ async fn execute(
         .next()
         .ok_or_else(|| RestError::internal("statement returned no row"))?;
     let out = Outcome {
-        total: row.get(0),
+        total: planned.or(row.get(0)),
         page: row.get(1),
         body: row.get(2),
         location: row.get(3),
+        inserted: if row.len() > 4 { row.get(4) } else { None },
     };
     if let Err(e) = check(&out) {
         let _ = tx.rollback().await;
@@ -826,10 +848,15 @@ async fn read(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp, 
     )?;
     let count = req.prefer.count;
     let mut q = Sql::default();
+    if count == Some(prefer::Count::Planned) {
+        let mut c = Sql::default();
+        c.text = sql::node_sql(&mut c, &node, None, sql::Mode::Count);
+        q.count_plan = Some((c.text, c.params));
+    }
     q.text = sql::wrap_read(
         &mut q,
         &node,
-        count.is_some(),
+        matches!(count, Some(prefer::Count::Exact | prefer::Count::Estimated)),
         &media,
         req.accept.strip_nulls,
         &BodyShape::Rows,
@@ -1009,6 +1036,7 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
     };
     let mut status = StatusCode::OK;
     let mut applied: Vec<String> = vec![];
+    let mut count_inserted = false;
     let mutation = match *req.method {
         Method::POST | Method::PUT => {
             let body = request_body(req)?;
@@ -1112,7 +1140,15 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
                     status = StatusCode::OK;
                 }
             }
-            s.push_str(&format!(" RETURNING {a}.*"));
+            if upsert == Some(Resolution::Merge) && matches!(rel.kind, 'r' | 'p') {
+                // xmax = 0 marks rows this statement inserted (not updated).
+                s.push_str(&format!(
+                    " RETURNING {a}.*, ({a}.xmax::text = '0') AS pgrst_inserted"
+                ));
+                count_inserted = true;
+            } else {
+                s.push_str(&format!(" RETURNING {a}.*"));
+            }
             s
         }
         Method::PATCH => {
@@ -1182,7 +1218,10 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
     );
     planner.mods = rest_mods;
     let node = planner.node(
-        Source::Cte("pgrst_source".into()),
+        Source::Cte(
+            "pgrst_source".into(),
+            rel.columns.iter().map(|c| c.name.clone()).collect(),
+        ),
         &rel.name,
         Some((rel.schema.clone(), rel.name.clone())),
         params.select.as_deref().unwrap_or(&[]),
@@ -1202,8 +1241,9 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
         "NULL::text"
     };
     q.text = format!(
-        "WITH pgrst_source AS ({mutation}) SELECT {} AS total, pg_catalog.count(pgrst_t) AS page, {body} AS body, {location} AS location FROM ({inner}) AS pgrst_t",
-        if count { "(SELECT count(*) FROM pgrst_source)" } else { "NULL::int8" }
+        "WITH pgrst_source AS ({mutation}) SELECT {} AS total, pg_catalog.count(pgrst_t) AS page, {body} AS body, {location} AS location, {} AS inserted FROM ({inner}) AS pgrst_t",
+        if count { "(SELECT count(*) FROM pgrst_source)" } else { "NULL::int8" },
+        if count_inserted { "(SELECT count(*) FROM pgrst_source WHERE pgrst_inserted)" } else { "NULL::int8" }
     );
     let strict_max = if req.prefer.strict {
         req.prefer.max_affected
@@ -1290,6 +1330,10 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
             }
         }
     }
+    // A merging upsert that inserted nothing answers 200, as PostgREST.
+    if count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED {
+        status = StatusCode::OK;
+    }
     if want_body {
         Ok(respond(
             status,
@@ -1314,7 +1358,7 @@ fn enc(s: &str) -> String {
 fn sql_cond(q: &mut Sql, alias: &str, c: &plan::Cond) -> String {
     // Render one condition through a throwaway node (keeps `sql` the only renderer).
     let n = Node {
-        source: Source::Cte("x".into()),
+        source: Source::Cte("x".into(), vec![]),
         alias: alias.to_string(),
         rel: None,
         items: vec![],
@@ -1385,20 +1429,31 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
         }
     };
     let keys: Vec<&String> = args.keys().collect();
-    // Overload resolution by argument names.
+    // Overload resolution by argument names, as PostgREST: only functions whose parameters
+    // are all named, or that take one unnamed json/jsonb/text/xml/bytea parameter (named
+    // "" in the body), can be called.
+    let callable = |f: &&schema::Function| {
+        f.args.iter().all(|a| !a.name.is_empty())
+            || (f.args.len() == 1
+                && matches!(
+                    f.args[0].ty.as_str(),
+                    "json" | "jsonb" | "text" | "xml" | "bytea"
+                ))
+    };
     let mut cands: Vec<&schema::Function> = overloads
         .iter()
+        .filter(callable)
         .filter(|f| {
             let names_ok = keys.iter().all(|k| f.args.iter().any(|a| &&a.name == k));
             let required_ok = f
                 .args
                 .iter()
                 .all(|a| a.has_default || keys.iter().any(|k| *k == &a.name));
-            names_ok && required_ok && !(f.args.len() == 1 && f.args[0].name.is_empty())
+            names_ok && required_ok
         })
         .collect();
     let mut single_json = false;
-    if cands.is_empty() {
+    if cands.is_empty() && !is_get {
         // A single unnamed json/jsonb parameter takes the whole body.
         let sj: Vec<&schema::Function> = overloads
             .iter()
@@ -1408,7 +1463,7 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
                     && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
             })
             .collect();
-        if !is_get && !sj.is_empty() {
+        if !sj.is_empty() {
             cands = sj;
             single_json = true;
         } else if req.prefer.single_object {
@@ -1419,79 +1474,34 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
             single_json = !cands.is_empty();
         }
     }
-    if cands.len() > 1 {
-        // Prefer the overload matching the most given names with the fewest extra params.
-        let best = cands.iter().map(|f| f.args.len()).min().unwrap_or(0);
-        let narrowed: Vec<&schema::Function> = cands
-            .iter()
-            .copied()
-            .filter(|f| f.args.len() == best)
-            .collect();
-        if narrowed.len() == 1 {
-            cands = narrowed;
-        }
-    }
     let f = match cands.len() {
         1 => cands[0].clone(),
-        0 => {
-            let names: Vec<String> = {
-                let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-                v.sort();
-                v
-            };
-            let sig = if names.is_empty() {
-                format!("{}.{}", req.schema, fname)
-            } else {
-                format!("{}.{}({})", req.schema, fname, names.join(", "))
-            };
-            let details = if names.is_empty() {
-                format!("Searched for the function {}.{} without parameters or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.", req.schema, fname)
-            } else {
-                format!(
-                    "Searched for the function {}.{} with parameter{} {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
-                    req.schema,
-                    fname,
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
-                )
-            };
-            let mut e = RestError::new(
-                404,
-                "PGRST202",
-                format!("Could not find the function {sig} in the schema cache"),
-            )
-            .details(details);
-            if let Some(o) = overloads.first() {
-                e = e.hint(format!(
-                    "Perhaps you meant to call the function {}",
-                    o.signature().replace(" => ", " ")
-                ));
-            } else if let Some((s, n)) = sc
-                .functions
-                .keys()
-                .filter(|(s, _)| s == req.schema)
-                .find(|(_, n)| plan::similar(n, fname))
-            {
-                e = e.hint(format!("Perhaps you meant to call the function {s}.{n}"));
-            }
-            return Err(e);
-        }
+        0 => return Err(function_not_found(&sc, req.schema, fname, &keys)),
         _ => {
             let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
             return Err(RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
                 .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));
         }
     };
+    // Arguments travel as one JSON object with positional keys, so unnamed parameters work.
+    let used: Vec<(usize, &schema::Arg)> = f
+        .args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| args.contains_key(&a.name))
+        .collect();
+    let mut positional = serde_json::Map::new();
+    for (i, a) in &used {
+        positional.insert(format!("a{i}"), args[&a.name].clone());
+    }
     let call = Call {
         schema: f.schema.clone(),
         name: f.name.clone(),
         args: if single_json {
             vec![]
         } else {
-            f.args
-                .iter()
-                .filter(|a| args.contains_key(&a.name))
-                .map(|a| (a.name.clone(), a.ty.clone()))
+            used.iter()
+                .map(|(i, a)| (format!("a{i}"), a.ty.clone(), a.name.clone()))
                 .collect()
         },
         single_json: if single_json {
@@ -1505,7 +1515,7 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
                 .unwrap_or(Value::Object(args.clone()))
                 .to_string()
         } else {
-            Value::Object(args.clone()).to_string()
+            Value::Object(positional).to_string()
         },
         variadic_last: f.variadic && f.args.last().is_some_and(|a| args.contains_key(&a.name)),
     };
@@ -1563,7 +1573,22 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
         );
     }
     let single = media == Media::Object;
+    let strict_max = if req.prefer.strict {
+        req.prefer.max_affected
+    } else {
+        None
+    };
     let out = execute(state, req, &q, read_only, rollback, explain.as_ref(), |o| {
+        if let Some(m) = strict_max {
+            if o.page > m {
+                return Err(RestError::new(
+                    400,
+                    "PGRST124",
+                    "Query result exceeds max-affected preference constraint",
+                )
+                .details(format!("The query affects {} rows", o.page)));
+            }
+        }
         if single && o.page != 1 {
             return Err(single_error(o.page));
         }
@@ -1577,7 +1602,8 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
         return Ok(respond(StatusCode::NO_CONTENT, None, None, vec![]));
     }
     if !f.returns_set {
-        let mut headers = vec![("content-range".to_string(), "0-0/*".to_string())];
+        let total = if count { "1" } else { "*" };
+        let mut headers = vec![("content-range".to_string(), format!("0-0/{total}"))];
         if rollback {
             headers.push(("preference-applied".into(), "tx=rollback".into()));
         }
@@ -1590,6 +1616,46 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
     }
     let total = if count { out.total } else { None };
     finish_read(req, out, offset, total, &media, count)
+}
+
+fn function_not_found(sc: &SchemaCache, schema: &str, fname: &str, keys: &[&String]) -> RestError {
+    let mut names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    names.sort();
+    let (message, details) = if names.is_empty() {
+        (
+            format!("Could not find the function {schema}.{fname} without parameters in the schema cache"),
+            format!("Searched for the function {schema}.{fname} without parameters or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache."),
+        )
+    } else {
+        (
+            format!("Could not find the function {schema}.{fname}({}) in the schema cache", names.join(", ")),
+            format!(
+                "Searched for the function {schema}.{fname} with parameter{} {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ),
+        )
+    };
+    let mut e = RestError::new(404, "PGRST202", message).details(details);
+    let best = sc
+        .functions
+        .iter()
+        .filter(|((s, n), fs)| {
+            s == schema
+                && n != fname
+                && fs
+                    .iter()
+                    .any(|f| f.args.iter().all(|a| !a.name.is_empty()) || f.args.len() == 1)
+        })
+        .map(|((_, n), _)| (plan::dice(n, fname), n))
+        .filter(|(d, _)| *d >= 0.7)
+        .max_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if let Some((_, n)) = best {
+        e = e.hint(format!(
+            "Perhaps you meant to call the function {schema}.{n}"
+        ));
+    }
+    e
 }
 
 #[cfg(test)]

@@ -582,18 +582,18 @@ fn parse_op_value(v: &str) -> Result<(bool, Op), String> {
     })?;
     let op = match opname {
         "in" if modifier.is_none() => Op::In(parse_list(value)?),
-        "is" if modifier.is_none() => {
-            Op::Is(match value.to_ascii_lowercase().as_str() {
-                "null" => IsVal::Null,
-                "not_null" => IsVal::NotNull,
-                "true" => IsVal::True,
-                "false" => IsVal::False,
-                "unknown" => IsVal::Unknown,
-                _ => return Err(format!(
+        "is" if modifier.is_none() => Op::Is(match value.to_ascii_lowercase().as_str() {
+            "null" => IsVal::Null,
+            "not_null" => IsVal::NotNull,
+            "true" => IsVal::True,
+            "false" => IsVal::False,
+            "unknown" => IsVal::Unknown,
+            _ => {
+                return Err(format!(
                     "unexpected \"{value}\" expecting null or trilean value (unknown, true, false)"
-                )),
-            })
-        }
+                ))
+            }
+        }),
         o if FTS_OPS.contains(&o) => Op::Fts {
             op: o.into(),
             config: modifier.map(str::to_string),

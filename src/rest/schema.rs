@@ -69,6 +69,10 @@ pub struct Relationship {
     /// Computed relationship: the function (schema, name) taking a source row.
     pub function: Option<(String, String)>,
     pub to_one_computed: bool,
+    /// The FK between its own tables (not a copy through a view).
+    pub base: bool,
+    /// Source holds the FK columns (many-to-one / one-to-one from the referencing side).
+    pub forward: bool,
 }
 
 impl Relationship {
@@ -129,7 +133,13 @@ impl Function {
         let a: Vec<String> = self
             .args
             .iter()
-            .map(|a| format!("{} => {}", a.name, a.ty))
+            .map(|a| {
+                if a.name.is_empty() {
+                    format!(" => {}", a.ty)
+                } else {
+                    format!("{} => {}", a.name, a.ty)
+                }
+            })
             .collect();
         format!("{}.{}({})", self.schema, self.name, a.join(", "))
     }
@@ -170,7 +180,10 @@ where n.nspname = any($1) and c.relkind in ('r','v','m','f','p')
 
 const COLUMNS: &str = r#"
 select a.attrelid::oid, a.attname::text, a.attnum::int4, format_type(a.atttypid, a.atttypmod),
-       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum),
+       not a.attnotnull,
+       case when a.attidentity <> '' then format('nextval(%L::regclass)', pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname))
+            else pg_get_expr(d.adbin, d.adrelid) end,
+       col_description(a.attrelid, a.attnum),
        coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_enum e
                  where e.enumtypid = a.atttypid), '{}'),
        a.attgenerated <> ''
@@ -219,6 +232,7 @@ from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
 where n.nspname = any($1) and p.prokind = 'f'
+order by p.oid
 "#;
 
 fn opt_desc(s: Option<String>) -> Option<String> {
@@ -436,6 +450,8 @@ pub async fn load<C: GenericClient>(
                     },
                     function: None,
                     to_one_computed: false,
+                    base: s == fk.rel && t == fk.frel,
+                    forward: true,
                 });
                 sc.relationships.push(Relationship {
                     source: tk,
@@ -449,6 +465,8 @@ pub async fn load<C: GenericClient>(
                     },
                     function: None,
                     to_one_computed: false,
+                    base: s == fk.rel && t == fk.frel,
+                    forward: false,
                 });
             }
         }
@@ -457,9 +475,7 @@ pub async fn load<C: GenericClient>(
     let m2o: Vec<Relationship> = sc
         .relationships
         .iter()
-        .filter(|r| {
-            matches!(r.card, Cardinality::ManyToOne | Cardinality::OneToOne) && r.function.is_none()
-        })
+        .filter(|r| r.forward && r.function.is_none())
         .cloned()
         .collect();
     for a in &m2o {
@@ -482,6 +498,8 @@ pub async fn load<C: GenericClient>(
                 },
                 function: None,
                 to_one_computed: false,
+                base: a.base && b.base,
+                forward: false,
             });
         }
     }
@@ -570,6 +588,8 @@ pub async fn load<C: GenericClient>(
                         },
                         function: Some((schema.clone(), name.clone())),
                         to_one_computed: !f.returns_set || rows == 1.0,
+                        base: true,
+                        forward: false,
                     }),
                     RetType::Scalar(t) if !f.returns_set => sc
                         .computed_fields
