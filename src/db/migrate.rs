@@ -25,6 +25,7 @@ macro_rules! migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql"),
+    migration!(300, "0300_rest.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

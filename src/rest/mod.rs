@@ -597,9 +597,7 @@ async fn execute(
     let headers = request_gucs_headers(req.headers);
     let mut sp: Vec<String> = vec![ident(req.schema)];
     for s in &state.config.rest.extra_search_path {
-        if s != req.schema {
-            sp.push(ident(s));
-        }
+        sp.push(ident(s));
     }
     let search_path = sp.join(", ");
     let timeout = if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 {
@@ -1074,25 +1072,38 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
             let body_p = q.param(Value::Array(rows).to_string());
             let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
             let mut exprs = vec![];
-            for c in &cols {
+            // missing=default: every row evaluates the defaults (as PostgREST does, so
+            // sequences advance the same way) in a correlated lateral, used where a key
+            // is absent.
+            let mut defaults = vec![];
+            for (i, c) in cols.iter().enumerate() {
                 let col = rel.column(c).expect("checked");
                 let v = format!("pgrst_r.{}", ident(c));
                 if req.prefer.missing_default {
                     if let Some(d) = &col.default {
                         let k = q.param(c.clone());
+                        defaults.push(format!("{d} AS d{i}"));
                         exprs.push(format!(
-                            "CASE WHEN pgrst_j.j ? {k}::text THEN {v} ELSE {d} END"
+                            "CASE WHEN pgrst_j.j ? {k}::text THEN {v} ELSE pgrst_d.d{i} END"
                         ));
                         continue;
                     }
                 }
                 exprs.push(v);
             }
+            let defaults_from = if defaults.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", LATERAL (SELECT {} WHERE pgrst_j.j IS NOT NULL) AS pgrst_d",
+                    defaults.join(", ")
+                )
+            };
             if req.prefer.missing_default {
                 applied.push("missing=default".into());
             }
             let mut s = format!(
-                "INSERT INTO {t} AS {a} ({}) SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r",
+                "INSERT INTO {t} AS {a} ({}) SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r{defaults_from}",
                 col_list.join(", "),
                 exprs.join(", ")
             );
@@ -1478,6 +1489,13 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
         1 => cands[0].clone(),
         0 => return Err(function_not_found(&sc, req.schema, fname, &keys)),
         _ => {
+            let mut cands = cands;
+            cands.sort_by_key(|f| {
+                (
+                    f.args.len(),
+                    f.args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>(),
+                )
+            });
             let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
             return Err(RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
                 .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));

@@ -351,11 +351,11 @@ impl<'a> Planner<'a> {
         let label = e.label().to_string();
         let mut child_path = path.to_vec();
         child_path.push(label.clone());
-        // PostgREST's aliases: `<target>_<depth>` and `<source>_<target>_<depth>` (two embeds
-        // of one target at one level collide there as well: 42712).
+        // PostgREST's aliases: `<target>_<depth>` and `<source>_<label>_<depth>` (two embeds
+        // with one label at one level collide there as well: 42712).
         let depth = path.len() + 1;
         let alias = format!("{}_{depth}", r.target.1);
-        let lat = format!("{}_{}_{depth}", src.1, r.target.1);
+        let lat = format!("{}_{}_{depth}", src.1, label);
         let (source, link) = match (&r.function, &r.card) {
             (Some((fs, fname)), _) => (
                 Source::Call(Call {
@@ -481,15 +481,12 @@ impl<'a> Planner<'a> {
                 .clone()
                 .filter(|r| {
                     r.function.is_none()
-                        && matches!(r.card, Cardinality::ManyToOne | Cardinality::OneToOne)
-                        && (r.constraint == name || (r.cols.len() == 1 && r.cols[0].0 == name))
                         && !r.cols.is_empty()
+                        && r.base
+                        && (r.constraint == name
+                            || (r.forward && r.cols.len() == 1 && r.cols[0].0 == name))
                 })
                 .collect();
-            // Only the FK itself (not its copies through views), from the FK side.
-            if cands.len() > 1 {
-                cands.retain(|r| r.base && r.forward);
-            }
         }
         if let Some(h) = hint {
             cands.retain(|r| {

@@ -181,7 +181,9 @@ where n.nspname = any($1) and c.relkind in ('r','v','m','f','p')
 const COLUMNS: &str = r#"
 select a.attrelid::oid, a.attname::text, a.attnum::int4, format_type(a.atttypid, a.atttypmod),
        not a.attnotnull,
-       case when a.attidentity <> '' then format('nextval(%L::regclass)', pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname))
+       case when a.attidentity <> '' then (select format('nextval(%L::regclass)', sq.oid::regclass::text)
+              from pg_depend dp join pg_class sq on sq.oid = dp.objid and sq.relkind = 'S'
+              where dp.classid = 'pg_class'::regclass and dp.refobjid = a.attrelid and dp.refobjsubid = a.attnum limit 1)
             else pg_get_expr(d.adbin, d.adrelid) end,
        col_description(a.attrelid, a.attnum),
        coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_enum e
