@@ -583,6 +583,7 @@ async fn execute(
     read_only: bool,
     rollback: bool,
     explain: Option<&Media>,
+    needs_check: bool,
     check: impl FnOnce(&Outcome) -> Result<(), RestError>,
 ) -> Result<Outcome, RestError> {
     let mut client = state.pool.get().await.map_err(|e| {
@@ -673,6 +674,28 @@ async fn execute(
             .and_then(|r| r.try_get::<_, Value>(0).ok())
             .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
             .map(|n| n as i64);
+    }
+    if !needs_check {
+        // Nothing to decide after seeing the result: send the statement and the end of
+        // the transaction together (one round trip less). If the statement fails, the
+        // COMMIT ends the aborted transaction as a rollback.
+        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
+        let (rows, ended) = futures::join!(tx.query_typed(&q.text, &typed), tx.batch_execute(end));
+        // The transaction is over either way; skip the ROLLBACK its Drop would send.
+        std::mem::forget(tx);
+        let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
+        ended.map_err(|e| RestError::from_pg(&e, anon))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| RestError::internal("statement returned no row"))?;
+        return Ok(Outcome {
+            total: planned.or(row.get(0)),
+            page: row.get(1),
+            body: row.get(2),
+            location: row.get(3),
+            inserted: if row.len() > 4 { row.get(4) } else { None },
+        });
     }
     let row = tx
         .query_typed(&q.text, &typed)
@@ -860,7 +883,10 @@ async fn read(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp, 
         &BodyShape::Rows,
         None,
     );
-    let out = execute(state, req, &q, true, false, explain.as_ref(), |_| Ok(())).await?;
+    let out = execute(state, req, &q, true, false, explain.as_ref(), false, |_| {
+        Ok(())
+    })
+    .await?;
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
     }
@@ -1262,22 +1288,31 @@ async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp,
         None
     };
     let single = media == Media::Object;
-    let out = execute(state, req, &q, false, rollback, explain.as_ref(), |o| {
-        if let Some(m) = strict_max {
-            if o.page > m {
-                return Err(RestError::new(
-                    400,
-                    "PGRST124",
-                    "Query result exceeds max-affected preference constraint",
-                )
-                .details(format!("The query affects {} rows", o.page)));
+    let out = execute(
+        state,
+        req,
+        &q,
+        false,
+        rollback,
+        explain.as_ref(),
+        strict_max.is_some() || single,
+        |o| {
+            if let Some(m) = strict_max {
+                if o.page > m {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST124",
+                        "Query result exceeds max-affected preference constraint",
+                    )
+                    .details(format!("The query affects {} rows", o.page)));
+                }
             }
-        }
-        if single && o.page != 1 {
-            return Err(single_error(o.page));
-        }
-        Ok(())
-    })
+            if single && o.page != 1 {
+                return Err(single_error(o.page));
+            }
+            Ok(())
+        },
+    )
     .await?;
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
@@ -1596,22 +1631,31 @@ async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, R
     } else {
         None
     };
-    let out = execute(state, req, &q, read_only, rollback, explain.as_ref(), |o| {
-        if let Some(m) = strict_max {
-            if o.page > m {
-                return Err(RestError::new(
-                    400,
-                    "PGRST124",
-                    "Query result exceeds max-affected preference constraint",
-                )
-                .details(format!("The query affects {} rows", o.page)));
+    let out = execute(
+        state,
+        req,
+        &q,
+        read_only,
+        rollback,
+        explain.as_ref(),
+        strict_max.is_some() || single,
+        |o| {
+            if let Some(m) = strict_max {
+                if o.page > m {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST124",
+                        "Query result exceeds max-affected preference constraint",
+                    )
+                    .details(format!("The query affects {} rows", o.page)));
+                }
             }
-        }
-        if single && o.page != 1 {
-            return Err(single_error(o.page));
-        }
-        Ok(())
-    })
+            if single && o.page != 1 {
+                return Err(single_error(o.page));
+            }
+            Ok(())
+        },
+    )
     .await?;
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
