@@ -160,3 +160,35 @@ async fn schema_cache_follows_ddl() {
     assert!(ok, "new table never became visible");
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn role_statement_timeout_applies() {
+    let t = setup().await;
+    t.batch(
+        "create function public.it_sleep() returns int language sql as $$ select pg_sleep(2); select 1 $$;
+         grant execute on function public.it_sleep() to anon;
+         do $$ begin execute format('alter role anon in database %I set statement_timeout = %L', current_database(), '200ms'); end $$;
+         notify pgrst, 'reload schema';",
+    )
+    .await;
+    let mut last = 0;
+    for _ in 0..30 {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/rest/v1/rpc/it_sleep", t.url),
+                &[("content-type", "application/json")],
+                "{}",
+            )
+            .await;
+        last = r.status;
+        if r.status != 404 {
+            assert_eq!(r.json()["code"], "57014", "{}", r.text());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 500);
+    t.server.shutdown().await;
+}

@@ -601,10 +601,12 @@ async fn execute(
         sp.push(ident(s));
     }
     let search_path = sp.join(", ");
-    let timeout = if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 {
-        None
-    } else {
-        Some(state.config.rest.statement_timeout_ms)
+    // The role's own statement_timeout wins; else the configured one (not for service).
+    let role_timeout = state.rest.cache().role_timeouts.get(req.ctx.role.as_str()).copied();
+    let timeout = match role_timeout {
+        Some(t) => Some(t),
+        None if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 => None,
+        None => Some(state.config.rest.statement_timeout_ms),
     };
     let path = format!("/{}", req.path);
     let gucs = crate::db::RequestGucs {

@@ -155,6 +155,8 @@ pub struct SchemaCache {
     pub computed_fields: HashMap<(String, String), Vec<(String, String, String)>>,
     /// `alter role authenticator set pgrst.*` overrides.
     pub role_settings: HashMap<String, String>,
+    /// statement_timeout set on roles, in ms.
+    pub role_timeouts: HashMap<String, u64>,
     pub postgis: bool,
 }
 
@@ -622,11 +624,47 @@ pub async fn load<C: GenericClient>(
             }
         }
     }
+    // Per-role statement_timeout (`alter role anon set statement_timeout = '3s'`): SET ROLE
+    // does not apply role settings, so requests set it themselves, as PostgREST does.
+    if let Ok(rows) = client
+        .query(
+            "select r.rolname::text, unnest(s.setconfig) from pg_db_role_setting s join pg_roles r on r.oid = s.setrole
+             where s.setdatabase in (0, (select oid from pg_database where datname = current_database()))",
+            &[],
+        )
+        .await
+    {
+        for r in rows {
+            let kv: String = r.get(1);
+            if let Some(v) = kv.strip_prefix("statement_timeout=") {
+                if let Some(ms) = parse_duration_ms(v) {
+                    sc.role_timeouts.insert(r.get(0), ms);
+                }
+            }
+        }
+    }
     sc.postgis = client
         .query_opt("select 1 from pg_extension where extname = 'postgis'", &[])
         .await?
         .is_some();
     Ok(sc)
+}
+
+/// A PostgreSQL duration setting (`3s`, `8000`, `1min`, `500ms`) in milliseconds.
+pub fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim().trim_matches('\'').trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// `(resname, resorigtbl, resorigcol)` of every TARGETENTRY in a rule's node tree. Later
@@ -658,6 +696,14 @@ fn parse_view_targets(action: &str) -> Vec<(String, u32, i32)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration_ms("3s"), Some(3000));
+        assert_eq!(super::parse_duration_ms("8000"), Some(8000));
+        assert_eq!(super::parse_duration_ms("1min"), Some(60000));
+        assert_eq!(super::parse_duration_ms("x"), None);
+    }
+
     #[test]
     fn view_targets() {
         let s = "({QUERY :targetList ({TARGETENTRY :expr {VAR} :resno 1 :resname id :ressortgroupref 0 :resorigtbl 1234 :resorigcol 1 :resjunk false} {TARGETENTRY :expr {FUNCEXPR} :resno 2 :resname x :ressortgroupref 0 :resorigtbl 0 :resorigcol 0 :resjunk false} {TARGETENTRY :resname weird\\ col :ressortgroupref 0 :resorigtbl 9 :resorigcol 3 :resjunk false})})";
