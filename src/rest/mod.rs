@@ -602,7 +602,12 @@ async fn execute(
     }
     let search_path = sp.join(", ");
     // The role's own statement_timeout wins; else the configured one (not for service).
-    let role_timeout = state.rest.cache().role_timeouts.get(req.ctx.role.as_str()).copied();
+    let role_timeout = state
+        .rest
+        .cache()
+        .role_timeouts
+        .get(req.ctx.role.as_str())
+        .copied();
     let timeout = match role_timeout {
         Some(t) => Some(t),
         None if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 => None,
@@ -676,6 +681,15 @@ async fn execute(
             .and_then(|r| r.try_get::<_, Value>(0).ok())
             .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
             .map(|n| n as i64);
+        if let (Some(limit), Some(p)) = (q.exact_below, planned) {
+            if p <= limit {
+                let row = tx
+                    .query_typed(&format!("SELECT count(*) FROM ({text}) AS pgrst_c"), &ct)
+                    .await
+                    .map_err(|e| RestError::from_pg(&e, anon))?;
+                planned = Some(row[0].get(0));
+            }
+        }
     }
     if !needs_check {
         // Nothing to decide after seeing the result: send the statement and the end of
@@ -871,15 +885,22 @@ async fn read(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp, 
     )?;
     let count = req.prefer.count;
     let mut q = Sql::default();
-    if count == Some(prefer::Count::Planned) {
+    if matches!(
+        count,
+        Some(prefer::Count::Planned | prefer::Count::Estimated)
+    ) {
         let mut c = Sql::default();
         c.text = sql::node_sql(&mut c, &node, None, sql::Mode::Count);
         q.count_plan = Some((c.text, c.params));
+        if count == Some(prefer::Count::Estimated) {
+            // PostgREST: exact while the estimate is within max-rows, else the estimate.
+            q.exact_below = Some(st.max_rows.unwrap_or(1000));
+        }
     }
     q.text = sql::wrap_read(
         &mut q,
         &node,
-        matches!(count, Some(prefer::Count::Exact | prefer::Count::Estimated)),
+        count == Some(prefer::Count::Exact),
         &media,
         req.accept.strip_nulls,
         &BodyShape::Rows,

@@ -12,6 +12,8 @@ pub struct Sql {
     pub params: Vec<String>,
     /// `Prefer: count=planned`: a count query to EXPLAIN (with its own parameters).
     pub count_plan: Option<(String, Vec<String>)>,
+    /// `Prefer: count=estimated`: count exactly when the estimate is at most this.
+    pub exact_below: Option<i64>,
 }
 
 impl Sql {
