@@ -78,26 +78,8 @@ pub(super) async fn read(
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
     }
-    let total = estimate_total(state, req, &q, &node, count, out.total, st.max_rows).await?;
+    let total = if count.is_some() { out.total } else { None };
     finish_read(req, out, offset, total, &media, count.is_some())
-}
-
-/// planned/estimated counts come from the planner's row estimate.
-pub(super) async fn estimate_total(
-    _state: &AppState,
-    _req: &RestReq<'_>,
-    _q: &Sql,
-    _node: &Node,
-    count: Option<prefer::Count>,
-    exact: Option<i64>,
-    _max_rows: Option<i64>,
-) -> Result<Option<i64>, RestError> {
-    // The statement already computed an exact count; planned/estimated are answered with
-    // it too (an upper bound on accuracy, same wire shape).
-    Ok(match count {
-        Some(_) => exact,
-        None => None,
-    })
 }
 
 pub(super) fn finish_read(
@@ -113,7 +95,8 @@ pub(super) fn finish_read(
     }
     let mut status = StatusCode::OK;
     if let Some(t) = total {
-        if offset > 0 && offset >= t && t > 0 || (offset > 0 && t == 0 && out.page == 0 && false) {
+        // An offset past the end of a non-empty result (PostgREST's 416).
+        if offset > 0 && offset >= t && t > 0 {
             return Err(
                 RestError::new(416, "PGRST103", "Requested range not satisfiable").details(
                     format!("An offset of {offset} was requested, but there are only {t} rows."),

@@ -382,10 +382,7 @@ pub(super) async fn write(
         headers.push(("preference-applied".into(), applied.join(", ")));
     }
     let total = if count { out.total } else { None };
-    headers.push((
-        "content-range".into(),
-        content_range(0, out.page, total).replacen("0-", "*", 0),
-    ));
+    headers.push(("content-range".into(), content_range(0, out.page, total)));
     if *req.method == Method::POST
         && matches!(
             ret,
