@@ -253,6 +253,8 @@ test('update and delete with filters, max-affected, rollback', async () => {
   await db.from('rx_kv').insert([{ k: 'ud-1' }, { k: 'ud-2' }, { k: 'ud-3' }]);
   const up = await db.from('rx_kv').update({ v: 'x' }).like('k', 'ud-%').select('k, v').order('k');
   assert.deepEqual(up.data.map((r) => r.v), ['x', 'x', 'x']);
+  const lim = await db.from('rx_kv').update({ v: 'first' }).like('k', 'ud-%').order('k', { ascending: false }).limit(1).select('k, v');
+  assert.deepEqual(lim.data, [{ k: 'ud-3', v: 'first' }]);
   const none = await db.from('rx_kv').update({ v: 'y' }).eq('k', 'missing');
   assert.equal(none.status, 204);
   const max = await db.from('rx_kv').delete().like('k', 'ud-%').maxAffected(2);

@@ -85,6 +85,33 @@ pub(super) async fn write(
         where_node.conds = n.conds;
     }
     let _ = planner0;
+    // `limit` (with `order`) on PATCH/DELETE: only the first rows by that order are
+    // touched, picked by ctid (tables only, as PostgREST).
+    let limited: Option<Node> = match (top_mods.limit, req.method) {
+        (Some(_), &Method::PATCH | &Method::DELETE) => {
+            if !matches!(rel.kind, 'r' | 'p') {
+                return Err(RestError::new(400, "PGRST128", "Range header and limit/offset querystring parameters are not allowed for PATCH and DELETE on views"));
+            }
+            let mut p = Planner::new(&sc, req.schema, false);
+            p.mods.insert(vec![], Modifiers {
+                filters: top_mods.filters.clone(),
+                logic: top_mods.logic.clone(),
+                order: top_mods.order.clone(),
+                limit: top_mods.limit,
+                offset: top_mods.offset,
+                ..Default::default()
+            });
+            let item = SelectItem::Field { field: query::Field::plain("ctid"), alias: None, cast: None, agg: None, agg_cast: None };
+            Some(p.node(
+                Source::Table { schema: rel.schema.clone(), name: rel.name.clone() },
+                "pgrst_l",
+                Some((rel.schema.clone(), rel.name.clone())),
+                &[item],
+                &[],
+            )?)
+        }
+        _ => None,
+    };
     let check_cols = |cols: &[String]| -> Result<(), RestError> {
         for c in cols {
             if rel.column(c).is_none() {
@@ -245,6 +272,9 @@ pub(super) async fn write(
             for c in &where_node.conds {
                 wh.push(sql_cond(&mut q, &rel.name, c));
             }
+            if let Some(l) = &limited {
+                wh.push(format!("{a}.ctid = ANY(ARRAY({}))", sql::node_sql(&mut q, l, None, sql::Mode::Full)));
+            }
             if cols.is_empty() {
                 // Nothing to set: PostgREST answers without touching rows.
                 format!(
@@ -271,6 +301,9 @@ pub(super) async fn write(
             let mut wh = vec![];
             for c in &where_node.conds {
                 wh.push(sql_cond(&mut q, &rel.name, c));
+            }
+            if let Some(l) = &limited {
+                wh.push(format!("{a}.ctid = ANY(ARRAY({}))", sql::node_sql(&mut q, l, None, sql::Mode::Full)));
             }
             format!(
                 "DELETE FROM {t} AS {a}{} RETURNING {a}.*",
