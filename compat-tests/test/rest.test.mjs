@@ -80,6 +80,29 @@ test('embedding: !inner filters parents, is.null anti-join, spread, computed fie
   assert.deepEqual(view.data, [{ title: 'Solaris', rx_authors: { name: 'Stanislaw Lem' } }]);
 });
 
+test('embedding: !left keeps parents, range on an embed, three levels deep', async () => {
+  const left = await db.from('rx_books').select('id, editor:rx_authors!editor_id!left(name)').in('id', [1, 2]).order('id');
+  assert.deepEqual(left.data, [
+    { id: 1, editor: { name: 'Stanislaw Lem' } },
+    { id: 2, editor: null },
+  ]);
+  const ranged = await db
+    .from('rx_authors')
+    .select('id, rx_books!author_id(id)')
+    .eq('id', 1)
+    .order('id', { referencedTable: 'rx_books' })
+    .range(1, 1, { referencedTable: 'rx_books' });
+  assert.deepEqual(ranged.data, [{ id: 1, rx_books: [{ id: 2 }] }]);
+  const deep = await db
+    .from('rx_tags')
+    .select('label, rx_books(title, rx_authors!author_id(name, rx_books!author_id(id)))')
+    .eq('id', 3);
+  assert.deepEqual(deep.data, [
+    { label: 'short', rx_books: [{ title: 'Ficciones', rx_authors: { name: 'Jorge Luis Borges', rx_books: deep.data[0].rx_books[0].rx_authors.rx_books } }] },
+  ]);
+  assert.ok(deep.data[0].rx_books[0].rx_authors.rx_books.some((b) => b.id === 5));
+});
+
 test('ambiguous and unknown embeds are PostgREST errors', async () => {
   const amb = await db.from('rx_authors').select('name, rx_books(title)');
   assert.equal(amb.status, 300);
@@ -183,6 +206,8 @@ test('aggregates: count(), sum(), avg(), grouped and inside embeds', async () =>
     { status: 'draft', count: 1, sum: 174, max: 7.25 },
     { status: 'out', count: 4, sum: 1190, max: 12.0 },
   ]);
+  const mm = await db.from('rx_books').select('pages.avg(), pages.min(), n:count()').eq('author_id', 1);
+  assert.deepEqual(mm.data, [{ avg: 345.5, min: 304, n: 2 }]);
   const e = await db.from('rx_authors').select('name, rx_books!author_id(count)').eq('id', 2);
   assert.deepEqual(e.data, [{ name: 'Stanislaw Lem', rx_books: [{ count: 2 }] }]);
 });
