@@ -574,3 +574,164 @@ mod tests {
         assert_eq!(range_header(&h), Some((0, Some(10))));
     }
 }
+
+/// Planning and SQL text against a hand-built schema cache (no database).
+#[cfg(test)]
+mod plan_sql_tests {
+    use super::*;
+    use schema::{Cardinality, Column, Relation, Relationship};
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column {
+            name: name.into(),
+            ty: ty.into(),
+            nullable: true,
+            default: None,
+            description: None,
+            enum_values: vec![],
+            generated: false,
+            position: 0,
+        }
+    }
+
+    fn cache() -> SchemaCache {
+        let mut sc = SchemaCache::default();
+        for (name, cols) in [
+            ("authors", vec![col("id", "bigint"), col("name", "text")]),
+            (
+                "books",
+                vec![
+                    col("id", "bigint"),
+                    col("author_id", "bigint"),
+                    col("title", "text"),
+                ],
+            ),
+        ] {
+            sc.relations.insert(
+                ("public".into(), name.into()),
+                Relation {
+                    oid: 0,
+                    schema: "public".into(),
+                    name: name.into(),
+                    kind: 'r',
+                    columns: cols,
+                    pk: vec!["id".into()],
+                    description: None,
+                    insertable: true,
+                    updatable: true,
+                    deletable: true,
+                },
+            );
+        }
+        let rel = |s: &str, t: &str, cols: (&str, &str), card, forward| Relationship {
+            source: ("public".into(), s.into()),
+            target: ("public".into(), t.into()),
+            constraint: "books_author_id_fkey".into(),
+            cols: vec![(cols.0.into(), cols.1.into())],
+            card,
+            function: None,
+            to_one_computed: false,
+            base: true,
+            forward,
+        };
+        sc.relationships.push(rel(
+            "books",
+            "authors",
+            ("author_id", "id"),
+            Cardinality::ManyToOne,
+            true,
+        ));
+        sc.relationships.push(rel(
+            "authors",
+            "books",
+            ("id", "author_id"),
+            Cardinality::OneToMany,
+            false,
+        ));
+        sc
+    }
+
+    fn plan_read(table: &str, query: &str) -> Result<Sql, RestError> {
+        let sc = cache();
+        let pairs = crate::http::query_pairs(Some(query));
+        let mut p = parse_params(&pairs, false, &[])?;
+        lift_embed_nulls(&mut p);
+        let mut planner = Planner::new(&sc, "public", false);
+        planner.mods = std::mem::take(&mut p.mods);
+        let node = planner.node(
+            Source::Table {
+                schema: "public".into(),
+                name: table.into(),
+            },
+            table,
+            Some(("public".into(), table.into())),
+            p.select.as_deref().unwrap_or(&[]),
+            &[],
+        )?;
+        let mut q = Sql::default();
+        q.text = sql::wrap_read(
+            &mut q,
+            &node,
+            false,
+            &Media::Json,
+            false,
+            &BodyShape::Rows,
+            None,
+        );
+        Ok(q)
+    }
+
+    #[test]
+    fn many_to_one_embed_is_a_lateral_row() {
+        let q = plan_read("books", "select=title,author:authors(name)&id=eq.1").unwrap();
+        assert_eq!(
+            q.text,
+            "SELECT NULL::int8 AS total, pg_catalog.count(pgrst_t) AS page, coalesce(json_agg(pgrst_t), '[]')::text AS body, NULL::text AS location FROM (SELECT \"books\".\"title\" AS \"title\", \"books_author_1\".\"author\" AS \"author\" FROM \"public\".\"books\" AS \"books\" LEFT JOIN LATERAL (SELECT row_to_json(pgrst_x.*) AS \"author\" FROM (SELECT \"authors_1\".\"name\" AS \"name\" FROM \"public\".\"authors\" AS \"authors_1\" WHERE \"authors_1\".\"id\" = \"books\".\"author_id\") AS pgrst_x) AS \"books_author_1\" ON TRUE WHERE \"books\".\"id\" = $1) AS pgrst_t"
+        );
+        assert_eq!(q.params, vec!["1"]);
+    }
+
+    #[test]
+    fn one_to_many_embed_with_its_own_modifiers() {
+        let q = plan_read(
+            "authors",
+            "select=name,books(title)&books.order=title.desc&books.limit=2&books.title=like.*a*",
+        )
+        .unwrap();
+        assert!(
+            q.text.contains("SELECT json_agg(pgrst_x.*) AS \"books\""),
+            "{}",
+            q.text
+        );
+        assert!(q.text.contains("WHERE \"books_1\".\"author_id\" = \"authors\".\"id\" AND \"books_1\".\"title\" LIKE $1 ORDER BY \"books_1\".\"title\" DESC LIMIT 2"), "{}", q.text);
+        assert!(q
+            .text
+            .contains("COALESCE(\"authors_books_1\".\"books\", '[]') AS \"books\""));
+        assert_eq!(q.params, vec!["%a%"]);
+    }
+
+    #[test]
+    fn planning_errors() {
+        assert_eq!(
+            plan_read("authors", "select=nope(*)").unwrap_err().code,
+            "PGRST200"
+        );
+        assert_eq!(
+            plan_read("authors", "select=count()").unwrap_err().code,
+            "PGRST123"
+        );
+        // Not embedded: a plain column filter (PostgreSQL then reports the column).
+        let q = plan_read("books", "select=id&authors=is.null").unwrap();
+        assert!(q.text.contains("\"books\".\"authors\" IS NULL"));
+        let q = plan_read("books", "select=id,authors()&authors=not.is.null").unwrap();
+        assert!(
+            q.text
+                .contains("\"books_authors_1\".\"authors\" IS NOT NULL"),
+            "{}",
+            q.text
+        );
+        let inj = plan_read("books", "select=id&title=eq.';drop table books;--").unwrap();
+        assert!(!inj.text.contains("drop"));
+        assert_eq!(inj.params, vec!["';drop table books;--"]);
+    }
+}

@@ -93,17 +93,29 @@ pub(super) async fn write(
                 return Err(RestError::new(400, "PGRST128", "Range header and limit/offset querystring parameters are not allowed for PATCH and DELETE on views"));
             }
             let mut p = Planner::new(&sc, req.schema, false);
-            p.mods.insert(vec![], Modifiers {
-                filters: top_mods.filters.clone(),
-                logic: top_mods.logic.clone(),
-                order: top_mods.order.clone(),
-                limit: top_mods.limit,
-                offset: top_mods.offset,
-                ..Default::default()
-            });
-            let item = SelectItem::Field { field: query::Field::plain("ctid"), alias: None, cast: None, agg: None, agg_cast: None };
+            p.mods.insert(
+                vec![],
+                Modifiers {
+                    filters: top_mods.filters.clone(),
+                    logic: top_mods.logic.clone(),
+                    order: top_mods.order.clone(),
+                    limit: top_mods.limit,
+                    offset: top_mods.offset,
+                    ..Default::default()
+                },
+            );
+            let item = SelectItem::Field {
+                field: query::Field::plain("ctid"),
+                alias: None,
+                cast: None,
+                agg: None,
+                agg_cast: None,
+            };
             Some(p.node(
-                Source::Table { schema: rel.schema.clone(), name: rel.name.clone() },
+                Source::Table {
+                    schema: rel.schema.clone(),
+                    name: rel.name.clone(),
+                },
                 "pgrst_l",
                 Some((rel.schema.clone(), rel.name.clone())),
                 &[item],
@@ -273,7 +285,10 @@ pub(super) async fn write(
                 wh.push(sql_cond(&mut q, &rel.name, c));
             }
             if let Some(l) = &limited {
-                wh.push(format!("{a}.ctid = ANY(ARRAY({}))", sql::node_sql(&mut q, l, None, sql::Mode::Full)));
+                wh.push(format!(
+                    "{a}.ctid = ANY(ARRAY({}))",
+                    sql::node_sql(&mut q, l, None, sql::Mode::Full)
+                ));
             }
             if cols.is_empty() {
                 // Nothing to set: PostgREST answers without touching rows.
@@ -303,7 +318,10 @@ pub(super) async fn write(
                 wh.push(sql_cond(&mut q, &rel.name, c));
             }
             if let Some(l) = &limited {
-                wh.push(format!("{a}.ctid = ANY(ARRAY({}))", sql::node_sql(&mut q, l, None, sql::Mode::Full)));
+                wh.push(format!(
+                    "{a}.ctid = ANY(ARRAY({}))",
+                    sql::node_sql(&mut q, l, None, sql::Mode::Full)
+                ));
             }
             format!(
                 "DELETE FROM {t} AS {a}{} RETURNING {a}.*",
