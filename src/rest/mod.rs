@@ -160,7 +160,10 @@ async fn listen(state: &AppState, url: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     while let Some(payload) = rx.recv().await {
-        if payload.is_empty() || payload.starts_with("reload schema") {
+        if payload.is_empty()
+            || payload.starts_with("reload schema")
+            || payload.starts_with("reload config")
+        {
             // Coalesce bursts of DDL into one reload.
             tokio::time::sleep(Duration::from_millis(20)).await;
             while rx.try_recv().is_ok() {}
