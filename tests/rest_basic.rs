@@ -103,6 +103,27 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // Empty array and empty object inserts.
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/it_parts", t.url), &h, "[]")
+        .await;
+    assert_eq!((r.status, r.json()), (201, json!([])), "{}", r.text());
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_parts?select=item_id,label", t.url),
+            &h,
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (201, json!([{"item_id": null, "label": null}])),
+        "{}",
+        r.text()
+    );
     // Errors in PostgREST's shape.
     let r = t.http.get(&format!("{}/rest/v1/it_nope", t.url), &[]).await;
     assert_eq!(r.status, 404);

@@ -529,12 +529,18 @@ fn table_not_found(sc: &SchemaCache, schema: &str, name: &str) -> RestError {
         "PGRST205",
         format!("Could not find the table '{schema}.{name}' in the schema cache"),
     );
-    if let Some((s, n)) = sc
+    let best = sc
         .relations
         .keys()
         .filter(|(s, _)| s == schema)
-        .find(|(_, n)| plan::similar(n, name))
-    {
+        .map(|(s, n)| (plan::dice(n, name), s, n))
+        .filter(|(d, _, _)| *d >= 0.5)
+        .max_by(|a, b| {
+            a.0.partial_cmp(&b.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| b.2.cmp(a.2))
+        });
+    if let Some((_, s, n)) = best {
         e = e.hint(format!("Perhaps you meant the table '{s}.{n}'"));
     }
     e

@@ -177,7 +177,6 @@ select n.nspname::text, c.relname::text, c.relkind::text, c.oid::oid,
        pg_relation_is_updatable(c.oid::regclass, true)
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = any($1) and c.relkind in ('r','v','m','f','p')
-  and not c.relispartition
 "#;
 
 const COLUMNS: &str = r#"
@@ -212,6 +211,7 @@ from pg_constraint con
 where con.contype in ('p','u','f')
   and (con.conrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1))
     or con.confrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1)))
+order by con.oid
 "#;
 
 const VIEWS: &str = r#"
@@ -231,7 +231,8 @@ select n.nspname::text, p.proname::text,
   p.prorows::float4, t.typtype::text, t.typrelid::oid, format_type(p.prorettype, null),
   obj_description(p.oid, 'pg_proc'),
   case when t.typtype = 'c' then (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'mode', 'o') order by a.attnum)
-     from pg_attribute a where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)::text end
+     from pg_attribute a where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)::text end,
+  case when p.pronargs = 1 then (select at.typrelid from pg_type at where at.oid = p.proargtypes[0]) else 0 end::oid
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
@@ -380,7 +381,9 @@ pub async fn load<C: GenericClient>(
     // Every relation (table or view) that exposes all of `cols` of table `t`: (oid, mapped cols).
     let expose = |t: u32, cols: &[String]| -> Vec<(u32, Vec<String>)> {
         let mut out = vec![(t, cols.to_vec())];
-        for (&v, m) in &view_map {
+        let mut views: Vec<(&u32, &Vec<(String, u32, String)>)> = view_map.iter().collect();
+        views.sort_by_key(|(v, _)| **v);
+        for (&v, m) in views {
             // A view may expose a column twice; take the first mapping per base column.
             let mut mapped = vec![];
             for c in cols {
@@ -401,7 +404,9 @@ pub async fn load<C: GenericClient>(
             continue;
         };
         let mut pk = vec![];
-        for (&t, ucs) in &uniques {
+        let mut tables: Vec<(&u32, &Vec<Vec<String>>)> = uniques.iter().collect();
+        tables.sort_by_key(|(t, _)| **t);
+        for (&t, ucs) in tables {
             let Some(tkey) = sc.by_oid.get(&t) else {
                 continue;
             };
@@ -526,6 +531,8 @@ pub async fn load<C: GenericClient>(
         let rettype: String = r.get(10);
         let description = opt_desc(r.get(11));
         let comp_cols: Option<String> = r.get(12);
+        // The relation whose row type the single argument is (0 if none).
+        let arg_rel: u32 = r.get(13);
         let mut args: Vec<Arg> = all
             .iter()
             .filter(|a| matches!(a.mode.as_str(), "i" | "b" | "v"))
@@ -568,16 +575,7 @@ pub async fn load<C: GenericClient>(
         };
         // Computed relationships/fields: one argument of a relation's row type.
         if f.args.len() == 1 {
-            let aty = f.args[0].ty.trim_matches('"').to_string();
-            let src = sc
-                .relations
-                .values()
-                .find(|rel| {
-                    aty == rel.name
-                        || aty == format!("{}.{}", rel.schema, rel.name)
-                        || aty == format!("\"{}\".{}", rel.schema, rel.name)
-                })
-                .map(|rel| (rel.schema.clone(), rel.name.clone()));
+            let src = sc.by_oid.get(&arg_rel).cloned();
             if let Some(src) = src {
                 match &f.ret {
                     RetType::Relation(ts, tn) => sc.relationships.push(Relationship {

@@ -210,8 +210,9 @@ pub(super) async fn write(
                 applied.push("missing=default".into());
             }
             let mut s = format!(
-                "INSERT INTO {t} AS {a} ({}) SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r{defaults_from}",
-                col_list.join(", "),
+                "INSERT INTO {t} AS {a} {} SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r{defaults_from}",
+                // No keys at all (`{}` or `[]`): rows of defaults.
+                if col_list.is_empty() { String::new() } else { format!("({})", col_list.join(", ")) },
                 exprs.join(", ")
             );
             let upsert = req.prefer.resolution.or(if *req.method == Method::PUT {
