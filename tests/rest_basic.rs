@@ -213,3 +213,76 @@ async fn role_statement_timeout_applies() {
     assert_eq!(last, 500);
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn openapi_head_and_range() {
+    let t = setup().await;
+    // A read of a new table reloads the schema cache if the DDL notification is not in yet.
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/it_items?limit=1", t.url), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/", t.url),
+            &[("accept", "application/openapi+json")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
+    assert!(doc["paths"]["/it_items"]["get"].is_object());
+    assert!(doc["paths"]["/rpc/it_double"]["post"].is_object());
+    // anon was granted nothing on it_secret: not listed.
+    t.batch("create table public.it_secret (id int); revoke all on public.it_secret from anon;")
+        .await;
+    let mut seen = false;
+    for _ in 0..30 {
+        let r = t
+            .http
+            .get(&format!("{}/rest/v1/", t.url), &[("apikey", SERVICE_KEY)])
+            .await;
+        if r.json()["paths"]["/it_secret"].is_object() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "service_role sees the new table");
+    let r = t.http.get(&format!("{}/rest/v1/", t.url), &[]).await;
+    assert!(r.json()["paths"]["/it_secret"].is_null(), "anon does not");
+    let r = t
+        .http
+        .send(
+            "HEAD",
+            &format!("{}/rest/v1/it_items", t.url),
+            &[("prefer", "count=exact")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-range"), Some("0-2/3"));
+    assert!(r.body.is_empty());
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&order=id", t.url),
+            &[("range", "1-1"), ("prefer", "count=exact")],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("1-1/3"));
+    assert_eq!(r.json(), json!([{"id": 2}]));
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&offset=5", t.url),
+            &[("prefer", "count=exact")],
+        )
+        .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.json()["code"], "PGRST103");
+    t.server.shutdown().await;
+}
