@@ -179,6 +179,12 @@ test('order, nulls, limit, range, counts with Content-Range and 206, head', asyn
   assert.deepEqual(o.data.map((r) => r.id), [4, 3]);
   const o2 = await db.from('rx_books').select('id').order('price', { ascending: true, nullsFirst: false });
   assert.deepEqual(o2.data.map((r) => r.id), [5, 2, 1, 3, 4]);
+  const byAuthor = await db
+    .from('rx_books')
+    .select('id, a:rx_authors!author_id(name)')
+    .in('id', [1, 3, 5])
+    .order('a(name)', { ascending: true });
+  assert.deepEqual(byAuthor.data.map((b) => b.id), [5, 3, 1]);
   const r = await db.from('rx_books').select('id', { count: 'exact' }).order('id').range(1, 2);
   assert.equal(r.status, 206);
   assert.equal(r.statusText, 'Partial Content');
