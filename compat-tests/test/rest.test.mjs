@@ -103,6 +103,14 @@ test('embedding: !left keeps parents, range on an embed, three levels deep', asy
   assert.ok(deep.data[0].rx_books[0].rx_authors.rx_books.some((b) => b.id === 5));
 });
 
+test('identifiers with spaces and (escaped) quotes in table, column and filter names', async () => {
+  const { data, error } = await db.from('rx weird').select('id, "two words", q:"q\\"uote"').eq('"two words"', 'a b');
+  assert.equal(error, null, JSON.stringify(error));
+  assert.deepEqual(data, [{ id: 1, 'two words': 'a b', q: 7 }]);
+  const up = await db.from('rx weird').update({ 'two words': 'z' }).eq('id', 2).select('"two words"');
+  assert.deepEqual(up.data, [{ 'two words': 'z' }]);
+});
+
 test('ambiguous and unknown embeds are PostgREST errors', async () => {
   const amb = await db.from('rx_authors').select('name, rx_books(title)');
   assert.equal(amb.status, 300);

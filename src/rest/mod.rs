@@ -410,7 +410,11 @@ async fn route(
     let method = req.method().clone();
     let headers = req.headers().clone();
     let uri = req.uri().clone();
-    let path = path.trim_end_matches('/');
+    // Table and function names arrive %-encoded (`my%20table`).
+    let decoded = percent_encoding::percent_decode_str(path.trim_end_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    let path = decoded.as_str();
     let pairs = crate::http::query_pairs(uri.query());
     let schema = profile(&headers, &method, &state.rest.schemas)?;
     let prefer = Prefer::parse(
