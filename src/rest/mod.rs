@@ -329,6 +329,43 @@ fn lift_embed_nulls(p: &mut Params) {
     }
 }
 
+/// Every `<path>.<filter|order|limit|...>` must name an embed of `select` (PGRST108).
+fn check_embed_paths(p: &Params) -> Result<(), RestError> {
+    fn paths(items: &[SelectItem], prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for it in items {
+            if let SelectItem::Embed(e) = it {
+                let mut np = prefix.clone();
+                np.push(e.label().to_string());
+                out.push(np.clone());
+                paths(&e.items, np, out);
+            }
+        }
+    }
+    let mut known = vec![vec![]];
+    if let Some(s) = &p.select {
+        paths(s, vec![], &mut known);
+    }
+    for path in p.mods.keys() {
+        if !known.contains(path) {
+            // The first segment that is not embedded.
+            let mut i = 0;
+            while i < path.len() && known.contains(&path[..=i].to_vec()) {
+                i += 1;
+            }
+            let name = path.get(i).cloned().unwrap_or_default();
+            return Err(RestError::new(
+                400,
+                "PGRST108",
+                format!("'{name}' is not an embedded resource in this request"),
+            )
+            .hint(format!(
+                "Verify that '{name}' is included in the 'select' query parameter."
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -575,6 +612,24 @@ mod tests {
         assert_eq!(b.limit, Some(2));
         assert_eq!(b.order.len(), 1);
         assert!(parse_params(&[("limit".into(), "x".into())], false, &[]).is_err());
+        assert!(check_embed_paths(&p).is_ok());
+        let q = parse_params(
+            &[
+                ("select".into(), "id".into()),
+                ("books.limit".into(), "1".into()),
+            ],
+            false,
+            &[],
+        )
+        .unwrap();
+        let e = check_embed_paths(&q).unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            (
+                "PGRST108",
+                "'books' is not an embedded resource in this request"
+            )
+        );
     }
 
     #[test]

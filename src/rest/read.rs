@@ -17,6 +17,7 @@ pub(super) async fn read(
     };
     let mut params = parse_params(req.pairs, false, &[])?;
     lift_embed_nulls(&mut params);
+    check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
     let media = body_media(&req.accept);
     if media == Media::GeoJson && !sc.postgis {

@@ -31,6 +31,7 @@ pub(super) async fn rpc(
         .collect();
     let mut params = parse_params(req.pairs, is_get, &all_arg_names)?;
     lift_embed_nulls(&mut params);
+    check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
     let media = body_media(&req.accept);
     // The arguments as a JSON object (or the raw body for a single json parameter).

@@ -41,6 +41,7 @@ pub(super) async fn write(
     };
     let mut params = parse_params(req.pairs, false, &[])?;
     lift_embed_nulls(&mut params);
+    check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
     let media = body_media(&req.accept);
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
