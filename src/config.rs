@@ -91,7 +91,8 @@ pub struct RestConfig {
     pub db_aggregates_enabled: bool,
     /// Allow `Prefer: tx=rollback` to override commit.
     pub db_tx_allow_override: bool,
-    /// statement_timeout for anon/authenticated requests, in milliseconds (0 = none).
+    /// statement_timeout for requests not made as service_role, in milliseconds (0 = none);
+    /// a role's own `statement_timeout` setting wins.
     pub statement_timeout_ms: u64,
 }
 

@@ -39,6 +39,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_app_schema.sql", app),
     migration!(100, "0100_auth.sql"),
     migration!(200, "0200_storage_resumable.sql"),
+    migration!(300, "0300_rest.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
