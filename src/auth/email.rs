@@ -717,8 +717,9 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
         return Err(AuthError::not_admin());
     }
     let email = call.q("email").unwrap_or("").trim().to_lowercase();
-    let c = client(state).await?;
-    let rows = c
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let rows = tx
         .query(
             "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at
              from auth.oxibase_outbox where ($1 = '' or lower(recipient) = $1)
@@ -743,6 +744,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
             })
         })
         .collect();
+    tx.commit().await?;
     Ok(ok(json!({ "messages": messages })))
 }
 
