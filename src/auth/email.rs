@@ -111,6 +111,13 @@ pub async fn send(
     deliver: bool,
 ) -> AuthResult<Sent> {
     let cfg = &state.config.auth;
+    if deliver && matches!(kind, Kind::Sms | Kind::PhoneChange) {
+        // No SMS provider is built in (as `supabase start` without Twilio & co).
+        return Err(AuthError::bad_request(
+            "phone_provider_disabled",
+            "Unsupported phone provider",
+        ));
+    }
     if deliver {
         if let Some(at) = kind.sent_at(u) {
             let wait = cfg.email_max_frequency as i64 - (Utc::now() - at).num_seconds();
