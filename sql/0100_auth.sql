@@ -90,7 +90,7 @@ grant all on auth.flow_state, auth.one_time_tokens, auth.oxibase_rate_limits, au
   to dashboard_user, postgres;
 
 -- A user as GoTrue's JSON renders it (keys with null values left out, like its omitempty).
-create or replace function auth.oxibase_user_json(u auth.users) returns jsonb
+create or replace function auth.oxibase_user_json_base(u auth.users) returns jsonb
 language sql stable as $$
   select coalesce(jsonb_object_agg(k, v), '{}'::jsonb) from jsonb_each(jsonb_build_object(
     'id', u.id,
@@ -132,6 +132,6 @@ language sql stable as $$
   )) as e(k, v)
   where v <> 'null'::jsonb
 $$;
-alter function auth.oxibase_user_json(auth.users) owner to supabase_auth_admin;
-revoke execute on function auth.oxibase_user_json(auth.users) from public;
-grant execute on function auth.oxibase_user_json(auth.users) to supabase_auth_admin, service_role;
+alter function auth.oxibase_user_json_base(auth.users) owner to supabase_auth_admin;
+revoke execute on function auth.oxibase_user_json_base(auth.users) from public;
+grant execute on function auth.oxibase_user_json_base(auth.users) to supabase_auth_admin, service_role;

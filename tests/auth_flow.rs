@@ -1025,3 +1025,165 @@ async fn rate_limits_answer_429() {
     assert_eq!(v["code"], "over_email_send_rate_limit");
     t.server.shutdown().await;
 }
+
+fn totp_now(secret: &str) -> String {
+    use hmac::{Hmac, Mac};
+    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut key, mut buf, mut bits) = (vec![], 0u32, 0u32);
+    for c in secret.bytes() {
+        buf = (buf << 5) | B32.iter().position(|&x| x == c).unwrap() as u32;
+        bits += 5;
+        if bits >= 8 {
+            key.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    let step = (chrono::Utc::now().timestamp() / 30) as u64;
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(&key).unwrap();
+    m.update(&step.to_be_bytes());
+    let h = m.finalize().into_bytes();
+    let o = (h[19] & 15) as usize;
+    let n = u32::from_be_bytes([h[o] & 0x7f, h[o + 1], h[o + 2], h[o + 3]]) % 1_000_000;
+    format!("{n:06}")
+}
+
+#[tokio::test]
+async fn totp_mfa_raises_the_session_to_aal2() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (_, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "mfa@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let (s, v) = a
+        .post("factors", ANON_KEY, json!({"factor_type": "totp"}))
+        .await;
+    assert_eq!(s, 403, "the anon key is not a user: {v}");
+    let (s, v) = a
+        .post(
+            "factors",
+            &access,
+            json!({"factor_type": "totp", "friendly_name": "phone app"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let fid = v["id"].as_str().unwrap().to_string();
+    let secret = v["totp"]["secret"].as_str().unwrap().to_string();
+    assert!(v["totp"]["qr_code"].as_str().unwrap().contains("<svg"));
+    assert!(v["totp"]["uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/"));
+    let (s, v) = a
+        .post(
+            "factors",
+            &access,
+            json!({"factor_type": "totp", "friendly_name": "phone app"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("mfa_factor_name_conflict"))
+    );
+    let (s, v) = a
+        .post(&format!("factors/{fid}/challenge"), &access, json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let cid = v["id"].as_str().unwrap().to_string();
+    let code = totp_now(&secret);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (s, v) = a
+        .post(
+            &format!("factors/{fid}/verify"),
+            &access,
+            json!({"challenge_id": cid, "code": wrong}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (422, Some("Invalid TOTP code entered"))
+    );
+    let (s, v) = a
+        .post(
+            &format!("factors/{fid}/verify"),
+            &access,
+            json!({"challenge_id": cid, "code": code}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(c["aal"], "aal2");
+    assert!(c["amr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["method"] == "totp"));
+    assert_eq!(v["user"]["factors"][0]["status"], "verified");
+    let aal2 = v["access_token"].as_str().unwrap().to_string();
+    // Refresh keeps aal2.
+    let (_, r) = a
+        .post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({"refresh_token": v["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(claims(r["access_token"].as_str().unwrap())["aal"], "aal2");
+    // A fresh aal1 sign-in cannot remove the verified factor; the aal2 session can.
+    let (_, p) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "mfa@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let (s, v, _) = a
+        .call(
+            "DELETE",
+            &format!("factors/{fid}"),
+            p["access_token"].as_str().unwrap(),
+            Value::Null,
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("insufficient_aal")));
+    let (s, v) = a
+        .get(&format!("admin/users/{uid}/factors"), SERVICE_KEY)
+        .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)));
+    let (s, v, _) = a
+        .call("DELETE", &format!("factors/{fid}"), &aal2, Value::Null)
+        .await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(fid.as_str())));
+    // WebAuthn factors can be enrolled (unverified) and removed by the admin.
+    let (s, v) = a
+        .post(
+            "factors",
+            &aal2,
+            json!({"factor_type": "webauthn", "friendly_name": "key"}),
+        )
+        .await;
+    assert_eq!((s, v["type"].as_str()), (200, Some("webauthn")));
+    let wid = v["id"].as_str().unwrap().to_string();
+    let (s, v, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{uid}/factors/{wid}"),
+            SERVICE_KEY,
+            Value::Null,
+        )
+        .await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(wid.as_str())));
+    let (s, _) = a
+        .get(
+            "admin/users/83fd9e20-7a80-46e4-bf29-a86e3d6bbf66/factors",
+            SERVICE_KEY,
+        )
+        .await;
+    assert_eq!(s, 404);
+    t.server.shutdown().await;
+}

@@ -8,6 +8,7 @@
 mod admin;
 mod email;
 pub mod error;
+mod mfa;
 mod password;
 mod ratelimit;
 mod session;
@@ -255,10 +256,7 @@ async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
         ("POST", ["sso"]) | ("GET", ["sso", ..]) | ("POST", ["sso", ..]) => Err(
             AuthError::not_found("saml_provider_disabled", "SAML 2.0 is disabled"),
         ),
-        (_, ["factors", ..]) => Err(AuthError::unprocessable(
-            "mfa_totp_enroll_not_enabled",
-            "MFA is not supported by this server yet",
-        )),
+        (_, ["factors", rest @ ..]) => mfa::route(state, call, rest).await,
         (_, ["callback"]) => Err(AuthError::validation(
             "Unsupported provider: provider is not enabled",
         )),

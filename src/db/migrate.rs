@@ -26,6 +26,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql"),
     migration!(100, "0100_auth.sql"),
+    migration!(101, "0101_auth_mfa.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
