@@ -17,6 +17,8 @@ const CHALLENGE_EXPIRY: i64 = 300;
 const MAX_FACTORS: i64 = 10;
 
 pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+    // Who is asking comes before what is asked about (GoTrue's middleware order).
+    user_token(state, call)?;
     match (call.method.as_str(), rest) {
         ("POST", []) => enroll(state, call).await,
         ("POST", [id, "challenge"]) => challenge(state, call, parse_id(id)?).await,
