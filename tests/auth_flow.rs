@@ -1187,3 +1187,92 @@ async fn totp_mfa_raises_the_session_to_aal2() {
     assert_eq!(s, 404);
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn oauth_client_admin() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (s, v) = a
+        .post(
+            "admin/oauth/clients",
+            SERVICE_KEY,
+            json!({"client_name": "bad", "redirect_uris": []}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(v["message"].as_str().unwrap().contains("redirect_uris"));
+    let (s, v) = a
+        .post(
+            "admin/oauth/clients",
+            ANON_KEY,
+            json!({"client_name": "x", "redirect_uris": ["https://a.test/cb"]}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("not_admin")));
+    let (s, v) = a
+        .post("admin/oauth/clients", SERVICE_KEY, json!({"client_name": "App", "redirect_uris": ["https://a.test/cb", "http://localhost:3000/cb"]}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["client_id"].as_str().unwrap().to_string();
+    let secret = v["client_secret"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["grant_types"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    assert_eq!(
+        v["redirect_uris"],
+        json!(["https://a.test/cb", "http://localhost:3000/cb"])
+    );
+    let (s, v) = a
+        .get(&format!("admin/oauth/clients/{id}"), SERVICE_KEY)
+        .await;
+    assert_eq!(s, 200);
+    assert!(v.get("client_secret").is_none());
+    let (s, v) = a
+        .put(
+            &format!("admin/oauth/clients/{id}"),
+            SERVICE_KEY,
+            json!({"logo_uri": "https://a.test/l.png"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["client_name"].as_str(), v["logo_uri"].as_str()),
+        (200, Some("App"), Some("https://a.test/l.png"))
+    );
+    let (s, v) = a
+        .post(
+            &format!("admin/oauth/clients/{id}/regenerate_secret"),
+            SERVICE_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_ne!(v["client_secret"].as_str().unwrap(), secret);
+    let (s, v, r) = a
+        .call(
+            "GET",
+            "admin/oauth/clients?page=1&per_page=1",
+            SERVICE_KEY,
+            Value::Null,
+        )
+        .await;
+    assert_eq!((s, v["clients"].as_array().map(Vec::len)), (200, Some(1)));
+    assert_eq!(r.header("x-total-count"), Some("1"));
+    let (s, _, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/oauth/clients/{id}"),
+            SERVICE_KEY,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = a
+        .get(&format!("admin/oauth/clients/{id}"), SERVICE_KEY)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("oauth_client_not_found"))
+    );
+    t.server.shutdown().await;
+}

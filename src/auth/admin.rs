@@ -34,6 +34,7 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
         ("PUT", ["users", id]) => update(state, call, parse_id(id)?).await,
         ("DELETE", ["users", id]) => delete(state, call, parse_id(id)?).await,
         ("POST", ["generate_link"]) => generate_link(state, call).await,
+        (_, ["oauth", "clients", rest @ ..]) => super::oauth::route(state, call, rest).await,
         ("GET", ["users", id, "factors"]) => super::mfa::admin_list(state, parse_id(id)?).await,
         ("DELETE", ["users", id, "factors", fid]) => {
             super::mfa::admin_delete(state, parse_id(id)?, parse_id(fid)?).await

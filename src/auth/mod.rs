@@ -9,6 +9,7 @@ mod admin;
 mod email;
 pub mod error;
 mod mfa;
+mod oauth;
 mod password;
 mod ratelimit;
 mod session;

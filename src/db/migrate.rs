@@ -27,6 +27,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_app_schema.sql"),
     migration!(100, "0100_auth.sql"),
     migration!(101, "0101_auth_mfa.sql"),
+    migration!(102, "0102_auth_oauth_clients.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
