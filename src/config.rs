@@ -125,6 +125,13 @@ pub struct AuthConfig {
     pub email_max_frequency: u64,
     /// Take the client IP for rate limits from `X-Forwarded-For` (only behind a proxy).
     pub trust_forwarded_for: bool,
+    /// Passkey (WebAuthn) sign-in and registration.
+    pub passkeys: bool,
+    /// WebAuthn relying-party id; empty = the host of site_url.
+    pub webauthn_rp_id: String,
+    /// Origins allowed in WebAuthn ceremonies; empty = the origins of site_url and
+    /// additional_redirect_urls.
+    pub webauthn_rp_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -194,6 +201,9 @@ impl Default for AuthConfig {
             otp_expiry: 3600,
             email_max_frequency: 1,
             trust_forwarded_for: false,
+            passkeys: true,
+            webauthn_rp_id: String::new(),
+            webauthn_rp_origins: vec![],
         }
     }
 }

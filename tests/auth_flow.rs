@@ -1276,3 +1276,228 @@ async fn oauth_client_admin() {
     );
     t.server.shutdown().await;
 }
+
+/// A software authenticator (ES256, attestation "none") for the passkey ceremonies.
+struct SoftKey {
+    pair: ring::signature::EcdsaKeyPair,
+    cred_id: Vec<u8>,
+    user_handle: Vec<u8>,
+    count: u32,
+}
+
+impl SoftKey {
+    fn new() -> SoftKey {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        SoftKey {
+            pair,
+            cred_id: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            user_handle: vec![],
+            count: 0,
+        }
+    }
+    fn b64(b: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+    fn client_data(kind: &str, challenge: &str, origin: &str) -> Vec<u8> {
+        json!({"type": kind, "challenge": challenge, "origin": origin})
+            .to_string()
+            .into_bytes()
+    }
+    fn create(&mut self, options: &Value, origin: &str) -> Value {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        self.user_handle = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(options["user"]["id"].as_str().unwrap())
+            .unwrap();
+        let point = self.pair.public_key().as_ref();
+        let bstr = |b: &[u8]| [vec![0x58, b.len() as u8], b.to_vec()].concat();
+        // COSE_Key {1: 2, 3: -7, -1: 1, -2: x, -3: y}
+        let cose = [
+            vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21],
+            bstr(&point[1..33]),
+            vec![0x22],
+            bstr(&point[33..65]),
+        ]
+        .concat();
+        let rp = sha2::Sha256::digest_bytes("localhost");
+        let mut ad = rp.to_vec();
+        ad.push(0x45);
+        ad.extend([0, 0, 0, 0]);
+        ad.extend([0u8; 16]);
+        ad.extend((self.cred_id.len() as u16).to_be_bytes());
+        ad.extend(&self.cred_id);
+        ad.extend(cose);
+        // {"fmt": "none", "attStmt": {}, "authData": ad}
+        let mut att = vec![0xa3, 0x63, b'f', b'm', b't', 0x64, b'n', b'o', b'n', b'e'];
+        att.extend([0x67, b'a', b't', b't', b'S', b't', b'm', b't', 0xa0]);
+        att.extend([0x68, b'a', b'u', b't', b'h', b'D', b'a', b't', b'a', 0x59]);
+        att.extend((ad.len() as u16).to_be_bytes());
+        att.extend(ad);
+        let cd = Self::client_data(
+            "webauthn.create",
+            options["challenge"].as_str().unwrap(),
+            origin,
+        );
+        json!({"id": Self::b64(&self.cred_id), "rawId": Self::b64(&self.cred_id), "type": "public-key",
+               "response": {"attestationObject": Self::b64(&att), "clientDataJSON": Self::b64(&cd)}})
+    }
+    fn get(&mut self, options: &Value, origin: &str) -> Value {
+        self.count += 1;
+        let mut ad = sha2::Sha256::digest_bytes("localhost").to_vec();
+        ad.push(0x05);
+        ad.extend(self.count.to_be_bytes());
+        let cd = Self::client_data(
+            "webauthn.get",
+            options["challenge"].as_str().unwrap(),
+            origin,
+        );
+        let mut msg = ad.clone();
+        msg.extend(sha2::Sha256::digest_bytes(&cd));
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), &msg)
+            .unwrap();
+        json!({"id": Self::b64(&self.cred_id), "rawId": Self::b64(&self.cred_id), "type": "public-key",
+               "response": {"authenticatorData": Self::b64(&ad), "clientDataJSON": Self::b64(&cd),
+                            "signature": Self::b64(sig.as_ref()), "userHandle": Self::b64(&self.user_handle)}})
+    }
+}
+
+trait DigestBytes {
+    fn digest_bytes(b: impl AsRef<[u8]>) -> Vec<u8>;
+}
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(b: impl AsRef<[u8]>) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(b.as_ref()).to_vec()
+    }
+}
+
+#[tokio::test]
+async fn passkey_registration_and_sign_in() {
+    let origin = "http://localhost:5173";
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.webauthn_rp_id = "localhost".into();
+        c.auth.webauthn_rp_origins = vec!["http://localhost:5173".into()];
+    })
+    .await;
+    let a = Api { t: &t };
+    let (_, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "pk@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let (s, _) = a
+        .post("passkeys/registration/options", ANON_KEY, json!({}))
+        .await;
+    assert_eq!(s, 403, "registration needs a user session");
+    let (s, o) = a
+        .post("passkeys/registration/options", &access, json!({}))
+        .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["options"]["rp"]["id"], "localhost");
+    let mut key = SoftKey::new();
+    // A foreign origin is refused, and the failure spends nothing but that attempt.
+    let bad = key.create(&o["options"], "https://evil.test");
+    let (s, v) = a
+        .post(
+            "passkeys/registration/verify",
+            &access,
+            json!({"challenge_id": o["challenge_id"], "credential": bad}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("webauthn_verification_failed"))
+    );
+    let (_, o) = a
+        .post("passkeys/registration/options", &access, json!({}))
+        .await;
+    let cred = key.create(&o["options"], origin);
+    let (s, v) = a
+        .post(
+            "passkeys/registration/verify",
+            &access,
+            json!({"challenge_id": o["challenge_id"], "credential": cred}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let pid = v["id"].as_str().unwrap().to_string();
+
+    // Sign in without a password.
+    let (s, o) = a
+        .post("passkeys/authentication/options", ANON_KEY, json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let assertion = key.get(&o["options"], origin);
+    let body = json!({"challenge_id": o["challenge_id"], "credential": assertion});
+    let (s, v) = a
+        .post("passkeys/authentication/verify", ANON_KEY, body.clone())
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user"]["id"], uid.as_str());
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["amr"][0]["method"],
+        "passkey"
+    );
+    let (s, v) = a
+        .post("passkeys/authentication/verify", ANON_KEY, body)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("webauthn_challenge_not_found"))
+    );
+    // A tampered signature fails.
+    let (_, o) = a
+        .post("passkeys/authentication/options", ANON_KEY, json!({}))
+        .await;
+    let mut assertion = key.get(&o["options"], origin);
+    assertion["response"]["signature"] = json!(SoftKey::b64(b"not a signature"));
+    let (s, v) = a
+        .post(
+            "passkeys/authentication/verify",
+            ANON_KEY,
+            json!({"challenge_id": o["challenge_id"], "credential": assertion}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("webauthn_verification_failed"))
+    );
+
+    let (s, v) = a.get("passkeys", &access).await;
+    assert_eq!((s, v[0]["id"].as_str()), (200, Some(pid.as_str())));
+    assert!(v[0]["last_used_at"].is_string());
+    let (s, v, _) = a
+        .call(
+            "PATCH",
+            &format!("passkeys/{pid}"),
+            &access,
+            json!({"friendly_name": "laptop"}),
+        )
+        .await;
+    assert_eq!((s, v["friendly_name"].as_str()), (200, Some("laptop")));
+    let (s, v) = a
+        .get(&format!("admin/users/{uid}/passkeys"), SERVICE_KEY)
+        .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)));
+    let (s, _, _) = a
+        .call("DELETE", &format!("passkeys/{pid}"), &access, Value::Null)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = a
+        .call("DELETE", &format!("passkeys/{pid}"), &access, Value::Null)
+        .await;
+    assert_eq!(s, 404);
+    t.server.shutdown().await;
+}

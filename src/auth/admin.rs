@@ -34,6 +34,16 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
         ("PUT", ["users", id]) => update(state, call, parse_id(id)?).await,
         ("DELETE", ["users", id]) => delete(state, call, parse_id(id)?).await,
         ("POST", ["generate_link"]) => generate_link(state, call).await,
+        ("GET", ["users", id, "passkeys"]) => {
+            let id = parse_id(id)?;
+            get_user_exists(state, id).await?;
+            Ok(ok(super::passkey::list_for(state, id).await?))
+        }
+        ("DELETE", ["users", id, "passkeys", pid]) => {
+            let id = parse_id(id)?;
+            get_user_exists(state, id).await?;
+            super::passkey::delete_for(state, id, pid).await
+        }
         (_, ["oauth", "clients", rest @ ..]) => super::oauth::route(state, call, rest).await,
         ("GET", ["users", id, "factors"]) => super::mfa::admin_list(state, parse_id(id)?).await,
         ("DELETE", ["users", id, "factors", fid]) => {
@@ -114,6 +124,19 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
         h.insert("link", v);
     }
     Ok(resp)
+}
+
+async fn get_user_exists(state: &AppState, id: Uuid) -> AuthResult<()> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        match users::by_id(&*tx, id).await? {
+            Some(_) => Ok(()),
+            None => Err(AuthError::user_not_found()),
+        }
+    }
+    .await;
+    finish(tx, r).await
 }
 
 async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {

@@ -10,6 +10,7 @@ mod email;
 pub mod error;
 mod mfa;
 mod oauth;
+mod passkey;
 mod password;
 mod ratelimit;
 mod session;
@@ -76,6 +77,8 @@ async fn sweep(state: &AppState) {
             "begin; set local role supabase_auth_admin;
              delete from auth.oxibase_rate_limits where window_start < now() - interval '2 hours';
              delete from auth.flow_state where created_at < now() - interval '1 day';
+             delete from auth.webauthn_challenges where expires_at < now() - interval '1 hour';
+             delete from auth.mfa_challenges where created_at < now() - interval '1 day';
              delete from auth.oxibase_outbox where created_at < now() - interval '7 days';
              commit;",
         )
@@ -258,6 +261,7 @@ async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
             AuthError::not_found("saml_provider_disabled", "SAML 2.0 is disabled"),
         ),
         (_, ["factors", rest @ ..]) => mfa::route(state, call, rest).await,
+        (_, ["passkeys", rest @ ..]) => passkey::route(state, call, rest).await,
         (_, ["callback"]) => Err(AuthError::validation(
             "Unsupported provider: provider is not enabled",
         )),
@@ -319,7 +323,7 @@ fn settings(cfg: &Config) -> Value {
         "phone_autoconfirm": a.autoconfirm,
         "sms_provider": "",
         "saml_enabled": false,
-        "passkey_enabled": false,
+        "passkey_enabled": a.passkeys,
     })
 }
 

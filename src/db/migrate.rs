@@ -28,6 +28,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(100, "0100_auth.sql"),
     migration!(101, "0101_auth_mfa.sql"),
     migration!(102, "0102_auth_oauth_clients.sql"),
+    migration!(103, "0103_auth_passkeys.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
