@@ -359,6 +359,7 @@ async fn anonymous_users_and_bad_input() {
     let c = claims(v["access_token"].as_str().unwrap());
     assert_eq!(c["is_anonymous"], true);
     assert_eq!(c["amr"][0]["method"], "anonymous");
+    assert_eq!(v["user"]["app_metadata"]["provider"], "anonymous");
     let access = v["access_token"].as_str().unwrap().to_string();
     // An anonymous user cannot set a password without an email...
     let (s, _) = a
@@ -372,6 +373,8 @@ async fn anonymous_users_and_bad_input() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["email"], "anon@example.com");
     assert_eq!(v["is_anonymous"], false);
+    assert_eq!(v["app_metadata"]["provider"], "email");
+    assert_eq!(v["app_metadata"]["providers"], json!(["email"]));
 
     for (body, code) in [
         (

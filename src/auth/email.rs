@@ -479,10 +479,11 @@ pub async fn ensure_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResu
     .await?;
     c.execute(
         "update auth.users set raw_app_meta_data = coalesce(raw_app_meta_data, '{}'::jsonb)
-           || jsonb_build_object('provider', coalesce(raw_app_meta_data->>'provider', 'email'),
+           || jsonb_build_object('provider', case when coalesce(raw_app_meta_data->>'provider', 'anonymous') = 'anonymous'
+                                                  then 'email' else raw_app_meta_data->>'provider' end,
               'providers', (select coalesce(jsonb_agg(distinct p), '[]'::jsonb) from (
                  select jsonb_array_elements_text(coalesce(raw_app_meta_data->'providers', '[]'::jsonb)) p
-                 union select 'email') s))
+                 union select 'email') s where p <> 'anonymous'))
          where id = $1",
         &[&id],
     )

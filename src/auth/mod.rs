@@ -187,6 +187,7 @@ async fn parse(state: &AppState, req: Req, path: String) -> AuthResult<Call> {
                 "Could not parse request body as JSON: expected an object",
             ));
         }
+        check_field_types(&v)?;
         v
     };
     Ok(Call {
@@ -197,6 +198,63 @@ async fn parse(state: &AppState, req: Req, path: String) -> AuthResult<Call> {
         body,
         ip,
     })
+}
+
+/// Fields GoTrue decodes as strings or booleans: another JSON type is a 400, not a
+/// silently ignored value (an `email: 123` must not become an anonymous sign-up).
+fn check_field_types(v: &Value) -> AuthResult<()> {
+    const STRINGS: &[&str] = &[
+        "email",
+        "phone",
+        "password",
+        "token",
+        "token_hash",
+        "type",
+        "refresh_token",
+        "code_challenge",
+        "code_challenge_method",
+        "redirect_to",
+        "auth_code",
+        "code_verifier",
+        "nonce",
+        "channel",
+        "provider",
+        "id_token",
+        "new_email",
+        "friendly_name",
+        "factor_type",
+        "challenge_id",
+        "code",
+        "role",
+        "ban_duration",
+        "id",
+        "password_hash",
+        "issuer",
+        "client_name",
+        "client_uri",
+        "logo_uri",
+        "client_type",
+    ];
+    const BOOLS: &[&str] = &[
+        "create_user",
+        "email_confirm",
+        "phone_confirm",
+        "should_soft_delete",
+    ];
+    let Some(o) = v.as_object() else {
+        return Ok(());
+    };
+    for (k, val) in o {
+        let bad = (STRINGS.contains(&k.as_str()) && !(val.is_string() || val.is_null()))
+            || (BOOLS.contains(&k.as_str()) && !(val.is_boolean() || val.is_null()));
+        if bad {
+            return Err(AuthError::bad_request(
+                "bad_json",
+                format!("Could not parse request body as JSON: field {k} has the wrong type"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The peer address when the server recorded it as a request extension; the first

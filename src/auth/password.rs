@@ -30,12 +30,17 @@ pub async fn verify(password: &str, stored: Option<&str>) -> bool {
 
 /// GoTrue's weak-password checks: minimum length, then required character sets.
 pub fn check_strength(cfg: &AuthConfig, password: &str) -> AuthResult<()> {
+    // bcrypt reads at most 72 bytes; GoTrue refuses longer passwords outright.
+    if password.len() > 72 {
+        return Err(AuthError::validation(
+            "Password cannot be longer than 72 characters",
+        ));
+    }
+    let (mut messages, mut reasons) = (vec![], vec![]);
     let min = cfg.minimum_password_length;
     if password.chars().count() < min {
-        return Err(AuthError::weak_password(
-            format!("Password should be at least {min} characters."),
-            vec!["length"],
-        ));
+        messages.push(format!("Password should be at least {min} characters."));
+        reasons.push("length");
     }
     const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
     const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -52,15 +57,17 @@ pub fn check_strength(cfg: &AuthConfig, password: &str) -> AuthResult<()> {
         .iter()
         .any(|set| !password.chars().any(|c| set.contains(c)))
     {
-        return Err(AuthError::weak_password(
-            format!(
-                "Password should contain at least one character of each: {}.",
-                sets.join(", ")
-            ),
-            vec!["characters"],
+        messages.push(format!(
+            "Password should contain at least one character of each: {}.",
+            sets.join(", ")
         ));
+        reasons.push("characters");
     }
-    Ok(())
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::weak_password(messages.join(" "), reasons))
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +85,10 @@ mod tests {
         let e = check_strength(&c, "abcdef1").unwrap_err();
         assert_eq!(e.reasons, Some(vec!["characters"]));
         assert!(check_strength(&c, "abcDef1").is_ok());
+        let e = check_strength(&c, "abc").unwrap_err();
+        assert_eq!(e.reasons, Some(vec!["length", "characters"]));
+        let e = check_strength(&c, &"aB1".repeat(30)).unwrap_err();
+        assert_eq!(e.code, "validation_failed");
     }
 
     #[tokio::test]

@@ -161,9 +161,10 @@ pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> 
     } else {
         None
     };
-    let mut app = match provider {
-        Some(p) => json!({"provider": p, "providers": [p]}),
-        None => json!({}),
+    let mut app = match (provider, n.is_anonymous) {
+        (Some(p), _) => json!({"provider": p, "providers": [p]}),
+        (None, true) => json!({"provider": "anonymous", "providers": ["anonymous"]}),
+        (None, false) => json!({}),
     };
     if let (Some(Value::Object(extra)), Some(obj)) = (&n.app_meta, app.as_object_mut()) {
         for (k, v) in extra {
