@@ -132,6 +132,10 @@ pub struct AuthConfig {
     /// Origins allowed in WebAuthn ceremonies; empty = the origins of site_url and
     /// additional_redirect_urls.
     pub webauthn_rp_origins: Vec<String>,
+    /// With no SMS provider, put SMS codes in the local inbox instead of refusing to send.
+    pub sms_to_inbox: bool,
+    /// Fixed SMS codes per phone number (E.164 digits), as the Supabase CLI's test OTPs.
+    pub sms_test_otp: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -204,6 +208,8 @@ impl Default for AuthConfig {
             passkeys: true,
             webauthn_rp_id: String::new(),
             webauthn_rp_origins: vec![],
+            sms_to_inbox: false,
+            sms_test_otp: Default::default(),
         }
     }
 }

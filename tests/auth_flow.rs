@@ -1504,3 +1504,93 @@ async fn passkey_registration_and_sign_in() {
     assert_eq!(s, 404);
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn phone_sign_up_and_otp_without_a_provider() {
+    // Default: no provider, so sending an SMS is refused as GoTrue does.
+    let t0 = TestServer::start_with(fast).await;
+    let (s, v) = Api { t: &t0 }
+        .post("otp", ANON_KEY, json!({"phone": "+1 555 000 2222"}))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("phone_provider_disabled"))
+    );
+    // Phone + password sign-up with autoconfirm needs no SMS.
+    let (s, v) = Api { t: &t0 }
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"phone": "+15550003333", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user"]["phone"], "15550003333");
+    let (s, _) = Api { t: &t0 }
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"phone": "+1 (555) 000-3333", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    t0.server.shutdown().await;
+
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.autoconfirm = false;
+        c.auth.sms_to_inbox = true;
+        c.auth
+            .sms_test_otp
+            .insert("15550001111".into(), "123456".into());
+    })
+    .await;
+    let a = Api { t: &t };
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"phone": "+15550004444", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("access_token").is_none());
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"phone": "15550004444", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("phone_not_confirmed")));
+    let sms = a.inbox("15550004444").await;
+    assert_eq!(sms[0]["type"], "sms");
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"phone": "+15550004444", "token": sms[0]["otp"], "type": "sms"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["user"]["phone_confirmed_at"].is_string());
+    // A test number gets its fixed code and no message.
+    let (s, _) = a
+        .post("otp", ANON_KEY, json!({"phone": "+15550001111"}))
+        .await;
+    assert_eq!(s, 200);
+    assert!(a.inbox("15550001111").await.is_empty());
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"phone": "15550001111", "token": "123456", "type": "sms"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["phone"],
+        "15550001111"
+    );
+    t.server.shutdown().await;
+}

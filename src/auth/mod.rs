@@ -41,6 +41,22 @@ pub struct State {
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
+    let a = &config.auth;
+    if !(4..=31).contains(&a.password_hash_cost) {
+        return Err(format!(
+            "auth.password_hash_cost must be between 4 and 31 (got {})",
+            a.password_hash_cost
+        ));
+    }
+    if !matches!(
+        a.password_requirements.as_str(),
+        "" | "letters_digits" | "lower_upper_letters_digits" | "lower_upper_letters_digits_symbols"
+    ) {
+        return Err(format!(
+            "auth.password_requirements: unknown value '{}'",
+            a.password_requirements
+        ));
+    }
     let smtp = match &config.auth.smtp_url {
         Some(url) => Some(email::Smtp::new(url.expose(), &config.auth.smtp_sender)?),
         None => None,
