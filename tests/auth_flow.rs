@@ -975,6 +975,7 @@ async fn rate_limits_answer_429() {
         fast(c);
         c.auth.rate_limit_per_hour = 3;
         c.auth.email_rate_limit_per_hour = 2;
+        c.auth.trust_forwarded_for = true;
         c.auth.email_max_frequency = 0;
     })
     .await;
@@ -1026,6 +1027,23 @@ async fn rate_limits_answer_429() {
         .await;
     assert_eq!((s1, s2, s3), (200, 200, 429), "{v}");
     assert_eq!(v["code"], "over_email_send_rate_limit");
+    // An unregistered address is limited alike, so 429 does not reveal registration.
+    // (From another client address, so the per-IP limit is not what answers.)
+    let mut codes = vec![];
+    for _ in 0..3 {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/auth/v1/recover", t.url),
+                &[("content-type", "application/json"), ("x-forwarded-for", "192.0.2.7")],
+                json!({"email": "ghost@example.com"}).to_string(),
+            )
+            .await;
+        codes.push((r.status, r.json()["code"].as_str().map(String::from)));
+    }
+    assert_eq!(codes[1].0, 200);
+    assert_eq!(codes[2], (429, Some("over_email_send_rate_limit".into())));
     t.server.shutdown().await;
 }
 

@@ -630,12 +630,15 @@ pub async fn recover(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        // An unknown address gets the same answer: the response never tells.
+        // An unknown address gets the same answer, including the per-address limit: the
+        // response never tells whether the address is registered.
         if let Some(u) = users::by_email(&*tx, &email).await? {
             if let Some(f) = &flow {
                 create_flow_state(&*tx, u.id, f, "recovery").await?;
             }
             send(state, &tx, &u, Kind::Recovery, &email, &redirect, true).await?;
+        } else {
+            ratelimit::check_email(state, &*tx, &email).await?;
         }
         Ok(json!({}))
     }
@@ -676,10 +679,11 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
         match t {
             "signup" => {
                 let e = email.as_deref().unwrap_or_default();
-                if let Some(u) = users::by_email(&*tx, e).await? {
-                    if u.email_confirmed_at.is_none() {
+                match users::by_email(&*tx, e).await? {
+                    Some(u) if u.email_confirmed_at.is_none() => {
                         send(state, &tx, &u, Kind::Signup, e, &redirect, true).await?;
                     }
+                    _ => ratelimit::check_email(state, &*tx, e).await?,
                 }
             }
             "email_change" => {
