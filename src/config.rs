@@ -136,6 +136,9 @@ pub struct AuthConfig {
     pub sms_to_inbox: bool,
     /// Fixed SMS codes per phone number (E.164 digits), as the Supabase CLI's test OTPs.
     pub sms_test_otp: std::collections::BTreeMap<String, String>,
+    /// Custom access token hook: a SQL function (`schema.function` or Supabase's
+    /// `pg-functions://postgres/schema/function`) that may rewrite the claims; "" = none.
+    pub custom_access_token_hook: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -210,6 +213,7 @@ impl Default for AuthConfig {
             webauthn_rp_origins: vec![],
             sms_to_inbox: false,
             sms_test_otp: Default::default(),
+            custom_access_token_hook: String::new(),
         }
     }
 }

@@ -1036,7 +1036,10 @@ async fn rate_limits_answer_429() {
             .send(
                 "POST",
                 &format!("{}/auth/v1/recover", t.url),
-                &[("content-type", "application/json"), ("x-forwarded-for", "192.0.2.7")],
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", "192.0.2.7"),
+                ],
                 json!({"email": "ghost@example.com"}).to_string(),
             )
             .await;
@@ -1609,6 +1612,68 @@ async fn phone_sign_up_and_otp_without_a_provider() {
     assert_eq!(
         claims(v["access_token"].as_str().unwrap())["phone"],
         "15550001111"
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_access_token_hook_rewrites_claims() {
+    let t = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.custom_access_token_hook =
+            "pg-functions://postgres/public/custom_access_token_hook".into();
+    })
+    .await;
+    t.batch(
+        "create function public.custom_access_token_hook(event jsonb) returns jsonb language plpgsql as $$
+         begin
+           if event->'claims'->>'email' = 'blocked@example.com' then
+             return jsonb_build_object('error', jsonb_build_object('http_code', 403, 'message', 'no entry'));
+           end if;
+           return jsonb_build_object('claims', (event->'claims') || jsonb_build_object(
+             'user_role', 'editor', 'hook_method', event->>'authentication_method'));
+         end $$;
+         grant usage on schema public to supabase_auth_admin;
+         grant execute on function public.custom_access_token_hook(jsonb) to supabase_auth_admin;",
+    )
+    .await;
+    let a = Api { t: &t };
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "hook@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(c["user_role"], "editor");
+    assert_eq!(c["hook_method"], "password");
+    // Refreshed tokens go through the hook too.
+    let (_, r) = a
+        .post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({"refresh_token": v["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(
+        claims(r["access_token"].as_str().unwrap())["user_role"],
+        "editor"
+    );
+    let (s, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "blocked@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!((s, v["message"].as_str()), (403, Some("no entry")));
+    assert!(
+        t.sql("select 1 from auth.users where email = 'blocked@example.com'")
+            .await
+            .is_empty(),
+        "a refused token rolls the sign-up back"
     );
     t.server.shutdown().await;
 }

@@ -61,6 +61,14 @@ pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
         Some(url) => Some(email::Smtp::new(url.expose(), &config.auth.smtp_sender)?),
         None => None,
     };
+    if !a.custom_access_token_hook.is_empty()
+        && util::hook_function(&a.custom_access_token_hook).is_none()
+    {
+        return Err(format!(
+            "auth.custom_access_token_hook: expected schema.function or pg-functions://db/schema/function, got '{}'",
+            a.custom_access_token_hook
+        ));
+    }
     Ok(State { smtp })
 }
 

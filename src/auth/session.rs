@@ -101,6 +101,12 @@ pub async fn respond(
         "session_id": session_id.to_string(),
         "is_anonymous": user["is_anonymous"].as_bool().unwrap_or(false),
     });
+    let method = amr
+        .last()
+        .and_then(|m| m["method"].as_str())
+        .unwrap_or("password")
+        .to_string();
+    let claims = run_hook(state, c, user_id, claims, &method).await?;
     let access_token = state.keys.jwt.sign(&claims);
     Ok(json!({
         "access_token": access_token,
@@ -236,4 +242,69 @@ async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<(
     )
     .await?;
     Ok(())
+}
+
+/// Supabase's custom access token hook: a SQL function gets
+/// `{user_id, claims, authentication_method}` and returns `{claims}` (or `{error}`).
+async fn run_hook(
+    state: &AppState,
+    c: &impl GenericClient,
+    user_id: Uuid,
+    claims: Value,
+    method: &str,
+) -> AuthResult<Value> {
+    let spec = &state.config.auth.custom_access_token_hook;
+    let Some((schema, func)) = util::hook_function(spec) else {
+        return Ok(claims);
+    };
+    let event = json!({"user_id": user_id, "claims": claims, "authentication_method": method});
+    let sql = format!(
+        "select {}.{}($1::jsonb)",
+        util::quote_ident(&schema),
+        util::quote_ident(&func)
+    );
+    let out: Value = c
+        .query_one(&sql, &[&event])
+        .await
+        .map_err(|e| {
+            AuthError::internal(
+                "Error invoking access token hook.",
+                crate::db::error_text(&e),
+            )
+        })?
+        .get::<_, Option<Value>>(0)
+        .unwrap_or(Value::Null);
+    if let Some(err) = out.get("error") {
+        let status = err["http_code"]
+            .as_u64()
+            .and_then(|s| http::StatusCode::from_u16(s as u16).ok())
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(http::StatusCode::BAD_REQUEST);
+        let msg = err["message"]
+            .as_str()
+            .unwrap_or("Error running hook URI")
+            .to_string();
+        return Err(AuthError::new(status, "unexpected_failure", msg));
+    }
+    let new = &out["claims"];
+    const REQUIRED: &[&str] = &[
+        "iss",
+        "aud",
+        "exp",
+        "iat",
+        "sub",
+        "role",
+        "aal",
+        "session_id",
+        "email",
+        "phone",
+        "is_anonymous",
+    ];
+    if !new.is_object() || REQUIRED.iter().any(|k| new.get(*k).is_none()) {
+        return Err(AuthError::internal(
+            "output claims do not conform to the expected schema",
+            format!("custom access token hook {spec} returned claims without the required ones"),
+        ));
+    }
+    Ok(new.clone())
 }
