@@ -139,6 +139,9 @@ pub struct AuthConfig {
     /// Custom access token hook: a SQL function (`schema.function` or Supabase's
     /// `pg-functions://postgres/schema/function`) that may rewrite the claims; "" = none.
     pub custom_access_token_hook: String,
+    /// Email changes must be confirmed from both the old and the new address (GoTrue's
+    /// "secure email change"; applies when autoconfirm is off).
+    pub secure_email_change: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -214,6 +217,7 @@ impl Default for AuthConfig {
             sms_to_inbox: false,
             sms_test_otp: Default::default(),
             custom_access_token_hook: String::new(),
+            secure_email_change: true,
         }
     }
 }

@@ -598,19 +598,45 @@ async fn otp_magic_link_recovery_and_pkce_through_the_inbox() {
     );
     let access = v["access_token"].as_str().unwrap().to_string();
 
-    // Email change needs the new address's code.
+    // A (secure) email change needs the codes sent to both addresses.
     let (s, v) = a
         .put("user", &access, json!({"email": "carol2@example.com"}))
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["new_email"], "carol2@example.com");
-    let mail = a.inbox("carol2@example.com").await;
-    let otp = mail[0]["otp"].as_str().unwrap();
+    let new_otp = a.inbox("carol2@example.com").await[0]["otp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_mail = a.inbox("carol@example.com").await;
+    assert_eq!(old_mail[0]["type"], "email_change");
+    let old_otp = old_mail[0]["otp"].as_str().unwrap().to_string();
     let (s, v) = a
         .post(
             "verify",
             ANON_KEY,
-            json!({"email": "carol2@example.com", "token": otp, "type": "email_change"}),
+            json!({"email": "carol2@example.com", "token": new_otp, "type": "email_change"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("Confirmation link accepted"),
+        "{v}"
+    );
+    assert_eq!(
+        t.sql("select email from auth.users where email = 'carol@example.com'")
+            .await
+            .len(),
+        1
+    );
+    let (s, v) = a
+        .post(
+            "verify",
+            ANON_KEY,
+            json!({"email": "carol@example.com", "token": old_otp, "type": "email_change"}),
         )
         .await;
     assert_eq!(s, 200, "{v}");

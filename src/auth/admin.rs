@@ -527,7 +527,12 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     &[&u.id, ne],
                 )
                 .await?;
-                (u, Kind::EmailChange)
+                let kind = if ltype == "email_change_current" {
+                    Kind::EmailChangeCurrent
+                } else {
+                    Kind::EmailChange
+                };
+                (u, kind)
             }
             other => {
                 return Err(AuthError::validation(format!(

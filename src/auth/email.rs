@@ -24,6 +24,8 @@ pub enum Kind {
     MagicLink,
     Recovery,
     EmailChange,
+    /// The code sent to the current address when the change needs both confirmations.
+    EmailChangeCurrent,
     Reauthentication,
     Sms,
     PhoneChange,
@@ -46,6 +48,11 @@ impl Kind {
                 "email_change_sent_at",
                 "email_change_token_new",
             ),
+            Kind::EmailChangeCurrent => (
+                "email_change_token_current",
+                "email_change_sent_at",
+                "email_change_token_current",
+            ),
             Kind::Reauthentication => (
                 "reauthentication_token",
                 "reauthentication_sent_at",
@@ -64,7 +71,7 @@ impl Kind {
             Kind::Invite => "invite",
             Kind::MagicLink => "magiclink",
             Kind::Recovery => "recovery",
-            Kind::EmailChange => "email_change",
+            Kind::EmailChange | Kind::EmailChangeCurrent => "email_change",
             Kind::Reauthentication => "reauthentication",
             Kind::Sms => "sms",
             Kind::PhoneChange => "phone_change",
@@ -76,7 +83,7 @@ impl Kind {
             Kind::Invite => "You have been invited",
             Kind::MagicLink => "Your Magic Link",
             Kind::Recovery => "Reset Your Password",
-            Kind::EmailChange => "Confirm Email Change",
+            Kind::EmailChange | Kind::EmailChangeCurrent => "Confirm Email Change",
             Kind::Reauthentication => "Confirm Reauthentication",
             Kind::Sms | Kind::PhoneChange => "Your code",
         }
@@ -85,7 +92,7 @@ impl Kind {
         match self {
             Kind::Signup | Kind::Invite | Kind::Sms => u.confirmation_sent_at,
             Kind::MagicLink | Kind::Recovery => u.recovery_sent_at,
-            Kind::EmailChange => u.email_change_sent_at,
+            Kind::EmailChange | Kind::EmailChangeCurrent => u.email_change_sent_at,
             Kind::Reauthentication => u.reauthentication_sent_at,
             Kind::PhoneChange => u.phone_change_sent_at,
         }
@@ -316,50 +323,72 @@ fn parse_type(t: &str) -> AuthResult<&'static str> {
     })
 }
 
-/// Find the user a code or hash belongs to and apply the verification; returns the user
-/// id and the session's authentication method.
+/// What a verification achieved.
+enum Verified {
+    /// Sign the user in, authenticated by this method.
+    Session(Uuid, &'static str),
+    /// One of the two confirmations of a secure email change; the other is still due.
+    HalfwayEmailChange,
+}
+
+const SINGLE_CONFIRMATION: &str =
+    "Confirmation link accepted. Please proceed to confirm link sent to the other email";
+
+/// Find the user a code or hash belongs to and apply the verification.
 async fn verify_token(
     tx: &deadpool_postgres::Transaction<'_>,
-    otp_expiry: u64,
+    cfg: &crate::config::AuthConfig,
     vtype: &str,
     token: Option<&str>,
     token_hash: Option<&str>,
     email: Option<&str>,
     phone: Option<&str>,
-) -> AuthResult<(Uuid, &'static str)> {
+) -> AuthResult<Verified> {
+    let otp_expiry = cfg.otp_expiry;
     let columns: &[&str] = match vtype {
         "signup" | "invite" | "sms" => &["confirmation_token"],
         "magiclink" | "recovery" => &["recovery_token"],
         "email" => &["confirmation_token", "recovery_token"],
-        "email_change" => &["email_change_token_new"],
+        "email_change" => &["email_change_token_new", "email_change_token_current"],
         "phone_change" => &["phone_change_token"],
         _ => &[],
     };
     // The hash to look for, and (for codes) the address the user row must have.
-    let (hash, address_col, address) = match (token_hash, token) {
-        (Some(h), _) => (h.to_string(), None, None),
-        (None, Some(t)) => {
-            let addr = email.or(phone).ok_or_else(|| {
-                AuthError::validation(
-                    "Only an email address or phone number should be provided on verify",
-                )
-            })?;
-            let col = match (vtype, email.is_some()) {
-                ("email_change", _) => "email_change",
-                ("phone_change", _) => "phone_change",
-                (_, true) => "email",
-                (_, false) => "phone",
-            };
-            (util::token_hash(addr, t), Some(col), Some(addr.to_string()))
-        }
-        _ => {
-            return Err(AuthError::validation(
-                "Verify requires either a token or a token hash",
-            ))
-        }
-    };
-    let mut found: Option<(User, &str)> = None;
+    // The code (hashed per column below) and, for codes, the address the row must have.
+    let (hash, address_col, address): (Option<&str>, Option<&str>, Option<String>) =
+        match (token_hash, token) {
+            (Some(_), _) => (None, None, None),
+            (None, Some(t)) => {
+                let addr = email.or(phone).ok_or_else(|| {
+                    AuthError::validation(
+                        "Only an email address or phone number should be provided on verify",
+                    )
+                })?;
+                let col = match (vtype, email.is_some()) {
+                    ("phone_change", _) => "phone_change",
+                    (_, true) => "email",
+                    (_, false) => "phone",
+                };
+                (Some(t), Some(col), Some(addr.to_string()))
+            }
+            _ => {
+                return Err(AuthError::validation(
+                    "Verify requires either a token or a token hash",
+                ))
+            }
+        };
+    let mut found: Option<(User, &str, String)> = None;
     for col in columns {
+        // A code for the new address of an email change is matched against that address.
+        let address_col = match (*col, address_col) {
+            ("email_change_token_new", Some(_)) => Some("email_change"),
+            (_, ac) => ac,
+        };
+        let hash = match (hash, &address) {
+            (Some(t), Some(a)) => util::token_hash(a, t),
+            (None, _) => token_hash.unwrap_or_default().to_string(),
+            (Some(_), None) => String::new(),
+        };
         let mut q = format!(
             "select {} from auth.users where {col} = $1 and deleted_at is null",
             users::USER_COLS
@@ -373,11 +402,11 @@ async fn verify_token(
             None => tx.query_opt(&q, &[&hash]).await?,
         };
         if let Some(r) = row {
-            found = Some((User::from_row(&r), col));
+            found = Some((User::from_row(&r), col, hash));
             break;
         }
     }
-    let Some((u, col)) = found else {
+    let Some((u, col, hash)) = found else {
         return Err(AuthError::otp_expired());
     };
     if u.is_banned() {
@@ -386,7 +415,7 @@ async fn verify_token(
     let sent_at = match col {
         "confirmation_token" => u.confirmation_sent_at,
         "recovery_token" => u.recovery_sent_at,
-        "email_change_token_new" => u.email_change_sent_at,
+        "email_change_token_new" | "email_change_token_current" => u.email_change_sent_at,
         "phone_change_token" => u.phone_change_sent_at,
         _ => None,
     };
@@ -432,7 +461,25 @@ async fn verify_token(
                 _ => "otp",
             }
         }
-        "email_change_token_new" => {
+        "email_change_token_new" | "email_change_token_current" => {
+            let secure = !cfg.autoconfirm
+                && cfg.secure_email_change
+                && u.email_change_confirm_status == 0
+                && u.email.is_some();
+            if secure {
+                // First of two confirmations: spend this code, wait for the other.
+                tx.execute(
+                    &format!("update auth.users set {col} = '', email_change_confirm_status = 1, updated_at = now() where id = $1"),
+                    &[&u.id],
+                )
+                .await?;
+                tx.execute(
+                    "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
+                    &[&u.id, &hash],
+                )
+                .await?;
+                return Ok(Verified::HalfwayEmailChange);
+            }
             let taken = tx
                 .query_opt(
                     "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
@@ -446,6 +493,11 @@ async fn verify_token(
                 "update auth.users set email = email_change, email_change = '', email_change_token_new = '',
                    email_change_token_current = '', email_change_confirm_status = 0,
                    email_confirmed_at = now(), is_anonymous = false, updated_at = now() where id = $1",
+                &[&u.id],
+            )
+            .await?;
+            tx.execute(
+                "delete from auth.one_time_tokens where user_id = $1 and token_type like 'email_change_token_%'",
                 &[&u.id],
             )
             .await?;
@@ -469,7 +521,7 @@ async fn verify_token(
     )
     .await?;
     users::sync_email_identity(&**tx, u.id).await?;
-    Ok((u.id, method))
+    Ok(Verified::Session(u.id, method))
 }
 
 /// After an email change (or an anonymous user adding an email), the user has an email
@@ -521,9 +573,9 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        let (uid, method) = verify_token(
+        let outcome = verify_token(
             &tx,
-            state.config.auth.otp_expiry,
+            &state.config.auth,
             vtype,
             token,
             hash,
@@ -531,7 +583,12 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
             phone.as_deref(),
         )
         .await?;
-        session::issue(state, &*tx, uid, method, &call.origin()).await
+        match outcome {
+            Verified::Session(uid, method) => {
+                session::issue(state, &*tx, uid, method, &call.origin()).await
+            }
+            Verified::HalfwayEmailChange => Ok(json!({"msg": SINGLE_CONFIRMATION, "code": "200"})),
+        }
     }
     .await;
     Ok(ok(finish(tx, r).await?))
@@ -554,7 +611,16 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
         let tx = begin(&mut c).await?;
         let r = async {
             let (uid, method) =
-                verify_token(&tx, cfg.otp_expiry, vtype, None, Some(token), None, None).await?;
+                match verify_token(&tx, cfg, vtype, None, Some(token), None, None).await? {
+                    Verified::Session(uid, method) => (uid, method),
+                    Verified::HalfwayEmailChange => {
+                        let enc = percent_encoding::utf8_percent_encode(
+                            SINGLE_CONFIRMATION,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        );
+                        return Ok(format!("{redirect}#message={enc}&sb="));
+                    }
+                };
             let flow = tx
                 .query_opt(
                     "select id, auth_code from auth.flow_state where user_id = $1

@@ -123,7 +123,16 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 if let Some(f) = &flow {
                     email::create_flow_state(&*tx, u.id, f, "email_change").await?;
                 }
+                tx.execute(
+                    "update auth.users set email_change_token_current = '', email_change_confirm_status = 0 where id = $1",
+                    &[&u.id],
+                )
+                .await?;
                 email::send(state, &tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
+                if let Some(current) = u2.email.as_deref().filter(|_| cfg.secure_email_change) {
+                    email::send(state, &tx, &u2, Kind::EmailChangeCurrent, current, &redirect, true)
+                        .await?;
+                }
             }
         }
         if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
