@@ -3,7 +3,7 @@
 // API, asymmetric signing (JWKS) and rate limits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createHmac, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -294,4 +294,34 @@ test('private server: RS256 signing key with JWKS, refresh reuse interval, rate 
 
 function jwtPayload(token) {
   return JSON.parse(Buffer.from(token.split('.')[1], 'base64url'));
+}
+
+test('TOTP MFA through supabase-js: enroll, challenge and verify to aal2', async () => {
+  const sb = anon();
+  const { error } = await sb.auth.signUp({ email: email('mfa'), password: 'hunter22' });
+  assert.equal(error, null);
+  const { data: f, error: enrollError } = await sb.auth.mfa.enroll({ factorType: 'totp' });
+  assert.equal(enrollError, null);
+  assert.match(f.totp.qr_code, /^data:image\/svg\+xml/);
+  const wrong = await sb.auth.mfa.challengeAndVerify({ factorId: f.id, code: '000000' });
+  if (totp(f.totp.secret) !== '000000') assert.match(wrong.error?.message, /Invalid TOTP code/);
+  const ok = await sb.auth.mfa.challengeAndVerify({ factorId: f.id, code: totp(f.totp.secret) });
+  assert.equal(ok.error, null);
+  const { data: aal } = await sb.auth.mfa.getAuthenticatorAssuranceLevel();
+  assert.equal(aal.currentLevel, 'aal2');
+  const { data: factors } = await sb.auth.mfa.listFactors();
+  assert.equal(factors.totp.length, 1);
+});
+
+// RFC 6238 with SHA-1, six digits, 30 s steps.
+function totp(secretBase32) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of secretBase32) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30000)));
+  const h = createHmac('sha1', key).update(counter).digest();
+  const o = h[19] & 15;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
 }

@@ -499,6 +499,9 @@ pub async fn load_token_user(
             "User from sub claim in JWT does not exist",
         ));
     };
+    if u.is_banned() {
+        return Err(AuthError::forbidden("user_banned", "User is banned"));
+    }
     if let Some(sid) = t.session_id {
         let found = tx
             .query_opt(
