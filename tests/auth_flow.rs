@@ -1703,3 +1703,94 @@ async fn custom_access_token_hook_rewrites_claims() {
     );
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn junk_input_never_gets_a_500() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (_, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "junk@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let user = v["access_token"].as_str().unwrap().to_string();
+    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let routes = [
+        ("POST", "signup".to_string()),
+        ("POST", "token?grant_type=password".into()),
+        ("POST", "token?grant_type=refresh_token".into()),
+        ("POST", "token?grant_type=pkce".into()),
+        ("POST", "token?grant_type=id_token".into()),
+        ("GET", "user".into()),
+        ("PUT", "user".into()),
+        ("POST", "logout?scope=local".into()),
+        ("POST", "logout?scope=bogus".into()),
+        ("POST", "otp".into()),
+        ("POST", "verify".into()),
+        ("GET", "verify?token=x&type=signup".into()),
+        ("GET", "verify?type=nope".into()),
+        ("POST", "recover".into()),
+        ("POST", "resend".into()),
+        ("GET", "reauthenticate".into()),
+        ("POST", "invite".into()),
+        ("GET", "admin/users?page=x".into()),
+        ("POST", "admin/users".into()),
+        ("GET", format!("admin/users/{uid}")),
+        ("PUT", format!("admin/users/{uid}")),
+        (
+            "DELETE",
+            "admin/users/83fd9e20-7a80-46e4-bf29-a86e3d6bbf66".into(),
+        ),
+        ("POST", "admin/generate_link".into()),
+        ("GET", format!("admin/users/{uid}/factors")),
+        ("POST", "admin/oauth/clients".into()),
+        (
+            "PUT",
+            "admin/oauth/clients/83fd9e20-7a80-46e4-bf29-a86e3d6bbf66".into(),
+        ),
+        ("POST", "factors".into()),
+        (
+            "POST",
+            "factors/83fd9e20-7a80-46e4-bf29-a86e3d6bbf66/verify".into(),
+        ),
+        ("POST", "passkeys/registration/verify".into()),
+        ("POST", "passkeys/authentication/verify".into()),
+        ("PATCH", "passkeys/nope".into()),
+        ("GET", "inbox?email=x".into()),
+        ("GET", "nope".into()),
+    ];
+    let bodies = [
+        Value::Null,
+        json!({}),
+        json!([1, 2]),
+        json!("text"),
+        json!({"email": {"a": 1}, "password": 5}),
+        json!({"email": "a@b.co", "password": "x".repeat(5000), "data": [1]}),
+        json!({"phone": "++--", "token": "", "type": "sms", "challenge_id": "x", "credential": {"response": 1}}),
+        json!({"refresh_token": "z".repeat(300), "auth_code": "x", "code_verifier": "y", "user_metadata": 3}),
+        json!({"type": "signup", "email": "a@b.co", "redirect_to": "javascript:alert(1)", "redirect_uris": "x"}),
+        json!({"ban_duration": "99999999999999h", "email_confirm": "yes"}),
+        json!({"ban_duration": "99999999999999h"}),
+        json!({"email": "nul@b.co", "password": "hunter22", "data": {"x": "a\u{0}b"}, "friendly_name": "\u{0}"}),
+        json!({"email": "long@b.co", "role": "r".repeat(300), "friendly_name": "f".repeat(5000), "factor_type": "totp"}),
+        json!({"ban_duration": "-5h", "id": "00000000-0000-0000-0000-000000000000", "email": "x@y.co"}),
+        json!({"email": "a@b.co", "password": "hunter22", "id": "not-a-uuid", "password_hash": "$2a$10$short"}),
+    ];
+    for (m, path) in &routes {
+        for key in [ANON_KEY, SERVICE_KEY, user.as_str()] {
+            for b in &bodies {
+                let (s, v, _) = a.call(m, path, key, b.clone()).await;
+                assert!(s < 500, "{m} {path} {b} -> {s} {v}");
+                if s >= 400 {
+                    assert!(
+                        v["code"].is_string() && v["message"].is_string(),
+                        "{m} {path} -> {v}"
+                    );
+                }
+            }
+        }
+    }
+    t.server.shutdown().await;
+}

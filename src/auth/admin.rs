@@ -60,6 +60,16 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
     }
 }
 
+/// auth.users.role is varchar(255), and it becomes the `role` claim.
+fn check_role(role: Option<&str>) -> AuthResult<()> {
+    match role {
+        Some(r) if r.len() > 255 => Err(AuthError::validation(
+            "role is too long (max 255 characters)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_id(s: &str) -> AuthResult<Uuid> {
     s.parse()
         .map_err(|_| AuthError::not_found("validation_failed", "user_id must be an UUID"))
@@ -163,9 +173,17 @@ fn ban_until(call: &Call) -> AuthResult<Option<Option<chrono::DateTime<chrono::U
                     "invalid format for ban duration: time: invalid duration \"{d}\""
                 ))
             })?;
-            Ok(Some(Some(
-                chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64),
-            )))
+            // Go durations stop at about 292 years; so does this (and no overflow).
+            let until = (secs.abs() < 9.2e9)
+                .then(|| chrono::Duration::try_milliseconds((secs * 1000.0) as i64))
+                .flatten()
+                .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                .ok_or_else(|| {
+                    AuthError::validation(format!(
+                        "invalid format for ban duration: time: invalid duration \"{d}\""
+                    ))
+                })?;
+            Ok(Some(Some(until)))
         }
     }
 }
@@ -221,6 +239,7 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let ban = ban_until(call)?;
     let hash = password_hash_from(state, call).await?;
     let role = call.s("role").map(str::to_string);
+    check_role(role.as_deref())?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
@@ -280,6 +299,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         let Some(u) = users::by_id(&*tx, id).await? else {
             return Err(AuthError::user_not_found());
         };
+        check_role(call.s("role"))?;
         if let Some(role) = call.s("role") {
             tx.execute("update auth.users set role = $2 where id = $1", &[&id, &role])
                 .await?;

@@ -199,6 +199,13 @@ async fn parse(state: &AppState, req: Req, path: String) -> AuthResult<Call> {
     } else if parts.method == Method::GET || parts.method == Method::HEAD {
         Value::Null
     } else {
+        // PostgreSQL text and jsonb cannot hold NUL characters.
+        if bytes.windows(6).any(|w| w == b"\\u0000") {
+            return Err(AuthError::bad_request(
+                "bad_json",
+                "Could not parse request body as JSON: NUL characters are not supported",
+            ));
+        }
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             AuthError::bad_request(
                 "bad_json",
