@@ -717,6 +717,31 @@ async fn admin_api() {
         v["message"],
         "Unable to validate email address: invalid format"
     );
+    let (_, v) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "unconf@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let unconf = v["id"].as_str().unwrap().to_string();
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "unconf@example.com", "password": "hunter22"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("email_not_confirmed")));
+    let (s, _, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{unconf}"),
+            SERVICE_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
     for i in 2..=4 {
         let (s, _) = a
             .post(
@@ -1792,5 +1817,48 @@ async fn junk_input_never_gets_a_500() {
             }
         }
     }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_agree() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let (_, v) = a
+        .post(
+            "signup",
+            ANON_KEY,
+            json!({"email": "race@example.com", "password": "hunter22"}),
+        )
+        .await;
+    let r1 = v["refresh_token"].as_str().unwrap().to_string();
+    let calls = (0..6).map(|_| {
+        let (a, r1) = (&a, r1.clone());
+        async move {
+            a.post(
+                "token?grant_type=refresh_token",
+                ANON_KEY,
+                json!({"refresh_token": r1}),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let tokens: std::collections::BTreeSet<String> = results
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, 200, "{v}");
+            v["refresh_token"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one rotation, shared by every concurrent caller: {tokens:?}"
+    );
+    let rows = t
+        .sql("select count(*) from auth.refresh_tokens where revoked = false")
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
     t.server.shutdown().await;
 }

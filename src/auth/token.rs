@@ -62,10 +62,12 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
         if u.is_banned() {
             return Err(AuthError::bad_request("user_banned", "User is banned"));
         }
-        if email.is_some() && u.email_confirmed_at.is_none() && !state.config.auth.autoconfirm {
+        // As GoTrue: an unconfirmed user cannot sign in with a password, autoconfirm or
+        // not (e.g. created by the admin API with email_confirm: false).
+        if email.is_some() && !u.is_confirmed() {
             return Err(AuthError::bad_request("email_not_confirmed", "Email not confirmed"));
         }
-        if phone.is_some() && u.phone_confirmed_at.is_none() && !state.config.auth.autoconfirm {
+        if phone.is_some() && u.phone_confirmed_at.is_none() {
             return Err(AuthError::bad_request("phone_not_confirmed", "Phone not confirmed"));
         }
         tx.execute(
