@@ -12,7 +12,7 @@ use super::{begin, caller, client, finish, ok, password, util, Call};
 use crate::http::{json_response, Resp};
 use crate::state::AppState;
 
-fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
+pub(super) fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
     if crate::http::apikey::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey")
     {
         return Err(AuthError::no_authorization());

@@ -309,54 +309,160 @@ fn client_ip(state: &AppState, parts: &http::request::Parts) -> String {
     "unknown".into()
 }
 
+/// Every /auth/v1 route, parsed from method and path alone (no I/O), so the table can be
+/// tested exhaustively. Sub-APIs (admin, factors, passkeys) route their own tails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Settings,
+    Jwks,
+    Signup,
+    Token,
+    GetUser,
+    UpdateUser,
+    Logout,
+    Reauthenticate,
+    Otp,
+    VerifyPost,
+    VerifyGet,
+    Recover,
+    Resend,
+    Inbox,
+    Invite,
+    Admin(Vec<String>),
+    Factors(Vec<String>),
+    Passkeys(Vec<String>),
+    /// Known GoTrue features this server answers with GoTrue's "disabled" error.
+    Disabled(DisabledFeature),
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisabledFeature {
+    ExternalProvider,
+    ManualLinking,
+    Saml,
+}
+
+/// Who may call an endpoint (checked by the handler; listed here for the route table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// Anyone with (or without) an API key.
+    Public,
+    /// A user's access token.
+    User,
+    /// service_role or supabase_admin.
+    Admin,
+}
+
+impl Endpoint {
+    pub fn parse(method: &str, path: &str) -> Endpoint {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let tail = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match (method, segs.as_slice()) {
+            ("GET", ["health"]) => Endpoint::Health,
+            ("GET", ["settings"]) => Endpoint::Settings,
+            ("GET", [".well-known", "jwks.json"]) => Endpoint::Jwks,
+            ("POST", ["signup"]) => Endpoint::Signup,
+            ("POST", ["token"]) => Endpoint::Token,
+            ("GET", ["user"]) => Endpoint::GetUser,
+            ("PUT", ["user"]) => Endpoint::UpdateUser,
+            ("POST", ["logout"]) => Endpoint::Logout,
+            ("GET", ["reauthenticate"]) => Endpoint::Reauthenticate,
+            ("POST", ["otp"]) | ("POST", ["magiclink"]) => Endpoint::Otp,
+            ("POST", ["verify"]) => Endpoint::VerifyPost,
+            ("GET", ["verify"]) => Endpoint::VerifyGet,
+            ("POST", ["recover"]) => Endpoint::Recover,
+            ("POST", ["resend"]) => Endpoint::Resend,
+            ("GET", ["inbox"]) => Endpoint::Inbox,
+            ("POST", ["invite"]) => Endpoint::Invite,
+            (_, ["admin", rest @ ..]) => Endpoint::Admin(tail(rest)),
+            (_, ["factors", rest @ ..]) => Endpoint::Factors(tail(rest)),
+            (_, ["passkeys", rest @ ..]) => Endpoint::Passkeys(tail(rest)),
+            ("GET", ["authorize"]) | (_, ["callback"]) => {
+                Endpoint::Disabled(DisabledFeature::ExternalProvider)
+            }
+            ("GET", ["user", "identities", "authorize"])
+            | ("DELETE", ["user", "identities", _]) => {
+                Endpoint::Disabled(DisabledFeature::ManualLinking)
+            }
+            ("POST", ["sso"]) | ("GET" | "POST", ["sso", ..]) => {
+                Endpoint::Disabled(DisabledFeature::Saml)
+            }
+            _ => Endpoint::Unknown,
+        }
+    }
+
+    pub fn privilege(&self) -> Privilege {
+        match self {
+            Endpoint::GetUser
+            | Endpoint::UpdateUser
+            | Endpoint::Logout
+            | Endpoint::Reauthenticate
+            | Endpoint::Factors(_) => Privilege::User,
+            Endpoint::Admin(_) | Endpoint::Invite | Endpoint::Inbox => Privilege::Admin,
+            Endpoint::Passkeys(rest) => match rest.first().map(String::as_str) {
+                Some("authentication") => Privilege::Public,
+                _ => Privilege::User,
+            },
+            _ => Privilege::Public,
+        }
+    }
+}
+
+fn rest(r: &[String]) -> Vec<&str> {
+    r.iter().map(String::as_str).collect()
+}
+
 async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let segs: Vec<&str> = call.path.split('/').filter(|s| !s.is_empty()).collect();
-    let m = &call.method;
-    match (m.as_str(), segs.as_slice()) {
-        ("GET", ["health"]) => Ok(ok(json!({
+    let endpoint = Endpoint::parse(call.method.as_str(), &call.path);
+    // The privilege is enforced here once, before any work (handlers check again for what
+    // they need from the token).
+    match endpoint.privilege() {
+        Privilege::Admin => admin::require_admin(state, call)?,
+        Privilege::User => {
+            user_token(state, call)?;
+        }
+        Privilege::Public => {}
+    }
+    match endpoint {
+        Endpoint::Health => Ok(ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "name": "GoTrue",
             "description": "oxibase's GoTrue-compatible auth API"
         }))),
-        ("GET", ["settings"]) => Ok(ok(settings(&state.config))),
-        ("GET", [".well-known", "jwks.json"]) => Ok(ok(state.keys.jwt.public_jwks())),
-        ("POST", ["signup"]) => signup::signup(state, call).await,
-        ("POST", ["token"]) => token::token(state, call).await,
-        ("GET", ["user"]) => user::get(state, call).await,
-        ("PUT", ["user"]) => user::update(state, call).await,
-        ("POST", ["logout"]) => user::logout(state, call).await,
-        ("GET", ["reauthenticate"]) => user::reauthenticate(state, call).await,
-        ("POST", ["otp"]) => email::otp(state, call).await,
-        ("POST", ["magiclink"]) => email::otp(state, call).await,
-        ("POST", ["verify"]) => email::verify_post(state, call).await,
-        ("GET", ["verify"]) => email::verify_get(state, call).await,
-        ("POST", ["recover"]) => email::recover(state, call).await,
-        ("POST", ["resend"]) => email::resend(state, call).await,
-        ("GET", ["inbox"]) => email::inbox(state, call).await,
-        ("POST", ["invite"]) => admin::invite(state, call).await,
-        (_, ["admin", rest @ ..]) => admin::route(state, call, rest).await,
-        ("GET", ["authorize"]) => Err(AuthError::validation(
+        Endpoint::Settings => Ok(ok(settings(&state.config))),
+        Endpoint::Jwks => Ok(ok(state.keys.jwt.public_jwks())),
+        Endpoint::Signup => signup::signup(state, call).await,
+        Endpoint::Token => token::token(state, call).await,
+        Endpoint::GetUser => user::get(state, call).await,
+        Endpoint::UpdateUser => user::update(state, call).await,
+        Endpoint::Logout => user::logout(state, call).await,
+        Endpoint::Reauthenticate => user::reauthenticate(state, call).await,
+        Endpoint::Otp => email::otp(state, call).await,
+        Endpoint::VerifyPost => email::verify_post(state, call).await,
+        Endpoint::VerifyGet => email::verify_get(state, call).await,
+        Endpoint::Recover => email::recover(state, call).await,
+        Endpoint::Resend => email::resend(state, call).await,
+        Endpoint::Inbox => email::inbox(state, call).await,
+        Endpoint::Invite => admin::invite(state, call).await,
+        Endpoint::Admin(r) => admin::route(state, call, &rest(&r)).await,
+        Endpoint::Factors(r) => mfa::route(state, call, &rest(&r)).await,
+        Endpoint::Passkeys(r) => passkey::route(state, call, &rest(&r)).await,
+        Endpoint::Disabled(DisabledFeature::ExternalProvider) => Err(AuthError::validation(
             "Unsupported provider: provider is not enabled",
         )),
-        ("GET", ["user", "identities", "authorize"]) => Err(AuthError::not_found(
+        Endpoint::Disabled(DisabledFeature::ManualLinking) => Err(AuthError::not_found(
             "manual_linking_disabled",
             "Manual linking is disabled",
         )),
-        ("DELETE", ["user", "identities", _]) => Err(AuthError::not_found(
-            "manual_linking_disabled",
-            "Manual linking is disabled",
+        Endpoint::Disabled(DisabledFeature::Saml) => Err(AuthError::not_found(
+            "saml_provider_disabled",
+            "SAML 2.0 is disabled",
         )),
-        ("POST", ["sso"]) | ("GET", ["sso", ..]) | ("POST", ["sso", ..]) => Err(
-            AuthError::not_found("saml_provider_disabled", "SAML 2.0 is disabled"),
-        ),
-        (_, ["factors", rest @ ..]) => mfa::route(state, call, rest).await,
-        (_, ["passkeys", rest @ ..]) => passkey::route(state, call, rest).await,
-        (_, ["callback"]) => Err(AuthError::validation(
-            "Unsupported provider: provider is not enabled",
-        )),
-        _ => Err(AuthError::not_found(
+        Endpoint::Unknown => Err(AuthError::not_found(
             "not_found",
-            format!("{} /auth/v1/{} is not supported", m, call.path),
+            format!("{} /auth/v1/{} is not supported", call.method, call.path),
         )),
     }
 }
@@ -542,5 +648,85 @@ pub fn metadata(call: &Call, key: &str) -> AuthResult<Option<Value>> {
             "bad_json",
             format!("Could not parse request body as JSON: {key} must be an object"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table() {
+        use Endpoint as E;
+        use Privilege as P;
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let table: Vec<(&str, &str, Endpoint, Privilege)> = vec![
+            ("GET", "health", E::Health, P::Public),
+            ("GET", "settings", E::Settings, P::Public),
+            ("GET", ".well-known/jwks.json", E::Jwks, P::Public),
+            ("POST", "signup", E::Signup, P::Public),
+            ("POST", "token", E::Token, P::Public),
+            ("GET", "user", E::GetUser, P::User),
+            ("PUT", "user", E::UpdateUser, P::User),
+            ("POST", "user", E::Unknown, P::Public),
+            ("POST", "logout", E::Logout, P::User),
+            ("GET", "logout", E::Unknown, P::Public),
+            ("GET", "reauthenticate", E::Reauthenticate, P::User),
+            ("POST", "otp", E::Otp, P::Public),
+            ("POST", "magiclink", E::Otp, P::Public),
+            ("POST", "verify", E::VerifyPost, P::Public),
+            ("GET", "verify", E::VerifyGet, P::Public),
+            ("POST", "recover", E::Recover, P::Public),
+            ("POST", "resend", E::Resend, P::Public),
+            ("GET", "inbox", E::Inbox, P::Admin),
+            ("POST", "invite", E::Invite, P::Admin),
+            ("GET", "admin/users", E::Admin(v(&["users"])), P::Admin),
+            (
+                "DELETE",
+                "admin/users/x",
+                E::Admin(v(&["users", "x"])),
+                P::Admin,
+            ),
+            ("POST", "factors", E::Factors(vec![]), P::User),
+            (
+                "POST",
+                "factors/f/verify",
+                E::Factors(v(&["f", "verify"])),
+                P::User,
+            ),
+            (
+                "POST",
+                "passkeys/authentication/options",
+                E::Passkeys(v(&["authentication", "options"])),
+                P::Public,
+            ),
+            (
+                "POST",
+                "passkeys/registration/options",
+                E::Passkeys(v(&["registration", "options"])),
+                P::User,
+            ),
+            ("GET", "passkeys", E::Passkeys(vec![]), P::User),
+            (
+                "GET",
+                "authorize",
+                E::Disabled(DisabledFeature::ExternalProvider),
+                P::Public,
+            ),
+            (
+                "GET",
+                "user/identities/authorize",
+                E::Disabled(DisabledFeature::ManualLinking),
+                P::Public,
+            ),
+            ("POST", "sso", E::Disabled(DisabledFeature::Saml), P::Public),
+            ("GET", "nope", E::Unknown, P::Public),
+            ("GET", "", E::Unknown, P::Public),
+        ];
+        for (m, path, want, privilege) in table {
+            let got = Endpoint::parse(m, path);
+            assert_eq!(got, want, "{m} {path}");
+            assert_eq!(got.privilege(), privilege, "{m} {path}");
+        }
     }
 }
