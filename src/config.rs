@@ -114,6 +114,8 @@ pub struct AuthConfig {
     pub rate_limit_per_hour: u32,
     /// Emails sent per hour per address.
     pub email_rate_limit_per_hour: u32,
+    /// Token refreshes per hour per IP (GoTrue: 150 per 5 minutes).
+    pub refresh_rate_limit_per_hour: u32,
     /// bcrypt cost for new password hashes (GoTrue uses 10).
     pub password_hash_cost: u32,
     /// Characters a password must mix: "" (none), "letters_digits",
@@ -206,6 +208,7 @@ impl Default for AuthConfig {
             smtp_sender: "noreply@oxibase.local".into(),
             rate_limit_per_hour: 1000,
             email_rate_limit_per_hour: 100,
+            refresh_rate_limit_per_hour: 1800,
             password_hash_cost: 10,
             password_requirements: String::new(),
             otp_expiry: 3600,

@@ -1026,6 +1026,7 @@ async fn rate_limits_answer_429() {
         fast(c);
         c.auth.rate_limit_per_hour = 3;
         c.auth.email_rate_limit_per_hour = 2;
+        c.auth.refresh_rate_limit_per_hour = 2;
         c.auth.trust_forwarded_for = true;
         c.auth.email_max_frequency = 0;
     })
@@ -1053,6 +1054,19 @@ async fn rate_limits_answer_429() {
         (429, Some("over_request_rate_limit")),
         "{v}"
     );
+    // Refreshes have their own, separate budget.
+    let mut statuses = vec![];
+    for _ in 0..3 {
+        let (s, _) = a
+            .post(
+                "token?grant_type=refresh_token",
+                ANON_KEY,
+                json!({"refresh_token": "nope-nope-no"}),
+            )
+            .await;
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![400, 400, 429]);
     // Counters live in PostgreSQL.
     let rows = t
         .sql("select hits from auth.oxibase_rate_limits where key like 'ip:signin:%'")

@@ -75,6 +75,7 @@ async fn main() {
         TestServer::start_with(move |c| {
             c.auth.password_hash_cost = cost;
             c.auth.rate_limit_per_hour = u32::MAX;
+            c.auth.refresh_rate_limit_per_hour = u32::MAX;
             c.db_pool_size = 16;
         })
         .await,

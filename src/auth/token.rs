@@ -82,6 +82,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
 }
 
 async fn refresh_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    ratelimit::check_ip(state, call, "refresh").await?;
     let token = call
         .s("refresh_token")
         .ok_or_else(|| AuthError::validation("Refresh token is not valid"))?;
