@@ -38,6 +38,8 @@ pub const MAX_METADATA: usize = 64 * 1024;
 /// This API's share of the application state.
 pub struct State {
     pub smtp: Option<email::Smtp>,
+    /// See [`password::dummy_hash`].
+    pub dummy_hash: String,
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
@@ -69,7 +71,11 @@ pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
             a.custom_access_token_hook
         ));
     }
-    Ok(State { smtp })
+    let cost = a.password_hash_cost;
+    let dummy_hash = tokio::task::spawn_blocking(move || password::dummy_hash(cost))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(State { smtp, dummy_hash })
 }
 
 /// Background work: deliver queued mail (when SMTP is configured) and sweep old rate-limit

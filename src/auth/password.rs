@@ -4,8 +4,11 @@
 use super::error::{AuthError, AuthResult};
 use crate::config::AuthConfig;
 
-/// A dummy hash verified when the user does not exist, so timing does not tell.
-const DUMMY_HASH: &str = "$2a$10$7EqJtq98hPqEX7fNZaFWoOhi5BWX4Z2o0AzFk0fQ8QqCc/GY9eT8a";
+/// A hash of nothing in particular at the configured cost (made once at start), verified
+/// when the user does not exist or has no password, so the answer takes as long.
+pub fn dummy_hash(cost: u32) -> String {
+    bcrypt::hash("oxibase-timing-equalizer", cost).unwrap_or_default()
+}
 
 pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
     let p = password.to_string();
@@ -16,11 +19,11 @@ pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
 }
 
 /// Does `password` match `stored`? A missing or malformed hash never matches.
-pub async fn verify(password: &str, stored: Option<&str>) -> bool {
+pub async fn verify(password: &str, stored: Option<&str>, dummy: &str) -> bool {
     let p = password.to_string();
     let (h, real) = match stored.filter(|s| s.starts_with("$2")) {
         Some(s) => (s.to_string(), true),
-        None => (DUMMY_HASH.to_string(), false),
+        None => (dummy.to_string(), false),
     };
     let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &h).unwrap_or(false))
         .await
@@ -94,8 +97,9 @@ mod tests {
     #[tokio::test]
     async fn bcrypt_roundtrip_and_imported_hashes() {
         let h = hash("secret-pw", 4).await.unwrap();
-        assert!(verify("secret-pw", Some(&h)).await);
-        assert!(!verify("wrong", Some(&h)).await);
-        assert!(!verify("x", None).await);
+        let dummy = dummy_hash(4);
+        assert!(verify("secret-pw", Some(&h), &dummy).await);
+        assert!(!verify("wrong", Some(&h), &dummy).await);
+        assert!(!verify("oxibase-timing-equalizer", None, &dummy).await);
     }
 }

@@ -55,7 +55,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             _ => None,
         };
         let hash = u.as_ref().and_then(|u| u.encrypted_password.clone());
-        let matches = password::verify(pw, hash.as_deref()).await;
+        let matches = password::verify(pw, hash.as_deref(), &state.auth.dummy_hash).await;
         let Some(u) = u.filter(|_| matches) else {
             return Err(AuthError::invalid_credentials());
         };

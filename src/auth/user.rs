@@ -66,7 +66,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     ));
                 }
             }
-            if password::verify(p, u.encrypted_password.as_deref()).await {
+            if password::verify(p, u.encrypted_password.as_deref(), &state.auth.dummy_hash).await {
                 return Err(AuthError::unprocessable(
                     "same_password",
                     "New password should be different from the old password.",
