@@ -340,6 +340,8 @@ pub enum Endpoint {
     Passkeys(Vec<String>),
     /// Known GoTrue features this server answers with GoTrue's "disabled" error.
     Disabled(DisabledFeature),
+    /// Known GoTrue endpoints not built here (501 naming the endpoint).
+    Unsupported,
     Unknown,
 }
 
@@ -382,6 +384,11 @@ impl Endpoint {
             ("POST", ["resend"]) => Endpoint::Resend,
             ("GET", ["inbox"]) => Endpoint::Inbox,
             ("POST", ["invite"]) => Endpoint::Invite,
+            (_, ["admin", "audit" | "sso" | "custom-providers", ..])
+            | (_, ["oauth" | "scim", ..])
+            | (_, [".well-known", "openid-configuration" | "oauth-authorization-server"]) => {
+                Endpoint::Unsupported
+            }
             (_, ["admin", rest @ ..]) => Endpoint::Admin(tail(rest)),
             (_, ["factors", rest @ ..]) => Endpoint::Factors(tail(rest)),
             (_, ["passkeys", rest @ ..]) => Endpoint::Passkeys(tail(rest)),
@@ -407,6 +414,7 @@ impl Endpoint {
             | Endpoint::Reauthenticate
             | Endpoint::Factors(_) => Privilege::User,
             Endpoint::Admin(_) | Endpoint::Invite | Endpoint::Inbox => Privilege::Admin,
+            Endpoint::Unsupported => Privilege::Public,
             Endpoint::Passkeys(rest) => match rest.first().map(String::as_str) {
                 Some("authentication") => Privilege::Public,
                 _ => Privilege::User,
@@ -465,6 +473,14 @@ async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
         Endpoint::Disabled(DisabledFeature::Saml) => Err(AuthError::not_found(
             "saml_provider_disabled",
             "SAML 2.0 is disabled",
+        )),
+        Endpoint::Unsupported => Err(AuthError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!(
+                "{} /auth/v1/{} is not implemented by oxibase",
+                call.method, call.path
+            ),
         )),
         Endpoint::Unknown => Err(AuthError::not_found(
             "not_found",
@@ -727,6 +743,14 @@ mod tests {
             ),
             ("POST", "sso", E::Disabled(DisabledFeature::Saml), P::Public),
             ("GET", "nope", E::Unknown, P::Public),
+            ("GET", "admin/audit", E::Unsupported, P::Public),
+            ("POST", "oauth/token", E::Unsupported, P::Public),
+            (
+                "GET",
+                ".well-known/openid-configuration",
+                E::Unsupported,
+                P::Public,
+            ),
             ("GET", "", E::Unknown, P::Public),
         ];
         for (m, path, want, privilege) in table {
