@@ -1876,3 +1876,110 @@ async fn concurrent_refreshes_of_one_token_agree() {
     assert_eq!(rows[0].get::<_, i64>(0), 1);
     t.server.shutdown().await;
 }
+
+/// A minimal SMTP server that records what it is sent.
+async fn fake_smtp() -> (u16, std::sync::Arc<tokio::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            g.lock().await.push(data.take().unwrap());
+                            w.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let cmd = line.to_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-fake\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+                    } else if cmd.starts_with("AUTH") {
+                        b"235 authenticated\r\n"
+                    } else if cmd.starts_with("DATA") {
+                        data = Some(String::new());
+                        b"354 go on\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        w.write_all(b"221 bye\r\n").await.unwrap();
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test]
+async fn smtp_delivery_clears_the_secret_parts_of_the_outbox() {
+    let (port, got) = fake_smtp().await;
+    let t = TestServer::start_with(move |c| {
+        fast(c);
+        c.auth.smtp_url = Some(oxibase::config::Secret(format!(
+            "smtp://user:pw@127.0.0.1:{port}"
+        )));
+        c.auth.smtp_sender = "Oxibase <noreply@example.com>".into();
+    })
+    .await;
+    let a = Api { t: &t };
+    let (s, _) = a
+        .post("otp", ANON_KEY, json!({"email": "mailme@example.com"}))
+        .await;
+    assert_eq!(s, 200);
+    let mut sent = vec![];
+    for _ in 0..50 {
+        sent = got.lock().await.clone();
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let err = t
+        .sql("select coalesce(error, '') from auth.oxibase_outbox")
+        .await;
+    assert_eq!(
+        sent.len(),
+        1,
+        "one message reached SMTP: {:?}",
+        err.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    );
+    assert!(sent[0].contains("To: mailme@example.com"), "{}", sent[0]);
+    assert!(
+        sent[0].contains("Subject: Confirm Your Signup"),
+        "{}",
+        sent[0]
+    );
+    // Delivered: the outbox keeps the record, not the code.
+    for _ in 0..25 {
+        let rows = t
+            .sql("select sent_at is not null, otp is null from auth.oxibase_outbox")
+            .await;
+        if rows[0].get::<_, bool>(0) {
+            assert!(rows[0].get::<_, bool>(1));
+            t.server.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("outbox row never marked sent");
+}

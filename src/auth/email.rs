@@ -353,7 +353,6 @@ async fn verify_token(
         "phone_change" => &["phone_change_token"],
         _ => &[],
     };
-    // The hash to look for, and (for codes) the address the user row must have.
     // The code (hashed per column below) and, for codes, the address the row must have.
     let (hash, address_col, address): (Option<&str>, Option<&str>, Option<String>) =
         match (token_hash, token) {
