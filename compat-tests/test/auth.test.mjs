@@ -8,7 +8,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createClient } from '@supabase/supabase-js';
-import { URL, ANON_KEY, SERVICE_KEY, anon, service } from '../lib/env.mjs';
+import { URL, ANON_KEY, SERVICE_KEY, anon, service, clientWith } from '../lib/env.mjs';
 import { startServer } from '../lib/server.mjs';
 import { sql } from '../lib/pg.mjs';
 
@@ -325,3 +325,16 @@ function totp(secretBase32) {
   const o = h[19] & 15;
   return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
 }
+
+test('new-style keys: sb_publishable_ signs up, sb_secret_ is an admin', async () => {
+  const pub = clientWith('sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH');
+  const addr = email('newkeys');
+  const up = await pub.auth.signUp({ email: addr, password: 'hunter22' });
+  assert.equal(up.error, null);
+  const pubAdmin = await pub.auth.admin.listUsers();
+  assert.equal(pubAdmin.error?.status, 403);
+  const sec = clientWith('sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz');
+  const got = await sec.auth.admin.getUserById(up.data.user.id);
+  assert.equal(got.error, null);
+  assert.equal(got.data.user.email, addr);
+});
