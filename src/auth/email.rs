@@ -418,7 +418,7 @@ async fn verify_token(
         "phone_change_token" => u.phone_change_sent_at,
         _ => None,
     };
-    let expired = sent_at.map_or(true, |s| (Utc::now() - s).num_seconds() > otp_expiry as i64);
+    let expired = sent_at.is_none_or(|s| (Utc::now() - s).num_seconds() > otp_expiry as i64);
     if expired || hash.is_empty() {
         return Err(AuthError::otp_expired());
     }

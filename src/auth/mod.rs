@@ -90,7 +90,7 @@ pub fn spawn_background(state: &AppState) {
             if s.auth.smtp.is_some() {
                 email::deliver_pending(&s).await;
             }
-            if n % 300 == 0 {
+            if n.is_multiple_of(300) {
                 sweep(&s).await;
             }
             n += 1;
@@ -200,9 +200,8 @@ async fn parse(state: &AppState, req: Req, path: String) -> AuthResult<Call> {
                 AuthError::bad_request("bad_json", format!("Could not read request body: {m}"))
             }
         })?;
-    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else if parts.method == Method::GET || parts.method == Method::HEAD {
+    let ignore_body = parts.method == Method::GET || parts.method == Method::HEAD;
+    let body = if ignore_body || bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         // PostgreSQL text and jsonb cannot hold NUL characters.

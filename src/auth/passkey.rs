@@ -538,7 +538,7 @@ mod cbor {
                 rest = r;
                 v as u64
             }
-            25 | 26 | 27 => {
+            25..=27 => {
                 let n = 1usize << (info - 24);
                 let bytes = rest.get(..n)?;
                 rest = &rest[n..];

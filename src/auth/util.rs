@@ -319,8 +319,10 @@ mod tests {
 
     #[test]
     fn redirects() {
-        let mut c = crate::config::AuthConfig::default();
-        c.additional_redirect_urls = vec!["http://localhost:5173/**".into()];
+        let c = crate::config::AuthConfig {
+            additional_redirect_urls: vec!["http://localhost:5173/**".into()],
+            ..Default::default()
+        };
         assert_eq!(redirect_for(&c, None), c.site_url);
         assert_eq!(
             redirect_for(&c, Some("http://localhost:3000/cb")),
