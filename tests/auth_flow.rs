@@ -954,6 +954,38 @@ async fn admin_api() {
         .await;
     assert_eq!((s, v["code"].as_str()), (404, Some("user_not_found")));
 
+    // The audit log saw it all, newest first, filterable, admin only.
+    let (s, v, r) = a
+        .call("GET", "admin/audit?per_page=1000", SERVICE_KEY, Value::Null)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let actions: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["action"].as_str().unwrap())
+        .collect();
+    for want in ["user_signedup", "login", "user_invited", "user_deleted"] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    assert!(r.header("x-total-count").unwrap().parse::<u32>().unwrap() >= 5);
+    let (_, v) = a.get("admin/audit?query=action:login", SERVICE_KEY).await;
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["payload"]["action"] == "login"));
+    assert_eq!(v[0]["payload"]["log_type"], "account");
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["payload"]["actor_username"] == "new_e1@example.com"));
+    let (s, _) = a.get("admin/audit?query=bogus:x", SERVICE_KEY).await;
+    assert_eq!(s, 400);
+    let (s, _) = a.get("admin/audit", ANON_KEY).await;
+    assert_eq!(s, 403);
+
     // A user imported with a pgcrypto bcrypt hash signs in.
     t.batch("insert into auth.users (id, aud, role, email, encrypted_password, email_confirmed_at, created_at, updated_at, raw_app_meta_data, raw_user_meta_data)
              values ('9a0c3f4e-1111-4a2b-8c3d-000000000001', 'authenticated', 'authenticated', 'imported@example.com',

@@ -34,6 +34,7 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
         ("PUT", ["users", id]) => update(state, call, parse_id(id)?).await,
         ("DELETE", ["users", id]) => delete(state, call, parse_id(id)?).await,
         ("POST", ["generate_link"]) => generate_link(state, call).await,
+        ("GET", ["audit"]) => super::audit::list(state, call).await,
         ("GET", ["users", id, "passkeys"]) => {
             let id = parse_id(id)?;
             get_user_exists(state, id).await?;
@@ -280,6 +281,14 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             )
             .await?;
         }
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            None,
+            "user_signedup",
+            Some(json!({"user_id": id, "user_email": email, "user_phone": phone})),
+        )
+        .await?;
         users::json(&*tx, id).await
     }
     .await;
@@ -429,6 +438,7 @@ async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 .await
                 .map_err(|e| AuthError::internal("Database error deleting user", crate::db::error_text(&e)))?;
         }
+        super::audit::record(&*tx, &call.ip, None, "user_deleted", Some(json!({"user_id": id, "user_email": u.email, "user_phone": u.phone, "soft": soft}))).await?;
         Ok(json!({}))
     }
     .await;
@@ -620,6 +630,7 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         };
         email::send(state, &tx, &u, Kind::Invite, &email, &redirect, true).await?;
+        super::audit::record(&*tx, &call.ip, None, "user_invited", Some(json!({"user_id": u.id, "user_email": email}))).await?;
         users::json(&*tx, u.id).await
     }
     .await;

@@ -6,6 +6,7 @@
 //! `supabase_auth_admin`, never as the caller.
 
 mod admin;
+mod audit;
 mod email;
 pub mod error;
 mod mfa;
@@ -383,7 +384,7 @@ impl Endpoint {
             ("POST", ["resend"]) => Endpoint::Resend,
             ("GET", ["inbox"]) => Endpoint::Inbox,
             ("POST", ["invite"]) => Endpoint::Invite,
-            (_, ["admin", "audit" | "sso" | "custom-providers", ..])
+            (_, ["admin", "sso" | "custom-providers", ..])
             | (_, ["oauth" | "scim", ..])
             | (_, [".well-known", "openid-configuration" | "oauth-authorization-server"]) => {
                 Endpoint::Unsupported
@@ -742,7 +743,8 @@ mod tests {
             ),
             ("POST", "sso", E::Disabled(DisabledFeature::Saml), P::Public),
             ("GET", "nope", E::Unknown, P::Public),
-            ("GET", "admin/audit", E::Unsupported, P::Public),
+            ("GET", "admin/audit", E::Admin(v(&["audit"])), P::Admin),
+            ("GET", "admin/sso/providers", E::Unsupported, P::Public),
             ("POST", "oauth/token", E::Unsupported, P::Public),
             (
                 "GET",

@@ -54,6 +54,14 @@ pub async fn issue(
         &[&user_id],
     )
     .await?;
+    super::audit::record(
+        c,
+        origin.ip.as_deref().unwrap_or(""),
+        Some(user_id),
+        "login",
+        Some(json!({"provider": method})),
+    )
+    .await?;
     respond(state, c, user_id, session_id, token).await
 }
 

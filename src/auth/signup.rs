@@ -102,6 +102,15 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
             },
         )
         .await?;
+        let provider = if email.is_some() { "email" } else { "phone" };
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(id),
+            "user_signedup",
+            Some(json!({"provider": provider})),
+        )
+        .await?;
         if cfg.autoconfirm {
             return session::issue(state, &*tx, id, "password", &call.origin()).await;
         }
@@ -169,6 +178,14 @@ async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Res
                 is_anonymous: true,
                 invited: false,
             },
+        )
+        .await?;
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(id),
+            "user_signedup",
+            Some(json!({"provider": "anonymous"})),
         )
         .await?;
         session::issue(state, &*tx, id, "anonymous", &call.origin()).await

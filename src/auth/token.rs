@@ -88,7 +88,13 @@ async fn refresh_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
         .ok_or_else(|| AuthError::validation("Refresh token is not valid"))?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
-    let r = session::refresh(state, &tx, token).await;
+    let r = async {
+        let v = session::refresh(state, &tx, token).await?;
+        let uid = v["user"]["id"].as_str().and_then(|s| s.parse().ok());
+        super::audit::record(&*tx, &call.ip, uid, "token_refreshed", None).await?;
+        Ok(v)
+    }
+    .await;
     Ok(ok(finish(tx, r).await?))
 }
 

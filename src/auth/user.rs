@@ -79,6 +79,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&u.id, &hash],
             )
             .await?;
+            super::audit::record(&*tx, &call.ip, Some(u.id), "user_updated_password", None).await?;
             // A password change signs out every other session (GoTrue keeps the current one).
             tx.execute(
                 "delete from auth.sessions where user_id = $1 and ($2::uuid is null or id <> $2)",
@@ -161,6 +162,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 email::send(state, &tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
             }
         }
+        super::audit::record(&*tx, &call.ip, Some(u.id), "user_modified", None).await?;
         users::json(&*tx, u.id).await
     }
     .await;
@@ -197,6 +199,14 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     .await?;
             }
         }
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(u.id),
+            "logout",
+            Some(json!({"scope": scope})),
+        )
+        .await?;
         Ok(json!({}))
     }
     .await;

@@ -29,6 +29,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(101, "0101_auth_mfa.sql"),
     migration!(102, "0102_auth_oauth_clients.sql"),
     migration!(103, "0103_auth_passkeys.sql"),
+    migration!(104, "0104_auth_audit.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
