@@ -70,6 +70,8 @@ create table if not exists auth.oxibase_outbox (
   token_hash text,
   action_link text,
   sent_at timestamptz,
+  attempts integer not null default 0,
+  last_attempt_at timestamptz,
   error text
 );
 create index if not exists oxibase_outbox_recipient_idx on auth.oxibase_outbox (lower(recipient), id desc);

@@ -2015,3 +2015,37 @@ async fn smtp_delivery_clears_the_secret_parts_of_the_outbox() {
     }
     panic!("outbox row never marked sent");
 }
+
+#[tokio::test]
+async fn smtp_failures_are_kept_for_retry() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = TestServer::start_with(move |c| {
+        fast(c);
+        c.auth.smtp_url = Some(oxibase::config::Secret(format!("smtp://127.0.0.1:{port}")));
+    })
+    .await;
+    let a = Api { t: &t };
+    let (s, _) = a
+        .post("otp", ANON_KEY, json!({"email": "retry@example.com"}))
+        .await;
+    assert_eq!(s, 200, "the request does not wait for SMTP");
+    for _ in 0..50 {
+        let rows = t
+            .sql("select attempts, error is not null, sent_at is null, otp is not null from auth.oxibase_outbox")
+            .await;
+        if rows[0].get::<_, i32>(0) >= 1 {
+            assert!(
+                rows[0].get::<_, bool>(1) && rows[0].get::<_, bool>(2) && rows[0].get::<_, bool>(3)
+            );
+            t.server.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("no delivery attempt recorded");
+}

@@ -900,8 +900,11 @@ pub async fn deliver_pending(state: &AppState) {
     };
     let rows = match tx
         .query(
+            // Up to five tries, backing off a minute more after each failure.
             "select id, recipient, subject, coalesce(body, '') from auth.oxibase_outbox
-             where sent_at is null and error is null order by id limit 20 for update skip locked",
+             where sent_at is null and attempts < 5
+               and (last_attempt_at is null or last_attempt_at < now() - make_interval(mins => attempts))
+             order by id limit 20 for update skip locked",
             &[],
         )
         .await
@@ -939,15 +942,17 @@ pub async fn deliver_pending(state: &AppState) {
             Ok(()) => {
                 tx.execute(
                     "update auth.oxibase_outbox set sent_at = now(), body = null, otp = null,
-                       token_hash = null, action_link = null where id = $1",
+                       token_hash = null, action_link = null, error = null,
+                       attempts = attempts + 1, last_attempt_at = now() where id = $1",
                     &[&id],
                 )
                 .await
             }
             Err(e) => {
-                tracing::warn!(error = %e, "SMTP delivery failed");
+                tracing::warn!(error = %e, "SMTP delivery failed; will retry");
                 tx.execute(
-                    "update auth.oxibase_outbox set error = $2 where id = $1",
+                    "update auth.oxibase_outbox set error = $2, attempts = attempts + 1,
+                       last_attempt_at = now() where id = $1",
                     &[&id, &e],
                 )
                 .await
