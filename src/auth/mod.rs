@@ -1,9 +1,16 @@
 //! /auth/v1: a GoTrue-compatible API (what supabase-js 2.119 speaks to).
 //!
-//! Every request is parsed into a [`Call`] (method, path, query, JSON body, client IP),
-//! routed by [`route`], and answered with `X-Supabase-Api-Version: 2024-01-01`. The
-//! server's own work on auth tables runs in one transaction per request as
-//! `supabase_auth_admin`, never as the caller.
+//! Every request is parsed into a [`Call`] (method, path, query, JSON body, client IP) and
+//! an [`Endpoint`] (pure, tested), its [`Privilege`] is checked, and it is answered with
+//! `X-Supabase-Api-Version: 2024-01-01`; errors are GoTrue's `{code, message}` (plus the
+//! legacy `msg`/`error_code`). The server's own work on auth tables runs in one
+//! transaction per request as `supabase_auth_admin`, never as the caller.
+//!
+//! Mail: every message is written to `auth.oxibase_outbox` in the request's transaction.
+//! With `auth.smtp_url` a background task hands it to SMTP (retrying) and then clears the
+//! code and link from the row; without it the outbox is the local inbox, like Supabase's
+//! Inbucket: `GET /auth/v1/inbox?email=<address>` with the service_role key returns the
+//! newest messages with their `otp`, `token_hash` and `action_link` (or read the table).
 
 mod admin;
 mod audit;
