@@ -338,3 +338,30 @@ test('new-style keys: sb_publishable_ signs up, sb_secret_ is an admin', async (
   assert.equal(got.error, null);
   assert.equal(got.data.user.email, addr);
 });
+
+test('PKCE magic link: the link redirects with ?code= and exchangeCodeForSession signs in', async () => {
+  const store = new Map();
+  const storage = {
+    getItem: (k) => store.get(k) ?? null,
+    setItem: (k, v) => void store.set(k, v),
+    removeItem: (k) => void store.delete(k),
+  };
+  const sb = createClient(URL, ANON_KEY, {
+    auth: { flowType: 'pkce', storage, persistSession: true, autoRefreshToken: false, detectSessionInUrl: false },
+  });
+  const addr = email('pkce');
+  const sent = await sb.auth.signInWithOtp({ email: addr, options: { emailRedirectTo: 'http://localhost:3000/cb' } });
+  assert.equal(sent.error, null);
+  const [msg] = await inbox(addr);
+  const r = await fetch(msg.action_link, { redirect: 'manual' });
+  assert.equal(r.status, 303);
+  const loc = new globalThis.URL(r.headers.get('location'));
+  assert.equal(loc.origin + loc.pathname, 'http://localhost:3000/cb');
+  const code = loc.searchParams.get('code');
+  assert.ok(code, r.headers.get('location'));
+  const { data, error } = await sb.auth.exchangeCodeForSession(code);
+  assert.equal(error, null);
+  assert.equal(data.user.email, addr);
+  const again = await sb.auth.exchangeCodeForSession(code);
+  assert.ok(again.error, 'a code is single use');
+});
