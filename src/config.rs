@@ -144,6 +144,10 @@ pub struct AuthConfig {
     /// Email changes must be confirmed from both the old and the new address (GoTrue's
     /// "secure email change"; applies when autoconfirm is off).
     pub secure_email_change: bool,
+    /// Sessions end this many seconds after sign-in (0 = never), as GoTrue's timebox.
+    pub session_timebox: u64,
+    /// Sessions end after this many seconds without a refresh (0 = never).
+    pub session_inactivity_timeout: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -221,6 +225,8 @@ impl Default for AuthConfig {
             sms_test_otp: Default::default(),
             custom_access_token_hook: String::new(),
             secure_email_change: true,
+            session_timebox: 0,
+            session_inactivity_timeout: 0,
         }
     }
 }

@@ -2049,3 +2049,48 @@ async fn smtp_failures_are_kept_for_retry() {
     }
     panic!("no delivery attempt recorded");
 }
+
+#[tokio::test]
+async fn sessions_end_by_inactivity_and_timebox() {
+    for (inactivity, timebox, message) in [
+        (1, 0, "Invalid Refresh Token: Session Expired (Inactivity)"),
+        (0, 1, "Invalid Refresh Token: Session Expired"),
+    ] {
+        let t = TestServer::start_with(move |c| {
+            fast(c);
+            c.auth.session_inactivity_timeout = inactivity;
+            c.auth.session_timebox = timebox;
+        })
+        .await;
+        let a = Api { t: &t };
+        let (_, v) = a
+            .post(
+                "signup",
+                ANON_KEY,
+                json!({"email": "s@example.com", "password": "hunter22"}),
+            )
+            .await;
+        // At once: fine.
+        let (s, v) = a
+            .post(
+                "token?grant_type=refresh_token",
+                ANON_KEY,
+                json!({"refresh_token": v["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let (s, v) = a
+            .post(
+                "token?grant_type=refresh_token",
+                ANON_KEY,
+                json!({"refresh_token": v["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str(), v["message"].as_str()),
+            (400, Some("session_expired"), Some(message))
+        );
+        t.server.shutdown().await;
+    }
+}

@@ -163,7 +163,10 @@ pub async fn refresh(
     // Lock the session: concurrent refreshes of one session serialize here.
     let Some(sess) = tx
         .query_opt(
-            "select user_id, not_after from auth.sessions where id = $1 for update",
+            "select user_id, not_after,
+                    extract(epoch from now() - created_at)::bigint,
+                    extract(epoch from now() - coalesce(refreshed_at at time zone 'utc', created_at))::bigint
+             from auth.sessions where id = $1 for update",
             &[&session_id],
         )
         .await?
@@ -172,10 +175,21 @@ pub async fn refresh(
     };
     let user_id: Uuid = sess.get(0);
     let not_after: Option<DateTime<Utc>> = sess.get(1);
-    if not_after.is_some_and(|n| n < Utc::now()) {
+    let (age, idle): (Option<i64>, Option<i64>) = (sess.get(2), sess.get(3));
+    let cfg = &state.config.auth;
+    let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
+    if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
         return Err(AuthError::bad_request(
             "session_expired",
             "Invalid Refresh Token: Session Expired",
+        ));
+    }
+    if cfg.session_inactivity_timeout > 0
+        && idle.unwrap_or(0) > cfg.session_inactivity_timeout as i64
+    {
+        return Err(AuthError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired (Inactivity)",
         ));
     }
     let Some(user) = users::by_id(&**tx, user_id).await? else {
