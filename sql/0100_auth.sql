@@ -66,6 +66,7 @@ create table if not exists auth.oxibase_outbox (
   kind text not null,
   subject text not null,
   body text,
+  html boolean not null default false,
   otp text,
   token_hash text,
   action_link text,

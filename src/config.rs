@@ -148,6 +148,14 @@ pub struct AuthConfig {
     pub session_timebox: u64,
     /// Sessions end after this many seconds without a refresh (0 = never).
     pub session_inactivity_timeout: u64,
+    /// A directory of HTML email templates as Supabase names them (`confirmation.html`,
+    /// `invite.html`, `magic_link.html`, `recovery.html`, `email_change.html`,
+    /// `reauthentication.html`) using `{{ .ConfirmationURL }}`, `{{ .Token }}`,
+    /// `{{ .TokenHash }}`, `{{ .SiteURL }}`, `{{ .RedirectTo }}`, `{{ .Email }}`,
+    /// `{{ .NewEmail }}`; missing files keep the built-in text.
+    pub email_templates_dir: Option<PathBuf>,
+    /// Email subjects by template name (same names, without `.html`).
+    pub email_subjects: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -227,6 +235,8 @@ impl Default for AuthConfig {
             secure_email_change: true,
             session_timebox: 0,
             session_inactivity_timeout: 0,
+            email_templates_dir: None,
+            email_subjects: Default::default(),
         }
     }
 }

@@ -2094,3 +2094,54 @@ async fn sessions_end_by_inactivity_and_timebox() {
         t.server.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn custom_email_templates_and_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("confirmation.html"),
+        "<p>Hi {{ .Email }}</p><a href=\"{{ .ConfirmationURL }}\">Confirm</a> or {{.Token}} at {{ .SiteURL }}",
+    )
+    .unwrap();
+    let p = dir.path().to_path_buf();
+    let t = TestServer::start_with(move |c| {
+        fast(c);
+        c.auth.email_templates_dir = Some(p);
+        c.auth
+            .email_subjects
+            .insert("confirmation".into(), "Welcome aboard".into());
+    })
+    .await;
+    let a = Api { t: &t };
+    let (s, _) = a
+        .post("otp", ANON_KEY, json!({"email": "tpl@example.com"}))
+        .await;
+    assert_eq!(s, 200);
+    let m = &a.inbox("tpl@example.com").await[0];
+    assert_eq!(m["subject"], "Welcome aboard");
+    assert_eq!(m["html"], true);
+    let body = m["body"].as_str().unwrap();
+    let link = m["action_link"].as_str().unwrap();
+    let otp = m["otp"].as_str().unwrap();
+    assert_eq!(
+        body,
+        format!("<p>Hi tpl@example.com</p><a href=\"{link}\">Confirm</a> or {otp} at http://localhost:3000")
+    );
+    // Kinds without a template keep the built-in text.
+    let (s, _) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"email": "plain@example.com", "email_confirm": true}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    a.post("recover", ANON_KEY, json!({"email": "plain@example.com"}))
+        .await;
+    let m = &a.inbox("plain@example.com").await[0];
+    assert_eq!(
+        (m["subject"].as_str(), m["html"].as_bool()),
+        (Some("Reset Your Password"), Some(false))
+    );
+    t.server.shutdown().await;
+}

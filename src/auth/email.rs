@@ -88,6 +88,18 @@ impl Kind {
             Kind::Sms | Kind::PhoneChange => "Your code",
         }
     }
+    /// The template (and subject) name Supabase uses for this kind of mail.
+    pub fn template(self) -> Option<&'static str> {
+        match self {
+            Kind::Signup => Some("confirmation"),
+            Kind::Invite => Some("invite"),
+            Kind::MagicLink => Some("magic_link"),
+            Kind::Recovery => Some("recovery"),
+            Kind::EmailChange | Kind::EmailChangeCurrent => Some("email_change"),
+            Kind::Reauthentication => Some("reauthentication"),
+            Kind::Sms | Kind::PhoneChange => None,
+        }
+    }
     fn sent_at(self, u: &User) -> Option<chrono::DateTime<Utc>> {
         match self {
             Kind::Signup | Kind::Invite | Kind::Sms => u.confirmation_sent_at,
@@ -173,19 +185,48 @@ pub async fn send(
         percent_encoding::utf8_percent_encode(redirect, percent_encoding::NON_ALPHANUMERIC)
     );
     if deliver {
-        let body = match kind {
-            Kind::Reauthentication | Kind::Sms | Kind::PhoneChange => {
+        let name = kind.template();
+        let subject = name
+            .and_then(|n| cfg.email_subjects.get(n))
+            .map(String::as_str)
+            .unwrap_or(kind.subject());
+        let custom = name.and_then(|n| state.auth.templates.get(n));
+        let body = match (custom, kind) {
+            (Some(tpl), _) => {
+                let new_email = if matches!(kind, Kind::EmailChange | Kind::EmailChangeCurrent) {
+                    if kind == Kind::EmailChange {
+                        to.to_string()
+                    } else {
+                        u.email_change.clone()
+                    }
+                } else {
+                    String::new()
+                };
+                render(
+                    tpl,
+                    &[
+                        ("ConfirmationURL", &action_link),
+                        ("Token", &otp),
+                        ("TokenHash", &token_hash),
+                        ("SiteURL", &cfg.site_url),
+                        ("RedirectTo", redirect),
+                        ("Email", u.email.as_deref().unwrap_or(to)),
+                        ("NewEmail", &new_email),
+                    ],
+                )
+            }
+            (None, Kind::Reauthentication | Kind::Sms | Kind::PhoneChange) => {
                 format!("Enter the code: {otp}")
             }
-            _ => format!(
+            (None, _) => format!(
                 "{}\n\nFollow this link: {action_link}\n\nOr enter the code: {otp}\n",
                 kind.subject()
             ),
         };
         tx.execute(
-            "insert into auth.oxibase_outbox (recipient, kind, subject, body, otp, token_hash, action_link)
-             values ($1, $2, $3, $4, $5, $6, $7)",
-            &[&to, &kind.link_type(), &kind.subject(), &body, &otp, &token_hash, &action_link],
+            "insert into auth.oxibase_outbox (recipient, kind, subject, body, html, otp, token_hash, action_link)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&to, &kind.link_type(), &subject, &body, &custom.is_some(), &otp, &token_hash, &action_link],
         )
         .await?;
         if state.auth.smtp.is_none() {
@@ -200,6 +241,45 @@ pub async fn send(
         token_hash,
         action_link,
     })
+}
+
+/// Substitute Supabase's template variables (`{{ .Name }}`, spacing optional).
+fn render(tpl: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = tpl.to_string();
+    for (name, value) in vars {
+        for pat in [format!("{{{{ .{name} }}}}"), format!("{{{{.{name}}}}}")] {
+            out = out.replace(&pat, value);
+        }
+    }
+    out
+}
+
+/// Read `<dir>/<name>.html` for every template name; absent files are skipped.
+pub fn load_templates(
+    dir: Option<&std::path::Path>,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut m = std::collections::HashMap::new();
+    let Some(dir) = dir else {
+        return Ok(m);
+    };
+    for name in [
+        "confirmation",
+        "invite",
+        "magic_link",
+        "recovery",
+        "email_change",
+        "reauthentication",
+    ] {
+        let p = dir.join(format!("{name}.html"));
+        match std::fs::read_to_string(&p) {
+            Ok(t) => {
+                m.insert(name.to_string(), t);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("auth.email_templates_dir: {}: {e}", p.display())),
+        }
+    }
+    Ok(m)
 }
 
 pub async fn create_flow_state(
@@ -808,7 +888,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let tx = begin(&mut c).await?;
     let rows = tx
         .query(
-            "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at
+            "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at, html
              from auth.oxibase_outbox where ($1 = '' or lower(recipient) = $1)
              order by id desc limit 100",
             &[&email],
@@ -819,6 +899,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
         .map(|r| {
             json!({
                 "id": r.get::<_, i64>(0),
+                "html": r.get::<_, bool>(10),
                 "created_at": r.get::<_, chrono::DateTime<Utc>>(1),
                 "to": r.get::<_, String>(2),
                 "type": r.get::<_, String>(3),
@@ -901,7 +982,7 @@ pub async fn deliver_pending(state: &AppState) {
     let rows = match tx
         .query(
             // Up to five tries, backing off a minute more after each failure.
-            "select id, recipient, subject, coalesce(body, '') from auth.oxibase_outbox
+            "select id, recipient, subject, coalesce(body, ''), html from auth.oxibase_outbox
              where sent_at is null and attempts < 5
                and (last_attempt_at is null or last_attempt_at < now() - make_interval(mins => attempts))
              order by id limit 20 for update skip locked",
@@ -922,10 +1003,16 @@ pub async fn deliver_pending(state: &AppState) {
             .parse::<lettre::message::Mailbox>()
             .map_err(|e| e.to_string())
             .and_then(|mb| {
+                let ct = if r.get::<_, bool>(4) {
+                    lettre::message::header::ContentType::TEXT_HTML
+                } else {
+                    lettre::message::header::ContentType::TEXT_PLAIN
+                };
                 lettre::Message::builder()
                     .from(smtp.from.clone())
                     .to(mb)
                     .subject(r.get::<_, String>(2))
+                    .header(ct)
                     .body(r.get::<_, String>(3))
                     .map_err(|e| e.to_string())
             });

@@ -46,6 +46,8 @@ pub const MAX_METADATA: usize = 64 * 1024;
 /// This API's share of the application state.
 pub struct State {
     pub smtp: Option<email::Smtp>,
+    /// Custom email templates by Supabase's names (see `auth.email_templates_dir`).
+    pub templates: std::collections::HashMap<String, String>,
     /// See [`password::dummy_hash`].
     pub dummy_hash: String,
 }
@@ -83,7 +85,12 @@ pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
     let dummy_hash = tokio::task::spawn_blocking(move || password::dummy_hash(cost))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(State { smtp, dummy_hash })
+    let templates = email::load_templates(a.email_templates_dir.as_deref())?;
+    Ok(State {
+        smtp,
+        dummy_hash,
+        templates,
+    })
 }
 
 /// Background work: deliver queued mail (when SMTP is configured) and sweep old rate-limit
