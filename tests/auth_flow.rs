@@ -2145,3 +2145,33 @@ async fn custom_email_templates_and_subjects() {
     );
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_sign_ups_for_one_address() {
+    let t = TestServer::start_with(fast).await;
+    let a = Api { t: &t };
+    let calls = (0..5).map(|_| {
+        let a = &a;
+        async move {
+            a.post(
+                "signup",
+                ANON_KEY,
+                json!({"email": "twin@example.com", "password": "hunter22"}),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for (s, v) in results.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!((*s, v["code"].as_str()), (422, Some("user_already_exists")));
+    }
+    assert_eq!(
+        t.sql("select 1 from auth.users where email = 'twin@example.com'")
+            .await
+            .len(),
+        1
+    );
+    t.server.shutdown().await;
+}

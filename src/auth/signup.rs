@@ -101,7 +101,14 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 invited: false,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e.code {
+            // A concurrent sign-up for the same address won the race.
+            "email_exists" | "phone_exists" => {
+                AuthError::unprocessable("user_already_exists", "User already registered")
+            }
+            _ => e,
+        })?;
         let provider = if email.is_some() { "email" } else { "phone" };
         super::audit::record(
             &*tx,
