@@ -77,6 +77,13 @@ create table if not exists auth.oxibase_outbox (
 );
 create index if not exists oxibase_outbox_recipient_idx on auth.oxibase_outbox (lower(recipient), id desc);
 
+-- Lookups the API makes on every sign-in and verification.
+create index if not exists users_lower_email_idx on auth.users (lower(email));
+create index if not exists users_confirmation_token_idx on auth.users (confirmation_token) where confirmation_token <> '';
+create index if not exists users_recovery_token_idx on auth.users (recovery_token) where recovery_token <> '';
+create index if not exists users_email_change_token_new_idx on auth.users (email_change_token_new) where email_change_token_new <> '';
+create index if not exists users_email_change_token_current_idx on auth.users (email_change_token_current) where email_change_token_current <> '';
+create index if not exists users_phone_change_token_idx on auth.users (phone_change_token) where phone_change_token <> '';
 create index if not exists refresh_tokens_parent_idx on auth.refresh_tokens (parent);
 create index if not exists refresh_tokens_updated_at_idx on auth.refresh_tokens (updated_at desc);
 create index if not exists users_is_anonymous_idx on auth.users (is_anonymous);

@@ -469,7 +469,7 @@ async fn verify_token(
             (Some(_), None) => String::new(),
         };
         let mut q = format!(
-            "select {} from auth.users where {col} = $1 and deleted_at is null",
+            "select {} from auth.users where {col} = $1 and {col} <> '' and deleted_at is null",
             users::USER_COLS
         );
         if let Some(ac) = address_col {
