@@ -44,6 +44,8 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(104, "0104_auth_audit.sql"),
     migration!(200, "0200_storage_resumable.sql"),
     migration!(300, "0300_rest.sql"),
+    migration!(400, "0400_realtime.sql"),
+    migration!(401, "0401_realtime_broadcast_from_db.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,759 @@
+//! One WebSocket connection: the HTTP upgrade, then one `select!` over the socket, the hub's
+//! bounded queue and a one-second tick (token expiry, idle timeout). A Drop guard takes the
+//! socket's channels out of the hub however the task ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use http::{HeaderValue, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::authz::{self, Policies};
+use super::changes;
+use super::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
+use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
+use super::token::{self, TokenError};
+use crate::http::apikey::AuthContext;
+use crate::http::{empty, json_response, query_pairs, Req, Resp};
+use crate::state::AppState;
+
+/// A client that sends nothing (not even heartbeats) for this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const QUEUE: usize = 1024;
+/// Channels one socket may join (Supabase's default `max_channels_per_client`).
+const MAX_CHANNELS: usize = 100;
+
+fn ws_error(status: StatusCode, msg: &str) -> Resp {
+    json_response(status, &json!({"error": msg}))
+}
+
+/// `GET /realtime/v1/websocket`: authenticate the key, answer 101, run the socket.
+pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
+    let h = req.headers();
+    let is_ws = h
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = h.get("sec-websocket-key").cloned().filter(|_| is_ws) else {
+        return ws_error(
+            StatusCode::BAD_REQUEST,
+            "This endpoint only accepts WebSocket upgrade requests",
+        );
+    };
+    let q = query_pairs(req.uri().query());
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(vsn) = Vsn::parse(get("vsn")) else {
+        return ws_error(StatusCode::FORBIDDEN, "Unsupported protocol version (vsn)");
+    };
+    let apikey = h
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(get("apikey"))
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    let Some(apikey) = apikey else {
+        return ws_error(StatusCode::UNAUTHORIZED, "API key is missing");
+    };
+    match token::verify(state, &apikey) {
+        Ok(_) => {}
+        Err(TokenError::Expired(_)) => {
+            return ws_error(StatusCode::UNAUTHORIZED, "Token has expired")
+        }
+        Err(e) => return ws_error(StatusCode::UNAUTHORIZED, &e.message()),
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let state = state.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let cfg = WebSocketConfig {
+                    max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
+                    ..Default::default()
+                };
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(cfg),
+                )
+                .await;
+                run(state, ws, vsn, apikey).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "realtime: upgrade failed"),
+        }
+    });
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = r.headers_mut();
+    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hs.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+struct Channel {
+    id: ChanId,
+    join_ref: Option<String>,
+    key: TopicKey,
+    ack: bool,
+    presence_key: String,
+    presence_enabled: bool,
+    token: String,
+    ctx: AuthContext,
+    exp: Option<i64>,
+    policies: Option<Policies>,
+    broadcast_write: Option<bool>,
+    presence_write: Option<bool>,
+    last_track: Option<Map<String, Value>>,
+}
+
+/// Takes every channel of a socket out of the hub when the socket task ends.
+struct Guard {
+    hub: Arc<Hub>,
+    chans: Vec<(TopicKey, ChanId)>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for (k, id) in self.chans.drain(..) {
+            self.hub.unsubscribe(&k, id);
+        }
+    }
+}
+
+type Sink = futures::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+
+struct Conn {
+    state: AppState,
+    hub: Arc<Hub>,
+    vsn: Vsn,
+    socket_token: String,
+    tx: mpsc::Sender<Out>,
+    sink: Sink,
+    /// Joined channels by full topic (`realtime:<name>`).
+    channels: HashMap<String, Channel>,
+    by_id: HashMap<ChanId, String>,
+    guard: Guard,
+}
+
+async fn run(
+    state: AppState,
+    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    vsn: Vsn,
+    socket_token: String,
+) {
+    let (sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
+    let hub = state.realtime.hub.clone();
+    let mut c = Conn {
+        guard: Guard {
+            hub: hub.clone(),
+            chans: vec![],
+        },
+        state,
+        hub,
+        vsn,
+        socket_token,
+        tx,
+        sink,
+        channels: HashMap::new(),
+        by_id: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            m = stream.next() => {
+                let Some(Ok(m)) = m else { break };
+                last_seen = Instant::now();
+                let ok = match m {
+                    Message::Text(t) => match phoenix::decode_text(c.vsn, &t) {
+                        Ok(msg) => c.handle(msg).await,
+                        Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable frame"); true }
+                    },
+                    Message::Binary(b) => match phoenix::decode_binary(&b) {
+                        Ok(msg) if c.vsn == Vsn::V2 => c.handle(msg).await,
+                        Ok(_) => true,
+                        Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable binary frame"); true }
+                    },
+                    Message::Ping(p) => c.sink.send(Message::Pong(p)).await.is_ok(),
+                    Message::Close(_) => break,
+                    _ => true,
+                };
+                if !ok { break }
+            }
+            Some(out) = rx.recv() => {
+                if !c.deliver(out).await { break }
+            }
+            _ = tick.tick() => {
+                // Idle client, or the server is shutting down (its pool is closed).
+                if last_seen.elapsed() > IDLE_TIMEOUT || c.state.pool.is_closed() { break }
+                if !c.expire_tokens().await { break }
+            }
+        }
+    }
+    let _ = c.sink.close().await;
+}
+
+fn flexible_bool(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+impl Conn {
+    async fn text(&mut self, s: String) -> bool {
+        self.sink.send(Message::Text(s)).await.is_ok()
+    }
+
+    async fn reply(&mut self, m: &Msg, ok: bool, response: Value) -> bool {
+        let s = phoenix::reply(
+            self.vsn,
+            m.join_ref.as_deref(),
+            m.reference.as_deref(),
+            &m.topic,
+            ok,
+            response,
+        );
+        self.text(s).await
+    }
+
+    async fn push(
+        &mut self,
+        topic: &str,
+        join_ref: Option<&str>,
+        event: &str,
+        payload: &Value,
+    ) -> bool {
+        let s = phoenix::encode(self.vsn, join_ref, None, topic, event, payload);
+        self.text(s).await
+    }
+
+    /// System message then phx_close: the channel is shut down (e.g. expired token).
+    async fn shutdown_channel(&mut self, topic: &str, message: &str) -> bool {
+        let Some(ch) = self.remove_channel(topic) else {
+            return true;
+        };
+        let sys =
+            json!({"extension":"system","status":"error","message":message,"channel":ch.key.0});
+        self.push(topic, ch.join_ref.as_deref(), "system", &sys)
+            .await
+            && self
+                .push(topic, ch.join_ref.as_deref(), "phx_close", &json!({}))
+                .await
+    }
+
+    fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
+        let ch = self.channels.remove(topic)?;
+        self.by_id.remove(&ch.id);
+        self.hub.unsubscribe(&ch.key, ch.id);
+        self.guard.chans.retain(|(_, id)| *id != ch.id);
+        Some(ch)
+    }
+
+    async fn expire_tokens(&mut self) -> bool {
+        let now = token::now();
+        let expired: Vec<(String, i64)> = self
+            .channels
+            .iter()
+            .filter_map(|(t, c)| c.exp.filter(|e| *e <= now).map(|e| (t.clone(), e)))
+            .collect();
+        for (t, e) in expired {
+            let msg = format!("Token has expired {} seconds ago", now - e);
+            if !self.shutdown_channel(&t, &msg).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn deliver(&mut self, out: Out) -> bool {
+        let chan = match &out {
+            Out::Broadcast { chan, .. } | Out::Push { chan, .. } => *chan,
+        };
+        let Some(topic) = self.by_id.get(&chan).cloned() else {
+            return true;
+        };
+        let join_ref = self.channels.get(&topic).and_then(|c| c.join_ref.clone());
+        match out {
+            Out::Push { event, payload, .. } => {
+                self.push(&topic, join_ref.as_deref(), event, &payload)
+                    .await
+            }
+            Out::Broadcast { msg, .. } => match (&*msg, self.vsn) {
+                (Broadcast::Json(p), _) => self.push(&topic, None, "broadcast", p).await,
+                (Broadcast::User(ub), Vsn::V2) => {
+                    match phoenix::encode_user_broadcast(&topic, ub) {
+                        Some(b) => self.sink.send(Message::Binary(b.to_vec())).await.is_ok(),
+                        None => true,
+                    }
+                }
+                (Broadcast::User(ub), Vsn::V1) => match phoenix::user_broadcast_as_json(ub) {
+                    Some(p) => self.push(&topic, None, "broadcast", &p).await,
+                    None => true,
+                },
+            },
+        }
+    }
+
+    /// Handle one client message; false ends the connection.
+    async fn handle(&mut self, m: Msg) -> bool {
+        if m.topic == "phoenix" {
+            return if m.event == "heartbeat" {
+                self.reply(&m, true, json!({})).await
+            } else {
+                self.reply(&m, false, json!({"reason": "unmatched topic"}))
+                    .await
+            };
+        }
+        match m.event.as_str() {
+            "phx_join" => return self.join(m).await,
+            "phx_leave" => {
+                self.remove_channel(&m.topic);
+                return self.reply(&m, true, json!({})).await;
+            }
+            _ => {}
+        }
+        if !self.channels.contains_key(&m.topic) {
+            return self
+                .reply(&m, false, json!({"reason": "unmatched topic"}))
+                .await;
+        }
+        match m.event.as_str() {
+            "broadcast" => self.broadcast(m).await,
+            "presence" => self.presence(m).await,
+            "access_token" => self.access_token(m).await,
+            other => {
+                let reason = format!("Unexpected message from client of type `{other}`");
+                self.reply(&m, false, json!({ "reason": reason })).await
+            }
+        }
+    }
+
+    async fn join(&mut self, m: Msg) -> bool {
+        let Some(sub_topic) = m.topic.strip_prefix("realtime:").map(str::to_string) else {
+            return self
+                .reply(&m, false, json!({"reason": "unmatched topic"}))
+                .await;
+        };
+        if sub_topic.is_empty() {
+            return self
+                .reply(
+                    &m,
+                    false,
+                    json!({"reason": "TopicNameRequired: You must provide a topic name"}),
+                )
+                .await;
+        }
+        let payload = match &m.payload {
+            Payload::Json(v) => v.clone(),
+            Payload::UserBroadcast(_) => json!({}),
+        };
+        let config = payload.get("config").cloned().unwrap_or(json!({}));
+        let private = flexible_bool(config.get("private"));
+        let self_broadcast = flexible_bool(config.pointer("/broadcast/self"));
+        let ack = flexible_bool(config.pointer("/broadcast/ack"));
+        let presence_enabled = flexible_bool(config.pointer("/presence/enabled"));
+        let presence_key = config
+            .pointer("/presence/key")
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(&m.topic) {
+            return self
+                .reply(
+                    &m,
+                    false,
+                    json!({"reason": "ChannelRateLimitReached: Too many channels"}),
+                )
+                .await;
+        }
+        // Rejoining a joined topic replaces the old channel.
+        if let Some(old) = self.remove_channel(&m.topic) {
+            if !self
+                .push(&m.topic, old.join_ref.as_deref(), "phx_close", &json!({}))
+                .await
+            {
+                return false;
+            }
+        }
+        let token = match payload
+            .get("access_token")
+            .or_else(|| payload.get("user_token"))
+            .and_then(Value::as_str)
+        {
+            Some(t) if !t.starts_with("sb_") => t.to_string(),
+            _ => self.socket_token.clone(),
+        };
+        let (ctx, exp) = match token::verify(&self.state, &token) {
+            Ok(x) => x,
+            Err(e) => return self.reply(&m, false, json!({"reason": e.reason()})).await,
+        };
+        // Replay of stored broadcasts: private channels only, `since` in Unix milliseconds.
+        let replay = match config.pointer("/broadcast/replay") {
+            None | Some(Value::Null) => None,
+            Some(r) => {
+                if !private {
+                    return self
+                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}))
+                        .await;
+                }
+                match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
+                    (Some(since), None | Some(Value::Null)) => Some((since, 25)),
+                    (Some(since), Some(l)) if l.is_i64() => Some((since, l.as_i64().unwrap_or(25))),
+                    _ => {
+                        return self
+                            .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay params are not valid"}))
+                            .await
+                    }
+                }
+            }
+        };
+        let mut policies = None;
+        if private {
+            match authz::read_policies(&self.state, &ctx, &sub_topic).await {
+                // Presence read counts only when presence is enabled (as in Supabase).
+                Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
+                    policies = Some(p)
+                }
+                Ok(_) => {
+                    let reason = format!(
+                        "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+                    );
+                    return self.reply(&m, false, json!({ "reason": reason })).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: authorization query failed");
+                    return self
+                        .reply(
+                            &m,
+                            false,
+                            json!({"reason": "UnableToSetPolicies: Realtime was unable to connect to the project database"}),
+                        )
+                        .await;
+                }
+            }
+        }
+        let mut replayed = vec![];
+        if let Some((since, limit)) = replay {
+            if !policies.is_some_and(|p| p.broadcast_read) {
+                let reason = format!(
+                    "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+                );
+                return self.reply(&m, false, json!({ "reason": reason })).await;
+            }
+            match authz::replay(&self.state, &sub_topic, since, limit).await {
+                Ok(r) => replayed = r,
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: replay query failed");
+                    return self
+                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Realtime was unable to replay messages"}))
+                        .await;
+                }
+            }
+        }
+        // postgres_changes: echo every entry (same order, same fields) with its id; invalid
+        // ones are reported afterwards with a system message, as Supabase does.
+        let pg_params: Vec<Value> = config
+            .get("postgres_changes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .collect();
+        let mut echo = vec![];
+        let mut bindings = vec![];
+        let mut pg_errors = vec![];
+        for p in &pg_params {
+            let id = changes::binding_id(p);
+            let mut e = p.clone();
+            if let Some(o) = e.as_object_mut() {
+                o.insert("id".into(), json!(id));
+            }
+            echo.push(e);
+            match changes::parse_binding(p, id) {
+                Ok(b) => bindings.push(b),
+                Err(msg) => pg_errors.push(msg),
+            }
+        }
+        if !bindings.is_empty() {
+            if let Err(e) = changes::ensure_started(&self.state).await {
+                tracing::error!(error = %e, "realtime: change capture unavailable");
+                pg_errors.push(format!("Unable to subscribe to changes: {e}"));
+                bindings.clear();
+            } else {
+                let mut ok = vec![];
+                for b in bindings {
+                    match changes::check_published(&self.state, &b).await {
+                        Ok(()) => ok.push(b),
+                        Err(e) => pg_errors.push(e),
+                    }
+                }
+                bindings = ok;
+            }
+        }
+        let id = self.hub.new_chan_id();
+        let key: TopicKey = (sub_topic.clone(), private);
+        let broadcast_read = policies.map(|p| p.broadcast_read).unwrap_or(true);
+        let presence_read = policies.map(|p| p.presence_read).unwrap_or(true);
+        self.hub.subscribe(
+            key.clone(),
+            id,
+            Sub {
+                tx: self.tx.clone(),
+                self_broadcast,
+                broadcast_read,
+                presence_read,
+                pg: bindings,
+                ctx: ctx.clone(),
+            },
+        );
+        self.guard.chans.push((key.clone(), id));
+        self.by_id.insert(id, m.topic.clone());
+        let has_pg = !pg_params.is_empty();
+        self.channels.insert(
+            m.topic.clone(),
+            Channel {
+                id,
+                join_ref: m.join_ref.clone().or_else(|| m.reference.clone()),
+                key: key.clone(),
+                ack,
+                presence_key,
+                presence_enabled,
+                token,
+                ctx,
+                exp,
+                policies,
+                broadcast_write: None,
+                presence_write: None,
+                last_track: None,
+            },
+        );
+        if !self
+            .reply(&m, true, json!({"postgres_changes": echo}))
+            .await
+        {
+            return false;
+        }
+        let join_ref = m.join_ref.clone().or_else(|| m.reference.clone());
+        for (id, event, payload) in replayed {
+            let msg = json!({"type":"broadcast","event":event,"payload":payload,"meta":{"replayed":true,"id":id}});
+            if !self
+                .push(&m.topic, join_ref.as_deref(), "broadcast", &msg)
+                .await
+            {
+                return false;
+            }
+        }
+        if presence_enabled && policies.is_none_or(|p| p.presence_read) {
+            let st = self.hub.presence_state(&key);
+            if !self
+                .push(&m.topic, join_ref.as_deref(), "presence_state", &st)
+                .await
+            {
+                return false;
+            }
+        }
+        if has_pg {
+            let (status, message) = if pg_errors.is_empty() {
+                ("ok", "Subscribed to PostgreSQL".to_string())
+            } else {
+                ("error", pg_errors.join("; "))
+            };
+            let sys = json!({"extension":"postgres_changes","status":status,"message":message,"channel":sub_topic});
+            if !self
+                .push(&m.topic, join_ref.as_deref(), "system", &sys)
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn broadcast(&mut self, m: Msg) -> bool {
+        let Some(ch) = self.channels.get(&m.topic) else {
+            return true;
+        };
+        let (key, id, ack) = (ch.key.clone(), ch.id, ch.ack);
+        if key.1 {
+            let allowed = match ch.broadcast_write {
+                Some(a) => a,
+                None => {
+                    let ctx = ch.ctx.clone();
+                    let a = authz::can_write(&self.state, &ctx, &key.0, "broadcast")
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "realtime: authorization query failed");
+                            false
+                        });
+                    if let Some(ch) = self.channels.get_mut(&m.topic) {
+                        ch.broadcast_write = Some(a);
+                    }
+                    a
+                }
+            };
+            // Supabase answers nothing to an unauthorized broadcast (an acked send times out).
+            if !allowed {
+                return true;
+            }
+        }
+        // Frame metadata (e.g. persist) is not forwarded, as in Supabase.
+        let msg = match m.payload.clone() {
+            Payload::UserBroadcast(ub) => Broadcast::User(UserBroadcast { meta: None, ..ub }),
+            Payload::Json(v) => Broadcast::Json(v),
+        };
+        super::broadcast(&self.state, &key, Some(id), msg);
+        if ack {
+            return self.reply(&m, true, json!({})).await;
+        }
+        true
+    }
+
+    async fn presence(&mut self, m: Msg) -> bool {
+        let Payload::Json(p) = &m.payload else {
+            return self.reply(&m, false, json!({})).await;
+        };
+        let event = p
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let Some(ch) = self.channels.get(&m.topic) else {
+            return true;
+        };
+        let (key, id, pkey) = (ch.key.clone(), ch.id, ch.presence_key.clone());
+        match event.as_str() {
+            "track" => {
+                let data = p.get("payload").cloned().unwrap_or(json!({}));
+                let Value::Object(data) = data else {
+                    return self
+                        .reply(
+                            &m,
+                            false,
+                            json!({"reason": "Presence track payload must be a map"}),
+                        )
+                        .await;
+                };
+                if key.1 {
+                    let allowed = match ch.presence_write {
+                        Some(a) => a,
+                        None => {
+                            let ctx = ch.ctx.clone();
+                            let a = authz::can_write(&self.state, &ctx, &key.0, "presence")
+                                .await
+                                .unwrap_or(false);
+                            if let Some(ch) = self.channels.get_mut(&m.topic) {
+                                ch.presence_write = Some(a);
+                            }
+                            a
+                        }
+                    };
+                    if !allowed {
+                        return self.reply(&m, false, json!({})).await;
+                    }
+                }
+                let Some(ch) = self.channels.get_mut(&m.topic) else {
+                    return true;
+                };
+                ch.presence_enabled = true;
+                if ch.last_track.as_ref() != Some(&data) {
+                    ch.last_track = Some(data.clone());
+                    self.hub.track(&key, id, &pkey, data);
+                }
+                self.reply(&m, true, json!({})).await
+            }
+            "untrack" => {
+                if let Some(ch) = self.channels.get_mut(&m.topic) {
+                    ch.last_track = None;
+                }
+                self.hub.untrack(&key, id);
+                self.reply(&m, true, json!({})).await
+            }
+            _ => self.reply(&m, false, json!({})).await,
+        }
+    }
+
+    async fn access_token(&mut self, m: Msg) -> bool {
+        let new = match &m.payload {
+            Payload::Json(p) => p
+                .get("access_token")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        let Some(ch) = self.channels.get(&m.topic) else {
+            return true;
+        };
+        let new = match new {
+            Some(t) if !t.starts_with("sb_") && t != ch.token => t,
+            _ => return self.reply(&m, true, json!({})).await,
+        };
+        let (ctx, exp) = match token::verify(&self.state, &new) {
+            Ok(x) => x,
+            Err(e) => return self.shutdown_channel(&m.topic.clone(), &e.message()).await,
+        };
+        let (key, id) = (ch.key.clone(), ch.id);
+        let old_policies = ch.policies;
+        let mut policies = None;
+        if key.1 {
+            match authz::read_policies(&self.state, &ctx, &key.0).await {
+                Ok(p) => {
+                    let revoked = old_policies.is_some_and(|o| {
+                        (o.broadcast_read && !p.broadcast_read)
+                            || (o.presence_read && !p.presence_read)
+                    });
+                    if revoked {
+                        let msg = format!(
+                            "You no longer have permission to read from this Channel topic: {}",
+                            key.0
+                        );
+                        return self.shutdown_channel(&m.topic.clone(), &msg).await;
+                    }
+                    policies = Some(p);
+                }
+                Err(_) => {
+                    return self
+                        .shutdown_channel(
+                            &m.topic.clone(),
+                            "Realtime was unable to connect to the project database",
+                        )
+                        .await
+                }
+            }
+        }
+        let Some(ch) = self.channels.get_mut(&m.topic) else {
+            return true;
+        };
+        ch.token = new;
+        ch.ctx = ctx.clone();
+        ch.exp = exp;
+        ch.policies = policies.or(ch.policies);
+        ch.broadcast_write = None;
+        ch.presence_write = None;
+        let broadcast_read = ch.policies.map(|p| p.broadcast_read).unwrap_or(true);
+        let presence_read = ch.policies.map(|p| p.presence_read).unwrap_or(true);
+        self.hub.update_sub(&key, id, |s| {
+            s.ctx = ctx;
+            s.broadcast_read = broadcast_read;
+            s.presence_read = presence_read;
+        });
+        self.reply(&m, true, json!({})).await
+    }
+}
