@@ -103,6 +103,48 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // PUT: single-row upsert by primary key.
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.2&select=id,name,qty", t.url),
+            &h,
+            r#"{"id":2,"name":"bb","qty":5}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!([{"id":2,"name":"bb","qty":5}])),
+        "{}",
+        r.text()
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.3", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("PGRST115"))
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (405, json!("PGRST105"))
+    );
     // Empty array and empty object inserts.
     let r = t
         .http

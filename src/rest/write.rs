@@ -154,6 +154,9 @@ pub(super) async fn write(
             if rows.iter().any(|r| !r.is_object()) {
                 return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
             }
+            if *req.method == Method::PUT {
+                put_checks(&rel.pk, &top_mods, &rows)?;
+            }
             let cols: Vec<String> = match &params.columns {
                 Some(c) => c.clone(),
                 None => {
@@ -510,4 +513,59 @@ pub(super) fn sql_cond(q: &mut Sql, alias: &str, c: &plan::Cond) -> String {
     s.split_once(" WHERE ")
         .map(|(_, w)| w.to_string())
         .unwrap_or_else(|| "TRUE".into())
+}
+
+/// PUT is a single-row upsert addressed by its primary key: the filters must be exactly
+/// `pk=eq.value` for every key column, and the body must carry the same values.
+pub(super) fn put_checks(pk: &[String], mods: &Modifiers, rows: &[Value]) -> Result<(), RestError> {
+    let pk_error = || {
+        RestError::new(
+            405,
+            "PGRST105",
+            "Filters must include all and only primary key columns with 'eq' operators",
+        )
+    };
+    if pk.is_empty() || !mods.logic.is_empty() || mods.filters.len() != pk.len() {
+        return Err(pk_error());
+    }
+    let mut wanted = vec![];
+    for f in &mods.filters {
+        match &f.op {
+            query::Op::Simple {
+                op,
+                quant: None,
+                value,
+            } if op == "eq"
+                && !f.negate
+                && f.field.path.is_empty()
+                && pk.contains(&f.field.name) =>
+            {
+                wanted.push((f.field.name.clone(), value.clone()))
+            }
+            _ => return Err(pk_error()),
+        }
+    }
+    let [row] = rows else {
+        return Err(RestError::new(
+            400,
+            "PGRST116",
+            "Cannot coerce the result to a single JSON object",
+        )
+        .details(format!("The result contains {} rows", rows.len())));
+    };
+    for (k, v) in &wanted {
+        let same = match row.get(k) {
+            Some(Value::String(s)) => s == v,
+            Some(Value::Null) | None => false,
+            Some(other) => &other.to_string() == v,
+        };
+        if !same {
+            return Err(RestError::new(
+                400,
+                "PGRST115",
+                "Payload values do not match URL in primary key column(s)",
+            ));
+        }
+    }
+    Ok(())
 }
