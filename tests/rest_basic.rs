@@ -103,6 +103,34 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // Raw text for scalar functions; tables negotiate past text/plain or answer 406.
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/rpc/it_double?n=4", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "8".to_string()));
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (406, json!("PGRST107"))
+    );
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain, application/json")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()), (200, json!([{"id": 1}])));
     // PUT: single-row upsert by primary key.
     let r = t
         .http

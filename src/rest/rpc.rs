@@ -176,10 +176,31 @@ pub(super) async fn rpc(
         RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
     };
     let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
+    // Only a scalar result has a raw text/octet form; otherwise negotiate without them.
+    let renegotiated;
+    let (req, media) = if matches!(media, Media::Text | Media::Octet) && !scalar_single {
+        let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+        renegotiated = RestReq {
+            accept,
+            ..req.clone()
+        };
+        let m = body_media(&renegotiated.accept);
+        (&renegotiated, m)
+    } else {
+        (req, media)
+    };
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
     if scalar_single {
         let (pre, c) = sql::call_sql(&mut q, &call);
         let body = if matches!(f.ret, RetType::Void) {
             "NULL::text".to_string()
+        } else if matches!(media, Media::Text | Media::Octet) {
+            // text/plain or octet-stream: the scalar's own text, not JSON.
+            "pgrst_scalar.pgrst_scalar::text".to_string()
         } else {
             "to_json(pgrst_scalar.pgrst_scalar)::text".to_string()
         };

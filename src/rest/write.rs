@@ -43,7 +43,18 @@ pub(super) async fn write(
     lift_embed_nulls(&mut params);
     check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
+    // Tables and views have no raw text form: negotiate again without it.
+    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+    let req = &RestReq {
+        accept,
+        ..req.clone()
+    };
     let media = body_media(&req.accept);
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let t = qualified(&rel.schema, &rel.name);
