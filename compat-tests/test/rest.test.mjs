@@ -323,6 +323,11 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   ]);
   const counted = await db.rpc('rx_books_by', { author: 2 }, { count: 'exact', head: true });
   assert.equal(counted.count, 2);
+  // head with an object argument: postgrest-js POSTs with return=minimal.
+  const headObj = await db.rpc('rx_books_matching', { f: { author: 2 } }, { head: true, count: 'exact' });
+  assert.equal(headObj.error, null, JSON.stringify(headObj.error));
+  assert.equal(headObj.count, 2);
+  assert.equal(headObj.data, null);
   assert.deepEqual((await db.rpc('rx_ids').gt('rx_ids', 3)).data, [4, 5]);
   const stats = (await db.rpc('rx_stats').gt('total', 1)).data;
   assert.ok(stats.length >= 2 && stats.every((r) => r.total > 1), JSON.stringify(stats));

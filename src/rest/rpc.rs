@@ -273,6 +273,14 @@ pub(super) async fn rpc(
     }
     if !f.returns_set {
         let total = if count { "1" } else { "*" };
+        if req.prefer.ret == Some(prefer::Return::Minimal) {
+            return Ok(respond(
+                StatusCode::OK,
+                None,
+                None,
+                vec![("content-range".into(), format!("0-0/{total}"))],
+            ));
+        }
         let mut headers = vec![("content-range".to_string(), format!("0-0/{total}"))];
         if rollback {
             headers.push(("preference-applied".into(), "tx=rollback".into()));
@@ -285,7 +293,15 @@ pub(super) async fn rpc(
         ));
     }
     let total = if count { out.total } else { None };
-    finish_read(req, out, offset, total, &media, count)
+    let minimal = req.prefer.ret == Some(prefer::Return::Minimal);
+    let mut resp = finish_read(req, out, offset, total, &media, count)?;
+    if minimal {
+        // `Prefer: return=minimal` (postgrest-js's POST fallback for head with object
+        // arguments): status and Content-Range, no body.
+        *resp.body_mut() = crate::http::empty();
+        resp.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    Ok(resp)
 }
 
 pub(super) fn function_not_found(
