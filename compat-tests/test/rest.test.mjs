@@ -342,6 +342,13 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   const fail = await db.rpc('rx_fail');
   assert.equal(fail.status, 400);
   assert.deepEqual(fail.error, { code: 'P0001', details: 'rx detail', hint: 'rx hint', message: 'rx failed' });
+  const tea = await fetch(`${URL}/rest/v1/rpc/rx_teapot`, { method: 'POST', headers: { apikey: ANON_KEY, 'Content-Type': 'application/json' }, body: '{}' });
+  assert.equal(tea.status, 418);
+  assert.equal(tea.headers.get('x-rx'), 'brewing');
+  assert.deepEqual(await tea.json(), { code: 'RX418', message: 'I am a teapot', details: 'short and stout', hint: 'tip me over' });
+  const pay = await db.rpc('rx_pay');
+  assert.equal(pay.status, 402);
+  assert.deepEqual(pay.error, { code: 'PT402', message: 'Payment Required', details: 'quota', hint: null });
   const nf = await db.rpc('rx_nope', { a: 1 });
   assert.equal(nf.status, 404);
   assert.equal(nf.error.code, 'PGRST202');
