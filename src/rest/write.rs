@@ -62,7 +62,6 @@ pub(super) async fn write(
     let mut q = Sql::default();
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let planner0 = Planner::new(&sc, req.schema, st.aggregates);
     let mut where_node = Node {
         source: Source::Table {
             schema: rel.schema.clone(),
@@ -96,7 +95,6 @@ pub(super) async fn write(
         )?;
         where_node.conds = n.conds;
     }
-    let _ = planner0;
     // `limit` (with `order`) on PATCH/DELETE: only the first rows by that order are
     // touched, picked by ctid (tables only, as PostgREST).
     let limited: Option<Node> = match (top_mods.limit, req.method) {
