@@ -173,6 +173,28 @@ async fn writes_rpc_and_errors() {
         (r.status, r.json()["code"].clone()),
         (405, json!("PGRST105"))
     );
+    // CSV bodies.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_parts?select=item_id,label", t.url),
+            &[
+                ("content-type", "text/csv"),
+                ("prefer", "return=representation"),
+            ],
+            "item_id,label\n2,\"a, b\"\nNULL,c\n",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            201,
+            json!([{"item_id": 2, "label": "a, b"}, {"item_id": null, "label": "c"}])
+        ),
+        "{}",
+        r.text()
+    );
     // Empty array and empty object inserts.
     let r = t
         .http

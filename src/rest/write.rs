@@ -26,7 +26,89 @@ pub(super) fn request_body(req: &RestReq) -> Result<Value, RestError> {
             .collect();
         return Ok(Value::Object(m));
     }
+    if header(req.headers, "content-type").is_some_and(|c| c.starts_with("text/csv")) {
+        let text = std::str::from_utf8(req.body.as_deref().unwrap_or(b""))
+            .map_err(|_| RestError::new(400, "PGRST102", "Empty or invalid json"))?;
+        return csv_body(text);
+    }
     parse_json_body(&req.body)
+}
+
+/// A CSV body (header row of column names, then rows) as a JSON array of objects. Values
+/// stay strings (PostgreSQL converts them by column type); an unquoted `NULL` is null.
+pub(super) fn csv_body(text: &str) -> Result<Value, RestError> {
+    let bad =
+        |d: &str| RestError::new(400, "PGRST102", "Empty or invalid json").details(d.to_string());
+    // Records of (value, was quoted) fields.
+    let mut records: Vec<Vec<(String, bool)>> = vec![];
+    let mut record: Vec<(String, bool)> = vec![];
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut in_q = false;
+    let mut chars = text.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        any = true;
+        if in_q {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    field.push('"');
+                } else {
+                    in_q = false;
+                }
+            } else {
+                field.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() => {
+                in_q = true;
+                quoted = true;
+            }
+            ',' => record.push((std::mem::take(&mut field), std::mem::take(&mut quoted))),
+            '\r' => {}
+            '\n' => {
+                record.push((std::mem::take(&mut field), std::mem::take(&mut quoted)));
+                records.push(std::mem::take(&mut record));
+            }
+            c => field.push(c),
+        }
+    }
+    if in_q {
+        return Err(bad("unterminated quoted CSV field"));
+    }
+    if any && (!field.is_empty() || quoted || !record.is_empty()) {
+        record.push((field, quoted));
+        records.push(record);
+    }
+    let mut it = records.into_iter();
+    let header: Vec<String> = it
+        .next()
+        .ok_or_else(|| bad("empty CSV body"))?
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    let mut rows = vec![];
+    for r in it {
+        if r.len() != header.len() {
+            return Err(bad("every CSV row must have as many fields as the header"));
+        }
+        let o: serde_json::Map<String, Value> = header
+            .iter()
+            .cloned()
+            .zip(r.into_iter().map(|(v, q)| {
+                if !q && v == "NULL" {
+                    Value::Null
+                } else {
+                    Value::String(v)
+                }
+            }))
+            .collect();
+        rows.push(Value::Object(o));
+    }
+    Ok(Value::Array(rows))
 }
 
 pub(super) async fn write(
@@ -577,4 +659,21 @@ pub(super) fn put_checks(pk: &[String], mods: &Modifiers, rows: &[Value]) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_bodies() {
+        let v = csv_body("k,v,n\r\na,\"x, \"\"y\"\"\",1\nb,NULL,\"NULL\"\n").unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"k":"a","v":"x, \"y\"","n":"1"},{"k":"b","v":null,"n":"NULL"}])
+        );
+        assert!(csv_body("k,v\na\n").is_err());
+        assert!(csv_body("k\n\"a").is_err());
+        assert!(csv_body("").is_err());
+    }
 }
