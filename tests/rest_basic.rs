@@ -11,6 +11,7 @@ create table public.it_parts (id serial primary key, item_id int references publ
 insert into public.it_items (name, qty) values ('a', 1), ('b', 2), ('c', 3);
 insert into public.it_parts (item_id, label) values (1, 'x'), (1, 'y'), (2, 'z');
 create function public.it_double(n int) returns int language sql immutable as $$ select n * 2 $$;
+create function public.it_sum(variadic v int[]) returns int language sql immutable as $$ select sum(x)::int from unnest(v) x $$;
 grant all on public.it_items, public.it_parts to anon, service_role;
 grant all on all sequences in schema public to anon, service_role;
 "#;
@@ -103,6 +104,22 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // Variadic: POST with an array, GET with a repeated key.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/rpc/it_sum", t.url),
+            &h,
+            r#"{"v":[1,2,3]}"#,
+        )
+        .await;
+    assert_eq!(r.json(), json!(6), "{}", r.text());
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/rpc/it_sum?v=4&v=5", t.url), &[])
+        .await;
+    assert_eq!(r.json(), json!(9), "{}", r.text());
     // Raw text for scalar functions; tables negotiate past text/plain or answer 406.
     let r = t
         .http

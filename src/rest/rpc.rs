@@ -37,11 +37,23 @@ pub(super) async fn rpc(
     // The arguments as a JSON object (or the raw body for a single json parameter).
     let (args, raw_body): (serde_json::Map<String, Value>, Option<Value>) = if is_get {
         (
-            params
-                .rpc_candidates
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
+            {
+                // A repeated key (`?v=1&v=2`, for a variadic parameter) becomes an array.
+                let mut m = serde_json::Map::new();
+                for (k, v) in &params.rpc_candidates {
+                    match m.get_mut(k) {
+                        Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+                        Some(prev) => {
+                            let first = prev.take();
+                            *prev = Value::Array(vec![first, Value::String(v.clone())]);
+                        }
+                        None => {
+                            m.insert(k.clone(), Value::String(v.clone()));
+                        }
+                    }
+                }
+                m
+            },
             None,
         )
     } else {
