@@ -11,6 +11,7 @@ create table public.it_parts (id serial primary key, item_id int references publ
 insert into public.it_items (name, qty) values ('a', 1), ('b', 2), ('c', 3);
 insert into public.it_parts (item_id, label) values (1, 'x'), (1, 'y'), (2, 'z');
 create function public.it_double(n int) returns int language sql immutable as $$ select n * 2 $$;
+create function public.it_sum(variadic v int[]) returns int language sql immutable as $$ select sum(x)::int from unnest(v) x $$;
 grant all on public.it_items, public.it_parts to anon, service_role;
 grant all on all sequences in schema public to anon, service_role;
 "#;
@@ -103,6 +104,114 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // Variadic: POST with an array, GET with a repeated key.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/rpc/it_sum", t.url),
+            &h,
+            r#"{"v":[1,2,3]}"#,
+        )
+        .await;
+    assert_eq!(r.json(), json!(6), "{}", r.text());
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/rpc/it_sum?v=4&v=5", t.url), &[])
+        .await;
+    assert_eq!(r.json(), json!(9), "{}", r.text());
+    // Raw text for scalar functions; tables negotiate past text/plain or answer 406.
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/rpc/it_double?n=4", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "8".to_string()));
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (406, json!("PGRST107"))
+    );
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain, application/json")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()), (200, json!([{"id": 1}])));
+    // PUT: single-row upsert by primary key.
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.2&select=id,name,qty", t.url),
+            &h,
+            r#"{"id":2,"name":"bb","qty":5}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!([{"id":2,"name":"bb","qty":5}])),
+        "{}",
+        r.text()
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.3", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("PGRST115"))
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (405, json!("PGRST105"))
+    );
+    // CSV bodies.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_parts?select=item_id,label", t.url),
+            &[
+                ("content-type", "text/csv"),
+                ("prefer", "return=representation"),
+            ],
+            "item_id,label\n2,\"a, b\"\nNULL,c\n",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            201,
+            json!([{"item_id": 2, "label": "a, b"}, {"item_id": null, "label": "c"}])
+        ),
+        "{}",
+        r.text()
+    );
     // Empty array and empty object inserts.
     let r = t
         .http

@@ -323,6 +323,11 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   ]);
   const counted = await db.rpc('rx_books_by', { author: 2 }, { count: 'exact', head: true });
   assert.equal(counted.count, 2);
+  // head with an object argument: postgrest-js POSTs with return=minimal.
+  const headObj = await db.rpc('rx_books_matching', { f: { author: 2 } }, { head: true, count: 'exact' });
+  assert.equal(headObj.error, null, JSON.stringify(headObj.error));
+  assert.equal(headObj.count, 2);
+  assert.equal(headObj.data, null);
   assert.deepEqual((await db.rpc('rx_ids').gt('rx_ids', 3)).data, [4, 5]);
   const stats = (await db.rpc('rx_stats').gt('total', 1)).data;
   assert.ok(stats.length >= 2 && stats.every((r) => r.total > 1), JSON.stringify(stats));
@@ -337,6 +342,13 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   const fail = await db.rpc('rx_fail');
   assert.equal(fail.status, 400);
   assert.deepEqual(fail.error, { code: 'P0001', details: 'rx detail', hint: 'rx hint', message: 'rx failed' });
+  const tea = await fetch(`${URL}/rest/v1/rpc/rx_teapot`, { method: 'POST', headers: { apikey: ANON_KEY, 'Content-Type': 'application/json' }, body: '{}' });
+  assert.equal(tea.status, 418);
+  assert.equal(tea.headers.get('x-rx'), 'brewing');
+  assert.deepEqual(await tea.json(), { code: 'RX418', message: 'I am a teapot', details: 'short and stout', hint: 'tip me over' });
+  const pay = await db.rpc('rx_pay');
+  assert.equal(pay.status, 402);
+  assert.deepEqual(pay.error, { code: 'PT402', message: 'Payment Required', details: 'quota', hint: null });
   const nf = await db.rpc('rx_nope', { a: 1 });
   assert.equal(nf.status, 404);
   assert.equal(nf.error.code, 'PGRST202');

@@ -552,6 +552,7 @@ where
     }
 }
 
+#[derive(Clone)]
 pub struct RestReq<'a> {
     pub ctx: &'a AuthContext,
     pub method: &'a Method,

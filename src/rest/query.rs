@@ -771,22 +771,27 @@ fn parse_logic_inner(or: bool, negate: bool, value: &str, depth: usize) -> Resul
 // order
 
 pub fn parse_order(s: &str) -> Result<Vec<OrderTerm>, RestError> {
-    parse_order_inner(s).map_err(|d| RestError::parse("order", s, d))
+    parse_order_inner(s).map_err(|(d, pos)| {
+        let col = s.get(..pos).map(|p| p.chars().count()).unwrap_or(0) + 1;
+        RestError::parse_at("order", s, d, col)
+    })
 }
 
-fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
+fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, (String, usize)> {
     let mut out = vec![];
-    for part in split_top(s, ',')? {
+    let mut off = 0;
+    for part in split_top(s, ',').map_err(|e| (e, s.len()))? {
         if part.is_empty() {
-            return Err("unexpected \",\" expecting field name".into());
+            return Err(("unexpected \",\" expecting field name".into(), off));
         }
         let mut c = Cursor::new(&part);
-        let mut field = c.field(&['.', ',', '(', ')'])?;
+        let at = |c: &Cursor| off + c.pos;
+        let mut field = c.field(&['.', ',', '(', ')']).map_err(|e| (e, at(&c)))?;
         let mut relation = None;
         if c.eat("(") {
-            let f = c.field(&['.', ',', '(', ')'])?;
+            let f = c.field(&['.', ',', '(', ')']).map_err(|e| (e, at(&c)))?;
             if !c.eat(")") {
-                return Err("expecting \")\"".into());
+                return Err(("expecting \")\"".into(), at(&c)));
             }
             relation = Some(field.name);
             field = f;
@@ -794,17 +799,26 @@ fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
         let mut desc = false;
         let mut nulls_first = None;
         while c.eat(".") {
-            let w = c.ident(&['.'])?;
+            let start = at(&c);
+            let w = c.ident(&['.']).map_err(|e| (e, start))?;
             match w.as_str() {
                 "asc" => desc = false,
                 "desc" => desc = true,
                 "nullsfirst" => nulls_first = Some(true),
                 "nullslast" => nulls_first = Some(false),
-                o => return Err(format!("unexpected \"{o}\" expecting \"asc\", \"desc\", \"nullsfirst\" or \"nullslast\"")),
+                o => {
+                    return Err((
+                        format!("unexpected \"{}\" expecting \"asc\", \"desc\", \"nullsfirst\" or \"nullslast\"", o.chars().next().unwrap_or('.')),
+                        start,
+                    ))
+                }
             }
         }
         if !c.eof() {
-            return Err(format!("unexpected \"{}\"", c.rest()));
+            return Err((
+                format!("unexpected \"{}\"", c.rest().chars().next().unwrap_or(' ')),
+                at(&c),
+            ));
         }
         out.push(OrderTerm {
             field,
@@ -812,6 +826,7 @@ fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
             desc,
             nulls_first,
         });
+        off += part.len() + 1;
     }
     Ok(out)
 }
@@ -1021,7 +1036,11 @@ mod tests {
         assert!(o[0].desc && o[0].nulls_first == Some(true));
         assert_eq!(o[2].field.path.len(), 1);
         assert_eq!(o[3].relation.as_deref(), Some("author"));
-        assert!(parse_order("id.up").is_err());
+        let e = parse_order("id.up").unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"failed to parse order (id.up)\" (line 1, column 4)"
+        );
         assert_eq!(
             split_key("books.authors.or").unwrap(),
             (vec!["books".into(), "authors".into()], "or".into())

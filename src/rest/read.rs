@@ -19,7 +19,18 @@ pub(super) async fn read(
     lift_embed_nulls(&mut params);
     check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
+    // Tables and views have no raw text form: negotiate again without it.
+    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+    let req = &RestReq {
+        accept,
+        ..req.clone()
+    };
     let media = body_media(&req.accept);
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
     if media == Media::GeoJson && !sc.postgis {
         return Err(RestError::not_acceptable("application/geo+json"));
     }

@@ -37,11 +37,23 @@ pub(super) async fn rpc(
     // The arguments as a JSON object (or the raw body for a single json parameter).
     let (args, raw_body): (serde_json::Map<String, Value>, Option<Value>) = if is_get {
         (
-            params
-                .rpc_candidates
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
+            {
+                // A repeated key (`?v=1&v=2`, for a variadic parameter) becomes an array.
+                let mut m = serde_json::Map::new();
+                for (k, v) in &params.rpc_candidates {
+                    match m.get_mut(k) {
+                        Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+                        Some(prev) => {
+                            let first = prev.take();
+                            *prev = Value::Array(vec![first, Value::String(v.clone())]);
+                        }
+                        None => {
+                            m.insert(k.clone(), Value::String(v.clone()));
+                        }
+                    }
+                }
+                m
+            },
             None,
         )
     } else {
@@ -176,10 +188,31 @@ pub(super) async fn rpc(
         RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
     };
     let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
+    // Only a scalar result has a raw text/octet form; otherwise negotiate without them.
+    let renegotiated;
+    let (req, media) = if matches!(media, Media::Text | Media::Octet) && !scalar_single {
+        let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+        renegotiated = RestReq {
+            accept,
+            ..req.clone()
+        };
+        let m = body_media(&renegotiated.accept);
+        (&renegotiated, m)
+    } else {
+        (req, media)
+    };
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
     if scalar_single {
         let (pre, c) = sql::call_sql(&mut q, &call);
         let body = if matches!(f.ret, RetType::Void) {
             "NULL::text".to_string()
+        } else if matches!(media, Media::Text | Media::Octet) {
+            // text/plain or octet-stream: the scalar's own text, not JSON.
+            "pgrst_scalar.pgrst_scalar::text".to_string()
         } else {
             "to_json(pgrst_scalar.pgrst_scalar)::text".to_string()
         };
@@ -252,6 +285,14 @@ pub(super) async fn rpc(
     }
     if !f.returns_set {
         let total = if count { "1" } else { "*" };
+        if req.prefer.ret == Some(prefer::Return::Minimal) {
+            return Ok(respond(
+                StatusCode::OK,
+                None,
+                None,
+                vec![("content-range".into(), format!("0-0/{total}"))],
+            ));
+        }
         let mut headers = vec![("content-range".to_string(), format!("0-0/{total}"))];
         if rollback {
             headers.push(("preference-applied".into(), "tx=rollback".into()));
@@ -264,7 +305,15 @@ pub(super) async fn rpc(
         ));
     }
     let total = if count { out.total } else { None };
-    finish_read(req, out, offset, total, &media, count)
+    let minimal = req.prefer.ret == Some(prefer::Return::Minimal);
+    let mut resp = finish_read(req, out, offset, total, &media, count)?;
+    if minimal {
+        // `Prefer: return=minimal` (postgrest-js's POST fallback for head with object
+        // arguments): status and Content-Range, no body.
+        *resp.body_mut() = crate::http::empty();
+        resp.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    Ok(resp)
 }
 
 pub(super) fn function_not_found(

@@ -406,7 +406,7 @@ pub async fn load<C: GenericClient>(
         let mut pk = vec![];
         let mut tables: Vec<(&u32, &Vec<Vec<String>>)> = uniques.iter().collect();
         tables.sort_by_key(|(t, _)| **t);
-        for (&t, ucs) in tables {
+        for (&t, _) in tables {
             let Some(tkey) = sc.by_oid.get(&t) else {
                 continue;
             };
@@ -416,7 +416,6 @@ pub async fn load<C: GenericClient>(
             if trel.pk.is_empty() {
                 continue;
             }
-            let _ = ucs;
             for (vo, mapped) in expose(t, &trel.pk) {
                 if vo == v {
                     pk = mapped;

@@ -242,7 +242,7 @@ pub fn call_sql(q: &mut Sql, c: &Call) -> (Option<String>, String) {
             if name.is_empty() {
                 format!("{v}pgrst_args.{}", ident(k))
             } else {
-                format!("{} := {v}pgrst_args.{}", ident(name), ident(k))
+                format!("{v}{} := pgrst_args.{}", ident(name), ident(k))
             }
         })
         .collect();

@@ -26,7 +26,89 @@ pub(super) fn request_body(req: &RestReq) -> Result<Value, RestError> {
             .collect();
         return Ok(Value::Object(m));
     }
+    if header(req.headers, "content-type").is_some_and(|c| c.starts_with("text/csv")) {
+        let text = std::str::from_utf8(req.body.as_deref().unwrap_or(b""))
+            .map_err(|_| RestError::new(400, "PGRST102", "Empty or invalid json"))?;
+        return csv_body(text);
+    }
     parse_json_body(&req.body)
+}
+
+/// A CSV body (header row of column names, then rows) as a JSON array of objects. Values
+/// stay strings (PostgreSQL converts them by column type); an unquoted `NULL` is null.
+pub(super) fn csv_body(text: &str) -> Result<Value, RestError> {
+    let bad =
+        |d: &str| RestError::new(400, "PGRST102", "Empty or invalid json").details(d.to_string());
+    // Records of (value, was quoted) fields.
+    let mut records: Vec<Vec<(String, bool)>> = vec![];
+    let mut record: Vec<(String, bool)> = vec![];
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut in_q = false;
+    let mut chars = text.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        any = true;
+        if in_q {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    field.push('"');
+                } else {
+                    in_q = false;
+                }
+            } else {
+                field.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() => {
+                in_q = true;
+                quoted = true;
+            }
+            ',' => record.push((std::mem::take(&mut field), std::mem::take(&mut quoted))),
+            '\r' => {}
+            '\n' => {
+                record.push((std::mem::take(&mut field), std::mem::take(&mut quoted)));
+                records.push(std::mem::take(&mut record));
+            }
+            c => field.push(c),
+        }
+    }
+    if in_q {
+        return Err(bad("unterminated quoted CSV field"));
+    }
+    if any && (!field.is_empty() || quoted || !record.is_empty()) {
+        record.push((field, quoted));
+        records.push(record);
+    }
+    let mut it = records.into_iter();
+    let header: Vec<String> = it
+        .next()
+        .ok_or_else(|| bad("empty CSV body"))?
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    let mut rows = vec![];
+    for r in it {
+        if r.len() != header.len() {
+            return Err(bad("every CSV row must have as many fields as the header"));
+        }
+        let o: serde_json::Map<String, Value> = header
+            .iter()
+            .cloned()
+            .zip(r.into_iter().map(|(v, q)| {
+                if !q && v == "NULL" {
+                    Value::Null
+                } else {
+                    Value::String(v)
+                }
+            }))
+            .collect();
+        rows.push(Value::Object(o));
+    }
+    Ok(Value::Array(rows))
 }
 
 pub(super) async fn write(
@@ -43,7 +125,18 @@ pub(super) async fn write(
     lift_embed_nulls(&mut params);
     check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
+    // Tables and views have no raw text form: negotiate again without it.
+    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+    let req = &RestReq {
+        accept,
+        ..req.clone()
+    };
     let media = body_media(&req.accept);
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let t = qualified(&rel.schema, &rel.name);
@@ -51,7 +144,6 @@ pub(super) async fn write(
     let mut q = Sql::default();
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let planner0 = Planner::new(&sc, req.schema, st.aggregates);
     let mut where_node = Node {
         source: Source::Table {
             schema: rel.schema.clone(),
@@ -85,7 +177,6 @@ pub(super) async fn write(
         )?;
         where_node.conds = n.conds;
     }
-    let _ = planner0;
     // `limit` (with `order`) on PATCH/DELETE: only the first rows by that order are
     // touched, picked by ctid (tables only, as PostgREST).
     let limited: Option<Node> = match (top_mods.limit, req.method) {
@@ -153,6 +244,9 @@ pub(super) async fn write(
             };
             if rows.iter().any(|r| !r.is_object()) {
                 return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
+            }
+            if *req.method == Method::PUT {
+                put_checks(&rel.pk, &top_mods, &rows)?;
             }
             let cols: Vec<String> = match &params.columns {
                 Some(c) => c.clone(),
@@ -510,4 +604,76 @@ pub(super) fn sql_cond(q: &mut Sql, alias: &str, c: &plan::Cond) -> String {
     s.split_once(" WHERE ")
         .map(|(_, w)| w.to_string())
         .unwrap_or_else(|| "TRUE".into())
+}
+
+/// PUT is a single-row upsert addressed by its primary key: the filters must be exactly
+/// `pk=eq.value` for every key column, and the body must carry the same values.
+pub(super) fn put_checks(pk: &[String], mods: &Modifiers, rows: &[Value]) -> Result<(), RestError> {
+    let pk_error = || {
+        RestError::new(
+            405,
+            "PGRST105",
+            "Filters must include all and only primary key columns with 'eq' operators",
+        )
+    };
+    if pk.is_empty() || !mods.logic.is_empty() || mods.filters.len() != pk.len() {
+        return Err(pk_error());
+    }
+    let mut wanted = vec![];
+    for f in &mods.filters {
+        match &f.op {
+            query::Op::Simple {
+                op,
+                quant: None,
+                value,
+            } if op == "eq"
+                && !f.negate
+                && f.field.path.is_empty()
+                && pk.contains(&f.field.name) =>
+            {
+                wanted.push((f.field.name.clone(), value.clone()))
+            }
+            _ => return Err(pk_error()),
+        }
+    }
+    let [row] = rows else {
+        return Err(RestError::new(
+            400,
+            "PGRST116",
+            "Cannot coerce the result to a single JSON object",
+        )
+        .details(format!("The result contains {} rows", rows.len())));
+    };
+    for (k, v) in &wanted {
+        let same = match row.get(k) {
+            Some(Value::String(s)) => s == v,
+            Some(Value::Null) | None => false,
+            Some(other) => &other.to_string() == v,
+        };
+        if !same {
+            return Err(RestError::new(
+                400,
+                "PGRST115",
+                "Payload values do not match URL in primary key column(s)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_bodies() {
+        let v = csv_body("k,v,n\r\na,\"x, \"\"y\"\"\",1\nb,NULL,\"NULL\"\n").unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"k":"a","v":"x, \"y\"","n":"1"},{"k":"b","v":null,"n":"NULL"}])
+        );
+        assert!(csv_body("k,v\na\n").is_err());
+        assert!(csv_body("k\n\"a").is_err());
+        assert!(csv_body("").is_err());
+    }
 }
