@@ -66,14 +66,24 @@ create table if not exists auth.oxibase_outbox (
   kind text not null,
   subject text not null,
   body text,
+  html boolean not null default false,
   otp text,
   token_hash text,
   action_link text,
   sent_at timestamptz,
+  attempts integer not null default 0,
+  last_attempt_at timestamptz,
   error text
 );
 create index if not exists oxibase_outbox_recipient_idx on auth.oxibase_outbox (lower(recipient), id desc);
 
+-- Lookups the API makes on every sign-in and verification.
+create index if not exists users_lower_email_idx on auth.users (lower(email));
+create index if not exists users_confirmation_token_idx on auth.users (confirmation_token) where confirmation_token <> '';
+create index if not exists users_recovery_token_idx on auth.users (recovery_token) where recovery_token <> '';
+create index if not exists users_email_change_token_new_idx on auth.users (email_change_token_new) where email_change_token_new <> '';
+create index if not exists users_email_change_token_current_idx on auth.users (email_change_token_current) where email_change_token_current <> '';
+create index if not exists users_phone_change_token_idx on auth.users (phone_change_token) where phone_change_token <> '';
 create index if not exists refresh_tokens_parent_idx on auth.refresh_tokens (parent);
 create index if not exists refresh_tokens_updated_at_idx on auth.refresh_tokens (updated_at desc);
 create index if not exists users_is_anonymous_idx on auth.users (is_anonymous);
@@ -90,7 +100,7 @@ grant all on auth.flow_state, auth.one_time_tokens, auth.oxibase_rate_limits, au
   to dashboard_user, postgres;
 
 -- A user as GoTrue's JSON renders it (keys with null values left out, like its omitempty).
-create or replace function auth.oxibase_user_json(u auth.users) returns jsonb
+create or replace function auth.oxibase_user_json_base(u auth.users) returns jsonb
 language sql stable as $$
   select coalesce(jsonb_object_agg(k, v), '{}'::jsonb) from jsonb_each(jsonb_build_object(
     'id', u.id,
@@ -132,6 +142,6 @@ language sql stable as $$
   )) as e(k, v)
   where v <> 'null'::jsonb
 $$;
-alter function auth.oxibase_user_json(auth.users) owner to supabase_auth_admin;
-revoke execute on function auth.oxibase_user_json(auth.users) from public;
-grant execute on function auth.oxibase_user_json(auth.users) to supabase_auth_admin, service_role;
+alter function auth.oxibase_user_json_base(auth.users) owner to supabase_auth_admin;
+revoke execute on function auth.oxibase_user_json_base(auth.users) from public;
+grant execute on function auth.oxibase_user_json_base(auth.users) to supabase_auth_admin, service_role;

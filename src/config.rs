@@ -91,7 +91,8 @@ pub struct RestConfig {
     pub db_aggregates_enabled: bool,
     /// Allow `Prefer: tx=rollback` to override commit.
     pub db_tx_allow_override: bool,
-    /// statement_timeout for anon/authenticated requests, in milliseconds (0 = none).
+    /// statement_timeout for requests not made as service_role, in milliseconds (0 = none);
+    /// a role's own `statement_timeout` setting wins.
     pub statement_timeout_ms: u64,
 }
 
@@ -117,6 +118,8 @@ pub struct AuthConfig {
     pub rate_limit_per_hour: u32,
     /// Emails sent per hour per address.
     pub email_rate_limit_per_hour: u32,
+    /// Token refreshes per hour per IP (GoTrue: 150 per 5 minutes).
+    pub refresh_rate_limit_per_hour: u32,
     /// bcrypt cost for new password hashes (GoTrue uses 10).
     pub password_hash_cost: u32,
     /// Characters a password must mix: "" (none), "letters_digits",
@@ -128,6 +131,35 @@ pub struct AuthConfig {
     pub email_max_frequency: u64,
     /// Take the client IP for rate limits from `X-Forwarded-For` (only behind a proxy).
     pub trust_forwarded_for: bool,
+    /// Passkey (WebAuthn) sign-in and registration.
+    pub passkeys: bool,
+    /// WebAuthn relying-party id; empty = the host of site_url.
+    pub webauthn_rp_id: String,
+    /// Origins allowed in WebAuthn ceremonies; empty = the origins of site_url and
+    /// additional_redirect_urls.
+    pub webauthn_rp_origins: Vec<String>,
+    /// With no SMS provider, put SMS codes in the local inbox instead of refusing to send.
+    pub sms_to_inbox: bool,
+    /// Fixed SMS codes per phone number (E.164 digits), as the Supabase CLI's test OTPs.
+    pub sms_test_otp: std::collections::BTreeMap<String, String>,
+    /// Custom access token hook: a SQL function (`schema.function` or Supabase's
+    /// `pg-functions://postgres/schema/function`) that may rewrite the claims; "" = none.
+    pub custom_access_token_hook: String,
+    /// Email changes must be confirmed from both the old and the new address (GoTrue's
+    /// "secure email change"; applies when autoconfirm is off).
+    pub secure_email_change: bool,
+    /// Sessions end this many seconds after sign-in (0 = never), as GoTrue's timebox.
+    pub session_timebox: u64,
+    /// Sessions end after this many seconds without a refresh (0 = never).
+    pub session_inactivity_timeout: u64,
+    /// A directory of HTML email templates as Supabase names them (`confirmation.html`,
+    /// `invite.html`, `magic_link.html`, `recovery.html`, `email_change.html`,
+    /// `reauthentication.html`) using `{{ .ConfirmationURL }}`, `{{ .Token }}`,
+    /// `{{ .TokenHash }}`, `{{ .SiteURL }}`, `{{ .RedirectTo }}`, `{{ .Email }}`,
+    /// `{{ .NewEmail }}`; missing files keep the built-in text.
+    pub email_templates_dir: Option<PathBuf>,
+    /// Email subjects by template name (same names, without `.html`).
+    pub email_subjects: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -193,11 +225,23 @@ impl Default for AuthConfig {
             smtp_sender: "noreply@oxibase.local".into(),
             rate_limit_per_hour: 1000,
             email_rate_limit_per_hour: 100,
+            refresh_rate_limit_per_hour: 1800,
             password_hash_cost: 10,
             password_requirements: String::new(),
             otp_expiry: 3600,
             email_max_frequency: 1,
             trust_forwarded_for: false,
+            passkeys: true,
+            webauthn_rp_id: String::new(),
+            webauthn_rp_origins: vec![],
+            sms_to_inbox: false,
+            sms_test_otp: Default::default(),
+            custom_access_token_hook: String::new(),
+            secure_email_change: true,
+            session_timebox: 0,
+            session_inactivity_timeout: 0,
+            email_templates_dir: None,
+            email_subjects: Default::default(),
         }
     }
 }

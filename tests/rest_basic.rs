@@ -11,6 +11,7 @@ create table public.it_parts (id serial primary key, item_id int references publ
 insert into public.it_items (name, qty) values ('a', 1), ('b', 2), ('c', 3);
 insert into public.it_parts (item_id, label) values (1, 'x'), (1, 'y'), (2, 'z');
 create function public.it_double(n int) returns int language sql immutable as $$ select n * 2 $$;
+create function public.it_sum(variadic v int[]) returns int language sql immutable as $$ select sum(x)::int from unnest(v) x $$;
 grant all on public.it_items, public.it_parts to anon, service_role;
 grant all on all sequences in schema public to anon, service_role;
 "#;
@@ -103,6 +104,135 @@ async fn writes_rpc_and_errors() {
         )
         .await;
     assert_eq!(r.json(), json!(42));
+    // Variadic: POST with an array, GET with a repeated key.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/rpc/it_sum", t.url),
+            &h,
+            r#"{"v":[1,2,3]}"#,
+        )
+        .await;
+    assert_eq!(r.json(), json!(6), "{}", r.text());
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/rpc/it_sum?v=4&v=5", t.url), &[])
+        .await;
+    assert_eq!(r.json(), json!(9), "{}", r.text());
+    // Raw text for scalar functions; tables negotiate past text/plain or answer 406.
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/rpc/it_double?n=4", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "8".to_string()));
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (406, json!("PGRST107"))
+    );
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&id=eq.1", t.url),
+            &[("accept", "text/plain, application/json")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()), (200, json!([{"id": 1}])));
+    // PUT: single-row upsert by primary key.
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.2&select=id,name,qty", t.url),
+            &h,
+            r#"{"id":2,"name":"bb","qty":5}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!([{"id":2,"name":"bb","qty":5}])),
+        "{}",
+        r.text()
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items?id=eq.3", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("PGRST115"))
+    );
+    let r = t
+        .http
+        .send(
+            "PUT",
+            &format!("{}/rest/v1/it_items", t.url),
+            &h,
+            r#"{"id":2,"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (405, json!("PGRST105"))
+    );
+    // CSV bodies.
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_parts?select=item_id,label", t.url),
+            &[
+                ("content-type", "text/csv"),
+                ("prefer", "return=representation"),
+            ],
+            "item_id,label\n2,\"a, b\"\nNULL,c\n",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            201,
+            json!([{"item_id": 2, "label": "a, b"}, {"item_id": null, "label": "c"}])
+        ),
+        "{}",
+        r.text()
+    );
+    // Empty array and empty object inserts.
+    let r = t
+        .http
+        .send("POST", &format!("{}/rest/v1/it_parts", t.url), &h, "[]")
+        .await;
+    assert_eq!((r.status, r.json()), (201, json!([])), "{}", r.text());
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/rest/v1/it_parts?select=item_id,label", t.url),
+            &h,
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (201, json!([{"item_id": null, "label": null}])),
+        "{}",
+        r.text()
+    );
     // Errors in PostgREST's shape.
     let r = t.http.get(&format!("{}/rest/v1/it_nope", t.url), &[]).await;
     assert_eq!(r.status, 404);
@@ -158,5 +288,110 @@ async fn schema_cache_follows_ddl() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ok, "new table never became visible");
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn role_statement_timeout_applies() {
+    let t = setup().await;
+    t.batch(
+        "create function public.it_sleep() returns int language sql as $$ select pg_sleep(2); select 1 $$;
+         grant execute on function public.it_sleep() to anon;
+         do $$ begin execute format('alter role anon in database %I set statement_timeout = %L', current_database(), '200ms'); end $$;
+         notify pgrst, 'reload schema';",
+    )
+    .await;
+    let mut last = 0;
+    for _ in 0..30 {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/rest/v1/rpc/it_sleep", t.url),
+                &[("content-type", "application/json")],
+                "{}",
+            )
+            .await;
+        last = r.status;
+        if r.status != 404 {
+            assert_eq!(r.json()["code"], "57014", "{}", r.text());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 500);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_head_and_range() {
+    let t = setup().await;
+    // A read of a new table reloads the schema cache if the DDL notification is not in yet.
+    let r = t
+        .http
+        .get(&format!("{}/rest/v1/it_items?limit=1", t.url), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/", t.url),
+            &[("accept", "application/openapi+json")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
+    assert!(doc["paths"]["/it_items"]["get"].is_object());
+    assert!(doc["paths"]["/rpc/it_double"]["post"].is_object());
+    // anon was granted nothing on it_secret: not listed.
+    t.batch("create table public.it_secret (id int); revoke all on public.it_secret from anon;")
+        .await;
+    let mut seen = false;
+    for _ in 0..30 {
+        let r = t
+            .http
+            .get(&format!("{}/rest/v1/", t.url), &[("apikey", SERVICE_KEY)])
+            .await;
+        if r.json()["paths"]["/it_secret"].is_object() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "service_role sees the new table");
+    let r = t.http.get(&format!("{}/rest/v1/", t.url), &[]).await;
+    assert!(r.json()["paths"]["/it_secret"].is_null(), "anon does not");
+    let r = t
+        .http
+        .send(
+            "HEAD",
+            &format!("{}/rest/v1/it_items", t.url),
+            &[("prefer", "count=exact")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-range"), Some("0-2/3"));
+    assert!(r.body.is_empty());
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&order=id", t.url),
+            &[("range", "1-1"), ("prefer", "count=exact")],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("1-1/3"));
+    assert_eq!(r.json(), json!([{"id": 2}]));
+    let r = t
+        .http
+        .get(
+            &format!("{}/rest/v1/it_items?select=id&offset=5", t.url),
+            &[("prefer", "count=exact")],
+        )
+        .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.json()["code"], "PGRST103");
     t.server.shutdown().await;
 }

@@ -69,7 +69,7 @@ test('embedding: !inner filters parents, is.null anti-join, spread, computed fie
   const inner = await db.from('rx_books').select('id, rx_authors!author_id!inner(country)').eq('rx_authors.country', 'PL').order('id');
   assert.deepEqual(inner.data.map((b) => b.id), [3, 4]);
   const none = await db.from('rx_authors').select('name, rx_books!author_id()').is('rx_books', null);
-  assert.deepEqual(none.data, [{ name: 'Nobody Yet', rx_books: [] }]);
+  assert.deepEqual(none.data, [{ name: 'Nobody Yet' }]);
   const spread = await db.from('rx_books').select('title, ...rx_authors!author_id(author:name)').eq('id', 3);
   assert.deepEqual(spread.data, [{ title: 'Solaris', author: 'Stanislaw Lem' }]);
   const comp = await db.from('rx_books').select('id, rx_label').eq('id', 1);
@@ -78,6 +78,37 @@ test('embedding: !inner filters parents, is.null anti-join, spread, computed fie
   assert.deepEqual(crel.data, [{ name: 'Stanislaw Lem', rx_coauthored: [{ title: 'The Dispossessed' }] }]);
   const view = await db.from('rx_books_view').select('title, rx_authors!author_id(name)').eq('id', 3);
   assert.deepEqual(view.data, [{ title: 'Solaris', rx_authors: { name: 'Stanislaw Lem' } }]);
+});
+
+test('embedding: !left keeps parents, range on an embed, three levels deep', async () => {
+  const left = await db.from('rx_books').select('id, editor:rx_authors!editor_id!left(name)').in('id', [1, 2]).order('id');
+  assert.deepEqual(left.data, [
+    { id: 1, editor: { name: 'Stanislaw Lem' } },
+    { id: 2, editor: null },
+  ]);
+  const ranged = await db
+    .from('rx_authors')
+    .select('id, rx_books!author_id(id)')
+    .eq('id', 1)
+    .order('id', { referencedTable: 'rx_books' })
+    .range(1, 1, { referencedTable: 'rx_books' });
+  assert.deepEqual(ranged.data, [{ id: 1, rx_books: [{ id: 2 }] }]);
+  const deep = await db
+    .from('rx_tags')
+    .select('label, rx_books(title, rx_authors!author_id(name, rx_books!author_id(id)))')
+    .eq('id', 3);
+  assert.deepEqual(deep.data, [
+    { label: 'short', rx_books: [{ title: 'Ficciones', rx_authors: { name: 'Jorge Luis Borges', rx_books: deep.data[0].rx_books[0].rx_authors.rx_books } }] },
+  ]);
+  assert.ok(deep.data[0].rx_books[0].rx_authors.rx_books.some((b) => b.id === 5));
+});
+
+test('identifiers with spaces and (escaped) quotes in table, column and filter names', async () => {
+  const { data, error } = await db.from('rx weird').select('id, "two words", q:"q\\"uote"').eq('"two words"', 'a b');
+  assert.equal(error, null, JSON.stringify(error));
+  assert.deepEqual(data, [{ id: 1, 'two words': 'a b', q: 7 }]);
+  const up = await db.from('rx weird').update({ 'two words': 'z' }).eq('id', 2).select('"two words"');
+  assert.deepEqual(up.data, [{ 'two words': 'z' }]);
 });
 
 test('ambiguous and unknown embeds are PostgREST errors', async () => {
@@ -156,6 +187,12 @@ test('order, nulls, limit, range, counts with Content-Range and 206, head', asyn
   assert.deepEqual(o.data.map((r) => r.id), [4, 3]);
   const o2 = await db.from('rx_books').select('id').order('price', { ascending: true, nullsFirst: false });
   assert.deepEqual(o2.data.map((r) => r.id), [5, 2, 1, 3, 4]);
+  const byAuthor = await db
+    .from('rx_books')
+    .select('id, a:rx_authors!author_id(name)')
+    .in('id', [1, 3, 5])
+    .order('a(name)', { ascending: true });
+  assert.deepEqual(byAuthor.data.map((b) => b.id), [5, 3, 1]);
   const r = await db.from('rx_books').select('id', { count: 'exact' }).order('id').range(1, 2);
   assert.equal(r.status, 206);
   assert.equal(r.statusText, 'Partial Content');
@@ -183,6 +220,8 @@ test('aggregates: count(), sum(), avg(), grouped and inside embeds', async () =>
     { status: 'draft', count: 1, sum: 174, max: 7.25 },
     { status: 'out', count: 4, sum: 1190, max: 12.0 },
   ]);
+  const mm = await db.from('rx_books').select('pages.avg(), pages.min(), n:count()').eq('author_id', 1);
+  assert.deepEqual(mm.data, [{ avg: 345.5, min: 304, n: 2 }]);
   const e = await db.from('rx_authors').select('name, rx_books!author_id(count)').eq('id', 2);
   assert.deepEqual(e.data, [{ name: 'Stanislaw Lem', rx_books: [{ count: 2 }] }]);
 });
@@ -253,6 +292,8 @@ test('update and delete with filters, max-affected, rollback', async () => {
   await db.from('rx_kv').insert([{ k: 'ud-1' }, { k: 'ud-2' }, { k: 'ud-3' }]);
   const up = await db.from('rx_kv').update({ v: 'x' }).like('k', 'ud-%').select('k, v').order('k');
   assert.deepEqual(up.data.map((r) => r.v), ['x', 'x', 'x']);
+  const lim = await db.from('rx_kv').update({ v: 'first' }).like('k', 'ud-%').order('k', { ascending: false }).limit(1).select('k, v');
+  assert.deepEqual(lim.data, [{ k: 'ud-3', v: 'first' }]);
   const none = await db.from('rx_kv').update({ v: 'y' }).eq('k', 'missing');
   assert.equal(none.status, 204);
   const max = await db.from('rx_kv').delete().like('k', 'ud-%').maxAffected(2);
@@ -282,6 +323,11 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   ]);
   const counted = await db.rpc('rx_books_by', { author: 2 }, { count: 'exact', head: true });
   assert.equal(counted.count, 2);
+  // head with an object argument: postgrest-js POSTs with return=minimal.
+  const headObj = await db.rpc('rx_books_matching', { f: { author: 2 } }, { head: true, count: 'exact' });
+  assert.equal(headObj.error, null, JSON.stringify(headObj.error));
+  assert.equal(headObj.count, 2);
+  assert.equal(headObj.data, null);
   assert.deepEqual((await db.rpc('rx_ids').gt('rx_ids', 3)).data, [4, 5]);
   const stats = (await db.rpc('rx_stats').gt('total', 1)).data;
   assert.ok(stats.length >= 2 && stats.every((r) => r.total > 1), JSON.stringify(stats));
@@ -296,6 +342,13 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   const fail = await db.rpc('rx_fail');
   assert.equal(fail.status, 400);
   assert.deepEqual(fail.error, { code: 'P0001', details: 'rx detail', hint: 'rx hint', message: 'rx failed' });
+  const tea = await fetch(`${URL}/rest/v1/rpc/rx_teapot`, { method: 'POST', headers: { apikey: ANON_KEY, 'Content-Type': 'application/json' }, body: '{}' });
+  assert.equal(tea.status, 418);
+  assert.equal(tea.headers.get('x-rx'), 'brewing');
+  assert.deepEqual(await tea.json(), { code: 'RX418', message: 'I am a teapot', details: 'short and stout', hint: 'tip me over' });
+  const pay = await db.rpc('rx_pay');
+  assert.equal(pay.status, 402);
+  assert.deepEqual(pay.error, { code: 'PT402', message: 'Payment Required', details: 'quota', hint: null });
   const nf = await db.rpc('rx_nope', { a: 1 });
   assert.equal(nf.status, 404);
   assert.equal(nf.error.code, 'PGRST202');

@@ -12,7 +12,7 @@ use super::{begin, caller, client, finish, ok, password, util, Call};
 use crate::http::{json_response, Resp};
 use crate::state::AppState;
 
-fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
+pub(super) fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
     if crate::http::apikey::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey")
     {
         return Err(AuthError::no_authorization());
@@ -34,7 +34,22 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
         ("PUT", ["users", id]) => update(state, call, parse_id(id)?).await,
         ("DELETE", ["users", id]) => delete(state, call, parse_id(id)?).await,
         ("POST", ["generate_link"]) => generate_link(state, call).await,
-        (_, ["users", _, "factors", ..]) => Ok(ok(json!([]))),
+        ("GET", ["audit"]) => super::audit::list(state, call).await,
+        ("GET", ["users", id, "passkeys"]) => {
+            let id = parse_id(id)?;
+            get_user_exists(state, id).await?;
+            Ok(ok(super::passkey::list_for(state, id).await?))
+        }
+        ("DELETE", ["users", id, "passkeys", pid]) => {
+            let id = parse_id(id)?;
+            get_user_exists(state, id).await?;
+            super::passkey::delete_for(state, id, pid).await
+        }
+        (_, ["oauth", "clients", rest @ ..]) => super::oauth::route(state, call, rest).await,
+        ("GET", ["users", id, "factors"]) => super::mfa::admin_list(state, parse_id(id)?).await,
+        ("DELETE", ["users", id, "factors", fid]) => {
+            super::mfa::admin_delete(state, parse_id(id)?, parse_id(fid)?).await
+        }
         _ => Err(AuthError::not_found(
             "not_found",
             format!(
@@ -43,6 +58,16 @@ pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<R
                 rest.join("/")
             ),
         )),
+    }
+}
+
+/// auth.users.role is varchar(255), and it becomes the `role` claim.
+fn check_role(role: Option<&str>) -> AuthResult<()> {
+    match role {
+        Some(r) if r.len() > 255 => Err(AuthError::validation(
+            "role is too long (max 255 characters)",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -112,6 +137,19 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     Ok(resp)
 }
 
+async fn get_user_exists(state: &AppState, id: Uuid) -> AuthResult<()> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        match users::by_id(&*tx, id).await? {
+            Some(_) => Ok(()),
+            None => Err(AuthError::user_not_found()),
+        }
+    }
+    .await;
+    finish(tx, r).await
+}
+
 async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
@@ -136,9 +174,17 @@ fn ban_until(call: &Call) -> AuthResult<Option<Option<chrono::DateTime<chrono::U
                     "invalid format for ban duration: time: invalid duration \"{d}\""
                 ))
             })?;
-            Ok(Some(Some(
-                chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64),
-            )))
+            // Go durations stop at about 292 years; so does this (and no overflow).
+            let until = (secs.abs() < 9.2e9)
+                .then(|| chrono::Duration::try_milliseconds((secs * 1000.0) as i64))
+                .flatten()
+                .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                .ok_or_else(|| {
+                    AuthError::validation(format!(
+                        "invalid format for ban duration: time: invalid duration \"{d}\""
+                    ))
+                })?;
+            Ok(Some(Some(until)))
         }
     }
 }
@@ -194,6 +240,7 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let ban = ban_until(call)?;
     let hash = password_hash_from(state, call).await?;
     let role = call.s("role").map(str::to_string);
+    check_role(role.as_deref())?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
@@ -234,6 +281,14 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             )
             .await?;
         }
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            None,
+            "user_signedup",
+            Some(json!({"user_id": id, "user_email": email, "user_phone": phone})),
+        )
+        .await?;
         users::json(&*tx, id).await
     }
     .await;
@@ -253,6 +308,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         let Some(u) = users::by_id(&*tx, id).await? else {
             return Err(AuthError::user_not_found());
         };
+        check_role(call.s("role"))?;
         if let Some(role) = call.s("role") {
             tx.execute("update auth.users set role = $2 where id = $1", &[&id, &role])
                 .await?;
@@ -382,6 +438,7 @@ async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 .await
                 .map_err(|e| AuthError::internal("Database error deleting user", crate::db::error_text(&e)))?;
         }
+        super::audit::record(&*tx, &call.ip, None, "user_deleted", Some(json!({"user_id": id, "user_email": u.email, "user_phone": u.phone, "soft": soft}))).await?;
         Ok(json!({}))
     }
     .await;
@@ -500,7 +557,12 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     &[&u.id, ne],
                 )
                 .await?;
-                (u, Kind::EmailChange)
+                let kind = if ltype == "email_change_current" {
+                    Kind::EmailChangeCurrent
+                } else {
+                    Kind::EmailChange
+                };
+                (u, kind)
             }
             other => {
                 return Err(AuthError::validation(format!(
@@ -568,6 +630,7 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         };
         email::send(state, &tx, &u, Kind::Invite, &email, &redirect, true).await?;
+        super::audit::record(&*tx, &call.ip, None, "user_invited", Some(json!({"user_id": u.id, "user_email": email}))).await?;
         users::json(&*tx, u.id).await
     }
     .await;

@@ -24,6 +24,8 @@ pub enum Kind {
     MagicLink,
     Recovery,
     EmailChange,
+    /// The code sent to the current address when the change needs both confirmations.
+    EmailChangeCurrent,
     Reauthentication,
     Sms,
     PhoneChange,
@@ -46,6 +48,11 @@ impl Kind {
                 "email_change_sent_at",
                 "email_change_token_new",
             ),
+            Kind::EmailChangeCurrent => (
+                "email_change_token_current",
+                "email_change_sent_at",
+                "email_change_token_current",
+            ),
             Kind::Reauthentication => (
                 "reauthentication_token",
                 "reauthentication_sent_at",
@@ -64,7 +71,7 @@ impl Kind {
             Kind::Invite => "invite",
             Kind::MagicLink => "magiclink",
             Kind::Recovery => "recovery",
-            Kind::EmailChange => "email_change",
+            Kind::EmailChange | Kind::EmailChangeCurrent => "email_change",
             Kind::Reauthentication => "reauthentication",
             Kind::Sms => "sms",
             Kind::PhoneChange => "phone_change",
@@ -76,16 +83,28 @@ impl Kind {
             Kind::Invite => "You have been invited",
             Kind::MagicLink => "Your Magic Link",
             Kind::Recovery => "Reset Your Password",
-            Kind::EmailChange => "Confirm Email Change",
+            Kind::EmailChange | Kind::EmailChangeCurrent => "Confirm Email Change",
             Kind::Reauthentication => "Confirm Reauthentication",
             Kind::Sms | Kind::PhoneChange => "Your code",
+        }
+    }
+    /// The template (and subject) name Supabase uses for this kind of mail.
+    pub fn template(self) -> Option<&'static str> {
+        match self {
+            Kind::Signup => Some("confirmation"),
+            Kind::Invite => Some("invite"),
+            Kind::MagicLink => Some("magic_link"),
+            Kind::Recovery => Some("recovery"),
+            Kind::EmailChange | Kind::EmailChangeCurrent => Some("email_change"),
+            Kind::Reauthentication => Some("reauthentication"),
+            Kind::Sms | Kind::PhoneChange => None,
         }
     }
     fn sent_at(self, u: &User) -> Option<chrono::DateTime<Utc>> {
         match self {
             Kind::Signup | Kind::Invite | Kind::Sms => u.confirmation_sent_at,
             Kind::MagicLink | Kind::Recovery => u.recovery_sent_at,
-            Kind::EmailChange => u.email_change_sent_at,
+            Kind::EmailChange | Kind::EmailChangeCurrent => u.email_change_sent_at,
             Kind::Reauthentication => u.reauthentication_sent_at,
             Kind::PhoneChange => u.phone_change_sent_at,
         }
@@ -111,6 +130,21 @@ pub async fn send(
     deliver: bool,
 ) -> AuthResult<Sent> {
     let cfg = &state.config.auth;
+    let sms = matches!(kind, Kind::Sms | Kind::PhoneChange);
+    let test_otp = if sms {
+        cfg.sms_test_otp.get(to).cloned()
+    } else {
+        None
+    };
+    // Test numbers get their fixed code and nothing is sent.
+    let deliver = deliver && test_otp.is_none();
+    if deliver && sms && !cfg.sms_to_inbox {
+        // No SMS provider is built in (as `supabase start` without Twilio & co).
+        return Err(AuthError::bad_request(
+            "phone_provider_disabled",
+            "Unsupported phone provider",
+        ));
+    }
     if deliver {
         if let Some(at) = kind.sent_at(u) {
             let wait = cfg.email_max_frequency as i64 - (Utc::now() - at).num_seconds();
@@ -126,7 +160,7 @@ pub async fn send(
         }
         ratelimit::check_email(state, &**tx, to).await?;
     }
-    let otp = util::otp();
+    let otp = test_otp.unwrap_or_else(util::otp);
     let token_hash = util::token_hash(to, &otp);
     let (col, sent_col, ott) = kind.columns();
     // Column names come from the fixed table above, never from input.
@@ -151,19 +185,48 @@ pub async fn send(
         percent_encoding::utf8_percent_encode(redirect, percent_encoding::NON_ALPHANUMERIC)
     );
     if deliver {
-        let body = match kind {
-            Kind::Reauthentication | Kind::Sms | Kind::PhoneChange => {
+        let name = kind.template();
+        let subject = name
+            .and_then(|n| cfg.email_subjects.get(n))
+            .map(String::as_str)
+            .unwrap_or(kind.subject());
+        let custom = name.and_then(|n| state.auth.templates.get(n));
+        let body = match (custom, kind) {
+            (Some(tpl), _) => {
+                let new_email = if matches!(kind, Kind::EmailChange | Kind::EmailChangeCurrent) {
+                    if kind == Kind::EmailChange {
+                        to.to_string()
+                    } else {
+                        u.email_change.clone()
+                    }
+                } else {
+                    String::new()
+                };
+                render(
+                    tpl,
+                    &[
+                        ("ConfirmationURL", &action_link),
+                        ("Token", &otp),
+                        ("TokenHash", &token_hash),
+                        ("SiteURL", &cfg.site_url),
+                        ("RedirectTo", redirect),
+                        ("Email", u.email.as_deref().unwrap_or(to)),
+                        ("NewEmail", &new_email),
+                    ],
+                )
+            }
+            (None, Kind::Reauthentication | Kind::Sms | Kind::PhoneChange) => {
                 format!("Enter the code: {otp}")
             }
-            _ => format!(
+            (None, _) => format!(
                 "{}\n\nFollow this link: {action_link}\n\nOr enter the code: {otp}\n",
                 kind.subject()
             ),
         };
         tx.execute(
-            "insert into auth.oxibase_outbox (recipient, kind, subject, body, otp, token_hash, action_link)
-             values ($1, $2, $3, $4, $5, $6, $7)",
-            &[&to, &kind.link_type(), &kind.subject(), &body, &otp, &token_hash, &action_link],
+            "insert into auth.oxibase_outbox (recipient, kind, subject, body, html, otp, token_hash, action_link)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&to, &kind.link_type(), &subject, &body, &custom.is_some(), &otp, &token_hash, &action_link],
         )
         .await?;
         if state.auth.smtp.is_none() {
@@ -178,6 +241,45 @@ pub async fn send(
         token_hash,
         action_link,
     })
+}
+
+/// Substitute Supabase's template variables (`{{ .Name }}`, spacing optional).
+fn render(tpl: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = tpl.to_string();
+    for (name, value) in vars {
+        for pat in [format!("{{{{ .{name} }}}}"), format!("{{{{.{name}}}}}")] {
+            out = out.replace(&pat, value);
+        }
+    }
+    out
+}
+
+/// Read `<dir>/<name>.html` for every template name; absent files are skipped.
+pub fn load_templates(
+    dir: Option<&std::path::Path>,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut m = std::collections::HashMap::new();
+    let Some(dir) = dir else {
+        return Ok(m);
+    };
+    for name in [
+        "confirmation",
+        "invite",
+        "magic_link",
+        "recovery",
+        "email_change",
+        "reauthentication",
+    ] {
+        let p = dir.join(format!("{name}.html"));
+        match std::fs::read_to_string(&p) {
+            Ok(t) => {
+                m.insert(name.to_string(), t);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("auth.email_templates_dir: {}: {e}", p.display())),
+        }
+    }
+    Ok(m)
 }
 
 pub async fn create_flow_state(
@@ -301,52 +403,73 @@ fn parse_type(t: &str) -> AuthResult<&'static str> {
     })
 }
 
-/// Find the user a code or hash belongs to and apply the verification; returns the user
-/// id and the session's authentication method.
+/// What a verification achieved.
+enum Verified {
+    /// Sign the user in, authenticated by this method.
+    Session(Uuid, &'static str),
+    /// One of the two confirmations of a secure email change; the other is still due.
+    HalfwayEmailChange,
+}
+
+const SINGLE_CONFIRMATION: &str =
+    "Confirmation link accepted. Please proceed to confirm link sent to the other email";
+
+/// Find the user a code or hash belongs to and apply the verification.
 async fn verify_token(
     tx: &deadpool_postgres::Transaction<'_>,
-    otp_expiry: u64,
+    cfg: &crate::config::AuthConfig,
     vtype: &str,
     token: Option<&str>,
     token_hash: Option<&str>,
     email: Option<&str>,
     phone: Option<&str>,
-) -> AuthResult<(Uuid, &'static str)> {
+) -> AuthResult<Verified> {
+    let otp_expiry = cfg.otp_expiry;
     let columns: &[&str] = match vtype {
         "signup" | "invite" | "sms" => &["confirmation_token"],
         "magiclink" | "recovery" => &["recovery_token"],
         "email" => &["confirmation_token", "recovery_token"],
-        "email_change" => &["email_change_token_new"],
+        "email_change" => &["email_change_token_new", "email_change_token_current"],
         "phone_change" => &["phone_change_token"],
         _ => &[],
     };
-    // The hash to look for, and (for codes) the address the user row must have.
-    let (hash, address_col, address) = match (token_hash, token) {
-        (Some(h), _) => (h.to_string(), None, None),
-        (None, Some(t)) => {
-            let addr = email.or(phone).ok_or_else(|| {
-                AuthError::validation(
-                    "Only an email address or phone number should be provided on verify",
-                )
-            })?;
-            let col = match (vtype, email.is_some()) {
-                ("email_change", _) => "email_change",
-                ("phone_change", _) => "phone_change",
-                (_, true) => "email",
-                (_, false) => "phone",
-            };
-            (util::token_hash(addr, t), Some(col), Some(addr.to_string()))
-        }
-        _ => {
-            return Err(AuthError::validation(
-                "Verify requires either a token or a token hash",
-            ))
-        }
-    };
-    let mut found: Option<(User, &str)> = None;
+    // The code (hashed per column below) and, for codes, the address the row must have.
+    let (hash, address_col, address): (Option<&str>, Option<&str>, Option<String>) =
+        match (token_hash, token) {
+            (Some(_), _) => (None, None, None),
+            (None, Some(t)) => {
+                let addr = email.or(phone).ok_or_else(|| {
+                    AuthError::validation(
+                        "Only an email address or phone number should be provided on verify",
+                    )
+                })?;
+                let col = match (vtype, email.is_some()) {
+                    ("phone_change", _) => "phone_change",
+                    (_, true) => "email",
+                    (_, false) => "phone",
+                };
+                (Some(t), Some(col), Some(addr.to_string()))
+            }
+            _ => {
+                return Err(AuthError::validation(
+                    "Verify requires either a token or a token hash",
+                ))
+            }
+        };
+    let mut found: Option<(User, &str, String)> = None;
     for col in columns {
+        // A code for the new address of an email change is matched against that address.
+        let address_col = match (*col, address_col) {
+            ("email_change_token_new", Some(_)) => Some("email_change"),
+            (_, ac) => ac,
+        };
+        let hash = match (hash, &address) {
+            (Some(t), Some(a)) => util::token_hash(a, t),
+            (None, _) => token_hash.unwrap_or_default().to_string(),
+            (Some(_), None) => String::new(),
+        };
         let mut q = format!(
-            "select {} from auth.users where {col} = $1 and deleted_at is null",
+            "select {} from auth.users where {col} = $1 and {col} <> '' and deleted_at is null",
             users::USER_COLS
         );
         if let Some(ac) = address_col {
@@ -358,11 +481,11 @@ async fn verify_token(
             None => tx.query_opt(&q, &[&hash]).await?,
         };
         if let Some(r) = row {
-            found = Some((User::from_row(&r), col));
+            found = Some((User::from_row(&r), col, hash));
             break;
         }
     }
-    let Some((u, col)) = found else {
+    let Some((u, col, hash)) = found else {
         return Err(AuthError::otp_expired());
     };
     if u.is_banned() {
@@ -371,11 +494,11 @@ async fn verify_token(
     let sent_at = match col {
         "confirmation_token" => u.confirmation_sent_at,
         "recovery_token" => u.recovery_sent_at,
-        "email_change_token_new" => u.email_change_sent_at,
+        "email_change_token_new" | "email_change_token_current" => u.email_change_sent_at,
         "phone_change_token" => u.phone_change_sent_at,
         _ => None,
     };
-    let expired = sent_at.map_or(true, |s| (Utc::now() - s).num_seconds() > otp_expiry as i64);
+    let expired = sent_at.is_none_or(|s| (Utc::now() - s).num_seconds() > otp_expiry as i64);
     if expired || hash.is_empty() {
         return Err(AuthError::otp_expired());
     }
@@ -417,7 +540,25 @@ async fn verify_token(
                 _ => "otp",
             }
         }
-        "email_change_token_new" => {
+        "email_change_token_new" | "email_change_token_current" => {
+            let secure = !cfg.autoconfirm
+                && cfg.secure_email_change
+                && u.email_change_confirm_status == 0
+                && u.email.is_some();
+            if secure {
+                // First of two confirmations: spend this code, wait for the other.
+                tx.execute(
+                    &format!("update auth.users set {col} = '', email_change_confirm_status = 1, updated_at = now() where id = $1"),
+                    &[&u.id],
+                )
+                .await?;
+                tx.execute(
+                    "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
+                    &[&u.id, &hash],
+                )
+                .await?;
+                return Ok(Verified::HalfwayEmailChange);
+            }
             let taken = tx
                 .query_opt(
                     "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
@@ -431,6 +572,11 @@ async fn verify_token(
                 "update auth.users set email = email_change, email_change = '', email_change_token_new = '',
                    email_change_token_current = '', email_change_confirm_status = 0,
                    email_confirmed_at = now(), is_anonymous = false, updated_at = now() where id = $1",
+                &[&u.id],
+            )
+            .await?;
+            tx.execute(
+                "delete from auth.one_time_tokens where user_id = $1 and token_type like 'email_change_token_%'",
                 &[&u.id],
             )
             .await?;
@@ -454,7 +600,7 @@ async fn verify_token(
     )
     .await?;
     users::sync_email_identity(&**tx, u.id).await?;
-    Ok((u.id, method))
+    Ok(Verified::Session(u.id, method))
 }
 
 /// After an email change (or an anonymous user adding an email), the user has an email
@@ -472,10 +618,11 @@ pub async fn ensure_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResu
     .await?;
     c.execute(
         "update auth.users set raw_app_meta_data = coalesce(raw_app_meta_data, '{}'::jsonb)
-           || jsonb_build_object('provider', coalesce(raw_app_meta_data->>'provider', 'email'),
+           || jsonb_build_object('provider', case when coalesce(raw_app_meta_data->>'provider', 'anonymous') = 'anonymous'
+                                                  then 'email' else raw_app_meta_data->>'provider' end,
               'providers', (select coalesce(jsonb_agg(distinct p), '[]'::jsonb) from (
                  select jsonb_array_elements_text(coalesce(raw_app_meta_data->'providers', '[]'::jsonb)) p
-                 union select 'email') s))
+                 union select 'email') s where p <> 'anonymous'))
          where id = $1",
         &[&id],
     )
@@ -505,9 +652,9 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        let (uid, method) = verify_token(
+        let outcome = verify_token(
             &tx,
-            state.config.auth.otp_expiry,
+            &state.config.auth,
             vtype,
             token,
             hash,
@@ -515,7 +662,12 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
             phone.as_deref(),
         )
         .await?;
-        session::issue(state, &*tx, uid, method, &call.origin()).await
+        match outcome {
+            Verified::Session(uid, method) => {
+                session::issue(state, &*tx, uid, method, &call.origin()).await
+            }
+            Verified::HalfwayEmailChange => Ok(json!({"msg": SINGLE_CONFIRMATION, "code": "200"})),
+        }
     }
     .await;
     Ok(ok(finish(tx, r).await?))
@@ -538,7 +690,16 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
         let tx = begin(&mut c).await?;
         let r = async {
             let (uid, method) =
-                verify_token(&tx, cfg.otp_expiry, vtype, None, Some(token), None, None).await?;
+                match verify_token(&tx, cfg, vtype, None, Some(token), None, None).await? {
+                    Verified::Session(uid, method) => (uid, method),
+                    Verified::HalfwayEmailChange => {
+                        let enc = percent_encoding::utf8_percent_encode(
+                            SINGLE_CONFIRMATION,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        );
+                        return Ok(format!("{redirect}#message={enc}&sb="));
+                    }
+                };
             let flow = tx
                 .query_opt(
                     "select id, auth_code from auth.flow_state where user_id = $1
@@ -614,12 +775,17 @@ pub async fn recover(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        // An unknown address gets the same answer: the response never tells.
+        // An unknown address gets the same answer, including the per-address limit: the
+        // response never tells whether the address is registered.
         if let Some(u) = users::by_email(&*tx, &email).await? {
             if let Some(f) = &flow {
                 create_flow_state(&*tx, u.id, f, "recovery").await?;
             }
             send(state, &tx, &u, Kind::Recovery, &email, &redirect, true).await?;
+            super::audit::record(&*tx, &call.ip, Some(u.id), "user_recovery_requested", None)
+                .await?;
+        } else {
+            ratelimit::check_email(state, &*tx, &email).await?;
         }
         Ok(json!({}))
     }
@@ -660,10 +826,11 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
         match t {
             "signup" => {
                 let e = email.as_deref().unwrap_or_default();
-                if let Some(u) = users::by_email(&*tx, e).await? {
-                    if u.email_confirmed_at.is_none() {
+                match users::by_email(&*tx, e).await? {
+                    Some(u) if u.email_confirmed_at.is_none() => {
                         send(state, &tx, &u, Kind::Signup, e, &redirect, true).await?;
                     }
+                    _ => ratelimit::check_email(state, &*tx, e).await?,
                 }
             }
             "email_change" => {
@@ -717,10 +884,11 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
         return Err(AuthError::not_admin());
     }
     let email = call.q("email").unwrap_or("").trim().to_lowercase();
-    let c = client(state).await?;
-    let rows = c
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let rows = tx
         .query(
-            "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at
+            "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at, html
              from auth.oxibase_outbox where ($1 = '' or lower(recipient) = $1)
              order by id desc limit 100",
             &[&email],
@@ -731,6 +899,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
         .map(|r| {
             json!({
                 "id": r.get::<_, i64>(0),
+                "html": r.get::<_, bool>(10),
                 "created_at": r.get::<_, chrono::DateTime<Utc>>(1),
                 "to": r.get::<_, String>(2),
                 "type": r.get::<_, String>(3),
@@ -743,6 +912,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
             })
         })
         .collect();
+    tx.commit().await?;
     Ok(ok(json!({ "messages": messages })))
 }
 
@@ -811,8 +981,11 @@ pub async fn deliver_pending(state: &AppState) {
     };
     let rows = match tx
         .query(
-            "select id, recipient, subject, coalesce(body, '') from auth.oxibase_outbox
-             where sent_at is null and error is null order by id limit 20 for update skip locked",
+            // Up to five tries, backing off a minute more after each failure.
+            "select id, recipient, subject, coalesce(body, ''), html from auth.oxibase_outbox
+             where sent_at is null and attempts < 5
+               and (last_attempt_at is null or last_attempt_at < now() - make_interval(mins => attempts))
+             order by id limit 20 for update skip locked",
             &[],
         )
         .await
@@ -830,10 +1003,16 @@ pub async fn deliver_pending(state: &AppState) {
             .parse::<lettre::message::Mailbox>()
             .map_err(|e| e.to_string())
             .and_then(|mb| {
+                let ct = if r.get::<_, bool>(4) {
+                    lettre::message::header::ContentType::TEXT_HTML
+                } else {
+                    lettre::message::header::ContentType::TEXT_PLAIN
+                };
                 lettre::Message::builder()
                     .from(smtp.from.clone())
                     .to(mb)
                     .subject(r.get::<_, String>(2))
+                    .header(ct)
                     .body(r.get::<_, String>(3))
                     .map_err(|e| e.to_string())
             });
@@ -850,15 +1029,17 @@ pub async fn deliver_pending(state: &AppState) {
             Ok(()) => {
                 tx.execute(
                     "update auth.oxibase_outbox set sent_at = now(), body = null, otp = null,
-                       token_hash = null, action_link = null where id = $1",
+                       token_hash = null, action_link = null, error = null,
+                       attempts = attempts + 1, last_attempt_at = now() where id = $1",
                     &[&id],
                 )
                 .await
             }
             Err(e) => {
-                tracing::warn!(error = %e, "SMTP delivery failed");
+                tracing::warn!(error = %e, "SMTP delivery failed; will retry");
                 tx.execute(
-                    "update auth.oxibase_outbox set error = $2 where id = $1",
+                    "update auth.oxibase_outbox set error = $2, attempts = attempts + 1,
+                       last_attempt_at = now() where id = $1",
                     &[&id, &e],
                 )
                 .await

@@ -4,8 +4,11 @@
 use super::error::{AuthError, AuthResult};
 use crate::config::AuthConfig;
 
-/// A dummy hash verified when the user does not exist, so timing does not tell.
-const DUMMY_HASH: &str = "$2a$10$7EqJtq98hPqEX7fNZaFWoOhi5BWX4Z2o0AzFk0fQ8QqCc/GY9eT8a";
+/// A hash of nothing in particular at the configured cost (made once at start), verified
+/// when the user does not exist or has no password, so the answer takes as long.
+pub fn dummy_hash(cost: u32) -> String {
+    bcrypt::hash("oxibase-timing-equalizer", cost).unwrap_or_default()
+}
 
 pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
     let p = password.to_string();
@@ -16,11 +19,11 @@ pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
 }
 
 /// Does `password` match `stored`? A missing or malformed hash never matches.
-pub async fn verify(password: &str, stored: Option<&str>) -> bool {
+pub async fn verify(password: &str, stored: Option<&str>, dummy: &str) -> bool {
     let p = password.to_string();
     let (h, real) = match stored.filter(|s| s.starts_with("$2")) {
         Some(s) => (s.to_string(), true),
-        None => (DUMMY_HASH.to_string(), false),
+        None => (dummy.to_string(), false),
     };
     let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &h).unwrap_or(false))
         .await
@@ -30,12 +33,17 @@ pub async fn verify(password: &str, stored: Option<&str>) -> bool {
 
 /// GoTrue's weak-password checks: minimum length, then required character sets.
 pub fn check_strength(cfg: &AuthConfig, password: &str) -> AuthResult<()> {
+    // bcrypt reads at most 72 bytes; GoTrue refuses longer passwords outright.
+    if password.len() > 72 {
+        return Err(AuthError::validation(
+            "Password cannot be longer than 72 characters",
+        ));
+    }
+    let (mut messages, mut reasons) = (vec![], vec![]);
     let min = cfg.minimum_password_length;
     if password.chars().count() < min {
-        return Err(AuthError::weak_password(
-            format!("Password should be at least {min} characters."),
-            vec!["length"],
-        ));
+        messages.push(format!("Password should be at least {min} characters."));
+        reasons.push("length");
     }
     const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
     const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -52,15 +60,17 @@ pub fn check_strength(cfg: &AuthConfig, password: &str) -> AuthResult<()> {
         .iter()
         .any(|set| !password.chars().any(|c| set.contains(c)))
     {
-        return Err(AuthError::weak_password(
-            format!(
-                "Password should contain at least one character of each: {}.",
-                sets.join(", ")
-            ),
-            vec!["characters"],
+        messages.push(format!(
+            "Password should contain at least one character of each: {}.",
+            sets.join(", ")
         ));
+        reasons.push("characters");
     }
-    Ok(())
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::weak_password(messages.join(" "), reasons))
+    }
 }
 
 #[cfg(test)]
@@ -78,13 +88,18 @@ mod tests {
         let e = check_strength(&c, "abcdef1").unwrap_err();
         assert_eq!(e.reasons, Some(vec!["characters"]));
         assert!(check_strength(&c, "abcDef1").is_ok());
+        let e = check_strength(&c, "abc").unwrap_err();
+        assert_eq!(e.reasons, Some(vec!["length", "characters"]));
+        let e = check_strength(&c, &"aB1".repeat(30)).unwrap_err();
+        assert_eq!(e.code, "validation_failed");
     }
 
     #[tokio::test]
     async fn bcrypt_roundtrip_and_imported_hashes() {
         let h = hash("secret-pw", 4).await.unwrap();
-        assert!(verify("secret-pw", Some(&h)).await);
-        assert!(!verify("wrong", Some(&h)).await);
-        assert!(!verify("x", None).await);
+        let dummy = dummy_hash(4);
+        assert!(verify("secret-pw", Some(&h), &dummy).await);
+        assert!(!verify("wrong", Some(&h), &dummy).await);
+        assert!(!verify("oxibase-timing-equalizer", None, &dummy).await);
     }
 }

@@ -24,7 +24,11 @@ pub async fn hit(c: &impl GenericClient, key: &str, limit: u32) -> AuthResult<bo
 /// Per-IP limit on sign-up, sign-in, OTP and verify, counted before any other work and
 /// outside the request's transaction (a failed attempt still counts).
 pub async fn check_ip(state: &AppState, call: &Call, action: &str) -> AuthResult<()> {
-    let limit = state.config.auth.rate_limit_per_hour;
+    let limit = if action == "refresh" {
+        state.config.auth.refresh_rate_limit_per_hour
+    } else {
+        state.config.auth.rate_limit_per_hour
+    };
     let mut c = super::client(state).await?;
     let tx = super::begin(&mut c).await?;
     let ok = hit(&*tx, &format!("ip:{action}:{}", call.ip), limit).await?;

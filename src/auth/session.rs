@@ -54,6 +54,14 @@ pub async fn issue(
         &[&user_id],
     )
     .await?;
+    super::audit::record(
+        c,
+        origin.ip.as_deref().unwrap_or(""),
+        Some(user_id),
+        "login",
+        Some(json!({"provider": method})),
+    )
+    .await?;
     respond(state, c, user_id, session_id, token).await
 }
 
@@ -101,6 +109,12 @@ pub async fn respond(
         "session_id": session_id.to_string(),
         "is_anonymous": user["is_anonymous"].as_bool().unwrap_or(false),
     });
+    let method = amr
+        .last()
+        .and_then(|m| m["method"].as_str())
+        .unwrap_or("password")
+        .to_string();
+    let claims = run_hook(state, c, user_id, claims, &method).await?;
     let access_token = state.keys.jwt.sign(&claims);
     Ok(json!({
         "access_token": access_token,
@@ -149,7 +163,10 @@ pub async fn refresh(
     // Lock the session: concurrent refreshes of one session serialize here.
     let Some(sess) = tx
         .query_opt(
-            "select user_id, not_after from auth.sessions where id = $1 for update",
+            "select user_id, not_after,
+                    extract(epoch from now() - created_at)::bigint,
+                    extract(epoch from now() - coalesce(refreshed_at at time zone 'utc', created_at))::bigint
+             from auth.sessions where id = $1 for update",
             &[&session_id],
         )
         .await?
@@ -158,10 +175,21 @@ pub async fn refresh(
     };
     let user_id: Uuid = sess.get(0);
     let not_after: Option<DateTime<Utc>> = sess.get(1);
-    if not_after.is_some_and(|n| n < Utc::now()) {
+    let (age, idle): (Option<i64>, Option<i64>) = (sess.get(2), sess.get(3));
+    let cfg = &state.config.auth;
+    let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
+    if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
         return Err(AuthError::bad_request(
             "session_expired",
             "Invalid Refresh Token: Session Expired",
+        ));
+    }
+    if cfg.session_inactivity_timeout > 0
+        && idle.unwrap_or(0) > cfg.session_inactivity_timeout as i64
+    {
+        return Err(AuthError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired (Inactivity)",
         ));
     }
     let Some(user) = users::by_id(&**tx, user_id).await? else {
@@ -236,4 +264,69 @@ async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<(
     )
     .await?;
     Ok(())
+}
+
+/// Supabase's custom access token hook: a SQL function gets
+/// `{user_id, claims, authentication_method}` and returns `{claims}` (or `{error}`).
+async fn run_hook(
+    state: &AppState,
+    c: &impl GenericClient,
+    user_id: Uuid,
+    claims: Value,
+    method: &str,
+) -> AuthResult<Value> {
+    let spec = &state.config.auth.custom_access_token_hook;
+    let Some((schema, func)) = util::hook_function(spec) else {
+        return Ok(claims);
+    };
+    let event = json!({"user_id": user_id, "claims": claims, "authentication_method": method});
+    let sql = format!(
+        "select {}.{}($1::jsonb)",
+        util::quote_ident(&schema),
+        util::quote_ident(&func)
+    );
+    let out: Value = c
+        .query_one(&sql, &[&event])
+        .await
+        .map_err(|e| {
+            AuthError::internal(
+                "Error invoking access token hook.",
+                crate::db::error_text(&e),
+            )
+        })?
+        .get::<_, Option<Value>>(0)
+        .unwrap_or(Value::Null);
+    if let Some(err) = out.get("error") {
+        let status = err["http_code"]
+            .as_u64()
+            .and_then(|s| http::StatusCode::from_u16(s as u16).ok())
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(http::StatusCode::BAD_REQUEST);
+        let msg = err["message"]
+            .as_str()
+            .unwrap_or("Error running hook URI")
+            .to_string();
+        return Err(AuthError::new(status, "unexpected_failure", msg));
+    }
+    let new = &out["claims"];
+    const REQUIRED: &[&str] = &[
+        "iss",
+        "aud",
+        "exp",
+        "iat",
+        "sub",
+        "role",
+        "aal",
+        "session_id",
+        "email",
+        "phone",
+        "is_anonymous",
+    ];
+    if !new.is_object() || REQUIRED.iter().any(|k| new.get(*k).is_none()) {
+        return Err(AuthError::internal(
+            "output claims do not conform to the expected schema",
+            format!("custom access token hook {spec} returned claims without the required ones"),
+        ));
+    }
+    Ok(new.clone())
 }

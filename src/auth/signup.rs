@@ -101,6 +101,22 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 invited: false,
             },
         )
+        .await
+        .map_err(|e| match e.code {
+            // A concurrent sign-up for the same address won the race.
+            "email_exists" | "phone_exists" => {
+                AuthError::unprocessable("user_already_exists", "User already registered")
+            }
+            _ => e,
+        })?;
+        let provider = if email.is_some() { "email" } else { "phone" };
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(id),
+            "user_signedup",
+            Some(json!({"provider": provider})),
+        )
         .await?;
         if cfg.autoconfirm {
             return session::issue(state, &*tx, id, "password", &call.origin()).await;
@@ -169,6 +185,14 @@ async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Res
                 is_anonymous: true,
                 invited: false,
             },
+        )
+        .await?;
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(id),
+            "user_signedup",
+            Some(json!({"provider": "anonymous"})),
         )
         .await?;
         session::issue(state, &*tx, id, "anonymous", &call.origin()).await

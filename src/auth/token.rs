@@ -55,17 +55,19 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             _ => None,
         };
         let hash = u.as_ref().and_then(|u| u.encrypted_password.clone());
-        let matches = password::verify(pw, hash.as_deref()).await;
+        let matches = password::verify(pw, hash.as_deref(), &state.auth.dummy_hash).await;
         let Some(u) = u.filter(|_| matches) else {
             return Err(AuthError::invalid_credentials());
         };
         if u.is_banned() {
             return Err(AuthError::bad_request("user_banned", "User is banned"));
         }
-        if email.is_some() && u.email_confirmed_at.is_none() && !state.config.auth.autoconfirm {
+        // As GoTrue: an unconfirmed user cannot sign in with a password, autoconfirm or
+        // not (e.g. created by the admin API with email_confirm: false).
+        if email.is_some() && !u.is_confirmed() {
             return Err(AuthError::bad_request("email_not_confirmed", "Email not confirmed"));
         }
-        if phone.is_some() && u.phone_confirmed_at.is_none() && !state.config.auth.autoconfirm {
+        if phone.is_some() && u.phone_confirmed_at.is_none() {
             return Err(AuthError::bad_request("phone_not_confirmed", "Phone not confirmed"));
         }
         tx.execute(
@@ -80,12 +82,19 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
 }
 
 async fn refresh_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    ratelimit::check_ip(state, call, "refresh").await?;
     let token = call
         .s("refresh_token")
         .ok_or_else(|| AuthError::validation("Refresh token is not valid"))?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
-    let r = session::refresh(state, &tx, token).await;
+    let r = async {
+        let v = session::refresh(state, &tx, token).await?;
+        let uid = v["user"]["id"].as_str().and_then(|s| s.parse().ok());
+        super::audit::record(&*tx, &call.ip, uid, "token_refreshed", None).await?;
+        Ok(v)
+    }
+    .await;
     Ok(ok(finish(tx, r).await?))
 }
 

@@ -66,7 +66,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     ));
                 }
             }
-            if password::verify(p, u.encrypted_password.as_deref()).await {
+            if password::verify(p, u.encrypted_password.as_deref(), &state.auth.dummy_hash).await {
                 return Err(AuthError::unprocessable(
                     "same_password",
                     "New password should be different from the old password.",
@@ -79,6 +79,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&u.id, &hash],
             )
             .await?;
+            super::audit::record(&*tx, &call.ip, Some(u.id), "user_updated_password", None).await?;
             // A password change signs out every other session (GoTrue keeps the current one).
             tx.execute(
                 "delete from auth.sessions where user_id = $1 and ($2::uuid is null or id <> $2)",
@@ -123,7 +124,16 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 if let Some(f) = &flow {
                     email::create_flow_state(&*tx, u.id, f, "email_change").await?;
                 }
+                tx.execute(
+                    "update auth.users set email_change_token_current = '', email_change_confirm_status = 0 where id = $1",
+                    &[&u.id],
+                )
+                .await?;
                 email::send(state, &tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
+                if let Some(current) = u2.email.as_deref().filter(|_| cfg.secure_email_change) {
+                    email::send(state, &tx, &u2, Kind::EmailChangeCurrent, current, &redirect, true)
+                        .await?;
+                }
             }
         }
         if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
@@ -152,6 +162,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 email::send(state, &tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
             }
         }
+        super::audit::record(&*tx, &call.ip, Some(u.id), "user_modified", None).await?;
         users::json(&*tx, u.id).await
     }
     .await;
@@ -188,6 +199,14 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     .await?;
             }
         }
+        super::audit::record(
+            &*tx,
+            &call.ip,
+            Some(u.id),
+            "logout",
+            Some(json!({"scope": scope})),
+        )
+        .await?;
         Ok(json!({}))
     }
     .await;

@@ -16,6 +16,8 @@ pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
     coalesce(recovery_token, '') as recovery_token, \
     coalesce(email_change_token_new, '') as email_change_token_new, \
     coalesce(email_change, '') as email_change, \
+    coalesce(email_change_token_current, '') as email_change_token_current, \
+    coalesce(email_change_confirm_status, 0::smallint) as email_change_confirm_status, \
     coalesce(reauthentication_token, '') as reauthentication_token, \
     coalesce(phone_change, '') as phone_change, \
     coalesce(phone_change_token, '') as phone_change_token, \
@@ -41,6 +43,8 @@ pub struct User {
     pub recovery_token: String,
     pub email_change_token_new: String,
     pub email_change: String,
+    pub email_change_token_current: String,
+    pub email_change_confirm_status: i16,
     pub reauthentication_token: String,
     pub phone_change: String,
     pub phone_change_token: String,
@@ -76,6 +80,8 @@ impl User {
             recovery_token: r.get("recovery_token"),
             email_change_token_new: r.get("email_change_token_new"),
             email_change: r.get("email_change"),
+            email_change_token_current: r.get("email_change_token_current"),
+            email_change_confirm_status: r.get("email_change_confirm_status"),
             reauthentication_token: r.get("reauthentication_token"),
             phone_change: r.get("phone_change"),
             phone_change_token: r.get("phone_change_token"),
@@ -161,9 +167,10 @@ pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> 
     } else {
         None
     };
-    let mut app = match provider {
-        Some(p) => json!({"provider": p, "providers": [p]}),
-        None => json!({}),
+    let mut app = match (provider, n.is_anonymous) {
+        (Some(p), _) => json!({"provider": p, "providers": [p]}),
+        (None, true) => json!({"provider": "anonymous", "providers": ["anonymous"]}),
+        (None, false) => json!({}),
     };
     if let (Some(Value::Object(extra)), Some(obj)) = (&n.app_meta, app.as_object_mut()) {
         for (k, v) in extra {

@@ -73,6 +73,28 @@ pub fn refresh_token() -> String {
         .collect()
 }
 
+/// An SQL identifier, double-quoted (embedded quotes doubled).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `schema.function` or `pg-functions://<db>/<schema>/<function>` as (schema, function).
+pub fn hook_function(spec: &str) -> Option<(String, String)> {
+    let s = spec.trim();
+    let (schema, func) = match s.strip_prefix("pg-functions://") {
+        Some(rest) => {
+            let mut parts = rest.split('/');
+            let (_db, schema, func) = (parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            (schema, func)
+        }
+        None => s.split_once('.')?,
+    };
+    (!schema.is_empty() && !func.is_empty()).then(|| (schema.to_string(), func.to_string()))
+}
+
 /// A six-digit one-time code.
 pub fn otp() -> String {
     format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32))
@@ -272,6 +294,21 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_and_hooks() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(
+            hook_function("pg-functions://postgres/public/custom_access_token_hook"),
+            Some(("public".into(), "custom_access_token_hook".into()))
+        );
+        assert_eq!(
+            hook_function("app.hook"),
+            Some(("app".into(), "hook".into()))
+        );
+        assert_eq!(hook_function("nohook"), None);
+        assert_eq!(hook_function("pg-functions://postgres/public"), None);
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("24h"), Some(86400.0));
         assert_eq!(parse_go_duration("1h30m"), Some(5400.0));
@@ -282,8 +319,10 @@ mod tests {
 
     #[test]
     fn redirects() {
-        let mut c = crate::config::AuthConfig::default();
-        c.additional_redirect_urls = vec!["http://localhost:5173/**".into()];
+        let c = crate::config::AuthConfig {
+            additional_redirect_urls: vec!["http://localhost:5173/**".into()],
+            ..Default::default()
+        };
         assert_eq!(redirect_for(&c, None), c.site_url);
         assert_eq!(
             redirect_for(&c, Some("http://localhost:3000/cb")),

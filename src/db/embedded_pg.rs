@@ -215,7 +215,9 @@ impl EmbeddedPg {
                 "-c",
                 "max_wal_senders=20",
             ])
-            .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
+            // As in Supabase's image (EXPLAIN ... SETTINGS shows it).
+            .args(["-c", "effective_cache_size=128MB"]);
         if self.die_with_parent {
             die_with_parent(&mut cmd);
         }

@@ -38,7 +38,12 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_supabase_base.sql"),
     migration!(2, "0002_app_schema.sql", app),
     migration!(100, "0100_auth.sql"),
+    migration!(101, "0101_auth_mfa.sql"),
+    migration!(102, "0102_auth_oauth_clients.sql"),
+    migration!(103, "0103_auth_passkeys.sql"),
+    migration!(104, "0104_auth_audit.sql"),
     migration!(200, "0200_storage_resumable.sql"),
+    migration!(300, "0300_rest.sql"),
     migration!(400, "0400_realtime.sql"),
     migration!(401, "0401_realtime_broadcast_from_db.sql"),
 ];

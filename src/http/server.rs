@@ -91,8 +91,10 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: &AppState, router: &ApiRouter, req: Req, peer: SocketAddr) -> Resp {
+async fn handle(state: &AppState, router: &ApiRouter, mut req: Req, peer: SocketAddr) -> Resp {
     let start = Instant::now();
+    // The peer address, for per-IP rate limits.
+    req.extensions_mut().insert(peer);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let origin = req.headers().get(http::header::ORIGIN).cloned();

@@ -51,6 +51,20 @@ impl RestError {
     // ---- request stage (PGRST1xx) ----
 
     /// PGRST100: a query parameter that does not parse.
+    /// PGRST100 with the position PostgREST's parser reports.
+    pub fn parse_at(
+        what: &str,
+        input: &str,
+        detail: impl Into<String>,
+        column: usize,
+    ) -> RestError {
+        RestError::new(
+            400,
+            "PGRST100",
+            format!("\"failed to parse {what} ({input})\" (line 1, column {column})"),
+        )
+        .details(detail)
+    }
     pub fn parse(what: &str, input: &str, detail: impl Into<String>) -> RestError {
         RestError::new(
             400,

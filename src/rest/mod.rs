@@ -3,12 +3,16 @@
 //! one transaction as the caller's role (`crate::db::begin_as`) -> respond.
 
 pub mod error;
+mod execute;
 pub mod openapi;
 pub mod plan;
 pub mod prefer;
 pub mod query;
+mod read;
+mod rpc;
 pub mod schema;
 pub mod sql;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,11 +31,15 @@ use crate::jwt::JwtError;
 use crate::state::AppState;
 
 use error::RestError;
+use execute::*;
 use plan::{Call, Modifiers, Node, Planner, Source};
 use prefer::{Accept, Media, Prefer, Resolution, Return};
 use query::{IsVal, Op, SelectItem};
+use read::*;
+use rpc::*;
 use schema::{RetType, SchemaCache};
 use sql::{ident, qualified, BodyShape, Sql};
+use write::*;
 
 /// This API's share of the application state: the schema cache.
 pub struct State {
@@ -152,7 +160,10 @@ async fn listen(state: &AppState, url: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     while let Some(payload) = rx.recv().await {
-        if payload.is_empty() || payload.starts_with("reload schema") {
+        if payload.is_empty()
+            || payload.starts_with("reload schema")
+            || payload.starts_with("reload config")
+        {
             // Coalesce bursts of DDL into one reload.
             tokio::time::sleep(Duration::from_millis(20)).await;
             while rx.try_recv().is_ok() {}
@@ -199,29 +210,6 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 
 // ---------------------------------------------------------------------------------------
 // Request parsing
-
-/// A database parameter sent in text format and typed by PostgreSQL (like an untyped
-/// literal), so one Rust type serves every column type.
-#[derive(Debug)]
-struct TextParam<'a>(&'a str);
-
-impl ToSql for TextParam<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-    tokio_postgres::types::to_sql_checked!();
-}
 
 /// Everything the query string says, grouped by embed path.
 #[derive(Debug, Default)]
@@ -341,6 +329,43 @@ fn lift_embed_nulls(p: &mut Params) {
     }
 }
 
+/// Every `<path>.<filter|order|limit|...>` must name an embed of `select` (PGRST108).
+fn check_embed_paths(p: &Params) -> Result<(), RestError> {
+    fn paths(items: &[SelectItem], prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for it in items {
+            if let SelectItem::Embed(e) = it {
+                let mut np = prefix.clone();
+                np.push(e.label().to_string());
+                out.push(np.clone());
+                paths(&e.items, np, out);
+            }
+        }
+    }
+    let mut known = vec![vec![]];
+    if let Some(s) = &p.select {
+        paths(s, vec![], &mut known);
+    }
+    for path in p.mods.keys() {
+        if !known.contains(path) {
+            // The first segment that is not embedded.
+            let mut i = 0;
+            while i < path.len() && known.contains(&path[..=i].to_vec()) {
+                i += 1;
+            }
+            let name = path.get(i).cloned().unwrap_or_default();
+            return Err(RestError::new(
+                400,
+                "PGRST108",
+                format!("'{name}' is not an embedded resource in this request"),
+            )
+            .hint(format!(
+                "Verify that '{name}' is included in the 'select' query parameter."
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -422,7 +447,11 @@ async fn route(
     let method = req.method().clone();
     let headers = req.headers().clone();
     let uri = req.uri().clone();
-    let path = path.trim_end_matches('/');
+    // Table and function names arrive %-encoded (`my%20table`).
+    let decoded = percent_encoding::percent_decode_str(path.trim_end_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    let path = decoded.as_str();
     let pairs = crate::http::query_pairs(uri.query());
     let schema = profile(&headers, &method, &state.rest.schemas)?;
     let prefer = Prefer::parse(
@@ -523,6 +552,7 @@ where
     }
 }
 
+#[derive(Clone)]
 pub struct RestReq<'a> {
     pub ctx: &'a AuthContext,
     pub method: &'a Method,
@@ -541,1055 +571,21 @@ fn table_not_found(sc: &SchemaCache, schema: &str, name: &str) -> RestError {
         "PGRST205",
         format!("Could not find the table '{schema}.{name}' in the schema cache"),
     );
-    if let Some((s, n)) = sc
+    let best = sc
         .relations
         .keys()
         .filter(|(s, _)| s == schema)
-        .find(|(_, n)| plan::similar(n, name))
-    {
+        .map(|(s, n)| (plan::dice(n, name), s, n))
+        .filter(|(d, _, _)| *d >= 0.5)
+        .max_by(|a, b| {
+            a.0.partial_cmp(&b.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| b.2.cmp(a.2))
+        });
+    if let Some((_, s, n)) = best {
         e = e.hint(format!("Perhaps you meant the table '{s}.{n}'"));
     }
     e
-}
-
-// ---------------------------------------------------------------------------------------
-// Execution
-
-struct Outcome {
-    total: Option<i64>,
-    page: i64,
-    body: Option<String>,
-    location: Option<String>,
-}
-
-fn request_gucs_headers(h: &HeaderMap) -> String {
-    let mut m = serde_json::Map::new();
-    for (k, v) in h {
-        if let Ok(v) = v.to_str() {
-            m.insert(k.as_str().to_string(), Value::String(v.to_string()));
-        }
-    }
-    Value::Object(m).to_string()
-}
-
-/// Run one statement in the caller's transaction. `check` may veto the commit (rollback
-/// and error) after seeing the outcome.
-async fn execute(
-    state: &AppState,
-    req: &RestReq<'_>,
-    q: &Sql,
-    read_only: bool,
-    rollback: bool,
-    explain: Option<&Media>,
-    check: impl FnOnce(&Outcome) -> Result<(), RestError>,
-) -> Result<Outcome, RestError> {
-    let mut client = state.pool.get().await.map_err(|e| {
-        let mut r = RestError::new(
-            503,
-            "PGRST000",
-            "Database connection error. Retrying the connection.",
-        );
-        r.log = Some(e.to_string());
-        r
-    })?;
-    let headers = request_gucs_headers(req.headers);
-    let mut sp: Vec<String> = vec![ident(req.schema)];
-    for s in &state.config.rest.extra_search_path {
-        if s != req.schema {
-            sp.push(ident(s));
-        }
-    }
-    let search_path = sp.join(", ");
-    let timeout = if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 {
-        None
-    } else {
-        Some(state.config.rest.statement_timeout_ms)
-    };
-    let path = format!("/{}", req.path);
-    let gucs = crate::db::RequestGucs {
-        method: req.method.as_str(),
-        path: &path,
-        headers: Some(&headers),
-        search_path: Some(&search_path),
-        statement_timeout_ms: timeout,
-    };
-    let anon = req.ctx.role.is_anon();
-    let tx = crate::db::begin_as(&mut client, req.ctx, &gucs, read_only)
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
-    let params: Vec<TextParam> = q.params.iter().map(|p| TextParam(p)).collect();
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-        .iter()
-        .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
-        .collect();
-    if let Some(Media::Plan { text, options, .. }) = explain {
-        let mut opts = vec![format!("FORMAT {}", if *text { "TEXT" } else { "JSON" })];
-        for o in options {
-            match o.as_str() {
-                "analyze" | "verbose" | "settings" | "buffers" | "wal" => {
-                    opts.push(o.to_ascii_uppercase())
-                }
-                _ => {}
-            }
-        }
-        let stmt = format!("EXPLAIN ({}) {}", opts.join(", "), q.text);
-        let rows = tx
-            .query_typed(&stmt, &typed)
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-        let body = if *text {
-            rows.iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-                .join("\n")
-        } else {
-            rows.first()
-                .map(|r| r.get::<_, Value>(0).to_string())
-                .unwrap_or_default()
-        };
-        let _ = tx.rollback().await;
-        return Ok(Outcome {
-            total: None,
-            page: 0,
-            body: Some(body),
-            location: None,
-        });
-    }
-    let row = tx
-        .query_typed(&q.text, &typed)
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
-    let row = row
-        .into_iter()
-        .next()
-        .ok_or_else(|| RestError::internal("statement returned no row"))?;
-    let out = Outcome {
-        total: row.get(0),
-        page: row.get(1),
-        body: row.get(2),
-        location: row.get(3),
-    };
-    if let Err(e) = check(&out) {
-        let _ = tx.rollback().await;
-        return Err(e);
-    }
-    if rollback {
-        tx.rollback()
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-    } else {
-        tx.commit()
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-    }
-    Ok(out)
-}
-
-fn content_type(accept: &Accept) -> &'static str {
-    match &accept.media {
-        Media::Object => {
-            if accept.strip_nulls {
-                "application/vnd.pgrst.object+json; nulls=stripped; charset=utf-8"
-            } else {
-                "application/vnd.pgrst.object+json; charset=utf-8"
-            }
-        }
-        Media::Csv => "text/csv; charset=utf-8",
-        Media::GeoJson => "application/geo+json; charset=utf-8",
-        Media::OpenApi => "application/openapi+json; charset=utf-8",
-        Media::Plan { text: true, .. } => "application/vnd.pgrst.plan+text; charset=utf-8",
-        Media::Plan { .. } => "application/vnd.pgrst.plan+json; charset=utf-8",
-        Media::Text => "text/plain; charset=utf-8",
-        Media::Octet => "application/octet-stream",
-        Media::Json => {
-            if accept.strip_nulls {
-                "application/vnd.pgrst.array+json; nulls=stripped; charset=utf-8"
-            } else {
-                "application/json; charset=utf-8"
-            }
-        }
-    }
-}
-
-fn respond(
-    status: StatusCode,
-    ct: Option<&str>,
-    body: Option<String>,
-    headers: Vec<(String, String)>,
-) -> Resp {
-    let mut r = http::Response::new(match body {
-        Some(b) => full(b),
-        None => empty(),
-    });
-    *r.status_mut() = status;
-    if let Some(ct) = ct {
-        if let Ok(v) = HeaderValue::from_str(ct) {
-            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-        }
-    }
-    for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) {
-            r.headers_mut().append(k, v);
-        }
-    }
-    r
-}
-
-fn single_error(n: i64) -> RestError {
-    RestError::new(
-        406,
-        "PGRST116",
-        "Cannot coerce the result to a single JSON object",
-    )
-    .details(format!("The result contains {n} rows"))
-}
-
-fn content_range(offset: i64, page: i64, total: Option<i64>) -> String {
-    let t = total.map(|t| t.to_string()).unwrap_or_else(|| "*".into());
-    if page <= 0 {
-        format!("*/{t}")
-    } else {
-        format!("{}-{}/{t}", offset, offset + page - 1)
-    }
-}
-
-fn explain_check(req: &RestReq, st: &Settings) -> Result<Option<Media>, RestError> {
-    if let Media::Plan { .. } = &req.accept.media {
-        if !st.plan_enabled {
-            return Err(RestError::not_acceptable(
-                header(req.headers, "accept").unwrap_or(""),
-            ));
-        }
-        return Ok(Some(req.accept.media.clone()));
-    }
-    Ok(None)
-}
-
-/// The media the body is built for (a plan request describes the query for its `for`).
-fn body_media(accept: &Accept) -> Media {
-    match &accept.media {
-        Media::Plan { for_media, .. } => prefer::parse_accept(Some(for_media))
-            .map(|a| a.media)
-            .unwrap_or(Media::Json),
-        m => m.clone(),
-    }
-}
-
-fn plan_response(out: Outcome, accept: &Accept) -> Resp {
-    respond(StatusCode::OK, Some(content_type(accept)), out.body, vec![])
-}
-
-// ---------------------------------------------------------------------------------------
-// Reads
-
-async fn read(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let Some(rel) = sc.relation(req.schema, table) else {
-        return Err(table_not_found(&sc, req.schema, table));
-    };
-    let mut params = parse_params(req.pairs, false, &[])?;
-    lift_embed_nulls(&mut params);
-    let explain = explain_check(req, &st)?;
-    let media = body_media(&req.accept);
-    if media == Media::GeoJson && !sc.postgis {
-        return Err(RestError::not_acceptable("application/geo+json"));
-    }
-    // Paging: limit/offset params, Range header, max_rows.
-    let top = params.mods.entry(vec![]).or_default();
-    if let Some((off, lim)) = range_header(req.headers) {
-        if top.offset.is_none() {
-            top.offset = Some(off);
-        }
-        if top.limit.is_none() {
-            top.limit = lim;
-        }
-    }
-    if let Some(m) = st.max_rows {
-        top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
-    }
-    let offset = top.offset.unwrap_or(0);
-    let mut planner = Planner::new(&sc, req.schema, st.aggregates);
-    planner.mods = std::mem::take(&mut params.mods);
-    let node = planner.node(
-        Source::Table {
-            schema: rel.schema.clone(),
-            name: rel.name.clone(),
-        },
-        &rel.name,
-        Some((rel.schema.clone(), rel.name.clone())),
-        params.select.as_deref().unwrap_or(&[]),
-        &[],
-    )?;
-    let count = req.prefer.count;
-    let mut q = Sql::default();
-    q.text = sql::wrap_read(
-        &mut q,
-        &node,
-        count.is_some(),
-        &media,
-        req.accept.strip_nulls,
-        &BodyShape::Rows,
-        None,
-    );
-    let out = execute(state, req, &q, true, false, explain.as_ref(), |_| Ok(())).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let total = estimate_total(state, req, &q, &node, count, out.total, st.max_rows).await?;
-    finish_read(req, out, offset, total, &media, count.is_some())
-}
-
-/// planned/estimated counts come from the planner's row estimate.
-async fn estimate_total(
-    _state: &AppState,
-    _req: &RestReq<'_>,
-    _q: &Sql,
-    _node: &Node,
-    count: Option<prefer::Count>,
-    exact: Option<i64>,
-    _max_rows: Option<i64>,
-) -> Result<Option<i64>, RestError> {
-    // The statement already computed an exact count; planned/estimated are answered with
-    // it too (an upper bound on accuracy, same wire shape).
-    Ok(match count {
-        Some(_) => exact,
-        None => None,
-    })
-}
-
-fn finish_read(
-    req: &RestReq,
-    out: Outcome,
-    offset: i64,
-    total: Option<i64>,
-    media: &Media,
-    counted: bool,
-) -> Result<Resp, RestError> {
-    if *media == Media::Object && out.page != 1 {
-        return Err(single_error(out.page));
-    }
-    let mut status = StatusCode::OK;
-    if let Some(t) = total {
-        if offset > 0 && offset >= t && t > 0 || (offset > 0 && t == 0 && out.page == 0 && false) {
-            return Err(
-                RestError::new(416, "PGRST103", "Requested range not satisfiable").details(
-                    format!("An offset of {offset} was requested, but there are only {t} rows."),
-                ),
-            );
-        }
-        if out.page < t {
-            status = StatusCode::PARTIAL_CONTENT;
-        }
-    }
-    let mut headers = vec![(
-        "content-range".to_string(),
-        content_range(offset, out.page, total),
-    )];
-    if counted {
-        if let Some(c) = req.prefer.count {
-            headers.push((
-                "preference-applied".into(),
-                format!("count={}", count_name(c)),
-            ));
-        }
-    }
-    Ok(respond(
-        status,
-        Some(content_type(&req.accept)),
-        out.body,
-        headers,
-    ))
-}
-
-fn count_name(c: prefer::Count) -> &'static str {
-    match c {
-        prefer::Count::Exact => "exact",
-        prefer::Count::Planned => "planned",
-        prefer::Count::Estimated => "estimated",
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Writes
-
-fn parse_json_body(body: &Option<bytes::Bytes>) -> Result<Value, RestError> {
-    let b = body.as_deref().unwrap_or(b"");
-    if b.iter().all(|c| c.is_ascii_whitespace()) {
-        return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
-    }
-    serde_json::from_slice(b).map_err(|_| RestError::new(400, "PGRST102", "Empty or invalid json"))
-}
-
-fn is_form(req: &RestReq) -> bool {
-    header(req.headers, "content-type")
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-}
-
-fn request_body(req: &RestReq) -> Result<Value, RestError> {
-    if is_form(req) {
-        let b = req.body.as_deref().unwrap_or(b"");
-        let m: serde_json::Map<String, Value> = form_urlencoded::parse(b)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        return Ok(Value::Object(m));
-    }
-    parse_json_body(&req.body)
-}
-
-async fn write(state: &AppState, req: &RestReq<'_>, table: &str) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let Some(rel) = sc.relation(req.schema, table) else {
-        return Err(table_not_found(&sc, req.schema, table));
-    };
-    let mut params = parse_params(req.pairs, false, &[])?;
-    lift_embed_nulls(&mut params);
-    let explain = explain_check(req, &st)?;
-    let media = body_media(&req.accept);
-    let ret = req.prefer.ret.unwrap_or(Return::Minimal);
-    let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
-    let t = qualified(&rel.schema, &rel.name);
-    let a = ident(&rel.name);
-    let mut q = Sql::default();
-    let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
-    // Conditions for update/delete on the target table.
-    let planner0 = Planner::new(&sc, req.schema, st.aggregates);
-    let mut where_node = Node {
-        source: Source::Table {
-            schema: rel.schema.clone(),
-            name: rel.name.clone(),
-        },
-        alias: rel.name.clone(),
-        rel: Some((rel.schema.clone(), rel.name.clone())),
-        items: vec![],
-        conds: vec![],
-        order: vec![],
-        limit: None,
-        offset: None,
-        children: vec![],
-    };
-    {
-        let mut p = Planner::new(&sc, req.schema, st.aggregates);
-        p.mods.insert(
-            vec![],
-            Modifiers {
-                filters: top_mods.filters.clone(),
-                logic: top_mods.logic.clone(),
-                ..Default::default()
-            },
-        );
-        let n = p.node(
-            where_node.source.clone(),
-            &rel.name,
-            where_node.rel.clone(),
-            &[SelectItem::Star],
-            &[],
-        )?;
-        where_node.conds = n.conds;
-    }
-    let _ = planner0;
-    let check_cols = |cols: &[String]| -> Result<(), RestError> {
-        for c in cols {
-            if rel.column(c).is_none() {
-                return Err(RestError::new(
-                    400,
-                    "PGRST204",
-                    format!(
-                        "Could not find the '{c}' column of '{}' in the schema cache",
-                        rel.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    };
-    let mut status = StatusCode::OK;
-    let mut applied: Vec<String> = vec![];
-    let mutation = match *req.method {
-        Method::POST | Method::PUT => {
-            let body = request_body(req)?;
-            let rows: Vec<Value> = match body {
-                Value::Array(v) => v,
-                o @ Value::Object(_) => vec![o],
-                _ => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
-            };
-            if rows.iter().any(|r| !r.is_object()) {
-                return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
-            }
-            let cols: Vec<String> = match &params.columns {
-                Some(c) => c.clone(),
-                None => {
-                    let first: Vec<String> = rows
-                        .first()
-                        .and_then(|r| r.as_object())
-                        .map(|o| o.keys().cloned().collect())
-                        .unwrap_or_default();
-                    for r in &rows {
-                        let o = r.as_object().expect("checked objects");
-                        if o.len() != first.len() || !first.iter().all(|k| o.contains_key(k)) {
-                            return Err(RestError::new(
-                                400,
-                                "PGRST102",
-                                "All object keys must match",
-                            ));
-                        }
-                    }
-                    first
-                }
-            };
-            check_cols(&cols)?;
-            status = StatusCode::CREATED;
-            let body_p = q.param(Value::Array(rows).to_string());
-            let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
-            let mut exprs = vec![];
-            for c in &cols {
-                let col = rel.column(c).expect("checked");
-                let v = format!("pgrst_r.{}", ident(c));
-                if req.prefer.missing_default {
-                    if let Some(d) = &col.default {
-                        let k = q.param(c.clone());
-                        exprs.push(format!(
-                            "CASE WHEN pgrst_j.j ? {k}::text THEN {v} ELSE {d} END"
-                        ));
-                        continue;
-                    }
-                }
-                exprs.push(v);
-            }
-            if req.prefer.missing_default {
-                applied.push("missing=default".into());
-            }
-            let mut s = format!(
-                "INSERT INTO {t} AS {a} ({}) SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r",
-                col_list.join(", "),
-                exprs.join(", ")
-            );
-            let upsert = req.prefer.resolution.or(if *req.method == Method::PUT {
-                Some(Resolution::Merge)
-            } else {
-                None
-            });
-            if let Some(res) = upsert {
-                let conflict = params.on_conflict.clone().unwrap_or_else(|| rel.pk.clone());
-                check_cols(&conflict)?;
-                if conflict.is_empty() {
-                    return Err(
-                        RestError::new(400, "PGRST100", "\"failed to parse on_conflict\"").details(
-                            "on_conflict columns are required for a table without a primary key",
-                        ),
-                    );
-                }
-                let cc: Vec<String> = conflict.iter().map(|c| ident(c)).collect();
-                match res {
-                    Resolution::Ignore => {
-                        s.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", cc.join(", ")));
-                        applied.push("resolution=ignore-duplicates".into());
-                    }
-                    Resolution::Merge => {
-                        let sets: Vec<String> = if cols.is_empty() {
-                            cc.clone()
-                        } else {
-                            col_list.clone()
-                        }
-                        .iter()
-                        .map(|c| format!("{c} = EXCLUDED.{c}"))
-                        .collect();
-                        s.push_str(&format!(
-                            " ON CONFLICT ({}) DO UPDATE SET {}",
-                            cc.join(", "),
-                            sets.join(", ")
-                        ));
-                        if req.prefer.resolution.is_some() {
-                            applied.push("resolution=merge-duplicates".into());
-                        }
-                    }
-                }
-                if *req.method == Method::PUT {
-                    status = StatusCode::OK;
-                }
-            }
-            s.push_str(&format!(" RETURNING {a}.*"));
-            s
-        }
-        Method::PATCH => {
-            let body = request_body(req)?;
-            let Value::Object(o) = body else {
-                return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
-            };
-            let cols: Vec<String> = match &params.columns {
-                Some(c) => c.clone(),
-                None => o.keys().cloned().collect(),
-            };
-            check_cols(&cols)?;
-            let body_p = q.param(Value::Object(o).to_string());
-            let mut wh = vec![];
-            for c in &where_node.conds {
-                wh.push(sql_cond(&mut q, &rel.name, c));
-            }
-            if cols.is_empty() {
-                // Nothing to set: PostgREST answers without touching rows.
-                format!(
-                    "SELECT {a}.* FROM {t} AS {a} WHERE FALSE AND {}",
-                    if wh.is_empty() {
-                        "TRUE".into()
-                    } else {
-                        wh.join(" AND ")
-                    }
-                )
-            } else {
-                let sets: Vec<String> = cols
-                    .iter()
-                    .map(|c| format!("{} = pgrst_body.{}", ident(c), ident(c)))
-                    .collect();
-                format!(
-                    "UPDATE {t} AS {a} SET {} FROM (SELECT * FROM jsonb_populate_record(NULL::{t}, {body_p}::jsonb)) AS pgrst_body{} RETURNING {a}.*",
-                    sets.join(", "),
-                    if wh.is_empty() { String::new() } else { format!(" WHERE {}", wh.join(" AND ")) }
-                )
-            }
-        }
-        Method::DELETE => {
-            let mut wh = vec![];
-            for c in &where_node.conds {
-                wh.push(sql_cond(&mut q, &rel.name, c));
-            }
-            format!(
-                "DELETE FROM {t} AS {a}{} RETURNING {a}.*",
-                if wh.is_empty() {
-                    String::new()
-                } else {
-                    format!(" WHERE {}", wh.join(" AND "))
-                }
-            )
-        }
-        _ => return Err(RestError::new(405, "PGRST117", "Unsupported HTTP method")),
-    };
-    // The representation: the select over the returned rows.
-    let mut planner = Planner::new(&sc, req.schema, st.aggregates);
-    let mut rest_mods = params.mods;
-    rest_mods.insert(
-        vec![],
-        Modifiers {
-            order: top_mods.order.clone(),
-            limit: None,
-            offset: None,
-            ..Default::default()
-        },
-    );
-    planner.mods = rest_mods;
-    let node = planner.node(
-        Source::Cte("pgrst_source".into()),
-        &rel.name,
-        Some((rel.schema.clone(), rel.name.clone())),
-        params.select.as_deref().unwrap_or(&[]),
-        &[],
-    )?;
-    let want_body = ret == Return::Representation;
-    let count = req.prefer.count.is_some();
-    let inner = sql::node_sql(&mut q, &node, None, sql::Mode::Full);
-    let body = if want_body {
-        sql::body_expr(&media, req.accept.strip_nulls, &BodyShape::Rows)
-    } else {
-        "NULL::text".into()
-    };
-    let location = if *req.method == Method::POST && !rel.pk.is_empty() {
-        "(SELECT row_to_json(pgrst_l)::text FROM pgrst_source AS pgrst_l LIMIT 1)"
-    } else {
-        "NULL::text"
-    };
-    q.text = format!(
-        "WITH pgrst_source AS ({mutation}) SELECT {} AS total, pg_catalog.count(pgrst_t) AS page, {body} AS body, {location} AS location FROM ({inner}) AS pgrst_t",
-        if count { "(SELECT count(*) FROM pgrst_source)" } else { "NULL::int8" }
-    );
-    let strict_max = if req.prefer.strict {
-        req.prefer.max_affected
-    } else {
-        None
-    };
-    let single = media == Media::Object;
-    let out = execute(state, req, &q, false, rollback, explain.as_ref(), |o| {
-        if let Some(m) = strict_max {
-            if o.page > m {
-                return Err(RestError::new(
-                    400,
-                    "PGRST124",
-                    "Query result exceeds max-affected preference constraint",
-                )
-                .details(format!("The query affects {} rows", o.page)));
-            }
-        }
-        if single && o.page != 1 {
-            return Err(single_error(o.page));
-        }
-        Ok(())
-    })
-    .await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let mut headers: Vec<(String, String)> = vec![];
-    if let Some(c) = req.prefer.count {
-        applied.push(format!("count={}", count_name(c)));
-    }
-    match req.prefer.ret {
-        Some(Return::Representation) => applied.insert(0, "return=representation".into()),
-        Some(Return::Minimal) => applied.insert(0, "return=minimal".into()),
-        Some(Return::HeadersOnly) => applied.insert(0, "return=headers-only".into()),
-        None => {}
-    }
-    if rollback {
-        applied.push("tx=rollback".into());
-    } else if req.prefer.tx_rollback.is_some() && st.tx_override {
-        applied.push("tx=commit".into());
-    }
-    if let Some(m) = strict_max {
-        applied.push("handling=strict".into());
-        applied.push(format!("max-affected={m}"));
-    }
-    if !applied.is_empty() {
-        headers.push(("preference-applied".into(), applied.join(", ")));
-    }
-    let total = if count { out.total } else { None };
-    headers.push((
-        "content-range".into(),
-        content_range(0, out.page, total).replacen("0-", "*", 0),
-    ));
-    if *req.method == Method::POST
-        && matches!(
-            ret,
-            Return::HeadersOnly | Return::Representation | Return::Minimal
-        )
-    {
-        if let Some(loc) = out
-            .location
-            .as_deref()
-            .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        {
-            let parts: Vec<String> = rel
-                .pk
-                .iter()
-                .map(|k| {
-                    let v = match loc.get(k) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v) => v.to_string(),
-                        None => String::new(),
-                    };
-                    format!("{}=eq.{}", enc(k), enc(&v))
-                })
-                .collect();
-            if ret == Return::HeadersOnly || ret == Return::Minimal || ret == Return::Representation
-            {
-                headers.push((
-                    "location".into(),
-                    format!("/{}?{}", rel.name, parts.join("&")),
-                ));
-            }
-        }
-    }
-    if want_body {
-        Ok(respond(
-            status,
-            Some(content_type(&req.accept)),
-            out.body,
-            headers,
-        ))
-    } else {
-        let st = if status == StatusCode::CREATED {
-            StatusCode::CREATED
-        } else {
-            StatusCode::NO_CONTENT
-        };
-        Ok(respond(st, None, None, headers))
-    }
-}
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn sql_cond(q: &mut Sql, alias: &str, c: &plan::Cond) -> String {
-    // Render one condition through a throwaway node (keeps `sql` the only renderer).
-    let n = Node {
-        source: Source::Cte("x".into()),
-        alias: alias.to_string(),
-        rel: None,
-        items: vec![],
-        conds: vec![c.clone()],
-        order: vec![],
-        limit: None,
-        offset: None,
-        children: vec![],
-    };
-    let s = sql::node_sql(q, &n, None, sql::Mode::Count);
-    s.split_once(" WHERE ")
-        .map(|(_, w)| w.to_string())
-        .unwrap_or_else(|| "TRUE".into())
-}
-
-// ---------------------------------------------------------------------------------------
-// RPC
-
-async fn rpc(state: &AppState, req: &RestReq<'_>, fname: &str) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let overloads = sc
-        .functions
-        .get(&(req.schema.to_string(), fname.to_string()))
-        .cloned()
-        .unwrap_or_default();
-    let is_get = matches!(*req.method, Method::GET | Method::HEAD);
-    if !is_get && *req.method != Method::POST {
-        return Err(RestError::new(
-            405,
-            "PGRST101",
-            "Only GET, HEAD or POST are allowed on /rpc",
-        ));
-    }
-    let all_arg_names: Vec<String> = overloads
-        .iter()
-        .flat_map(|f| f.args.iter().map(|a| a.name.clone()))
-        .collect();
-    let mut params = parse_params(req.pairs, is_get, &all_arg_names)?;
-    lift_embed_nulls(&mut params);
-    let explain = explain_check(req, &st)?;
-    let media = body_media(&req.accept);
-    // The arguments as a JSON object (or the raw body for a single json parameter).
-    let (args, raw_body): (serde_json::Map<String, Value>, Option<Value>) = if is_get {
-        (
-            params
-                .rpc_candidates
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-            None,
-        )
-    } else {
-        let b = req.body.as_deref().unwrap_or(b"");
-        if b.iter().all(|c| c.is_ascii_whitespace()) {
-            (serde_json::Map::new(), None)
-        } else if is_form(req) {
-            match request_body(req)? {
-                Value::Object(o) => (o, None),
-                _ => (serde_json::Map::new(), None),
-            }
-        } else {
-            match serde_json::from_slice::<Value>(b) {
-                Ok(Value::Object(o)) => (o.clone(), Some(Value::Object(o))),
-                Ok(v) => (serde_json::Map::new(), Some(v)),
-                Err(_) => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
-            }
-        }
-    };
-    let keys: Vec<&String> = args.keys().collect();
-    // Overload resolution by argument names.
-    let mut cands: Vec<&schema::Function> = overloads
-        .iter()
-        .filter(|f| {
-            let names_ok = keys.iter().all(|k| f.args.iter().any(|a| &&a.name == k));
-            let required_ok = f
-                .args
-                .iter()
-                .all(|a| a.has_default || keys.iter().any(|k| *k == &a.name));
-            names_ok && required_ok && !(f.args.len() == 1 && f.args[0].name.is_empty())
-        })
-        .collect();
-    let mut single_json = false;
-    if cands.is_empty() {
-        // A single unnamed json/jsonb parameter takes the whole body.
-        let sj: Vec<&schema::Function> = overloads
-            .iter()
-            .filter(|f| {
-                f.args.len() == 1
-                    && f.args[0].name.is_empty()
-                    && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
-            })
-            .collect();
-        if !is_get && !sj.is_empty() {
-            cands = sj;
-            single_json = true;
-        } else if req.prefer.single_object {
-            cands = overloads
-                .iter()
-                .filter(|f| f.args.len() == 1 && matches!(f.args[0].ty.as_str(), "json" | "jsonb"))
-                .collect();
-            single_json = !cands.is_empty();
-        }
-    }
-    if cands.len() > 1 {
-        // Prefer the overload matching the most given names with the fewest extra params.
-        let best = cands.iter().map(|f| f.args.len()).min().unwrap_or(0);
-        let narrowed: Vec<&schema::Function> = cands
-            .iter()
-            .copied()
-            .filter(|f| f.args.len() == best)
-            .collect();
-        if narrowed.len() == 1 {
-            cands = narrowed;
-        }
-    }
-    let f = match cands.len() {
-        1 => cands[0].clone(),
-        0 => {
-            let names: Vec<String> = {
-                let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-                v.sort();
-                v
-            };
-            let sig = if names.is_empty() {
-                format!("{}.{}", req.schema, fname)
-            } else {
-                format!("{}.{}({})", req.schema, fname, names.join(", "))
-            };
-            let details = if names.is_empty() {
-                format!("Searched for the function {}.{} without parameters or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.", req.schema, fname)
-            } else {
-                format!(
-                    "Searched for the function {}.{} with parameter{} {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
-                    req.schema,
-                    fname,
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
-                )
-            };
-            let mut e = RestError::new(
-                404,
-                "PGRST202",
-                format!("Could not find the function {sig} in the schema cache"),
-            )
-            .details(details);
-            if let Some(o) = overloads.first() {
-                e = e.hint(format!(
-                    "Perhaps you meant to call the function {}",
-                    o.signature().replace(" => ", " ")
-                ));
-            } else if let Some((s, n)) = sc
-                .functions
-                .keys()
-                .filter(|(s, _)| s == req.schema)
-                .find(|(_, n)| plan::similar(n, fname))
-            {
-                e = e.hint(format!("Perhaps you meant to call the function {s}.{n}"));
-            }
-            return Err(e);
-        }
-        _ => {
-            let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
-            return Err(RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
-                .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));
-        }
-    };
-    let call = Call {
-        schema: f.schema.clone(),
-        name: f.name.clone(),
-        args: if single_json {
-            vec![]
-        } else {
-            f.args
-                .iter()
-                .filter(|a| args.contains_key(&a.name))
-                .map(|a| (a.name.clone(), a.ty.clone()))
-                .collect()
-        },
-        single_json: if single_json {
-            Some(f.args[0].ty.clone())
-        } else {
-            None
-        },
-        body: if single_json {
-            raw_body
-                .clone()
-                .unwrap_or(Value::Object(args.clone()))
-                .to_string()
-        } else {
-            Value::Object(args.clone()).to_string()
-        },
-        variadic_last: f.variadic && f.args.last().is_some_and(|a| args.contains_key(&a.name)),
-    };
-    let read_only = is_get || matches!(f.volatility, 'i' | 's');
-    let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
-    let mut q = Sql::default();
-    let count = req.prefer.count.is_some();
-    let top = params.mods.entry(vec![]).or_default();
-    if let Some(m) = st.max_rows {
-        if f.returns_set {
-            top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
-        }
-    }
-    let offset = top.offset.unwrap_or(0);
-    let (rel, shape) = match &f.ret {
-        RetType::Relation(s, n) => (Some((s.clone(), n.clone())), BodyShape::Rows),
-        RetType::Record(_) => (None, BodyShape::Rows),
-        RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
-    };
-    let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
-    if scalar_single {
-        let (pre, c) = sql::call_sql(&mut q, &call);
-        let body = if matches!(f.ret, RetType::Void) {
-            "NULL::text".to_string()
-        } else {
-            "to_json(pgrst_scalar.pgrst_scalar)::text".to_string()
-        };
-        q.text = format!(
-            "SELECT NULL::int8 AS total, 1::int8 AS page, {body} AS body, NULL::text AS location FROM {}{c} AS pgrst_scalar",
-            pre.map(|p| format!("{p}, LATERAL ")).unwrap_or_default()
-        );
-    } else {
-        let mut planner = Planner::new(&sc, req.schema, st.aggregates);
-        planner.mods = std::mem::take(&mut params.mods);
-        let node = planner.node(
-            Source::Call(call),
-            &f.name,
-            rel,
-            params.select.as_deref().unwrap_or(&[]),
-            &[],
-        )?;
-        let m = if !f.returns_set && media == Media::Json {
-            Media::Object
-        } else {
-            media.clone()
-        };
-        q.text = sql::wrap_read(
-            &mut q,
-            &node,
-            count,
-            &m,
-            req.accept.strip_nulls,
-            &shape,
-            None,
-        );
-    }
-    let single = media == Media::Object;
-    let out = execute(state, req, &q, read_only, rollback, explain.as_ref(), |o| {
-        if single && o.page != 1 {
-            return Err(single_error(o.page));
-        }
-        Ok(())
-    })
-    .await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    if matches!(f.ret, RetType::Void) && !f.returns_set {
-        return Ok(respond(StatusCode::NO_CONTENT, None, None, vec![]));
-    }
-    if !f.returns_set {
-        let mut headers = vec![("content-range".to_string(), "0-0/*".to_string())];
-        if rollback {
-            headers.push(("preference-applied".into(), "tx=rollback".into()));
-        }
-        return Ok(respond(
-            StatusCode::OK,
-            Some(content_type(&req.accept)),
-            out.body,
-            headers,
-        ));
-    }
-    let total = if count { out.total } else { None };
-    finish_read(req, out, offset, total, &media, count)
 }
 
 #[cfg(test)]
@@ -1617,6 +613,24 @@ mod tests {
         assert_eq!(b.limit, Some(2));
         assert_eq!(b.order.len(), 1);
         assert!(parse_params(&[("limit".into(), "x".into())], false, &[]).is_err());
+        assert!(check_embed_paths(&p).is_ok());
+        let q = parse_params(
+            &[
+                ("select".into(), "id".into()),
+                ("books.limit".into(), "1".into()),
+            ],
+            false,
+            &[],
+        )
+        .unwrap();
+        let e = check_embed_paths(&q).unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            (
+                "PGRST108",
+                "'books' is not an embedded resource in this request"
+            )
+        );
     }
 
     #[test]
@@ -1627,5 +641,166 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("range", HeaderValue::from_static("0-9"));
         assert_eq!(range_header(&h), Some((0, Some(10))));
+    }
+}
+
+/// Planning and SQL text against a hand-built schema cache (no database).
+#[cfg(test)]
+mod plan_sql_tests {
+    use super::*;
+    use schema::{Cardinality, Column, Relation, Relationship};
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column {
+            name: name.into(),
+            ty: ty.into(),
+            nullable: true,
+            default: None,
+            description: None,
+            enum_values: vec![],
+            generated: false,
+            position: 0,
+        }
+    }
+
+    fn cache() -> SchemaCache {
+        let mut sc = SchemaCache::default();
+        for (name, cols) in [
+            ("authors", vec![col("id", "bigint"), col("name", "text")]),
+            (
+                "books",
+                vec![
+                    col("id", "bigint"),
+                    col("author_id", "bigint"),
+                    col("title", "text"),
+                ],
+            ),
+        ] {
+            sc.relations.insert(
+                ("public".into(), name.into()),
+                Relation {
+                    oid: 0,
+                    schema: "public".into(),
+                    name: name.into(),
+                    kind: 'r',
+                    columns: cols,
+                    pk: vec!["id".into()],
+                    description: None,
+                    insertable: true,
+                    updatable: true,
+                    deletable: true,
+                },
+            );
+        }
+        let rel = |s: &str, t: &str, cols: (&str, &str), card, forward| Relationship {
+            source: ("public".into(), s.into()),
+            target: ("public".into(), t.into()),
+            constraint: "books_author_id_fkey".into(),
+            cols: vec![(cols.0.into(), cols.1.into())],
+            card,
+            function: None,
+            to_one_computed: false,
+            base: true,
+            forward,
+        };
+        sc.relationships.push(rel(
+            "books",
+            "authors",
+            ("author_id", "id"),
+            Cardinality::ManyToOne,
+            true,
+        ));
+        sc.relationships.push(rel(
+            "authors",
+            "books",
+            ("id", "author_id"),
+            Cardinality::OneToMany,
+            false,
+        ));
+        sc
+    }
+
+    fn plan_read(table: &str, query: &str) -> Result<Sql, RestError> {
+        let sc = cache();
+        let pairs = crate::http::query_pairs(Some(query));
+        let mut p = parse_params(&pairs, false, &[])?;
+        lift_embed_nulls(&mut p);
+        let mut planner = Planner::new(&sc, "public", false);
+        planner.mods = std::mem::take(&mut p.mods);
+        let node = planner.node(
+            Source::Table {
+                schema: "public".into(),
+                name: table.into(),
+            },
+            table,
+            Some(("public".into(), table.into())),
+            p.select.as_deref().unwrap_or(&[]),
+            &[],
+        )?;
+        let mut q = Sql::default();
+        q.text = sql::wrap_read(
+            &mut q,
+            &node,
+            false,
+            &Media::Json,
+            false,
+            &BodyShape::Rows,
+            None,
+        );
+        Ok(q)
+    }
+
+    #[test]
+    fn many_to_one_embed_is_a_lateral_row() {
+        let q = plan_read("books", "select=title,author:authors(name)&id=eq.1").unwrap();
+        assert_eq!(
+            q.text,
+            "SELECT NULL::int8 AS total, pg_catalog.count(pgrst_t) AS page, coalesce(json_agg(pgrst_t), '[]')::text AS body, NULL::text AS location FROM (SELECT \"books\".\"title\" AS \"title\", \"books_author_1\".\"author\" AS \"author\" FROM \"public\".\"books\" AS \"books\" LEFT JOIN LATERAL (SELECT row_to_json(pgrst_x.*) AS \"author\" FROM (SELECT \"authors_1\".\"name\" AS \"name\" FROM \"public\".\"authors\" AS \"authors_1\" WHERE \"authors_1\".\"id\" = \"books\".\"author_id\") AS pgrst_x) AS \"books_author_1\" ON TRUE WHERE \"books\".\"id\" = $1) AS pgrst_t"
+        );
+        assert_eq!(q.params, vec!["1"]);
+    }
+
+    #[test]
+    fn one_to_many_embed_with_its_own_modifiers() {
+        let q = plan_read(
+            "authors",
+            "select=name,books(title)&books.order=title.desc&books.limit=2&books.title=like.*a*",
+        )
+        .unwrap();
+        assert!(
+            q.text.contains("SELECT json_agg(pgrst_x.*) AS \"books\""),
+            "{}",
+            q.text
+        );
+        assert!(q.text.contains("WHERE \"books_1\".\"author_id\" = \"authors\".\"id\" AND \"books_1\".\"title\" LIKE $1 ORDER BY \"books_1\".\"title\" DESC LIMIT 2"), "{}", q.text);
+        assert!(q
+            .text
+            .contains("COALESCE(\"authors_books_1\".\"books\", '[]') AS \"books\""));
+        assert_eq!(q.params, vec!["%a%"]);
+    }
+
+    #[test]
+    fn planning_errors() {
+        assert_eq!(
+            plan_read("authors", "select=nope(*)").unwrap_err().code,
+            "PGRST200"
+        );
+        assert_eq!(
+            plan_read("authors", "select=count()").unwrap_err().code,
+            "PGRST123"
+        );
+        // Not embedded: a plain column filter (PostgreSQL then reports the column).
+        let q = plan_read("books", "select=id&authors=is.null").unwrap();
+        assert!(q.text.contains("\"books\".\"authors\" IS NULL"));
+        let q = plan_read("books", "select=id,authors()&authors=not.is.null").unwrap();
+        assert!(
+            q.text
+                .contains("\"books_authors_1\".\"authors\" IS NOT NULL"),
+            "{}",
+            q.text
+        );
+        let inj = plan_read("books", "select=id&title=eq.';drop table books;--").unwrap();
+        assert!(!inj.text.contains("drop"));
+        assert_eq!(inj.params, vec!["';drop table books;--"]);
     }
 }

@@ -15,8 +15,9 @@ pub enum Source {
         schema: String,
         name: String,
     },
-    /// The CTE holding a mutation's returned rows.
-    Cte(String),
+    /// The CTE holding a mutation's returned rows, and the relation's columns (so `*` does
+    /// not pick up bookkeeping columns the CTE returns too).
+    Cte(String, Vec<String>),
     /// A function call in FROM; arguments come from one JSON parameter.
     Call(Call),
 }
@@ -25,8 +26,8 @@ pub enum Source {
 pub struct Call {
     pub schema: String,
     pub name: String,
-    /// Named arguments with their types (catalog text).
-    pub args: Vec<(String, String)>,
+    /// Arguments: (key in the JSON body, type (catalog text), parameter name or "").
+    pub args: Vec<(String, String, String)>,
     /// Pass the whole JSON body as the single unnamed argument of this type.
     pub single_json: Option<String>,
     pub body: String,
@@ -156,7 +157,6 @@ pub struct Planner<'a> {
     pub sc: &'a SchemaCache,
     pub schema: String,
     pub aggregates: bool,
-    counter: usize,
     pub mods: std::collections::HashMap<Vec<String>, Modifiers>,
 }
 
@@ -166,14 +166,8 @@ impl<'a> Planner<'a> {
             sc,
             schema: schema.to_string(),
             aggregates,
-            counter: 0,
             mods: Default::default(),
         }
-    }
-
-    fn next_alias(&mut self, base: &str) -> String {
-        self.counter += 1;
-        format!("{base}_{}", self.counter)
     }
 
     /// Plan a read of `source` (alias `alias`), with the select items and modifiers of
@@ -357,8 +351,11 @@ impl<'a> Planner<'a> {
         let label = e.label().to_string();
         let mut child_path = path.to_vec();
         child_path.push(label.clone());
-        let alias = self.next_alias(&r.target.1);
-        let lat = self.next_alias(&format!("{}_{}", src.1, label));
+        // PostgREST's aliases: `<target>_<depth>` and `<source>_<label>_<depth>` (two embeds
+        // with one label at one level collide there as well: 42712).
+        let depth = path.len() + 1;
+        let alias = format!("{}_{depth}", r.target.1);
+        let lat = format!("{}_{}_{depth}", src.1, label);
         let (source, link) = match (&r.function, &r.card) {
             (Some((fs, fname)), _) => (
                 Source::Call(Call {
@@ -380,7 +377,7 @@ impl<'a> Planner<'a> {
                     ..
                 },
             ) => {
-                let jalias = self.next_alias(&junction.1);
+                let jalias = format!("{}_{depth}", junction.1);
                 (
                     Source::Table {
                         schema: r.target.0.clone(),
@@ -484,15 +481,12 @@ impl<'a> Planner<'a> {
                 .clone()
                 .filter(|r| {
                     r.function.is_none()
-                        && matches!(r.card, Cardinality::ManyToOne | Cardinality::OneToOne)
-                        && (r.constraint == name || (r.cols.len() == 1 && r.cols[0].0 == name))
                         && !r.cols.is_empty()
+                        && r.base
+                        && (r.constraint == name
+                            || (r.forward && r.cols.len() == 1 && r.cols[0].0 == name))
                 })
                 .collect();
-            // Only the FK side (the source holds the constraint's columns).
-            if cands.len() > 1 {
-                cands.retain(|r| matches!(r.card, Cardinality::ManyToOne));
-            }
         }
         if let Some(h) = hint {
             cands.retain(|r| {
@@ -507,6 +501,22 @@ impl<'a> Planner<'a> {
                         _ => false,
                     }
             });
+        }
+        // Self-reference: a constraint-name hint does not pick a direction (as PostgREST),
+        // and without a column hint the one-to-many direction wins.
+        if cands
+            .iter()
+            .all(|r| r.source == r.target && r.function.is_none())
+            && !cands.is_empty()
+        {
+            if let Some(h) = hint {
+                if cands.iter().all(|r| r.constraint == h) {
+                    cands.clear();
+                }
+            }
+            if cands.len() == 2 && cands[0].constraint == cands[1].constraint {
+                cands.retain(|r| matches!(r.card, Cardinality::OneToMany));
+            }
         }
         match cands.len() {
             1 => Ok(cands[0].clone()),
@@ -593,16 +603,35 @@ fn describe(r: &Relationship) -> String {
             cols(target_cols.iter().map(|(_, j)| j).collect())
         ),
         _ => format!(
-            "{} using {}.{}({}) and {}.{}({})",
+            "{} using {}({}) and {}({})",
             r.constraint,
-            r.source.0,
             r.source.1,
             cols(r.cols.iter().map(|(a, _)| a).collect()),
-            r.target.0,
             r.target.1,
             cols(r.cols.iter().map(|(_, b)| b).collect())
         ),
     }
+}
+
+/// Dice coefficient over character bigrams (0..1), for "did you mean" hints.
+pub fn dice(a: &str, b: &str) -> f64 {
+    let grams = |s: &str| -> Vec<(char, char)> {
+        let c: Vec<char> = s.to_lowercase().chars().collect();
+        c.windows(2).map(|w| (w[0], w[1])).collect()
+    };
+    let (ga, mut gb) = (grams(a), grams(b));
+    if ga.is_empty() || gb.is_empty() {
+        return 0.0;
+    }
+    let total = ga.len() + gb.len();
+    let mut common = 0;
+    for g in &ga {
+        if let Some(i) = gb.iter().position(|x| x == g) {
+            gb.swap_remove(i);
+            common += 1;
+        }
+    }
+    2.0 * common as f64 / total as f64
 }
 
 /// A cheap "did you mean": same prefix or one is contained in the other.

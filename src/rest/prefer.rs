@@ -117,6 +117,12 @@ pub struct Accept {
 
 /// The first media type we can produce from an `Accept` header.
 pub fn parse_accept(header: Option<&str>) -> Result<Accept, RestError> {
+    parse_accept_for(header, true)
+}
+
+/// As `parse_accept`; `raw` says whether the resource can answer text/plain and
+/// application/octet-stream (scalar functions can, tables cannot: those are skipped).
+pub fn parse_accept_for(header: Option<&str>, raw: bool) -> Result<Accept, RestError> {
     let h = match header {
         None => {
             return Ok(Accept {
@@ -156,8 +162,8 @@ pub fn parse_accept(header: Option<&str>) -> Result<Accept, RestError> {
             "text/csv" => Media::Csv,
             "application/geo+json" => Media::GeoJson,
             "application/openapi+json" => Media::OpenApi,
-            "text/plain" => Media::Text,
-            "application/octet-stream" => Media::Octet,
+            "text/plain" if raw => Media::Text,
+            "application/octet-stream" if raw => Media::Octet,
             "application/vnd.pgrst.plan"
             | "application/vnd.pgrst.plan+json"
             | "application/vnd.pgrst.plan+text" => {

@@ -400,7 +400,10 @@ const SELECT_STOPS: &[char] = &[',', ':', '(', ')', '!', '.'];
 pub fn parse_select(s: &str) -> Result<Vec<SelectItem>, RestError> {
     // Whitespace outside quotes carries no meaning (the client strips it as well).
     let cleaned = strip_ws(s);
-    parse_select_items(&cleaned, 0).map_err(|d| RestError::parse("select parameter", s, d))
+    parse_select_items(&cleaned, 0).map_err(|(d, pos)| {
+        let col = cleaned.get(..pos).map(|p| p.chars().count()).unwrap_or(0) + 1;
+        RestError::parse_at("select parameter", s, d, col)
+    })
 }
 
 fn strip_ws(s: &str) -> String {
@@ -429,25 +432,30 @@ fn strip_ws(s: &str) -> String {
 
 const MAX_DEPTH: usize = 16;
 
-fn parse_select_items(s: &str, depth: usize) -> Result<Vec<SelectItem>, String> {
+fn parse_select_items(s: &str, depth: usize) -> Result<Vec<SelectItem>, (String, usize)> {
     if depth > MAX_DEPTH {
-        return Err("embedding is nested too deeply".into());
+        return Err(("embedding is nested too deeply".into(), 0));
     }
     if s.is_empty() {
         return Ok(vec![]);
     }
-    let parts = split_top(s, ',')?;
+    let parts = split_top(s, ',').map_err(|e| (e, s.len()))?;
     let mut out = vec![];
+    let mut off = 0;
     for p in parts {
         if p.is_empty() {
-            return Err("unexpected \",\" expecting field name (* or [a..z0..9_$])".into());
+            return Err((
+                "unexpected \",\" expecting field name (* or [a..z0..9_$])".into(),
+                off,
+            ));
         }
-        out.push(parse_select_item(&p, depth)?);
+        out.push(parse_select_item(&p, depth).map_err(|(e, at)| (e, off + at))?);
+        off += p.len() + 1;
     }
     Ok(out)
 }
 
-fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, String> {
+fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, (String, usize)> {
     if p == "*" {
         return Ok(SelectItem::Star);
     }
@@ -467,41 +475,43 @@ fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, String> {
         c.pos = save;
     }
     if !spread && c.eat("count()") {
-        let cast = c.cast()?;
+        let cast = c.cast().map_err(|e| (e, c.pos))?;
         if !c.eof() {
-            return Err(format!("unexpected \"{}\"", c.rest()));
+            return Err((format!("unexpected \"{}\"", c.rest()), c.pos));
         }
         return Ok(SelectItem::CountAll { alias, cast });
     }
-    let field = c.field(SELECT_STOPS)?;
+    let field = c.field(SELECT_STOPS).map_err(|e| (e, c.pos))?;
     // Embedding: name[!hint][!inner](...)
     if c.peek() == Some('!') || c.peek() == Some('(') {
         if !field.path.is_empty() {
-            return Err("unexpected \"(\"".into());
+            return Err(("unexpected \"(\"".into(), c.pos));
         }
         let mut hint = None;
         let mut join = None;
         while c.eat("!") {
-            let h = c.ident(SELECT_STOPS)?;
+            let h = c.ident(SELECT_STOPS).map_err(|e| (e, c.pos))?;
             match h.as_str() {
                 "inner" => join = Some(JoinType::Inner),
                 "left" => join = Some(JoinType::Left),
                 _ => {
                     if hint.is_some() {
-                        return Err(format!("unexpected \"{h}\""));
+                        return Err((format!("unexpected \"{h}\""), c.pos));
                     }
                     hint = Some(h)
                 }
             }
         }
         if !c.eat("(") {
-            return Err("unexpected end of input expecting \"(\"".into());
+            return Err(("unexpected end of input expecting \"(\"".into(), c.pos));
         }
         let inner = c.rest();
         if !inner.ends_with(')') {
-            return Err("unexpected end of input expecting \")\"".into());
+            return Err(("unexpected end of input expecting \")\"".into(), c.pos));
         }
-        let items = parse_select_items(&inner[..inner.len() - 1], depth + 1)?;
+        let start = c.pos;
+        let items = parse_select_items(&inner[..inner.len() - 1], depth + 1)
+            .map_err(|(e, at)| (e, start + at))?;
         return Ok(SelectItem::Embed(Embed {
             name: field.name,
             alias,
@@ -512,25 +522,32 @@ fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, String> {
         }));
     }
     if spread {
-        return Err("expecting \"(\" after a spread relation".into());
+        return Err(("expecting \"(\" after a spread relation".into(), c.pos));
     }
-    let cast = c.cast()?;
+    let cast = c.cast().map_err(|e| (e, c.pos))?;
     let mut agg = None;
     let mut agg_cast = None;
     if c.eat(".") {
-        let name = c.ident(SELECT_STOPS)?;
-        let a = Agg::parse(&name)
-            .ok_or_else(|| format!("unexpected \"{name}\" expecting aggregate function"))?;
+        let name = c.ident(SELECT_STOPS).map_err(|e| (e, c.pos))?;
+        let a = Agg::parse(&name).ok_or_else(|| {
+            (
+                format!("unexpected \"{name}\" expecting aggregate function"),
+                c.pos,
+            )
+        })?;
         if !c.eat("()") {
-            return Err("expecting \"()\" after an aggregate".into());
+            return Err(("expecting \"()\" after an aggregate".into(), c.pos));
         }
         agg = Some(a);
-        agg_cast = c.cast()?;
+        agg_cast = c.cast().map_err(|e| (e, c.pos))?;
     }
     if !c.eof() {
-        return Err(format!(
-            "unexpected \"{}\" expecting delimiter (.), \",\", \"->\" or end of input",
-            c.rest().chars().next().unwrap_or(' ')
+        return Err((
+            format!(
+                "unexpected \"{}\" expecting delimiter (.), \",\", \"->\" or end of input",
+                c.rest().chars().next().unwrap_or(' ')
+            ),
+            c.pos,
         ));
     }
     Ok(SelectItem::Field {
@@ -549,7 +566,19 @@ fn parse_select_item(p: &str, depth: usize) -> Result<SelectItem, String> {
 pub fn parse_filter(field: Field, value: &str) -> Result<Filter, RestError> {
     parse_op_value(value)
         .map(|(negate, op)| Filter { field, negate, op })
-        .map_err(|d| RestError::parse("filter", value, d))
+        .map_err(|d| {
+            // An unknown operator fails where it starts; anything else at the end.
+            let col = if d.contains("or operator (eq, gt, ...)") {
+                if value.starts_with("not.") {
+                    5
+                } else {
+                    1
+                }
+            } else {
+                value.chars().count() + 1
+            };
+            RestError::parse_at("filter", value, d, col)
+        })
 }
 
 fn parse_op_value(v: &str) -> Result<(bool, Op), String> {
@@ -612,7 +641,12 @@ fn parse_op_value(v: &str) -> Result<(bool, Op), String> {
                 value: value.into(),
             }
         }
-        o => return Err(format!("unknown operator \"{o}\"")),
+        o => {
+            return Err(format!(
+                "unexpected \"{}\" expecting \"not\" or operator (eq, gt, ...)",
+                o.chars().next().unwrap_or('.')
+            ))
+        }
     };
     Ok((negate, op))
 }
@@ -737,22 +771,27 @@ fn parse_logic_inner(or: bool, negate: bool, value: &str, depth: usize) -> Resul
 // order
 
 pub fn parse_order(s: &str) -> Result<Vec<OrderTerm>, RestError> {
-    parse_order_inner(s).map_err(|d| RestError::parse("order", s, d))
+    parse_order_inner(s).map_err(|(d, pos)| {
+        let col = s.get(..pos).map(|p| p.chars().count()).unwrap_or(0) + 1;
+        RestError::parse_at("order", s, d, col)
+    })
 }
 
-fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
+fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, (String, usize)> {
     let mut out = vec![];
-    for part in split_top(s, ',')? {
+    let mut off = 0;
+    for part in split_top(s, ',').map_err(|e| (e, s.len()))? {
         if part.is_empty() {
-            return Err("unexpected \",\" expecting field name".into());
+            return Err(("unexpected \",\" expecting field name".into(), off));
         }
         let mut c = Cursor::new(&part);
-        let mut field = c.field(&['.', ',', '(', ')'])?;
+        let at = |c: &Cursor| off + c.pos;
+        let mut field = c.field(&['.', ',', '(', ')']).map_err(|e| (e, at(&c)))?;
         let mut relation = None;
         if c.eat("(") {
-            let f = c.field(&['.', ',', '(', ')'])?;
+            let f = c.field(&['.', ',', '(', ')']).map_err(|e| (e, at(&c)))?;
             if !c.eat(")") {
-                return Err("expecting \")\"".into());
+                return Err(("expecting \")\"".into(), at(&c)));
             }
             relation = Some(field.name);
             field = f;
@@ -760,17 +799,26 @@ fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
         let mut desc = false;
         let mut nulls_first = None;
         while c.eat(".") {
-            let w = c.ident(&['.'])?;
+            let start = at(&c);
+            let w = c.ident(&['.']).map_err(|e| (e, start))?;
             match w.as_str() {
                 "asc" => desc = false,
                 "desc" => desc = true,
                 "nullsfirst" => nulls_first = Some(true),
                 "nullslast" => nulls_first = Some(false),
-                o => return Err(format!("unexpected \"{o}\" expecting \"asc\", \"desc\", \"nullsfirst\" or \"nullslast\"")),
+                o => {
+                    return Err((
+                        format!("unexpected \"{}\" expecting \"asc\", \"desc\", \"nullsfirst\" or \"nullslast\"", o.chars().next().unwrap_or('.')),
+                        start,
+                    ))
+                }
             }
         }
         if !c.eof() {
-            return Err(format!("unexpected \"{}\"", c.rest()));
+            return Err((
+                format!("unexpected \"{}\"", c.rest().chars().next().unwrap_or(' ')),
+                at(&c),
+            ));
         }
         out.push(OrderTerm {
             field,
@@ -778,6 +826,7 @@ fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, String> {
             desc,
             nulls_first,
         });
+        off += part.len() + 1;
     }
     Ok(out)
 }
@@ -880,7 +929,25 @@ mod tests {
                 ..
             }
         ));
-        assert!(parse_select("a,,b").is_err());
+        let e = parse_select("a,,b").unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"failed to parse select parameter (a,,b)\" (line 1, column 3)"
+        );
+        let e = parse_select("id,b(x,c!(y))").unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"failed to parse select parameter (id,b(x,c!(y)))\" (line 1, column 10)"
+        );
+        let e = parse_filter(Field::plain("a"), "xx.1").unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"failed to parse filter (xx.1)\" (line 1, column 1)"
+        );
+        assert_eq!(
+            e.details,
+            serde_json::json!("unexpected \"x\" expecting \"not\" or operator (eq, gt, ...)")
+        );
         assert!(parse_select("a(").is_err());
         assert!(parse_select("a::int;drop").is_err());
         assert!(parse_select("x.foo()").is_err());
@@ -969,7 +1036,11 @@ mod tests {
         assert!(o[0].desc && o[0].nulls_first == Some(true));
         assert_eq!(o[2].field.path.len(), 1);
         assert_eq!(o[3].relation.as_deref(), Some("author"));
-        assert!(parse_order("id.up").is_err());
+        let e = parse_order("id.up").unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"failed to parse order (id.up)\" (line 1, column 4)"
+        );
         assert_eq!(
             split_key("books.authors.or").unwrap(),
             (vec!["books".into(), "authors".into()], "or".into())
@@ -983,6 +1054,70 @@ mod tests {
             parse_columns("\"a\",\"b c\"", "columns").unwrap(),
             vec!["a", "b c"]
         );
+    }
+
+    /// Fuzz: long random inputs built from grammar fragments never make a parser panic.
+    #[test]
+    fn parsers_never_panic_random() {
+        let frags = [
+            "a",
+            "b_c",
+            "\"q,(\"",
+            "*",
+            ",",
+            "(",
+            ")",
+            "!",
+            "!inner",
+            ":",
+            "::",
+            "::text",
+            "->",
+            "->>",
+            ".",
+            "...",
+            "eq.",
+            "not.",
+            "in.(",
+            "or=(",
+            "and(",
+            "like(any).",
+            "{",
+            "}",
+            "\\",
+            "é",
+            " ",
+            "count()",
+            ".sum()",
+            "fts(english).",
+            "is.null",
+            "desc",
+            "nullsfirst",
+            "0",
+            "-1",
+            "\u{0}",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 24) as usize;
+            for _ in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push_str(frags[(x % frags.len() as u64) as usize]);
+            }
+            let _ = parse_select(&s);
+            let _ = parse_order(&s);
+            let _ = parse_filter(Field::plain("a"), &s);
+            let _ = parse_logic(false, true, &s);
+            let _ = split_key(&s);
+            let _ = parse_field(&s);
+            let _ = parse_columns(&s, "columns");
+        }
     }
 
     /// Exhaustive-ish: no input over a small alphabet makes any parser panic.

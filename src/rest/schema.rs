@@ -69,6 +69,10 @@ pub struct Relationship {
     /// Computed relationship: the function (schema, name) taking a source row.
     pub function: Option<(String, String)>,
     pub to_one_computed: bool,
+    /// The FK between its own tables (not a copy through a view).
+    pub base: bool,
+    /// Source holds the FK columns (many-to-one / one-to-one from the referencing side).
+    pub forward: bool,
 }
 
 impl Relationship {
@@ -129,7 +133,13 @@ impl Function {
         let a: Vec<String> = self
             .args
             .iter()
-            .map(|a| format!("{} => {}", a.name, a.ty))
+            .map(|a| {
+                if a.name.is_empty() {
+                    format!(" => {}", a.ty)
+                } else {
+                    format!("{} => {}", a.name, a.ty)
+                }
+            })
             .collect();
         format!("{}.{}({})", self.schema, self.name, a.join(", "))
     }
@@ -145,6 +155,8 @@ pub struct SchemaCache {
     pub computed_fields: HashMap<(String, String), Vec<(String, String, String)>>,
     /// `alter role authenticator set pgrst.*` overrides.
     pub role_settings: HashMap<String, String>,
+    /// statement_timeout set on roles, in ms.
+    pub role_timeouts: HashMap<String, u64>,
     pub postgis: bool,
 }
 
@@ -165,12 +177,16 @@ select n.nspname::text, c.relname::text, c.relkind::text, c.oid::oid,
        pg_relation_is_updatable(c.oid::regclass, true)
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = any($1) and c.relkind in ('r','v','m','f','p')
-  and not c.relispartition
 "#;
 
 const COLUMNS: &str = r#"
 select a.attrelid::oid, a.attname::text, a.attnum::int4, format_type(a.atttypid, a.atttypmod),
-       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum),
+       not a.attnotnull,
+       case when a.attidentity <> '' then (select format('nextval(%L::regclass)', sq.oid::regclass::text)
+              from pg_depend dp join pg_class sq on sq.oid = dp.objid and sq.relkind = 'S'
+              where dp.classid = 'pg_class'::regclass and dp.refobjid = a.attrelid and dp.refobjsubid = a.attnum limit 1)
+            else pg_get_expr(d.adbin, d.adrelid) end,
+       col_description(a.attrelid, a.attnum),
        coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_enum e
                  where e.enumtypid = a.atttypid), '{}'),
        a.attgenerated <> ''
@@ -195,6 +211,7 @@ from pg_constraint con
 where con.contype in ('p','u','f')
   and (con.conrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1))
     or con.confrelid in (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1)))
+order by con.oid
 "#;
 
 const VIEWS: &str = r#"
@@ -214,11 +231,13 @@ select n.nspname::text, p.proname::text,
   p.prorows::float4, t.typtype::text, t.typrelid::oid, format_type(p.prorettype, null),
   obj_description(p.oid, 'pg_proc'),
   case when t.typtype = 'c' then (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'mode', 'o') order by a.attnum)
-     from pg_attribute a where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)::text end
+     from pg_attribute a where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)::text end,
+  case when p.pronargs = 1 then (select at.typrelid from pg_type at where at.oid = p.proargtypes[0]) else 0 end::oid
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
 where n.nspname = any($1) and p.prokind = 'f'
+order by p.oid
 "#;
 
 fn opt_desc(s: Option<String>) -> Option<String> {
@@ -362,7 +381,9 @@ pub async fn load<C: GenericClient>(
     // Every relation (table or view) that exposes all of `cols` of table `t`: (oid, mapped cols).
     let expose = |t: u32, cols: &[String]| -> Vec<(u32, Vec<String>)> {
         let mut out = vec![(t, cols.to_vec())];
-        for (&v, m) in &view_map {
+        let mut views: Vec<(&u32, &Vec<(String, u32, String)>)> = view_map.iter().collect();
+        views.sort_by_key(|(v, _)| **v);
+        for (&v, m) in views {
             // A view may expose a column twice; take the first mapping per base column.
             let mut mapped = vec![];
             for c in cols {
@@ -383,7 +404,9 @@ pub async fn load<C: GenericClient>(
             continue;
         };
         let mut pk = vec![];
-        for (&t, ucs) in &uniques {
+        let mut tables: Vec<(&u32, &Vec<Vec<String>>)> = uniques.iter().collect();
+        tables.sort_by_key(|(t, _)| **t);
+        for (&t, _) in tables {
             let Some(tkey) = sc.by_oid.get(&t) else {
                 continue;
             };
@@ -393,7 +416,6 @@ pub async fn load<C: GenericClient>(
             if trel.pk.is_empty() {
                 continue;
             }
-            let _ = ucs;
             for (vo, mapped) in expose(t, &trel.pk) {
                 if vo == v {
                     pk = mapped;
@@ -436,6 +458,8 @@ pub async fn load<C: GenericClient>(
                     },
                     function: None,
                     to_one_computed: false,
+                    base: s == fk.rel && t == fk.frel,
+                    forward: true,
                 });
                 sc.relationships.push(Relationship {
                     source: tk,
@@ -449,6 +473,8 @@ pub async fn load<C: GenericClient>(
                     },
                     function: None,
                     to_one_computed: false,
+                    base: s == fk.rel && t == fk.frel,
+                    forward: false,
                 });
             }
         }
@@ -457,9 +483,7 @@ pub async fn load<C: GenericClient>(
     let m2o: Vec<Relationship> = sc
         .relationships
         .iter()
-        .filter(|r| {
-            matches!(r.card, Cardinality::ManyToOne | Cardinality::OneToOne) && r.function.is_none()
-        })
+        .filter(|r| r.forward && r.function.is_none())
         .cloned()
         .collect();
     for a in &m2o {
@@ -482,6 +506,8 @@ pub async fn load<C: GenericClient>(
                 },
                 function: None,
                 to_one_computed: false,
+                base: a.base && b.base,
+                forward: false,
             });
         }
     }
@@ -504,6 +530,8 @@ pub async fn load<C: GenericClient>(
         let rettype: String = r.get(10);
         let description = opt_desc(r.get(11));
         let comp_cols: Option<String> = r.get(12);
+        // The relation whose row type the single argument is (0 if none).
+        let arg_rel: u32 = r.get(13);
         let mut args: Vec<Arg> = all
             .iter()
             .filter(|a| matches!(a.mode.as_str(), "i" | "b" | "v"))
@@ -546,16 +574,7 @@ pub async fn load<C: GenericClient>(
         };
         // Computed relationships/fields: one argument of a relation's row type.
         if f.args.len() == 1 {
-            let aty = f.args[0].ty.trim_matches('"').to_string();
-            let src = sc
-                .relations
-                .values()
-                .find(|rel| {
-                    aty == rel.name
-                        || aty == format!("{}.{}", rel.schema, rel.name)
-                        || aty == format!("\"{}\".{}", rel.schema, rel.name)
-                })
-                .map(|rel| (rel.schema.clone(), rel.name.clone()));
+            let src = sc.by_oid.get(&arg_rel).cloned();
             if let Some(src) = src {
                 match &f.ret {
                     RetType::Relation(ts, tn) => sc.relationships.push(Relationship {
@@ -570,6 +589,8 @@ pub async fn load<C: GenericClient>(
                         },
                         function: Some((schema.clone(), name.clone())),
                         to_one_computed: !f.returns_set || rows == 1.0,
+                        base: true,
+                        forward: false,
                     }),
                     RetType::Scalar(t) if !f.returns_set => sc
                         .computed_fields
@@ -600,11 +621,47 @@ pub async fn load<C: GenericClient>(
             }
         }
     }
+    // Per-role statement_timeout (`alter role anon set statement_timeout = '3s'`): SET ROLE
+    // does not apply role settings, so requests set it themselves, as PostgREST does.
+    if let Ok(rows) = client
+        .query(
+            "select r.rolname::text, unnest(s.setconfig) from pg_db_role_setting s join pg_roles r on r.oid = s.setrole
+             where s.setdatabase in (0, (select oid from pg_database where datname = current_database()))",
+            &[],
+        )
+        .await
+    {
+        for r in rows {
+            let kv: String = r.get(1);
+            if let Some(v) = kv.strip_prefix("statement_timeout=") {
+                if let Some(ms) = parse_duration_ms(v) {
+                    sc.role_timeouts.insert(r.get(0), ms);
+                }
+            }
+        }
+    }
     sc.postgis = client
         .query_opt("select 1 from pg_extension where extname = 'postgis'", &[])
         .await?
         .is_some();
     Ok(sc)
+}
+
+/// A PostgreSQL duration setting (`3s`, `8000`, `1min`, `500ms`) in milliseconds.
+pub fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim().trim_matches('\'').trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// `(resname, resorigtbl, resorigcol)` of every TARGETENTRY in a rule's node tree. Later
@@ -636,6 +693,14 @@ fn parse_view_targets(action: &str) -> Vec<(String, u32, i32)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration_ms("3s"), Some(3000));
+        assert_eq!(super::parse_duration_ms("8000"), Some(8000));
+        assert_eq!(super::parse_duration_ms("1min"), Some(60000));
+        assert_eq!(super::parse_duration_ms("x"), None);
+    }
+
     #[test]
     fn view_targets() {
         let s = "({QUERY :targetList ({TARGETENTRY :expr {VAR} :resno 1 :resname id :ressortgroupref 0 :resorigtbl 1234 :resorigcol 1 :resjunk false} {TARGETENTRY :expr {FUNCEXPR} :resno 2 :resname x :ressortgroupref 0 :resorigtbl 0 :resorigcol 0 :resjunk false} {TARGETENTRY :resname weird\\ col :ressortgroupref 0 :resorigtbl 9 :resorigcol 3 :resjunk false})})";

@@ -10,6 +10,10 @@ use super::query::{IsVal, JsonKey, Op, Quant};
 pub struct Sql {
     pub text: String,
     pub params: Vec<String>,
+    /// `Prefer: count=planned`: a count query to EXPLAIN (with its own parameters).
+    pub count_plan: Option<(String, Vec<String>)>,
+    /// `Prefer: count=estimated`: count exactly when the estimate is at most this.
+    pub exact_below: Option<i64>,
 }
 
 impl Sql {
@@ -222,20 +226,24 @@ pub fn call_sql(q: &mut Sql, c: &Call) -> (Option<String>, String) {
     let defs: Vec<String> = c
         .args
         .iter()
-        .map(|(n, t)| format!("{} {t}", ident(n)))
+        .map(|(k, t, _)| format!("{} {t}", ident(k)))
         .collect();
     let n = c.args.len();
     let uses: Vec<String> = c
         .args
         .iter()
         .enumerate()
-        .map(|(i, (name, _))| {
+        .map(|(i, (k, _, name))| {
             let v = if c.variadic_last && i + 1 == n {
                 "VARIADIC "
             } else {
                 ""
             };
-            format!("{} := {v}pgrst_args.{}", ident(name), ident(name))
+            if name.is_empty() {
+                format!("{v}pgrst_args.{}", ident(k))
+            } else {
+                format!("{v}{} := pgrst_args.{}", ident(name), ident(k))
+            }
         })
         .collect();
     (
@@ -258,7 +266,7 @@ pub fn node_sql(q: &mut Sql, n: &Node, parent: Option<(&str, &Link)>, mode: Mode
     let a = ident(&n.alias);
     let mut from = match &n.source {
         Source::Table { schema, name } => format!("{} AS {a}", qualified(schema, name)),
-        Source::Cte(name) => format!("{} AS {a}", ident(name)),
+        Source::Cte(name, _) => format!("{} AS {a}", ident(name)),
         Source::Call(c) => {
             if matches!(parent, Some((_, Link::Computed))) {
                 format!(
@@ -315,7 +323,14 @@ pub fn node_sql(q: &mut Sql, n: &Node, parent: Option<(&str, &Link)>, mode: Mode
         for it in &n.items {
             match it {
                 OutItem::Star => {
-                    cols.push(format!("{a}.*"));
+                    match &n.source {
+                        Source::Cte(_, cs) if !cs.is_empty() => {
+                            for c in cs {
+                                cols.push(format!("{a}.{}", ident(c)));
+                            }
+                        }
+                        _ => cols.push(format!("{a}.*")),
+                    }
                     if aggregated {
                         group.push(format!("{a}.*"));
                     }
@@ -368,7 +383,7 @@ pub fn node_sql(q: &mut Sql, n: &Node, parent: Option<(&str, &Link)>, mode: Mode
             if ch.spread {
                 for c in &ch.columns {
                     let v = if ch.to_one {
-                        format!("{lat}.{}{j}", ident(c))
+                        format!("{lat}.{}", ident(c))
                     } else {
                         format!("COALESCE({lat}.{}, '[]'){j}", ident(c))
                     };
@@ -377,6 +392,8 @@ pub fn node_sql(q: &mut Sql, n: &Node, parent: Option<(&str, &Link)>, mode: Mode
                     }
                     cols.push(format!("{v} AS {}", ident(c)));
                 }
+            } else if ch.node.items.is_empty() && ch.node.children.is_empty() {
+                // `rel()`: joined for filtering only, not part of the output.
             } else {
                 let v = if ch.to_one {
                     format!("{lat}.{}{j}", ident(&ch.label))

@@ -1,0 +1,3 @@
+request = function()
+  return wrk.format(nil, "/rest/v1/bench_books?select=id,title,pages&pages=gt." .. math.random(100, 900) .. "&order=id&limit=20")
+end

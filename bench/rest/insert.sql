@@ -1,0 +1,5 @@
+\set a random(1, 1000)
+BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
+select set_config('role', 'anon', true), set_config('request.jwt.claims', '{"role":"anon"}', true), set_config('request.jwt.claim.sub', '', true), set_config('request.jwt.claim.role', 'anon', true), set_config('request.method', 'POST', true), set_config('request.path', '/bench_books', true), set_config('request.headers', '{}', true), set_config('search_path', '"public", "extensions"', true), set_config('statement_timeout', '8000', true);
+WITH pgrst_source AS (INSERT INTO "public"."bench_books" AS "bench_books" ("author_id", "title", "pages") SELECT pgrst_r."author_id", pgrst_r."title", pgrst_r."pages" FROM jsonb_array_elements(('[{"author_id": ' || :a || ', "title": "bench", "pages": 100}]')::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::"public"."bench_books", pgrst_j.j) AS pgrst_r RETURNING "bench_books".*) SELECT NULL::int8 AS total, pg_catalog.count(pgrst_t) AS page, NULL::text AS body, (SELECT row_to_json(pgrst_l)::text FROM pgrst_source AS pgrst_l LIMIT 1) AS location FROM (SELECT "bench_books".* FROM "pgrst_source" AS "bench_books") AS pgrst_t;
+COMMIT;

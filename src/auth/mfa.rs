@@ -1,0 +1,471 @@
+//! MFA: TOTP factors (enroll with secret, URI and QR code; challenge; verify raises the
+//! session to aal2), WebAuthn factors (enroll and unenroll only; ceremonies are not
+//! verified by this server), and the admin factor list/delete.
+
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::{AuthError, AuthResult};
+use super::{begin, client, finish, load_token_user, ok, session, user_token, users, Call};
+use crate::http::Resp;
+use crate::state::AppState;
+
+/// Seconds a challenge stays open (GoTrue's default).
+const CHALLENGE_EXPIRY: i64 = 300;
+const MAX_FACTORS: i64 = 10;
+
+pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+    // Who is asking comes before what is asked about (GoTrue's middleware order).
+    user_token(state, call)?;
+    match (call.method.as_str(), rest) {
+        ("POST", []) => enroll(state, call).await,
+        ("POST", [id, "challenge"]) => challenge(state, call, parse_id(id)?).await,
+        ("POST", [id, "verify"]) => verify(state, call, parse_id(id)?).await,
+        ("DELETE", [id]) => unenroll(state, call, parse_id(id)?).await,
+        _ => Err(AuthError::not_found(
+            "not_found",
+            format!(
+                "{} /auth/v1/factors/{} is not supported",
+                call.method,
+                rest.join("/")
+            ),
+        )),
+    }
+}
+
+fn parse_id(s: &str) -> AuthResult<Uuid> {
+    s.parse()
+        .map_err(|_| AuthError::not_found("validation_failed", "factor_id must be an UUID"))
+}
+
+async fn session_aal(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sid: Option<Uuid>,
+) -> AuthResult<String> {
+    let Some(sid) = sid else {
+        return Ok("aal1".into());
+    };
+    Ok(tx
+        .query_opt(
+            "select coalesce(aal, 'aal1') from auth.sessions where id = $1",
+            &[&sid],
+        )
+        .await?
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|| "aal1".into()))
+}
+
+async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let ftype = call.s("factor_type").unwrap_or("");
+    let friendly = call.s("friendly_name").unwrap_or("").to_string();
+    match ftype {
+        "totp" | "webauthn" => {}
+        "phone" => {
+            return Err(AuthError::unprocessable(
+                "mfa_phone_enroll_not_enabled",
+                "MFA enroll is disabled for Phone",
+            ))
+        }
+        _ => {
+            return Err(AuthError::validation(
+                "factor_type needs to be totp, phone, or webauthn",
+            ))
+        }
+    }
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let row = tx
+            .query_one(
+                "select count(*), count(*) filter (where status = 'verified'),
+                        count(*) filter (where trim(friendly_name) <> '' and friendly_name = $2)
+                 from auth.mfa_factors where user_id = $1",
+                &[&u.id, &friendly],
+            )
+            .await?;
+        let (all, verified, same_name): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if same_name > 0 {
+            return Err(AuthError::unprocessable(
+                "mfa_factor_name_conflict",
+                format!("A factor with the friendly name \"{friendly}\" for this user already exists"),
+            ));
+        }
+        if all >= MAX_FACTORS {
+            return Err(AuthError::unprocessable(
+                "too_many_enrolled_mfa_factors",
+                "Maximum number of verified factors reached, unenroll to continue",
+            ));
+        }
+        if verified > 0 && session_aal(&tx, t.session_id).await? != "aal2" {
+            return Err(AuthError::forbidden(
+                "insufficient_aal",
+                "AAL2 required to enroll a new factor",
+            ));
+        }
+        let id = Uuid::new_v4();
+        if ftype == "webauthn" {
+            tx.execute(
+                "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at)
+                 values ($1, $2, $3, 'webauthn', 'unverified', now(), now())",
+                &[&id, &u.id, &friendly],
+            )
+            .await?;
+            return Ok(json!({"id": id, "type": "webauthn", "friendly_name": friendly}));
+        }
+        let mut raw = [0u8; 20];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
+        let secret = base32(&raw);
+        let issuer = call
+            .s("issuer")
+            .map(str::to_string)
+            .unwrap_or_else(|| host_of(&state.config.auth.site_url));
+        let account = u.email.clone().or(u.phone.clone()).unwrap_or_default();
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let uri = format!(
+            "otpauth://totp/{}:{}?algorithm=SHA1&digits=6&issuer={}&period=30&secret={secret}",
+            enc(&issuer),
+            enc(&account),
+            enc(&issuer)
+        );
+        let qr = qrcode::QrCode::with_error_correction_level(uri.as_bytes(), qrcode::EcLevel::H)
+            .map_err(|e| AuthError::internal("Error generating QR Code", e.to_string()))?
+            .render::<qrcode::render::svg::Color>()
+            .min_dimensions(200, 200)
+            .build();
+        tx.execute(
+            "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret)
+             values ($1, $2, $3, 'totp', 'unverified', now(), now(), $4)",
+            &[&id, &u.id, &friendly, &secret],
+        )
+        .await?;
+        Ok(json!({
+            "id": id,
+            "type": "totp",
+            "friendly_name": friendly,
+            "totp": {"qr_code": qr, "secret": secret, "uri": uri},
+        }))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+fn host_of(url: &str) -> String {
+    url.split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(url)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The caller's factor, or GoTrue's not-found error.
+async fn own_factor(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user_id: Uuid,
+    id: Uuid,
+) -> AuthResult<(String, String, Option<String>)> {
+    tx.query_opt(
+        "select factor_type, status, secret from auth.mfa_factors where id = $1 and user_id = $2 for update",
+        &[&id, &user_id],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))
+}
+
+async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let (ftype, _, _) = own_factor(&tx, u.id, id).await?;
+        if ftype != "totp" {
+            return Err(AuthError::unprocessable(
+                "mfa_webauthn_verify_not_enabled",
+                "MFA verification is disabled for WebAuthn",
+            ));
+        }
+        let cid = Uuid::new_v4();
+        let ip: std::net::IpAddr = call.ip.parse().unwrap_or([127, 0, 0, 1].into());
+        tx.execute(
+            "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address) values ($1, $2, now(), $3)",
+            &[&cid, &id, &ip],
+        )
+        .await?;
+        tx.execute(
+            "update auth.mfa_factors set last_challenged_at = clock_timestamp(), updated_at = now() where id = $1",
+            &[&id],
+        )
+        .await?;
+        Ok(json!({
+            "id": cid,
+            "type": "totp",
+            "expires_at": Utc::now().timestamp() + CHALLENGE_EXPIRY,
+        }))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let code = call.s("code").unwrap_or("").to_string();
+    let cid: Uuid = call
+        .s("challenge_id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            AuthError::unprocessable(
+                "mfa_factor_not_found",
+                "MFA factor with the provided challenge ID not found",
+            )
+        })?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let (ftype, _, secret) = own_factor(&tx, u.id, id).await?;
+        if ftype != "totp" {
+            return Err(AuthError::unprocessable(
+                "mfa_webauthn_verify_not_enabled",
+                "MFA verification is disabled for WebAuthn",
+            ));
+        }
+        if code.is_empty() {
+            return Err(AuthError::validation("Code needs to be non-empty"));
+        }
+        let ch = tx
+            .query_opt(
+                "select extract(epoch from now() - created_at)::bigint, verified_at is not null
+                 from auth.mfa_challenges where id = $1 and factor_id = $2",
+                &[&cid, &id],
+            )
+            .await?
+            .ok_or_else(|| {
+                AuthError::unprocessable(
+                    "mfa_factor_not_found",
+                    "MFA factor with the provided challenge ID not found",
+                )
+            })?;
+        let (age, used): (i64, bool) = (ch.get(0), ch.get(1));
+        if age > CHALLENGE_EXPIRY || used {
+            tx.execute("delete from auth.mfa_challenges where id = $1", &[&cid])
+                .await?;
+            return Err(AuthError::unprocessable(
+                "mfa_challenge_expired",
+                format!("MFA challenge {cid} has expired, verify against another challenge or create a new challenge."),
+            )
+            .keep_commit());
+        }
+        let key = secret.as_deref().and_then(base32_decode).unwrap_or_default();
+        if !totp_valid(&key, &code, Utc::now().timestamp()) {
+            return Err(AuthError::unprocessable(
+                "mfa_verification_failed",
+                "Invalid TOTP code entered",
+            ));
+        }
+        let Some(sid) = t.session_id else {
+            return Err(AuthError::forbidden(
+                "session_not_found",
+                "Session from session_id claim in JWT does not exist",
+            ));
+        };
+        tx.execute("update auth.mfa_challenges set verified_at = now() where id = $1", &[&cid])
+            .await?;
+        tx.execute(
+            "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            "delete from auth.mfa_factors where user_id = $1 and factor_type = 'totp' and status = 'unverified' and id <> $2",
+            &[&u.id, &id],
+        )
+        .await?;
+        tx.execute(
+            "update auth.sessions set aal = 'aal2', factor_id = $2, updated_at = now() where id = $1",
+            &[&sid, &id],
+        )
+        .await?;
+        tx.execute(
+            "insert into auth.mfa_amr_claims (session_id, created_at, updated_at, authentication_method, id)
+             values ($1, now(), now(), 'totp', $2)
+             on conflict (session_id, authentication_method) do update set created_at = now(), updated_at = now()",
+            &[&sid, &Uuid::new_v4()],
+        )
+        .await?;
+        // Other sessions below aal2 end, as in GoTrue.
+        tx.execute(
+            "delete from auth.sessions where user_id = $1 and id <> $2 and coalesce(aal, 'aal1') = 'aal1'",
+            &[&u.id, &sid],
+        )
+        .await?;
+        let parent: Option<String> = tx
+            .query_opt(
+                "select token from auth.refresh_tokens where session_id = $1 and revoked = false order by id desc limit 1",
+                &[&sid],
+            )
+            .await?
+            .map(|r| r.get(0));
+        tx.execute(
+            "update auth.refresh_tokens set revoked = true, updated_at = now() where session_id = $1 and revoked = false",
+            &[&sid],
+        )
+        .await?;
+        let token = super::util::refresh_token();
+        tx.execute(
+            "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id)
+             values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3, $4)",
+            &[&token, &u.id.to_string(), &parent, &sid],
+        )
+        .await?;
+        session::respond(state, &*tx, u.id, sid, token).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let (_, status, _) = own_factor(&tx, u.id, id).await?;
+        if status == "verified" && session_aal(&tx, t.session_id).await? != "aal2" {
+            return Err(AuthError::unprocessable(
+                "insufficient_aal",
+                "AAL2 required to unenroll verified factor",
+            ));
+        }
+        tx.execute("delete from auth.mfa_factors where id = $1", &[&id])
+            .await?;
+        Ok(json!({ "id": id }))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+// ------------------------------------------------------------------ admin
+
+pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        if users::by_id(&*tx, user_id).await?.is_none() {
+            return Err(AuthError::user_not_found());
+        }
+        let rows = tx
+            .query(
+                "select auth.oxibase_factor_json(f) from auth.mfa_factors f where user_id = $1 order by created_at",
+                &[&user_id],
+            )
+            .await?;
+        Ok(Value::Array(rows.iter().map(|r| r.get(0)).collect()))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResult<Resp> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        if users::by_id(&*tx, user_id).await?.is_none() {
+            return Err(AuthError::user_not_found());
+        }
+        let row = tx
+            .query_opt(
+                "delete from auth.mfa_factors f where id = $1 and user_id = $2 returning auth.oxibase_factor_json(f)",
+                &[&id, &user_id],
+            )
+            .await?
+            .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
+        Ok(row.get::<_, Value>(0))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+// ------------------------------------------------------------------ TOTP (RFC 6238)
+
+const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+fn base32(data: &[u8]) -> String {
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in data {
+        buf = (buf << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            out.push(B32[((buf >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = vec![];
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = B32.iter().position(|&x| x == c.to_ascii_uppercase())? as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    Some(out)
+}
+
+fn hotp(key: &[u8], counter: u64) -> u32 {
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
+    m.update(&counter.to_be_bytes());
+    let h = m.finalize().into_bytes();
+    let off = (h[19] & 0x0f) as usize;
+    let bin = u32::from_be_bytes([h[off] & 0x7f, h[off + 1], h[off + 2], h[off + 3]]);
+    bin % 1_000_000
+}
+
+/// Six digits, 30-second steps, one step of skew either way (GoTrue's settings).
+fn totp_valid(key: &[u8], code: &str, now: i64) -> bool {
+    if key.is_empty() || code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let step = (now / 30) as u64;
+    [step.wrapping_sub(1), step, step + 1]
+        .iter()
+        .any(|&s| format!("{:06}", hotp(key, s)) == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6238_vectors_and_base32() {
+        let key = b"12345678901234567890";
+        // RFC 6238 appendix B (SHA1), last six digits.
+        assert_eq!(format!("{:06}", hotp(key, 59 / 30)), "287082");
+        assert_eq!(format!("{:06}", hotp(key, 1111111109 / 30)), "081804");
+        assert!(totp_valid(key, "081804", 1111111109));
+        assert!(totp_valid(key, "081804", 1111111109 + 30));
+        assert!(!totp_valid(key, "081804", 1111111109 + 90));
+        assert!(!totp_valid(key, "123456", 1111111109));
+        let s = base32(key);
+        assert_eq!(s, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(base32_decode(&s).unwrap(), key.to_vec());
+    }
+}

@@ -1,0 +1,608 @@
+//! Passkeys: discoverable WebAuthn credentials (ES256, attestation "none") for
+//! password-less sign-in. Registration needs a session; authentication does not, the
+//! user is found from the credential. Challenges are single use and expire.
+
+use base64::Engine;
+use chrono::Utc;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::{AuthError, AuthResult};
+use super::{
+    begin, client, finish, load_token_user, no_content, ok, session, user_token, users, Call,
+};
+use crate::http::Resp;
+use crate::state::AppState;
+
+const CHALLENGE_SECS: i64 = 300;
+const MAX_PASSKEYS: i64 = 25;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn disabled() -> AuthError {
+    AuthError::unprocessable("passkey_disabled", "Passkeys are disabled")
+}
+
+fn failed() -> AuthError {
+    AuthError::bad_request(
+        "webauthn_verification_failed",
+        "Credential verification failed",
+    )
+}
+
+fn not_found() -> AuthError {
+    AuthError::not_found("validation_failed", "Passkey not found")
+}
+
+pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+    if !state.config.auth.passkeys {
+        return Err(disabled());
+    }
+    match (call.method.as_str(), rest) {
+        ("POST", ["registration", "options"]) => registration_options(state, call).await,
+        ("POST", ["registration", "verify"]) => registration_verify(state, call).await,
+        ("POST", ["authentication", "options"]) => authentication_options(state).await,
+        ("POST", ["authentication", "verify"]) => authentication_verify(state, call).await,
+        ("GET", []) => list_own(state, call).await,
+        ("PATCH", [id]) => rename(state, call, id).await,
+        ("DELETE", [id]) => delete_own(state, call, id).await,
+        _ => Err(AuthError::not_found(
+            "not_found",
+            format!(
+                "{} /auth/v1/passkeys/{} is not supported",
+                call.method,
+                rest.join("/")
+            ),
+        )),
+    }
+}
+
+fn rp_id(state: &AppState) -> String {
+    let a = &state.config.auth;
+    if !a.webauthn_rp_id.is_empty() {
+        return a.webauthn_rp_id.clone();
+    }
+    let host = a
+        .site_url
+        .split_once("://")
+        .map_or(a.site_url.as_str(), |(_, r)| r);
+    let host = host.split(['/', '?', '#']).next().unwrap_or("");
+    host.rsplit_once(':').map_or(host, |(h, _)| h).to_string()
+}
+
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    Some(format!("{scheme}://{host}"))
+}
+
+fn origins(state: &AppState) -> Vec<String> {
+    let a = &state.config.auth;
+    if !a.webauthn_rp_origins.is_empty() {
+        return a.webauthn_rp_origins.clone();
+    }
+    std::iter::once(&a.site_url)
+        .chain(a.additional_redirect_urls.iter())
+        .filter_map(|u| origin_of(u))
+        .collect()
+}
+
+fn new_challenge() -> String {
+    let mut b = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    B64.encode(b)
+}
+
+async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let existing = tx
+            .query(
+                "select credential_id from auth.webauthn_credentials where user_id = $1",
+                &[&u.id],
+            )
+            .await?;
+        if existing.len() as i64 >= MAX_PASSKEYS {
+            return Err(AuthError::unprocessable(
+                "too_many_passkeys",
+                "Maximum number of passkeys reached",
+            ));
+        }
+        let challenge = new_challenge();
+        let id = Uuid::new_v4();
+        tx.execute(
+            "insert into auth.webauthn_challenges (id, user_id, challenge_type, challenge, expires_at)
+             values ($1, $2, 'registration', $3, now() + make_interval(secs => $4))",
+            &[&id, &u.id, &challenge, &(CHALLENGE_SECS as f64)],
+        )
+        .await?;
+        let name = u.email.clone().or(u.phone.clone()).unwrap_or_else(|| u.id.to_string());
+        let exclude: Vec<Value> = existing
+            .iter()
+            .map(|r| json!({"type": "public-key", "id": B64.encode(r.get::<_, Vec<u8>>(0))}))
+            .collect();
+        Ok(json!({
+            "challenge_id": id,
+            "expires_at": Utc::now().timestamp() + CHALLENGE_SECS,
+            "options": {
+                "rp": {"name": "oxibase", "id": rp_id(state)},
+                "user": {"name": name, "displayName": name, "id": B64.encode(u.id.as_bytes())},
+                "challenge": challenge,
+                "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+                "timeout": CHALLENGE_SECS * 1000,
+                "excludeCredentials": exclude,
+                "authenticatorSelection": {"residentKey": "required", "requireResidentKey": true, "userVerification": "preferred"},
+                "attestation": "none",
+            },
+        }))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+/// Take a challenge out of the table (single use); `user` restricts registrations.
+async fn consume_challenge(
+    tx: &deadpool_postgres::Transaction<'_>,
+    call: &Call,
+    kind: &str,
+    user: Option<Uuid>,
+) -> AuthResult<String> {
+    let cid = call
+        .s("challenge_id")
+        .ok_or_else(|| AuthError::validation("challenge_id is required"))?;
+    if call.body.get("credential").is_none_or(Value::is_null) {
+        return Err(AuthError::validation("credential is required"));
+    }
+    let cid: Uuid = cid
+        .parse()
+        .map_err(|_| AuthError::validation("challenge_id must be a valid UUID"))?;
+    let row = tx
+        .query_opt(
+            "delete from auth.webauthn_challenges where id = $1 and challenge_type = $2
+               and ($3::uuid is null or user_id = $3) returning challenge, expires_at < now()",
+            &[&cid, &kind, &user],
+        )
+        .await?
+        .ok_or_else(|| {
+            AuthError::bad_request(
+                "webauthn_challenge_not_found",
+                "Challenge not found or already used",
+            )
+        })?;
+    if row.get::<_, bool>(1) {
+        return Err(
+            AuthError::bad_request("webauthn_challenge_expired", "Challenge has expired")
+                .keep_commit(),
+        );
+    }
+    Ok(row.get(0))
+}
+
+fn b64_field(v: &Value, path: &[&str]) -> AuthResult<Vec<u8>> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p).ok_or_else(|| {
+            AuthError::bad_request(
+                "webauthn_verification_failed",
+                "Invalid credential response",
+            )
+        })?;
+    }
+    let s = cur.as_str().ok_or_else(|| {
+        AuthError::bad_request(
+            "webauthn_verification_failed",
+            "Invalid credential response",
+        )
+    })?;
+    B64.decode(s.trim_end_matches('=')).map_err(|_| {
+        AuthError::bad_request(
+            "webauthn_verification_failed",
+            "Invalid credential response",
+        )
+    })
+}
+
+/// clientDataJSON: the ceremony type, our challenge, an allowed origin.
+fn check_client_data(state: &AppState, raw: &[u8], kind: &str, challenge: &str) -> AuthResult<()> {
+    let cd: Value = serde_json::from_slice(raw).map_err(|_| failed())?;
+    let origin = cd["origin"].as_str().unwrap_or("");
+    if cd["type"] != kind
+        || cd["challenge"].as_str().map(|c| c.trim_end_matches('=')) != Some(challenge)
+        || !origins(state).iter().any(|o| o == origin)
+    {
+        return Err(failed());
+    }
+    Ok(())
+}
+
+/// The fixed head of authenticator data: rpIdHash, flags (user present), sign count.
+fn check_auth_data(state: &AppState, ad: &[u8]) -> AuthResult<(u8, u32)> {
+    if ad.len() < 37 || ad[..32] != Sha256::digest(rp_id(state).as_bytes())[..] {
+        return Err(failed());
+    }
+    let flags = ad[32];
+    if flags & 0x01 == 0 {
+        return Err(failed());
+    }
+    Ok((flags, u32::from_be_bytes([ad[33], ad[34], ad[35], ad[36]])))
+}
+
+async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let u = load_token_user(&tx, &t).await?;
+        let challenge = consume_challenge(&tx, call, "registration", Some(u.id)).await?;
+        let cred = &call.body["credential"];
+        let client_data = b64_field(cred, &["response", "clientDataJSON"])?;
+        let att = b64_field(cred, &["response", "attestationObject"])?;
+        check_client_data(state, &client_data, "webauthn.create", &challenge).map_err(AuthError::keep_commit)?;
+        let (att, _) = cbor::decode(&att).ok_or_else(failed)?;
+        let ad = att.get_text("authData").and_then(cbor::Value::bytes).ok_or_else(failed)?;
+        let (flags, count) = check_auth_data(state, ad)?;
+        if flags & 0x40 == 0 || ad.len() < 55 {
+            return Err(failed());
+        }
+        let aaguid = Uuid::from_slice(&ad[37..53]).ok();
+        let id_len = u16::from_be_bytes([ad[53], ad[54]]) as usize;
+        let cred_id = ad.get(55..55 + id_len).ok_or_else(failed)?.to_vec();
+        let (cose, _) = cbor::decode(&ad[55 + id_len..]).ok_or_else(failed)?;
+        let key = cose_es256(&cose).ok_or_else(|| {
+            AuthError::bad_request("webauthn_verification_failed", "Only ES256 (P-256) passkeys are supported")
+        })?;
+        let transports = cred["response"]["transports"].clone();
+        let id = Uuid::new_v4();
+        let res = tx
+            .query_one(
+                "insert into auth.webauthn_credentials (id, user_id, credential_id, public_key, aaguid, sign_count,
+                   transports, backup_eligible, backed_up)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning created_at",
+                &[
+                    &id,
+                    &u.id,
+                    &cred_id,
+                    &key,
+                    &aaguid,
+                    &(count as i64),
+                    &if transports.is_array() { transports } else { json!([]) },
+                    &(flags & 0x08 != 0),
+                    &(flags & 0x10 != 0),
+                ],
+            )
+            .await;
+        match res {
+            Ok(row) => Ok(json!({"id": id, "created_at": row.get::<_, chrono::DateTime<Utc>>(0)})),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(
+                AuthError::unprocessable("webauthn_credential_exists", "This credential is already registered"),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let challenge = new_challenge();
+        let id = Uuid::new_v4();
+        tx.execute(
+            "insert into auth.webauthn_challenges (id, challenge_type, challenge, expires_at)
+             values ($1, 'authentication', $2, now() + make_interval(secs => $3))",
+            &[&id, &challenge, &(CHALLENGE_SECS as f64)],
+        )
+        .await?;
+        Ok(json!({
+            "challenge_id": id,
+            "expires_at": Utc::now().timestamp() + CHALLENGE_SECS,
+            "options": {
+                "challenge": challenge,
+                "timeout": CHALLENGE_SECS * 1000,
+                "rpId": rp_id(state),
+                "allowCredentials": [],
+                "userVerification": "preferred",
+            },
+        }))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let challenge = consume_challenge(&tx, call, "authentication", None).await?;
+        // From here on a failure still spends the challenge.
+        let verified: AuthResult<(Uuid, Uuid, i64)> = async {
+            let cred = &call.body["credential"];
+            let raw_id = b64_field(cred, &["rawId"]).or_else(|_| b64_field(cred, &["id"]))?;
+            let client_data = b64_field(cred, &["response", "clientDataJSON"])?;
+            let ad = b64_field(cred, &["response", "authenticatorData"])?;
+            let sig = b64_field(cred, &["response", "signature"])?;
+            let row = tx
+                .query_opt(
+                    "select id, user_id, public_key, sign_count from auth.webauthn_credentials
+                     where credential_id = $1 for update",
+                    &[&raw_id],
+                )
+                .await?
+                .ok_or_else(failed)?;
+            let (pk_id, user_id, key, stored): (Uuid, Uuid, Vec<u8>, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            check_client_data(state, &client_data, "webauthn.get", &challenge)?;
+            let (_, count) = check_auth_data(state, &ad)?;
+            let mut msg = ad.clone();
+            msg.extend_from_slice(&Sha256::digest(&client_data));
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &key)
+                .verify(&msg, &sig)
+                .map_err(|_| failed())?;
+            if let Ok(handle) = b64_field(cred, &["response", "userHandle"]) {
+                if !handle.is_empty() && handle != user_id.as_bytes() {
+                    return Err(AuthError::validation("Invalid user handle in assertion"));
+                }
+            }
+            if stored > 0 && (count as i64) <= stored {
+                return Err(failed());
+            }
+            Ok((pk_id, user_id, count as i64))
+        }
+        .await;
+        let (pk_id, user_id, count) = verified.map_err(AuthError::keep_commit)?;
+        let u = users::by_id(&*tx, user_id).await?.ok_or_else(failed)?;
+        if u.deleted_at.is_some() {
+            return Err(failed());
+        }
+        if u.is_banned() {
+            return Err(AuthError::forbidden("user_banned", "User is banned"));
+        }
+        tx.execute(
+            "update auth.webauthn_credentials set sign_count = $2, last_used_at = now(), updated_at = now() where id = $1",
+            &[&pk_id, &count],
+        )
+        .await?;
+        session::issue(state, &*tx, user_id, "passkey", &call.origin()).await
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+fn item(r: &tokio_postgres::Row) -> Value {
+    let mut v = json!({
+        "id": r.get::<_, Uuid>(0),
+        "friendly_name": r.get::<_, Option<String>>(1),
+        "created_at": r.get::<_, chrono::DateTime<Utc>>(2),
+        "last_used_at": r.get::<_, Option<chrono::DateTime<Utc>>>(3),
+    });
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+const ITEM_COLS: &str = "id, friendly_name, created_at, last_used_at";
+
+pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let rows = tx
+            .query(
+                &format!("select {ITEM_COLS} from auth.webauthn_credentials where user_id = $1 order by created_at"),
+                &[&user_id],
+            )
+            .await?;
+        Ok(Value::Array(rows.iter().map(item).collect()))
+    }
+    .await;
+    finish(tx, r).await
+}
+
+pub async fn delete_for(state: &AppState, user_id: Uuid, id: &str) -> AuthResult<Resp> {
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let n = tx
+            .execute(
+                "delete from auth.webauthn_credentials where id = $1 and user_id = $2",
+                &[&id, &user_id],
+            )
+            .await?;
+        if n == 0 {
+            return Err(not_found());
+        }
+        Ok(())
+    }
+    .await;
+    finish(tx, r).await?;
+    Ok(no_content())
+}
+
+async fn list_own(state: &AppState, call: &Call) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    Ok(ok(list_for(state, t.user_id).await?))
+}
+
+async fn delete_own(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    delete_for(state, t.user_id, id).await
+}
+
+async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
+    let t = user_token(state, call)?;
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let name = call
+        .s("friendly_name")
+        .ok_or_else(|| AuthError::validation("friendly_name is required"))?;
+    if name.chars().count() > 120 {
+        return Err(AuthError::validation(
+            "friendly_name must be 120 characters or less",
+        ));
+    }
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        let row = tx
+            .query_opt(
+                &format!(
+                    "update auth.webauthn_credentials set friendly_name = $3, updated_at = now()
+                          where id = $1 and user_id = $2 returning {ITEM_COLS}"
+                ),
+                &[&id, &t.user_id, &name],
+            )
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(item(&row))
+    }
+    .await;
+    Ok(ok(finish(tx, r).await?))
+}
+
+/// An uncompressed P-256 point (04 || x || y) from a COSE_Key with kty EC2, alg ES256.
+fn cose_es256(k: &cbor::Value) -> Option<Vec<u8>> {
+    if k.get_int(1)?.int()? != 2 || k.get_int(3)?.int()? != -7 || k.get_int(-1)?.int()? != 1 {
+        return None;
+    }
+    let (x, y) = (k.get_int(-2)?.bytes()?, k.get_int(-3)?.bytes()?);
+    if x.len() != 32 || y.len() != 32 {
+        return None;
+    }
+    let mut out = vec![4];
+    out.extend_from_slice(x);
+    out.extend_from_slice(y);
+    Some(out)
+}
+
+/// The subset of CBOR (RFC 8949) WebAuthn uses: integers, byte and text strings, arrays,
+/// maps and simple values; definite lengths only.
+mod cbor {
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Int(i64),
+        Bytes(Vec<u8>),
+        Text(String),
+        Array(Vec<Value>),
+        Map(Vec<(Value, Value)>),
+        Simple(u8),
+    }
+
+    impl Value {
+        pub fn int(&self) -> Option<i64> {
+            match self {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            }
+        }
+        pub fn bytes(&self) -> Option<&[u8]> {
+            match self {
+                Value::Bytes(b) => Some(b),
+                _ => None,
+            }
+        }
+        fn get(&self, key: &Value) -> Option<&Value> {
+            match self {
+                Value::Map(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+        pub fn get_int(&self, k: i64) -> Option<&Value> {
+            self.get(&Value::Int(k))
+        }
+        pub fn get_text(&self, k: &str) -> Option<&Value> {
+            self.get(&Value::Text(k.to_string()))
+        }
+    }
+
+    /// Decode one item; returns it and the rest of the input.
+    pub fn decode(b: &[u8]) -> Option<(Value, &[u8])> {
+        decode_depth(b, 0)
+    }
+
+    fn decode_depth(b: &[u8], depth: u8) -> Option<(Value, &[u8])> {
+        if depth > 16 {
+            return None;
+        }
+        let (&head, mut rest) = b.split_first()?;
+        let (major, info) = (head >> 5, head & 31);
+        let arg: u64 = match info {
+            0..=23 => info as u64,
+            24 => {
+                let (&v, r) = rest.split_first()?;
+                rest = r;
+                v as u64
+            }
+            25..=27 => {
+                let n = 1usize << (info - 24);
+                let bytes = rest.get(..n)?;
+                rest = &rest[n..];
+                bytes.iter().fold(0u64, |a, &x| (a << 8) | x as u64)
+            }
+            _ => return None,
+        };
+        match major {
+            0 => Some((Value::Int(i64::try_from(arg).ok()?), rest)),
+            1 => Some((Value::Int(-1 - i64::try_from(arg).ok()?), rest)),
+            2 | 3 => {
+                let n = usize::try_from(arg).ok()?;
+                let data = rest.get(..n)?.to_vec();
+                let rest = &rest[n..];
+                if major == 2 {
+                    Some((Value::Bytes(data), rest))
+                } else {
+                    Some((Value::Text(String::from_utf8(data).ok()?), rest))
+                }
+            }
+            4 => {
+                let mut items = vec![];
+                for _ in 0..arg.min(1024) {
+                    let (v, r) = decode_depth(rest, depth + 1)?;
+                    items.push(v);
+                    rest = r;
+                }
+                Some((Value::Array(items), rest))
+            }
+            5 => {
+                let mut items = vec![];
+                for _ in 0..arg.min(1024) {
+                    let (k, r) = decode_depth(rest, depth + 1)?;
+                    let (v, r) = decode_depth(r, depth + 1)?;
+                    items.push((k, v));
+                    rest = r;
+                }
+                Some((Value::Map(items), rest))
+            }
+            7 if info < 24 => Some((Value::Simple(info), rest)),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn decodes_maps_ints_and_strings() {
+            // {"fmt": "none", 1: -7, "b": h'0102'}
+            let data = [
+                0xa3, 0x63, b'f', b'm', b't', 0x64, b'n', b'o', b'n', b'e', 0x01, 0x26, 0x61, b'b',
+                0x42, 1, 2, 0xff,
+            ];
+            let (v, rest) = decode(&data).unwrap();
+            assert_eq!(rest, &[0xff]);
+            assert_eq!(v.get_text("fmt"), Some(&Value::Text("none".into())));
+            assert_eq!(v.get_int(1).and_then(Value::int), Some(-7));
+            assert_eq!(v.get_text("b").and_then(Value::bytes), Some(&[1u8, 2][..]));
+            assert!(
+                decode(&[0x5a, 0xff, 0xff, 0xff, 0xff]).is_none(),
+                "length past the end"
+            );
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! One transaction as the caller: parameters as text, the statement, commit/rollback,
+//! and the shared response helpers.
+
+use super::*;
+
+/// A database parameter sent in text format and typed by PostgreSQL (like an untyped
+/// literal), so one Rust type serves every column type.
+#[derive(Debug)]
+pub(super) struct TextParam<'a>(pub(super) &'a str);
+
+impl ToSql for TextParam<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+// ---------------------------------------------------------------------------------------
+// Execution
+
+pub(super) struct Outcome {
+    pub(super) total: Option<i64>,
+    pub(super) page: i64,
+    pub(super) body: Option<String>,
+    pub(super) location: Option<String>,
+    /// Rows an upsert inserted (vs updated), when asked for.
+    pub(super) inserted: Option<i64>,
+}
+
+pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
+    let mut m = serde_json::Map::new();
+    for (k, v) in h {
+        if let Ok(v) = v.to_str() {
+            m.insert(k.as_str().to_string(), Value::String(v.to_string()));
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// Run one statement in the caller's transaction. `check` may veto the commit (rollback
+/// and error) after seeing the outcome.
+pub(super) async fn execute(
+    state: &AppState,
+    req: &RestReq<'_>,
+    q: &Sql,
+    read_only: bool,
+    rollback: bool,
+    explain: Option<&Media>,
+    needs_check: bool,
+    check: impl FnOnce(&Outcome) -> Result<(), RestError>,
+) -> Result<Outcome, RestError> {
+    let mut client = state.pool.get().await.map_err(|e| {
+        let mut r = RestError::new(
+            503,
+            "PGRST000",
+            "Database connection error. Retrying the connection.",
+        );
+        r.log = Some(e.to_string());
+        r
+    })?;
+    let headers = request_gucs_headers(req.headers);
+    let mut sp: Vec<String> = vec![ident(req.schema)];
+    for s in &state.config.rest.extra_search_path {
+        sp.push(ident(s));
+    }
+    let search_path = sp.join(", ");
+    // The role's own statement_timeout wins; else the configured one (not for service).
+    let role_timeout = state
+        .rest
+        .cache()
+        .role_timeouts
+        .get(req.ctx.role.as_str())
+        .copied();
+    let timeout = match role_timeout {
+        Some(t) => Some(t),
+        None if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 => None,
+        None => Some(state.config.rest.statement_timeout_ms),
+    };
+    let path = format!("/{}", req.path);
+    let gucs = crate::db::RequestGucs {
+        method: req.method.as_str(),
+        path: &path,
+        headers: Some(&headers),
+        search_path: Some(&search_path),
+        statement_timeout_ms: timeout,
+    };
+    let anon = req.ctx.role.is_anon();
+    let tx = crate::db::begin_as(&mut client, req.ctx, &gucs, read_only)
+        .await
+        .map_err(|e| RestError::from_pg(&e, anon))?;
+    let params: Vec<TextParam> = q.params.iter().map(|p| TextParam(p)).collect();
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
+        .collect();
+    if let Some(Media::Plan { text, options, .. }) = explain {
+        let mut opts = vec![format!("FORMAT {}", if *text { "TEXT" } else { "JSON" })];
+        for o in options {
+            match o.as_str() {
+                "analyze" | "verbose" | "settings" | "buffers" | "wal" => {
+                    opts.push(o.to_ascii_uppercase())
+                }
+                _ => {}
+            }
+        }
+        let stmt = format!("EXPLAIN ({}) {}", opts.join(", "), q.text);
+        let rows = tx
+            .query_typed(&stmt, &typed)
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+        let body = if *text {
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            rows.first()
+                .map(|r| r.get::<_, Value>(0).to_string())
+                .unwrap_or_default()
+        };
+        let _ = tx.rollback().await;
+        return Ok(Outcome {
+            total: None,
+            page: 0,
+            body: Some(body),
+            location: None,
+            inserted: None,
+        });
+    }
+    // count=planned: the planner's row estimate for the count query.
+    let mut planned: Option<i64> = None;
+    if let Some((text, ps)) = &q.count_plan {
+        let cp: Vec<TextParam> = ps.iter().map(|p| TextParam(p)).collect();
+        let ct: Vec<(&(dyn ToSql + Sync), Type)> = cp
+            .iter()
+            .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
+            .collect();
+        let rows = tx
+            .query_typed(&format!("EXPLAIN (FORMAT JSON) {text}"), &ct)
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+        planned = rows
+            .first()
+            .and_then(|r| r.try_get::<_, Value>(0).ok())
+            .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+            .map(|n| n as i64);
+        if let (Some(limit), Some(p)) = (q.exact_below, planned) {
+            if p <= limit {
+                let row = tx
+                    .query_typed(&format!("SELECT count(*) FROM ({text}) AS pgrst_c"), &ct)
+                    .await
+                    .map_err(|e| RestError::from_pg(&e, anon))?;
+                planned = Some(row[0].get(0));
+            }
+        }
+    }
+    if !needs_check {
+        // Nothing to decide after seeing the result: send the statement and the end of
+        // the transaction together (one round trip less). If the statement fails, the
+        // COMMIT ends the aborted transaction as a rollback.
+        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
+        let (rows, ended) = futures::join!(tx.query_typed(&q.text, &typed), tx.batch_execute(end));
+        // The transaction is over either way; skip the ROLLBACK its Drop would send.
+        std::mem::forget(tx);
+        let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
+        ended.map_err(|e| RestError::from_pg(&e, anon))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| RestError::internal("statement returned no row"))?;
+        return Ok(Outcome {
+            total: planned.or(row.get(0)),
+            page: row.get(1),
+            body: row.get(2),
+            location: row.get(3),
+            inserted: if row.len() > 4 { row.get(4) } else { None },
+        });
+    }
+    let row = tx
+        .query_typed(&q.text, &typed)
+        .await
+        .map_err(|e| RestError::from_pg(&e, anon))?;
+    let row = row
+        .into_iter()
+        .next()
+        .ok_or_else(|| RestError::internal("statement returned no row"))?;
+    let out = Outcome {
+        total: planned.or(row.get(0)),
+        page: row.get(1),
+        body: row.get(2),
+        location: row.get(3),
+        inserted: if row.len() > 4 { row.get(4) } else { None },
+    };
+    if let Err(e) = check(&out) {
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
+    if rollback {
+        tx.rollback()
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+    } else {
+        tx.commit()
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+    }
+    Ok(out)
+}
+
+pub(super) fn content_type(accept: &Accept) -> &'static str {
+    match &accept.media {
+        Media::Object => {
+            if accept.strip_nulls {
+                "application/vnd.pgrst.object+json; nulls=stripped; charset=utf-8"
+            } else {
+                "application/vnd.pgrst.object+json; charset=utf-8"
+            }
+        }
+        Media::Csv => "text/csv; charset=utf-8",
+        Media::GeoJson => "application/geo+json; charset=utf-8",
+        Media::OpenApi => "application/openapi+json; charset=utf-8",
+        Media::Plan { text: true, .. } => "application/vnd.pgrst.plan+text; charset=utf-8",
+        Media::Plan { .. } => "application/vnd.pgrst.plan+json; charset=utf-8",
+        Media::Text => "text/plain; charset=utf-8",
+        Media::Octet => "application/octet-stream",
+        Media::Json => {
+            if accept.strip_nulls {
+                "application/vnd.pgrst.array+json; nulls=stripped; charset=utf-8"
+            } else {
+                "application/json; charset=utf-8"
+            }
+        }
+    }
+}
+
+pub(super) fn respond(
+    status: StatusCode,
+    ct: Option<&str>,
+    body: Option<String>,
+    headers: Vec<(String, String)>,
+) -> Resp {
+    let mut r = http::Response::new(match body {
+        Some(b) => full(b),
+        None => empty(),
+    });
+    *r.status_mut() = status;
+    if let Some(ct) = ct {
+        if let Ok(v) = HeaderValue::from_str(ct) {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+    }
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r
+}
+
+pub(super) fn single_error(n: i64) -> RestError {
+    RestError::new(
+        406,
+        "PGRST116",
+        "Cannot coerce the result to a single JSON object",
+    )
+    .details(format!("The result contains {n} rows"))
+}
+
+pub(super) fn content_range(offset: i64, page: i64, total: Option<i64>) -> String {
+    let t = total.map(|t| t.to_string()).unwrap_or_else(|| "*".into());
+    if page <= 0 {
+        format!("*/{t}")
+    } else {
+        format!("{}-{}/{t}", offset, offset + page - 1)
+    }
+}
+
+pub(super) fn explain_check(req: &RestReq, st: &Settings) -> Result<Option<Media>, RestError> {
+    if let Media::Plan { .. } = &req.accept.media {
+        if !st.plan_enabled {
+            return Err(RestError::not_acceptable(
+                header(req.headers, "accept").unwrap_or(""),
+            ));
+        }
+        return Ok(Some(req.accept.media.clone()));
+    }
+    Ok(None)
+}
+
+/// The media the body is built for (a plan request describes the query for its `for`).
+pub(super) fn body_media(accept: &Accept) -> Media {
+    match &accept.media {
+        Media::Plan { for_media, .. } => prefer::parse_accept(Some(for_media))
+            .map(|a| a.media)
+            .unwrap_or(Media::Json),
+        m => m.clone(),
+    }
+}
+
+pub(super) fn plan_response(out: Outcome, accept: &Accept) -> Resp {
+    respond(StatusCode::OK, Some(content_type(accept)), out.body, vec![])
+}

@@ -1,0 +1,362 @@
+//! /rpc/<function>: overload resolution, arguments, calls.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// RPC
+
+pub(super) async fn rpc(
+    state: &AppState,
+    req: &RestReq<'_>,
+    fname: &str,
+) -> Result<Resp, RestError> {
+    let sc = state.rest.cache();
+    let st = settings(state, &sc);
+    let overloads = sc
+        .functions
+        .get(&(req.schema.to_string(), fname.to_string()))
+        .cloned()
+        .unwrap_or_default();
+    let is_get = matches!(*req.method, Method::GET | Method::HEAD);
+    if !is_get && *req.method != Method::POST {
+        return Err(RestError::new(
+            405,
+            "PGRST101",
+            "Only GET, HEAD or POST are allowed on /rpc",
+        ));
+    }
+    let all_arg_names: Vec<String> = overloads
+        .iter()
+        .flat_map(|f| f.args.iter().map(|a| a.name.clone()))
+        .collect();
+    let mut params = parse_params(req.pairs, is_get, &all_arg_names)?;
+    lift_embed_nulls(&mut params);
+    check_embed_paths(&params)?;
+    let explain = explain_check(req, &st)?;
+    let media = body_media(&req.accept);
+    // The arguments as a JSON object (or the raw body for a single json parameter).
+    let (args, raw_body): (serde_json::Map<String, Value>, Option<Value>) = if is_get {
+        (
+            {
+                // A repeated key (`?v=1&v=2`, for a variadic parameter) becomes an array.
+                let mut m = serde_json::Map::new();
+                for (k, v) in &params.rpc_candidates {
+                    match m.get_mut(k) {
+                        Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+                        Some(prev) => {
+                            let first = prev.take();
+                            *prev = Value::Array(vec![first, Value::String(v.clone())]);
+                        }
+                        None => {
+                            m.insert(k.clone(), Value::String(v.clone()));
+                        }
+                    }
+                }
+                m
+            },
+            None,
+        )
+    } else {
+        let b = req.body.as_deref().unwrap_or(b"");
+        if b.iter().all(|c| c.is_ascii_whitespace()) {
+            (serde_json::Map::new(), None)
+        } else if is_form(req) {
+            match request_body(req)? {
+                Value::Object(o) => (o, None),
+                _ => (serde_json::Map::new(), None),
+            }
+        } else {
+            match serde_json::from_slice::<Value>(b) {
+                Ok(Value::Object(o)) => (o.clone(), Some(Value::Object(o))),
+                Ok(v) => (serde_json::Map::new(), Some(v)),
+                Err(_) => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
+            }
+        }
+    };
+    let keys: Vec<&String> = args.keys().collect();
+    // Overload resolution by argument names, as PostgREST: only functions whose parameters
+    // are all named, or that take one unnamed json/jsonb/text/xml/bytea parameter (named
+    // "" in the body), can be called.
+    let callable = |f: &&schema::Function| {
+        f.args.iter().all(|a| !a.name.is_empty())
+            || (f.args.len() == 1
+                && matches!(
+                    f.args[0].ty.as_str(),
+                    "json" | "jsonb" | "text" | "xml" | "bytea"
+                ))
+    };
+    let mut cands: Vec<&schema::Function> = overloads
+        .iter()
+        .filter(callable)
+        .filter(|f| {
+            let names_ok = keys.iter().all(|k| f.args.iter().any(|a| &&a.name == k));
+            let required_ok = f
+                .args
+                .iter()
+                .all(|a| a.has_default || keys.iter().any(|k| *k == &a.name));
+            names_ok && required_ok
+        })
+        .collect();
+    let mut single_json = false;
+    if cands.is_empty() && !is_get {
+        // A single unnamed json/jsonb parameter takes the whole body.
+        let sj: Vec<&schema::Function> = overloads
+            .iter()
+            .filter(|f| {
+                f.args.len() == 1
+                    && f.args[0].name.is_empty()
+                    && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
+            })
+            .collect();
+        if !sj.is_empty() {
+            cands = sj;
+            single_json = true;
+        } else if req.prefer.single_object {
+            cands = overloads
+                .iter()
+                .filter(|f| f.args.len() == 1 && matches!(f.args[0].ty.as_str(), "json" | "jsonb"))
+                .collect();
+            single_json = !cands.is_empty();
+        }
+    }
+    let f = match cands.len() {
+        1 => cands[0].clone(),
+        0 => return Err(function_not_found(&sc, req.schema, fname, &keys)),
+        _ => {
+            let mut cands = cands;
+            cands.sort_by_key(|f| {
+                (
+                    f.args.len(),
+                    f.args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>(),
+                )
+            });
+            let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
+            return Err(RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
+                .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));
+        }
+    };
+    // Arguments travel as one JSON object with positional keys, so unnamed parameters work.
+    let used: Vec<(usize, &schema::Arg)> = f
+        .args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| args.contains_key(&a.name))
+        .collect();
+    let mut positional = serde_json::Map::new();
+    for (i, a) in &used {
+        positional.insert(format!("a{i}"), args[&a.name].clone());
+    }
+    let call = Call {
+        schema: f.schema.clone(),
+        name: f.name.clone(),
+        args: if single_json {
+            vec![]
+        } else {
+            used.iter()
+                .map(|(i, a)| (format!("a{i}"), a.ty.clone(), a.name.clone()))
+                .collect()
+        },
+        single_json: if single_json {
+            Some(f.args[0].ty.clone())
+        } else {
+            None
+        },
+        body: if single_json {
+            raw_body
+                .clone()
+                .unwrap_or(Value::Object(args.clone()))
+                .to_string()
+        } else {
+            Value::Object(positional).to_string()
+        },
+        variadic_last: f.variadic && f.args.last().is_some_and(|a| args.contains_key(&a.name)),
+    };
+    let read_only = is_get || matches!(f.volatility, 'i' | 's');
+    let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
+    let mut q = Sql::default();
+    let count = req.prefer.count.is_some();
+    let top = params.mods.entry(vec![]).or_default();
+    if let Some(m) = st.max_rows {
+        if f.returns_set {
+            top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
+        }
+    }
+    let offset = top.offset.unwrap_or(0);
+    let (rel, shape) = match &f.ret {
+        RetType::Relation(s, n) => (Some((s.clone(), n.clone())), BodyShape::Rows),
+        RetType::Record(_) => (None, BodyShape::Rows),
+        RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
+    };
+    let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
+    // Only a scalar result has a raw text/octet form; otherwise negotiate without them.
+    let renegotiated;
+    let (req, media) = if matches!(media, Media::Text | Media::Octet) && !scalar_single {
+        let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+        renegotiated = RestReq {
+            accept,
+            ..req.clone()
+        };
+        let m = body_media(&renegotiated.accept);
+        (&renegotiated, m)
+    } else {
+        (req, media)
+    };
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
+    if scalar_single {
+        let (pre, c) = sql::call_sql(&mut q, &call);
+        let body = if matches!(f.ret, RetType::Void) {
+            "NULL::text".to_string()
+        } else if matches!(media, Media::Text | Media::Octet) {
+            // text/plain or octet-stream: the scalar's own text, not JSON.
+            "pgrst_scalar.pgrst_scalar::text".to_string()
+        } else {
+            "to_json(pgrst_scalar.pgrst_scalar)::text".to_string()
+        };
+        q.text = format!(
+            "SELECT NULL::int8 AS total, 1::int8 AS page, {body} AS body, NULL::text AS location FROM {}{c} AS pgrst_scalar",
+            pre.map(|p| format!("{p}, LATERAL ")).unwrap_or_default()
+        );
+    } else {
+        let mut planner = Planner::new(&sc, req.schema, st.aggregates);
+        planner.mods = std::mem::take(&mut params.mods);
+        let node = planner.node(
+            Source::Call(call),
+            &f.name,
+            rel,
+            params.select.as_deref().unwrap_or(&[]),
+            &[],
+        )?;
+        let m = if !f.returns_set && media == Media::Json {
+            Media::Object
+        } else {
+            media.clone()
+        };
+        q.text = sql::wrap_read(
+            &mut q,
+            &node,
+            count,
+            &m,
+            req.accept.strip_nulls,
+            &shape,
+            None,
+        );
+    }
+    let single = media == Media::Object;
+    let strict_max = if req.prefer.strict {
+        req.prefer.max_affected
+    } else {
+        None
+    };
+    let out = execute(
+        state,
+        req,
+        &q,
+        read_only,
+        rollback,
+        explain.as_ref(),
+        strict_max.is_some() || single,
+        |o| {
+            if let Some(m) = strict_max {
+                if o.page > m {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST124",
+                        "Query result exceeds max-affected preference constraint",
+                    )
+                    .details(format!("The query affects {} rows", o.page)));
+                }
+            }
+            if single && o.page != 1 {
+                return Err(single_error(o.page));
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    if explain.is_some() {
+        return Ok(plan_response(out, &req.accept));
+    }
+    if matches!(f.ret, RetType::Void) && !f.returns_set {
+        return Ok(respond(StatusCode::NO_CONTENT, None, None, vec![]));
+    }
+    if !f.returns_set {
+        let total = if count { "1" } else { "*" };
+        if req.prefer.ret == Some(prefer::Return::Minimal) {
+            return Ok(respond(
+                StatusCode::OK,
+                None,
+                None,
+                vec![("content-range".into(), format!("0-0/{total}"))],
+            ));
+        }
+        let mut headers = vec![("content-range".to_string(), format!("0-0/{total}"))];
+        if rollback {
+            headers.push(("preference-applied".into(), "tx=rollback".into()));
+        }
+        return Ok(respond(
+            StatusCode::OK,
+            Some(content_type(&req.accept)),
+            out.body,
+            headers,
+        ));
+    }
+    let total = if count { out.total } else { None };
+    let minimal = req.prefer.ret == Some(prefer::Return::Minimal);
+    let mut resp = finish_read(req, out, offset, total, &media, count)?;
+    if minimal {
+        // `Prefer: return=minimal` (postgrest-js's POST fallback for head with object
+        // arguments): status and Content-Range, no body.
+        *resp.body_mut() = crate::http::empty();
+        resp.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    Ok(resp)
+}
+
+pub(super) fn function_not_found(
+    sc: &SchemaCache,
+    schema: &str,
+    fname: &str,
+    keys: &[&String],
+) -> RestError {
+    let mut names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    names.sort();
+    let (message, details) = if names.is_empty() {
+        (
+            format!("Could not find the function {schema}.{fname} without parameters in the schema cache"),
+            format!("Searched for the function {schema}.{fname} without parameters or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache."),
+        )
+    } else {
+        (
+            format!("Could not find the function {schema}.{fname}({}) in the schema cache", names.join(", ")),
+            format!(
+                "Searched for the function {schema}.{fname} with parameter{} {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ),
+        )
+    };
+    let mut e = RestError::new(404, "PGRST202", message).details(details);
+    let best = sc
+        .functions
+        .iter()
+        .filter(|((s, n), fs)| {
+            s == schema
+                && n != fname
+                && fs
+                    .iter()
+                    .any(|f| f.args.iter().all(|a| !a.name.is_empty()) || f.args.len() == 1)
+        })
+        .map(|((_, n), _)| (plan::dice(n, fname), n))
+        .filter(|(d, _)| *d >= 0.7)
+        .max_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if let Some((_, n)) = best {
+        e = e.hint(format!(
+            "Perhaps you meant to call the function {schema}.{n}"
+        ));
+    }
+    e
+}
