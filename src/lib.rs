@@ -274,7 +274,7 @@ impl Server {
             None
         };
         let (admin_url, pool_cfg, mut pg) = prepare_database(&cfg, &progress).await?;
-        let pool = db::make_pool(pool_cfg, cfg.db_pool_size);
+        let pool = db::make_pool(pool_cfg.clone(), cfg.db_pool_size);
         let built = async {
             Ok::<_, String>(Inner {
                 rest: rest::init(&cfg, &pool).await?,
@@ -284,6 +284,7 @@ impl Server {
                 functions: functions::init(&cfg, &pool).await?,
                 config: cfg.clone(),
                 pool: pool.clone(),
+                db_config: pool_cfg,
                 keys,
             })
         }

@@ -12,6 +12,9 @@ pub struct Inner {
     pub config: Config,
     /// Request connections (the `authenticator` role, switching per transaction).
     pub pool: Pool,
+    /// How the pool connects (same role): for dedicated LISTEN connections, so nothing
+    /// but migrations uses the superuser.
+    pub db_config: tokio_postgres::Config,
     pub keys: KeyRing,
     pub rest: crate::rest::State,
     pub auth: crate::auth::State,

@@ -30,24 +30,24 @@ pub struct Fanout {
     /// Each item: the NOTIFY payloads of one broadcast (one, or its chunks in order).
     tx: mpsc::Sender<Vec<String>>,
     rx: std::sync::Mutex<Option<mpsc::Receiver<Vec<String>>>>,
-    /// Where the LISTEN connection goes (None: fan-out disabled).
-    url: Option<String>,
+    /// Fan-out to other processes on (the LISTEN connection uses `AppState::db_config`).
+    enabled: bool,
 }
 
 impl Fanout {
-    pub fn new(url: Option<String>) -> Fanout {
+    pub fn new(enabled: bool) -> Fanout {
         let (tx, rx) = mpsc::channel(4096);
         Fanout {
             origin: uuid::Uuid::new_v4().simple().to_string(),
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
-            url,
+            enabled,
         }
     }
 
     /// Queue a broadcast for the other processes (never blocks the caller).
     pub fn publish(&self, key: &TopicKey, msg: &Broadcast) {
-        if self.url.is_none() {
+        if !self.enabled {
             return;
         }
         let body = encode(&self.origin, key, msg);
@@ -246,9 +246,10 @@ fn decode(s: &str) -> Option<(String, TopicKey, Broadcast)> {
 
 /// Start the publisher (through the pool) and the listener (its own connection).
 pub fn start(state: &AppState) {
-    let Some(url) = state.realtime.fanout.url.clone() else {
+    if !state.realtime.fanout.enabled {
         return;
-    };
+    }
+    let url = state.db_config.clone();
     let Some(mut rx) = state.realtime.fanout.rx.lock().expect("lock").take() else {
         return;
     };
@@ -341,8 +342,9 @@ pub fn start(state: &AppState) {
     });
 }
 
-async fn listen(state: &AppState, url: &str) -> Result<(), String> {
-    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
+    let (client, mut conn) = url
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| crate::db::error_text(&e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -30,17 +30,11 @@ pub struct State {
     pub fanout: fanout::Fanout,
 }
 
-pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
-    // The fan-out listener needs its own connection: the external URL, or the embedded
-    // database's superuser.
-    let url = match &config.database_url {
-        Some(u) => u.expose().clone(),
-        None => crate::display_db_url(config),
-    };
+pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
     Ok(State {
         hub: Arc::new(Hub::default()),
         capture: changes::Capture::default(),
-        fanout: fanout::Fanout::new(Some(url)),
+        fanout: fanout::Fanout::new(true),
     })
 }
 

@@ -113,15 +113,7 @@ async fn reload_on_miss(state: &AppState) -> bool {
 pub fn spawn_background(state: &AppState) {
     let state = state.clone();
     tokio::spawn(async move {
-        let url = match &state.config.database_url {
-            Some(u) => u.expose().clone(),
-            None => format!(
-                "postgres://{}:{}@127.0.0.1:{}/postgres",
-                crate::db::embedded_pg::SUPERUSER,
-                crate::db::embedded_pg::SUPERUSER_PASSWORD,
-                state.config.db_port
-            ),
-        };
+        let url = state.db_config.clone();
         loop {
             match listen(&state, &url).await {
                 Ok(()) => return,
@@ -134,9 +126,10 @@ pub fn spawn_background(state: &AppState) {
     });
 }
 
-async fn listen(state: &AppState, url: &str) -> Result<(), String> {
+async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
     use futures::StreamExt;
-    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, mut conn) = url
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
