@@ -65,6 +65,31 @@ impl Api<'_> {
         let (s, v, _) = self.call("PUT", path, bearer, body).await;
         (s, v)
     }
+    /// Sign up with an email and the tests' usual password.
+    async fn signup(&self, email: &str) -> (u16, Value) {
+        self.post(
+            "signup",
+            ANON_KEY,
+            json!({"email": email, "password": "hunter22"}),
+        )
+        .await
+    }
+    async fn sign_in(&self, email: &str, password: &str) -> (u16, Value) {
+        self.post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+    async fn refresh(&self, refresh_token: impl serde::Serialize) -> (u16, Value) {
+        self.post(
+            "token?grant_type=refresh_token",
+            ANON_KEY,
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
     async fn inbox(&self, email: &str) -> Vec<Value> {
         let (s, v) = self.get(&format!("inbox?email={email}"), SERVICE_KEY).await;
         assert_eq!(s, 200, "{v}");
@@ -133,56 +158,26 @@ async fn signup_profile_signin_rls_refresh_update_logout() {
     );
 
     // Signing up again is refused; wrong password and unknown user look alike.
-    let (s, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "alice@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.signup("alice@example.com").await;
     assert_eq!(
         (s, v["code"].as_str()),
         (422, Some("user_already_exists")),
         "{v}"
     );
     assert_eq!(v["msg"], "User already registered");
-    let (s1, v1) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "alice@example.com", "password": "nope-nope"}),
-        )
-        .await;
-    let (s2, v2) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "nobody@example.com", "password": "nope-nope"}),
-        )
-        .await;
+    let (s1, v1) = a.sign_in("alice@example.com", "nope-nope").await;
+    let (s2, v2) = a.sign_in("nobody@example.com", "nope-nope").await;
     assert_eq!((s1, s2), (400, 400));
     assert_eq!(v1, v2);
     assert_eq!(v1["code"], "invalid_credentials");
     assert_eq!(v1["message"], "Invalid login credentials");
 
     // Sign in and read as the user through begin_as: RLS scopes rows to auth.uid().
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "ALICE@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("ALICE@example.com", "hunter22").await;
     assert_eq!(s, 200, "{v}");
     let access = v["access_token"].as_str().unwrap().to_string();
     let r1 = v["refresh_token"].as_str().unwrap().to_string();
-    let (_, bob) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "bob@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, bob) = a.signup("bob@example.com").await;
     let bob_id = bob["user"]["id"].as_str().unwrap().to_string();
     {
         let state = &t.server.state;
@@ -216,23 +211,11 @@ async fn signup_profile_signin_rls_refresh_update_logout() {
     assert_eq!((s, v["code"].as_str()), (403, Some("bad_jwt")), "{v}");
 
     // Refresh rotates; the old token's immediate child comes back while it is current.
-    let (s, v) = a
-        .post(
-            "token?grant_type=refresh_token",
-            ANON_KEY,
-            json!({"refresh_token": r1}),
-        )
-        .await;
+    let (s, v) = a.refresh(&r1).await;
     assert_eq!(s, 200, "{v}");
     let r2 = v["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(r1, r2);
-    let (s, v) = a
-        .post(
-            "token?grant_type=refresh_token",
-            ANON_KEY,
-            json!({"refresh_token": r1}),
-        )
-        .await;
+    let (s, v) = a.refresh(&r1).await;
     assert_eq!(
         (s, v["refresh_token"].as_str()),
         (200, Some(r2.as_str())),
@@ -265,13 +248,7 @@ async fn signup_profile_signin_rls_refresh_update_logout() {
         .put("user", &access, json!({"password": "new-password-1"}))
         .await;
     assert_eq!(s, 200);
-    let (s, _) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "alice@example.com", "password": "new-password-1"}),
-        )
-        .await;
+    let (s, _) = a.sign_in("alice@example.com", "new-password-1").await;
     assert_eq!(s, 200);
 
     // Logout (global) revokes every session and its refresh tokens.
@@ -279,13 +256,7 @@ async fn signup_profile_signin_rls_refresh_update_logout() {
         .call("POST", "logout?scope=global", &access, Value::Null)
         .await;
     assert_eq!(s, 204, "{v}");
-    let (s, v) = a
-        .post(
-            "token?grant_type=refresh_token",
-            ANON_KEY,
-            json!({"refresh_token": r2}),
-        )
-        .await;
+    let (s, v) = a.refresh(&r2).await;
     assert_eq!(
         (s, v["code"].as_str()),
         (400, Some("refresh_token_not_found")),
@@ -304,24 +275,11 @@ async fn refresh_reuse_outside_interval_revokes_the_family() {
     })
     .await;
     let a = Api { t: &t };
-    let (_, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "r@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, v) = a.signup("r@example.com").await;
     let r1 = v["refresh_token"].as_str().unwrap().to_string();
     let refresh = |tok: String| {
         let a = &a;
-        async move {
-            a.post(
-                "token?grant_type=refresh_token",
-                ANON_KEY,
-                json!({"refresh_token": tok}),
-            )
-            .await
-        }
+        async move { a.refresh(&tok).await }
     };
     let (_, v) = refresh(r1.clone()).await;
     let r2 = v["refresh_token"].as_str().unwrap().to_string();
@@ -452,23 +410,11 @@ async fn otp_magic_link_recovery_and_pkce_through_the_inbox() {
     .await;
     let a = Api { t: &t };
     // Confirmations on: sign-up returns the bare user and mails a code.
-    let (s, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "carol@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.signup("carol@example.com").await;
     assert_eq!(s, 200, "{v}");
     assert!(v.get("access_token").is_none());
     assert!(v["confirmation_sent_at"].is_string());
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "carol@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("carol@example.com", "hunter22").await;
     assert_eq!((s, v["code"].as_str()), (400, Some("email_not_confirmed")));
     // A second sign-up for a registered address does not reveal it.
     let mail = a.inbox("carol@example.com").await;
@@ -725,13 +671,7 @@ async fn admin_api() {
         )
         .await;
     let unconf = v["id"].as_str().unwrap().to_string();
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "unconf@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("unconf@example.com", "hunter22").await;
     assert_eq!((s, v["code"].as_str()), (400, Some("email_not_confirmed")));
     let (s, _, _) = a
         .call(
@@ -810,13 +750,7 @@ async fn admin_api() {
     assert_eq!(v["user_metadata"]["full_name"], "E One");
     assert_eq!(v["app_metadata"]["roles"], json!(["admin"]));
     assert!(v["banned_until"].is_string());
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "new_e1@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("new_e1@example.com", "hunter22").await;
     assert_eq!((s, v["code"].as_str()), (400, Some("user_banned")));
     let (s, _) = a
         .put(
@@ -826,13 +760,7 @@ async fn admin_api() {
         )
         .await;
     assert_eq!(s, 200);
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "new_e1@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("new_e1@example.com", "hunter22").await;
     assert_eq!(s, 200, "{v}");
     let access = v["access_token"].as_str().unwrap().to_string();
     let (s, _) = a
@@ -990,13 +918,7 @@ async fn admin_api() {
     t.batch("insert into auth.users (id, aud, role, email, encrypted_password, email_confirmed_at, created_at, updated_at, raw_app_meta_data, raw_user_meta_data)
              values ('9a0c3f4e-1111-4a2b-8c3d-000000000001', 'authenticated', 'authenticated', 'imported@example.com',
                      extensions.crypt('imported-pw', extensions.gen_salt('bf')), now(), now(), now(), '{}', '{}')").await;
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "imported@example.com", "password": "imported-pw"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("imported@example.com", "imported-pw").await;
     assert_eq!(s, 200, "{v}");
     t.server.shutdown().await;
 }
@@ -1021,13 +943,7 @@ async fn asymmetric_signing_and_jwks() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["kid"], "oxibase-test-es256");
     assert!(keys[0].get("d").is_none(), "private part must not leak");
-    let (s, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "es@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.signup("es@example.com").await;
     assert_eq!(s, 200, "{v}");
     let token = v["access_token"].as_str().unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
@@ -1074,13 +990,7 @@ async fn rate_limits_answer_429() {
             .await;
         assert_eq!(s, 400);
     }
-    let (s, v) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "x@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.sign_in("x@example.com", "hunter22").await;
     assert_eq!(
         (s, v["code"].as_str()),
         (429, Some("over_request_rate_limit")),
@@ -1089,13 +999,7 @@ async fn rate_limits_answer_429() {
     // Refreshes have their own, separate budget.
     let mut statuses = vec![];
     for _ in 0..3 {
-        let (s, _) = a
-            .post(
-                "token?grant_type=refresh_token",
-                ANON_KEY,
-                json!({"refresh_token": "nope-nope-no"}),
-            )
-            .await;
+        let (s, _) = a.refresh("nope-nope-no").await;
         statuses.push(s);
     }
     assert_eq!(statuses, vec![400, 400, 429]);
@@ -1172,13 +1076,7 @@ fn totp_now(secret: &str) -> String {
 async fn totp_mfa_raises_the_session_to_aal2() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "mfa@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, v) = a.signup("mfa@example.com").await;
     let access = v["access_token"].as_str().unwrap().to_string();
     let uid = v["user"]["id"].as_str().unwrap().to_string();
     let (s, v) = a
@@ -1247,22 +1145,10 @@ async fn totp_mfa_raises_the_session_to_aal2() {
     assert_eq!(v["user"]["factors"][0]["status"], "verified");
     let aal2 = v["access_token"].as_str().unwrap().to_string();
     // Refresh keeps aal2.
-    let (_, r) = a
-        .post(
-            "token?grant_type=refresh_token",
-            ANON_KEY,
-            json!({"refresh_token": v["refresh_token"]}),
-        )
-        .await;
+    let (_, r) = a.refresh(&v["refresh_token"]).await;
     assert_eq!(claims(r["access_token"].as_str().unwrap())["aal"], "aal2");
     // A fresh aal1 sign-in cannot remove the verified factor; the aal2 session can.
-    let (_, p) = a
-        .post(
-            "token?grant_type=password",
-            ANON_KEY,
-            json!({"email": "mfa@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, p) = a.sign_in("mfa@example.com", "hunter22").await;
     let (s, v, _) = a
         .call(
             "DELETE",
@@ -1509,13 +1395,7 @@ async fn passkey_registration_and_sign_in() {
     })
     .await;
     let a = Api { t: &t };
-    let (_, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "pk@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, v) = a.signup("pk@example.com").await;
     let access = v["access_token"].as_str().unwrap().to_string();
     let uid = v["user"]["id"].as_str().unwrap().to_string();
     let (s, _) = a
@@ -1735,36 +1615,18 @@ async fn custom_access_token_hook_rewrites_claims() {
     )
     .await;
     let a = Api { t: &t };
-    let (s, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "hook@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.signup("hook@example.com").await;
     assert_eq!(s, 200, "{v}");
     let c = claims(v["access_token"].as_str().unwrap());
     assert_eq!(c["user_role"], "editor");
     assert_eq!(c["hook_method"], "password");
     // Refreshed tokens go through the hook too.
-    let (_, r) = a
-        .post(
-            "token?grant_type=refresh_token",
-            ANON_KEY,
-            json!({"refresh_token": v["refresh_token"]}),
-        )
-        .await;
+    let (_, r) = a.refresh(&v["refresh_token"]).await;
     assert_eq!(
         claims(r["access_token"].as_str().unwrap())["user_role"],
         "editor"
     );
-    let (s, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "blocked@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (s, v) = a.signup("blocked@example.com").await;
     assert_eq!((s, v["message"].as_str()), (403, Some("no entry")));
     assert!(
         t.sql("select 1 from auth.users where email = 'blocked@example.com'")
@@ -1779,13 +1641,7 @@ async fn custom_access_token_hook_rewrites_claims() {
 async fn junk_input_never_gets_a_500() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "junk@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, v) = a.signup("junk@example.com").await;
     let user = v["access_token"].as_str().unwrap().to_string();
     let uid = v["user"]["id"].as_str().unwrap().to_string();
     let routes = [
@@ -1870,24 +1726,11 @@ async fn junk_input_never_gets_a_500() {
 async fn concurrent_refreshes_of_one_token_agree() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a
-        .post(
-            "signup",
-            ANON_KEY,
-            json!({"email": "race@example.com", "password": "hunter22"}),
-        )
-        .await;
+    let (_, v) = a.signup("race@example.com").await;
     let r1 = v["refresh_token"].as_str().unwrap().to_string();
     let calls = (0..6).map(|_| {
         let (a, r1) = (&a, r1.clone());
-        async move {
-            a.post(
-                "token?grant_type=refresh_token",
-                ANON_KEY,
-                json!({"refresh_token": r1}),
-            )
-            .await
-        }
+        async move { a.refresh(&r1).await }
     });
     let results = futures::future::join_all(calls).await;
     let tokens: std::collections::BTreeSet<String> = results
@@ -2063,30 +1906,12 @@ async fn sessions_end_by_inactivity_and_timebox() {
         })
         .await;
         let a = Api { t: &t };
-        let (_, v) = a
-            .post(
-                "signup",
-                ANON_KEY,
-                json!({"email": "s@example.com", "password": "hunter22"}),
-            )
-            .await;
+        let (_, v) = a.signup("s@example.com").await;
         // At once: fine.
-        let (s, v) = a
-            .post(
-                "token?grant_type=refresh_token",
-                ANON_KEY,
-                json!({"refresh_token": v["refresh_token"]}),
-            )
-            .await;
+        let (s, v) = a.refresh(&v["refresh_token"]).await;
         assert_eq!(s, 200, "{v}");
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-        let (s, v) = a
-            .post(
-                "token?grant_type=refresh_token",
-                ANON_KEY,
-                json!({"refresh_token": v["refresh_token"]}),
-            )
-            .await;
+        let (s, v) = a.refresh(&v["refresh_token"]).await;
         assert_eq!(
             (s, v["code"].as_str(), v["message"].as_str()),
             (400, Some("session_expired"), Some(message))

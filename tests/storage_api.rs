@@ -283,3 +283,40 @@ async fn memory_backend_serves_objects() {
     assert!(files_under(&t.path().join("storage")).is_empty());
     t.server.shutdown().await;
 }
+
+/// An upload refused before its body is read (declared size over the bucket limit) must
+/// still let the client send the whole body and read the 413: closing the socket with
+/// unread data resets the connection, and the client sees an error instead of the answer.
+#[tokio::test]
+async fn oversized_upload_gets_its_413_after_the_whole_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestServer::start().await;
+    t.batch(
+        "insert into storage.buckets (id, name, file_size_limit) values ('tiny', 'tiny', 1000)",
+    )
+    .await;
+    let addr = t.url.trim_start_matches("http://").to_string();
+    for round in 0..3 {
+        let len = 8 << 20;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /storage/v1/object/tiny/big{round}.bin HTTP/1.1\r\nhost: {addr}\r\n\
+             authorization: Bearer {SERVICE_KEY}\r\ncontent-type: application/octet-stream\r\n\
+             content-length: {len}\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..len / chunk.len() {
+            s.write_all(&chunk)
+                .await
+                .expect("the server reads the rest of a refused body");
+        }
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.expect("no reset");
+        let text = String::from_utf8_lossy(&resp);
+        // As Supabase Storage: HTTP 400 carrying statusCode "413".
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains(r#""statusCode":"413""#), "{text}");
+    }
+    assert!(stored_versions(&t).is_empty());
+}

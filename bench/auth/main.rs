@@ -8,6 +8,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,33 @@ async fn post(t: &TestServer, path: &str, body: Value) -> (u16, Value) {
         r.status,
         serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
+}
+
+async fn sign_in(t: &TestServer, email: &str) -> (u16, Value) {
+    post(
+        t,
+        "token?grant_type=password",
+        json!({"email": email, "password": "bench-password"}),
+    )
+    .await
+}
+
+/// One worker per user until `secs` have passed; each returns how many operations it did.
+async fn measure<F, Fut>(label: &str, secs: u64, t: &Arc<TestServer>, emails: &[String], worker: F)
+where
+    F: Fn(Arc<TestServer>, String, Instant) -> Fut,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    let hs: Vec<_> = emails
+        .iter()
+        .map(|e| tokio::spawn(worker(t.clone(), e.clone(), end)))
+        .collect();
+    let mut n = 0;
+    for h in hs {
+        n += h.await.unwrap();
+    }
+    println!("{label}: {:.1}/s", n as f64 / secs as f64);
 }
 
 fn bcrypt_rate(cost: u32, threads: usize, secs: u64) -> f64 {
@@ -94,64 +122,40 @@ async fn main() {
     }
 
     // Password sign-ins.
-    let n = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut hs = vec![];
-    for e in emails.clone() {
-        let (t, n) = (t.clone(), n.clone());
-        hs.push(tokio::spawn(async move {
+    measure(
+        "password sign-ins",
+        secs,
+        &t,
+        &emails,
+        |t, e, end| async move {
+            let mut n = 0;
             while Instant::now() < end {
-                let (s, _) = post(
-                    &t,
-                    "token?grant_type=password",
-                    json!({"email": e, "password": "bench-password"}),
-                )
-                .await;
+                let (s, _) = sign_in(&t, &e).await;
                 assert_eq!(s, 200);
-                n.fetch_add(1, Ordering::Relaxed);
+                n += 1;
             }
-        }));
-    }
-    for h in hs {
-        h.await.unwrap();
-    }
-    println!(
-        "password sign-ins: {:.1}/s",
-        n.load(Ordering::Relaxed) as f64 / secs as f64
-    );
+            n
+        },
+    )
+    .await;
 
     // Refreshes: each worker rotates its own session's token.
-    let n = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut hs = vec![];
-    for e in emails {
-        let (t, n) = (t.clone(), n.clone());
-        hs.push(tokio::spawn(async move {
-            let (_, v) = post(
+    measure("refreshes", secs, &t, &emails, |t, e, end| async move {
+        let (_, v) = sign_in(&t, &e).await;
+        let mut rt = v["refresh_token"].as_str().unwrap().to_string();
+        let mut n = 0;
+        while Instant::now() < end {
+            let (s, v) = post(
                 &t,
-                "token?grant_type=password",
-                json!({"email": e, "password": "bench-password"}),
+                "token?grant_type=refresh_token",
+                json!({"refresh_token": rt}),
             )
             .await;
-            let mut rt = v["refresh_token"].as_str().unwrap().to_string();
-            while Instant::now() < end {
-                let (s, v) = post(
-                    &t,
-                    "token?grant_type=refresh_token",
-                    json!({"refresh_token": rt}),
-                )
-                .await;
-                assert_eq!(s, 200, "{v}");
-                rt = v["refresh_token"].as_str().unwrap().to_string();
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for h in hs {
-        h.await.unwrap();
-    }
-    println!(
-        "refreshes: {:.1}/s",
-        n.load(Ordering::Relaxed) as f64 / secs as f64
-    );
+            assert_eq!(s, 200, "{v}");
+            rt = v["refresh_token"].as_str().unwrap().to_string();
+            n += 1;
+        }
+        n
+    })
+    .await;
 }

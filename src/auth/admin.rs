@@ -1,15 +1,15 @@
 //! The admin API (service_role or supabase_admin): /admin/users list/create/get/update/
 //! delete, /admin/generate_link, and POST /invite.
 
-use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult};
+use super::page::Page;
 use super::users::{self, NewUser, User};
 use super::{begin, caller, client, finish, ok, password, util, Call};
-use crate::http::{json_response, Resp};
+use crate::http::Resp;
 use crate::state::AppState;
 
 pub(super) fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
@@ -77,17 +77,7 @@ fn parse_id(s: &str) -> AuthResult<Uuid> {
 }
 
 async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let num = |k: &str, default: i64| -> AuthResult<i64> {
-        match call.q(k).map(str::trim).filter(|s| !s.is_empty()) {
-            None => Ok(default),
-            Some(s) => s
-                .parse::<u32>()
-                .map(|n| n as i64)
-                .map_err(|e| AuthError::validation(format!("Bad Pagination Parameters: {k}: {e}"))),
-        }
-    };
-    let page = num("page", 1)?.max(1);
-    let per_page = num("per_page", 50)?.clamp(1, 1000);
+    let pg = Page::from_call(call)?;
     let filter = call.q("filter").unwrap_or("").trim().to_string();
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
@@ -105,7 +95,7 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "select auth.oxibase_user_json(u) from auth.users u where deleted_at is null
                    and ($1 = '' or u.email ilike '%' || $1 || '%' or u.raw_user_meta_data->>'full_name' ilike '%' || $1 || '%')
                  order by created_at desc, id limit $2 offset $3",
-                &[&filter, &per_page, &((page - 1) * per_page)],
+                &[&filter, &pg.per_page, &pg.offset()],
             )
             .await?;
         let users: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
@@ -113,28 +103,8 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     }
     .await;
     let (total, users) = finish(tx, r).await?;
-    let mut resp = json_response(
-        StatusCode::OK,
-        &json!({"users": users, "aud": "authenticated"}),
-    );
-    let last = ((total + per_page - 1) / per_page).max(1);
-    let base = format!("{}/auth/v1/admin/users", state.config.external_url());
-    let mut links = vec![];
-    if page < last {
-        links.push(format!(
-            "<{base}?page={}&per_page={per_page}>; rel=\"next\"",
-            page + 1
-        ));
-    }
-    links.push(format!(
-        "<{base}?page={last}&per_page={per_page}>; rel=\"last\""
-    ));
-    let h = resp.headers_mut();
-    h.insert("x-total-count", HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
-        h.insert("link", v);
-    }
-    Ok(resp)
+    let body = json!({"users": users, "aud": "authenticated"});
+    Ok(pg.response(state, "admin/users", total, &body))
 }
 
 async fn get_user_exists(state: &AppState, id: Uuid) -> AuthResult<()> {

@@ -1,14 +1,14 @@
 //! GoTrue's audit log: auth.audit_log_entries rows written in the request's transaction
 //! (so a rolled-back action leaves no entry), and GET /admin/audit to read them.
 
-use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
+use super::page::Page;
 use super::{begin, client, finish, Call};
-use crate::http::{json_response, Resp};
+use crate::http::Resp;
 use crate::state::AppState;
 
 /// GoTrue's grouping of actions.
@@ -60,17 +60,7 @@ pub async fn record(
 
 /// GET /admin/audit?page=&per_page=&query=author:x|action:x|type:x
 pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let num = |k: &str, d: i64| -> AuthResult<i64> {
-        match call.q(k).map(str::trim).filter(|s| !s.is_empty()) {
-            None => Ok(d),
-            Some(s) => s
-                .parse::<u32>()
-                .map(|n| n as i64)
-                .map_err(|e| AuthError::validation(format!("Bad Pagination Parameters: {k}: {e}"))),
-        }
-    };
-    let page = num("page", 1)?.max(1);
-    let per_page = num("per_page", 50)?.clamp(1, 1000);
+    let pg = Page::from_call(call)?;
     let (cols, value): (&[&str], String) = match call.q("query").filter(|q| !q.is_empty()) {
         None => (&[], String::new()),
         Some(q) => {
@@ -115,8 +105,9 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .query(
                 &format!(
                     "select id, payload::jsonb, created_at, ip_address from auth.audit_log_entries
-                     where {filter} order by created_at desc limit {per_page} offset {}",
-                    (page - 1) * per_page
+                     where {filter} order by created_at desc limit {} offset {}",
+                    pg.per_page,
+                    pg.offset()
                 ),
                 &params,
             )
@@ -136,23 +127,6 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     }
     .await;
     let (total, entries) = finish(tx, r).await?;
-    let mut resp = json_response(StatusCode::OK, &Value::Array(entries));
-    let last = ((total + per_page - 1) / per_page).max(1);
-    let base = format!("{}/auth/v1/admin/audit", state.config.external_url());
-    let mut links = vec![];
-    if page < last {
-        links.push(format!(
-            "<{base}?page={}&per_page={per_page}>; rel=\"next\"",
-            page + 1
-        ));
-    }
-    links.push(format!(
-        "<{base}?page={last}&per_page={per_page}>; rel=\"last\""
-    ));
-    resp.headers_mut()
-        .insert("x-total-count", HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
-        resp.headers_mut().insert("link", v);
-    }
-    Ok(resp)
+    let body = Value::Array(entries);
+    Ok(pg.response(state, "admin/audit", total, &body))
 }

@@ -322,11 +322,7 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        let existing = match (&email, &phone) {
-            (Some(e), _) => users::by_email(&*tx, e).await?,
-            (_, Some(p)) => users::by_phone(&*tx, p).await?,
-            _ => None,
-        };
+        let existing = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
         let u = match existing {
             Some(u) => u,
             None => {

@@ -18,6 +18,7 @@ mod email;
 pub mod error;
 mod mfa;
 mod oauth;
+mod page;
 mod passkey;
 mod password;
 mod ratelimit;

@@ -1,13 +1,14 @@
 //! Admin management of OAuth 2.1 server clients: /admin/oauth/clients list, create, get,
 //! update, delete, regenerate_secret. The secret is shown once (on create/regenerate).
 
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
+use super::page::Page;
 use super::{begin, client, finish, ok, util, Call};
 use crate::http::{json_response, Resp};
 use crate::state::AppState;
@@ -126,17 +127,7 @@ fn check_grants(g: &[String]) -> AuthResult<()> {
 }
 
 async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let num = |k: &str, d: i64| -> AuthResult<i64> {
-        match call.q(k).map(str::trim).filter(|s| !s.is_empty()) {
-            None => Ok(d),
-            Some(s) => s
-                .parse::<u32>()
-                .map(|n| n as i64)
-                .map_err(|e| AuthError::validation(format!("Bad Pagination Parameters: {k}: {e}"))),
-        }
-    };
-    let page = num("page", 1)?.max(1);
-    let per_page = num("per_page", 50)?.clamp(1, 1000);
+    let pg = Page::from_call(call)?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
@@ -147,38 +138,15 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
         let rows = tx
             .query(
                 &format!("select {COLS} from auth.oauth_clients where deleted_at is null order by created_at desc, id limit $1 offset $2"),
-                &[&per_page, &((page - 1) * per_page)],
+                &[&pg.per_page, &pg.offset()],
             )
             .await?;
         Ok((total, rows.iter().map(|r| render(r, None)).collect::<Vec<_>>()))
     }
     .await;
     let (total, clients) = finish(tx, r).await?;
-    let mut resp = json_response(
-        StatusCode::OK,
-        &json!({ "clients": clients, "aud": "authenticated" }),
-    );
-    let last = ((total + per_page - 1) / per_page).max(1);
-    let base = format!(
-        "{}/auth/v1/admin/oauth/clients",
-        state.config.external_url()
-    );
-    let mut links = vec![];
-    if page < last {
-        links.push(format!(
-            "<{base}?page={}&per_page={per_page}>; rel=\"next\"",
-            page + 1
-        ));
-    }
-    links.push(format!(
-        "<{base}?page={last}&per_page={per_page}>; rel=\"last\""
-    ));
-    resp.headers_mut()
-        .insert("x-total-count", HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
-        resp.headers_mut().insert("link", v);
-    }
-    Ok(resp)
+    let body = json!({ "clients": clients, "aud": "authenticated" });
+    Ok(pg.response(state, "admin/oauth/clients", total, &body))
 }
 
 async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {

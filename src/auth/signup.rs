@@ -46,11 +46,7 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        let existing = match (&email, &phone) {
-            (Some(e), _) => users::by_email(&*tx, e).await?,
-            (_, Some(p)) => users::by_phone(&*tx, p).await?,
-            _ => None,
-        };
+        let existing = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
         if let Some(u) = existing {
             if u.is_confirmed() || cfg.autoconfirm {
                 if cfg.autoconfirm {
@@ -70,20 +66,16 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&u.id, &hash, &data],
             )
             .await?;
-            let u = users::by_id(&*tx, u.id)
-                .await?
-                .ok_or_else(AuthError::user_not_found)?;
-            send_confirmation(
+            return send_confirmation(
                 state,
                 &tx,
-                &u,
+                u.id,
                 email.as_deref(),
                 phone.as_deref(),
                 &redirect,
                 flow.as_ref(),
             )
-            .await?;
-            return users::json(&*tx, u.id).await;
+            .await;
         }
         let id = users::create(
             &*tx,
@@ -121,34 +113,34 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
         if cfg.autoconfirm {
             return session::issue(state, &*tx, id, "password", &call.origin()).await;
         }
-        let u = users::by_id(&*tx, id)
-            .await?
-            .ok_or_else(AuthError::user_not_found)?;
         send_confirmation(
             state,
             &tx,
-            &u,
+            id,
             email.as_deref(),
             phone.as_deref(),
             &redirect,
             flow.as_ref(),
         )
-        .await?;
-        users::json(&*tx, id).await
+        .await
     }
     .await;
     Ok(ok(finish(tx, r).await?))
 }
 
+/// Send user `id` the sign-up confirmation (email, else SMS) and return its User JSON.
 async fn send_confirmation(
     state: &AppState,
     tx: &deadpool_postgres::Transaction<'_>,
-    u: &users::User,
+    id: uuid::Uuid,
     email: Option<&str>,
     phone: Option<&str>,
     redirect: &str,
     flow: Option<&(String, String)>,
-) -> AuthResult<()> {
+) -> AuthResult<Value> {
+    let u = &users::by_id(&**tx, id)
+        .await?
+        .ok_or_else(AuthError::user_not_found)?;
     if let Some(e) = email {
         if let Some(f) = flow {
             email::create_flow_state(&**tx, u.id, f, "email/signup").await?;
@@ -157,7 +149,7 @@ async fn send_confirmation(
     } else if let Some(p) = phone {
         email::send(state, tx, u, Kind::Sms, p, redirect, true).await?;
     }
-    Ok(())
+    users::json(&**tx, id).await
 }
 
 async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Resp> {

@@ -49,11 +49,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        let u = match (&email, &phone) {
-            (Some(e), _) => users::by_email(&*tx, e).await?,
-            (_, Some(p)) => users::by_phone(&*tx, p).await?,
-            _ => None,
-        };
+        let u = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
         let hash = u.as_ref().and_then(|u| u.encrypted_password.clone());
         let matches = password::verify(pw, hash.as_deref(), &state.auth.dummy_hash).await;
         let Some(u) = u.filter(|_| matches) else {

@@ -130,6 +130,19 @@ pub async fn by_phone(c: &impl GenericClient, phone: &str) -> AuthResult<Option<
         .map(User::from_row))
 }
 
+/// The user with this email, else the one with this phone (both locked for update).
+pub async fn by_email_or_phone(
+    c: &impl GenericClient,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> AuthResult<Option<User>> {
+    match (email, phone) {
+        (Some(e), _) => by_email(c, e).await,
+        (_, Some(p)) => by_phone(c, p).await,
+        _ => Ok(None),
+    }
+}
+
 /// GoTrue's User JSON.
 pub async fn json(c: &impl GenericClient, id: Uuid) -> AuthResult<Value> {
     let row = c

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::endpoint::{validate_key, Access, ObjectRef};
 use super::error::StorageError;
-use super::store::{ByteStream, Store};
+use super::store::{discard_rest, ByteStream, Store};
 use super::{as_admin, as_caller, caller_tx, client, json_body, ok, ts};
 use crate::http::apikey::AuthContext;
 use crate::http::{empty, query_pairs, Req, Resp};
@@ -83,6 +83,14 @@ pub fn mime_allowed(mimes: &Option<Vec<String>>, content_type: &str) -> bool {
         let p = p.to_ascii_lowercase();
         p == essence || p == "*/*" || p.strip_suffix("/*").is_some_and(|pt| pt == ty)
     })
+}
+
+/// `x-upsert: true`: overwrite an existing object instead of answering 409.
+pub fn wants_upsert(req: &Req) -> bool {
+    req.headers()
+        .get("x-upsert")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// What an upload request carries, the file still unread.
@@ -348,11 +356,25 @@ async fn lock_key(
 }
 
 /// The whole write path: permission probe, limits, bytes, row. Returns the row id.
+/// A rejected upload's unread rest is discarded (bounded) before the error goes out.
 pub async fn store_object(
     state: &AppState,
     who: &WriteAs<'_>,
     obj: &ObjectRef,
-    src: UploadSource,
+    mut src: UploadSource,
+) -> Result<Uuid, StorageError> {
+    let result = write_object(state, who, obj, &mut src).await;
+    if result.is_err() {
+        discard_rest(&mut src.stream).await;
+    }
+    result
+}
+
+async fn write_object(
+    state: &AppState,
+    who: &WriteAs<'_>,
+    obj: &ObjectRef,
+    src: &mut UploadSource,
 ) -> Result<Uuid, StorageError> {
     validate_key(&obj.name)?;
     let bucket = check_can_write(state, who, obj).await?;
@@ -373,7 +395,7 @@ pub async fn store_object(
     let version = Uuid::new_v4().to_string();
     let key = Store::object_key(&version);
     let store = &state.storage.store;
-    let written = store.put_stream(&key, src.stream, limit).await?;
+    let written = store.put_stream(&key, &mut src.stream, limit).await?;
     let metadata = object_metadata(&written, &src.content_type, &src.cache_control);
     match commit_row(state, who, obj, &version, &metadata, &src.user_metadata).await {
         Ok(id) => Ok(id),
@@ -393,12 +415,7 @@ pub async fn upload(
     obj: ObjectRef,
     update: bool,
 ) -> Result<Resp, StorageError> {
-    let upsert = update
-        || req
-            .headers()
-            .get("x-upsert")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let upsert = update || wants_upsert(&req);
     let src = read_upload(req).await?;
     let who = WriteAs::caller(ctx, upsert);
     let id = store_object(state, &who, &obj, src).await?;
@@ -1153,11 +1170,7 @@ pub async fn copy_object(
     ctx: &AuthContext,
     req: Req,
 ) -> Result<Resp, StorageError> {
-    let upsert = req
-        .headers()
-        .get("x-upsert")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let upsert = wants_upsert(&req);
     let body = json_body(state, req).await?;
     let m = move_copy_body(&body)?;
     let src = find_object(state, Reader::Caller(ctx), &m.src).await?;

@@ -223,11 +223,7 @@ pub async fn sign_upload(
     req: Req,
     obj: ObjectRef,
 ) -> Result<Resp, StorageError> {
-    let upsert = req
-        .headers()
-        .get("x-upsert")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let upsert = objects::wants_upsert(&req);
     let who = WriteAs::caller(ctx, upsert);
     // The permission is checked now, as the caller; the upload later runs on the token.
     objects::check_can_write(state, &who, &obj).await?;

@@ -56,6 +56,26 @@ impl From<PutError> for StorageError {
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 
+/// Read and drop what is left of a rejected request body, up to a bound, so the client can
+/// finish sending and then read our error. Closing a socket that still holds unread data
+/// makes the kernel answer with a reset, which can destroy the error response in flight
+/// (the client sees "connection reset" instead of 413). Past the bound we give up and let
+/// the connection close.
+pub async fn discard_rest(body: &mut ByteStream) {
+    const MAX_BYTES: u64 = 64 << 20;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+    let _ = tokio::time::timeout(MAX_TIME, async {
+        let mut seen: u64 = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len() as u64;
+            if seen > MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 impl Store {
     pub fn open(cfg: &Config) -> Result<Store, String> {
         let url = cfg.storage.url.clone().unwrap_or_default();

@@ -18,7 +18,7 @@ use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, WriteAs};
 use super::store::Store;
-use super::{client, endpoint};
+use super::{as_admin, client, endpoint};
 use crate::http::apikey::AuthContext;
 use crate::http::{empty, Req, Resp};
 use crate::state::AppState;
@@ -116,7 +116,7 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
         bucket: bucket.clone(),
         name: name.clone(),
     };
-    let upsert = header(&req, "x-upsert").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let upsert = objects::wants_upsert(&req);
     let who = WriteAs::caller(ctx, upsert);
     let b = objects::check_can_write(state, &who, &obj).await?;
     if length as u64 > objects::effective_limit(state, &b) {
@@ -166,13 +166,7 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
     };
     let id = Uuid::new_v4().simple().to_string();
     let mut c = client(state).await?;
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let tx = admin_tx(&mut c).await?;
     let expires: chrono::DateTime<chrono::Utc> = tx
         .query_one(
             "insert into storage.resumable_uploads (id, bucket_id, name, owner_id, upsert, \
@@ -214,6 +208,18 @@ fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
+/// A transaction as the storage admin: upload rows are the server's bookkeeping.
+async fn admin_tx(
+    c: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| StorageError::from_db(&e))?;
+    as_admin(&tx).await?;
+    Ok(tx)
+}
+
 fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -224,13 +230,7 @@ async fn load(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Upload, S
         return Err(StorageError::Tus(404, "Upload not found".into()));
     }
     let mut c = client(state).await?;
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let tx = admin_tx(&mut c).await?;
     let row = tx
         .query_opt(
             "select bucket_id, name, owner_id, upsert, upload_length, upload_offset, \
@@ -304,10 +304,28 @@ fn part_key(id: &str, offset: i64) -> object_store::path::Path {
 }
 
 /// Store this PATCH body as one part, advance the offset; finish when complete.
+/// A rejected PATCH's unread rest is discarded (bounded) before the error goes out.
 async fn write_part(
     state: &AppState,
     ctx: &AuthContext,
     req: Req,
+    id: &str,
+    offset: i64,
+) -> Result<i64, StorageError> {
+    let mut body = http_body_util::BodyDataStream::new(req.into_body())
+        .map_err(|e| StorageError::InvalidRequest(format!("could not read the request body: {e}")))
+        .boxed();
+    let result = write_part_from(state, ctx, &mut body, id, offset).await;
+    if result.is_err() {
+        super::store::discard_rest(&mut body).await;
+    }
+    result
+}
+
+async fn write_part_from(
+    state: &AppState,
+    ctx: &AuthContext,
+    body: &mut super::store::ByteStream,
     id: &str,
     offset: i64,
 ) -> Result<i64, StorageError> {
@@ -321,9 +339,6 @@ async fn write_part(
     let remaining = (up.length - up.offset) as u64;
     let store = &state.storage.store;
     let key = part_key(id, offset);
-    let body = http_body_util::BodyDataStream::new(req.into_body())
-        .map_err(|e| StorageError::InvalidRequest(format!("could not read the request body: {e}")))
-        .boxed();
     let written = match store.put_stream(&key, body, remaining).await {
         Ok(w) => w,
         Err(super::store::PutError::TooLarge) => {
@@ -340,13 +355,7 @@ async fn write_part(
         return Ok(offset);
     }
     let mut c = client(state).await?;
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let tx = admin_tx(&mut c).await?;
     let n = tx
         .execute(
             "update storage.resumable_uploads set upload_offset = $3 \
@@ -438,13 +447,7 @@ async fn finish(
 
 async fn remove(state: &AppState, id: &str) -> Result<(), StorageError> {
     let mut c = client(state).await?;
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let tx = admin_tx(&mut c).await?;
     tx.execute(
         "delete from storage.resumable_uploads where id = $1",
         &[&id],
