@@ -69,14 +69,7 @@ test('sign-up creates a profile by trigger, then sign-in, getUser, refresh, upda
   assert.equal(again.error?.code, 'refresh_token_not_found');
 });
 
-test('REST reads with the issued token are scoped by RLS', async (t) => {
-  const probe = await fetch(`${URL}/rest/v1/profiles?select=id`, { headers: { apikey: ANON_KEY } });
-  if (probe.status === 501) {
-    // TODO(rest): remove this skip once /rest/v1 lands (RLS with issued tokens is already
-    // covered in tests/auth_flow.rs through oxibase::db::begin_as).
-    t.skip('TODO(rest): /rest/v1 not built yet');
-    return;
-  }
+test('REST reads with the issued token are scoped by RLS', async () => {
   const a = anon();
   const b = anon();
   const ua = await a.auth.signUp({ email: email('rls-a'), password: 'hunter22' });

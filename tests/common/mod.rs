@@ -135,12 +135,14 @@ impl TestServer {
         let _ = h.await;
         let db_url = format!("postgres://postgres:postgres@127.0.0.1:{}/{name}", pg.port);
         let data_dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.port = 0;
-        cfg.bind = vec!["127.0.0.1".into()];
-        cfg.data_dir = data_dir.path().to_path_buf();
-        cfg.database_url = Some(oxibase::config::Secret(db_url.clone()));
-        cfg.db_pool_size = 4;
+        let mut cfg = Config {
+            port: 0,
+            bind: vec!["127.0.0.1".into()],
+            data_dir: data_dir.path().to_path_buf(),
+            database_url: Some(oxibase::config::Secret(db_url.clone())),
+            db_pool_size: 4,
+            ..Config::default()
+        };
         tweak(&mut cfg);
         let server = Server::start(cfg, Arc::new(|_: &str| {}))
             .await
