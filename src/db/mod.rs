@@ -71,6 +71,16 @@ pub async fn begin_as<'c>(
     Ok(tx)
 }
 
+/// Begin a transaction without setting the role: the caller must run
+/// [`set_role_and_claims`] before any caller work, and may pipeline it with that work
+/// (both are sent in one round trip; if it fails, the work fails with it).
+pub async fn begin<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    read_only: bool,
+) -> Result<Transaction<'c>, tokio_postgres::Error> {
+    client.build_transaction().read_only(read_only).start().await
+}
+
 pub async fn set_role_and_claims(
     tx: &tokio_postgres::Transaction<'_>,
     ctx: &AuthContext,

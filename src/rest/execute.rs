@@ -96,9 +96,17 @@ pub(super) async fn execute(
         statement_timeout_ms: timeout,
     };
     let anon = req.ctx.role.is_anon();
-    let tx = crate::db::begin_as(&mut client, req.ctx, &gucs, read_only)
+    let tx = crate::db::begin(&mut client, read_only)
         .await
         .map_err(|e| RestError::from_pg(&e, anon))?;
+    // On the fast path (nothing to look at before the end) the role and claims go out in
+    // the same round trip as the statement and the COMMIT; otherwise they are set first.
+    let fast = explain.is_none() && q.count_plan.is_none() && !needs_check;
+    if !fast {
+        crate::db::set_role_and_claims(&tx, req.ctx, &gucs)
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+    }
     let params: Vec<TextParam> = q.params.iter().map(|p| TextParam(p)).collect();
     let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
         .iter()
@@ -165,14 +173,19 @@ pub(super) async fn execute(
             }
         }
     }
-    if !needs_check {
+    if fast {
         // Nothing to decide after seeing the result: send the statement and the end of
         // the transaction together (one round trip less). If the statement fails, the
         // COMMIT ends the aborted transaction as a rollback.
         let end = if rollback { "ROLLBACK" } else { "COMMIT" };
-        let (rows, ended) = futures::join!(tx.query_typed(&q.text, &typed), tx.batch_execute(end));
+        let (set, rows, ended) = futures::join!(
+            crate::db::set_role_and_claims(&tx, req.ctx, &gucs),
+            tx.query_typed(&q.text, &typed),
+            tx.batch_execute(end)
+        );
         // The transaction is over either way; skip the ROLLBACK its Drop would send.
         std::mem::forget(tx);
+        set.map_err(|e| RestError::from_pg(&e, anon))?;
         let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
         ended.map_err(|e| RestError::from_pg(&e, anon))?;
         let row = rows
