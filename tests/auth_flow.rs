@@ -914,6 +914,21 @@ async fn admin_api() {
     let (s, _) = a.get("admin/audit", ANON_KEY).await;
     assert_eq!(s, 403);
 
+    // A password set before the rules got stricter still signs in, flagged as weak.
+    t.batch("insert into auth.users (id, aud, role, email, encrypted_password, email_confirmed_at, created_at, updated_at, raw_app_meta_data, raw_user_meta_data)
+             values ('9a0c3f4e-1111-4a2b-8c3d-000000000002', 'authenticated', 'authenticated', 'short@example.com',
+                     extensions.crypt('abc', extensions.gen_salt('bf')), now(), now(), now(), '{}', '{}')").await;
+    let (s, v) = a
+        .post(
+            "token?grant_type=password",
+            ANON_KEY,
+            json!({"email": "short@example.com", "password": "abc"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["weak_password"]["reasons"], json!(["length"]));
+    assert!(v["weak_password"]["message"].is_string());
+
     // A user imported with a pgcrypto bcrypt hash signs in.
     t.batch("insert into auth.users (id, aud, role, email, encrypted_password, email_confirmed_at, created_at, updated_at, raw_app_meta_data, raw_user_meta_data)
              values ('9a0c3f4e-1111-4a2b-8c3d-000000000001', 'authenticated', 'authenticated', 'imported@example.com',

@@ -71,7 +71,15 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             &[&u.id, &if email.is_some() { "email" } else { "phone" }],
         )
         .await?;
-        session::issue(state, &*tx, u.id, "password", &call.origin()).await
+        let mut v = session::issue(state, &*tx, u.id, "password", &call.origin()).await?;
+        // Signed in, but the password no longer meets the rules: say so (auth-js exposes
+        // it as `data.weakPassword`), as GoTrue does.
+        if let Err(weak) = password::check_strength(&state.config.auth, pw) {
+            if let Some(reasons) = weak.reasons {
+                v["weak_password"] = serde_json::json!({"reasons": reasons, "message": weak.message});
+            }
+        }
+        Ok(v)
     }
     .await;
     Ok(ok(finish(tx, r).await?))
