@@ -67,7 +67,7 @@ pub async fn begin_as<'c>(
         .read_only(read_only)
         .start()
         .await?;
-    set_role_and_claims(&tx, ctx, gucs).await?;
+    set_role_and_claims(&*tx, ctx, gucs).await?;
     Ok(tx)
 }
 
@@ -78,11 +78,17 @@ pub async fn begin<'c>(
     client: &'c mut deadpool_postgres::Client,
     read_only: bool,
 ) -> Result<Transaction<'c>, tokio_postgres::Error> {
-    client.build_transaction().read_only(read_only).start().await
+    client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await
 }
 
-pub async fn set_role_and_claims(
-    tx: &tokio_postgres::Transaction<'_>,
+/// Works on a transaction, or on a bare client inside a BEGIN that the caller pipelines
+/// ahead of it (see the REST fast path).
+pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
+    tx: &C,
     ctx: &AuthContext,
     gucs: &RequestGucs<'_>,
 ) -> Result<(), tokio_postgres::Error> {

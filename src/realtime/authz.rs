@@ -54,7 +54,7 @@ pub async fn read_policies(
     )
     .await
     .map_err(err)?;
-    set_role_and_claims(&tx, ctx, &gucs()).await.map_err(err)?;
+    set_role_and_claims(&*tx, ctx, &gucs()).await.map_err(err)?;
     tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
         .await
         .map_err(err)?;
@@ -93,7 +93,7 @@ pub async fn can_write(
         .await
         .map_err(|e| AuthzError(e.to_string()))?;
     let tx = client.build_transaction().start().await.map_err(err)?;
-    set_role_and_claims(&tx, ctx, &gucs()).await.map_err(err)?;
+    set_role_and_claims(&*tx, ctx, &gucs()).await.map_err(err)?;
     tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
         .await
         .map_err(err)?;

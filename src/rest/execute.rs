@@ -96,22 +96,51 @@ pub(super) async fn execute(
         statement_timeout_ms: timeout,
     };
     let anon = req.ctx.role.is_anon();
-    let tx = crate::db::begin(&mut client, read_only)
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
-    // On the fast path (nothing to look at before the end) the role and claims go out in
-    // the same round trip as the statement and the COMMIT; otherwise they are set first.
-    let fast = explain.is_none() && q.count_plan.is_none() && !needs_check;
-    if !fast {
-        crate::db::set_role_and_claims(&tx, req.ctx, &gucs)
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-    }
     let params: Vec<TextParam> = q.params.iter().map(|p| TextParam(p)).collect();
     let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
         .iter()
         .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
         .collect();
+    if explain.is_none() && q.count_plan.is_none() && !needs_check {
+        // Nothing to decide before the end: BEGIN, the role and claims, the statement and
+        // the end of the transaction go out together, one round trip. They are queued on
+        // the connection in one poll (all or none), and a failure anywhere makes the end
+        // a rollback.
+        let c: &tokio_postgres::Client = &client;
+        let begin = if read_only {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        };
+        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
+        let (began, set, rows, ended) = futures::join!(
+            c.batch_execute(begin),
+            crate::db::set_role_and_claims(c, req.ctx, &gucs),
+            c.query_typed(&q.text, &typed),
+            c.batch_execute(end)
+        );
+        began.map_err(|e| RestError::from_pg(&e, anon))?;
+        set.map_err(|e| RestError::from_pg(&e, anon))?;
+        let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
+        ended.map_err(|e| RestError::from_pg(&e, anon))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| RestError::internal("statement returned no row"))?;
+        return Ok(Outcome {
+            total: row.get(0),
+            page: row.get(1),
+            body: row.get(2),
+            location: row.get(3),
+            inserted: if row.len() > 4 { row.get(4) } else { None },
+        });
+    }
+    let tx = crate::db::begin(&mut client, read_only)
+        .await
+        .map_err(|e| RestError::from_pg(&e, anon))?;
+    crate::db::set_role_and_claims(&*tx, req.ctx, &gucs)
+        .await
+        .map_err(|e| RestError::from_pg(&e, anon))?;
     if let Some(Media::Plan { text, options, .. }) = explain {
         let mut opts = vec![format!("FORMAT {}", if *text { "TEXT" } else { "JSON" })];
         for o in options {
@@ -172,33 +201,6 @@ pub(super) async fn execute(
                 planned = Some(row[0].get(0));
             }
         }
-    }
-    if fast {
-        // Nothing to decide after seeing the result: send the statement and the end of
-        // the transaction together (one round trip less). If the statement fails, the
-        // COMMIT ends the aborted transaction as a rollback.
-        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
-        let (set, rows, ended) = futures::join!(
-            crate::db::set_role_and_claims(&tx, req.ctx, &gucs),
-            tx.query_typed(&q.text, &typed),
-            tx.batch_execute(end)
-        );
-        // The transaction is over either way; skip the ROLLBACK its Drop would send.
-        std::mem::forget(tx);
-        set.map_err(|e| RestError::from_pg(&e, anon))?;
-        let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
-        ended.map_err(|e| RestError::from_pg(&e, anon))?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| RestError::internal("statement returned no row"))?;
-        return Ok(Outcome {
-            total: planned.or(row.get(0)),
-            page: row.get(1),
-            body: row.get(2),
-            location: row.get(3),
-            inserted: if row.len() > 4 { row.get(4) } else { None },
-        });
     }
     let row = tx
         .query_typed(&q.text, &typed)
