@@ -215,6 +215,30 @@ struct Params {
     rpc_candidates: Vec<(String, String)>,
 }
 
+/// What reads and writes on a table or view share: the query parameters, an explain
+/// request, and the Accept negotiated again without raw text (tables have none).
+fn table_request<'r>(
+    req: &RestReq<'r>,
+    st: &Settings,
+) -> Result<(Params, Option<Media>, RestReq<'r>, Media), RestError> {
+    let mut params = parse_params(req.pairs, false, &[])?;
+    lift_embed_nulls(&mut params);
+    check_embed_paths(&params)?;
+    let explain = explain_check(req, st)?;
+    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+    let req = RestReq {
+        accept,
+        ..req.clone()
+    };
+    let media = body_media(&req.accept);
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
+    Ok((params, explain, req, media))
+}
+
 fn parse_params(
     pairs: &[(String, String)],
     rpc_get: bool,

@@ -15,22 +15,8 @@ pub(super) async fn read(
     let Some(rel) = sc.relation(req.schema, table) else {
         return Err(table_not_found(&sc, req.schema, table));
     };
-    let mut params = parse_params(req.pairs, false, &[])?;
-    lift_embed_nulls(&mut params);
-    check_embed_paths(&params)?;
-    let explain = explain_check(req, &st)?;
-    // Tables and views have no raw text form: negotiate again without it.
-    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
-    let req = &RestReq {
-        accept,
-        ..req.clone()
-    };
-    let media = body_media(&req.accept);
-    if media == Media::OpenApi {
-        return Err(RestError::not_acceptable(
-            header(req.headers, "accept").unwrap_or(""),
-        ));
-    }
+    let (mut params, explain, req, media) = table_request(req, &st)?;
+    let req = &req;
     if media == Media::GeoJson && !sc.postgis {
         return Err(RestError::not_acceptable("application/geo+json"));
     }

@@ -121,22 +121,8 @@ pub(super) async fn write(
     let Some(rel) = sc.relation(req.schema, table) else {
         return Err(table_not_found(&sc, req.schema, table));
     };
-    let mut params = parse_params(req.pairs, false, &[])?;
-    lift_embed_nulls(&mut params);
-    check_embed_paths(&params)?;
-    let explain = explain_check(req, &st)?;
-    // Tables and views have no raw text form: negotiate again without it.
-    let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
-    let req = &RestReq {
-        accept,
-        ..req.clone()
-    };
-    let media = body_media(&req.accept);
-    if media == Media::OpenApi {
-        return Err(RestError::not_acceptable(
-            header(req.headers, "accept").unwrap_or(""),
-        ));
-    }
+    let (mut params, explain, req, media) = table_request(req, &st)?;
+    let req = &req;
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let t = qualified(&rel.schema, &rel.name);
