@@ -284,6 +284,8 @@ impl Server {
                 functions: functions::init(&cfg, &pool).await?,
                 config: cfg.clone(),
                 pool: pool.clone(),
+                wire: db::wire::WireConfig::from_config(&pool_cfg)
+                    .map(|w| db::wire::make_pool(w, cfg.db_pool_size)),
                 db_config: pool_cfg,
                 keys,
             })

@@ -15,6 +15,9 @@ pub struct Inner {
     /// How the pool connects (same role): for dedicated LISTEN connections, so nothing
     /// but migrations uses the superuser.
     pub db_config: tokio_postgres::Config,
+    /// Lean connections for the REST hot path (one Sync per request), when the database
+    /// is reachable over plain TCP; `None` otherwise (REST then uses `pool`).
+    pub wire: Option<crate::db::wire::Pool>,
     pub keys: KeyRing,
     pub rest: crate::rest::State,
     pub auth: crate::auth::State,

@@ -3,6 +3,7 @@
 
 pub mod embedded_pg;
 pub mod migrate;
+pub mod wire;
 
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -85,37 +86,10 @@ pub async fn begin<'c>(
         .await
 }
 
-/// Works on a transaction, or on a bare client inside a BEGIN that the caller pipelines
-/// ahead of it (see the REST fast path).
-pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
-    tx: &C,
-    ctx: &AuthContext,
-    gucs: &RequestGucs<'_>,
-) -> Result<(), tokio_postgres::Error> {
-    let claims = ctx.claims.to_string();
-    let sub = ctx.claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
-    let role = ctx.role.as_str();
-    let timeout = gucs
-        .statement_timeout_ms
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    // query_typed: parameter types are given, so there is no separate prepare round trip
-    // (this statement runs on every request).
-    use tokio_postgres::types::{ToSql, Type};
-    let headers = gucs.headers.unwrap_or("{}");
-    let search_path = gucs.search_path.unwrap_or("");
-    let params: [(&(dyn ToSql + Sync), Type); 8] = [
-        (&role, Type::TEXT),
-        (&claims, Type::TEXT),
-        (&sub, Type::TEXT),
-        (&gucs.method, Type::TEXT),
-        (&gucs.path, Type::TEXT),
-        (&headers, Type::TEXT),
-        (&search_path, Type::TEXT),
-        (&timeout, Type::TEXT),
-    ];
-    tx.query_typed(
-        "select set_config('role', $1, true),
+/// The one statement that makes a transaction the caller's: role, claims and the request
+/// GUCs PostgREST sets, as `set_config(..., true)` (local to the transaction). Its eight
+/// parameters are [`RoleAndClaims::params`].
+pub const SET_ROLE_AND_CLAIMS: &str = "select set_config('role', $1, true),
                 set_config('request.jwt.claims', $2, true),
                 set_config('request.jwt.claim.sub', $3, true),
                 set_config('request.jwt.claim.role', $1, true),
@@ -123,9 +97,63 @@ pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
                 set_config('request.path', $5, true),
                 set_config('request.headers', $6, true),
                 case when $7 = '' then '' else set_config('search_path', $7, true) end,
-                case when $8 = '' then '' else set_config('statement_timeout', $8, true) end",
-        &params,
-    )
-    .await?;
+                case when $8 = '' then '' else set_config('statement_timeout', $8, true) end";
+
+/// The parameters of [`SET_ROLE_AND_CLAIMS`] for one request.
+pub struct RoleAndClaims<'a> {
+    ctx: &'a AuthContext,
+    gucs: &'a RequestGucs<'a>,
+    claims: String,
+    timeout: String,
+}
+
+impl<'a> RoleAndClaims<'a> {
+    pub fn new(ctx: &'a AuthContext, gucs: &'a RequestGucs<'a>) -> Self {
+        RoleAndClaims {
+            ctx,
+            gucs,
+            claims: ctx.claims.to_string(),
+            timeout: gucs
+                .statement_timeout_ms
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn params(&self) -> [&str; 8] {
+        [
+            self.ctx.role.as_str(),
+            &self.claims,
+            self.ctx
+                .claims
+                .get("sub")
+                .and_then(|v| v.as_str())
+                .unwrap_or(""),
+            self.gucs.method,
+            self.gucs.path,
+            self.gucs.headers.unwrap_or("{}"),
+            self.gucs.search_path.unwrap_or(""),
+            &self.timeout,
+        ]
+    }
+}
+
+/// Works on a transaction, or on a bare client inside a BEGIN that the caller pipelines
+/// ahead of it (see the REST fast path).
+pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
+    tx: &C,
+    ctx: &AuthContext,
+    gucs: &RequestGucs<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    // query_typed: parameter types are given, so there is no separate prepare round trip
+    // (this statement runs on every request).
+    use tokio_postgres::types::{ToSql, Type};
+    let rc = RoleAndClaims::new(ctx, gucs);
+    let p = rc.params();
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = p
+        .iter()
+        .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    tx.query_typed(SET_ROLE_AND_CLAIMS, &params).await?;
     Ok(())
 }

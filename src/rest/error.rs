@@ -101,26 +101,53 @@ impl RestError {
             r.log = Some(e.to_string());
             return r;
         };
-        let code = db.code().code().to_string();
+        RestError::from_db(db.code().code(), db.message(), db.detail(), db.hint(), anon)
+    }
+
+    /// An error from the lean hot-path connection (see `db::wire`).
+    pub fn from_wire(e: &crate::db::wire::WireError, anon: bool) -> RestError {
+        match e {
+            crate::db::wire::WireError::Db(d) => RestError::from_db(
+                &d.code,
+                &d.message,
+                d.detail.as_deref(),
+                d.hint.as_deref(),
+                anon,
+            ),
+            crate::db::wire::WireError::Io(s) => {
+                let mut r = RestError::new(
+                    503,
+                    "PGRST001",
+                    "Database client error. Retrying the connection.",
+                );
+                r.log = Some(s.clone());
+                r
+            }
+        }
+    }
+
+    fn from_db(
+        code: &str,
+        message: &str,
+        detail: Option<&str>,
+        hint: Option<&str>,
+        anon: bool,
+    ) -> RestError {
         // `raise sqlstate 'PGRST' using message = '{json}', detail = '{json}'`.
         if code == "PGRST" {
-            if let Some(r) = custom_pgrst(db.message(), db.detail()) {
+            if let Some(r) = custom_pgrst(message, detail) {
                 return r;
             }
         }
-        let status = sqlstate_status(&code, anon);
+        let status = sqlstate_status(code, anon);
         let mut r = RestError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            code: code.clone(),
-            message: db.message().to_string(),
-            details: db
-                .detail()
+            code: code.to_string(),
+            message: message.to_string(),
+            details: detail
                 .map(|s| Value::String(s.into()))
                 .unwrap_or(Value::Null),
-            hint: db
-                .hint()
-                .map(|s| Value::String(s.into()))
-                .unwrap_or(Value::Null),
+            hint: hint.map(|s| Value::String(s.into())).unwrap_or(Value::Null),
             headers: vec![],
             custom_headers: vec![],
             log: None,
@@ -129,7 +156,7 @@ impl RestError {
             r.headers.push(("www-authenticate", "Bearer".into()));
         }
         if status >= 500 {
-            r.log = Some(format!("{code}: {}", db.message()));
+            r.log = Some(format!("{code}: {message}"));
         }
         r
     }

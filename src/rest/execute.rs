@@ -60,15 +60,6 @@ pub(super) async fn execute(
     needs_check: bool,
     check: impl FnOnce(&Outcome) -> Result<(), RestError>,
 ) -> Result<Outcome, RestError> {
-    let mut client = state.pool.get().await.map_err(|e| {
-        let mut r = RestError::new(
-            503,
-            "PGRST000",
-            "Database connection error. Retrying the connection.",
-        );
-        r.log = Some(e.to_string());
-        r
-    })?;
     let headers = request_gucs_headers(req.headers);
     let mut sp: Vec<String> = vec![ident(req.schema)];
     for s in &state.config.rest.extra_search_path {
@@ -101,7 +92,68 @@ pub(super) async fn execute(
         .iter()
         .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
         .collect();
-    if explain.is_none() && q.count_plan.is_none() && !needs_check {
+    let fast = explain.is_none() && q.count_plan.is_none() && !needs_check;
+    if let (true, Some(wire)) = (fast, &state.wire) {
+        // Nothing to decide before the end: BEGIN, the role and claims, the statement and
+        // the end of the transaction go out as one batch with one Sync (one round trip,
+        // one flush). A failure anywhere skips the rest and rolls the transaction back.
+        let mut conn = wire.get().await.map_err(|e| {
+            let mut r = RestError::new(
+                503,
+                "PGRST000",
+                "Database connection error. Retrying the connection.",
+            );
+            r.log = Some(e.to_string());
+            r
+        })?;
+        let rc = crate::db::RoleAndClaims::new(req.ctx, &gucs);
+        let set = rc.params();
+        let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
+        use crate::db::wire::Step;
+        let steps = [
+            Step::plain(if read_only {
+                "START TRANSACTION READ ONLY"
+            } else {
+                "START TRANSACTION"
+            }),
+            Step {
+                sql: crate::db::SET_ROLE_AND_CLAIMS,
+                params: &set,
+                text_params: true,
+            },
+            Step {
+                sql: &q.text,
+                params: &params,
+                text_params: false,
+            },
+            Step::plain(if rollback { "ROLLBACK" } else { "COMMIT" }),
+        ];
+        let results = conn
+            .pipeline(&steps)
+            .await
+            .map_err(|e| RestError::from_wire(&e, anon))?;
+        let row = results
+            .get(2)
+            .and_then(|rows| rows.first())
+            .ok_or_else(|| RestError::internal("statement returned no row"))?;
+        return Ok(Outcome {
+            total: row.int(0),
+            page: row.int(1).unwrap_or(0),
+            body: row.string(2),
+            location: row.string(3),
+            inserted: if row.len() > 4 { row.int(4) } else { None },
+        });
+    }
+    let mut client = state.pool.get().await.map_err(|e| {
+        let mut r = RestError::new(
+            503,
+            "PGRST000",
+            "Database connection error. Retrying the connection.",
+        );
+        r.log = Some(e.to_string());
+        r
+    })?;
+    if fast {
         // Nothing to decide before the end: BEGIN, the role and claims, the statement and
         // the end of the transaction go out together, one round trip. They are queued on
         // the connection in one poll (all or none), and a failure anywhere makes the end
