@@ -1,5 +1,5 @@
 \set p random(100, 900)
-BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
-select set_config('role', 'anon', true), set_config('request.jwt.claims', '{"role":"anon"}', true), set_config('request.jwt.claim.sub', '', true), set_config('request.jwt.claim.role', 'anon', true), set_config('request.method', 'GET', true), set_config('request.path', '/bench_books', true), set_config('request.headers', '{}', true), set_config('search_path', '"public", "extensions"', true), set_config('statement_timeout', '8000', true);
+START TRANSACTION READ ONLY;
+select set_config('role', :role, true), set_config('request.jwt.claims', :claims, true), set_config('request.jwt.claim.sub', '', true), set_config('request.jwt.claim.role', :role, true), set_config('request.method', :method, true), set_config('request.path', :path, true), set_config('request.headers', :headers, true), case when :search_path = '' then '' else set_config('search_path', :search_path, true) end, case when :timeout = '' then '' else set_config('statement_timeout', :timeout, true) end;
 SELECT NULL::int8 AS total, pg_catalog.count(pgrst_t) AS page, coalesce(json_agg(pgrst_t), '[]')::text AS body, NULL::text AS location FROM (SELECT "bench_books"."id" AS "id", "bench_books"."title" AS "title", "bench_books"."pages" AS "pages" FROM "public"."bench_books" AS "bench_books" WHERE "bench_books"."pages" > :p ORDER BY "bench_books"."id" ASC LIMIT 20) AS pgrst_t;
 COMMIT;
