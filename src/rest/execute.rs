@@ -38,14 +38,25 @@ pub(super) struct Outcome {
     pub(super) inserted: Option<i64>,
 }
 
+/// The request headers as the JSON object PostgREST puts in `request.headers` (names
+/// lower-case, the last value of a repeated header), written straight into one string.
 pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
-    let mut m = serde_json::Map::new();
-    for (k, v) in h {
-        if let Ok(v) = v.to_str() {
-            m.insert(k.as_str().to_string(), Value::String(v.to_string()));
+    let mut out = Vec::with_capacity(256);
+    out.push(b'{');
+    for (i, k) in h.keys().enumerate() {
+        let Some(v) = h.get_all(k).iter().last().and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if i > 0 && out.len() > 1 {
+            out.push(b',');
         }
+        // Strings serialize infallibly into a Vec.
+        let _ = serde_json::to_writer(&mut out, k.as_str());
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, v);
     }
-    Value::Object(m).to_string()
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_else(|_| "{}".into())
 }
 
 /// Run one statement in the caller's transaction. `check` may veto the commit (rollback
@@ -380,4 +391,21 @@ pub(super) fn body_media(accept: &Accept) -> Media {
 
 pub(super) fn plan_response(out: Outcome, accept: &Accept) -> Resp {
     respond(StatusCode::OK, Some(content_type(accept)), out.body, vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_as_json() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        h.append("x-q", HeaderValue::from_static("say \"hi\" \\o/"));
+        h.append("x-bin", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        let v: Value = serde_json::from_str(&request_gucs_headers(&h)).unwrap();
+        assert_eq!(v, json!({"x-a": "2", "x-q": "say \"hi\" \\o/"}));
+        assert_eq!(request_gucs_headers(&HeaderMap::new()), "{}");
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod execute;
+pub mod fuzz;
 pub mod openapi;
 pub mod plan;
 pub mod prefer;
@@ -665,106 +666,9 @@ mod tests {
 #[cfg(test)]
 mod plan_sql_tests {
     use super::*;
-    use schema::{Cardinality, Column, Relation, Relationship};
-
-    fn col(name: &str, ty: &str) -> Column {
-        Column {
-            name: name.into(),
-            ty: ty.into(),
-            nullable: true,
-            default: None,
-            description: None,
-            enum_values: vec![],
-            generated: false,
-            position: 0,
-        }
-    }
-
-    fn cache() -> SchemaCache {
-        let mut sc = SchemaCache::default();
-        for (name, cols) in [
-            ("authors", vec![col("id", "bigint"), col("name", "text")]),
-            (
-                "books",
-                vec![
-                    col("id", "bigint"),
-                    col("author_id", "bigint"),
-                    col("title", "text"),
-                ],
-            ),
-        ] {
-            sc.relations.insert(
-                ("public".into(), name.into()),
-                Relation {
-                    oid: 0,
-                    schema: "public".into(),
-                    name: name.into(),
-                    kind: 'r',
-                    columns: cols,
-                    pk: vec!["id".into()],
-                    description: None,
-                    insertable: true,
-                    updatable: true,
-                    deletable: true,
-                },
-            );
-        }
-        let rel = |s: &str, t: &str, cols: (&str, &str), card, forward| Relationship {
-            source: ("public".into(), s.into()),
-            target: ("public".into(), t.into()),
-            constraint: "books_author_id_fkey".into(),
-            cols: vec![(cols.0.into(), cols.1.into())],
-            card,
-            function: None,
-            to_one_computed: false,
-            base: true,
-            forward,
-        };
-        sc.relationships.push(rel(
-            "books",
-            "authors",
-            ("author_id", "id"),
-            Cardinality::ManyToOne,
-            true,
-        ));
-        sc.relationships.push(rel(
-            "authors",
-            "books",
-            ("id", "author_id"),
-            Cardinality::OneToMany,
-            false,
-        ));
-        sc
-    }
 
     fn plan_read(table: &str, query: &str) -> Result<Sql, RestError> {
-        let sc = cache();
-        let pairs = crate::http::query_pairs(Some(query));
-        let mut p = parse_params(&pairs, false, &[])?;
-        lift_embed_nulls(&mut p);
-        let mut planner = Planner::new(&sc, "public", false);
-        planner.mods = std::mem::take(&mut p.mods);
-        let node = planner.node(
-            Source::Table {
-                schema: "public".into(),
-                name: table.into(),
-            },
-            table,
-            Some(("public".into(), table.into())),
-            p.select.as_deref().unwrap_or(&[]),
-            &[],
-        )?;
-        let mut q = Sql::default();
-        q.text = sql::wrap_read(
-            &mut q,
-            &node,
-            false,
-            &Media::Json,
-            false,
-            &BodyShape::Rows,
-            None,
-        );
-        Ok(q)
+        fuzz::plan_read(&fuzz::demo_cache(), table, query, false)
     }
 
     #[test]

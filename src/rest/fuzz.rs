@@ -1,0 +1,348 @@
+//! The fuzz target for the query-string parser, and the planner and SQL writer behind it.
+//!
+//! [`query_string`] takes arbitrary bytes as a request's query string and runs them through
+//! everything a read does before the database (parse, plan against a hand-built schema
+//! cache, write the SQL), plus the `Prefer` and `Accept` parsers. It must never panic, and
+//! the SQL it writes must never carry the input outside a quoted identifier: values travel
+//! as parameters. `cargo test` runs it over generated inputs (`fuzz_*` tests here); with a
+//! nightly toolchain, `fuzz/` drives it with cargo-fuzz (libFuzzer).
+
+use super::*;
+use schema::{Cardinality, Column, Relation, Relationship};
+
+/// `authors(id, name)` and `books(id, author_id -> authors, title)` in `public`.
+pub fn demo_cache() -> SchemaCache {
+    let col = |name: &str, ty: &str| Column {
+        name: name.into(),
+        ty: ty.into(),
+        nullable: true,
+        default: None,
+        description: None,
+        enum_values: vec![],
+        generated: false,
+        position: 0,
+    };
+    let mut sc = SchemaCache::default();
+    for (name, cols) in [
+        ("authors", vec![col("id", "bigint"), col("name", "text")]),
+        (
+            "books",
+            vec![
+                col("id", "bigint"),
+                col("author_id", "bigint"),
+                col("title", "text"),
+            ],
+        ),
+    ] {
+        sc.relations.insert(
+            ("public".into(), name.into()),
+            Relation {
+                oid: 0,
+                schema: "public".into(),
+                name: name.into(),
+                kind: 'r',
+                columns: cols,
+                pk: vec!["id".into()],
+                description: None,
+                insertable: true,
+                updatable: true,
+                deletable: true,
+            },
+        );
+    }
+    let rel = |s: &str, t: &str, cols: (&str, &str), card, forward| Relationship {
+        source: ("public".into(), s.into()),
+        target: ("public".into(), t.into()),
+        constraint: "books_author_id_fkey".into(),
+        cols: vec![(cols.0.into(), cols.1.into())],
+        card,
+        function: None,
+        to_one_computed: false,
+        base: true,
+        forward,
+    };
+    sc.relationships.push(rel(
+        "books",
+        "authors",
+        ("author_id", "id"),
+        Cardinality::ManyToOne,
+        true,
+    ));
+    sc.relationships.push(rel(
+        "authors",
+        "books",
+        ("id", "author_id"),
+        Cardinality::OneToMany,
+        false,
+    ));
+    sc
+}
+
+/// A GET of `table` with `query` as its query string: parse, plan, SQL.
+pub fn plan_read(
+    sc: &SchemaCache,
+    table: &str,
+    query: &str,
+    aggregates: bool,
+) -> Result<Sql, RestError> {
+    let pairs = crate::http::query_pairs(Some(query));
+    let mut p = parse_params(&pairs, false, &[])?;
+    lift_embed_nulls(&mut p);
+    check_embed_paths(&p)?;
+    let mut planner = Planner::new(sc, "public", aggregates);
+    planner.mods = std::mem::take(&mut p.mods);
+    let node = planner.node(
+        Source::Table {
+            schema: "public".into(),
+            name: table.into(),
+        },
+        table,
+        Some(("public".into(), table.into())),
+        p.select.as_deref().unwrap_or(&[]),
+        &[],
+    )?;
+    let mut q = Sql::default();
+    q.text = sql::wrap_read(
+        &mut q,
+        &node,
+        false,
+        &Media::Json,
+        false,
+        &BodyShape::Rows,
+        None,
+    );
+    Ok(q)
+}
+
+/// The string literals the SQL writer itself puts into statements; any other `'...'` in a
+/// statement would be input that escaped into the SQL text.
+const WRITER_LITERALS: &[&str] = &[
+    "",
+    "[]",
+    "null",
+    ",",
+    "\\n",
+    "type",
+    "FeatureCollection",
+    "features",
+];
+
+/// Err when `sql` holds text that is neither SQL the writer produces nor a quoted
+/// identifier: a string literal not in [`WRITER_LITERALS`], a statement separator, a
+/// comment, or an unterminated quote.
+pub fn check_sql(sql: &str) -> Result<(), String> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // A quoted identifier: `""` is an escaped quote inside it.
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err(format!("unterminated identifier in {sql}")),
+                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'\'' => {
+                let start = i + 1;
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err(format!("unterminated literal in {sql}")),
+                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        Some(b'\'') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                let lit = &sql[start..i];
+                if !WRITER_LITERALS.contains(&lit) {
+                    return Err(format!("literal '{lit}' in {sql}"));
+                }
+            }
+            b';' => return Err(format!("';' in {sql}")),
+            b'-' if b.get(i + 1) == Some(&b'-') => return Err(format!("comment in {sql}")),
+            b'/' if b.get(i + 1) == Some(&b'*') => return Err(format!("comment in {sql}")),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The fuzz target: never panics on any input; panics (a finding) if the SQL written for
+/// it breaks [`check_sql`].
+pub fn query_string(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let sc = demo_cache();
+    for table in ["authors", "books", "missing"] {
+        for aggregates in [false, true] {
+            if let Ok(q) = plan_read(&sc, table, &text, aggregates) {
+                if let Err(e) = check_sql(&q.text) {
+                    panic!("input {text:?} escaped into the SQL: {e}");
+                }
+            }
+        }
+    }
+    // The same bytes as Prefer and Accept header values.
+    let _ = Prefer::parse(text.split('\n'));
+    let _ = prefer::parse_accept(Some(&text));
+    let _ = prefer::parse_accept_for(Some(&text), true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces of the grammar (and of trouble), glued at random by the tests below.
+    const FRAGMENTS: &[&str] = &[
+        "select=",
+        "&",
+        "=",
+        "id",
+        "name",
+        "title",
+        "author_id",
+        "books",
+        "authors",
+        "nope",
+        "\"q,(\"",
+        "*",
+        ",",
+        "(",
+        ")",
+        "!",
+        "!inner",
+        "!left",
+        ":",
+        "::",
+        "::text",
+        "::int[]",
+        "->",
+        "->>",
+        "'",
+        "';drop table x;--",
+        "/*",
+        ".",
+        "...",
+        "eq.",
+        "neq.",
+        "not.",
+        "in.(",
+        "or=(",
+        "and=(",
+        "and(",
+        "or(",
+        "like(any).",
+        "ilike(all).",
+        "{",
+        "}",
+        "\\",
+        "é",
+        " ",
+        "%20",
+        "%27",
+        "%",
+        "count()",
+        ".sum()",
+        ".avg()",
+        "fts(english).",
+        "is.null",
+        "is.true",
+        "desc",
+        "asc",
+        "nullsfirst",
+        "nullslast",
+        "order=",
+        "limit=",
+        "offset=",
+        "books.order=",
+        "books.limit=",
+        "books.title=",
+        "0",
+        "-1",
+        "\u{0}",
+        "author:authors(",
+        "...authors(",
+        "cs.{",
+        "cd.",
+        "ov.[",
+        "sl.(",
+        "adj.",
+        "isdistinct.",
+        "match.",
+        "imatch.",
+        "phfts.",
+        "wfts(",
+        "columns=",
+        "on_conflict=",
+    ];
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// Random grammar-fragment inputs, with random byte damage. `OXIBASE_FUZZ_ITERS` runs
+    /// it longer (`cargo test --release fuzz_ -- --nocapture`).
+    #[test]
+    fn fuzz_query_string_random() {
+        let iters: u64 = std::env::var("OXIBASE_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..iters {
+            let n = (xorshift(&mut x) % 16) as usize;
+            let mut s = Vec::new();
+            for _ in 0..n {
+                let f = FRAGMENTS[(xorshift(&mut x) % FRAGMENTS.len() as u64) as usize];
+                s.extend_from_slice(f.as_bytes());
+            }
+            if !s.is_empty() && xorshift(&mut x) % 4 == 0 {
+                let at = (xorshift(&mut x) % s.len() as u64) as usize;
+                s[at] = (xorshift(&mut x) % 256) as u8;
+            }
+            query_string(&s);
+        }
+    }
+
+    /// Known-tricky inputs: each must plan to SQL that keeps the input out of the text.
+    #[test]
+    fn fuzz_corpus_keeps_input_out_of_sql() {
+        let sc = demo_cache();
+        for q in [
+            "select=id&title=eq.';drop table books;--",
+            "select=id,\"a\"\"b\"&title=like.*'*",
+            "select=id&or=(title.eq.x';--,id.eq.1)",
+            "select=id,authors(name)&authors.name=in.(a'b,\"c,d\")",
+            "select=t:title->>'x'&title->'a'->>0=eq.1",
+            "select=id&title=fts(english).a' | b",
+            "select=id::text,title&order=title.desc.nullslast",
+        ] {
+            match plan_read(&sc, "books", q, true) {
+                Ok(sql) => {
+                    check_sql(&sql.text).unwrap();
+                    assert!(!sql.text.contains("drop"), "{}", sql.text);
+                }
+                Err(e) => assert!(e.status.is_client_error(), "{q}: {}", e.status),
+            }
+            query_string(q.as_bytes());
+        }
+    }
+
+    #[test]
+    fn check_sql_catches_escapes() {
+        assert!(check_sql("SELECT \"a\"\"b\" FROM \"t\" WHERE x = $1").is_ok());
+        assert!(check_sql("SELECT coalesce(x, '[]')").is_ok());
+        assert!(check_sql("SELECT 'evil'").is_err());
+        assert!(check_sql("SELECT 1; DROP").is_err());
+        assert!(check_sql("SELECT 1 -- c").is_err());
+        assert!(check_sql("SELECT \"open").is_err());
+    }
+}
