@@ -395,3 +395,63 @@ async fn openapi_head_and_range() {
     assert_eq!(r.json()["code"], "PGRST103");
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn prefer_timezone() {
+    let t = setup().await;
+    t.batch(
+        "create table public.it_times (id int primary key, at timestamptz);
+         insert into public.it_times values (1, '2024-01-01T12:00:00Z');
+         grant select on public.it_times to anon;",
+    )
+    .await;
+    let url = format!("{}/rest/v1/it_times?select=at", t.url);
+    let r = t
+        .http
+        .get(&url, &[("prefer", "timezone=America/Los_Angeles")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([{"at": "2024-01-01T04:00:00-08:00"}]));
+    assert_eq!(
+        r.header("preference-applied"),
+        Some("timezone=America/Los_Angeles")
+    );
+    // Only for that request: the connection's next request is in the server's zone.
+    for _ in 0..3 {
+        let r = t.http.get(&url, &[]).await;
+        assert_eq!(r.json(), json!([{"at": "2024-01-01T12:00:00+00:00"}]));
+        assert_eq!(r.header("preference-applied"), None);
+    }
+    // With a count, both are applied.
+    let r = t
+        .http
+        .get(&url, &[("prefer", "count=exact, timezone=Asia/Tokyo")])
+        .await;
+    assert_eq!(r.json(), json!([{"at": "2024-01-01T21:00:00+09:00"}]));
+    assert_eq!(
+        r.header("preference-applied"),
+        Some("count=exact, timezone=Asia/Tokyo")
+    );
+    // An unknown zone is ignored, or an error under handling=strict.
+    let r = t
+        .http
+        .get(&url, &[("prefer", "timezone=Mars/Olympus")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!([{"at": "2024-01-01T12:00:00+00:00"}]));
+    assert_eq!(r.header("preference-applied"), None);
+    let r = t
+        .http
+        .get(
+            &url,
+            &[("prefer", "handling=strict, timezone=Mars/Olympus")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "PGRST122");
+    assert_eq!(
+        r.json()["details"],
+        "Invalid preferences: timezone=Mars/Olympus"
+    );
+    t.server.shutdown().await;
+}

@@ -59,6 +59,9 @@ pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
     String::from_utf8(out).unwrap_or_else(|_| "{}".into())
 }
 
+/// `Prefer: timezone=` (already checked against `pg_timezone_names`).
+const SET_TIMEZONE: &str = "select set_config('timezone', $1, true)";
+
 /// Run one statement in the caller's transaction. `check` may veto the commit (rollback
 /// and error) after seeing the outcome.
 pub(super) async fn execute(
@@ -120,8 +123,9 @@ pub(super) async fn execute(
         let rc = crate::db::RoleAndClaims::new(req.ctx, &gucs);
         let set = rc.params();
         let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
+        let tz: Vec<&str> = req.prefer.timezone.as_deref().into_iter().collect();
         use crate::db::wire::Step;
-        let steps = [
+        let mut steps = vec![
             Step::plain(if read_only {
                 "START TRANSACTION READ ONLY"
             } else {
@@ -132,19 +136,27 @@ pub(super) async fn execute(
                 params: &set,
                 text_params: true,
             },
-            Step {
-                sql: &q.text,
-                params: &params,
-                text_params: false,
-            },
-            Step::plain(if rollback { "ROLLBACK" } else { "COMMIT" }),
         ];
+        if !tz.is_empty() {
+            steps.push(Step {
+                sql: SET_TIMEZONE,
+                params: &tz,
+                text_params: true,
+            });
+        }
+        let main = steps.len();
+        steps.push(Step {
+            sql: &q.text,
+            params: &params,
+            text_params: false,
+        });
+        steps.push(Step::plain(if rollback { "ROLLBACK" } else { "COMMIT" }));
         let results = conn
             .pipeline(&steps)
             .await
             .map_err(|e| RestError::from_wire(&e, anon))?;
         let row = results
-            .get(2)
+            .get(main)
             .and_then(|rows| rows.first())
             .ok_or_else(|| RestError::internal("statement returned no row"))?;
         return Ok(Outcome {
@@ -164,7 +176,7 @@ pub(super) async fn execute(
         r.log = Some(e.to_string());
         r
     })?;
-    if fast {
+    if fast && req.prefer.timezone.is_none() {
         // Nothing to decide before the end: BEGIN, the role and claims, the statement and
         // the end of the transaction go out together, one round trip. They are queued on
         // the connection in one poll (all or none), and a failure anywhere makes the end
@@ -204,6 +216,11 @@ pub(super) async fn execute(
     crate::db::set_role_and_claims(&*tx, req.ctx, &gucs)
         .await
         .map_err(|e| RestError::from_pg(&e, anon))?;
+    if let Some(tz) = &req.prefer.timezone {
+        tx.query_typed(SET_TIMEZONE, &[(tz, Type::TEXT)])
+            .await
+            .map_err(|e| RestError::from_pg(&e, anon))?;
+    }
     if let Some(Media::Plan { text, options, .. }) = explain {
         let mut opts = vec![format!("FORMAT {}", if *text { "TEXT" } else { "JSON" })];
         for o in options {

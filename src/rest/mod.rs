@@ -48,6 +48,9 @@ pub struct State {
     last_reload: Mutex<Instant>,
     miss_lock: tokio::sync::Mutex<()>,
     schemas: Vec<String>,
+    /// `pg_timezone_names`, for `Prefer: timezone=` (loaded once: the list changes only
+    /// with PostgreSQL's tz data).
+    timezones: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -68,7 +71,15 @@ pub async fn init(config: &Config, pool: &Pool) -> Result<State, String> {
             crate::db::error_text(&e)
         )
     })?;
+    let timezones = client
+        .query("select name from pg_catalog.pg_timezone_names", &[])
+        .await
+        .map_err(|e| format!("rest: time zones: {}", crate::db::error_text(&e)))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
     Ok(State {
+        timezones,
         cache: RwLock::new(Arc::new(sc)),
         last_reload: Mutex::new(Instant::now()),
         miss_lock: tokio::sync::Mutex::new(()),
@@ -472,12 +483,21 @@ async fn route(
     let path = decoded.as_str();
     let pairs = crate::http::query_pairs(uri.query());
     let schema = profile(&headers, &method, &state.rest.schemas)?;
-    let prefer = Prefer::parse(
+    let mut prefer = Prefer::parse(
         headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
+    // A time zone PostgreSQL does not know is an invalid preference (ignored, or
+    // PGRST122 under handling=strict).
+    if let Some(tz) = prefer.timezone.take() {
+        if state.rest.timezones.contains(&tz) {
+            prefer.timezone = Some(tz);
+        } else {
+            prefer.invalid.push(format!("timezone={tz}"));
+        }
+    }
     prefer.check_strict()?;
     let accept = prefer::parse_accept(header(&headers, "accept"))?;
     let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
@@ -517,7 +537,9 @@ async fn route(
         return openapi::respond(state, &req).await;
     }
     if let Some(f) = path.strip_prefix("rpc/") {
-        return with_reload(state, || rpc(state, &req, f)).await;
+        return with_reload(state, || rpc(state, &req, f))
+            .await
+            .map(|r| timezone_applied(r, req.prefer.timezone.as_deref()));
     }
     if path.contains('/') {
         return Err(RestError::new(
@@ -526,7 +548,7 @@ async fn route(
             format!("Invalid path specified in request URL"),
         ));
     }
-    match method {
+    let resp = match method.clone() {
         Method::GET | Method::HEAD => with_reload(state, || read(state, &req, path)).await,
         Method::POST | Method::PATCH | Method::DELETE | Method::PUT => {
             with_reload(state, || write(state, &req, path)).await
@@ -544,7 +566,32 @@ async fn route(
             "PGRST117",
             format!("Unsupported HTTP method: {m}"),
         )),
+    };
+    resp.map(|r| timezone_applied(r, req.prefer.timezone.as_deref()))
+}
+
+/// Add `timezone=...` to `Preference-Applied` (before `max-affected`, as PostgREST
+/// orders them) when the request's time zone was applied.
+fn timezone_applied(mut r: Resp, tz: Option<&str>) -> Resp {
+    let Some(tz) = tz else {
+        return r;
+    };
+    let tz = format!("timezone={tz}");
+    let value = match r
+        .headers()
+        .get("preference-applied")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(v) => match v.find("max-affected=") {
+            Some(i) => format!("{}{tz}, {}", &v[..i], &v[i..]),
+            None => format!("{v}, {tz}"),
+        },
+        None => tz,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().insert("preference-applied", v);
     }
+    r
 }
 
 /// Run `f`; if it failed on a schema-cache miss, reload once and retry.
