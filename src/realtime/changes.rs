@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use tokio_postgres::types::ToSql;
 
 use super::hub::Out;
-use crate::db::{begin_as, RequestGucs};
+use crate::db::begin_as;
 use crate::http::apikey::AuthContext;
 use crate::state::AppState;
 
@@ -938,53 +939,45 @@ async fn visible(
         quote_ident(&rel.table),
         conds.join(" and ")
     );
-    let Ok(mut client) = state.pool.get().await else {
-        return false;
-    };
-    let gucs = RequestGucs {
-        method: "GET",
-        path: "/realtime/v1/websocket",
-        ..Default::default()
-    };
-    let Ok(tx) = begin_as(&mut client, ctx, &gucs, true).await else {
-        return false;
-    };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vals
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let r = tx.query_one(&sql, &params).await;
-    let _ = tx.rollback().await;
-    match r {
-        Ok(row) => row.get(0),
-        Err(e) => {
+    let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    match query_as_subscriber(state, ctx, &sql, &params).await {
+        Some(Ok(row)) => row.get(0),
+        Some(Err(e)) => {
             tracing::debug!(error = %crate::db::error_text(&e), "realtime: RLS check failed");
             false
         }
+        None => false,
     }
 }
 
 /// May this subscriber SELECT from the table at all?
 async fn can_select(state: &AppState, ctx: &AuthContext, rel: u32) -> bool {
-    let Ok(mut client) = state.pool.get().await else {
-        return false;
-    };
-    let gucs = RequestGucs {
-        method: "GET",
-        path: "/realtime/v1/websocket",
-        ..Default::default()
-    };
-    let Ok(tx) = begin_as(&mut client, ctx, &gucs, true).await else {
-        return false;
-    };
-    let r = tx
-        .query_one(
-            "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
-            &[&i64::from(rel)],
-        )
-        .await;
+    query_as_subscriber(
+        state,
+        ctx,
+        "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
+        &[&i64::from(rel)],
+    )
+    .await
+    .and_then(Result::ok)
+    .is_some_and(|row| row.get(0))
+}
+
+/// One read-only query as the subscriber (privileges and RLS apply), rolled back.
+/// `None` when no connection or transaction could be had.
+async fn query_as_subscriber(
+    state: &AppState,
+    ctx: &AuthContext,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Option<Result<tokio_postgres::Row, tokio_postgres::Error>> {
+    let mut client = state.pool.get().await.ok()?;
+    let tx = begin_as(&mut client, ctx, &super::authz::gucs(), true)
+        .await
+        .ok()?;
+    let r = tx.query_one(sql, params).await;
     let _ = tx.rollback().await;
-    r.map(|row| row.get(0)).unwrap_or(false)
+    Some(r)
 }
 
 async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
