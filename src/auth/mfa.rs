@@ -180,19 +180,29 @@ async fn own_factor(
     .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))
 }
 
+/// The user's TOTP factor `id` (locked), as its secret; WebAuthn factors are refused.
+async fn own_totp_factor(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user_id: Uuid,
+    id: Uuid,
+) -> AuthResult<Option<String>> {
+    let (ftype, _, secret) = own_factor(tx, user_id, id).await?;
+    if ftype != "totp" {
+        return Err(AuthError::unprocessable(
+            "mfa_webauthn_verify_not_enabled",
+            "MFA verification is disabled for WebAuthn",
+        ));
+    }
+    Ok(secret)
+}
+
 async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
         let u = load_token_user(&tx, &t).await?;
-        let (ftype, _, _) = own_factor(&tx, u.id, id).await?;
-        if ftype != "totp" {
-            return Err(AuthError::unprocessable(
-                "mfa_webauthn_verify_not_enabled",
-                "MFA verification is disabled for WebAuthn",
-            ));
-        }
+        own_totp_factor(&tx, u.id, id).await?;
         let cid = Uuid::new_v4();
         let ip: std::net::IpAddr = call.ip.parse().unwrap_or([127, 0, 0, 1].into());
         tx.execute(
@@ -231,13 +241,7 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let tx = begin(&mut c).await?;
     let r = async {
         let u = load_token_user(&tx, &t).await?;
-        let (ftype, _, secret) = own_factor(&tx, u.id, id).await?;
-        if ftype != "totp" {
-            return Err(AuthError::unprocessable(
-                "mfa_webauthn_verify_not_enabled",
-                "MFA verification is disabled for WebAuthn",
-            ));
-        }
+        let secret = own_totp_factor(&tx, u.id, id).await?;
         if code.is_empty() {
             return Err(AuthError::validation("Code needs to be non-empty"));
         }
