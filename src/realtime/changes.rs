@@ -416,34 +416,29 @@ pub async fn ensure_started(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
+/// No postgres_changes subscriber now, and no join asked for one within `IDLE`.
+fn idle(st: &AppState) -> bool {
+    !st.realtime.hub.has_pg_subscribers()
+        && st
+            .realtime
+            .capture
+            .last_demand
+            .lock()
+            .expect("lock")
+            .elapsed()
+            > IDLE
+}
+
 async fn capture(st: AppState, mut session: Session) {
     let mut decoder = Decoder::default();
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if !st.realtime.hub.has_pg_subscribers()
-            && st
-                .realtime
-                .capture
-                .last_demand
-                .lock()
-                .expect("lock")
-                .elapsed()
-                > IDLE
-        {
+        if idle(&st) {
             let mut running = st.realtime.capture.running.lock().await;
             // Re-checked under the lock a join takes before it subscribes.
-            if !st.realtime.hub.has_pg_subscribers()
-                && st
-                    .realtime
-                    .capture
-                    .last_demand
-                    .lock()
-                    .expect("lock")
-                    .elapsed()
-                    > IDLE
-            {
+            if idle(&st) {
                 *running = false;
                 tracing::info!(slot = %session.slot, "realtime: no postgres_changes subscribers; capture stopped");
                 return;
