@@ -177,7 +177,11 @@ async fn own_factor(
     )
     .await?
     .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))
+    .ok_or_else(factor_not_found)
+}
+
+fn factor_not_found() -> AuthError {
+    AuthError::not_found("mfa_factor_not_found", "Factor not found")
 }
 
 /// The user's TOTP factor `id` (locked), as its secret; WebAuthn factors are refused.
@@ -363,9 +367,9 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        if users::by_id(&*tx, user_id).await?.is_none() {
-            return Err(AuthError::user_not_found());
-        }
+        users::by_id(&*tx, user_id)
+            .await?
+            .ok_or_else(AuthError::user_not_found)?;
         let rows = tx
             .query(
                 "select auth.oxibase_factor_json(f) from auth.mfa_factors f where user_id = $1 order by created_at",
@@ -382,16 +386,16 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        if users::by_id(&*tx, user_id).await?.is_none() {
-            return Err(AuthError::user_not_found());
-        }
+        users::by_id(&*tx, user_id)
+            .await?
+            .ok_or_else(AuthError::user_not_found)?;
         let row = tx
             .query_opt(
                 "delete from auth.mfa_factors f where id = $1 and user_id = $2 returning auth.oxibase_factor_json(f)",
                 &[&id, &user_id],
             )
             .await?
-            .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
+            .ok_or_else(factor_not_found)?;
         Ok(row.get::<_, Value>(0))
     }
     .await;
