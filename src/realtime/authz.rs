@@ -58,6 +58,21 @@ async fn act_as_caller(
     Ok(())
 }
 
+/// A transaction as `supabase_realtime_admin`, the owner of `realtime.messages`.
+pub(super) async fn admin_tx(
+    client: &mut deadpool_postgres::Object,
+    read_only: bool,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await?;
+    tx.batch_execute("set local role supabase_realtime_admin")
+        .await?;
+    Ok(tx)
+}
+
 /// A policy that errors denies (Supabase logs RlsPolicyError and refuses).
 fn policy_error(e: &tokio_postgres::Error) {
     tracing::warn!(error = %crate::db::error_text(e), "realtime: RLS policy error on realtime.messages");
@@ -70,12 +85,9 @@ pub async fn read_policies(
     topic: &str,
 ) -> Result<Policies, AuthzError> {
     let mut client = connection(state).await?;
-    let tx = client.build_transaction().start().await.map_err(db_err)?;
+    let tx = admin_tx(&mut client, false).await.map_err(db_err)?;
     let b_id = uuid::Uuid::new_v4();
     let p_id = uuid::Uuid::new_v4();
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await
-        .map_err(db_err)?;
     tx.execute(
         "insert into realtime.messages (id, topic, extension) values ($1, $3, 'broadcast'), ($2, $3, 'presence')",
         &[&b_id, &p_id, &topic],
@@ -141,15 +153,7 @@ pub async fn replay(
     limit: i64,
 ) -> Result<Vec<(uuid::Uuid, String, serde_json::Value)>, AuthzError> {
     let mut client = connection(state).await?;
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db_err)?;
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await
-        .map_err(db_err)?;
+    let tx = admin_tx(&mut client, true).await.map_err(db_err)?;
     let rows = tx
         .query(
             "select id, coalesce(event, ''), coalesce(payload, '{}'::jsonb)
