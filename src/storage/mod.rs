@@ -202,6 +202,17 @@ pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
         .map_err(StorageError::from)
 }
 
+/// A transaction as the storage admin for background bookkeeping (errors as text).
+pub async fn background_admin_tx(
+    c: &mut deadpool_postgres::Client,
+) -> Result<Transaction<'_>, String> {
+    let tx = c.transaction().await.map_err(|e| e.to_string())?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    Ok(tx)
+}
+
 /// Back to the caller's role (claims are still set).
 pub async fn as_caller(tx: &Transaction<'_>, ctx: &AuthContext) -> Result<(), StorageError> {
     tx.execute("select set_config('role', $1, true)", &[&ctx.role.as_str()])

@@ -1206,10 +1206,7 @@ pub async fn sweep_orphans(state: &AppState, min_age: chrono::Duration) -> Resul
         return Ok(0);
     }
     let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
+    let tx = super::background_admin_tx(&mut c).await?;
     let live: std::collections::HashSet<String> = tx
         .query(
             "select version from storage.objects where version = any($1)",

@@ -467,10 +467,7 @@ pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Res
 /// Drop expired uploads and parts whose upload row is gone.
 pub async fn sweep(state: &AppState) -> Result<(), String> {
     let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
+    let tx = super::background_admin_tx(&mut c).await?;
     tx.execute(
         "delete from storage.resumable_uploads where expires_at < now()",
         &[],
