@@ -87,8 +87,10 @@ mod tests {
 
     #[test]
     fn custom_secret_keys_verify_with_it() {
-        let mut cfg = Config::default();
-        cfg.jwt_secret = crate::config::Secret("q".repeat(40));
+        let cfg = Config {
+            jwt_secret: crate::config::Secret("q".repeat(40)),
+            ..Config::default()
+        };
         let (a, _) = api_keys(&cfg);
         assert_eq!(
             JwtKeys::new(&"q".repeat(40)).verify(&a).unwrap()["role"],

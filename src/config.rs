@@ -570,8 +570,10 @@ mod tests {
 
     #[test]
     fn well_known_secret_refuses_public_bind() {
-        let mut cfg = Config::default();
-        cfg.bind = vec!["0.0.0.0".into()];
+        let mut cfg = Config {
+            bind: vec!["0.0.0.0".into()],
+            ..Config::default()
+        };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("refusing"), "{err}");
         cfg.jwt_secret = Secret("a-different-secret-that-is-long-enough-xx".into());
@@ -582,8 +584,10 @@ mod tests {
 
     #[test]
     fn dump_hides_secrets() {
-        let mut cfg = Config::default();
-        cfg.database_url = Some(Secret("postgres://u:pw@h/db".into()));
+        let cfg = Config {
+            database_url: Some(Secret("postgres://u:pw@h/db".into())),
+            ..Config::default()
+        };
         let d = cfg.dump();
         assert!(!d.contains(DEFAULT_JWT_SECRET));
         assert!(!d.contains("pw@h"));

@@ -11,6 +11,28 @@ struct Api<'a> {
     t: &'a TestServer,
 }
 
+/// The tokens and user id of a session the API issued.
+struct Session {
+    access: String,
+    refresh: String,
+    uid: String,
+}
+
+impl Session {
+    fn of(v: &Value) -> Session {
+        let text = |v: &Value| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("no session: {v}"))
+                .to_string()
+        };
+        Session {
+            access: text(&v["access_token"]),
+            refresh: text(&v["refresh_token"]),
+            uid: text(&v["user"]["id"]),
+        }
+    }
+}
+
 impl Api<'_> {
     async fn call(
         &self,
@@ -65,6 +87,10 @@ impl Api<'_> {
         let (s, v, _) = self.call("PUT", path, bearer, body).await;
         (s, v)
     }
+    async fn delete(&self, path: &str, bearer: &str) -> (u16, Value) {
+        let (s, v, _) = self.call("DELETE", path, bearer, Value::Null).await;
+        (s, v)
+    }
     /// Sign up with an email and the tests' usual password.
     async fn signup(&self, email: &str) -> (u16, Value) {
         self.post(
@@ -73,6 +99,12 @@ impl Api<'_> {
             json!({"email": email, "password": "hunter22"}),
         )
         .await
+    }
+    /// Sign up with the usual password (autoconfirm on) and return the session.
+    async fn signed_up(&self, email: &str) -> Session {
+        let (s, v) = self.signup(email).await;
+        assert_eq!(s, 200, "{v}");
+        Session::of(&v)
     }
     async fn sign_in(&self, email: &str, password: &str) -> (u16, Value) {
         self.post(
@@ -175,10 +207,12 @@ async fn signup_profile_signin_rls_refresh_update_logout() {
     // Sign in and read as the user through begin_as: RLS scopes rows to auth.uid().
     let (s, v) = a.sign_in("ALICE@example.com", "hunter22").await;
     assert_eq!(s, 200, "{v}");
-    let access = v["access_token"].as_str().unwrap().to_string();
-    let r1 = v["refresh_token"].as_str().unwrap().to_string();
-    let (_, bob) = a.signup("bob@example.com").await;
-    let bob_id = bob["user"]["id"].as_str().unwrap().to_string();
+    let Session {
+        access,
+        refresh: r1,
+        ..
+    } = Session::of(&v);
+    let bob_id = a.signed_up("bob@example.com").await.uid;
     {
         let state = &t.server.state;
         let mut c = state.pool.get().await.unwrap();
@@ -275,8 +309,7 @@ async fn refresh_reuse_outside_interval_revokes_the_family() {
     })
     .await;
     let a = Api { t: &t };
-    let (_, v) = a.signup("r@example.com").await;
-    let r1 = v["refresh_token"].as_str().unwrap().to_string();
+    let r1 = a.signed_up("r@example.com").await.refresh;
     let refresh = |tok: String| {
         let a = &a;
         async move { a.refresh(&tok).await }
@@ -1091,9 +1124,7 @@ fn totp_now(secret: &str) -> String {
 async fn totp_mfa_raises_the_session_to_aal2() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a.signup("mfa@example.com").await;
-    let access = v["access_token"].as_str().unwrap().to_string();
-    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let Session { access, uid, .. } = a.signed_up("mfa@example.com").await;
     let (s, v) = a
         .post("factors", ANON_KEY, json!({"factor_type": "totp"}))
         .await;
@@ -1164,12 +1195,10 @@ async fn totp_mfa_raises_the_session_to_aal2() {
     assert_eq!(claims(r["access_token"].as_str().unwrap())["aal"], "aal2");
     // A fresh aal1 sign-in cannot remove the verified factor; the aal2 session can.
     let (_, p) = a.sign_in("mfa@example.com", "hunter22").await;
-    let (s, v, _) = a
-        .call(
-            "DELETE",
+    let (s, v) = a
+        .delete(
             &format!("factors/{fid}"),
             p["access_token"].as_str().unwrap(),
-            Value::Null,
         )
         .await;
     assert_eq!((s, v["code"].as_str()), (422, Some("insufficient_aal")));
@@ -1177,9 +1206,7 @@ async fn totp_mfa_raises_the_session_to_aal2() {
         .get(&format!("admin/users/{uid}/factors"), SERVICE_KEY)
         .await;
     assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)));
-    let (s, v, _) = a
-        .call("DELETE", &format!("factors/{fid}"), &aal2, Value::Null)
-        .await;
+    let (s, v) = a.delete(&format!("factors/{fid}"), &aal2).await;
     assert_eq!((s, v["id"].as_str()), (200, Some(fid.as_str())));
     // WebAuthn factors can be enrolled (unverified) and removed by the admin.
     let (s, v) = a
@@ -1191,13 +1218,8 @@ async fn totp_mfa_raises_the_session_to_aal2() {
         .await;
     assert_eq!((s, v["type"].as_str()), (200, Some("webauthn")));
     let wid = v["id"].as_str().unwrap().to_string();
-    let (s, v, _) = a
-        .call(
-            "DELETE",
-            &format!("admin/users/{uid}/factors/{wid}"),
-            SERVICE_KEY,
-            Value::Null,
-        )
+    let (s, v) = a
+        .delete(&format!("admin/users/{uid}/factors/{wid}"), SERVICE_KEY)
         .await;
     assert_eq!((s, v["id"].as_str()), (200, Some(wid.as_str())));
     let (s, _) = a
@@ -1280,13 +1302,8 @@ async fn oauth_client_admin() {
         .await;
     assert_eq!((s, v["clients"].as_array().map(Vec::len)), (200, Some(1)));
     assert_eq!(r.header("x-total-count"), Some("1"));
-    let (s, _, _) = a
-        .call(
-            "DELETE",
-            &format!("admin/oauth/clients/{id}"),
-            SERVICE_KEY,
-            Value::Null,
-        )
+    let (s, _) = a
+        .delete(&format!("admin/oauth/clients/{id}"), SERVICE_KEY)
         .await;
     assert_eq!(s, 204);
     let (s, v) = a
@@ -1410,9 +1427,7 @@ async fn passkey_registration_and_sign_in() {
     })
     .await;
     let a = Api { t: &t };
-    let (_, v) = a.signup("pk@example.com").await;
-    let access = v["access_token"].as_str().unwrap().to_string();
-    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let Session { access, uid, .. } = a.signed_up("pk@example.com").await;
     let (s, _) = a
         .post("passkeys/registration/options", ANON_KEY, json!({}))
         .await;
@@ -1507,13 +1522,9 @@ async fn passkey_registration_and_sign_in() {
         .get(&format!("admin/users/{uid}/passkeys"), SERVICE_KEY)
         .await;
     assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)));
-    let (s, _, _) = a
-        .call("DELETE", &format!("passkeys/{pid}"), &access, Value::Null)
-        .await;
+    let (s, _) = a.delete(&format!("passkeys/{pid}"), &access).await;
     assert_eq!(s, 204);
-    let (s, _, _) = a
-        .call("DELETE", &format!("passkeys/{pid}"), &access, Value::Null)
-        .await;
+    let (s, _) = a.delete(&format!("passkeys/{pid}"), &access).await;
     assert_eq!(s, 404);
     t.server.shutdown().await;
 }
@@ -1656,9 +1667,9 @@ async fn custom_access_token_hook_rewrites_claims() {
 async fn junk_input_never_gets_a_500() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a.signup("junk@example.com").await;
-    let user = v["access_token"].as_str().unwrap().to_string();
-    let uid = v["user"]["id"].as_str().unwrap().to_string();
+    let Session {
+        access: user, uid, ..
+    } = a.signed_up("junk@example.com").await;
     let routes = [
         ("POST", "signup".to_string()),
         ("POST", "token?grant_type=password".into()),
@@ -1741,8 +1752,7 @@ async fn junk_input_never_gets_a_500() {
 async fn concurrent_refreshes_of_one_token_agree() {
     let t = TestServer::start_with(fast).await;
     let a = Api { t: &t };
-    let (_, v) = a.signup("race@example.com").await;
-    let r1 = v["refresh_token"].as_str().unwrap().to_string();
+    let r1 = a.signed_up("race@example.com").await.refresh;
     let calls = (0..6).map(|_| {
         let (a, r1) = (&a, r1.clone());
         async move { a.refresh(&r1).await }
@@ -1860,18 +1870,33 @@ async fn smtp_delivery_clears_the_secret_parts_of_the_outbox() {
         sent[0]
     );
     // Delivered: the outbox keeps the record, not the code.
-    for _ in 0..25 {
-        let rows = t
-            .sql("select sent_at is not null, otp is null from auth.oxibase_outbox")
-            .await;
-        if rows[0].get::<_, bool>(0) {
-            assert!(rows[0].get::<_, bool>(1));
-            t.server.shutdown().await;
-            return;
+    let row = first_row_once(
+        &t,
+        "select sent_at is not null, otp is null from auth.oxibase_outbox",
+        25,
+        |r| r.get::<_, bool>(0),
+    )
+    .await
+    .expect("outbox row never marked sent");
+    assert!(row.get::<_, bool>(1));
+    t.server.shutdown().await;
+}
+
+/// The first row of `sql` once `done` holds for it, polled every 200 ms up to `tries` times.
+async fn first_row_once(
+    t: &TestServer,
+    sql: &str,
+    tries: usize,
+    done: impl Fn(&tokio_postgres::Row) -> bool,
+) -> Option<tokio_postgres::Row> {
+    for _ in 0..tries {
+        let row = t.sql(sql).await.swap_remove(0);
+        if done(&row) {
+            return Some(row);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    panic!("outbox row never marked sent");
+    None
 }
 
 #[tokio::test]
@@ -1892,20 +1917,16 @@ async fn smtp_failures_are_kept_for_retry() {
         .post("otp", ANON_KEY, json!({"email": "retry@example.com"}))
         .await;
     assert_eq!(s, 200, "the request does not wait for SMTP");
-    for _ in 0..50 {
-        let rows = t
-            .sql("select attempts, error is not null, sent_at is null, otp is not null from auth.oxibase_outbox")
-            .await;
-        if rows[0].get::<_, i32>(0) >= 1 {
-            assert!(
-                rows[0].get::<_, bool>(1) && rows[0].get::<_, bool>(2) && rows[0].get::<_, bool>(3)
-            );
-            t.server.shutdown().await;
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    panic!("no delivery attempt recorded");
+    let row = first_row_once(
+        &t,
+        "select attempts, error is not null, sent_at is null, otp is not null from auth.oxibase_outbox",
+        50,
+        |r| r.get::<_, i32>(0) >= 1,
+    )
+    .await
+    .expect("no delivery attempt recorded");
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    t.server.shutdown().await;
 }
 
 #[tokio::test]
@@ -1921,9 +1942,9 @@ async fn sessions_end_by_inactivity_and_timebox() {
         })
         .await;
         let a = Api { t: &t };
-        let (_, v) = a.signup("s@example.com").await;
+        let r1 = a.signed_up("s@example.com").await.refresh;
         // At once: fine.
-        let (s, v) = a.refresh(&v["refresh_token"]).await;
+        let (s, v) = a.refresh(&r1).await;
         assert_eq!(s, 200, "{v}");
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         let (s, v) = a.refresh(&v["refresh_token"]).await;

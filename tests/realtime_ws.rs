@@ -660,12 +660,14 @@ async fn broadcasts_cross_processes_sharing_a_database() {
     let t = TestServer::start().await;
     // A second oxibase on the same database.
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = oxibase::Config::default();
-    cfg.port = 0;
-    cfg.bind = vec!["127.0.0.1".into()];
-    cfg.data_dir = dir.path().to_path_buf();
-    cfg.database_url = Some(oxibase::config::Secret(t.db_url.clone()));
-    cfg.db_pool_size = 2;
+    let cfg = oxibase::Config {
+        port: 0,
+        bind: vec!["127.0.0.1".into()],
+        data_dir: dir.path().to_path_buf(),
+        database_url: Some(oxibase::config::Secret(t.db_url.clone())),
+        db_pool_size: 2,
+        ..Default::default()
+    };
     let other = oxibase::Server::start(cfg, std::sync::Arc::new(|_: &str| {}))
         .await
         .unwrap();

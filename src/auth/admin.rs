@@ -345,21 +345,18 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             )
             .await?;
         }
-        if let Some(m) = &user_meta {
-            let merged = users::merge_meta(&u.user_meta, m);
-            tx.execute(
-                "update auth.users set raw_user_meta_data = $2 where id = $1",
-                &[&id, &merged],
-            )
-            .await?;
-        }
-        if let Some(m) = &app_meta {
-            let merged = users::merge_meta(&u.app_meta, m);
-            tx.execute(
-                "update auth.users set raw_app_meta_data = $2 where id = $1",
-                &[&id, &merged],
-            )
-            .await?;
+        for (patch, current, column) in [
+            (&user_meta, &u.user_meta, "raw_user_meta_data"),
+            (&app_meta, &u.app_meta, "raw_app_meta_data"),
+        ] {
+            if let Some(m) = patch {
+                let merged = users::merge_meta(current, m);
+                tx.execute(
+                    &format!("update auth.users set {column} = $2 where id = $1"),
+                    &[&id, &merged],
+                )
+                .await?;
+            }
         }
         if let Some(b) = ban {
             tx.execute("update auth.users set banned_until = $2 where id = $1", &[&id, &b])

@@ -177,7 +177,27 @@ async fn own_factor(
     )
     .await?
     .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))
+    .ok_or_else(factor_not_found)
+}
+
+fn factor_not_found() -> AuthError {
+    AuthError::not_found("mfa_factor_not_found", "Factor not found")
+}
+
+/// The user's TOTP factor `id` (locked), as its secret; WebAuthn factors are refused.
+async fn own_totp_factor(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user_id: Uuid,
+    id: Uuid,
+) -> AuthResult<Option<String>> {
+    let (ftype, _, secret) = own_factor(tx, user_id, id).await?;
+    if ftype != "totp" {
+        return Err(AuthError::unprocessable(
+            "mfa_webauthn_verify_not_enabled",
+            "MFA verification is disabled for WebAuthn",
+        ));
+    }
+    Ok(secret)
 }
 
 async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
@@ -186,13 +206,7 @@ async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> 
     let tx = begin(&mut c).await?;
     let r = async {
         let u = load_token_user(&tx, &t).await?;
-        let (ftype, _, _) = own_factor(&tx, u.id, id).await?;
-        if ftype != "totp" {
-            return Err(AuthError::unprocessable(
-                "mfa_webauthn_verify_not_enabled",
-                "MFA verification is disabled for WebAuthn",
-            ));
-        }
+        own_totp_factor(&tx, u.id, id).await?;
         let cid = Uuid::new_v4();
         let ip: std::net::IpAddr = call.ip.parse().unwrap_or([127, 0, 0, 1].into());
         tx.execute(
@@ -231,13 +245,7 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let tx = begin(&mut c).await?;
     let r = async {
         let u = load_token_user(&tx, &t).await?;
-        let (ftype, _, secret) = own_factor(&tx, u.id, id).await?;
-        if ftype != "totp" {
-            return Err(AuthError::unprocessable(
-                "mfa_webauthn_verify_not_enabled",
-                "MFA verification is disabled for WebAuthn",
-            ));
-        }
+        let secret = own_totp_factor(&tx, u.id, id).await?;
         if code.is_empty() {
             return Err(AuthError::validation("Code needs to be non-empty"));
         }
@@ -359,9 +367,9 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        if users::by_id(&*tx, user_id).await?.is_none() {
-            return Err(AuthError::user_not_found());
-        }
+        users::by_id(&*tx, user_id)
+            .await?
+            .ok_or_else(AuthError::user_not_found)?;
         let rows = tx
             .query(
                 "select auth.oxibase_factor_json(f) from auth.mfa_factors f where user_id = $1 order by created_at",
@@ -378,16 +386,16 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
-        if users::by_id(&*tx, user_id).await?.is_none() {
-            return Err(AuthError::user_not_found());
-        }
+        users::by_id(&*tx, user_id)
+            .await?
+            .ok_or_else(AuthError::user_not_found)?;
         let row = tx
             .query_opt(
                 "delete from auth.mfa_factors f where id = $1 and user_id = $2 returning auth.oxibase_factor_json(f)",
                 &[&id, &user_id],
             )
             .await?
-            .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
+            .ok_or_else(factor_not_found)?;
         Ok(row.get::<_, Value>(0))
     }
     .await;

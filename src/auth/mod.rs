@@ -594,6 +594,25 @@ pub async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, r: AuthResult<T>)
     }
 }
 
+/// Run one statement in its own admin transaction; `missing()` when it touched no row.
+pub async fn execute_found(
+    state: &AppState,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    missing: fn() -> AuthError,
+) -> AuthResult<()> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = async {
+        if tx.execute(sql, params).await? == 0 {
+            return Err(missing());
+        }
+        Ok(())
+    }
+    .await;
+    finish(tx, r).await
+}
+
 /// The caller's verified credentials (apikey or bearer); bad tokens get GoTrue's errors.
 pub fn caller(state: &AppState, call: &Call) -> AuthResult<AuthContext> {
     state

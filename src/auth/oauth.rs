@@ -278,22 +278,13 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
 }
 
 async fn delete(state: &AppState, id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let n = tx
-            .execute(
-                "update auth.oauth_clients set deleted_at = now(), updated_at = now() where id = $1 and deleted_at is null",
-                &[&id],
-            )
-            .await?;
-        if n == 0 {
-            return Err(not_found());
-        }
-        Ok(())
-    }
-    .await;
-    finish(tx, r).await?;
+    super::execute_found(
+        state,
+        "update auth.oauth_clients set deleted_at = now(), updated_at = now() where id = $1 and deleted_at is null",
+        &[&id],
+        not_found,
+    )
+    .await?;
     Ok(super::no_content())
 }
 

@@ -406,22 +406,13 @@ pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
 
 pub async fn delete_for(state: &AppState, user_id: Uuid, id: &str) -> AuthResult<Resp> {
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let n = tx
-            .execute(
-                "delete from auth.webauthn_credentials where id = $1 and user_id = $2",
-                &[&id, &user_id],
-            )
-            .await?;
-        if n == 0 {
-            return Err(not_found());
-        }
-        Ok(())
-    }
-    .await;
-    finish(tx, r).await?;
+    super::execute_found(
+        state,
+        "delete from auth.webauthn_credentials where id = $1 and user_id = $2",
+        &[&id, &user_id],
+        not_found,
+    )
+    .await?;
     Ok(no_content())
 }
 

@@ -22,12 +22,60 @@ impl std::fmt::Display for AuthzError {
     }
 }
 
-fn gucs() -> RequestGucs<'static> {
+/// The request GUCs of work done for a WebSocket subscriber.
+pub(super) fn gucs() -> RequestGucs<'static> {
     RequestGucs {
         method: "GET",
         path: "/realtime/v1/websocket",
         ..Default::default()
     }
+}
+
+fn db_err(e: tokio_postgres::Error) -> AuthzError {
+    AuthzError(crate::db::error_text(&e))
+}
+
+async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, AuthzError> {
+    state
+        .pool
+        .get()
+        .await
+        .map_err(|e| AuthzError(e.to_string()))
+}
+
+/// Become the caller for the rest of `tx`, with `realtime.topic()` returning `topic`.
+async fn act_as_caller(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ctx: &AuthContext,
+    topic: &str,
+) -> Result<(), AuthzError> {
+    set_role_and_claims(&**tx, ctx, &gucs())
+        .await
+        .map_err(db_err)?;
+    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// A transaction as `supabase_realtime_admin`, the owner of `realtime.messages`.
+pub(super) async fn admin_tx(
+    client: &mut deadpool_postgres::Object,
+    read_only: bool,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await?;
+    tx.batch_execute("set local role supabase_realtime_admin")
+        .await?;
+    Ok(tx)
+}
+
+/// A policy that errors denies (Supabase logs RlsPolicyError and refuses).
+fn policy_error(e: &tokio_postgres::Error) {
+    tracing::warn!(error = %crate::db::error_text(e), "realtime: RLS policy error on realtime.messages");
 }
 
 /// Which of broadcast/presence the caller may read on `topic`.
@@ -36,28 +84,17 @@ pub async fn read_policies(
     ctx: &AuthContext,
     topic: &str,
 ) -> Result<Policies, AuthzError> {
-    let err = |e: tokio_postgres::Error| AuthzError(crate::db::error_text(&e));
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| AuthzError(e.to_string()))?;
-    let tx = client.build_transaction().start().await.map_err(err)?;
+    let mut client = connection(state).await?;
+    let tx = admin_tx(&mut client, false).await.map_err(db_err)?;
     let b_id = uuid::Uuid::new_v4();
     let p_id = uuid::Uuid::new_v4();
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await
-        .map_err(err)?;
     tx.execute(
         "insert into realtime.messages (id, topic, extension) values ($1, $3, 'broadcast'), ($2, $3, 'presence')",
         &[&b_id, &p_id, &topic],
     )
     .await
-    .map_err(err)?;
-    set_role_and_claims(&*tx, ctx, &gucs()).await.map_err(err)?;
-    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
-        .await
-        .map_err(err)?;
+    .map_err(db_err)?;
+    act_as_caller(&tx, ctx, topic).await?;
     let rows = tx
         .query(
             "select id from realtime.messages where id = any($1)",
@@ -67,9 +104,8 @@ pub async fn read_policies(
     let _ = tx.rollback().await;
     let ids: Vec<uuid::Uuid> = match rows {
         Ok(r) => r.iter().map(|r| r.get(0)).collect(),
-        // A policy that errors denies (Supabase logs RlsPolicyError and refuses the join).
         Err(e) => {
-            tracing::warn!(error = %crate::db::error_text(&e), "realtime: RLS policy error on realtime.messages");
+            policy_error(&e);
             vec![]
         }
     };
@@ -86,17 +122,9 @@ pub async fn can_write(
     topic: &str,
     extension: &str,
 ) -> Result<bool, AuthzError> {
-    let err = |e: tokio_postgres::Error| AuthzError(crate::db::error_text(&e));
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| AuthzError(e.to_string()))?;
-    let tx = client.build_transaction().start().await.map_err(err)?;
-    set_role_and_claims(&*tx, ctx, &gucs()).await.map_err(err)?;
-    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
-        .await
-        .map_err(err)?;
+    let mut client = connection(state).await?;
+    let tx = client.build_transaction().start().await.map_err(db_err)?;
+    act_as_caller(&tx, ctx, topic).await?;
     let r = tx
         .execute(
             "insert into realtime.messages (topic, extension) values ($1, $2)",
@@ -110,7 +138,7 @@ pub async fn can_write(
             Ok(false)
         }
         Err(e) => {
-            tracing::warn!(error = %crate::db::error_text(&e), "realtime: RLS policy error on realtime.messages");
+            policy_error(&e);
             Ok(false)
         }
     }
@@ -124,21 +152,8 @@ pub async fn replay(
     since_ms: i64,
     limit: i64,
 ) -> Result<Vec<(uuid::Uuid, String, serde_json::Value)>, AuthzError> {
-    let err = |e: tokio_postgres::Error| AuthzError(crate::db::error_text(&e));
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| AuthzError(e.to_string()))?;
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(err)?;
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await
-        .map_err(err)?;
+    let mut client = connection(state).await?;
+    let tx = admin_tx(&mut client, true).await.map_err(db_err)?;
     let rows = tx
         .query(
             "select id, coalesce(event, ''), coalesce(payload, '{}'::jsonb)
@@ -150,7 +165,7 @@ pub async fn replay(
             &[&topic, &(since_ms as f64), &limit.clamp(1, 25)],
         )
         .await
-        .map_err(err)?;
+        .map_err(db_err)?;
     let _ = tx.commit().await;
     let mut out: Vec<_> = rows
         .iter()

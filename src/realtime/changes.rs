@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use tokio_postgres::types::ToSql;
 
 use super::hub::Out;
-use crate::db::{begin_as, RequestGucs};
+use crate::db::begin_as;
 use crate::http::apikey::AuthContext;
 use crate::state::AppState;
 
@@ -415,34 +416,29 @@ pub async fn ensure_started(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
+/// No postgres_changes subscriber now, and no join asked for one within `IDLE`.
+fn idle(st: &AppState) -> bool {
+    !st.realtime.hub.has_pg_subscribers()
+        && st
+            .realtime
+            .capture
+            .last_demand
+            .lock()
+            .expect("lock")
+            .elapsed()
+            > IDLE
+}
+
 async fn capture(st: AppState, mut session: Session) {
     let mut decoder = Decoder::default();
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if !st.realtime.hub.has_pg_subscribers()
-            && st
-                .realtime
-                .capture
-                .last_demand
-                .lock()
-                .expect("lock")
-                .elapsed()
-                > IDLE
-        {
+        if idle(&st) {
             let mut running = st.realtime.capture.running.lock().await;
             // Re-checked under the lock a join takes before it subscribes.
-            if !st.realtime.hub.has_pg_subscribers()
-                && st
-                    .realtime
-                    .capture
-                    .last_demand
-                    .lock()
-                    .expect("lock")
-                    .elapsed()
-                    > IDLE
-            {
+            if idle(&st) {
                 *running = false;
                 tracing::info!(slot = %session.slot, "realtime: no postgres_changes subscribers; capture stopped");
                 return;
@@ -938,53 +934,45 @@ async fn visible(
         quote_ident(&rel.table),
         conds.join(" and ")
     );
-    let Ok(mut client) = state.pool.get().await else {
-        return false;
-    };
-    let gucs = RequestGucs {
-        method: "GET",
-        path: "/realtime/v1/websocket",
-        ..Default::default()
-    };
-    let Ok(tx) = begin_as(&mut client, ctx, &gucs, true).await else {
-        return false;
-    };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vals
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let r = tx.query_one(&sql, &params).await;
-    let _ = tx.rollback().await;
-    match r {
-        Ok(row) => row.get(0),
-        Err(e) => {
+    let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    match query_as_subscriber(state, ctx, &sql, &params).await {
+        Some(Ok(row)) => row.get(0),
+        Some(Err(e)) => {
             tracing::debug!(error = %crate::db::error_text(&e), "realtime: RLS check failed");
             false
         }
+        None => false,
     }
 }
 
 /// May this subscriber SELECT from the table at all?
 async fn can_select(state: &AppState, ctx: &AuthContext, rel: u32) -> bool {
-    let Ok(mut client) = state.pool.get().await else {
-        return false;
-    };
-    let gucs = RequestGucs {
-        method: "GET",
-        path: "/realtime/v1/websocket",
-        ..Default::default()
-    };
-    let Ok(tx) = begin_as(&mut client, ctx, &gucs, true).await else {
-        return false;
-    };
-    let r = tx
-        .query_one(
-            "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
-            &[&i64::from(rel)],
-        )
-        .await;
+    query_as_subscriber(
+        state,
+        ctx,
+        "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
+        &[&i64::from(rel)],
+    )
+    .await
+    .and_then(Result::ok)
+    .is_some_and(|row| row.get(0))
+}
+
+/// One read-only query as the subscriber (privileges and RLS apply), rolled back.
+/// `None` when no connection or transaction could be had.
+async fn query_as_subscriber(
+    state: &AppState,
+    ctx: &AuthContext,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Option<Result<tokio_postgres::Row, tokio_postgres::Error>> {
+    let mut client = state.pool.get().await.ok()?;
+    let tx = begin_as(&mut client, ctx, &super::authz::gucs(), true)
+        .await
+        .ok()?;
+    let r = tx.query_one(sql, params).await;
     let _ = tx.rollback().await;
-    r.map(|row| row.get(0)).unwrap_or(false)
+    Some(r)
 }
 
 async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {

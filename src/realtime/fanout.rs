@@ -122,15 +122,7 @@ async fn deliver_db_message(state: &AppState, id: &str) -> Result<(), String> {
     };
     let e = |e: tokio_postgres::Error| crate::db::error_text(&e);
     let mut client = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(e)?;
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await
-        .map_err(e)?;
+    let tx = super::authz::admin_tx(&mut client, true).await.map_err(e)?;
     let row = tx
         .query_opt(
             "select topic, coalesce(event, ''), payload::text, coalesce(private, false)

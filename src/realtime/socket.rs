@@ -587,32 +587,45 @@ impl Conn {
         true
     }
 
+    /// May this connection write `extension` messages on the private channel `topic`?
+    /// Asked once and kept in the channel's `cache` slot; a failed query denies.
+    async fn may_write(
+        &mut self,
+        topic: &str,
+        extension: &str,
+        cache: fn(&mut Channel) -> &mut Option<bool>,
+    ) -> bool {
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return false;
+        };
+        if let Some(a) = *cache(ch) {
+            return a;
+        }
+        let (ctx, sub_topic) = (ch.ctx.clone(), ch.key.0.clone());
+        let a = authz::can_write(&self.state, &ctx, &sub_topic, extension)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, extension, "realtime: authorization query failed");
+                false
+            });
+        if let Some(ch) = self.channels.get_mut(topic) {
+            *cache(ch) = Some(a);
+        }
+        a
+    }
+
     async fn broadcast(&mut self, m: Msg) -> bool {
         let Some(ch) = self.channels.get(&m.topic) else {
             return true;
         };
         let (key, id, ack) = (ch.key.clone(), ch.id, ch.ack);
-        if key.1 {
-            let allowed = match ch.broadcast_write {
-                Some(a) => a,
-                None => {
-                    let ctx = ch.ctx.clone();
-                    let a = authz::can_write(&self.state, &ctx, &key.0, "broadcast")
-                        .await
-                        .unwrap_or_else(|e| {
-                            tracing::error!(error = %e, "realtime: authorization query failed");
-                            false
-                        });
-                    if let Some(ch) = self.channels.get_mut(&m.topic) {
-                        ch.broadcast_write = Some(a);
-                    }
-                    a
-                }
-            };
-            // Supabase answers nothing to an unauthorized broadcast (an acked send times out).
-            if !allowed {
-                return true;
-            }
+        // Supabase answers nothing to an unauthorized broadcast (an acked send times out).
+        if key.1
+            && !self
+                .may_write(&m.topic, "broadcast", |c| &mut c.broadcast_write)
+                .await
+        {
+            return true;
         }
         // Frame metadata (e.g. persist) is not forwarded, as in Supabase.
         let msg = match m.payload.clone() {
@@ -651,23 +664,12 @@ impl Conn {
                         )
                         .await;
                 };
-                if key.1 {
-                    let allowed = match ch.presence_write {
-                        Some(a) => a,
-                        None => {
-                            let ctx = ch.ctx.clone();
-                            let a = authz::can_write(&self.state, &ctx, &key.0, "presence")
-                                .await
-                                .unwrap_or(false);
-                            if let Some(ch) = self.channels.get_mut(&m.topic) {
-                                ch.presence_write = Some(a);
-                            }
-                            a
-                        }
-                    };
-                    if !allowed {
-                        return self.reply(&m, false, json!({})).await;
-                    }
+                if key.1
+                    && !self
+                        .may_write(&m.topic, "presence", |c| &mut c.presence_write)
+                        .await
+                {
+                    return self.reply(&m, false, json!({})).await;
                 }
                 let Some(ch) = self.channels.get_mut(&m.topic) else {
                     return true;

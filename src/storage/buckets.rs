@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::endpoint::validate_bucket_name;
 use super::error::StorageError;
-use super::{as_admin, caller_tx, client, json_body, ok, ts};
+use super::{as_admin, caller_tx, client, json_body, ok, query_as_caller, ts};
 use crate::http::apikey::AuthContext;
 use crate::http::{query_pairs, Req, Resp};
 use crate::state::AppState;
@@ -52,18 +52,13 @@ pub async fn list(state: &AppState, ctx: &AuthContext, req: &Req) -> Result<Resp
         _ => return Err(StorageError::InvalidParameter("sortOrder".into())),
     };
     let search = get("search").unwrap_or("").to_string();
-    let mut c = client(state).await?;
-    let tx = caller_tx(&mut c, ctx, true).await?;
     let sql = format!(
         "select {} from storage.buckets \
          where ($1 = '' or name ilike '%' || $1 || '%') \
          order by {column} {order} limit $2 offset $3",
         bucket_json_sql()
     );
-    let rows = tx
-        .query(&sql, &[&escape_like(&search), &limit, &offset])
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let rows = query_as_caller(state, ctx, &sql, &[&escape_like(&search), &limit, &offset]).await?;
     let out: Vec<Value> = rows.iter().map(|r| r.get::<_, Value>(0)).collect();
     Ok(ok(&Value::Array(out)))
 }
@@ -77,8 +72,7 @@ pub async fn get(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp, 
     );
     let row = tx
         .query_opt(&sql, &[&id])
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .ok_or(StorageError::NoSuchBucket)?;
     Ok(ok(&row.get::<_, Value>(0)))
 }
@@ -199,7 +193,7 @@ pub async fn create(state: &AppState, ctx: &AuthContext, req: Req) -> Result<Res
         StorageError::KeyAlreadyExists => StorageError::BucketAlreadyExists,
         e => e,
     })?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     Ok(ok(&json!({ "name": id })))
 }
 
@@ -241,13 +235,11 @@ pub async fn update(
              updated_at = now() where id = $1",
             &[&id, &public, &set_limit, &limit, &set_mimes, &mimes],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+        .await?;
     if n == 0 {
         return Err(StorageError::NoSuchBucket);
     }
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
-    Ok(ok(&json!({"message": "Successfully updated"})))
+    super::commit_with_message(tx, "Successfully updated").await
 }
 
 pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp, StorageError> {
@@ -260,8 +252,7 @@ pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Res
             "select count(*) from (select 1 from storage.objects where bucket_id = $1 limit 1) o",
             &[&id],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .get(0);
     super::as_caller(&tx, ctx).await?;
     let n = tx
@@ -277,8 +268,7 @@ pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Res
     if objects > 0 {
         return Err(StorageError::BucketNotEmpty);
     }
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
-    Ok(ok(&json!({"message": "Successfully deleted"})))
+    super::commit_with_message(tx, "Successfully deleted").await
 }
 
 /// Deletes every object row the caller may delete, then their bytes (in the background,
@@ -288,8 +278,7 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
     let tx = caller_tx(&mut c, ctx, false).await?;
     let exists = tx
         .query_opt("select 1 from storage.buckets where id = $1", &[&id])
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+        .await?;
     if exists.is_none() {
         return Err(StorageError::NoSuchBucket);
     }
@@ -298,9 +287,8 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
             "delete from storage.objects where bucket_id = $1 returning version",
             &[&id],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+        .await?;
+    tx.commit().await?;
     let keys = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))

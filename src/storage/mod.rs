@@ -168,7 +168,30 @@ pub async fn caller_tx<'c>(
     };
     crate::db::begin_as(client, ctx, &gucs, read_only)
         .await
-        .map_err(|e| StorageError::from_db(&e))
+        .map_err(StorageError::from)
+}
+
+/// One read-only query as the caller (RLS applies), in a transaction of its own.
+pub async fn query_as_caller(
+    state: &AppState,
+    ctx: &AuthContext,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StorageError> {
+    let mut c = client(state).await?;
+    let tx = caller_tx(&mut c, ctx, true).await?;
+    tx.query(sql, params).await.map_err(StorageError::from)
+}
+
+/// Commit and answer `{"message": message}`.
+pub async fn commit_with_message(tx: Transaction<'_>, message: &str) -> Result<Resp, StorageError> {
+    tx.commit().await?;
+    Ok(ok(&serde_json::json!({ "message": message })))
+}
+
+/// A string field of a JSON body, `""` when absent or not a string.
+pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
+    body.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Switch the transaction to the storage admin role (server bookkeeping: bucket lookups,
@@ -176,7 +199,18 @@ pub async fn caller_tx<'c>(
 pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
     tx.batch_execute("set local role supabase_storage_admin")
         .await
-        .map_err(|e| StorageError::from_db(&e))
+        .map_err(StorageError::from)
+}
+
+/// A transaction as the storage admin for background bookkeeping (errors as text).
+pub async fn background_admin_tx(
+    c: &mut deadpool_postgres::Client,
+) -> Result<Transaction<'_>, String> {
+    let tx = c.transaction().await.map_err(|e| e.to_string())?;
+    tx.batch_execute("set local role supabase_storage_admin")
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    Ok(tx)
 }
 
 /// Back to the caller's role (claims are still set).
@@ -184,7 +218,7 @@ pub async fn as_caller(tx: &Transaction<'_>, ctx: &AuthContext) -> Result<(), St
     tx.execute("select set_config('role', $1, true)", &[&ctx.role.as_str()])
         .await
         .map(|_| ())
-        .map_err(|e| StorageError::from_db(&e))
+        .map_err(StorageError::from)
 }
 
 pub async fn client(state: &AppState) -> Result<deadpool_postgres::Client, StorageError> {

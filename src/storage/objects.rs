@@ -21,7 +21,9 @@ use uuid::Uuid;
 use super::endpoint::{validate_key, Access, ObjectRef};
 use super::error::StorageError;
 use super::store::{discard_rest, ByteStream, Store};
-use super::{as_admin, as_caller, caller_tx, client, json_body, ok, ts};
+use super::{
+    as_admin, as_caller, caller_tx, client, json_body, ok, query_as_caller, str_field, ts,
+};
 use crate::http::apikey::AuthContext;
 use crate::http::{empty, query_pairs, Req, Resp};
 use crate::state::AppState;
@@ -50,8 +52,7 @@ pub async fn bucket_info(
              from storage.buckets where id = $1",
             &[&id],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .ok_or(StorageError::NoSuchBucket)?;
     Ok(BucketInfo {
         id: row.get(0),
@@ -263,9 +264,8 @@ pub async fn check_can_write(
             &Value::Null,
         ],
     )
-    .await
-    .map_err(|e| StorageError::from_db(&e))?;
-    tx.rollback().await.map_err(|e| StorageError::from_db(&e))?;
+    .await?;
+    tx.rollback().await?;
     Ok(bucket)
 }
 
@@ -304,8 +304,7 @@ pub async fn commit_row(
             "select version from storage.objects where bucket_id = $1 and name = $2",
             &[&obj.bucket, &obj.name],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .and_then(|r| r.get(0));
     as_caller(&tx, who.ctx).await?;
     let sql = if who.upsert {
@@ -328,9 +327,8 @@ pub async fn commit_row(
                 &um,
             ],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+        .await?;
+    tx.commit().await?;
     if let Some(old) = old.filter(|o| is_our_version(o) && o != version) {
         state
             .storage
@@ -352,7 +350,7 @@ async fn lock_key(
     )
     .await
     .map(|_| ())
-    .map_err(|e| StorageError::from_db(&e))
+    .map_err(StorageError::from)
 }
 
 /// The whole write path: permission probe, limits, bytes, row. Returns the row id.
@@ -498,8 +496,7 @@ pub async fn find_object(
              from storage.objects where bucket_id = $1 and name = $2",
             &[&obj.bucket, &obj.name],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .ok_or(StorageError::NoSuchKey)?;
     let version: Option<String> = row.get(1);
     let version = version
@@ -517,7 +514,7 @@ pub async fn find_object(
             .get::<_, Option<DateTime<Utc>>>(5)
             .unwrap_or_else(Utc::now),
     };
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     Ok(out)
 }
 
@@ -795,17 +792,13 @@ pub async fn list(
     bucket: &str,
 ) -> Result<Resp, StorageError> {
     let body = json_body(state, req).await?;
-    let mut prefix = body
-        .get("prefix")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let mut prefix = str_field(&body, "prefix").to_string();
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
     }
     let limit = int_field(&body, "limit", 100, 0)?;
     let offset = int_field(&body, "offset", 0, 0)?;
-    let search = body.get("search").and_then(Value::as_str).unwrap_or("");
+    let search = str_field(&body, "search");
     let (col, ord) = sort_of(
         &body,
         &["name", "updated_at", "created_at", "last_accessed_at"],
@@ -839,21 +832,19 @@ pub async fn list(
         ts("created_at"),
         ts("last_accessed_at"),
     );
-    let mut c = client(state).await?;
-    let tx = caller_tx(&mut c, ctx, true).await?;
-    let rows = tx
-        .query(
-            &sql,
-            &[
-                &bucket,
-                &prefix,
-                &super::buckets::escape_like(search),
-                &limit,
-                &offset,
-            ],
-        )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let rows = query_as_caller(
+        state,
+        ctx,
+        &sql,
+        &[
+            &bucket,
+            &prefix,
+            &super::buckets::escape_like(search),
+            &limit,
+            &offset,
+        ],
+    )
+    .await?;
     Ok(ok(&Value::Array(rows.iter().map(|r| r.get(0)).collect())))
 }
 
@@ -865,11 +856,7 @@ pub async fn list_v2(
     bucket: &str,
 ) -> Result<Resp, StorageError> {
     let body = json_body(state, req).await?;
-    let prefix = body
-        .get("prefix")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let prefix = str_field(&body, "prefix");
     let delimiter = body
         .get("with_delimiter")
         .and_then(Value::as_bool)
@@ -960,22 +947,20 @@ pub async fn list_v2(
         Some((k, n)) => (k.clone(), Some(n.clone())),
         None => (None, None),
     };
-    let mut c = client(state).await?;
-    let tx = caller_tx(&mut c, ctx, true).await?;
-    let rows = tx
-        .query(
-            &sql,
-            &[
-                &bucket,
-                &prefix,
-                &delimiter,
-                &after_name,
-                &after_key,
-                &(limit + 1),
-            ],
-        )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let rows = query_as_caller(
+        state,
+        ctx,
+        &sql,
+        &[
+            &bucket,
+            &prefix,
+            &delimiter,
+            &after_name,
+            &after_key,
+            &(limit + 1),
+        ],
+    )
+    .await?;
     let has_next = rows.len() as i64 > limit;
     let mut folders = vec![];
     let mut objects = vec![];
@@ -1031,10 +1016,9 @@ pub async fn delete_one(
             "delete from storage.objects where bucket_id = $1 and name = $2 returning version",
             &[&obj.bucket, &obj.name],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .ok_or(StorageError::NoSuchKey)?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     if let Some(v) = row
         .get::<_, Option<String>>(0)
         .filter(|v| is_our_version(v))
@@ -1079,11 +1063,8 @@ pub async fn delete_many(
         ts("updated_at"),
         ts("last_accessed_at")
     );
-    let rows = tx
-        .query(&sql, &[&bucket, &prefixes])
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    let rows = tx.query(&sql, &[&bucket, &prefixes]).await?;
+    tx.commit().await?;
     let keys = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))
@@ -1155,13 +1136,11 @@ pub async fn move_object(
              where bucket_id = $1 and name = $2",
             &[&m.src.bucket, &m.src.name, &m.dst.bucket, &m.dst.name],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+        .await?;
     if n == 0 {
         return Err(StorageError::NoSuchKey);
     }
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
-    Ok(ok(&json!({"message": "Successfully moved"})))
+    super::commit_with_message(tx, "Successfully moved").await
 }
 
 /// Copy the bytes to a new version, then insert the destination row as the caller.
@@ -1227,10 +1206,7 @@ pub async fn sweep_orphans(state: &AppState, min_age: chrono::Duration) -> Resul
         return Ok(0);
     }
     let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
+    let tx = super::background_admin_tx(&mut c).await?;
     let live: std::collections::HashSet<String> = tx
         .query(
             "select version from storage.objects where version = any($1)",

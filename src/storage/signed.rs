@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, find_object, Reader, WriteAs};
-use super::{caller_tx, client, json_body, ok};
+use super::{json_body, ok, query_as_caller};
 use crate::http::apikey::AuthContext;
 use crate::http::{query_pairs, Req, Resp};
 use crate::jwt::JwtError;
@@ -173,19 +173,16 @@ pub async fn sign_many(
     if paths.is_empty() || paths.len() > 1000 {
         return Err(StorageError::InvalidParameter("paths".into()));
     }
-    let mut c = client(state).await?;
-    let tx = caller_tx(&mut c, ctx, true).await?;
-    let visible: std::collections::HashSet<String> = tx
-        .query(
-            "select name from storage.objects where bucket_id = $1 and name = any($2)",
-            &[&bucket, &paths],
-        )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    let visible: std::collections::HashSet<String> = query_as_caller(
+        state,
+        ctx,
+        "select name from storage.objects where bucket_id = $1 and name = any($2)",
+        &[&bucket, &paths],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     let out: Vec<Value> = paths
         .iter()
         .map(|p| {

@@ -184,10 +184,9 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
                 &user_metadata,
             ],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .get(0);
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     drop(c);
     let with_body = header(&req, "content-type")
         .is_some_and(|v| v.eq_ignore_ascii_case("application/offset+octet-stream"));
@@ -212,10 +211,7 @@ fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
 async fn admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+    let tx = c.transaction().await?;
     as_admin(&tx).await?;
     Ok(tx)
 }
@@ -238,10 +234,9 @@ async fn load(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Upload, S
              from storage.resumable_uploads where id = $1",
             &[&id],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?
+        .await?
         .ok_or_else(|| StorageError::Tus(404, "Upload not found".into()))?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     let up = Upload {
         bucket: row.get(0),
         name: row.get(1),
@@ -362,8 +357,7 @@ async fn write_part_from(
              where id = $1 and upload_offset = $2",
             &[&id, &offset, &new_offset],
         )
-        .await
-        .map_err(|e| StorageError::from_db(&e))?;
+        .await?;
     if n == 0 {
         drop(tx);
         let _ = store.delete(&key).await;
@@ -372,7 +366,7 @@ async fn write_part_from(
             "Upload-Offset does not match the upload".into(),
         ));
     }
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    tx.commit().await?;
     drop(c);
     if new_offset == up.length {
         finish(state, ctx, id, &up).await?;
@@ -452,9 +446,8 @@ async fn remove(state: &AppState, id: &str) -> Result<(), StorageError> {
         "delete from storage.resumable_uploads where id = $1",
         &[&id],
     )
-    .await
-    .map_err(|e| StorageError::from_db(&e))?;
-    tx.commit().await.map_err(|e| StorageError::from_db(&e))?;
+    .await?;
+    tx.commit().await?;
     let store = &state.storage.store;
     if let Ok(parts) = store.list(&format!("uploads/{id}")).await {
         store.delete_later(parts.into_iter().map(|(p, _, _)| p).collect());
@@ -474,10 +467,7 @@ pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Res
 /// Drop expired uploads and parts whose upload row is gone.
 pub async fn sweep(state: &AppState) -> Result<(), String> {
     let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
+    let tx = super::background_admin_tx(&mut c).await?;
     tx.execute(
         "delete from storage.resumable_uploads where expires_at < now()",
         &[],
