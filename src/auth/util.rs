@@ -74,9 +74,7 @@ pub fn refresh_token() -> String {
 }
 
 /// An SQL identifier, double-quoted (embedded quotes doubled).
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::db::quote_ident;
 
 /// `schema.function` or `pg-functions://<db>/<schema>/<function>` as (schema, function).
 pub fn hook_function(spec: &str) -> Option<(String, String)> {

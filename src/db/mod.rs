@@ -11,6 +11,12 @@ use tokio_postgres::NoTls;
 
 use crate::http::apikey::AuthContext;
 
+/// An identifier as SQL: `"name"` with embedded quotes doubled. The one quoting function
+/// every API uses for names that come from requests or the catalog.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// A PostgreSQL error as one line: message, then detail and hint when present.
 pub fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -294,10 +294,8 @@ impl WireConn {
                 Message::CommandComplete(_) | Message::EmptyQueryResponse => {
                     out.push(std::mem::take(&mut current));
                 }
-                Message::ErrorResponse(b) => {
-                    if error.is_none() {
-                        error = Some(error_fields(&b));
-                    }
+                Message::ErrorResponse(b) if error.is_none() => {
+                    error = Some(error_fields(&b));
                 }
                 Message::ReadyForQuery(b) => break b.status(),
                 _ => {}

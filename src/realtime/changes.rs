@@ -895,9 +895,7 @@ fn commit_timestamp(ts_us: i64) -> String {
         .unwrap_or_default()
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use crate::db::quote_ident;
 
 /// Can this subscriber SELECT the row (by primary key) under RLS?
 async fn visible(

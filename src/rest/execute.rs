@@ -44,7 +44,12 @@ pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
     let mut out = Vec::with_capacity(256);
     out.push(b'{');
     for (i, k) in h.keys().enumerate() {
-        let Some(v) = h.get_all(k).iter().last().and_then(|v| v.to_str().ok()) else {
+        let Some(v) = h
+            .get_all(k)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+        else {
             continue;
         };
         if i > 0 && out.len() > 1 {
@@ -62,18 +67,52 @@ pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
 /// `Prefer: timezone=` (already checked against `pg_timezone_names`).
 const SET_TIMEZONE: &str = "select set_config('timezone', $1, true)";
 
-/// Run one statement in the caller's transaction. `check` may veto the commit (rollback
-/// and error) after seeing the outcome.
+/// How to run a request's statement: the transaction's mode and end, and what must hold
+/// of the outcome before COMMIT.
+pub(super) struct Run<'a> {
+    pub(super) read_only: bool,
+    pub(super) rollback: bool,
+    pub(super) explain: Option<&'a Media>,
+    /// `Prefer: handling=strict, max-affected=n`: more rows is PGRST124 (rolled back).
+    pub(super) max_affected: Option<i64>,
+    /// `application/vnd.pgrst.object+json`: anything but one row is PGRST116.
+    pub(super) single: bool,
+}
+
+impl Run<'_> {
+    fn check(&self, o: &Outcome) -> Result<(), RestError> {
+        if let Some(m) = self.max_affected {
+            if o.page > m {
+                return Err(RestError::new(
+                    400,
+                    "PGRST124",
+                    "Query result exceeds max-affected preference constraint",
+                )
+                .details(format!("The query affects {} rows", o.page)));
+            }
+        }
+        if self.single && o.page != 1 {
+            return Err(single_error(o.page));
+        }
+        Ok(())
+    }
+}
+
+/// Run one statement in the caller's transaction; the outcome is checked (see [`Run`])
+/// before the end, so a failed check rolls back.
 pub(super) async fn execute(
     state: &AppState,
     req: &RestReq<'_>,
     q: &Sql,
-    read_only: bool,
-    rollback: bool,
-    explain: Option<&Media>,
-    needs_check: bool,
-    check: impl FnOnce(&Outcome) -> Result<(), RestError>,
+    run: Run<'_>,
 ) -> Result<Outcome, RestError> {
+    let Run {
+        read_only,
+        rollback,
+        explain,
+        ..
+    } = run;
+    let needs_check = run.max_affected.is_some() || run.single;
     let headers = request_gucs_headers(req.headers);
     let mut sp: Vec<String> = vec![ident(req.schema)];
     for s in &state.config.rest.extra_search_path {
@@ -297,7 +336,7 @@ pub(super) async fn execute(
         location: row.get(3),
         inserted: if row.len() > 4 { row.get(4) } else { None },
     };
-    if let Err(e) = check(&out) {
+    if let Err(e) = run.check(&out) {
         let _ = tx.rollback().await;
         return Err(e);
     }

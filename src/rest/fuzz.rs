@@ -304,7 +304,7 @@ mod tests {
                 let f = FRAGMENTS[(xorshift(&mut x) % FRAGMENTS.len() as u64) as usize];
                 s.extend_from_slice(f.as_bytes());
             }
-            if !s.is_empty() && xorshift(&mut x) % 4 == 0 {
+            if !s.is_empty() && xorshift(&mut x).is_multiple_of(4) {
                 let at = (xorshift(&mut x) % s.len() as u64) as usize;
                 s[at] = (xorshift(&mut x) % 256) as u8;
             }

@@ -545,7 +545,7 @@ async fn route(
         return Err(RestError::new(
             404,
             "PGRST125",
-            format!("Invalid path specified in request URL"),
+            "Invalid path specified in request URL",
         ));
     }
     let resp = match method.clone() {
@@ -595,7 +595,7 @@ fn timezone_applied(mut r: Resp, tz: Option<&str>) -> Resp {
 }
 
 /// Run `f`; if it failed on a schema-cache miss, reload once and retry.
-async fn with_reload<'a, F, Fut>(state: &AppState, f: F) -> Result<Resp, RestError>
+async fn with_reload<F, Fut>(state: &AppState, f: F) -> Result<Resp, RestError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Resp, RestError>>,

@@ -69,10 +69,14 @@ pub(super) async fn read(
         &BodyShape::Rows,
         None,
     );
-    let out = execute(state, req, &q, true, false, explain.as_ref(), false, |_| {
-        Ok(())
-    })
-    .await?;
+    let run = Run {
+        read_only: true,
+        rollback: false,
+        explain: explain.as_ref(),
+        max_affected: None,
+        single: false,
+    };
+    let out = execute(state, req, &q, run).await?;
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
     }

@@ -93,7 +93,7 @@ pub(super) async fn rpc(
             let required_ok = f
                 .args
                 .iter()
-                .all(|a| a.has_default || keys.iter().any(|k| *k == &a.name));
+                .all(|a| a.has_default || keys.contains(&&a.name));
             names_ok && required_ok
         })
         .collect();
@@ -251,32 +251,14 @@ pub(super) async fn rpc(
     } else {
         None
     };
-    let out = execute(
-        state,
-        req,
-        &q,
+    let run = Run {
         read_only,
         rollback,
-        explain.as_ref(),
-        strict_max.is_some() || single,
-        |o| {
-            if let Some(m) = strict_max {
-                if o.page > m {
-                    return Err(RestError::new(
-                        400,
-                        "PGRST124",
-                        "Query result exceeds max-affected preference constraint",
-                    )
-                    .details(format!("The query affects {} rows", o.page)));
-                }
-            }
-            if single && o.page != 1 {
-                return Err(single_error(o.page));
-            }
-            Ok(())
-        },
-    )
-    .await?;
+        explain: explain.as_ref(),
+        max_affected: strict_max,
+        single,
+    };
+    let out = execute(state, req, &q, run).await?;
     if explain.is_some() {
         return Ok(plan_response(out, &req.accept));
     }

@@ -145,6 +145,9 @@ impl Function {
     }
 }
 
+/// A computed field: (function schema, function name, result type).
+pub type ComputedField = (String, String, String);
+
 #[derive(Debug, Default)]
 pub struct SchemaCache {
     pub relations: HashMap<(String, String), Relation>,
@@ -152,7 +155,7 @@ pub struct SchemaCache {
     pub relationships: Vec<Relationship>,
     pub functions: HashMap<(String, String), Vec<Function>>,
     /// Computed fields: (schema, relation name) -> function names returning a scalar.
-    pub computed_fields: HashMap<(String, String), Vec<(String, String, String)>>,
+    pub computed_fields: HashMap<(String, String), Vec<ComputedField>>,
     /// `alter role authenticator set pgrst.*` overrides.
     pub role_settings: HashMap<String, String>,
     /// statement_timeout set on roles, in ms.
@@ -381,7 +384,7 @@ pub async fn load<C: GenericClient>(
     // Every relation (table or view) that exposes all of `cols` of table `t`: (oid, mapped cols).
     let expose = |t: u32, cols: &[String]| -> Vec<(u32, Vec<String>)> {
         let mut out = vec![(t, cols.to_vec())];
-        let mut views: Vec<(&u32, &Vec<(String, u32, String)>)> = view_map.iter().collect();
+        let mut views: Vec<_> = view_map.iter().collect();
         views.sort_by_key(|(v, _)| **v);
         for (&v, m) in views {
             // A view may expose a column twice; take the first mapping per base column.
@@ -399,7 +402,7 @@ pub async fn load<C: GenericClient>(
         out
     };
     // View primary keys come from their base table.
-    for (&v, _) in &view_map {
+    for &v in view_map.keys() {
         let Some(vkey) = sc.by_oid.get(&v).cloned() else {
             continue;
         };

@@ -24,9 +24,7 @@ impl Sql {
 }
 
 /// `"ident"` with embedded quotes doubled.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::db::quote_ident as ident;
 
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
