@@ -473,9 +473,13 @@ async fn route(
     req: Req,
     path: &str,
 ) -> Result<Resp, RestError> {
-    let method = req.method().clone();
-    let headers = req.headers().clone();
-    let uri = req.uri().clone();
+    let (parts, req_body) = req.into_parts();
+    let http::request::Parts {
+        method,
+        headers,
+        uri,
+        ..
+    } = parts;
     // Table and function names arrive %-encoded (`my%20table`).
     let decoded = percent_encoding::percent_decode_str(path.trim_end_matches('/'))
         .decode_utf8_lossy()
@@ -502,7 +506,7 @@ async fn route(
     let accept = prefer::parse_accept(header(&headers, "accept"))?;
     let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
         Some(
-            crate::http::body::read_limited(req.into_body(), state.config.max_body_bytes)
+            crate::http::body::read_limited(req_body, state.config.max_body_bytes)
                 .await
                 .map_err(|e| match e {
                     crate::http::body::BodyError::TooLarge(n) => {
