@@ -31,6 +31,7 @@ for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
   sleep 0.3
 done
+kill -0 "$pid" 2>/dev/null || { echo "oxibase did not start (ports $PORT/$DB_PORT in use?)"; cat "$data/log"; exit 1; }
 export PGPASSWORD=postgres
 PSQL=(psql -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres -q -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -f "$here/fixture.sql" >/dev/null || { cat "$data/log"; exit 1; }
