@@ -355,6 +355,19 @@ test('rpc: post, get, head, overloads, set-returning with filters, scalar, void,
   assert.equal(nf.error.message, 'Could not find the function public.rx_nope(a) in the schema cache');
 });
 
+test('Prefer: timezone applies to one request only', async () => {
+  const tokyo = await db.rpc('rx_tz').setHeader('Prefer', 'timezone=Asia/Tokyo');
+  assert.equal(tokyo.error, null);
+  assert.equal(tokyo.data, 'Asia/Tokyo');
+  const plain = await db.rpc('rx_tz');
+  assert.notEqual(plain.data, 'Asia/Tokyo');
+  const strict = await db.rpc('rx_tz').setHeader('Prefer', 'handling=strict, timezone=Nowhere/Land');
+  assert.equal(strict.status, 400);
+  assert.equal(strict.error.code, 'PGRST122');
+  const lenient = await db.rpc('rx_tz').setHeader('Prefer', 'timezone=Nowhere/Land');
+  assert.equal(lenient.data, plain.data);
+});
+
 test('RLS: rows are scoped to the JWT user; anon sees none; errors map to 401/403', async () => {
   const u1 = randomUUID();
   const u2 = randomUUID();
