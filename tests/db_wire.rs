@@ -166,3 +166,26 @@ async fn wrong_password_is_a_database_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_the_database_closed_is_not_handed_out() {
+    let t = TestServer::start().await;
+    let pool = make_pool(config(&t), 1);
+    let pid = {
+        let mut c = pool.get().await.unwrap();
+        c.pipeline(&[Step::plain("select pg_backend_pid()")])
+            .await
+            .unwrap()[0][0]
+            .int(0)
+            .unwrap()
+    };
+    t.sql(&format!("select pg_terminate_backend({pid})")).await;
+    // The FATAL message and the close reach the idle socket.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut c = pool.get().await.unwrap();
+    let out = c
+        .pipeline(&[Step::plain("select pg_backend_pid()")])
+        .await
+        .expect("a fresh connection");
+    assert_ne!(out[0][0].int(0), Some(pid));
+}

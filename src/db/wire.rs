@@ -358,7 +358,13 @@ impl managed::Manager for Manager {
         if conn.busy {
             return Err(managed::RecycleError::message("dropped mid-request"));
         }
-        Ok(())
+        // An idle connection has nothing to read. End of stream, or a message (PostgreSQL
+        // sends a FATAL error before it closes a terminated backend), means it is gone.
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            _ => Err(managed::RecycleError::message("closed by the database")),
+        }
     }
 }
 
