@@ -64,6 +64,17 @@ pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
     String::from_utf8(out).unwrap_or_else(|_| "{}".into())
 }
 
+/// No connection to be had (PostgREST's PGRST000).
+fn pool_error(e: impl std::fmt::Display) -> RestError {
+    let mut r = RestError::new(
+        503,
+        "PGRST000",
+        "Database connection error. Retrying the connection.",
+    );
+    r.log = Some(e.to_string());
+    r
+}
+
 /// `Prefer: timezone=` (already checked against `pg_timezone_names`).
 const SET_TIMEZONE: &str = "select set_config('timezone', $1, true)";
 
@@ -150,15 +161,7 @@ pub(super) async fn execute(
         // Nothing to decide before the end: BEGIN, the role and claims, the statement and
         // the end of the transaction go out as one batch with one Sync (one round trip,
         // one flush). A failure anywhere skips the rest and rolls the transaction back.
-        let mut conn = wire.get().await.map_err(|e| {
-            let mut r = RestError::new(
-                503,
-                "PGRST000",
-                "Database connection error. Retrying the connection.",
-            );
-            r.log = Some(e.to_string());
-            r
-        })?;
+        let mut conn = wire.get().await.map_err(pool_error)?;
         let rc = crate::db::RoleAndClaims::new(req.ctx, &gucs);
         let set = rc.params();
         let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
@@ -206,15 +209,7 @@ pub(super) async fn execute(
             inserted: if row.len() > 4 { row.int(4) } else { None },
         });
     }
-    let mut client = state.pool.get().await.map_err(|e| {
-        let mut r = RestError::new(
-            503,
-            "PGRST000",
-            "Database connection error. Retrying the connection.",
-        );
-        r.log = Some(e.to_string());
-        r
-    })?;
+    let mut client = state.pool.get().await.map_err(pool_error)?;
     if fast && req.prefer.timezone.is_none() {
         // Nothing to decide before the end: BEGIN, the role and claims, the statement and
         // the end of the transaction go out together, one round trip. They are queued on

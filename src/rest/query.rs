@@ -1056,69 +1056,7 @@ mod tests {
         );
     }
 
-    /// Fuzz: long random inputs built from grammar fragments never make a parser panic.
-    #[test]
-    fn parsers_never_panic_random() {
-        let frags = [
-            "a",
-            "b_c",
-            "\"q,(\"",
-            "*",
-            ",",
-            "(",
-            ")",
-            "!",
-            "!inner",
-            ":",
-            "::",
-            "::text",
-            "->",
-            "->>",
-            ".",
-            "...",
-            "eq.",
-            "not.",
-            "in.(",
-            "or=(",
-            "and(",
-            "like(any).",
-            "{",
-            "}",
-            "\\",
-            "é",
-            " ",
-            "count()",
-            ".sum()",
-            "fts(english).",
-            "is.null",
-            "desc",
-            "nullsfirst",
-            "0",
-            "-1",
-            "\u{0}",
-        ];
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..20_000 {
-            let mut s = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let n = (x % 24) as usize;
-            for _ in 0..n {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s.push_str(frags[(x % frags.len() as u64) as usize]);
-            }
-            let _ = parse_select(&s);
-            let _ = parse_order(&s);
-            let _ = parse_filter(Field::plain("a"), &s);
-            let _ = parse_logic(false, true, &s);
-            let _ = split_key(&s);
-            let _ = parse_field(&s);
-            let _ = parse_columns(&s, "columns");
-        }
-    }
+    // Random inputs through every parser: `rest::fuzz` (the fuzz target).
 
     /// Exhaustive-ish: no input over a small alphabet makes any parser panic.
     #[test]
