@@ -155,6 +155,21 @@ async fn a_connection_dropped_mid_batch_is_not_reused() {
 }
 
 #[tokio::test]
+async fn url_options_reach_the_session() {
+    let t = TestServer::start().await;
+    let mut cfg: tokio_postgres::Config = t.db_url.parse().unwrap();
+    cfg.options("-c work_mem=7MB");
+    let mut c = WireConn::connect(&WireConfig::from_config(&cfg).unwrap())
+        .await
+        .unwrap();
+    let out = c
+        .pipeline(&[Step::plain("select current_setting('work_mem')")])
+        .await
+        .unwrap();
+    assert_eq!(out[0][0].text(0), Some("7MB"));
+}
+
+#[tokio::test]
 async fn wrong_password_is_a_database_error() {
     let t = TestServer::start().await;
     let mut cfg: tokio_postgres::Config = t.db_url.parse().unwrap();

@@ -108,6 +108,8 @@ pub struct WireConfig {
     user: String,
     password: Option<Vec<u8>>,
     dbname: String,
+    /// The URL's `options` (e.g. `-c search_path=...`), passed on at startup.
+    options: Option<String>,
 }
 
 impl WireConfig {
@@ -128,6 +130,7 @@ impl WireConfig {
             dbname: cfg.get_dbname().unwrap_or(&user).to_string(),
             user,
             password: cfg.get_password().map(<[u8]>::to_vec),
+            options: cfg.get_options().map(str::to_string),
         })
     }
 }
@@ -151,12 +154,15 @@ impl WireConn {
             rbuf: BytesMut::with_capacity(8192),
             busy: true,
         };
-        let params = [
+        let mut params = vec![
             ("user", cfg.user.as_str()),
             ("database", cfg.dbname.as_str()),
             ("client_encoding", "UTF8"),
             ("application_name", "oxibase"),
         ];
+        if let Some(o) = &cfg.options {
+            params.push(("options", o.as_str()));
+        }
         frontend::startup_message(params.iter().copied(), &mut c.wbuf)?;
         c.flush().await?;
         c.authenticate(cfg).await?;
