@@ -210,10 +210,10 @@ fn load_keys(cfg: &Config) -> Result<KeyRing, StartError> {
         jwt.add_jwks_json(&text)
             .map_err(|e| StartError::Init(format!("jwt_keys_file {}: {e}", path.display())))?;
     }
-    Ok(KeyRing {
+    Ok(KeyRing::new(
         jwt,
-        opaque: OpaqueKeys::for_secret(cfg.jwt_secret.expose()),
-    })
+        OpaqueKeys::for_secret(cfg.jwt_secret.expose()),
+    ))
 }
 
 impl Server {

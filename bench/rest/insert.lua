@@ -1,3 +1,4 @@
+dofile(os.getenv("BENCH_DIR") .. "/keys.lua")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()

@@ -37,22 +37,27 @@ PSQL=(psql -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres -q -v ON_ERROR_STO
 "${PSQL[@]}" -f "$here/fixture.sql" >/dev/null || { cat "$data/log"; exit 1; }
 sleep 0.5
 base="http://127.0.0.1:$PORT"
+export BENCH_DIR="$here"
 rps_wrk() { # scenario
   wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$here/$1.lua" "$base/rest/v1/bench_books" \
     | awk '/Requests\/sec/ {print $2}'
 }
+ANON_KEY=$(sed -n 's/^local anon = "\(.*\)"$/\1/p' "$here/keys.lua")
 rps_pgbench() { # script scenario
-  # The parameters oxibase binds to the role-and-claims statement for wrk's requests.
-  local method=GET path=/bench_books headers="{\"host\":\"127.0.0.1:$PORT\"}"
+  # The parameters oxibase binds to the role-and-claims statement for wrk's requests (the
+  # anon key's claims; wrk's headers as request.headers).
+  local method=GET path=/bench_books
+  local keys="\"apikey\":\"$ANON_KEY\",\"authorization\":\"Bearer $ANON_KEY\""
+  local headers="{\"host\":\"127.0.0.1:$PORT\",$keys}"
   case $2 in
     embed) path=/bench_authors ;;
     insert) method=POST
-      headers="{\"host\":\"127.0.0.1:$PORT\",\"content-type\":\"application/json\",\"content-length\":\"48\"}" ;;
+      headers="{\"host\":\"127.0.0.1:$PORT\",$keys,\"content-type\":\"application/json\",\"content-length\":\"49\"}" ;;
   esac
   pgbench -h 127.0.0.1 -p "$DB_PORT" -U postgres -n -M extended -c "$CONNS" -j "$THREADS" \
-    -T "$DURATION" -f "$1" -D role=anon -D claims='{"role":"anon"}' -D method="$method" \
-    -D path="$path" -D headers="$headers" -D search_path='"public", "public", "extensions"' \
-    -D timeout=8000 postgres 2>/dev/null \
+    -T "$DURATION" -f "$1" -D role=anon -D claims='{"iss":"supabase-demo","role":"anon","exp":1983812996}' \
+    -D method="$method" -D path="$path" -D headers="$headers" \
+    -D search_path='"public", "public", "extensions"' -D timeout=8000 postgres 2>/dev/null \
     | awk '/^tps/ {print $3; exit}'
 }
 # The same statements as one pipeline with a single Sync, as oxibase sends them.

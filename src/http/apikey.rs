@@ -95,9 +95,52 @@ impl OpaqueKeys {
 pub struct KeyRing {
     pub jwt: JwtKeys,
     pub opaque: OpaqueKeys,
+    verified: TokenCache,
+}
+
+/// JWTs already verified, so a client sending the same token on every request (supabase-js
+/// sends its key or session token each time) costs one signature check, not one per
+/// request. Entries are checked against `exp` on every use; the cache empties itself when
+/// full. The keys never change while the server runs, so a verified token stays valid.
+#[derive(Default)]
+struct TokenCache(std::sync::Mutex<std::collections::HashMap<String, (Role, Value)>>);
+
+const TOKEN_CACHE_MAX: usize = 4096;
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<(Role, Value)> {
+        let mut map = self.0.lock().ok()?;
+        let (role, claims) = map.get(token)?;
+        let expired = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .is_some_and(|exp| exp < chrono::Utc::now().timestamp() as f64);
+        if expired {
+            map.remove(token);
+            return None;
+        }
+        Some((role.clone(), claims.clone()))
+    }
+
+    fn put(&self, token: &str, role: &Role, claims: &Value) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= TOKEN_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(token.to_string(), (role.clone(), claims.clone()));
+        }
+    }
 }
 
 impl KeyRing {
+    pub fn new(jwt: JwtKeys, opaque: OpaqueKeys) -> KeyRing {
+        KeyRing {
+            jwt,
+            opaque,
+            verified: TokenCache::default(),
+        }
+    }
+
     /// Map one presented credential to a role and claims.
     pub fn resolve(&self, token: &str) -> Result<AuthContext, JwtError> {
         let token = token.trim();
@@ -115,14 +158,24 @@ impl KeyRing {
                 token: None,
             });
         }
+        if let Some((role, claims)) = self.verified.get(token) {
+            return Ok(AuthContext {
+                role,
+                claims,
+                token: Some(token.to_string()),
+            });
+        }
         let claims = self.jwt.verify(token)?;
-        let role = claims
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or("anon")
-            .to_string();
+        let role = Role(
+            claims
+                .get("role")
+                .and_then(Value::as_str)
+                .unwrap_or("anon")
+                .to_string(),
+        );
+        self.verified.put(token, &role, &claims);
         Ok(AuthContext {
-            role: Role(role),
+            role,
             claims,
             token: Some(token.to_string()),
         })
@@ -167,10 +220,34 @@ mod tests {
     use crate::config::DEFAULT_JWT_SECRET;
 
     fn ring() -> KeyRing {
-        KeyRing {
-            jwt: JwtKeys::new(DEFAULT_JWT_SECRET),
-            opaque: OpaqueKeys::for_secret(DEFAULT_JWT_SECRET),
-        }
+        KeyRing::new(
+            JwtKeys::new(DEFAULT_JWT_SECRET),
+            OpaqueKeys::for_secret(DEFAULT_JWT_SECRET),
+        )
+    }
+
+    #[test]
+    fn cached_tokens_still_expire_and_bad_ones_are_never_cached() {
+        let r = ring();
+        let now = chrono::Utc::now().timestamp();
+        let soon = r
+            .jwt
+            .sign_hs256(&json!({"role":"authenticated","sub":"7f1b7c3e-6a39-4d2b-9a55-0e0c1d7e2f11","exp": now + 1}));
+        assert_eq!(r.resolve(&soon).unwrap().role.as_str(), "authenticated");
+        // From the cache.
+        let again = r.resolve(&soon).unwrap();
+        assert_eq!(again.role.as_str(), "authenticated");
+        assert!(again.user_id().is_some());
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        assert!(
+            r.resolve(&soon).is_err(),
+            "an expired token served from the cache"
+        );
+        // A token with a bad signature fails every time.
+        let mut forged = r.jwt.sign_hs256(&json!({"role":"service_role"}));
+        forged.push('x');
+        assert!(r.resolve(&forged).is_err());
+        assert!(r.resolve(&forged).is_err());
     }
 
     #[test]
