@@ -105,7 +105,7 @@ pub struct KeyRing {
 #[derive(Default)]
 struct TokenCache(std::sync::Mutex<std::collections::HashMap<String, (Role, Value)>>);
 
-const TOKEN_CACHE_MAX: usize = 4096;
+const TOKEN_CACHE_MAX: usize = 1024;
 
 impl TokenCache {
     fn get(&self, token: &str) -> Option<(Role, Value)> {
