@@ -606,3 +606,37 @@ async fn another_user_cannot_list_or_delete() {
     );
     assert_eq!(count(&t, "select count(*) from storage.objects").await, 1);
 }
+
+/// A refused oversized upload lets the client send its whole body and read the 413 (closing
+/// a socket with unread data would reset the connection and lose the answer).
+#[tokio::test]
+async fn oversized_upload_is_answered_without_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestServer::start().await;
+    let (_, token) = user(&t).await;
+    let addr = t.url.trim_start_matches("http://").to_string();
+    // Declared over the limit (refused up front) and within the slack (refused while streaming).
+    for size in [MAX + (4 << 20), MAX + 1000] {
+        let body = form(&[], Some(("big.txt", "text/plain", &vec![b'a'; size])));
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /functions/v1/file-upload HTTP/1.1\r\nhost: {addr}\r\n\
+             authorization: Bearer {token}\r\n\
+             content-type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        for chunk in body.chunks(64 << 10) {
+            s.write_all(chunk)
+                .await
+                .expect("the server reads the rest of a refused body");
+        }
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.expect("no reset");
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains(r#""code":"payload_too_large""#), "{text}");
+    }
+    nothing_stored(&t).await;
+}
