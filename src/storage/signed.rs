@@ -125,7 +125,12 @@ pub fn transformations(t: &Value) -> Option<String> {
     Some(parts.join(","))
 }
 
-fn download_url(state: &AppState, obj: &ObjectRef, ttl: i64, transform: Option<String>) -> String {
+pub fn download_url(
+    state: &AppState,
+    obj: &ObjectRef,
+    ttl: i64,
+    transform: Option<String>,
+) -> String {
     let iat = now();
     let mut claims =
         json!({"url": obj.full_path(), "typ": TYP_DOWNLOAD, "iat": iat, "exp": iat + ttl});

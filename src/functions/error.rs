@@ -1,0 +1,128 @@
+//! The functions' error shape: `{"error": {"code": "<snake_case>", "message": "<sentence>"}}`
+//! with a fitting HTTP status. Internal detail goes to the log only.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::http::ApiError;
+use crate::storage::error::StorageError;
+
+#[derive(Debug)]
+pub struct FnError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For the log only (internal errors).
+    detail: Option<String>,
+}
+
+impl FnError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> FnError {
+        FnError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> FnError {
+        FnError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> FnError {
+        FnError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> FnError {
+        FnError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn too_large(limit: u64) -> FnError {
+        FnError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The file is larger than the limit of {limit} bytes."),
+        )
+    }
+    pub fn unsupported(message: impl Into<String>) -> FnError {
+        FnError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+    pub fn method_not_allowed(method: &http::Method, name: &str) -> FnError {
+        FnError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not supported by {name}."),
+        )
+    }
+    pub fn not_implemented(name: &str) -> FnError {
+        FnError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!("The function {name} is not implemented yet."),
+        )
+    }
+    pub fn internal(detail: impl std::fmt::Display) -> FnError {
+        FnError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error",
+            message: "An internal error occurred.".into(),
+            detail: Some(detail.to_string()),
+        }
+    }
+
+    /// A storage failure while writing or removing an uploaded object.
+    pub fn from_storage(e: StorageError) -> FnError {
+        match e {
+            StorageError::EntityTooLarge => FnError::too_large(super::upload::MAX_BYTES),
+            StorageError::InvalidMimeType(m) => {
+                FnError::unsupported(format!("Files of type {m} are not accepted."))
+            }
+            StorageError::AccessDenied(_) => FnError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "You may not store files at this location.",
+            ),
+            StorageError::KeyAlreadyExists => FnError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "A file already exists at this path.",
+            ),
+            StorageError::InvalidKey(_) => FnError::bad_request("The file name is not valid."),
+            StorageError::InvalidRequest(m) => FnError::bad_request(m),
+            other => FnError::internal(format!("storage: {other:?}")),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for FnError {
+    fn from(e: tokio_postgres::Error) -> FnError {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => FnError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "You are not allowed to do this.",
+            ),
+            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+                FnError::bad_request("A referenced row does not exist.")
+            }
+            Some(c) if *c == SqlState::INVALID_TEXT_REPRESENTATION => {
+                FnError::bad_request("A value has the wrong format.")
+            }
+            _ => FnError::internal(crate::db::error_text(&e)),
+        }
+    }
+}
+
+impl ApiError for FnError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn body(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+    fn log_detail(&self) -> Option<String> {
+        self.detail.clone()
+    }
+}
