@@ -66,7 +66,11 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
         user_id = user.map(|u| u.to_string()).unwrap_or_default(),
         "function call"
     );
-    record_usage(state, function, user, status, latency_ms).await;
+    // Usage is per user: a call nobody could be identified for is logged above but not
+    // written (unauthenticated callers cannot add rows).
+    if let Some(user) = user {
+        record_usage(state, function, user, status, latency_ms).await;
+    }
     resp
 }
 
@@ -121,7 +125,7 @@ async fn call(
 async fn record_usage(
     state: &AppState,
     endpoint: &str,
-    user: Option<uuid::Uuid>,
+    user: uuid::Uuid,
     status: u16,
     latency_ms: i32,
 ) {
