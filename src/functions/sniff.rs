@@ -78,21 +78,12 @@ const BY_EXTENSION: &[(&str, FileType)] = &[
     ("xml", text("text/plain")),
 ];
 
-/// The binary type whose signature `head` starts with.
+/// The allowed binary type whose signature `head` starts with (sniffed by `infer`).
 pub fn signature(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some("image/jpeg")
-    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
-        Some("image/gif")
-    } else if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
-        Some("image/webp")
-    } else if head.starts_with(b"%PDF-") {
-        Some("application/pdf")
-    } else {
-        None
-    }
+    let mime = infer::get(head)?.mime_type();
+    by_mime(mime)
+        .filter(|t| t.kind == Kind::Binary)
+        .map(|t| t.mime)
 }
 
 fn extension(name: &str) -> Option<String> {
@@ -270,6 +261,15 @@ mod tests {
                 .mime,
             "image/webp"
         );
+    }
+
+    #[test]
+    fn other_recognised_binaries_are_not_allowed() {
+        // A ZIP archive: `infer` knows it, the allow-list does not.
+        let zip = b"PK\x03\x04\x14\0\0\0\x08\0\0\0\0\0";
+        assert_eq!(signature(zip), None);
+        assert!(classify("archive", None, zip).is_err());
+        assert!(classify("archive.png", None, zip).is_err());
     }
 
     #[test]
