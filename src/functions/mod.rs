@@ -42,10 +42,11 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     let method = req.method().clone();
     let (name, rest) = path.split_once('/').unwrap_or((path, ""));
     let Some(function) = FUNCTIONS.iter().copied().find(|f| *f == name) else {
-        let resp = error_response(&FnError::not_found(format!(
+        let e = FnError::not_found(format!(
             "No function named {} exists.",
             name.chars().take(64).collect::<String>()
-        )));
+        ));
+        let resp = error_response(&refuse(req, e).await.unwrap_err());
         tracing::info!(
             target: "oxibase::functions",
             %method, status = 404u16, latency_ms = start.elapsed().as_millis() as u64,
@@ -102,23 +103,35 @@ async fn call(
     rest: &str,
     user_out: &mut Option<uuid::Uuid>,
 ) -> Result<Resp, FnError> {
-    let ctx = authenticate(state, &req, function)?;
+    let ctx = match authenticate(state, &req, function) {
+        Ok(c) => c,
+        Err(e) => return refuse(req, e).await,
+    };
     let Some(user) = ctx.user_id() else {
-        return Err(FnError::unauthorized(
+        let e = FnError::unauthorized(
             "A signed-in user is required: send the user's access token in Authorization.",
-        ));
+        );
+        return refuse(req, e).await;
     };
     *user_out = Some(user);
     if !rest.is_empty() {
-        return Err(FnError::not_found(format!(
+        let e = FnError::not_found(format!(
             "{function} has no sub-path {}.",
             rest.chars().take(64).collect::<String>()
-        )));
+        ));
+        return refuse(req, e).await;
     }
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
-        _ => Err(FnError::not_implemented(function)),
+        _ => refuse(req, FnError::not_implemented(function)).await,
     }
+}
+
+/// Answer `e` without using the request: its body is read and dropped first (bounded), so
+/// a client still sending (a multipart upload, say) gets the answer, not a reset.
+async fn refuse(req: Req, e: FnError) -> Result<Resp, FnError> {
+    upload::drain_body(req.into_body()).await;
+    Err(e)
 }
 
 /// One `api_usage` row, written as the server (users may only read their own rows).
