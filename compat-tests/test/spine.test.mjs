@@ -157,3 +157,23 @@ test('config --dump shows merged settings with secrets hidden', () => {
   assert.match(out, /^jwt_secret = "\*\*\*"$/m);
   assert.doesNotMatch(out, /a-custom-secret/);
 });
+
+test('a refused streaming upload gets its answer, not a reset (lingering close)', async () => {
+  // fetch streams a FormData body; the server refuses on the bad token before reading it.
+  for (const path of ['/rest/v1/anything', '/storage/v1/object/chat-files/x.txt', '/functions/v1/file-upload']) {
+    let answered = 0;
+    for (let i = 0; i < 40; i++) {
+      const form = new FormData();
+      form.append('file', new Blob(['hi'.repeat(1000)], { type: 'text/plain' }), 'a.txt');
+      const r = await fetch(`${URL}${path}`, {
+        method: 'POST',
+        body: form,
+        headers: { Authorization: 'Bearer not.a.jwt', apikey: ANON_KEY },
+      });
+      assert.ok(r.status === 400 || r.status === 401, `${path}: ${r.status}`);
+      await r.arrayBuffer();
+      answered++;
+    }
+    assert.equal(answered, 40, path);
+  }
+});

@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod body;
 pub mod cors;
+pub mod linger;
 pub mod router;
 pub mod server;
 

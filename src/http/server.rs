@@ -59,7 +59,7 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(TokioIo::new(super::linger::LingeringStream::new(stream)), svc)
                     .with_upgrades();
                 let mut drain = drain_rx.clone();
                 tracker.spawn(async move {
