@@ -11,6 +11,46 @@ use tokio_postgres::NoTls;
 
 use crate::http::apikey::AuthContext;
 
+/// A dedicated connection that LISTENs on `channel`: the notifications' payloads arrive on
+/// the receiver, which ends when the connection does. Keep the client alive while reading
+/// (dropping it closes the connection).
+pub async fn listen(
+    cfg: &tokio_postgres::Config,
+    channel: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ),
+    String,
+> {
+    use futures::StreamExt;
+    let (client, mut conn) = cfg.connect(NoTls).await.map_err(|e| error_text(&e))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, channel = "listen", "notification connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("listen {}", quote_ident(channel)))
+        .await
+        .map_err(|e| error_text(&e))?;
+    Ok((client, rx))
+}
+
 /// An identifier as SQL: `"name"` with embedded quotes doubled. The one quoting function
 /// every API uses for names that come from requests or the catalog.
 pub fn quote_ident(s: &str) -> String {

@@ -46,7 +46,8 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
             "No function named {} exists.",
             name.chars().take(64).collect::<String>()
         ));
-        let resp = error_response(&refuse(req, e).await.unwrap_err());
+        // A client still sending its body gets this answer: the server lingers on close.
+        let resp = error_response(&e);
         tracing::info!(
             target: "oxibase::functions",
             %method, status = 404u16, latency_ms = start.elapsed().as_millis() as u64,
@@ -103,35 +104,23 @@ async fn call(
     rest: &str,
     user_out: &mut Option<uuid::Uuid>,
 ) -> Result<Resp, FnError> {
-    let ctx = match authenticate(state, &req, function) {
-        Ok(c) => c,
-        Err(e) => return refuse(req, e).await,
-    };
+    let ctx = authenticate(state, &req, function)?;
     let Some(user) = ctx.user_id() else {
-        let e = FnError::unauthorized(
+        return Err(FnError::unauthorized(
             "A signed-in user is required: send the user's access token in Authorization.",
-        );
-        return refuse(req, e).await;
+        ));
     };
     *user_out = Some(user);
     if !rest.is_empty() {
-        let e = FnError::not_found(format!(
+        return Err(FnError::not_found(format!(
             "{function} has no sub-path {}.",
             rest.chars().take(64).collect::<String>()
-        ));
-        return refuse(req, e).await;
+        )));
     }
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
-        _ => refuse(req, FnError::not_implemented(function)).await,
+        _ => Err(FnError::not_implemented(function)),
     }
-}
-
-/// Answer `e` without using the request: its body is read and dropped first (bounded), so
-/// a client still sending (a multipart upload, say) gets the answer, not a reset.
-async fn refuse(req: Req, e: FnError) -> Result<Resp, FnError> {
-    upload::drain_body(req.into_body()).await;
-    Err(e)
 }
 
 /// One `api_usage` row, written as the server (users may only read their own rows).

@@ -458,7 +458,7 @@ async fn delete_object_row(
 
 /// Read and drop what is left of a refused request, bounded, so the client can finish
 /// sending and read the answer (closing with unread data resets the connection).
-pub(super) async fn drain_body(body: hyper::body::Incoming) {
+async fn drain_body(body: hyper::body::Incoming) {
     let mut s = http_body_util::BodyDataStream::new(body)
         .map_err(|e| StorageError::InvalidRequest(e.to_string()))
         .boxed();

@@ -335,33 +335,7 @@ pub fn start(state: &AppState) {
 }
 
 async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
-    let (client, mut conn) = url
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        use futures::StreamExt;
-        while let Some(m) = stream.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "realtime: fan-out connection error");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("listen {CHANNEL}"))
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
+    let (_client, mut rx) = crate::db::listen(url, CHANNEL).await?;
     let me = state.realtime.fanout.origin.clone();
     let mut asm = Assembler::default();
     while let Some(p) = rx.recv().await {
@@ -387,7 +361,6 @@ async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), St
             }
         }
     }
-    driver.abort();
     Err("connection closed".into())
 }
 

@@ -139,31 +139,7 @@ pub fn spawn_background(state: &AppState) {
 }
 
 async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
-    use futures::StreamExt;
-    let (client, mut conn) = url
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(m) = stream.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    client
-        .batch_execute("listen pgrst")
-        .await
-        .map_err(|e| e.to_string())?;
+    let (_client, mut rx) = crate::db::listen(url, "pgrst").await?;
     while let Some(payload) = rx.recv().await {
         if payload.is_empty()
             || payload.starts_with("reload schema")
