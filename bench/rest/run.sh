@@ -7,6 +7,7 @@
 #
 #   bench/rest/run.sh                  # builds --release, 3 rounds of 8 s per scenario
 #   ROUNDS=5 DURATION=10 CONNS=16 OXIBASE_BIN=target/release/oxibase bench/rest/run.sh
+#   SCENARIOS="embed insert" bench/rest/run.sh   # a subset
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -78,7 +79,7 @@ done
 hz=$(getconf CLK_TCK)
 echo "median of $ROUNDS rounds of ${DURATION}s, $CONNS connections; oxibase µs = its own CPU per request"
 printf '%-10s %9s %9s %7s %11s %7s %10s\n' scenario oxibase pgbench 'of max' 'pipelined' 'of it' 'oxibase µs'
-for s in get_by_id filtered embed insert; do
+for s in ${SCENARIOS:-get_by_id filtered embed insert}; do
   pipe=$(pipelined "$s")
   ws=(); ps=(); qs=(); us=()
   for _ in $(seq 1 "$ROUNDS"); do
