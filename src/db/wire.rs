@@ -90,6 +90,11 @@ impl Row {
             .and_then(|b| std::str::from_utf8(b).ok())
     }
 
+    /// The value's bytes, shared with the read buffer (no copy).
+    pub fn bytes(&self, i: usize) -> Option<Bytes> {
+        self.0.get(i)?.clone()
+    }
+
     pub fn string(&self, i: usize) -> Option<String> {
         self.text(i).map(str::to_string)
     }

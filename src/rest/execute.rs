@@ -32,7 +32,8 @@ impl ToSql for TextParam<'_> {
 pub(super) struct Outcome {
     pub(super) total: Option<i64>,
     pub(super) page: i64,
-    pub(super) body: Option<String>,
+    /// The response body as PostgreSQL sent it (no copy on the fast path).
+    pub(super) body: Option<bytes::Bytes>,
     pub(super) location: Option<String>,
     /// Rows an upsert inserted (vs updated), when asked for.
     pub(super) inserted: Option<i64>,
@@ -204,7 +205,7 @@ pub(super) async fn execute(
         return Ok(Outcome {
             total: row.int(0),
             page: row.int(1).unwrap_or(0),
-            body: row.string(2),
+            body: row.bytes(2),
             location: row.string(3),
             inserted: if row.len() > 4 { row.int(4) } else { None },
         });
@@ -239,7 +240,7 @@ pub(super) async fn execute(
         return Ok(Outcome {
             total: row.get(0),
             page: row.get(1),
-            body: row.get(2),
+            body: row.get::<_, Option<String>>(2).map(bytes::Bytes::from),
             location: row.get(3),
             inserted: if row.len() > 4 { row.get(4) } else { None },
         });
@@ -284,7 +285,7 @@ pub(super) async fn execute(
         return Ok(Outcome {
             total: None,
             page: 0,
-            body: Some(body),
+            body: Some(body.into()),
             location: None,
             inserted: None,
         });
@@ -327,7 +328,7 @@ pub(super) async fn execute(
     let out = Outcome {
         total: planned.or(row.get(0)),
         page: row.get(1),
-        body: row.get(2),
+        body: row.get::<_, Option<String>>(2).map(bytes::Bytes::from),
         location: row.get(3),
         inserted: if row.len() > 4 { row.get(4) } else { None },
     };
@@ -376,7 +377,7 @@ pub(super) fn content_type(accept: &Accept) -> &'static str {
 pub(super) fn respond(
     status: StatusCode,
     ct: Option<&str>,
-    body: Option<String>,
+    body: Option<bytes::Bytes>,
     headers: Vec<(String, String)>,
 ) -> Resp {
     let mut r = http::Response::new(match body {

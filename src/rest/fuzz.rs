@@ -336,6 +336,38 @@ mod tests {
         }
     }
 
+    /// The benchmark's pgbench scripts run the statements oxibase writes for its requests:
+    /// keep them in step with the SQL writer (the demo cache has `books`/`authors` where the
+    /// benchmark has `bench_books`/`bench_authors`; `:a` stands for `$1`).
+    #[test]
+    fn bench_scripts_match_the_sql_written() {
+        let sc = demo_cache();
+        for (script, table, query, var) in [
+            (
+                include_str!("../../bench/rest/get_by_id.sql"),
+                "books",
+                "id=eq.1",
+                ":id",
+            ),
+            (
+                include_str!("../../bench/rest/embed.sql"),
+                "authors",
+                "select=id,name,books(id,title)&id=gte.5&order=id&limit=10",
+                ":a",
+            ),
+        ] {
+            let q = plan_read(&sc, table, query, false).unwrap();
+            let stmt = script
+                .lines()
+                .find(|l| l.starts_with("SELECT NULL::int8"))
+                .unwrap()
+                .trim_end_matches(';')
+                .replace("bench_", "")
+                .replace(var, "$1");
+            assert_eq!(q.text, stmt);
+        }
+    }
+
     #[test]
     fn check_sql_catches_escapes() {
         assert!(check_sql("SELECT \"a\"\"b\" FROM \"t\" WHERE x = $1").is_ok());

@@ -178,7 +178,7 @@ pub async fn respond(state: &AppState, req: &RestReq<'_>) -> Result<Resp, RestEr
     Ok(super::respond(
         StatusCode::OK,
         Some("application/openapi+json; charset=utf-8"),
-        Some(doc.to_string()),
+        Some(doc.to_string().into()),
         vec![],
     ))
 }

@@ -180,7 +180,8 @@ impl<'a> Planner<'a> {
         items: &[SelectItem],
         path: &[String],
     ) -> Result<Node, RestError> {
-        let mods = self.mods.get(path).cloned().unwrap_or_default();
+        // Each embed path is planned once: its modifiers are taken, not copied.
+        let mods = self.mods.remove(path).unwrap_or_default();
         let mut node = Node {
             source,
             alias: alias.to_string(),
@@ -192,12 +193,13 @@ impl<'a> Planner<'a> {
             offset: mods.offset,
             children: vec![],
         };
-        let items: Vec<SelectItem> = if items.is_empty() && path.is_empty() {
-            vec![SelectItem::Star]
+        let star = [SelectItem::Star];
+        let items = if items.is_empty() && path.is_empty() {
+            &star[..]
         } else {
-            items.to_vec()
+            items
         };
-        for it in &items {
+        for it in items {
             match it {
                 SelectItem::Star => node.items.push(OutItem::Star),
                 SelectItem::Field {
@@ -238,11 +240,11 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        for f in &mods.filters {
+        for f in mods.filters {
             node.conds.push(Cond::Filter {
                 expr: self.expr(&rel, &f.field),
                 negate: f.negate,
-                op: f.op.clone(),
+                op: f.op,
             });
         }
         for l in &mods.logic {

@@ -2,6 +2,8 @@
 //! become `$n` parameters (sent as text, typed by PostgreSQL); identifiers are quoted.
 //! The response body is produced by PostgreSQL as a single json text.
 
+use std::fmt::Write as _;
+
 use super::plan::{Call, Child, Cond, Link, Node, OrderItem, OutItem, Source};
 use super::prefer::Media;
 use super::query::{IsVal, JsonKey, Op, Quant};
@@ -21,13 +23,38 @@ impl Sql {
         self.params.push(v.into());
         format!("${}", self.params.len())
     }
+
+    /// Adds a parameter and writes its `$n` into `out`.
+    fn bind(&mut self, out: &mut String, v: impl Into<String>) {
+        self.params.push(v.into());
+        let _ = write!(out, "${}", self.params.len());
+    }
 }
 
 /// `"ident"` with embedded quotes doubled.
 pub use crate::db::quote_ident as ident;
 
 pub fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", ident(schema), ident(name))
+    let mut s = String::with_capacity(schema.len() + name.len() + 5);
+    push_qualified(&mut s, schema, name);
+    s
+}
+
+/// Writes `"ident"` (embedded quotes doubled) into `out`, without a temporary string.
+pub fn push_ident(out: &mut String, s: &str) {
+    out.push('"');
+    if s.contains('"') {
+        out.push_str(&s.replace('"', "\"\""));
+    } else {
+        out.push_str(s);
+    }
+    out.push('"');
+}
+
+fn push_qualified(out: &mut String, schema: &str, name: &str) {
+    push_ident(out, schema);
+    out.push('.');
+    push_ident(out, name);
 }
 
 /// A PostgreSQL array literal of text elements: `{"a","b,c"}`.
@@ -39,28 +66,58 @@ pub fn array_literal(items: &[String]) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-fn expr_sql(q: &mut Sql, alias: &str, e: &super::plan::Expr) -> String {
-    let mut s = match &e.computed {
-        Some((fs, fname)) => format!("{}({})", qualified(fs, fname), ident(alias)),
-        None => format!("{}.{}", ident(alias), ident(&e.column)),
-    };
-    for op in &e.path {
-        let arrow = if op.text { "->>" } else { "->" };
+fn write_path(q: &mut Sql, out: &mut String, path: &[super::query::JsonOp]) {
+    for op in path {
+        out.push_str(if op.text { "->>" } else { "->" });
         match &op.key {
             JsonKey::Key(k) => {
-                let p = q.param(k.clone());
-                s = format!("{s}{arrow}{p}::text");
+                q.bind(out, k.as_str());
+                out.push_str("::text");
             }
-            JsonKey::Idx(i) => s = format!("{s}{arrow}{i}"),
+            JsonKey::Idx(i) => {
+                let _ = write!(out, "{i}");
+            }
         }
     }
-    s
 }
 
-fn cast(s: String, ty: &Option<String>) -> String {
-    match ty {
-        Some(t) => format!("CAST({s} AS {t})"),
-        None => s,
+fn write_expr(q: &mut Sql, out: &mut String, alias: &str, e: &super::plan::Expr) {
+    match &e.computed {
+        Some((fs, fname)) => {
+            push_qualified(out, fs, fname);
+            out.push('(');
+            push_ident(out, alias);
+            out.push(')');
+        }
+        None => {
+            push_ident(out, alias);
+            out.push('.');
+            push_ident(out, &e.column);
+        }
+    }
+    write_path(q, out, &e.path);
+}
+
+/// `expr` or `CAST(expr AS ty)`.
+fn write_cast_expr(
+    q: &mut Sql,
+    out: &mut String,
+    alias: &str,
+    e: &super::plan::Expr,
+    ty: &Option<String>,
+) {
+    if ty.is_some() {
+        out.push_str("CAST(");
+    }
+    write_expr(q, out, alias, e);
+    close_cast(out, ty);
+}
+
+fn close_cast(out: &mut String, ty: &Option<String>) {
+    if let Some(t) = ty {
+        out.push_str(" AS ");
+        out.push_str(t);
+        out.push(')');
     }
 }
 
@@ -89,59 +146,66 @@ fn simple_op(op: &str) -> &'static str {
     }
 }
 
-fn cond_sql(q: &mut Sql, alias: &str, c: &Cond) -> String {
+fn write_cond(q: &mut Sql, out: &mut String, alias: &str, c: &Cond) {
     match c {
         Cond::Filter { expr, negate, op } => {
-            let e = expr_sql(q, alias, expr);
-            let s = match op {
+            if *negate {
+                out.push_str("NOT (");
+            }
+            write_expr(q, out, alias, expr);
+            match op {
                 Op::Simple { op, quant, value } => {
                     let v = if op == "like" || op == "ilike" {
                         value.replace('*', "%")
                     } else {
                         value.clone()
                     };
-                    let p = q.param(v);
+                    out.push(' ');
+                    out.push_str(simple_op(op));
+                    out.push(' ');
                     match quant {
-                        None => format!("{e} {} {p}", simple_op(op)),
-                        Some(Quant::Any) => format!("{e} {} ANY({p})", simple_op(op)),
-                        Some(Quant::All) => format!("{e} {} ALL({p})", simple_op(op)),
+                        None => q.bind(out, v),
+                        Some(quant) => {
+                            out.push_str(match quant {
+                                Quant::Any => "ANY(",
+                                Quant::All => "ALL(",
+                            });
+                            q.bind(out, v);
+                            out.push(')');
+                        }
                     }
                 }
                 Op::In(vals) => {
-                    let p = q.param(array_literal(vals));
-                    format!("{e} = ANY({p})")
+                    out.push_str(" = ANY(");
+                    q.bind(out, array_literal(vals));
+                    out.push(')');
                 }
-                Op::Is(v) => match v {
-                    IsVal::Null => format!("{e} IS NULL"),
-                    IsVal::NotNull => format!("{e} IS NOT NULL"),
-                    IsVal::True => format!("{e} IS TRUE"),
-                    IsVal::False => format!("{e} IS FALSE"),
-                    IsVal::Unknown => format!("{e} IS UNKNOWN"),
-                },
+                Op::Is(v) => out.push_str(match v {
+                    IsVal::Null => " IS NULL",
+                    IsVal::NotNull => " IS NOT NULL",
+                    IsVal::True => " IS TRUE",
+                    IsVal::False => " IS FALSE",
+                    IsVal::Unknown => " IS UNKNOWN",
+                }),
                 Op::Fts { op, config, value } => {
-                    let f = match op.as_str() {
+                    out.push_str(" @@ ");
+                    out.push_str(match op.as_str() {
                         "plfts" => "plainto_tsquery",
                         "phfts" => "phraseto_tsquery",
                         "wfts" => "websearch_to_tsquery",
                         _ => "to_tsquery",
-                    };
-                    match config {
-                        Some(cfg) => {
-                            let c = q.param(cfg.clone());
-                            let v = q.param(value.clone());
-                            format!("{e} @@ {f}({c}::regconfig, {v}::text)")
-                        }
-                        None => {
-                            let v = q.param(value.clone());
-                            format!("{e} @@ {f}({v}::text)")
-                        }
+                    });
+                    out.push('(');
+                    if let Some(cfg) = config {
+                        q.bind(out, cfg.as_str());
+                        out.push_str("::regconfig, ");
                     }
+                    q.bind(out, value.as_str());
+                    out.push_str("::text)");
                 }
-            };
+            }
             if *negate {
-                format!("NOT ({s})")
-            } else {
-                s
+                out.push(')');
             }
         }
         Cond::Tree {
@@ -149,65 +213,55 @@ fn cond_sql(q: &mut Sql, alias: &str, c: &Cond) -> String {
             negate,
             children,
         } => {
-            let parts: Vec<String> = children.iter().map(|c| cond_sql(q, alias, c)).collect();
-            let s = if parts.is_empty() {
-                if *or {
-                    "FALSE".into()
-                } else {
-                    "TRUE".into()
-                }
-            } else {
-                format!("({})", parts.join(if *or { " OR " } else { " AND " }))
-            };
             if *negate {
-                format!("NOT {s}")
-            } else {
-                s
+                out.push_str("NOT ");
             }
+            if children.is_empty() {
+                out.push_str(if *or { "FALSE" } else { "TRUE" });
+                return;
+            }
+            out.push('(');
+            for (i, c) in children.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(if *or { " OR " } else { " AND " });
+                }
+                write_cond(q, out, alias, c);
+            }
+            out.push(')');
         }
         Cond::EmbedNull {
             lat,
             label,
             is_null,
         } => {
-            format!(
-                "{}.{} IS {}NULL",
-                ident(lat),
-                ident(label),
-                if *is_null { "" } else { "NOT " }
-            )
+            push_ident(out, lat);
+            out.push('.');
+            push_ident(out, label);
+            out.push_str(if *is_null { " IS NULL" } else { " IS NOT NULL" });
         }
     }
 }
 
-fn order_sql(q: &mut Sql, alias: &str, o: &OrderItem) -> String {
-    let e = match &o.embed {
+fn write_order(q: &mut Sql, out: &mut String, alias: &str, o: &OrderItem) {
+    match &o.embed {
         Some((lat, label)) => {
-            let mut s = format!("({}.{})::jsonb", ident(lat), ident(label));
-            let key = o.expr.column.clone();
-            let p = q.param(key);
-            s = format!("{s}->{p}::text");
-            for op in &o.expr.path {
-                let arrow = if op.text { "->>" } else { "->" };
-                match &op.key {
-                    JsonKey::Key(k) => {
-                        let p = q.param(k.clone());
-                        s = format!("{s}{arrow}{p}::text");
-                    }
-                    JsonKey::Idx(i) => s = format!("{s}{arrow}{i}"),
-                }
-            }
-            s
+            out.push('(');
+            push_ident(out, lat);
+            out.push('.');
+            push_ident(out, label);
+            out.push_str(")::jsonb->");
+            q.bind(out, o.expr.column.as_str());
+            out.push_str("::text");
+            write_path(q, out, &o.expr.path);
         }
-        None => expr_sql(q, alias, &o.expr),
-    };
-    let mut s = format!("{e} {}", if o.desc { "DESC" } else { "ASC" });
+        None => write_expr(q, out, alias, &o.expr),
+    }
+    out.push_str(if o.desc { " DESC" } else { " ASC" });
     match o.nulls_first {
-        Some(true) => s.push_str(" NULLS FIRST"),
-        Some(false) => s.push_str(" NULLS LAST"),
+        Some(true) => out.push_str(" NULLS FIRST"),
+        Some(false) => out.push_str(" NULLS LAST"),
         None => {}
     }
-    s
 }
 
 /// The FROM item for an RPC call and the call expression.
@@ -261,226 +315,297 @@ pub enum Mode {
 
 /// One node as a SELECT. `parent` is the parent's alias when this is an embed.
 pub fn node_sql(q: &mut Sql, n: &Node, parent: Option<(&str, &Link)>, mode: Mode) -> String {
-    let a = ident(&n.alias);
-    let mut from = match &n.source {
-        Source::Table { schema, name } => format!("{} AS {a}", qualified(schema, name)),
-        Source::Cte(name, _) => format!("{} AS {a}", ident(name)),
-        Source::Call(c) => {
-            if matches!(parent, Some((_, Link::Computed))) {
-                format!(
-                    "{}({}) AS {a}",
-                    qualified(&c.schema, &c.name),
-                    ident(parent.map(|p| p.0).unwrap_or(""))
-                )
-            } else {
-                let (pre, call) = call_sql(q, c);
-                match pre {
-                    Some(p) => format!("{p}, LATERAL {call} AS {a}"),
-                    None => format!("{call} AS {a}"),
+    let mut out = String::with_capacity(256);
+    write_node(q, &mut out, n, parent, mode);
+    out
+}
+
+/// `", "` before every item of a list but the first.
+fn sep(out: &mut String, first: &mut bool, between: &str) {
+    if !*first {
+        out.push_str(between);
+    }
+    *first = false;
+}
+
+/// Whether a child is joined in `mode`: a count only needs the children that filter rows.
+fn joined(n: &Node, ch: &Child, mode: Mode) -> bool {
+    mode == Mode::Full
+        || ch.inner
+        || n.conds
+            .iter()
+            .any(|c| matches!(c, Cond::EmbedNull { lat, .. } if lat == &ch.lat))
+}
+
+/// The SELECT list of a node in `Full` mode; the GROUP BY expressions go to `group` when
+/// the node aggregates (copied from the text written, so their `$n` are the same).
+fn write_columns(q: &mut Sql, out: &mut String, n: &Node, group: &mut Vec<String>) {
+    let aggregated = n.has_aggregates();
+    let mut first = true;
+    for it in &n.items {
+        match it {
+            OutItem::Star => {
+                match &n.source {
+                    Source::Cte(_, cs) if !cs.is_empty() => {
+                        for c in cs {
+                            sep(out, &mut first, ", ");
+                            push_ident(out, &n.alias);
+                            out.push('.');
+                            push_ident(out, c);
+                        }
+                    }
+                    _ => {
+                        sep(out, &mut first, ", ");
+                        push_ident(out, &n.alias);
+                        out.push_str(".*");
+                    }
                 }
+                if aggregated {
+                    group.push(format!("{}.*", ident(&n.alias)));
+                }
+            }
+            OutItem::Expr {
+                expr,
+                alias,
+                cast: c,
+                agg,
+                agg_cast,
+            } => {
+                sep(out, &mut first, ", ");
+                match agg {
+                    Some(ag) => {
+                        if agg_cast.is_some() {
+                            out.push_str("CAST(");
+                        }
+                        out.push_str(ag.sql());
+                        out.push('(');
+                        write_cast_expr(q, out, &n.alias, expr, c);
+                        out.push(')');
+                        close_cast(out, agg_cast);
+                    }
+                    None => {
+                        let start = out.len();
+                        write_cast_expr(q, out, &n.alias, expr, c);
+                        if aggregated {
+                            group.push(out[start..].to_string());
+                        }
+                    }
+                }
+                out.push_str(" AS ");
+                push_ident(out, alias);
+            }
+            OutItem::CountAll { alias, cast: c } => {
+                sep(out, &mut first, ", ");
+                if c.is_some() {
+                    out.push_str("CAST(");
+                }
+                out.push_str("count(*)");
+                close_cast(out, c);
+                out.push_str(" AS ");
+                push_ident(out, alias);
             }
         }
-    };
-    let mut wheres: Vec<String> = vec![];
-    if let Some((palias, link)) = parent {
-        let pa = ident(palias);
-        match link {
-            Link::Fk(pairs) => {
-                for (c, p) in pairs {
-                    wheres.push(format!("{a}.{} = {pa}.{}", ident(c), ident(p)));
+    }
+    let j = if aggregated { "::jsonb" } else { "" };
+    for ch in &n.children {
+        let mut column = |out: &mut String, name: &str, first: &mut bool| {
+            sep(out, first, ", ");
+            let start = out.len();
+            if ch.to_one {
+                push_ident(out, &ch.lat);
+                out.push('.');
+                push_ident(out, name);
+                if !ch.spread {
+                    out.push_str(j);
                 }
+            } else {
+                out.push_str("COALESCE(");
+                push_ident(out, &ch.lat);
+                out.push('.');
+                push_ident(out, name);
+                out.push_str(", '[]')");
+                out.push_str(j);
             }
+            if aggregated {
+                group.push(out[start..].to_string());
+            }
+            out.push_str(" AS ");
+            push_ident(out, name);
+        };
+        if ch.spread {
+            for c in &ch.columns {
+                column(out, c, &mut first);
+            }
+        } else if ch.node.items.is_empty() && ch.node.children.is_empty() {
+            // `rel()`: joined for filtering only, not part of the output.
+        } else {
+            column(out, &ch.label, &mut first);
+        }
+    }
+}
+
+fn write_node(q: &mut Sql, out: &mut String, n: &Node, parent: Option<(&str, &Link)>, mode: Mode) {
+    let mut group: Vec<String> = vec![];
+    out.push_str("SELECT ");
+    if mode == Mode::Count {
+        out.push('1');
+    } else {
+        write_columns(q, out, n, &mut group);
+    }
+    out.push_str(" FROM ");
+    let a = &n.alias;
+    match &n.source {
+        Source::Table { schema, name } => push_qualified(out, schema, name),
+        Source::Cte(name, _) => push_ident(out, name),
+        Source::Call(c) => {
+            if matches!(parent, Some((_, Link::Computed))) {
+                push_qualified(out, &c.schema, &c.name);
+                out.push('(');
+                push_ident(out, parent.map(|p| p.0).unwrap_or(""));
+                out.push(')');
+            } else {
+                let (pre, call) = call_sql(q, c);
+                if let Some(p) = pre {
+                    out.push_str(&p);
+                    out.push_str(", LATERAL ");
+                }
+                out.push_str(&call);
+            }
+        }
+    }
+    out.push_str(" AS ");
+    push_ident(out, a);
+    // The link to the parent: a junction joins here; its conditions open the WHERE.
+    let mut link_conds: &[(String, String)] = &[];
+    let mut link_left = a.as_str();
+    if let Some((_, link)) = parent {
+        match link {
+            Link::Fk(pairs) => link_conds = pairs,
             Link::Junction {
                 schema,
                 name,
                 alias,
                 child,
-                parent,
+                parent: pairs,
             } => {
-                let ja = ident(alias);
-                let on: Vec<String> = child
-                    .iter()
-                    .map(|(c, j)| format!("{a}.{} = {ja}.{}", ident(c), ident(j)))
-                    .collect();
-                from = format!(
-                    "{from} INNER JOIN {} AS {ja} ON {}",
-                    qualified(schema, name),
-                    on.join(" AND ")
-                );
-                for (j, p) in parent {
-                    wheres.push(format!("{ja}.{} = {pa}.{}", ident(j), ident(p)));
+                out.push_str(" INNER JOIN ");
+                push_qualified(out, schema, name);
+                out.push_str(" AS ");
+                push_ident(out, alias);
+                out.push_str(" ON ");
+                let mut first = true;
+                for (c, j) in child {
+                    sep(out, &mut first, " AND ");
+                    push_ident(out, a);
+                    out.push('.');
+                    push_ident(out, c);
+                    out.push_str(" = ");
+                    push_ident(out, alias);
+                    out.push('.');
+                    push_ident(out, j);
                 }
+                link_conds = pairs;
+                link_left = alias;
             }
             Link::Computed => {}
         }
     }
-    let aggregated = n.has_aggregates();
-    let mut cols: Vec<String> = vec![];
-    let mut group: Vec<String> = vec![];
-    if mode == Mode::Full {
-        for it in &n.items {
-            match it {
-                OutItem::Star => {
-                    match &n.source {
-                        Source::Cte(_, cs) if !cs.is_empty() => {
-                            for c in cs {
-                                cols.push(format!("{a}.{}", ident(c)));
-                            }
-                        }
-                        _ => cols.push(format!("{a}.*")),
-                    }
-                    if aggregated {
-                        group.push(format!("{a}.*"));
-                    }
-                }
-                OutItem::Expr {
-                    expr,
-                    alias,
-                    cast: c,
-                    agg,
-                    agg_cast,
-                } => {
-                    let e = cast(expr_sql(q, &n.alias, expr), c);
-                    match agg {
-                        Some(ag) => cols.push(format!(
-                            "{} AS {}",
-                            cast(format!("{}({e})", ag.sql()), agg_cast),
-                            ident(alias)
-                        )),
-                        None => {
-                            if aggregated {
-                                group.push(e.clone());
-                            }
-                            cols.push(format!("{e} AS {}", ident(alias)));
-                        }
-                    }
-                }
-                OutItem::CountAll { alias, cast: c } => {
-                    cols.push(format!(
-                        "{} AS {}",
-                        cast("count(*)".into(), c),
-                        ident(alias)
-                    ));
-                }
-            }
+    for ch in &n.children {
+        if joined(n, ch, mode) {
+            write_lateral(q, out, n, ch);
         }
     }
-    let mut joins = String::new();
+    let mut first_where = true;
+    let mut where_kw = |out: &mut String| {
+        out.push_str(if first_where { " WHERE " } else { " AND " });
+        first_where = false;
+    };
+    if let Some((palias, _)) = parent {
+        for (c, p) in link_conds {
+            where_kw(out);
+            push_ident(out, link_left);
+            out.push('.');
+            push_ident(out, c);
+            out.push_str(" = ");
+            push_ident(out, palias);
+            out.push('.');
+            push_ident(out, p);
+        }
+    }
     for ch in &n.children {
-        let needed_for_count = ch.inner
-            || n.conds
-                .iter()
-                .any(|c| matches!(c, Cond::EmbedNull { lat, .. } if lat == &ch.lat));
-        if mode == Mode::Count && !needed_for_count {
-            continue;
-        }
-        joins.push_str(&lateral_sql(q, n, ch));
-        if mode == Mode::Full {
-            let lat = ident(&ch.lat);
-            let j = if aggregated { "::jsonb" } else { "" };
-            if ch.spread {
-                for c in &ch.columns {
-                    let v = if ch.to_one {
-                        format!("{lat}.{}", ident(c))
-                    } else {
-                        format!("COALESCE({lat}.{}, '[]'){j}", ident(c))
-                    };
-                    if aggregated {
-                        group.push(v.clone());
-                    }
-                    cols.push(format!("{v} AS {}", ident(c)));
-                }
-            } else if ch.node.items.is_empty() && ch.node.children.is_empty() {
-                // `rel()`: joined for filtering only, not part of the output.
-            } else {
-                let v = if ch.to_one {
-                    format!("{lat}.{}{j}", ident(&ch.label))
-                } else {
-                    format!("COALESCE({lat}.{}, '[]'){j}", ident(&ch.label))
-                };
-                if aggregated {
-                    group.push(v.clone());
-                }
-                cols.push(format!("{v} AS {}", ident(&ch.label)));
-            }
-        }
-        if ch.inner && !ch.to_one {
-            wheres.push(format!(
-                "{}.{} IS NOT NULL",
-                ident(&ch.lat),
-                ident(&ch.label)
-            ));
+        if ch.inner && !ch.to_one && joined(n, ch, mode) {
+            where_kw(out);
+            push_ident(out, &ch.lat);
+            out.push('.');
+            push_ident(out, &ch.label);
+            out.push_str(" IS NOT NULL");
         }
     }
     for c in &n.conds {
-        wheres.push(cond_sql(q, &n.alias, c));
+        where_kw(out);
+        write_cond(q, out, &n.alias, c);
     }
-    let mut s = format!(
-        "SELECT {} FROM {from}{joins}",
-        if mode == Mode::Count {
-            "1".to_string()
-        } else if cols.is_empty() {
-            "".to_string()
-        } else {
-            cols.join(", ")
-        }
-    );
-    if !wheres.is_empty() {
-        s.push_str(" WHERE ");
-        s.push_str(&wheres.join(" AND "));
+    if mode == Mode::Count {
+        return;
     }
-    if mode == Mode::Full {
-        if aggregated && !group.is_empty() {
-            s.push_str(" GROUP BY ");
-            s.push_str(&group.join(", "));
-        }
-        if !n.order.is_empty() {
-            let os: Vec<String> = n.order.iter().map(|o| order_sql(q, &n.alias, o)).collect();
-            s.push_str(" ORDER BY ");
-            s.push_str(&os.join(", "));
-        }
-        if let Some(l) = n.limit {
-            s.push_str(&format!(" LIMIT {l}"));
-        }
-        if let Some(o) = n.offset {
-            if o > 0 {
-                s.push_str(&format!(" OFFSET {o}"));
-            }
+    if !group.is_empty() {
+        out.push_str(" GROUP BY ");
+        out.push_str(&group.join(", "));
+    }
+    for (i, o) in n.order.iter().enumerate() {
+        out.push_str(if i == 0 { " ORDER BY " } else { ", " });
+        write_order(q, out, &n.alias, o);
+    }
+    if let Some(l) = n.limit {
+        let _ = write!(out, " LIMIT {l}");
+    }
+    if let Some(o) = n.offset {
+        if o > 0 {
+            let _ = write!(out, " OFFSET {o}");
         }
     }
-    s
 }
 
-fn lateral_sql(q: &mut Sql, parent: &Node, ch: &Child) -> String {
-    let inner_sql = node_sql(q, &ch.node, Some((&parent.alias, &ch.link)), Mode::Full);
-    let lat = ident(&ch.lat);
-    let join = if ch.inner && ch.to_one {
-        "INNER JOIN LATERAL"
+fn write_lateral(q: &mut Sql, out: &mut String, parent: &Node, ch: &Child) {
+    out.push_str(if ch.inner && ch.to_one {
+        " INNER JOIN LATERAL ("
     } else {
-        "LEFT JOIN LATERAL"
+        " LEFT JOIN LATERAL ("
+    });
+    let inner = |q: &mut Sql, out: &mut String| {
+        write_node(q, out, &ch.node, Some((&parent.alias, &ch.link)), Mode::Full)
     };
-    if ch.spread {
-        if ch.to_one {
-            return format!(" {join} ({inner_sql}) AS {lat} ON TRUE");
-        }
-        let aggs: Vec<String> = ch
-            .columns
-            .iter()
-            .map(|c| format!("json_agg(pgrst_x.{}) AS {}", ident(c), ident(c)))
-            .collect();
-        let aggs = if aggs.is_empty() {
-            "NULL".to_string()
-        } else {
-            aggs.join(", ")
-        };
-        return format!(" {join} (SELECT {aggs} FROM ({inner_sql}) AS pgrst_x) AS {lat} ON TRUE");
-    }
-    let label = ident(&ch.label);
-    if ch.to_one {
-        format!(" {join} (SELECT row_to_json(pgrst_x.*) AS {label} FROM ({inner_sql}) AS pgrst_x) AS {lat} ON TRUE")
+    if ch.spread && ch.to_one {
+        inner(q, out);
     } else {
-        format!(" {join} (SELECT json_agg(pgrst_x.*) AS {label} FROM ({inner_sql}) AS pgrst_x) AS {lat} ON TRUE")
+        out.push_str("SELECT ");
+        if ch.spread {
+            let mut first = true;
+            for c in &ch.columns {
+                sep(out, &mut first, ", ");
+                out.push_str("json_agg(pgrst_x.");
+                push_ident(out, c);
+                out.push_str(") AS ");
+                push_ident(out, c);
+            }
+            if first {
+                out.push_str("NULL");
+            }
+        } else {
+            out.push_str(if ch.to_one {
+                "row_to_json(pgrst_x.*) AS "
+            } else {
+                "json_agg(pgrst_x.*) AS "
+            });
+            push_ident(out, &ch.label);
+        }
+        out.push_str(" FROM (");
+        inner(q, out);
+        out.push_str(") AS pgrst_x");
     }
+    out.push_str(") AS ");
+    push_ident(out, &ch.lat);
+    out.push_str(" ON TRUE");
 }
 
 /// How the outer query turns rows into the body.
@@ -521,16 +646,26 @@ pub fn wrap_read(
     shape: &BodyShape,
     with: Option<String>,
 ) -> String {
-    let inner = node_sql(q, node, None, Mode::Full);
-    let total = if count {
-        let c = node_sql(q, node, None, Mode::Count);
-        format!("(SELECT count(*) FROM ({c}) AS pgrst_c)")
+    let mut out = String::with_capacity(512);
+    if let Some(w) = with {
+        out.push_str("WITH ");
+        out.push_str(&w);
+        out.push(' ');
+    }
+    out.push_str("SELECT ");
+    if count {
+        out.push_str("(SELECT count(*) FROM (");
+        write_node(q, &mut out, node, None, Mode::Count);
+        out.push_str(") AS pgrst_c)");
     } else {
-        "NULL::int8".to_string()
-    };
-    let body = body_expr(media, strip, shape);
-    let with = with.map(|w| format!("WITH {w} ")).unwrap_or_default();
-    format!("{with}SELECT {total} AS total, pg_catalog.count(pgrst_t) AS page, {body} AS body, NULL::text AS location FROM ({inner}) AS pgrst_t")
+        out.push_str("NULL::int8");
+    }
+    out.push_str(" AS total, pg_catalog.count(pgrst_t) AS page, ");
+    out.push_str(&body_expr(media, strip, shape));
+    out.push_str(" AS body, NULL::text AS location FROM (");
+    write_node(q, &mut out, node, None, Mode::Full);
+    out.push_str(") AS pgrst_t");
+    out
 }
 
 #[cfg(test)]
