@@ -660,10 +660,10 @@ async fn history_is_sent_oldest_first_within_the_budget() {
     let s = fake.last();
     assert_eq!(s.provider, "anthropic");
     assert_eq!(s.body["system"], "Be kind.");
+    // (Anthropic wants the user first: the cut-off answer at the start is left out.)
     assert_eq!(
         roles_and_contents(&s.body["messages"]),
         [
-            pair("assistant", "First answer."),
             pair("user", "two"),
             pair("assistant", "Second answer."),
             pair("user", "three"),

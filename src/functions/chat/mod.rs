@@ -717,7 +717,11 @@ fn unreachable(p: Provider, e: &reqwest::Error) -> FnError {
     // reqwest's text names only the URL (the key travels in a header).
     tracing::warn!(function = NAME, provider = p.id(), error = %e, "provider unreachable");
     if e.is_timeout() {
-        return timed_out(p, 0);
+        return FnError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "provider_timeout",
+            format!("{} could not be reached in time.", p.label()),
+        );
     }
     FnError::new(
         StatusCode::BAD_GATEWAY,

@@ -154,6 +154,10 @@ impl Call<'_> {
                         _ => msgs.push((t.role.clone(), t.content.clone())),
                     }
                 }
+                // Anthropic refuses a first turn that is not the user's (a history cut by
+                // the context budget may start with an answer): such turns are left out.
+                let first_user = msgs.iter().position(|(r, _)| r == "user").unwrap_or(0);
+                msgs.drain(..first_user);
                 if !system.is_empty() {
                     b.insert("system".into(), json!(system.join("\n\n")));
                 }
@@ -567,6 +571,7 @@ mod tests {
     #[test]
     fn anthropic_body_moves_system_and_joins_turns() {
         let turns = [
+            turn("assistant", "cut off"),
             turn("system", "extra"),
             turn("user", "a"),
             turn("user", "b"),
