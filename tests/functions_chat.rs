@@ -36,6 +36,10 @@ enum Mode {
     ErrorEventMidStream,
     /// Stream a piece every 50 ms until the client goes away.
     Endless,
+    /// Answer nothing for 30 s.
+    Hang,
+    /// Stream two pieces, then stay silent for 30 s.
+    StallMidStream,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +156,10 @@ impl Fake {
             .unwrap_or(Mode::Answer("Hello from the fake."));
         let p = provider.as_str();
         match mode {
+            Mode::Hang => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                whole(500, json!({}))
+            }
             Mode::BadKey => whole(
                 401,
                 error_body(p, 401, &format!("Incorrect API key provided: {key}.")),
@@ -195,6 +203,10 @@ impl Fake {
                     let _ = tx
                         .send(Err(std::io::Error::other("connection broke off")))
                         .await;
+                }
+                Mode::StallMidStream => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tx);
                 }
                 Mode::Endless => loop {
                     let ev = delta_event(&p, "tick ");
@@ -1118,4 +1130,38 @@ async fn another_users_conversation_cannot_be_used() {
         .await,
         0
     );
+}
+
+#[tokio::test]
+async fn a_silent_provider_times_out() {
+    let (t, fake) = setup_with(|cfg| {
+        cfg.functions.provider_timeout_secs = 1;
+        cfg.functions.stream_idle_timeout_secs = 1;
+    })
+    .await;
+    let (uid, token) = user(&t).await;
+    fake.push(Mode::Hang);
+    let started = std::time::Instant::now();
+    let r = chat(&t, &token, hello("openai", "m")).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (504, json!("provider_timeout"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    fake.push(Mode::StallMidStream);
+    let mut b = hello("anthropic", "m");
+    b["stream"] = json!(true);
+    let r = chat(&t, &token, b).await;
+    assert_eq!(r.status, 200);
+    let evs = events(&r.text());
+    assert_eq!(evs[0]["type"], "delta");
+    let last = evs.last().unwrap();
+    assert_eq!(
+        (last["type"].clone(), last["error"]["code"].clone()),
+        (json!("error"), json!("provider_timeout"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let rows = wait_usage(&t, &uid, 2).await;
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [504, 504]);
+    assert_eq!(count(&t, "select count(*) from messages").await, 0);
 }

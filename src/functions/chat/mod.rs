@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::error::FnError;
 use super::{UsageDetails, UsageReport};
-use crate::config::FunctionsConfig;
+use crate::config::{FunctionsConfig, Secret};
 use crate::db::RequestGucs;
 use crate::http::apikey::AuthContext;
 use crate::http::body::{read_limited, BodyError};
@@ -136,8 +136,8 @@ struct ChatRequest {
     temperature: Option<f64>,
     max_tokens: Option<u32>,
     system: Option<String>,
-    /// The caller's own key (never logged: `ChatRequest`'s Debug is only for tests).
-    api_key: Option<String>,
+    /// The caller's own key, for this one call (Debug prints `***`).
+    api_key: Option<Secret<String>>,
 }
 
 fn invalid(message: impl Into<String>) -> FnError {
@@ -263,7 +263,7 @@ fn parse_request(body: &[u8]) -> Result<ChatRequest, FnError> {
         Some(Value::String(k))
             if k.len() <= 1024 && k.trim().bytes().all(|b| (0x21..0x7f).contains(&b)) =>
         {
-            Some(k.trim().to_string())
+            Some(Secret(k.trim().to_string()))
         }
         Some(_) => return Err(invalid("`api_key` is not a valid provider key.")),
     };
@@ -541,7 +541,8 @@ async fn run(
     drop(body);
     usage.provider = Some(r.provider.id());
     usage.model = Some(r.model.clone());
-    let key = match r.api_key.as_deref().or_else(|| server_key(cfg, r.provider)) {
+    let own = r.api_key.as_ref().map(|k| k.expose().as_str());
+    let key = match own.or_else(|| server_key(cfg, r.provider)) {
         Some(k) => k.to_string(),
         None => {
             return Err(FnError::new(
@@ -964,7 +965,11 @@ mod tests {
         let r = parse(v).unwrap();
         assert!(r.stream);
         assert_eq!(r.max_tokens, Some(64));
-        assert_eq!(r.api_key.as_deref(), Some("sk-own"));
+        assert_eq!(
+            r.api_key.as_ref().map(|k| k.expose().as_str()),
+            Some("sk-own")
+        );
+        assert!(!format!("{r:?}").contains("sk-own"));
         assert!(r.conversation_id.is_some());
         let mut v = base();
         v["conversation_id"] = Value::Null;

@@ -481,7 +481,8 @@ fn map_status(provider: Provider, status: u16, message: &str) -> FnError {
 }
 
 /// A provider message made safe to pass on: bounded, the key removed, and key-like words
-/// (`sk-…`, partially masked keys) replaced, since providers quote keys in their errors.
+/// (`sk-…`, partially masked keys, long random tokens like Mistral's 32-character keys)
+/// replaced, since providers quote keys in their errors. Model names stay readable.
 pub fn scrub(message: &str, key: &str) -> String {
     let mut m = message.to_string();
     if key.len() >= 4 {
@@ -493,7 +494,7 @@ pub fn scrub(message: &str, key: &str) -> String {
             let bare = w.trim_matches(|c: char| ".,;:'\"()[]".contains(c));
             let keylike = bare.starts_with("sk-")
                 || bare.matches('*').count() >= 3
-                || (bare.len() >= 24
+                || (bare.len() >= 32
                     && bare
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -718,5 +719,10 @@ mod tests {
         let e = http_error(Provider::OpenAi, 500, b"<html>oops</html>", "x");
         assert_eq!(e.message, "OpenAI answered 500: Internal Server Error");
         assert!(scrub(&"x".repeat(2000), "k").chars().count() <= MAX_MESSAGE_CHARS + 1);
+        let m = scrub(
+            "model claude-3-5-haiku-20241022 with key aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF1",
+            "other",
+        );
+        assert_eq!(m, "model claude-3-5-haiku-20241022 with key [redacted]");
     }
 }
