@@ -52,6 +52,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const TITLE_CHARS: usize = 80;
 /// Events waiting for a slow client before the provider is read further.
 const RELAY_BUFFER: usize = 16;
+/// Longest silence on a streamed response (an SSE comment is sent then).
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// This function's share of the functions state: one HTTP client (connection pool) for
 /// every provider call.
@@ -855,13 +857,29 @@ impl Relay {
         let mut body = upstream.bytes_stream();
         let mut decoder = sse::Decoder::default();
         let mut events = Vec::new();
+        // While the provider is silent (a model thinking), a comment line now and then keeps
+        // proxies from closing the response and shows whether the client is still there.
+        let every = KEEPALIVE.min(self.idle / 2);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut deadline = tokio::time::Instant::now() + self.idle;
         loop {
             let next = tokio::select! {
                 _ = tx.closed() => return End::Cancelled,
-                n = tokio::time::timeout(self.idle, body.next()) => n,
+                _ = keepalive.tick() => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        return End::Cancelled;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline) => None,
+                n = body.next() => {
+                    deadline = tokio::time::Instant::now() + self.idle;
+                    keepalive.reset();
+                    Some(n)
+                }
             };
             let finished = match next {
-                Err(_) => {
+                None => {
                     return End::Failed(FnError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "provider_timeout",
@@ -872,7 +890,7 @@ impl Relay {
                         ),
                     ))
                 }
-                Ok(Some(Err(e))) => {
+                Some(Some(Err(e))) => {
                     tracing::warn!(function = NAME, provider = p.id(), error = %e, "provider stream broke off");
                     return End::Failed(FnError::new(
                         StatusCode::BAD_GATEWAY,
@@ -880,13 +898,13 @@ impl Relay {
                         format!("The connection to {} broke off mid-answer.", p.label()),
                     ));
                 }
-                Ok(Some(Ok(chunk))) => {
+                Some(Some(Ok(chunk))) => {
                     if decoder.feed(&chunk, &mut events).is_err() {
                         return End::Failed(providers_malformed(p));
                     }
                     false
                 }
-                Ok(None) => {
+                Some(None) => {
                     decoder.finish(&mut events);
                     true
                 }

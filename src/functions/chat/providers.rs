@@ -118,13 +118,15 @@ impl Call<'_> {
                 }
                 b.insert("messages".into(), Value::Array(msgs));
                 if let Some(n) = self.max_tokens {
-                    // OpenAI's newer models refuse the older `max_tokens`; Mistral knows
-                    // only `max_tokens`.
-                    let field = if self.provider == Provider::OpenAi {
-                        "max_completion_tokens"
-                    } else {
-                        "max_tokens"
-                    };
+                    // OpenAI's own API wants `max_completion_tokens` (its reasoning models
+                    // refuse `max_tokens`); Mistral and the OpenAI-compatible servers an
+                    // OPENAI_BASE_URL may point at (Ollama, vLLM, ...) know `max_tokens`.
+                    let field =
+                        if self.provider == Provider::OpenAi && is_openai_host(self.base_url) {
+                            "max_completion_tokens"
+                        } else {
+                            "max_tokens"
+                        };
                     b.insert(field.into(), json!(n));
                 }
                 if self.stream {
@@ -183,6 +185,15 @@ impl Call<'_> {
         }
         Value::Object(b)
     }
+}
+
+/// Whether a base URL is OpenAI's own API (not an OpenAI-compatible server).
+fn is_openai_host(base_url: &str) -> bool {
+    base_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.eq_ignore_ascii_case("api.openai.com")))
+        .unwrap_or(false)
 }
 
 /// Token counts as the provider reported them.
@@ -561,6 +572,12 @@ mod tests {
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["temperature"], 0.5);
         assert!(b.get("max_tokens").is_none());
+        let mut c = call(Provider::OpenAi, &turns, false);
+        c.max_tokens = Some(9);
+        assert_eq!(c.body()["max_tokens"], 9, "an OpenAI-compatible server");
+        c.base_url = "https://api.openai.com/v1";
+        assert_eq!(c.body()["max_completion_tokens"], 9, "OpenAI itself");
+        assert!(c.body().get("max_tokens").is_none());
         let mut c = call(Provider::Mistral, &turns, true);
         c.max_tokens = Some(5);
         let b = c.body();
