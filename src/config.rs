@@ -74,6 +74,7 @@ pub struct Config {
     pub rest: RestConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
+    pub functions: FunctionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -172,6 +173,112 @@ pub struct StorageConfig {
     pub file_size_limit: u64,
 }
 
+/// The built-in functions (`/functions/v1`): chat-completion's LLM providers.
+/// `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `MISTRAL_API_KEY`, `OPENAI_BASE_URL`,
+/// `ANTHROPIC_BASE_URL` and `MISTRAL_BASE_URL` override the file (an empty variable counts
+/// as unset). Keys are [`Secret`]s: never printed, logged or dumped.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// The server's provider keys, used when a request brings no `api_key` of its own.
+    pub openai_api_key: Option<Secret<String>>,
+    pub anthropic_api_key: Option<Secret<String>>,
+    pub mistral_api_key: Option<Secret<String>>,
+    /// Provider API roots (OpenAI's and Mistral's include `/v1`; Anthropic's does not).
+    pub openai_base_url: String,
+    pub anthropic_base_url: String,
+    pub mistral_base_url: String,
+    /// Seconds to wait for a provider's whole answer, or for a stream's first bytes.
+    pub provider_timeout_secs: u64,
+    /// Seconds a streamed answer may stay silent before it is abandoned.
+    pub stream_idle_timeout_secs: u64,
+    /// Earlier turns of a conversation sent to the provider: at most this many messages...
+    pub context_max_messages: usize,
+    /// ...and at most about this many characters (the newest turns are kept).
+    pub context_max_chars: usize,
+    /// `max_tokens` sent to Anthropic (which requires one) when the request gives none.
+    pub default_max_tokens: u32,
+    /// Largest chat-completion request body, in bytes.
+    pub chat_max_body_bytes: usize,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        FunctionsConfig {
+            openai_api_key: None,
+            anthropic_api_key: None,
+            mistral_api_key: None,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            anthropic_base_url: "https://api.anthropic.com".into(),
+            mistral_base_url: "https://api.mistral.ai/v1".into(),
+            provider_timeout_secs: 120,
+            stream_idle_timeout_secs: 60,
+            context_max_messages: 50,
+            context_max_chars: 48_000,
+            default_max_tokens: 1024,
+            chat_max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl FunctionsConfig {
+    /// Overlay the providers' usual environment variables; `var` reads one.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let get = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        for (name, slot) in [
+            ("OPENAI_API_KEY", &mut self.openai_api_key),
+            ("ANTHROPIC_API_KEY", &mut self.anthropic_api_key),
+            ("MISTRAL_API_KEY", &mut self.mistral_api_key),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = Some(Secret(v));
+            }
+        }
+        for (name, slot) in [
+            ("OPENAI_BASE_URL", &mut self.openai_base_url),
+            ("ANTHROPIC_BASE_URL", &mut self.anthropic_base_url),
+            ("MISTRAL_BASE_URL", &mut self.mistral_base_url),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = v;
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, url) in [
+            ("openai_base_url", &self.openai_base_url),
+            ("anthropic_base_url", &self.anthropic_base_url),
+            ("mistral_base_url", &self.mistral_base_url),
+        ] {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "functions.{name}: '{url}' is not an http(s) URL"
+                )));
+            }
+        }
+        if self.provider_timeout_secs == 0 || self.stream_idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "functions: provider_timeout_secs and stream_idle_timeout_secs must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "functions.default_max_tokens must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -193,6 +300,7 @@ impl Default for Config {
             rest: RestConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
+            functions: FunctionsConfig::default(),
         }
     }
 }
@@ -339,6 +447,7 @@ impl Config {
             }
         };
         cfg.apply(args);
+        cfg.functions.apply_env(|k| std::env::var(k).ok());
         cfg.validate()?;
         Ok(cfg)
     }
@@ -428,6 +537,7 @@ impl Config {
                 "rest.schemas: at least one schema is needed".into(),
             ));
         }
+        self.functions.validate()?;
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid(
                 "db_pool_size must be at least 1".into(),
@@ -451,7 +561,17 @@ impl Config {
     /// The effective configuration as TOML, secrets shown as `***`.
     pub fn dump(&self) -> String {
         let mut v = serde_json::to_value(self).expect("config serializes");
-        redact(&mut v, &["jwt_secret", "database_url", "smtp_url"]);
+        redact(
+            &mut v,
+            &[
+                "jwt_secret",
+                "database_url",
+                "smtp_url",
+                "openai_api_key",
+                "anthropic_api_key",
+                "mistral_api_key",
+            ],
+        );
         let t = json_to_toml(&v).expect("object");
         toml::to_string_pretty(&t).expect("toml")
     }
@@ -593,6 +713,38 @@ mod tests {
         assert!(!d.contains("pw@h"));
         assert!(d.contains("jwt_secret = \"***\""));
         assert!(format!("{cfg:?}").contains("***"));
+    }
+
+    #[test]
+    fn provider_env_overrides_and_keys_stay_hidden() {
+        let mut cfg = Config::from_toml(
+            "[functions]\nopenai_api_key = \"sk-file\"\nmistral_base_url = \"http://m.test/v1\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "OPENAI_API_KEY" => Some("sk-env-secret".to_string()),
+            "ANTHROPIC_BASE_URL" => Some("http://127.0.0.1:9/".to_string()),
+            "MISTRAL_BASE_URL" => Some(String::new()),
+            _ => None,
+        };
+        cfg.functions.apply_env(env);
+        assert_eq!(
+            cfg.functions.openai_api_key.as_ref().unwrap().expose(),
+            "sk-env-secret"
+        );
+        assert_eq!(cfg.functions.anthropic_base_url, "http://127.0.0.1:9/");
+        assert_eq!(
+            cfg.functions.mistral_base_url, "http://m.test/v1",
+            "empty = unset"
+        );
+        assert!(cfg.functions.anthropic_api_key.is_none());
+        cfg.validate().unwrap();
+        assert!(!format!("{cfg:?}").contains("sk-env-secret"));
+        let d = cfg.dump();
+        assert!(!d.contains("sk-env-secret"), "{d}");
+        assert!(d.contains("openai_api_key = \"***\""), "{d}");
+        cfg.functions.openai_base_url = "ftp://x".into();
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -430,8 +430,12 @@ async fn gateway_auth_unknown_functions_and_usage() {
         )
         .await;
     assert_error(&r, 404, "not_found");
-    // The other three: 501 behind auth.
-    for f in ["chat-completion", "code-execution", "websocket-handler"] {
+    // The other three behind auth: chat-completion refuses an empty body, the rest 501.
+    for (f, status, code) in [
+        ("chat-completion", 400, "invalid_request"),
+        ("code-execution", 501, "not_implemented"),
+        ("websocket-handler", 501, "not_implemented"),
+    ] {
         let url = format!("{}/functions/v1/{f}", t.url);
         let r = t
             .http
@@ -447,7 +451,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
                 "{}",
             )
             .await;
-        assert_error(&r, 501, "not_implemented");
+        assert_error(&r, status, code);
     }
     // websocket-handler takes the token from the query too.
     let r = t
@@ -481,7 +485,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
         got,
         vec![
             // The 401s (no user) are logged but not recorded.
-            ("chat-completion".into(), 501, u.clone()),
+            ("chat-completion".into(), 400, u.clone()),
             ("code-execution".into(), 501, u.clone()),
             ("websocket-handler".into(), 501, u.clone()),
             ("websocket-handler".into(), 501, u.clone()),

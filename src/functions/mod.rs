@@ -2,9 +2,10 @@
 //! function (unknown → 404), requires a signed-in user (anon only → 401), runs it, logs the
 //! call with its latency (never tokens or bodies) and records it in `api_usage`.
 //!
-//! Built: `file-upload`. `chat-completion`, `code-execution` and `websocket-handler`
+//! Built: `file-upload`, `chat-completion`. `code-execution` and `websocket-handler`
 //! answer 501 `not_implemented` (behind the same auth and accounting).
 
+pub mod chat;
 pub mod error;
 pub mod sniff;
 pub mod upload;
@@ -20,10 +21,44 @@ use crate::state::AppState;
 use error::FnError;
 
 /// This API's share of the application state.
-pub struct State {}
+pub struct State {
+    pub chat: chat::State,
+}
 
-pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
-    Ok(State {})
+pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
+    Ok(State {
+        chat: chat::init(&config.functions)?,
+    })
+}
+
+/// What a function adds to its `api_usage` row beyond endpoint, status and latency.
+#[derive(Debug, Clone, Default)]
+pub struct UsageDetails {
+    pub provider: Option<&'static str>,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub total_tokens: Option<i32>,
+    /// The outcome when it differs from the response status (a streamed answer that failed
+    /// after its 200 was sent).
+    pub status: Option<u16>,
+}
+
+/// A function's usage details, put in its response's extensions: known now, or when a
+/// streamed response ends (the row is then written, with the latency until that moment).
+#[derive(Clone)]
+pub enum UsageReport {
+    Now(UsageDetails),
+    Later(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<UsageDetails>>>>),
+}
+
+impl UsageReport {
+    pub fn now(d: UsageDetails) -> UsageReport {
+        UsageReport::Now(d)
+    }
+    pub fn later(rx: tokio::sync::oneshot::Receiver<UsageDetails>) -> UsageReport {
+        UsageReport::Later(std::sync::Arc::new(std::sync::Mutex::new(Some(rx))))
+    }
 }
 
 /// Background work started once the server is up (listeners, sweepers).
@@ -31,7 +66,7 @@ pub fn spawn_background(_state: &AppState) {}
 
 /// The functions this server has (the `api_usage.endpoint` values).
 const FUNCTIONS: &[&str] = &[
-    "chat-completion",
+    chat::NAME,
     "code-execution",
     upload::NAME,
     "websocket-handler",
@@ -56,10 +91,11 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
         return resp;
     };
     let mut user = None;
-    let resp = match call(state, req, function, rest, &mut user).await {
+    let mut resp = match call(state, req, function, rest, &mut user).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    let report = resp.extensions_mut().remove::<UsageReport>();
     let latency_ms = start.elapsed().as_millis().min(i32::MAX as u128) as i32;
     let status = resp.status().as_u16();
     tracing::info!(
@@ -71,7 +107,29 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     // Usage is per user: a call nobody could be identified for is logged above but not
     // written (unauthenticated callers cannot add rows).
     if let Some(user) = user {
-        record_usage(state, function, user, status, latency_ms).await;
+        match report {
+            Some(UsageReport::Later(rx)) => {
+                let rx = rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    // A relay that vanished without a word reports nothing but the call.
+                    let d = match rx {
+                        Some(rx) => rx.await.unwrap_or_default(),
+                        None => UsageDetails::default(),
+                    };
+                    let latency_ms = start.elapsed().as_millis().min(i32::MAX as u128) as i32;
+                    let status = d.status.unwrap_or(status);
+                    record_usage(&state, function, user, status, latency_ms, &d).await;
+                });
+            }
+            Some(UsageReport::Now(d)) => {
+                record_usage(state, function, user, status, latency_ms, &d).await
+            }
+            None => {
+                let d = UsageDetails::default();
+                record_usage(state, function, user, status, latency_ms, &d).await
+            }
+        }
     }
     resp
 }
@@ -119,6 +177,7 @@ async fn call(
     }
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
+        chat::NAME => Ok(chat::handle(state, &ctx, user, req).await),
         _ => Err(FnError::not_implemented(function)),
     }
 }
@@ -130,6 +189,7 @@ async fn record_usage(
     user: uuid::Uuid,
     status: u16,
     latency_ms: i32,
+    d: &UsageDetails,
 ) {
     let r: Result<(), String> = async {
         let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
@@ -138,9 +198,20 @@ async fn record_usage(
             .await
             .map_err(|e| crate::db::error_text(&e))?;
         tx.execute(
-            "insert into public.api_usage (user_id, endpoint, status_code, latency_ms) \
-             values ($1, $2, $3, $4)",
-            &[&user, &endpoint, &(status as i32), &latency_ms],
+            "insert into public.api_usage (user_id, endpoint, status_code, latency_ms, \
+               provider, model, prompt_tokens, completion_tokens, total_tokens) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &user,
+                &endpoint,
+                &(status as i32),
+                &latency_ms,
+                &d.provider,
+                &d.model,
+                &d.prompt_tokens,
+                &d.completion_tokens,
+                &d.total_tokens,
+            ],
         )
         .await
         .map_err(|e| crate::db::error_text(&e))?;
