@@ -8,6 +8,7 @@
 pub mod error;
 pub mod sniff;
 pub mod upload;
+pub mod ws;
 
 use std::time::Instant;
 
@@ -20,14 +21,20 @@ use crate::state::AppState;
 use error::FnError;
 
 /// This API's share of the application state.
-pub struct State {}
+pub struct State {
+    pub ws: ws::Ws,
+}
 
 pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
-    Ok(State {})
+    Ok(State {
+        ws: ws::Ws::default(),
+    })
 }
 
 /// Background work started once the server is up (listeners, sweepers).
-pub fn spawn_background(_state: &AppState) {}
+pub fn spawn_background(state: &AppState) {
+    ws::spawn_background(state);
+}
 
 /// The functions this server has (the `api_usage.endpoint` values).
 const FUNCTIONS: &[&str] = &[
@@ -119,6 +126,7 @@ async fn call(
     }
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
+        ws::NAME => ws::handle(state, &ctx, user, req).await,
         _ => Err(FnError::not_implemented(function)),
     }
 }
