@@ -41,13 +41,13 @@ pub fn error_frame(code: &str, message: &str) -> String {
 
 fn conversation(v: &Value) -> Result<Uuid, Refusal> {
     match v.get("conversation_id") {
-        None | Some(Value::Null) => Err(refusal(
-            "invalid_request",
-            "conversation_id is required.",
-        )),
+        None | Some(Value::Null) => Err(refusal("invalid_request", "conversation_id is required.")),
         Some(Value::String(s)) => Uuid::parse_str(s.trim())
             .map_err(|_| refusal("invalid_request", "conversation_id must be a UUID.")),
-        Some(_) => Err(refusal("invalid_request", "conversation_id must be a UUID.")),
+        Some(_) => Err(refusal(
+            "invalid_request",
+            "conversation_id must be a UUID.",
+        )),
     }
 }
 
@@ -130,8 +130,14 @@ mod tests {
     fn bad_frames_are_refused() {
         assert_eq!(parse("{").unwrap_err().code, "invalid_json");
         assert_eq!(parse("[1]").unwrap_err().code, "invalid_request");
-        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, "unknown_type");
-        assert_eq!(parse(r#"{"type":"join"}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            parse(r#"{"type":"dance"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        assert_eq!(
+            parse(r#"{"type":"join"}"#).unwrap_err().code,
+            "invalid_request"
+        );
         assert_eq!(
             parse(r#"{"type":"join","conversation_id":"nope"}"#)
                 .unwrap_err()

@@ -96,11 +96,7 @@ pub async fn handle(
     // Sessions are opened once this process holds its lock (a peer's sweep cannot close
     // them); a lock that cannot be had delays nobody more than a few seconds.
     let mut ready = state.functions.ws.ready.subscribe();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        ready.wait_for(|r| *r),
-    )
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ready.wait_for(|r| *r)).await;
     // The row exists before the client sees 101.
     let session = sessions::open(state, user, user_agent)
         .await
@@ -117,9 +113,12 @@ pub async fn handle(
                     max_frame_size: Some(MAX_FRAME),
                     ..Default::default()
                 };
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
-                        .await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(cfg),
+                )
+                .await;
                 socket::run(state.clone(), ws, ctx, user, session).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket-handler: upgrade failed"),
@@ -130,7 +129,10 @@ pub async fn handle(
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let hs = r.headers_mut();
     hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    hs.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(v) = HeaderValue::from_str(&accept) {
         hs.insert("sec-websocket-accept", v);
     }

@@ -40,7 +40,11 @@ async fn as_server<T>(
 }
 
 /// A new `online` session; its id.
-pub async fn open(state: &AppState, user: Uuid, user_agent: Option<String>) -> Result<Uuid, String> {
+pub async fn open(
+    state: &AppState,
+    user: Uuid,
+    user_agent: Option<String>,
+) -> Result<Uuid, String> {
     let server = state.functions.ws.server_id;
     as_server(state, move |tx| {
         Box::pin(async move {
@@ -172,7 +176,10 @@ async fn hold_lock(st: &AppState) -> Result<(), String> {
             last_sweep = Some(std::time::Instant::now());
             match sweep(st).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(closed = n, "websocket-handler: closed sessions of stopped servers"),
+                Ok(n) => tracing::info!(
+                    closed = n,
+                    "websocket-handler: closed sessions of stopped servers"
+                ),
                 Err(e) => tracing::warn!(error = %e, "websocket-handler: session sweep failed"),
             }
             let _ = st.functions.ws.ready.send_replace(true);

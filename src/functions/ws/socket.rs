@@ -248,7 +248,9 @@ impl Conn {
     async fn join(&mut self, id: Uuid) -> Result<Option<Value>, Refusal> {
         if let Some(room) = self.rooms.get(&id) {
             let u = users(&self.guard.hub, &room.key);
-            return Ok(Some(json!({"type": "joined", "conversation_id": id, "users": u})));
+            return Ok(Some(
+                json!({"type": "joined", "conversation_id": id, "users": u}),
+            ));
         }
         if self.rooms.len() >= MAX_ROOMS {
             return Err(frames::refusal(
@@ -266,7 +268,10 @@ impl Conn {
             }
             Err(e) => {
                 tracing::error!(error = %e, "websocket-handler: join check failed");
-                return Err(frames::refusal("internal_error", "An internal error occurred."));
+                return Err(frames::refusal(
+                    "internal_error",
+                    "An internal error occurred.",
+                ));
             }
         }
         // The change capture runs before the channel exists, so every row committed after
@@ -320,7 +325,9 @@ impl Conn {
             },
         );
         self.by_chan.insert(chan, id);
-        Ok(Some(json!({"type": "joined", "conversation_id": id, "users": u})))
+        Ok(Some(
+            json!({"type": "joined", "conversation_id": id, "users": u}),
+        ))
     }
 
     fn leave(&mut self, id: Uuid) -> Result<Option<Value>, Refusal> {
@@ -344,7 +351,9 @@ impl Conn {
             ));
         };
         let payload = json!({"type": "typing", "conversation_id": id, "user_id": self.user, "is_typing": is_typing});
-        let msg = Broadcast::Json(json!({"type": "broadcast", "event": TYPING_EVENT, "payload": payload}));
+        let msg = Broadcast::Json(
+            json!({"type": "broadcast", "event": TYPING_EVENT, "payload": payload}),
+        );
         crate::realtime::broadcast(&self.state, &room.key, Some(room.chan), msg);
         Ok(None)
     }
@@ -407,7 +416,9 @@ impl Conn {
         };
         let frame = match out {
             Out::Broadcast { msg, .. } => match &*msg {
-                Broadcast::Json(v) if v.get("event").and_then(Value::as_str) == Some(TYPING_EVENT) => {
+                Broadcast::Json(v)
+                    if v.get("event").and_then(Value::as_str) == Some(TYPING_EVENT) =>
+                {
                     let p = &v["payload"];
                     match (p["user_id"].as_str(), p["is_typing"].as_bool()) {
                         (Some(u), Some(b))
