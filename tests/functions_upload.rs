@@ -447,7 +447,12 @@ async fn gateway_auth_unknown_functions_and_usage() {
                 "{}",
             )
             .await;
-        assert_error(&r, 501, "not_implemented");
+        if f == "websocket-handler" {
+            // Built: it answers GET upgrades only.
+            assert_error(&r, 405, "method_not_allowed");
+        } else {
+            assert_error(&r, 501, "not_implemented");
+        }
     }
     // websocket-handler takes the token from the query too.
     let r = t
@@ -457,7 +462,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
             &[],
         )
         .await;
-    assert_error(&r, 501, "not_implemented");
+    assert_error(&r, 426, "upgrade_required");
     // Wrong method.
     assert_error(
         &call(&t, "PUT", "", &token, vec![]).await,
@@ -483,8 +488,8 @@ async fn gateway_auth_unknown_functions_and_usage() {
             // The 401s (no user) are logged but not recorded.
             ("chat-completion".into(), 501, u.clone()),
             ("code-execution".into(), 501, u.clone()),
-            ("websocket-handler".into(), 501, u.clone()),
-            ("websocket-handler".into(), 501, u.clone()),
+            ("websocket-handler".into(), 405, u.clone()),
+            ("websocket-handler".into(), 426, u.clone()),
             ("file-upload".into(), 405, u.clone()),
             ("file-upload".into(), 201, u.clone()),
         ]

@@ -2,8 +2,8 @@
 //! function (unknown → 404), requires a signed-in user (anon only → 401), runs it, logs the
 //! call with its latency (never tokens or bodies) and records it in `api_usage`.
 //!
-//! Built: `file-upload`. `chat-completion`, `code-execution` and `websocket-handler`
-//! answer 501 `not_implemented` (behind the same auth and accounting).
+//! Built: `file-upload`, `websocket-handler` (`ws/`). `chat-completion` and
+//! `code-execution` answer 501 `not_implemented` (behind the same auth and accounting).
 
 pub mod error;
 pub mod sniff;
