@@ -520,6 +520,27 @@ async fn stale_sessions_are_closed_at_start_and_processes_share_conversations() 
     assert_eq!(ty["user_id"], bob.as_str());
     a.silent(300).await;
     b.silent(10).await;
-    drop(b);
+    // Stopping the other process closes its socket and its session rows.
     other.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match b.ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, Some(1001));
+    eventually(
+        &t,
+        &format!(
+            "select string_agg(status, ',') from public.user_sessions
+              where user_id = '{bob}' and server_id is not null and server_id <> 42"
+        ),
+        "offline",
+    )
+    .await;
 }

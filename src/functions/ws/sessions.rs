@@ -6,7 +6,8 @@
 //! carries that id. At start (and every minute after) a process closes the open sessions of
 //! every server whose lock is not held: a crashed or stopped process loses its lock with its
 //! connection, so its sessions are closed, while the sessions of other live processes on the
-//! same database are left alone.
+//! same database are left alone. When the server stops, the lock's connection (still open
+//! after the pool closed) closes this process's sessions before it goes.
 
 use std::time::Duration;
 
@@ -165,6 +166,23 @@ async fn hold_lock(st: &AppState) -> Result<(), String> {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if st.pool.is_closed() {
+            // The server is stopping: close this process's sessions on the connection that
+            // is still open (an embedded PostgreSQL may stop first; then the next start's
+            // sweep closes them), then release the lock with the connection.
+            let close = format!(
+                "begin; set local role service_role; \
+                 update public.user_sessions set status = 'offline', disconnected_at = now() \
+                  where server_id = {id} and disconnected_at is null; commit"
+            );
+            match tokio::time::timeout(Duration::from_secs(2), client.batch_execute(&close)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %err(e), "websocket-handler: closing sessions at shutdown failed")
+                }
+                Err(_) => {
+                    tracing::debug!("websocket-handler: closing sessions at shutdown timed out")
+                }
+            }
             drop(client);
             let _ = conn.await;
             return Ok(());
