@@ -198,6 +198,10 @@ async fn hold_lock(st: &AppState) -> Result<(), String> {
                     closed = n,
                     "websocket-handler: closed sessions of stopped servers"
                 ),
+                // Without the app schema (`app_schema = false`) there is no user_sessions.
+                Err(e) if e.contains("(42P01)") => {
+                    tracing::debug!(error = %e, "websocket-handler: no user_sessions table")
+                }
                 Err(e) => tracing::warn!(error = %e, "websocket-handler: session sweep failed"),
             }
             let _ = st.functions.ws.ready.send_replace(true);

@@ -246,8 +246,9 @@ impl Conn {
     }
 
     async fn join(&mut self, id: Uuid) -> Result<Option<Value>, Refusal> {
-        if let Some(room) = self.rooms.get(&id) {
+        if let Some(room) = self.rooms.get_mut(&id) {
             let u = users(&self.guard.hub, &room.key);
+            room.users = u.clone();
             return Ok(Some(
                 json!({"type": "joined", "conversation_id": id, "users": u}),
             ));
