@@ -544,3 +544,68 @@ async fn stale_sessions_are_closed_at_start_and_processes_share_conversations() 
     )
     .await;
 }
+
+#[tokio::test]
+async fn limits_expiry_and_rate() {
+    let t = TestServer::start().await;
+    let (alice, ta) = user(&t).await;
+    let conv = conversation(&t, &alice, &[]).await;
+    let mut a = Client::connect(&t, &ta).await;
+    assert_eq!(a.join(&conv).await["type"], "joined");
+    // Content over 32 KiB (inside one frame) is refused and nothing is stored.
+    let long = "y".repeat(40 * 1024);
+    a.send(json!({"type": "message", "conversation_id": conv, "content": long}))
+        .await;
+    assert_eq!(a.expect("error").await["code"], "payload_too_large");
+    // A burst over 50 frames a second: the excess is refused, the socket stays open.
+    for _ in 0..60 {
+        a.send(json!({"type": "ping"})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..60 {
+        match a.next().await["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => limited += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        pongs <= 50 && limited >= 10,
+        "{pongs} pongs, {limited} refusals"
+    );
+    let n = t
+        .sql(&format!(
+            "select count(*)::text from public.messages where conversation_id = '{conv}'"
+        ))
+        .await;
+    assert_eq!(n[0].get::<_, String>(0), "0");
+
+    // A token that expires while connected: an error frame, then close 1008.
+    let short = t.server.state.keys.jwt.sign_hs256(&json!({
+        "sub": alice, "role": "authenticated", "aud": "authenticated",
+        "exp": chrono::Utc::now().timestamp() + 2,
+    }));
+    let mut s = Client::connect(&t, &short).await;
+    assert_eq!(s.join(&conv).await["type"], "joined");
+    let e = tokio::time::timeout(Duration::from_secs(6), s.next())
+        .await
+        .unwrap();
+    assert_eq!(e["code"], "token_expired");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, Some(1008));
+    // An expired token cannot connect at all.
+    let e = tokio_tungstenite::connect_async(ws_url(&t.url, &format!("?token={short}")))
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401));
+}

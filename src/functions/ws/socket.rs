@@ -169,7 +169,7 @@ pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, sess
                     let _ = c.sink.send(close_frame(CloseCode::Away, "idle timeout")).await;
                     break;
                 }
-                if exp.is_some_and(|e| e <= chrono::Utc::now().timestamp()) {
+                if exp.is_some_and(|e| e < chrono::Utc::now().timestamp()) {
                     let _ = c.text(error_frame("token_expired", "The access token has expired; reconnect with a new one.")).await;
                     let _ = c.sink.send(close_frame(CloseCode::Policy, "token expired")).await;
                     break;
