@@ -422,8 +422,14 @@ async fn presence_typing_and_messages_reach_the_right_sockets_once() {
     .await;
 
     // Leave, rejoin, disconnect: Alice sees the user list change each time.
+    // Bob was still typing: leaving tells Alice he stopped.
     b.send(json!({"type": "leave", "conversation_id": conv}))
         .await;
+    let ty = a.expect("typing").await;
+    assert_eq!(
+        (ty["user_id"].as_str(), ty["is_typing"].as_bool()),
+        (Some(bob.as_str()), Some(false))
+    );
     assert_eq!(users(&a.expect("presence").await), vec![alice.clone()]);
     // After leaving, Bob gets nothing from the conversation.
     a.send(json!({"type": "typing", "conversation_id": conv, "is_typing": false}))
@@ -431,7 +437,12 @@ async fn presence_typing_and_messages_reach_the_right_sockets_once() {
     b.silent(300).await;
     assert_eq!(users(&b.join(&conv).await), sorted(&[&alice, &bob]));
     assert_eq!(users(&a.expect("presence").await), sorted(&[&alice, &bob]));
+    b.send(json!({"type": "typing", "conversation_id": conv, "is_typing": true}))
+        .await;
+    assert_eq!(a.expect("typing").await["is_typing"], true);
+    // Disconnecting while typing: typing stops, then Bob leaves the user list.
     b.ws.close(None).await.unwrap();
+    assert_eq!(a.expect("typing").await["is_typing"], false);
     assert_eq!(users(&a.expect("presence").await), vec![alice.clone()]);
     // A second socket of Alice's does not change the user list: no presence frame.
     let mut a2 = Client::connect(&t, &ta).await;

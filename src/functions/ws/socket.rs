@@ -60,6 +60,8 @@ struct Room {
     key: TopicKey,
     /// The user list this socket last saw (a presence frame goes out when it changes).
     users: Vec<String>,
+    /// The user said they are typing here (others are told they stopped when it leaves).
+    typing: bool,
 }
 
 /// Takes the socket's channels out of the hub when the task ends (presence leaves).
@@ -185,6 +187,10 @@ pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, sess
                 }
             }
         }
+    }
+    let rooms: Vec<Uuid> = c.rooms.keys().copied().collect();
+    for id in rooms {
+        c.stop_typing(id);
     }
     drop(c.guard);
     let _ = c.sink.close().await;
@@ -323,6 +329,7 @@ impl Conn {
                 chan,
                 key,
                 users: u.clone(),
+                typing: false,
             },
         );
         self.by_chan.insert(chan, id);
@@ -332,6 +339,7 @@ impl Conn {
     }
 
     fn leave(&mut self, id: Uuid) -> Result<Option<Value>, Refusal> {
+        self.stop_typing(id);
         let Some(room) = self.rooms.remove(&id) else {
             return Err(frames::refusal(
                 "not_joined",
@@ -344,13 +352,21 @@ impl Conn {
         Ok(None)
     }
 
+    /// A socket that leaves while typing tells the others it stopped.
+    fn stop_typing(&mut self, id: Uuid) {
+        if self.rooms.get(&id).is_some_and(|r| r.typing) {
+            let _ = self.typing(id, false);
+        }
+    }
+
     fn typing(&mut self, id: Uuid, is_typing: bool) -> Result<Option<Value>, Refusal> {
-        let Some(room) = self.rooms.get(&id) else {
+        let Some(room) = self.rooms.get_mut(&id) else {
             return Err(frames::refusal(
                 "not_joined",
                 "Join the conversation before sending typing.",
             ));
         };
+        room.typing = is_typing;
         let payload = json!({"type": "typing", "conversation_id": id, "user_id": self.user, "is_typing": is_typing});
         let msg = Broadcast::Json(
             json!({"type": "broadcast", "event": TYPING_EVENT, "payload": payload}),
