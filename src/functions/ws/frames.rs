@@ -126,6 +126,38 @@ mod tests {
         );
     }
 
+    /// Mutated and truncated frames: every input parses or is refused, never a panic.
+    #[test]
+    fn fuzz_frames_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let seeds = [
+            format!(r#"{{"type":"join","conversation_id":"{C}"}}"#),
+            format!(r#"{{"type":"typing","conversation_id":"{C}","is_typing":true}}"#),
+            format!(r#"{{"type":"message","conversation_id":"{C}","content":"h\u00e9"}}"#),
+            r#"{"type":"ping"}"#.to_string(),
+        ];
+        let alphabet = b"{}[]\":,.0123456789abcdefnulltrue \\u\xc3\xa9";
+        for _ in 0..20_000 {
+            let mut b = seeds[rng.gen_range(0..seeds.len())].clone().into_bytes();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..=b.len());
+                match rng.gen_range(0..3) {
+                    0 if i < b.len() => {
+                        b.remove(i);
+                    }
+                    1 => b.insert(i, alphabet[rng.gen_range(0..alphabet.len())]),
+                    _ => b.truncate(i),
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            match parse(&text) {
+                Ok(_) => {}
+                Err(r) => assert!(!r.code.is_empty() && !r.message.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn bad_frames_are_refused() {
         assert_eq!(parse("{").unwrap_err().code, "invalid_json");
