@@ -156,7 +156,11 @@ test('websocket-handler: two users join, see each other, type and exchange messa
   const { data: sessions } = await alice.sb.from('user_sessions').select('status, disconnected_at');
   assert.deepEqual(sessions, [{ status: 'online', disconnected_at: null }]);
 
+  // Bob was typing: closing tells Alice he stopped, then he leaves the user list.
   b.ws.close();
+  assert.deepEqual(await a.expect('typing'), {
+    type: 'typing', conversation_id: conv.id, user_id: bob.id, is_typing: false,
+  });
   assert.deepEqual((await a.expect('presence')).users, [alice.id]);
   for (let i = 0; i < 50; i++) {
     const { data } = await bob.sb.from('user_sessions').select('status');
