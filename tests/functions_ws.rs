@@ -620,3 +620,53 @@ async fn limits_expiry_and_rate() {
         .expect_err("refused");
     assert!(matches!(e, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401));
 }
+
+#[tokio::test]
+async fn keepalive_pings_and_idle_timeout() {
+    let t = TestServer::start().await;
+    let ws = &t.server.state.functions.ws;
+    ws.ping_every_ms
+        .store(200, std::sync::atomic::Ordering::Relaxed);
+    ws.idle_timeout_ms
+        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    let (id, token) = user(&t).await;
+    let mut c = Client::connect(&t, &token).await;
+    // The server pings; a client that reads answers by itself and stays connected.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, c.ws.next()).await {
+            assert!(matches!(m, Message::Ping(_)), "{m:?}");
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "{pings} pings");
+    // A client that stops reading (so it sends no pongs) is dropped after the idle timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The server sent its close frame and hung up; the client sees the frame, or fails
+    // first writing its queued pongs to the closed connection.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return format!("{:?}", f.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return format!("error: {e}"),
+                None => return "ended".into(),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        end == r#"Some((1001, "idle timeout"))"# || end.starts_with("error: IO error"),
+        "{end}"
+    );
+    eventually(
+        &t,
+        &format!("select status from public.user_sessions where user_id = '{id}'"),
+        "offline",
+    )
+    .await;
+}

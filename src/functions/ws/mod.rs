@@ -17,6 +17,8 @@ mod frames;
 pub mod sessions;
 mod socket;
 
+use std::sync::atomic::AtomicU64;
+
 use http::{HeaderValue, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -39,6 +41,9 @@ pub struct Ws {
     pub server_id: i64,
     /// True once the lock is held and the start-up sweep ran (or failed).
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
+    /// Keepalive ping period and idle timeout of new sockets, in ms (tests shorten them).
+    pub ping_every_ms: AtomicU64,
+    pub idle_timeout_ms: AtomicU64,
 }
 
 impl Default for Ws {
@@ -48,6 +53,8 @@ impl Default for Ws {
             // Positive and below 2^62, so `pg_locks` gives it back exactly.
             server_id: rand::thread_rng().gen_range(1..(1i64 << 62)),
             ready: tokio::sync::watch::channel(false).0,
+            ping_every_ms: AtomicU64::new(25_000),
+            idle_timeout_ms: AtomicU64::new(75_000),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! channels out however the task ends, so the others see it leave.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,6 @@ use crate::realtime::changes::{Filter, FilterOp, PgBinding};
 use crate::realtime::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
 use crate::state::AppState;
 
-/// A client that sends nothing (not even the pongs to our pings) for this long is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// How often the server pings (WebSocket ping frames; clients answer them by themselves).
-const PING_EVERY: Duration = Duration::from_secs(25);
 /// `last_seen_at` is written at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(30);
 /// Frames the hub may queue for one socket before dropping (a slow client misses some).
@@ -114,7 +111,12 @@ pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, sess
         rooms: HashMap::new(),
         by_chan: HashMap::new(),
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A client that sends nothing (not even the pongs to our WebSocket pings, which clients
+    // answer by themselves) for the idle timeout is dropped.
+    let ws = &c.state.functions.ws;
+    let ping_every = Duration::from_millis(ws.ping_every_ms.load(Ordering::Relaxed));
+    let idle_timeout = Duration::from_millis(ws.idle_timeout_ms.load(Ordering::Relaxed));
+    let mut tick = tokio::time::interval(ping_every.min(Duration::from_secs(1)));
     let (mut last_seen, mut last_ping, mut last_touch) =
         (Instant::now(), Instant::now(), Instant::now());
     let mut traffic = false;
@@ -167,7 +169,7 @@ pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, sess
                     let _ = c.sink.send(close_frame(CloseCode::Away, "server shutting down")).await;
                     break;
                 }
-                if last_seen.elapsed() > IDLE_TIMEOUT {
+                if last_seen.elapsed() > idle_timeout {
                     let _ = c.sink.send(close_frame(CloseCode::Away, "idle timeout")).await;
                     break;
                 }
@@ -176,7 +178,7 @@ pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, sess
                     let _ = c.sink.send(close_frame(CloseCode::Policy, "token expired")).await;
                     break;
                 }
-                if last_ping.elapsed() >= PING_EVERY {
+                if last_ping.elapsed() >= ping_every {
                     last_ping = Instant::now();
                     if c.sink.send(Message::Ping(vec![])).await.is_err() { break }
                 }
