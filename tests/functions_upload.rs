@@ -430,11 +430,12 @@ async fn gateway_auth_unknown_functions_and_usage() {
         )
         .await;
     assert_error(&r, 404, "not_found");
-    // The other three behind auth: chat-completion refuses an empty body, the rest 501.
+    // The other three behind auth: chat-completion refuses an empty body, websocket-handler
+    // answers GET upgrades only, code-execution is 501.
     for (f, status, code) in [
         ("chat-completion", 400, "invalid_request"),
         ("code-execution", 501, "not_implemented"),
-        ("websocket-handler", 501, "not_implemented"),
+        ("websocket-handler", 405, "method_not_allowed"),
     ] {
         let url = format!("{}/functions/v1/{f}", t.url);
         let r = t
@@ -461,7 +462,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
             &[],
         )
         .await;
-    assert_error(&r, 501, "not_implemented");
+    assert_error(&r, 426, "upgrade_required");
     // Wrong method.
     assert_error(
         &call(&t, "PUT", "", &token, vec![]).await,
@@ -487,8 +488,8 @@ async fn gateway_auth_unknown_functions_and_usage() {
             // The 401s (no user) are logged but not recorded.
             ("chat-completion".into(), 400, u.clone()),
             ("code-execution".into(), 501, u.clone()),
-            ("websocket-handler".into(), 501, u.clone()),
-            ("websocket-handler".into(), 501, u.clone()),
+            ("websocket-handler".into(), 405, u.clone()),
+            ("websocket-handler".into(), 426, u.clone()),
             ("file-upload".into(), 405, u.clone()),
             ("file-upload".into(), 201, u.clone()),
         ]

@@ -46,6 +46,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(300, "0300_rest.sql"),
     migration!(400, "0400_realtime.sql"),
     migration!(401, "0401_realtime_broadcast_from_db.sql"),
+    migration!(550, "0550_functions_ws.sql", app),
 ];
 
 #[derive(Debug, thiserror::Error)]

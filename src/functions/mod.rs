@@ -2,13 +2,14 @@
 //! function (unknown → 404), requires a signed-in user (anon only → 401), runs it, logs the
 //! call with its latency (never tokens or bodies) and records it in `api_usage`.
 //!
-//! Built: `file-upload`, `chat-completion`. `code-execution` and `websocket-handler`
-//! answer 501 `not_implemented` (behind the same auth and accounting).
+//! Built: `file-upload`, `chat-completion` (`chat/`), `websocket-handler` (`ws/`).
+//! `code-execution` answers 501 `not_implemented` (behind the same auth and accounting).
 
 pub mod chat;
 pub mod error;
 pub mod sniff;
 pub mod upload;
+pub mod ws;
 
 use std::time::Instant;
 
@@ -23,11 +24,13 @@ use error::FnError;
 /// This API's share of the application state.
 pub struct State {
     pub chat: chat::State,
+    pub ws: ws::Ws,
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
     Ok(State {
         chat: chat::init(&config.functions)?,
+        ws: ws::Ws::default(),
     })
 }
 
@@ -62,7 +65,9 @@ impl UsageReport {
 }
 
 /// Background work started once the server is up (listeners, sweepers).
-pub fn spawn_background(_state: &AppState) {}
+pub fn spawn_background(state: &AppState) {
+    ws::spawn_background(state);
+}
 
 /// The functions this server has (the `api_usage.endpoint` values).
 const FUNCTIONS: &[&str] = &[
@@ -178,6 +183,7 @@ async fn call(
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
         chat::NAME => Ok(chat::handle(state, &ctx, user, req).await),
+        ws::NAME => ws::handle(state, &ctx, user, req).await,
         _ => Err(FnError::not_implemented(function)),
     }
 }
