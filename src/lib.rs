@@ -331,6 +331,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.serve).await;
+        functions::shutdown(&self.state).await;
         self.state.pool.close();
         if let Some(pg) = self.pg.as_mut() {
             pg.stop().await;

@@ -69,6 +69,11 @@ pub fn spawn_background(state: &AppState) {
     ws::spawn_background(state);
 }
 
+/// Called when the server stops, after the connections ended and before the pool closes.
+pub async fn shutdown(state: &AppState) {
+    ws::sessions::close_own(state).await;
+}
+
 /// The functions this server has (the `api_usage.endpoint` values).
 const FUNCTIONS: &[&str] = &[
     chat::NAME,

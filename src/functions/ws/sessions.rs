@@ -103,6 +103,30 @@ pub async fn close(state: &AppState, id: Uuid) {
     }
 }
 
+/// At shutdown, before the pool closes: this process's open sessions end now (the lock
+/// holder's own attempt after the pool closed stays as the fallback).
+pub async fn close_own(state: &AppState) {
+    let id = state.functions.ws.server_id;
+    let r = as_server(state, move |tx| {
+        Box::pin(async move {
+            tx.execute(
+                "update public.user_sessions \
+                 set status = 'offline', disconnected_at = now() \
+                 where server_id = $1 and disconnected_at is null",
+                &[&id],
+            )
+            .await
+        })
+    });
+    match tokio::time::timeout(Duration::from_secs(2), r).await {
+        Ok(Ok(_)) => {}
+        // Without the app schema there is no user_sessions: nothing to close.
+        Ok(Err(e)) if e.contains("(42P01)") => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "websocket-handler: closing sessions at shutdown failed"),
+        Err(_) => tracing::debug!("websocket-handler: closing sessions at shutdown timed out"),
+    }
+}
+
 /// Close the open sessions of every server that no longer holds its lock (and of rows no
 /// server claims). Returns how many were closed.
 pub async fn sweep(state: &AppState) -> Result<u64, String> {
