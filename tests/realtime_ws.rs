@@ -548,6 +548,26 @@ async fn private_channels_follow_realtime_messages_policies() {
             .status,
         202
     );
+    // The server's own private topics (websocket-handler's `oxibase.ws:<id>`) stay closed
+    // to the realtime API even under policies that allow every topic.
+    t.batch(
+        "create policy rt_any_read on realtime.messages for select to authenticated using (true);
+         create policy rt_any_write on realtime.messages for insert to authenticated with check (true);",
+    )
+    .await;
+    let p = c.join("realtime:oxibase.ws:1", cfg(&user)).await;
+    assert_eq!(p["status"], "error", "{p}");
+    assert_eq!(
+        p["response"]["reason"],
+        "Unauthorized: You do not have permissions to read from this Channel topic: oxibase.ws:1"
+    );
+    assert_eq!(
+        t.http
+            .send("POST", &url("oxibase.ws:1"), &h, "{}")
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]

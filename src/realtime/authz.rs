@@ -78,12 +78,27 @@ fn policy_error(e: &tokio_postgres::Error) {
     tracing::warn!(error = %crate::db::error_text(e), "realtime: RLS policy error on realtime.messages");
 }
 
+/// Private topics the server keeps for itself (websocket-handler's conversations): no
+/// client reads or writes them through the realtime API, whatever the policies on
+/// `realtime.messages` allow, service role included.
+pub const RESERVED_PREFIX: &str = "oxibase.";
+
+fn reserved(topic: &str) -> bool {
+    topic.starts_with(RESERVED_PREFIX)
+}
+
 /// Which of broadcast/presence the caller may read on `topic`.
 pub async fn read_policies(
     state: &AppState,
     ctx: &AuthContext,
     topic: &str,
 ) -> Result<Policies, AuthzError> {
+    if reserved(topic) {
+        return Ok(Policies {
+            broadcast_read: false,
+            presence_read: false,
+        });
+    }
     let mut client = connection(state).await?;
     let tx = admin_tx(&mut client, false).await.map_err(db_err)?;
     let b_id = uuid::Uuid::new_v4();
@@ -122,6 +137,9 @@ pub async fn can_write(
     topic: &str,
     extension: &str,
 ) -> Result<bool, AuthzError> {
+    if reserved(topic) {
+        return Ok(false);
+    }
     let mut client = connection(state).await?;
     let tx = client.build_transaction().start().await.map_err(db_err)?;
     act_as_caller(&tx, ctx, topic).await?;

@@ -122,7 +122,9 @@ pub async fn close_own(state: &AppState) {
         Ok(Ok(_)) => {}
         // Without the app schema there is no user_sessions: nothing to close.
         Ok(Err(e)) if e.contains("(42P01)") => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "websocket-handler: closing sessions at shutdown failed"),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket-handler: closing sessions at shutdown failed")
+        }
         Err(_) => tracing::debug!("websocket-handler: closing sessions at shutdown timed out"),
     }
 }
