@@ -430,10 +430,11 @@ async fn gateway_auth_unknown_functions_and_usage() {
         )
         .await;
     assert_error(&r, 404, "not_found");
-    // The other three behind auth: chat-completion refuses an empty body, the rest 501.
+    // The other three behind auth: chat-completion and code-execution refuse an empty body,
+    // the rest 501.
     for (f, status, code) in [
         ("chat-completion", 400, "invalid_request"),
-        ("code-execution", 501, "not_implemented"),
+        ("code-execution", 400, "invalid_request"),
         ("websocket-handler", 501, "not_implemented"),
     ] {
         let url = format!("{}/functions/v1/{f}", t.url);
@@ -486,7 +487,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
         vec![
             // The 401s (no user) are logged but not recorded.
             ("chat-completion".into(), 400, u.clone()),
-            ("code-execution".into(), 501, u.clone()),
+            ("code-execution".into(), 400, u.clone()),
             ("websocket-handler".into(), 501, u.clone()),
             ("websocket-handler".into(), 501, u.clone()),
             ("file-upload".into(), 405, u.clone()),

@@ -2,10 +2,11 @@
 //! function (unknown → 404), requires a signed-in user (anon only → 401), runs it, logs the
 //! call with its latency (never tokens or bodies) and records it in `api_usage`.
 //!
-//! Built: `file-upload`, `chat-completion`. `code-execution` and `websocket-handler`
-//! answer 501 `not_implemented` (behind the same auth and accounting).
+//! Built: `file-upload`, `chat-completion`, `code-execution`. `websocket-handler` answers
+//! 501 `not_implemented` (behind the same auth and accounting).
 
 pub mod chat;
+pub mod code;
 pub mod error;
 pub mod sniff;
 pub mod upload;
@@ -23,11 +24,13 @@ use error::FnError;
 /// This API's share of the application state.
 pub struct State {
     pub chat: chat::State,
+    pub code: code::State,
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
     Ok(State {
         chat: chat::init(&config.functions)?,
+        code: code::init(&config.functions)?,
     })
 }
 
@@ -65,12 +68,7 @@ impl UsageReport {
 pub fn spawn_background(_state: &AppState) {}
 
 /// The functions this server has (the `api_usage.endpoint` values).
-const FUNCTIONS: &[&str] = &[
-    chat::NAME,
-    "code-execution",
-    upload::NAME,
-    "websocket-handler",
-];
+const FUNCTIONS: &[&str] = &[chat::NAME, code::NAME, upload::NAME, "websocket-handler"];
 
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     let start = Instant::now();
@@ -178,6 +176,7 @@ async fn call(
     match function {
         upload::NAME => upload::handle(state, &ctx, user, req).await,
         chat::NAME => Ok(chat::handle(state, &ctx, user, req).await),
+        code::NAME => code::handle(state, &ctx, user, req).await,
         _ => Err(FnError::not_implemented(function)),
     }
 }

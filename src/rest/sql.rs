@@ -573,7 +573,13 @@ fn write_lateral(q: &mut Sql, out: &mut String, parent: &Node, ch: &Child) {
         " LEFT JOIN LATERAL ("
     });
     let inner = |q: &mut Sql, out: &mut String| {
-        write_node(q, out, &ch.node, Some((&parent.alias, &ch.link)), Mode::Full)
+        write_node(
+            q,
+            out,
+            &ch.node,
+            Some((&parent.alias, &ch.link)),
+            Mode::Full,
+        )
     };
     if ch.spread && ch.to_one {
         inner(q, out);

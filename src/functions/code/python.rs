@@ -1,0 +1,169 @@
+//! Python on RustPython (in the sandbox child). The standard library is frozen into the
+//! binary; without RustPython's host environment there is no `os`, `io`, `socket`,
+//! `subprocess` or file object at all. On top of that `open`, `breakpoint` and `help` are
+//! removed from the builtins, `sys.stdout`/`sys.stderr` write to the run's output, and
+//! `sys.stdin` / `input()` read the request's `stdin` text.
+
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyStrRef};
+use rustpython_vm::compiler::Mode;
+use rustpython_vm::{AsObject, Interpreter, Settings, VirtualMachine};
+
+use super::sandbox::{sink, Status, Stream};
+
+/// Streams, stdin and the trimmed builtins, run before the user's code (in its own scope).
+const PRELUDE: &str = r#"
+import sys, builtins
+
+class _Out:
+    encoding = 'utf-8'
+    errors = 'strict'
+    closed = False
+    def __init__(self, fd):
+        self._fd = fd
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError('write() argument must be str, not ' + type(s).__name__)
+        _emit(self._fd, s)
+        return len(s)
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+    def flush(self):
+        pass
+    def isatty(self):
+        return False
+    def fileno(self):
+        raise OSError('there are no file descriptors in the sandbox')
+
+class _In:
+    encoding = 'utf-8'
+    closed = False
+    def __init__(self, data):
+        self._d = data
+        self._p = 0
+    def read(self, n=-1):
+        d, p = self._d, self._p
+        e = len(d) if n is None or n < 0 else min(len(d), p + n)
+        self._p = e
+        return d[p:e]
+    def readline(self, n=-1):
+        d, p = self._d, self._p
+        e = d.find('\n', p)
+        e = len(d) if e < 0 else e + 1
+        if n is not None and n >= 0:
+            e = min(e, p + n)
+        self._p = e
+        return d[p:e]
+    def readlines(self, hint=-1):
+        return list(self)
+    def __iter__(self):
+        return self
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+    def isatty(self):
+        return False
+    def fileno(self):
+        raise OSError('there are no file descriptors in the sandbox')
+
+sys.stdout = sys.__stdout__ = _Out(1)
+sys.stderr = sys.__stderr__ = _Out(2)
+sys.stdin = sys.__stdin__ = _In(_stdin_data)
+
+def input(prompt=''):
+    if prompt:
+        sys.stdout.write(str(prompt))
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError('EOF when reading a line')
+    return line[:-1] if line.endswith('\n') else line
+
+builtins.input = input
+for _name in ('open', 'breakpoint', 'help', 'exit', 'quit', 'copyright', 'credits', 'license'):
+    if hasattr(builtins, _name):
+        delattr(builtins, _name)
+sys.argv = ['main.py']
+sys.path = []
+"#;
+
+/// Run `code`; what it prints goes to the sink. Returns the status and exit code.
+pub fn run(code: &str, stdin: &str) -> (Status, i32) {
+    let mut settings = Settings::default();
+    settings.path_list.clear();
+    settings.import_site = false;
+    settings.install_signal_handlers = false;
+    settings.allow_external_library = false;
+    settings.user_site_directory = false;
+    let builder = Interpreter::builder(settings);
+    let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
+    let interp = builder
+        .add_native_modules(&defs)
+        .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB)
+        .build();
+    interp.enter(|vm| {
+        if let Err(e) = prepare(vm, stdin) {
+            report(vm, e);
+            return (Status::Error, super::sandbox::EXIT_CRASHED);
+        }
+        let scope = vm.new_scope_with_builtins();
+        let _ = scope
+            .globals
+            .set_item("__name__", vm.ctx.new_str("__main__").into(), vm);
+        let compiled = match vm.compile(code, Mode::Exec, "main.py".to_owned()) {
+            Ok(c) => c,
+            Err(e) => {
+                let exc = vm.new_syntax_error(&e, Some(code));
+                report(vm, exc);
+                return (Status::Error, 1);
+            }
+        };
+        match vm.run_code_obj(compiled, scope) {
+            Ok(_) => (Status::Success, 0),
+            Err(exc) if exc.fast_isinstance(vm.ctx.exceptions.system_exit) => {
+                let code = vm.handle_exit_exception(exc) as i32;
+                let status = if code == 0 {
+                    Status::Success
+                } else {
+                    Status::Error
+                };
+                (status, code)
+            }
+            Err(exc) => {
+                report(vm, exc);
+                (Status::Error, 1)
+            }
+        }
+    })
+}
+
+fn prepare(vm: &VirtualMachine, stdin: &str) -> Result<(), PyBaseExceptionRef> {
+    let scope = vm.new_scope_with_builtins();
+    let emit = vm.new_function("_emit", |fd: i32, s: PyStrRef| {
+        let stream = if fd == 2 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        sink().emit(stream, &s.to_string_lossy());
+    });
+    scope.globals.set_item("_emit", emit.into(), vm)?;
+    scope
+        .globals
+        .set_item("_stdin_data", vm.ctx.new_str(stdin).into(), vm)?;
+    let compiled = vm
+        .compile(PRELUDE, Mode::Exec, "<sandbox>".to_owned())
+        .map_err(|e| vm.new_syntax_error(&e, Some(PRELUDE)))?;
+    vm.run_code_obj(compiled, scope)?;
+    Ok(())
+}
+
+/// Print an exception with its traceback on the run's stderr.
+fn report(vm: &VirtualMachine, exc: PyBaseExceptionRef) {
+    let mut text = String::new();
+    if vm.write_exception(&mut text, &exc).is_err() {
+        text = format!("{}\n", exc.as_object().class().name());
+    }
+    sink().emit(Stream::Stderr, &text);
+}
