@@ -30,7 +30,7 @@ pub fn strip(code: &str) -> Result<String, String> {
         return Err(errors(parsed.diagnostics.into_iter().collect()));
     }
     let mut program = parsed.program;
-    let semantic = SemanticBuilder::new().build(&program);
+    let semantic = SemanticBuilder::new().with_enum_eval(true).build(&program);
     let scoping = semantic.semantic.into_scoping();
     let options = TransformOptions::default();
     let transformed = Transformer::new(&allocator, Path::new("main.ts"), &options)
