@@ -123,6 +123,19 @@ async fn python_runs_with_stdlib_stdin_and_errors() {
         v["stdout"],
         "4.0 {\"a\": [1, 2]} ['1', '22']\n[('a', 2)] 2024-01-02\n"
     );
+    // Modules that import os or io internally work with their stand-ins.
+    let v = run(
+        &t,
+        &tok,
+        "python",
+        "import random, dataclasses, statistics, io\n\
+         @dataclasses.dataclass\nclass P:\n    x: int\n\
+         s = io.StringIO()\nprint(P(3), file=s)\n\
+         print(s.getvalue().strip(), random.randint(1, 6) in range(1, 7), statistics.mean([1, 2, 3]))",
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["stdout"], "P(x=3) True 2\n", "{v}");
     // stderr and an uncaught exception with its traceback.
     let v = run(
         &t,
@@ -178,16 +191,18 @@ async fn python_cannot_reach_files_network_processes_or_environment() {
     let t = server().await;
     let (_, tok) = user(&t).await;
     for (code, expect) in [
-        ("open('/etc/passwd').read()", "NameError"),
-        // The frozen os.py is there, but the native module under it is not.
-        ("import os", "ImportError"),
+        ("open('/etc/passwd').read()", "PermissionError"),
+        ("import os", "ModuleNotFoundError"),
         ("import socket", "ModuleNotFoundError"),
         ("__import__('subprocess')", "Error"),
-        ("import io\nio.open('/etc/passwd')", "Error"),
+        ("import io\nio.open('/etc/passwd')", "UnsupportedOperation"),
+        ("import io\nio.FileIO('/etc/passwd')", "PermissionError"),
+        ("import random\nrandom._os.listdir('/')", "PermissionError"),
         (
-            "import builtins\nbuiltins.open('/etc/passwd')",
-            "AttributeError",
+            "import importlib\nimportlib.import_module('os')",
+            "ModuleNotFoundError",
         ),
+        ("import os.path", "ModuleNotFoundError"),
         ("import posix", "ModuleNotFoundError"),
         ("import ctypes", "Error"),
         ("import _io\n_io.FileIO('/etc/passwd')", "Error"),
@@ -206,11 +221,13 @@ async fn python_cannot_reach_files_network_processes_or_environment() {
         &t,
         &tok,
         "python",
-        "import sys\nprint(sys.path, [m for m in ('os', 'posix', 'socket', '_socket', 'subprocess') if m in sys.modules])",
+        "import sys\nprint(sys.path, sys.modules['os'].environ, sys.modules['os'].getenv('HOME'), \
+         [m for m in ('socket', '_socket', 'subprocess', '_posixsubprocess') if m in sys.modules])",
         json!({}),
     )
     .await;
-    assert_eq!(v["stdout"], "[] []\n", "{v}");
+    // (`os` in sys.modules is the capability-free stand-in the standard library sees.)
+    assert_eq!(v["stdout"], "[] {} None []\n", "{v}");
 }
 
 #[tokio::test]
@@ -238,7 +255,8 @@ async fn python_bounds_end_the_run_not_the_server() {
         "{v}"
     );
     assert_eq!(v["stdout"], "started\n");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    // (Generous: the machine running the tests may be busy.)
+    assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(v["duration_ms"].as_u64().unwrap() >= 1000, "{v}");
     // A one-line loop that never reaches a line boundary.
     let v = run(
@@ -266,7 +284,7 @@ async fn python_bounds_end_the_run_not_the_server() {
         &t,
         &tok,
         "python",
-        "l = []\nwhile True:\n    l.append(' ' * 100000)",
+        "l = []\nwhile True:\n    l.append(bytearray(16 << 20))",
         json!({}),
     )
     .await;

@@ -77,7 +77,7 @@ fn seccomp() -> Result<(), String> {
 #[cfg(target_arch = "x86_64")]
 fn seccomp() -> Result<(), String> {
     // Classic BPF over `struct seccomp_data { int nr; u32 arch; ... }`.
-    const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
     const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
     const JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K

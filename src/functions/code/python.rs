@@ -81,7 +81,90 @@ def input(prompt=''):
     return line[:-1] if line.endswith('\n') else line
 
 builtins.input = input
-for _name in ('open', 'breakpoint', 'help', 'exit', 'quit', 'copyright', 'credits', 'license'):
+
+# Standard-library modules that import `os` or `io` at load time (random, contextlib,
+# dataclasses, statistics, uuid, csv...) get capability-free stand-ins: no files, no
+# processes, an empty environment. The program itself cannot import them by name.
+import _io, _random
+
+class _NoFiles(_io._RawIOBase):
+    def __init__(self, *args, **kwargs):
+        raise PermissionError('there is no file system in the sandbox')
+
+_io.FileIO = _NoFiles
+_io.open = open
+
+def _denied(*args, **kwargs):
+    raise PermissionError('not available in the sandbox')
+
+_os = type(sys)('os')
+_os.__dict__.update(
+    name='posix', sep='/', altsep=None, curdir='.', pardir='..', extsep='.', pathsep=':',
+    linesep='\n', defpath='/bin:/usr/bin', devnull='/dev/null', environ={}, error=OSError,
+    supports_bytes_environ=False, F_OK=0, R_OK=4, W_OK=2, X_OK=1, SEEK_SET=0, SEEK_CUR=1,
+    SEEK_END=2, _exit=_denied,
+)
+for _name in ('stat', 'lstat', 'fstat', 'listdir', 'scandir', 'open', 'close', 'read', 'write',
+              'chdir', 'mkdir', 'makedirs', 'remove', 'unlink', 'rmdir', 'rename', 'replace',
+              'walk', 'system', 'popen', 'kill', 'execv', 'execve', 'spawnv',
+              'putenv', 'unsetenv', 'access', 'readlink', 'symlink', 'link', 'chmod', 'chown',
+              'utime', 'truncate', 'getpid', 'getppid', 'getuid', 'getlogin', 'umask'):
+    setattr(_os, _name, _denied)
+_os.getenv = lambda key, default=None: default
+_os.register_at_fork = lambda **kwargs: None
+_os.getcwd = lambda: '/'
+_os.cpu_count = lambda: 1
+_os.urandom = lambda n: _random.Random().getrandbits(8 * n).to_bytes(n, 'little') if n else b''
+_os.strerror = lambda code: 'error %d' % code
+_os.fsencode = lambda f: f.encode() if isinstance(f, str) else f
+_os.fsdecode = lambda f: f.decode() if isinstance(f, bytes) else f
+
+class PathLike:
+    pass
+
+def fspath(p):
+    if isinstance(p, (str, bytes)):
+        return p
+    f = getattr(type(p), '__fspath__', None)
+    if f is None:
+        raise TypeError('expected str, bytes or os.PathLike object, not ' + type(p).__name__)
+    return f(p)
+
+_os.PathLike = PathLike
+_os.fspath = fspath
+
+def _os_getattr(name):
+    if name == 'path':
+        import posixpath
+        _os.path = posixpath
+        return posixpath
+    raise AttributeError("module 'os' has no attribute %r" % name)
+
+_os.__getattr__ = _os_getattr
+sys.modules['os'] = _os
+sys.modules['posix'] = _os
+
+_BLOCKED = frozenset(('os', 'posix', 'nt', 'socket', '_socket', 'subprocess',
+                      '_posixsubprocess', 'ctypes', '_ctypes', 'signal', '_signal', 'mmap',
+                      'select', 'fcntl', 'resource', 'pty', 'shutil', 'tempfile', 'pathlib',
+                      'glob', 'multiprocessing', 'threading', '_thread', 'marshal', 'importlib',
+                      '_imp', '_frozen_importlib', '_frozen_importlib_external',
+                      '_remote_debugging', 'gc', 'sys_monitoring'))
+_real_import = builtins.__import__
+
+def __import__(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and name.partition('.')[0] in _BLOCKED and (
+            globals is None or globals.get('__name__') == '__main__'):
+        raise ModuleNotFoundError('No module named %r (not available in the sandbox)' % name,
+                                  name=name)
+    return _real_import(name, globals, locals, fromlist, level)
+
+builtins.__import__ = __import__
+def open(*args, **kwargs):
+    raise PermissionError('there is no file system in the sandbox')
+
+builtins.open = open
+for _name in ('breakpoint', 'help', 'exit', 'quit', 'copyright', 'credits', 'license'):
     if hasattr(builtins, _name):
         delattr(builtins, _name)
 sys.argv = ['main.py']
