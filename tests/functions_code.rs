@@ -725,3 +725,90 @@ async fn excess_runs_wait_then_get_503() {
     let v = run(&t, &tok, "python", "print(2)", json!({})).await;
     assert_eq!(v["stdout"], "2\n");
 }
+
+/// The sandbox children of this process (the test server runs in it).
+fn sandbox_children() -> Vec<u32> {
+    let mut pids = vec![];
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|a| a == b"__sandbox") {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn the_child_process_is_locked_down() {
+    let t = server().await;
+    let (_, tok) = user(&t).await;
+    let spin = run(
+        &t,
+        &tok,
+        "javascript",
+        "for (;;) {}",
+        json!({"timeout_ms": 3000}),
+    );
+    let inspect = async {
+        // Wait for the child to be running user code.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut seen = vec![];
+            for pid in sandbox_children() {
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                    continue;
+                };
+                for task in tasks.flatten() {
+                    let status =
+                        std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                    if status.lines().next() == Some("Name:\trunner")
+                        && status.contains("Seccomp:\t2")
+                    {
+                        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+                            .unwrap_or_default();
+                        let environ =
+                            std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+                        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                            .map(|d| d.count())
+                            .unwrap_or(0);
+                        seen.push((status, limits, environ, cwd, fds));
+                    }
+                }
+            }
+            if let Some((status, limits, environ, cwd, fds)) = seen.pop() {
+                assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+                let limit = |name: &str| {
+                    limits
+                        .lines()
+                        .find(|l| l.starts_with(name))
+                        .map(|l| l.split_whitespace().rev().nth(2).unwrap_or("").to_string())
+                        .unwrap_or_default()
+                };
+                assert_eq!(limit("Max processes"), "0", "{limits}");
+                assert_eq!(limit("Max file size"), "0", "{limits}");
+                assert_eq!(limit("Max open files"), "8", "{limits}");
+                assert_eq!(limit("Max core file size"), "0", "{limits}");
+                assert_eq!(limit("Max cpu time"), "4", "{limits}");
+                assert_ne!(limit("Max data size"), "unlimited", "{limits}");
+                assert!(environ.is_empty(), "the child has an environment");
+                assert_eq!(cwd.as_deref(), Some(std::path::Path::new("/")));
+                assert_eq!(fds, 3, "only stdin, stdout and stderr are open");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no locked-down sandbox child found"
+            );
+        }
+    };
+    let (v, ()) = tokio::join!(spin, inspect);
+    assert_eq!(status(&v), "timeout");
+}
