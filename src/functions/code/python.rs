@@ -248,5 +248,53 @@ fn report(vm: &VirtualMachine, exc: PyBaseExceptionRef) {
     if vm.write_exception(&mut text, &exc).is_err() {
         text = format!("{}\n", exc.as_object().class().name());
     }
-    sink().emit(Stream::Stderr, &text);
+    sink().emit(Stream::Stderr, &condense(&text));
+}
+
+/// Runs of one repeated traceback line (deep recursion) shortened as CPython does.
+fn condense(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(64 * 1024));
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let mut run = 1;
+        while i + run < lines.len() && lines[i + run] == lines[i] {
+            run += 1;
+        }
+        for _ in 0..run.min(3) {
+            out.push_str(lines[i]);
+            out.push('\n');
+        }
+        if run > 3 && lines[i].starts_with("  File ") {
+            out.push_str(&format!(
+                "  [Previous line repeated {} more times]\n",
+                run - 3
+            ));
+        } else {
+            for _ in 3..run {
+                out.push_str(lines[i]);
+                out.push('\n');
+            }
+        }
+        i += run;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repeated_frames_are_condensed() {
+        let mut t = String::from("Traceback (most recent call last):\n");
+        t.push_str("  File \"main.py\", line 5, in <module>\n");
+        for _ in 0..998 {
+            t.push_str("  File \"main.py\", line 3, in f\n");
+        }
+        t.push_str("RecursionError: maximum recursion depth exceeded\n");
+        let c = super::condense(&t);
+        assert_eq!(c.lines().count(), 7, "{c}");
+        assert!(c.contains("[Previous line repeated 995 more times]"), "{c}");
+        assert!(c.ends_with("RecursionError: maximum recursion depth exceeded\n"));
+        assert_eq!(super::condense("a\na\na\na\nb\n"), "a\na\na\na\nb\n");
+    }
 }
