@@ -370,6 +370,19 @@ async fn javascript_and_typescript_run_in_quickjs() {
     let v = run(&t, &tok, "javascript", "let = ;", json!({})).await;
     assert_eq!(status(&v), "error");
     assert!(v["stderr"].as_str().unwrap().contains("SyntaxError"), "{v}");
+    // Lone surrogates cannot be UTF-8: printed as U+FFFD.
+    let v = run(
+        &t,
+        &tok,
+        "javascript",
+        "console.log('a\\uD800b')",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status(&v), v["stdout"].as_str()),
+        ("success", Some("a\u{FFFD}b\n"))
+    );
     // No host access: no require, no std/os modules, no process.
     let v = run(
         &t,

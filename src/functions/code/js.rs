@@ -79,8 +79,11 @@ const PRELUDE: &str = r#"
     return s;
   }
   const format = (args) => args.map((a) => inspect(a, 0, [])).join(' ');
-  const out = (...a) => { emit(1, format(a) + '\n'); };
-  const err = (...a) => { emit(2, format(a) + '\n'); };
+  // Lone surrogates cannot be UTF-8: shown as U+FFFD.
+  const lone = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+  const wellFormed = (s) => (typeof s.toWellFormed === 'function' ? s.toWellFormed() : s.replace(lone, '\uFFFD'));
+  const out = (...a) => { emit(1, wellFormed(format(a) + '\n')); };
+  const err = (...a) => { emit(2, wellFormed(format(a) + '\n')); };
   const define = (name, value) => Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
   define('console', { log: out, info: out, debug: out, trace: out, dir: out, error: err, warn: err });
   define('print', out);
@@ -125,8 +128,7 @@ const PRELUDE: &str = r#"
     return true;
   }
   function uncaught(e) {
-    if (e instanceof Error) return errorText(e);
-    return 'Uncaught ' + inspect(e, 1, []);
+    return wellFormed(e instanceof Error ? errorText(e) : 'Uncaught ' + inspect(e, 1, []));
   }
   return { uncaught, nextTimer };
 })
