@@ -825,3 +825,61 @@ async fn the_child_process_is_locked_down() {
     let (v, ()) = tokio::join!(spin, inspect);
     assert_eq!(status(&v), "timeout");
 }
+
+/// The value of one line of /proc/<pid>/limits (its soft limit).
+fn soft_limit(pid: u32, name: &str) -> Option<String> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..]
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_dropped_request_kills_its_child() {
+    let t = server_with(|cfg| cfg.functions.code_timeout_ms = 20_000).await;
+    let (_, tok) = user(&t).await;
+    let http = t.http.clone();
+    let url = format!("{}/functions/v1/code-execution", t.url);
+    // A CPU bound of 10 s marks this test's child among the others.
+    let body = json!({"language": "javascript", "code": "for (;;) {}", "timeout_ms": 9000});
+    let req = tokio::spawn(async move {
+        http.send(
+            "POST",
+            &url,
+            &[("authorization", &format!("Bearer {tok}"))],
+            body.to_string(),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let found = sandbox_children()
+            .into_iter()
+            .find(|p| soft_limit(*p, "Max cpu time").as_deref() == Some("10"));
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the child did not start");
+    };
+    req.abort();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the child outlived its request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
