@@ -268,6 +268,20 @@ async fn python_bounds_end_the_run_not_the_server() {
     )
     .await;
     assert_eq!(status(&v), "timeout", "{v}");
+    // One long builtin call, which no interpreter hook could interrupt.
+    let v = run(
+        &t,
+        &tok,
+        "python",
+        "x = 7 ** 7 ** 9",
+        json!({"timeout_ms": 500}),
+    )
+    .await;
+    assert_eq!(
+        (status(&v), v["exit_code"].as_i64()),
+        ("timeout", Some(137)),
+        "{v}"
+    );
     // Memory bombs: one huge allocation, and a slowly growing list.
     let v = run(
         &t,
