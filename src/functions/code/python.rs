@@ -1,8 +1,19 @@
 //! Python on RustPython (in the sandbox child). The standard library is frozen into the
-//! binary; without RustPython's host environment there is no `os`, `io`, `socket`,
-//! `subprocess` or file object at all. On top of that `open`, `breakpoint` and `help` are
-//! removed from the builtins, `sys.stdout`/`sys.stderr` write to the run's output, and
-//! `sys.stdin` / `input()` read the request's `stdin` text.
+//! binary; RustPython's host environment is left out, so there is no native `posix`, `_io`
+//! file object, `_socket`, `_signal` or process module at all. On top of that, before the
+//! program runs:
+//! - `open` raises PermissionError; `breakpoint`, `help`, `exit`, `quit` are removed;
+//! - `sys.stdout`/`sys.stderr` write to the run's output; `sys.stdin` and `input()` read the
+//!   request's `stdin` text (EOFError at its end);
+//! - modules of the standard library that import `os` or `io` while loading (random,
+//!   dataclasses, statistics, contextlib, uuid, csv, zoneinfo, io.StringIO...) see
+//!   capability-free stand-ins: an `os` with an empty `environ`, path helpers, `urandom` and
+//!   functions that raise PermissionError, and an `io.FileIO` that cannot be constructed;
+//! - the program itself cannot import `os`, `posix`, `socket`, `subprocess`, `ctypes`,
+//!   `signal`, `threading`, `importlib`, `pathlib`, `shutil`, `tempfile`... (ModuleNotFoundError).
+//! Not available: asyncio (needs sockets), unittest (needs signals), threads.
+//! These are conveniences and the first wall; the process's seccomp filter and rlimits are
+//! the ones that hold (see `sandbox`).
 
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyStrRef};
 use rustpython_vm::compiler::Mode;
@@ -157,6 +168,8 @@ def __import__(name, globals=None, locals=None, fromlist=(), level=0):
             globals is None or globals.get('__name__') == '__main__'):
         raise ModuleNotFoundError('No module named %r (not available in the sandbox)' % name,
                                   name=name)
+    if level == 0 and name.startswith('os.path') and 'os.path' not in sys.modules:
+        sys.modules['os.path'] = _os_getattr('path')
     return _real_import(name, globals, locals, fromlist, level)
 
 builtins.__import__ = __import__
