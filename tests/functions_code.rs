@@ -739,10 +739,10 @@ async fn excess_runs_wait_then_get_503() {
         &tok,
         "javascript",
         "for (;;) {}",
-        json!({"timeout_ms": 2000}),
+        json!({"timeout_ms": 3000}),
     );
     let late = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         post(&t, &tok, &json!({"language": "python", "code": "print(1)"})).await
     };
     let (slow, late) = tokio::join!(slow, late);

@@ -11,6 +11,7 @@
 //!   functions that raise PermissionError, and an `io.FileIO` that cannot be constructed;
 //! - the program itself cannot import `os`, `posix`, `socket`, `subprocess`, `ctypes`,
 //!   `signal`, `threading`, `importlib`, `pathlib`, `shutil`, `tempfile`... (ModuleNotFoundError).
+//!
 //! Not available: asyncio (needs sockets), unittest (needs signals), threads.
 //! These are conveniences and the first wall; the process's seccomp filter and rlimits are
 //! the ones that hold (see `sandbox`).
