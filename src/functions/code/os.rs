@@ -222,3 +222,48 @@ fn seccomp() -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::io::ErrorKind;
+
+    /// The filter, installed on one thread of the test process (it applies to that thread
+    /// only), refuses files, sockets, processes and threads, and lets ordinary work through.
+    #[test]
+    fn the_filter_refuses_what_it_must() {
+        let outcome = std::thread::spawn(|| {
+            super::restrict_thread().expect("filter installed");
+            let file = std::fs::File::open("/proc/self/status").map_err(|e| e.kind());
+            let create = std::fs::write("/tmp/oxibase-seccomp-probe", b"x").map_err(|e| e.kind());
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.kind());
+            let process = std::process::Command::new("/bin/true")
+                .spawn()
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            let thread = std::thread::Builder::new()
+                .spawn(|| ())
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            let fine = (0..1000u64).sum::<u64>() + Box::new(1u64).as_ref();
+            (
+                file.err(),
+                create.err(),
+                socket.err(),
+                process.err(),
+                thread.err(),
+                fine,
+            )
+        })
+        .join()
+        .expect("the thread ran");
+        let denied = Some(ErrorKind::PermissionDenied);
+        assert_eq!(outcome.0, denied, "open");
+        assert_eq!(outcome.1, denied, "create");
+        assert_eq!(outcome.2, denied, "socket");
+        assert!(outcome.3.is_some(), "spawn");
+        assert!(outcome.4.is_some(), "thread");
+        assert_eq!(outcome.5, 499_501);
+        // The rest of the process is untouched.
+        assert!(std::fs::File::open("/proc/self/status").is_ok());
+    }
+}
