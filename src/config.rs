@@ -200,6 +200,23 @@ pub struct FunctionsConfig {
     pub default_max_tokens: u32,
     /// Largest chat-completion request body, in bytes.
     pub chat_max_body_bytes: usize,
+    /// code-execution: the default and largest `timeout_ms` of a run (wall time; CPU time is
+    /// bounded to this plus one second).
+    pub code_timeout_ms: u64,
+    /// code-execution: memory a run may allocate beyond the sandbox's own start-up, in MB.
+    pub code_memory_mb: u64,
+    /// code-execution: most bytes of stdout and stderr together; the rest is cut off.
+    pub code_output_bytes: usize,
+    /// code-execution: largest `code`, and largest `stdin`, in bytes (400 beyond).
+    pub code_max_code_bytes: usize,
+    pub code_max_stdin_bytes: usize,
+    /// code-execution: runs at once; more wait up to `code_queue_timeout_ms` for a slot,
+    /// then get 503 `too_many_runs`.
+    pub code_max_concurrent: usize,
+    pub code_queue_timeout_ms: u64,
+    /// code-execution: the binary started as the sandbox (`<exe> __sandbox`); unset: this
+    /// server's own executable.
+    pub code_sandbox_exe: Option<PathBuf>,
 }
 
 impl Default for FunctionsConfig {
@@ -217,6 +234,14 @@ impl Default for FunctionsConfig {
             context_max_chars: 48_000,
             default_max_tokens: 1024,
             chat_max_body_bytes: 1024 * 1024,
+            code_timeout_ms: 5000,
+            code_memory_mb: 128,
+            code_output_bytes: 1024 * 1024,
+            code_max_code_bytes: 256 * 1024,
+            code_max_stdin_bytes: 1024 * 1024,
+            code_max_concurrent: 4,
+            code_queue_timeout_ms: 5000,
+            code_sandbox_exe: None,
         }
     }
 }
@@ -273,6 +298,27 @@ impl FunctionsConfig {
         if self.default_max_tokens == 0 {
             return Err(ConfigError::Invalid(
                 "functions.default_max_tokens must be at least 1".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&self.code_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "functions.code_timeout_ms must be between 100 and 600000".into(),
+            ));
+        }
+        if !(32..=65_536).contains(&self.code_memory_mb) {
+            return Err(ConfigError::Invalid(
+                "functions.code_memory_mb must be between 32 and 65536".into(),
+            ));
+        }
+        if self.code_output_bytes < 1024
+            || self.code_output_bytes > 256 * 1024 * 1024
+            || self.code_max_code_bytes == 0
+            || self.code_max_concurrent == 0
+        {
+            return Err(ConfigError::Invalid(
+                "functions: code_output_bytes must be between 1024 and 268435456, \
+                 code_max_code_bytes and code_max_concurrent at least 1"
+                    .into(),
             ));
         }
         Ok(())

@@ -8,6 +8,12 @@ use oxibase::cli::{keys_text, Cli, Command};
 use oxibase::{Config, Server};
 
 fn main() -> ExitCode {
+    // A code-execution sandbox child: nothing else (no config, no logging, no runtime).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(oxibase::functions::code::sandbox::SUBCOMMAND.as_ref())
+    {
+        oxibase::functions::code::sandbox::child_main();
+    }
     let cli = Cli::parse();
     let cfg = match Config::load(&cli.args) {
         Ok(c) => c,

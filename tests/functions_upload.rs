@@ -430,11 +430,11 @@ async fn gateway_auth_unknown_functions_and_usage() {
         )
         .await;
     assert_error(&r, 404, "not_found");
-    // The other three behind auth: chat-completion refuses an empty body, websocket-handler
-    // answers GET upgrades only, code-execution is 501.
+    // The other three behind auth: chat-completion and code-execution refuse an empty body,
+    // websocket-handler answers GET upgrades only.
     for (f, status, code) in [
         ("chat-completion", 400, "invalid_request"),
-        ("code-execution", 501, "not_implemented"),
+        ("code-execution", 400, "invalid_request"),
         ("websocket-handler", 405, "method_not_allowed"),
     ] {
         let url = format!("{}/functions/v1/{f}", t.url);
@@ -487,7 +487,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
         vec![
             // The 401s (no user) are logged but not recorded.
             ("chat-completion".into(), 400, u.clone()),
-            ("code-execution".into(), 501, u.clone()),
+            ("code-execution".into(), 400, u.clone()),
             ("websocket-handler".into(), 405, u.clone()),
             ("websocket-handler".into(), 426, u.clone()),
             ("file-upload".into(), 405, u.clone()),

@@ -143,7 +143,7 @@ test('file-upload: refused files are FunctionsHttpErrors and leave nothing behin
   assert.deepEqual(rows[0], { objects: 0, uploads: 0 });
 });
 
-test('gateway: anon gets 401, unknown functions 404, unbuilt functions 501, chat-completion checks its body', async () => {
+test('gateway: anon gets 401, unknown functions 404, chat-completion and code-execution check their body', async () => {
   await expectHttpError(
     await anon().functions.invoke('file-upload', { body: fileForm('a.txt', 'text/plain', 'hi') }),
     401,
@@ -153,7 +153,5 @@ test('gateway: anon gets 401, unknown functions 404, unbuilt functions 501, chat
   const { sb } = await signedIn('d');
   await expectHttpError(await sb.functions.invoke('no-such-function', { body: {} }), 404, 'not_found');
   await expectHttpError(await sb.functions.invoke('chat-completion', { body: {} }), 400, 'invalid_request');
-  for (const name of ['code-execution']) {
-    await expectHttpError(await sb.functions.invoke(name, { body: {} }), 501, 'not_implemented');
-  }
+  await expectHttpError(await sb.functions.invoke('code-execution', { body: {} }), 400, 'invalid_request');
 });

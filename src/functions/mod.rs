@@ -2,10 +2,11 @@
 //! function (unknown → 404), requires a signed-in user (anon only → 401), runs it, logs the
 //! call with its latency (never tokens or bodies) and records it in `api_usage`.
 //!
-//! Built: `file-upload`, `chat-completion` (`chat/`), `websocket-handler` (`ws/`).
-//! `code-execution` answers 501 `not_implemented` (behind the same auth and accounting).
+//! Built: `file-upload`, `chat-completion` (`chat/`), `code-execution` (`code/`),
+//! `websocket-handler` (`ws/`).
 
 pub mod chat;
+pub mod code;
 pub mod error;
 pub mod sniff;
 pub mod upload;
@@ -25,12 +26,14 @@ use error::FnError;
 pub struct State {
     pub chat: chat::State,
     pub ws: ws::Ws,
+    pub code: code::State,
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
     Ok(State {
         chat: chat::init(&config.functions)?,
         ws: ws::Ws::default(),
+        code: code::init(&config.functions)?,
     })
 }
 
@@ -75,12 +78,7 @@ pub async fn shutdown(state: &AppState) {
 }
 
 /// The functions this server has (the `api_usage.endpoint` values).
-const FUNCTIONS: &[&str] = &[
-    chat::NAME,
-    "code-execution",
-    upload::NAME,
-    "websocket-handler",
-];
+const FUNCTIONS: &[&str] = &[chat::NAME, code::NAME, upload::NAME, ws::NAME];
 
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     let start = Instant::now();
@@ -189,6 +187,7 @@ async fn call(
         upload::NAME => upload::handle(state, &ctx, user, req).await,
         chat::NAME => Ok(chat::handle(state, &ctx, user, req).await),
         ws::NAME => ws::handle(state, &ctx, user, req).await,
+        code::NAME => code::handle(state, &ctx, user, req).await,
         _ => Err(FnError::not_implemented(function)),
     }
 }
