@@ -22,11 +22,13 @@ async fn batch_returns_each_steps_rows_in_text() {
                 sql: "select set_config('request.x', $1, true)",
                 params: &["héllo"],
                 text_params: true,
+                name: None,
             },
             Step {
                 sql: "select current_setting('request.x') as v, $1::int8 + 1 as n, null::text as z",
                 params: &["41"],
                 text_params: false,
+                name: None,
             },
             Step::plain("COMMIT"),
         ])
@@ -59,11 +61,13 @@ async fn an_error_rolls_back_the_whole_batch_and_the_connection_stays_usable() {
                 sql: "insert into public.w values ($1)",
                 params: &["1"],
                 text_params: false,
+                name: None,
             },
             Step {
                 sql: "insert into public.w values ($1)",
                 params: &["1"],
                 text_params: false,
+                name: None,
             },
             Step::plain("COMMIT"),
         ])
@@ -98,6 +102,49 @@ async fn an_error_rolls_back_the_whole_batch_and_the_connection_stays_usable() {
         matches!(err, WireError::Db(ref d) if d.code == "25006"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn named_statements_are_prepared_once_per_connection() {
+    let t = TestServer::start().await;
+    let mut c = WireConn::connect(&config(&t)).await.unwrap();
+    let named = |v: &'static [&'static str]| Step {
+        sql: "select $1::text || '!'",
+        params: v,
+        text_params: true,
+        name: Some("t_bang"),
+    };
+    // A batch that fails before the named statement's Parse: it is not prepared then...
+    let err = c
+        .pipeline(&[Step::plain("select 1/0"), named(&["a"])])
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, WireError::Db(ref d) if d.code == "22012"),
+        "{err}"
+    );
+    // ...so the next batch parses it, and the ones after only bind it.
+    for v in [&["b"][..], &["c"][..], &["d"][..]] {
+        let out = c.pipeline(&[named(v)]).await.unwrap();
+        assert_eq!(out[0][0].text(0), Some(format!("{}!", v[0]).as_str()));
+    }
+    let out = c
+        .pipeline(&[Step::plain(
+            "select count(*) from pg_prepared_statements where name = 't_bang'",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out[0][0].int(0), Some(1));
+    // A later statement failing keeps it prepared and usable.
+    let err = c
+        .pipeline(&[named(&["e"]), Step::plain("select 1/0")])
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, WireError::Db(_)), "{err}");
+    let out = c.pipeline(&[named(&["f"])]).await.unwrap();
+    assert_eq!(out[0][0].text(0), Some("f!"));
 }
 
 #[tokio::test]

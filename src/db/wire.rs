@@ -54,11 +54,14 @@ impl From<std::io::Error> for WireError {
 
 /// One statement of a batch: its text and its parameters, sent as text. `text_params`
 /// declares every parameter `text`; otherwise PostgreSQL infers their types (like untyped
-/// literals).
+/// literals). A `name` makes it a prepared statement of the connection: parsed the first
+/// time, then only bound and executed (for the server's own fixed statements; one name
+/// must always stand for one text and one set of parameter types).
 pub struct Step<'a> {
     pub sql: &'a str,
     pub params: &'a [&'a str],
     pub text_params: bool,
+    pub name: Option<&'static str>,
 }
 
 impl<'a> Step<'a> {
@@ -67,6 +70,15 @@ impl<'a> Step<'a> {
             sql,
             params: &[],
             text_params: false,
+            name: None,
+        }
+    }
+
+    /// A fixed statement without parameters, prepared once per connection.
+    pub fn named(name: &'static str, sql: &'a str) -> Step<'a> {
+        Step {
+            name: Some(name),
+            ..Step::plain(sql)
         }
     }
 }
@@ -147,6 +159,8 @@ pub struct WireConn {
     /// Set while a batch is in flight: a connection whose request was dropped half-way is
     /// in an unknown state and is not reused.
     busy: bool,
+    /// The named statements this connection has prepared.
+    prepared: Vec<&'static str>,
 }
 
 impl WireConn {
@@ -158,6 +172,7 @@ impl WireConn {
             wbuf: BytesMut::with_capacity(4096),
             rbuf: BytesMut::with_capacity(8192),
             busy: true,
+            prepared: Vec::new(),
         };
         let mut params = vec![
             ("user", cfg.user.as_str()),
@@ -264,13 +279,20 @@ impl WireConn {
     pub async fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>, WireError> {
         self.busy = true;
         self.wbuf.clear();
+        // The Parse messages sent, in order, with the name of each named one: a name counts
+        // as prepared once its ParseComplete arrives (an earlier error skips the Parse).
+        let mut parses: Vec<Option<&'static str>> = Vec::with_capacity(steps.len());
         for s in steps {
-            let types =
-                std::iter::repeat_n(if s.text_params { TEXT_OID } else { 0 }, s.params.len());
-            frontend::parse("", s.sql, types, &mut self.wbuf)?;
+            let name = s.name.unwrap_or("");
+            if s.name.is_none() || !self.prepared.contains(&name) {
+                let types =
+                    std::iter::repeat_n(if s.text_params { TEXT_OID } else { 0 }, s.params.len());
+                frontend::parse(name, s.sql, types, &mut self.wbuf)?;
+                parses.push(s.name);
+            }
             frontend::bind(
                 "",
-                "",
+                name,
                 [0i16],
                 s.params.iter(),
                 |p, buf| {
@@ -291,8 +313,15 @@ impl WireConn {
         let mut out: Vec<Vec<Row>> = Vec::with_capacity(steps.len());
         let mut current: Vec<Row> = Vec::new();
         let mut error: Option<DbErrorFields> = None;
+        let mut parsed = 0;
         let status = loop {
             match self.next().await? {
+                Message::ParseComplete => {
+                    if let Some(Some(n)) = parses.get(parsed) {
+                        self.prepared.push(n);
+                    }
+                    parsed += 1;
+                }
                 Message::DataRow(body) => {
                     let buf = body.buffer_bytes();
                     let mut row = Vec::new();

@@ -168,16 +168,19 @@ pub(super) async fn execute(
         let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
         let tz: Vec<&str> = req.prefer.timezone.as_deref().into_iter().collect();
         use crate::db::wire::Step;
+        // The fixed statements are prepared once per connection; the request's own
+        // statement goes unnamed (parsed and planned each time, like pgbench -M extended).
         let mut steps = vec![
-            Step::plain(if read_only {
-                "START TRANSACTION READ ONLY"
+            if read_only {
+                Step::named("oxibase_begin_ro", "START TRANSACTION READ ONLY")
             } else {
-                "START TRANSACTION"
-            }),
+                Step::named("oxibase_begin", "START TRANSACTION")
+            },
             Step {
                 sql: crate::db::SET_ROLE_AND_CLAIMS,
                 params: &set,
                 text_params: true,
+                name: Some("oxibase_role_claims"),
             },
         ];
         if !tz.is_empty() {
@@ -185,6 +188,7 @@ pub(super) async fn execute(
                 sql: SET_TIMEZONE,
                 params: &tz,
                 text_params: true,
+                name: Some("oxibase_timezone"),
             });
         }
         let main = steps.len();
@@ -192,8 +196,13 @@ pub(super) async fn execute(
             sql: &q.text,
             params: &params,
             text_params: false,
+            name: None,
         });
-        steps.push(Step::plain(if rollback { "ROLLBACK" } else { "COMMIT" }));
+        steps.push(if rollback {
+            Step::named("oxibase_rollback", "ROLLBACK")
+        } else {
+            Step::named("oxibase_commit", "COMMIT")
+        });
         let results = conn
             .pipeline(&steps)
             .await
