@@ -165,12 +165,18 @@ test('a refused streaming upload gets its answer, not a reset (lingering close)'
     for (let i = 0; i < 40; i++) {
       const form = new FormData();
       form.append('file', new Blob(['hi'.repeat(1000)], { type: 'text/plain' }), 'a.txt');
-      const r = await fetch(`${URL}${path}`, {
-        method: 'POST',
-        body: form,
-        headers: { Authorization: 'Bearer not.a.jwt', apikey: ANON_KEY },
-      });
-      assert.ok(r.status === 400 || r.status === 401, `${path}: ${r.status}`);
+      let r;
+      try {
+        r = await fetch(`${URL}${path}`, {
+          method: 'POST',
+          body: form,
+          headers: { Authorization: 'Bearer not.a.jwt', apikey: ANON_KEY },
+        });
+      } catch (e) {
+        // Say which request broke and how (a reset shows as the cause's code).
+        throw new Error(`${path}, request ${i + 1}: ${e.message} (${e.cause?.code ?? e.cause?.message ?? 'no cause'})`);
+      }
+      assert.ok(r.status === 400 || r.status === 401, `${path}, request ${i + 1}: ${r.status}`);
       await r.arrayBuffer();
       answered++;
     }
