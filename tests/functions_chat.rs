@@ -407,19 +407,6 @@ async fn setup() -> (TestServer, Fake) {
     setup_with(|_| {}).await
 }
 
-async fn user(t: &TestServer) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    t.batch(&format!(
-        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
-    ))
-    .await;
-    let token = t.server.state.keys.jwt.sign_hs256(&json!({
-        "sub": id, "role": "authenticated", "aud": "authenticated",
-        "exp": chrono::Utc::now().timestamp() + 600,
-    }));
-    (id, token)
-}
-
 async fn chat(t: &TestServer, token: &str, body: Value) -> common::reqwest_like::Response {
     let auth = format!("Bearer {token}");
     t.http
@@ -534,7 +521,7 @@ fn pair(r: &str, c: &str) -> (String, String) {
 #[tokio::test]
 async fn openai_answer_creates_the_conversation_and_stores_the_turn() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     fake.push(Mode::Answer("Hi! How can I help?"));
     let r = chat(
         &t,
@@ -628,7 +615,7 @@ async fn openai_answer_creates_the_conversation_and_stores_the_turn() {
 #[tokio::test]
 async fn history_is_sent_oldest_first_within_the_budget() {
     let (t, fake) = setup_with(|cfg| cfg.functions.context_max_messages = 3).await;
-    let (_, token) = user(&t).await;
+    let (_, token) = t.user().await;
     fake.push(Mode::Answer("First answer."));
     let v = chat(
         &t,
@@ -695,7 +682,7 @@ async fn history_is_sent_oldest_first_within_the_budget() {
 #[tokio::test]
 async fn the_character_budget_drops_the_oldest_turns() {
     let (t, fake) = setup_with(|cfg| cfg.functions.context_max_chars = 30).await;
-    let (_, token) = user(&t).await;
+    let (_, token) = t.user().await;
     fake.push(Mode::Answer("0123456789"));
     let v = chat(
         &t,
@@ -725,7 +712,7 @@ async fn the_character_budget_drops_the_oldest_turns() {
 #[tokio::test]
 async fn anthropic_and_mistral_whole_answers() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     fake.push(Mode::Answer("Claude here."));
     let r = chat(
         &t,
@@ -774,7 +761,7 @@ async fn anthropic_and_mistral_whole_answers() {
 
 async fn streamed(provider: &str, model: &str) {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     fake.push(Mode::Answer("Streaming works fine today."));
     let mut body = hello(provider, model);
     body["stream"] = json!(true);
@@ -855,7 +842,7 @@ async fn mistral_streams() {
 #[tokio::test]
 async fn keys_bad_requests_and_auth() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     // No Mistral key on the server and none in the request.
     let r = chat(&t, &token, hello("mistral", "mistral-small-latest")).await;
     assert_eq!(r.status, 400);
@@ -963,7 +950,7 @@ async fn keys_bad_requests_and_auth() {
 #[tokio::test]
 async fn provider_errors_keep_their_class_and_hide_the_key() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     // 401 quoting the key: stays 401, the key is not repeated.
     fake.push(Mode::BadKey);
     let mut b = hello("openai", "gpt-4o-mini");
@@ -1005,7 +992,7 @@ async fn provider_errors_keep_their_class_and_hide_the_key() {
     drop(dead);
     drop(t);
     let (t, _fake2) = setup_with(move |cfg| cfg.functions.openai_base_url = dead_url).await;
-    let (uid2, token2) = user(&t).await;
+    let (uid2, token2) = t.user().await;
     let r = chat(&t, &token2, hello("openai", "m")).await;
     assert_eq!(
         (r.status, r.json()["error"]["code"].clone()),
@@ -1020,7 +1007,7 @@ async fn provider_errors_keep_their_class_and_hide_the_key() {
 #[tokio::test]
 async fn a_failure_mid_stream_is_an_error_event_and_stores_nothing() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     for (provider, mode, code) in [
         ("openai", Mode::BreakMidStream, "provider_error"),
         ("anthropic", Mode::ErrorEventMidStream, "provider_error"),
@@ -1054,7 +1041,7 @@ async fn a_failure_mid_stream_is_an_error_event_and_stores_nothing() {
 #[tokio::test]
 async fn closing_the_stream_cancels_the_provider_call() {
     let (t, fake) = setup().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     fake.push(Mode::Endless);
     let mut b = hello("openai", "m");
     b["stream"] = json!(true);
@@ -1104,8 +1091,8 @@ async fn closing_the_stream_cancels_the_provider_call() {
 #[tokio::test]
 async fn another_users_conversation_cannot_be_used() {
     let (t, fake) = setup().await;
-    let (_, token_a) = user(&t).await;
-    let (uid_b, token_b) = user(&t).await;
+    let (_, token_a) = t.user().await;
+    let (uid_b, token_b) = t.user().await;
     fake.push(Mode::Answer("Secret answer for A."));
     let v = chat(&t, &token_a, hello("openai", "m")).await.json();
     let conv = v["conversation_id"].as_str().unwrap();
@@ -1140,7 +1127,7 @@ async fn a_silent_provider_times_out() {
         cfg.functions.stream_idle_timeout_secs = 1;
     })
     .await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     fake.push(Mode::Hang);
     let started = std::time::Instant::now();
     let r = chat(&t, &token, hello("openai", "m")).await;

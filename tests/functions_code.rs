@@ -22,19 +22,6 @@ async fn server_with(tweak: impl FnOnce(&mut oxibase::Config)) -> TestServer {
     .await
 }
 
-async fn user(t: &TestServer) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    t.batch(&format!(
-        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
-    ))
-    .await;
-    let token = t.server.state.keys.jwt.sign_hs256(&json!({
-        "sub": id, "role": "authenticated", "aud": "authenticated",
-        "exp": chrono::Utc::now().timestamp() + 600,
-    }));
-    (id, token)
-}
-
 async fn post(t: &TestServer, token: &str, body: &Value) -> common::reqwest_like::Response {
     post_raw(t, token, body.to_string()).await
 }
@@ -86,7 +73,7 @@ fn assert_error(r: &common::reqwest_like::Response, status: u16, code: &str) {
 #[tokio::test]
 async fn python_runs_with_stdlib_stdin_and_errors() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let v = run(&t, &tok, "python", "print('hello', 6 * 7)", json!({})).await;
     assert_eq!(
         (status(&v), v["stdout"].as_str(), v["exit_code"].as_i64()),
@@ -189,7 +176,7 @@ async fn python_runs_with_stdlib_stdin_and_errors() {
 #[tokio::test]
 async fn python_cannot_reach_files_network_processes_or_environment() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     for (code, expect) in [
         ("open('/etc/passwd').read()", "PermissionError"),
         ("import os", "ModuleNotFoundError"),
@@ -233,7 +220,7 @@ async fn python_cannot_reach_files_network_processes_or_environment() {
 #[tokio::test]
 async fn python_bounds_end_the_run_not_the_server() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     // An endless loop: timeout within the bound, with what was printed before.
     let start = Instant::now();
     let v = run(
@@ -334,7 +321,7 @@ async fn python_bounds_end_the_run_not_the_server() {
 #[tokio::test]
 async fn javascript_and_typescript_run_in_quickjs() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let v = run(
         &t,
         &tok,
@@ -481,8 +468,8 @@ async fn javascript_and_typescript_run_in_quickjs() {
 #[tokio::test]
 async fn runs_are_stored_as_the_caller() {
     let t = server().await;
-    let (uid, tok) = user(&t).await;
-    let (_, other) = user(&t).await;
+    let (uid, tok) = t.user().await;
+    let (_, other) = t.user().await;
     let conv = uuid::Uuid::new_v4();
     t.batch(&format!(
         "insert into public.conversations (id, user_id, title) values ('{conv}', '{uid}', 't')"
@@ -582,7 +569,7 @@ async fn runs_are_stored_as_the_caller() {
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     // Anonymous: 401.
     let r = t
         .http
@@ -679,7 +666,7 @@ async fn bad_requests_get_clear_errors() {
 #[tokio::test]
 async fn concurrent_runs_do_not_interfere() {
     let t = server_with(|cfg| cfg.functions.code_max_concurrent = 3).await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let mut tasks = vec![];
     for i in 0..4 {
         let (lang, code) = match i % 2 {
@@ -733,7 +720,7 @@ async fn excess_runs_wait_then_get_503() {
         cfg.functions.code_queue_timeout_ms = 200;
     })
     .await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let slow = run(
         &t,
         &tok,
@@ -774,7 +761,7 @@ fn sandbox_children() -> Vec<u32> {
 #[tokio::test]
 async fn the_child_process_is_locked_down() {
     let t = server().await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let spin = run(
         &t,
         &tok,
@@ -865,7 +852,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test]
 async fn a_dropped_request_kills_its_child() {
     let t = server_with(|cfg| cfg.functions.code_timeout_ms = 20_000).await;
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let http = t.http.clone();
     let url = format!("{}/functions/v1/code-execution", t.url);
     // A CPU bound of 10 s marks this test's child among the others.

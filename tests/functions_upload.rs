@@ -4,26 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{TestServer, ANON_KEY, SERVICE_KEY};
+use common::{files_under, TestServer, ANON_KEY, SERVICE_KEY};
 use serde_json::Value;
 
 const BOUNDARY: &str = "----oxibase-test-boundary";
 const MAX: usize = 10 * 1024 * 1024;
-
-async fn user(t: &TestServer) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    t.batch(&format!(
-        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
-    ))
-    .await;
-    let token = t.server.state.keys.jwt.sign_hs256(&serde_json::json!({
-        "sub": id, "role": "authenticated", "aud": "authenticated",
-        "exp": chrono::Utc::now().timestamp() + 600,
-    }));
-    (id, token)
-}
 
 /// A multipart body: text fields, then the file.
 fn form(fields: &[(&str, &str)], file: Option<(&str, &str, &[u8])>) -> Vec<u8> {
@@ -99,21 +84,6 @@ async fn count(t: &TestServer, sql: &str) -> i64 {
     t.sql(sql).await[0].get(0)
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 async fn nothing_stored(t: &TestServer) {
     // Bytes of removed objects are deleted in the background.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -134,7 +104,7 @@ fn local(t: &TestServer, signed: &str) -> String {
 #[tokio::test]
 async fn upload_list_and_delete() {
     let t = TestServer::start().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     let conv: uuid::Uuid = t
         .sql(&format!(
             "insert into public.conversations (user_id, title) values ('{uid}', 'c') returning id"
@@ -257,7 +227,7 @@ async fn upload_list_and_delete() {
 #[tokio::test]
 async fn oversized_files_get_413_and_leave_nothing() {
     let t = TestServer::start().await;
-    let (_, token) = user(&t).await;
+    let (_, token) = t.user().await;
     // Exactly the limit is accepted.
     let ok = upload(&t, &token, &[], "max.txt", "text/plain", &vec![b'a'; MAX]).await;
     assert_eq!(ok.status, 201, "{}", ok.text());
@@ -303,7 +273,7 @@ async fn oversized_files_get_413_and_leave_nothing() {
 #[tokio::test]
 async fn content_must_match_the_type() {
     let t = TestServer::start().await;
-    let (_, token) = user(&t).await;
+    let (_, token) = t.user().await;
     // A PNG name with text bytes.
     let r = upload(
         &t,
@@ -357,8 +327,8 @@ async fn content_must_match_the_type() {
 #[tokio::test]
 async fn a_failed_row_insert_removes_the_object() {
     let t = TestServer::start().await;
-    let (_, token) = user(&t).await;
-    let (other, _) = user(&t).await;
+    let (_, token) = t.user().await;
+    let (other, _) = t.user().await;
     let foreign: uuid::Uuid = t
         .sql(&format!(
             "insert into public.conversations (user_id) values ('{other}') returning id"
@@ -391,7 +361,7 @@ async fn a_failed_row_insert_removes_the_object() {
 #[tokio::test]
 async fn gateway_auth_unknown_functions_and_usage() {
     let t = TestServer::start().await;
-    let (uid, token) = user(&t).await;
+    let (uid, token) = t.user().await;
     let body = || form(&[], Some(("a.txt", "text/plain", b"hi")));
     // anon key only, and the service key (no user): 401.
     assert_error(
@@ -496,7 +466,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
     );
     assert!(rows.iter().all(|r| r.get::<_, i32>(3) >= 0));
     // Users read only their own usage rows (RLS), through REST.
-    let (_, other_token) = user(&t).await;
+    let (_, other_token) = t.user().await;
     let mine = t
         .http
         .get(
@@ -524,8 +494,8 @@ async fn gateway_auth_unknown_functions_and_usage() {
 #[tokio::test]
 async fn another_user_cannot_list_or_delete() {
     let t = TestServer::start().await;
-    let (a_id, a) = user(&t).await;
-    let (_, b) = user(&t).await;
+    let (a_id, a) = t.user().await;
+    let (_, b) = t.user().await;
     let up = upload(&t, &a, &[], "secret.csv", "text/csv", b"x,y\n1,2\n").await;
     assert_eq!(up.status, 201, "{}", up.text());
     let id = up.json()["id"].as_str().unwrap().to_string();
@@ -612,7 +582,7 @@ async fn another_user_cannot_list_or_delete() {
 async fn oversized_upload_is_answered_without_a_reset() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = TestServer::start().await;
-    let (_, token) = user(&t).await;
+    let (_, token) = t.user().await;
     let addr = t.url.trim_start_matches("http://").to_string();
     // Declared over the limit (refused up front) and within the slack (refused while streaming).
     for size in [MAX + (4 << 20), MAX + 1000] {

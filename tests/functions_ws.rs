@@ -15,19 +15,6 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn user(t: &TestServer) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    t.batch(&format!(
-        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
-    ))
-    .await;
-    let token = t.server.state.keys.jwt.sign_hs256(&json!({
-        "sub": id, "role": "authenticated", "aud": "authenticated",
-        "exp": chrono::Utc::now().timestamp() + 600,
-    }));
-    (id, token)
-}
-
 /// A conversation owned by `owner`, readable also by `members` (see [`share_policies`]).
 async fn conversation(t: &TestServer, owner: &str, members: &[&str]) -> String {
     let m = serde_json::to_string(&json!({ "members": members })).unwrap();
@@ -167,7 +154,7 @@ async fn eventually(t: &TestServer, q: &str, want: &str) {
 #[tokio::test]
 async fn handshake_needs_a_user_and_an_upgrade() {
     let t = TestServer::start().await;
-    let (id, token) = user(&t).await;
+    let (id, token) = t.user().await;
     // A plain GET: 426 in the functions' error shape.
     let auth = format!("Bearer {token}");
     let r = t
@@ -236,8 +223,8 @@ async fn handshake_needs_a_user_and_an_upgrade() {
 #[tokio::test]
 async fn joins_follow_rls_and_bad_frames_get_error_frames() {
     let t = TestServer::start().await;
-    let (alice, ta) = user(&t).await;
-    let (_bob, tb) = user(&t).await;
+    let (alice, ta) = t.user().await;
+    let (_bob, tb) = t.user().await;
     let conv = conversation(&t, &alice, &[]).await;
     let mut a = Client::connect(&t, &ta).await;
     let mut b = Client::connect(&t, &tb).await;
@@ -317,9 +304,9 @@ async fn joins_follow_rls_and_bad_frames_get_error_frames() {
 async fn presence_typing_and_messages_reach_the_right_sockets_once() {
     let t = TestServer::start().await;
     share_policies(&t).await;
-    let (alice, ta) = user(&t).await;
-    let (bob, tb) = user(&t).await;
-    let (carol, tc) = user(&t).await;
+    let (alice, ta) = t.user().await;
+    let (bob, tb) = t.user().await;
+    let (carol, tc) = t.user().await;
     let conv = conversation(&t, &alice, &[&bob]).await;
     let carols = conversation(&t, &carol, &[]).await;
     let mut a = Client::connect(&t, &ta).await;
@@ -454,8 +441,8 @@ async fn presence_typing_and_messages_reach_the_right_sockets_once() {
 async fn stale_sessions_are_closed_at_start_and_processes_share_conversations() {
     let t = TestServer::start().await;
     share_policies(&t).await;
-    let (alice, ta) = user(&t).await;
-    let (bob, tb) = user(&t).await;
+    let (alice, ta) = t.user().await;
+    let (bob, tb) = t.user().await;
     let conv = conversation(&t, &alice, &[&bob]).await;
     let mut a = Client::connect(&t, &ta).await;
     assert_eq!(a.join(&conv).await["type"], "joined");
@@ -559,7 +546,7 @@ async fn stale_sessions_are_closed_at_start_and_processes_share_conversations() 
 #[tokio::test]
 async fn limits_expiry_and_rate() {
     let t = TestServer::start().await;
-    let (alice, ta) = user(&t).await;
+    let (alice, ta) = t.user().await;
     let conv = conversation(&t, &alice, &[]).await;
     let mut a = Client::connect(&t, &ta).await;
     assert_eq!(a.join(&conv).await["type"], "joined");
@@ -629,7 +616,7 @@ async fn keepalive_pings_and_idle_timeout() {
         .store(200, std::sync::atomic::Ordering::Relaxed);
     ws.idle_timeout_ms
         .store(1500, std::sync::atomic::Ordering::Relaxed);
-    let (id, token) = user(&t).await;
+    let (id, token) = t.user().await;
     let mut c = Client::connect(&t, &token).await;
     // The server pings; a client that reads answers by itself and stays connected.
     let mut pings = 0;

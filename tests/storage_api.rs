@@ -3,24 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{TestServer, SERVICE_KEY};
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use common::{files_under, TestServer, SERVICE_KEY};
 
 /// Version UUIDs of the files under <data>/storage/objects.
 fn stored_versions(t: &TestServer) -> Vec<String> {
@@ -41,19 +24,6 @@ async fn row_versions(t: &TestServer) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-async fn user(t: &TestServer) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    t.batch(&format!(
-        "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
-    ))
-    .await;
-    let token = t.server.state.keys.jwt.sign_hs256(&serde_json::json!({
-        "sub": id, "role": "authenticated", "aud": "authenticated",
-        "exp": chrono::Utc::now().timestamp() + 600,
-    }));
-    (id, token)
 }
 
 async fn settle() {
@@ -131,7 +101,7 @@ async fn rejected_uploads_leave_no_bytes_and_overwrites_keep_one_version() {
     let mpr = send("POST", "object/lim/d.png".into(), hs, mp).await;
     assert_eq!(mpr.json()["statusCode"], "413", "{}", mpr.text());
     // RLS refusal: a user writing into someone else's folder.
-    let (_, tok) = user(&t).await;
+    let (_, tok) = t.user().await;
     let ua = vec![
         ("authorization", format!("Bearer {tok}")),
         ("content-type", "text/plain".to_string()),

@@ -176,6 +176,36 @@ impl TestServer {
     pub fn path(&self) -> PathBuf {
         self.data_dir.path().to_path_buf()
     }
+
+    /// A new user row in `auth.users` and an access token for it (10 minutes): (id, token).
+    pub async fn user(&self) -> (String, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.batch(&format!(
+            "insert into auth.users (id, email, aud, role, created_at) values ('{id}', '{id}@x.test', 'authenticated', 'authenticated', now())"
+        ))
+        .await;
+        let token = self.server.state.keys.jwt.sign_hs256(&serde_json::json!({
+            "sub": id, "role": "authenticated", "aud": "authenticated",
+            "exp": chrono::Utc::now().timestamp() + 600,
+        }));
+        (id, token)
+    }
+}
+
+/// Every file under `dir`, recursively (none when it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// A tiny HTTP/1.1 client over hyper, enough for integration tests.
