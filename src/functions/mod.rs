@@ -192,6 +192,25 @@ async fn call(
     }
 }
 
+/// One statement (or a few) in a transaction as `service_role`: the server's own
+/// bookkeeping in tables users may only read.
+pub(crate) async fn as_server<T>(
+    state: &AppState,
+    f: impl for<'a> FnOnce(
+        &'a deadpool_postgres::Transaction<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    let err = |e: tokio_postgres::Error| crate::db::error_text(&e);
+    let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
+    let tx = c.transaction().await.map_err(err)?;
+    tx.batch_execute("set local role service_role")
+        .await
+        .map_err(err)?;
+    let out = f(&tx).await.map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
 /// One `api_usage` row, written as the server (users may only read their own rows).
 async fn record_usage(
     state: &AppState,
@@ -201,32 +220,33 @@ async fn record_usage(
     latency_ms: i32,
     d: &UsageDetails,
 ) {
-    let r: Result<(), String> = async {
-        let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-        let tx = c.transaction().await.map_err(|e| e.to_string())?;
-        tx.batch_execute("set local role service_role")
+    let (user, status, model) = (user, status as i32, d.model.clone());
+    let (provider, tokens) = (
+        d.provider,
+        [d.prompt_tokens, d.completion_tokens, d.total_tokens],
+    );
+    let endpoint_owned = endpoint.to_string();
+    let r = as_server(state, move |tx| {
+        Box::pin(async move {
+            tx.execute(
+                "insert into public.api_usage (user_id, endpoint, status_code, latency_ms, \
+                   provider, model, prompt_tokens, completion_tokens, total_tokens) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &user,
+                    &endpoint_owned,
+                    &status,
+                    &latency_ms,
+                    &provider,
+                    &model,
+                    &tokens[0],
+                    &tokens[1],
+                    &tokens[2],
+                ],
+            )
             .await
-            .map_err(|e| crate::db::error_text(&e))?;
-        tx.execute(
-            "insert into public.api_usage (user_id, endpoint, status_code, latency_ms, \
-               provider, model, prompt_tokens, completion_tokens, total_tokens) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &user,
-                &endpoint,
-                &(status as i32),
-                &latency_ms,
-                &d.provider,
-                &d.model,
-                &d.prompt_tokens,
-                &d.completion_tokens,
-                &d.total_tokens,
-            ],
-        )
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
-        tx.commit().await.map_err(|e| e.to_string())
-    }
+        })
+    })
     .await;
     if let Err(e) = r {
         tracing::warn!(function = endpoint, error = %e, "could not record api usage");

@@ -6,14 +6,15 @@
 //! carries that id. At start (and every minute after) a process closes the open sessions of
 //! every server whose lock is not held: a crashed or stopped process loses its lock with its
 //! connection, so its sessions are closed, while the sessions of other live processes on the
-//! same database are left alone. When the server stops, the lock's connection (still open
-//! after the pool closed) closes this process's sessions before it goes.
+//! same database are left alone. When the server stops, `close_own` closes this process's
+//! sessions before the pool closes.
 
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+use crate::functions::as_server;
 use crate::state::AppState;
 
 /// How often a live process closes the sessions of dead ones.
@@ -21,23 +22,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 fn err(e: tokio_postgres::Error) -> String {
     crate::db::error_text(&e)
-}
-
-/// One statement in a transaction as `service_role`.
-async fn as_server<T>(
-    state: &AppState,
-    f: impl for<'a> FnOnce(
-        &'a deadpool_postgres::Transaction<'a>,
-    ) -> futures::future::BoxFuture<'a, Result<T, tokio_postgres::Error>>,
-) -> Result<T, String> {
-    let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(err)?;
-    tx.batch_execute("set local role service_role")
-        .await
-        .map_err(err)?;
-    let out = f(&tx).await.map_err(err)?;
-    tx.commit().await.map_err(err)?;
-    Ok(out)
 }
 
 /// A new `online` session; its id.
@@ -103,8 +87,8 @@ pub async fn close(state: &AppState, id: Uuid) {
     }
 }
 
-/// At shutdown, before the pool closes: this process's open sessions end now (the lock
-/// holder's own attempt after the pool closed stays as the fallback).
+/// At shutdown, before the pool closes: this process's open sessions end now (if this
+/// fails, the next start's sweep closes them).
 pub async fn close_own(state: &AppState) {
     let id = state.functions.ws.server_id;
     let r = as_server(state, move |tx| {
@@ -192,23 +176,8 @@ async fn hold_lock(st: &AppState) -> Result<(), String> {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if st.pool.is_closed() {
-            // The server is stopping: close this process's sessions on the connection that
-            // is still open (an embedded PostgreSQL may stop first; then the next start's
-            // sweep closes them), then release the lock with the connection.
-            let close = format!(
-                "begin; set local role service_role; \
-                 update public.user_sessions set status = 'offline', disconnected_at = now() \
-                  where server_id = {id} and disconnected_at is null; commit"
-            );
-            match tokio::time::timeout(Duration::from_secs(2), client.batch_execute(&close)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %err(e), "websocket-handler: closing sessions at shutdown failed")
-                }
-                Err(_) => {
-                    tracing::debug!("websocket-handler: closing sessions at shutdown timed out")
-                }
-            }
+            // The server is stopping: `close_own` already closed this process's sessions
+            // (or, if it could not, the next start's sweep will); release the lock.
             drop(client);
             let _ = conn.await;
             return Ok(());
