@@ -41,6 +41,23 @@ impl FnError {
             format!("The file is larger than the limit of {limit} bytes."),
         )
     }
+    /// A JSON function's request body, at most `limit` bytes (413 above, 400 when it breaks
+    /// off).
+    pub async fn read_body(
+        body: hyper::body::Incoming,
+        limit: usize,
+    ) -> Result<bytes::Bytes, FnError> {
+        use crate::http::body::{read_limited, BodyError};
+        read_limited(body, limit).await.map_err(|e| match e {
+            BodyError::TooLarge(_) => FnError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("The request body is larger than the limit of {limit} bytes."),
+            ),
+            BodyError::Read(_) => FnError::bad_request("The request body could not be read."),
+        })
+    }
+
     pub fn unsupported(message: impl Into<String>) -> FnError {
         FnError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -32,7 +32,6 @@ use super::{UsageDetails, UsageReport};
 use crate::config::{FunctionsConfig, Secret};
 use crate::db::RequestGucs;
 use crate::http::apikey::AuthContext;
-use crate::http::body::{read_limited, BodyError};
 use crate::http::{error_response, json_response, Req, Resp};
 use crate::state::AppState;
 use providers::{Call, Provider, StreamReader, Turn, Usage};
@@ -529,16 +528,7 @@ async fn run(
         return Err(FnError::method_not_allowed(req.method(), NAME).into());
     }
     let cfg = &state.config.functions;
-    let body = read_limited(req.into_body(), cfg.chat_max_body_bytes)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(n) => FnError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("The request body is larger than the limit of {n} bytes."),
-            ),
-            BodyError::Read(_) => invalid("The request body could not be read."),
-        })?;
+    let body = FnError::read_body(req.into_body(), cfg.chat_max_body_bytes).await?;
     let r = parse_request(&body)?;
     drop(body);
     usage.provider = Some(r.provider.id());

@@ -40,7 +40,6 @@ use super::error::FnError;
 use crate::config::FunctionsConfig;
 use crate::db::RequestGucs;
 use crate::http::apikey::AuthContext;
-use crate::http::body::{read_limited, BodyError};
 use crate::http::{json_response, Req, Resp};
 use crate::state::AppState;
 use sandbox::{Job, Language};
@@ -77,18 +76,7 @@ pub async fn handle(
     }
     let cfg = &state.config.functions;
     let limit = cfg.code_max_code_bytes + cfg.code_max_stdin_bytes + 64 * 1024;
-    let body = read_limited(req.into_body(), limit)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(_) => FnError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("The request body is larger than the limit of {limit} bytes."),
-            ),
-            BodyError::Read(e) => {
-                FnError::bad_request(format!("The request body could not be read: {e}"))
-            }
-        })?;
+    let body = FnError::read_body(req.into_body(), limit).await?;
     let run = parse(&body, cfg)?;
     let conversation_id = check_links(state, ctx, &run).await?;
 
