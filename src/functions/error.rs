@@ -31,6 +31,14 @@ impl FnError {
     pub fn not_found(message: impl Into<String>) -> FnError {
         FnError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    /// A conversation the caller cannot see (RLS cannot tell it from one that does not exist).
+    pub fn conversation_not_found() -> FnError {
+        FnError::new(
+            StatusCode::NOT_FOUND,
+            "conversation_not_found",
+            "The conversation was not found.",
+        )
+    }
     pub fn unauthorized(message: impl Into<String>) -> FnError {
         FnError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }

@@ -342,11 +342,7 @@ async fn load_context(
         )
         .await?
     else {
-        return Err(FnError::new(
-            StatusCode::NOT_FOUND,
-            "conversation_not_found",
-            "The conversation was not found.",
-        ));
+        return Err(FnError::conversation_not_found());
     };
     let system_prompt: Option<String> = row.get(0);
     let rows = tx
@@ -449,11 +445,7 @@ async fn store(
             )
             .await?;
         if n == 0 {
-            return Err(FnError::new(
-                StatusCode::NOT_FOUND,
-                "conversation_not_found",
-                "The conversation was not found.",
-            ));
+            return Err(FnError::conversation_not_found());
         }
     }
     let roles: Vec<&str> = plan.messages.iter().map(|m| m.role.as_str()).collect();

@@ -268,11 +268,7 @@ async fn check_links(
             .query_opt("select 1 from public.conversations where id = $1", &[&id])
             .await?;
         if found.is_none() {
-            return Err(FnError::new(
-                StatusCode::NOT_FOUND,
-                "conversation_not_found",
-                "The conversation was not found.",
-            ));
+            return Err(FnError::conversation_not_found());
         }
     }
     if let Some(id) = run.message_id {
