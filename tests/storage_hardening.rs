@@ -786,3 +786,45 @@ async fn unfinished_tus_uploads_are_bounded_per_user() {
     let r = create(&api, &uid, "5.png", PNG_1X1.len()).await;
     assert_eq!(r.status, 429, "{}", r.text());
 }
+
+/// The case through the file-upload function: HTML it accepts (chat-files allows
+/// text/html) comes back from its signed URL as an attachment under a sandboxing CSP.
+#[tokio::test]
+async fn file_upload_html_is_not_served_inline_from_its_signed_url() {
+    let t = TestServer::start().await;
+    let (_, tok) = t.user().await;
+    let mut body = b"--B\r\ncontent-disposition: form-data; name=\"file\"; filename=\"page.html\"\r\ncontent-type: text/html\r\n\r\n".to_vec();
+    body.extend_from_slice(HTML);
+    body.extend_from_slice(b"\r\n--B--\r\n");
+    let auth = format!("Bearer {tok}");
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/functions/v1/file-upload", t.url),
+            &[
+                ("apikey", common::ANON_KEY),
+                ("authorization", &auth),
+                ("content-type", "multipart/form-data; boundary=B"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let signed = r.json()["signed_url"].as_str().unwrap().to_string();
+    let at = signed.find("/storage/v1/").unwrap();
+    let got = t
+        .http
+        .get(&format!("{}{}", t.url, &signed[at..]), &[])
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.as_ref(), HTML);
+    assert_eq!(got.header("content-type"), Some("text/html"));
+    assert_eq!(got.header("x-content-type-options"), Some("nosniff"));
+    assert!(got
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("sandbox")));
+    assert!(got
+        .header("content-disposition")
+        .is_some_and(|d| d.starts_with("attachment; filename=")));
+}
