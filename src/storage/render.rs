@@ -161,11 +161,7 @@ type Crop = (u32, u32, u32, u32);
 /// The output size for a source of `w0` × `h0`, and for `cover` the centred crop of the
 /// source (x, y, width, height) that has the output's aspect ratio. A side computed from
 /// the other (one side given) must stay within [`MAX_SIDE`].
-fn geometry(
-    w0: u32,
-    h0: u32,
-    t: &Transform,
-) -> Result<((u32, u32), Option<Crop>), StorageError> {
+fn geometry(w0: u32, h0: u32, t: &Transform) -> Result<((u32, u32), Option<Crop>), StorageError> {
     let (w0, h0) = (u64::from(w0.max(1)), u64::from(h0.max(1)));
     let derived = |n: u64| {
         u32::try_from(n.max(1))
