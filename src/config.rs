@@ -171,6 +171,8 @@ pub struct StorageConfig {
     pub url: Option<String>,
     /// Global upload limit, in bytes.
     pub file_size_limit: u64,
+    /// Unfinished TUS uploads one user may hold at once (0: no bound).
+    pub max_resumable_uploads_per_user: u32,
 }
 
 /// The built-in functions (`/functions/v1`): chat-completion's LLM providers.
@@ -405,6 +407,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: None,
             file_size_limit: 50 * 1024 * 1024,
+            max_resumable_uploads_per_user: 20,
         }
     }
 }

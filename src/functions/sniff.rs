@@ -3,6 +3,9 @@
 //! text, Markdown, CSV, JSON, source files) must be valid UTF-8 without NUL bytes (checked
 //! over the whole stream by [`TextCheck`]). The claimed type comes from the file name's
 //! extension, else the part's declared Content-Type, else the signature itself.
+//!
+//! Storage reuses [`contradicts`] for uploads to buckets with a MIME allow-list: markup or
+//! another kind of file declared as an image is refused there.
 
 /// How a type's content is verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,64 @@ pub fn signature(head: &[u8]) -> Option<&'static str> {
     by_mime(mime)
         .filter(|t| t.kind == Kind::Binary)
         .map(|t| t.mime)
+}
+
+/// How many leading bytes [`contradicts`] looks at.
+pub const SNIFF_BYTES: usize = 4096;
+
+/// Markup a browser could run as a document: HTML, SVG, XML (XHTML, XSLT) or a script tag.
+/// Leading whitespace and a UTF-8 BOM are skipped; a `<` at the start of something that
+/// claims to be an image is markup, and these tags are looked for anywhere in `head`.
+pub fn looks_like_markup(head: &[u8]) -> bool {
+    let start = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let first = start.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'<') {
+        return true;
+    }
+    const TAGS: &[&[u8]] = &[
+        b"<html",
+        b"<!doctype",
+        b"<script",
+        b"<svg",
+        b"<?xml",
+        b"<iframe",
+        b"<body",
+        b"<head",
+        b"<object",
+        b"<embed",
+        b"<meta",
+        b"<xsl",
+        b"<math",
+    ];
+    head.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'<'
+            && TAGS
+                .iter()
+                .any(|t| head.len() >= i + t.len() && head[i..i + t.len()].eq_ignore_ascii_case(t))
+    })
+}
+
+/// For an upload declared as an image (other than SVG, which is markup itself): whether its
+/// first bytes clearly say otherwise, and what they are. Only a recognised non-image
+/// signature or markup counts; unknown bytes and another image format are not a
+/// contradiction (clients routinely label a JPEG `image/png`). Other declared types are
+/// never refused here: text and most other types cannot be told from their bytes.
+pub fn contradicts(declared: &str, head: &[u8]) -> Option<String> {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !essence.starts_with("image/") || essence == "image/svg+xml" {
+        return None;
+    }
+    match infer::get(head).map(|t| t.mime_type()) {
+        Some(m) if m.starts_with("image/") && m != "image/svg+xml" => None,
+        Some(m) => Some(m.to_string()),
+        None if looks_like_markup(head) => Some("text/html".to_string()),
+        None => None,
+    }
 }
 
 fn extension(name: &str) -> Option<String> {
@@ -323,6 +384,41 @@ mod tests {
         let mut t = TextCheck::default();
         assert!(t.feed(&[0xE2, 0x82]));
         assert!(!t.feed(b"x"));
+    }
+
+    #[test]
+    fn declared_images_must_not_be_markup_or_another_kind() {
+        let jpeg = b"\xFF\xD8\xFF\xE0\0\x10JFIF\0\x01\x01";
+        // Another image format is not a contradiction; unknown bytes are not either.
+        assert_eq!(contradicts("image/png", PNG), None);
+        assert_eq!(contradicts("image/png", jpeg), None);
+        assert_eq!(contradicts("image/webp", b"\x01\x02\x03 plain junk"), None);
+        // Markup, wherever the tag hides in the head, and other recognised kinds are.
+        for html in [
+            &b"<html><script>alert(1)</script>"[..],
+            b"\xEF\xBB\xBF  <!DOCTYPE html>",
+            b"<svg xmlns='http://www.w3.org/2000/svg' onload='x()'/>",
+            b"<?xml version='1.0'?><svg/>",
+            b"some junk, then <ScRiPt>x()</script>",
+        ] {
+            assert!(contradicts("image/png", html).is_some(), "{html:?}");
+            assert!(contradicts("IMAGE/JPEG; q=1", html).is_some(), "{html:?}");
+        }
+        assert_eq!(
+            contradicts("image/png", b"%PDF-1.7\n%\xE2\xE3").as_deref(),
+            Some("application/pdf")
+        );
+        // Other declared types are never refused by their bytes.
+        for d in [
+            "text/plain",
+            "text/html",
+            "image/svg+xml",
+            "application/json",
+            "x",
+        ] {
+            assert_eq!(contradicts(d, b"<html><script>x()</script>"), None, "{d}");
+            assert_eq!(contradicts(d, PNG), None, "{d}");
+        }
     }
 
     #[test]

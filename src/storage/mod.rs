@@ -7,6 +7,7 @@
 pub mod buckets;
 pub mod endpoint;
 pub mod error;
+pub mod fuzz;
 pub mod objects;
 pub mod render;
 pub mod signed;

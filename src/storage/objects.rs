@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use base64::Engine;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
 use http::{HeaderMap, Response, StatusCode};
@@ -24,6 +25,7 @@ use super::store::{discard_rest, ByteStream, Store};
 use super::{
     as_admin, as_caller, caller_tx, client, json_body, ok, query_as_caller, str_field, ts,
 };
+use crate::functions::sniff::SNIFF_BYTES;
 use crate::http::apikey::AuthContext;
 use crate::http::{empty, query_pairs, Req, Resp};
 use crate::state::AppState;
@@ -70,9 +72,12 @@ pub fn effective_limit(state: &AppState, b: &BucketInfo) -> u64 {
     }
 }
 
-/// `allowed_mime_types` with wildcards (`image/*`); parameters (`;charset=`) ignored.
+/// `allowed_mime_types` with wildcards (`image/*`); parameters (`;charset=`) ignored. No
+/// list, or an empty one, allows everything (as Supabase).
 pub fn mime_allowed(mimes: &Option<Vec<String>>, content_type: &str) -> bool {
-    let Some(list) = mimes else { return true };
+    let Some(list) = mimes.as_ref().filter(|l| !l.is_empty()) else {
+        return true;
+    };
     let essence = content_type
         .split(';')
         .next()
@@ -84,6 +89,75 @@ pub fn mime_allowed(mimes: &Option<Vec<String>>, content_type: &str) -> bool {
         let p = p.to_ascii_lowercase();
         p == essence || p == "*/*" || p.strip_suffix("/*").is_some_and(|pt| pt == ty)
     })
+}
+
+/// A content type without its parameters, as error messages name it.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// The bucket's rules for a new object's declared type and size, as every write applies
+/// them (upload, signed upload, TUS, copy, move).
+pub fn check_rules(
+    state: &AppState,
+    b: &BucketInfo,
+    content_type: &str,
+    size: Option<u64>,
+) -> Result<(), StorageError> {
+    if size.is_some_and(|n| n > effective_limit(state, b)) {
+        return Err(StorageError::EntityTooLarge);
+    }
+    if !mime_allowed(&b.mimes, content_type) {
+        return Err(StorageError::InvalidMimeType(essence(content_type)));
+    }
+    Ok(())
+}
+
+/// In a bucket with a MIME allow-list, the content's first bytes must not contradict the
+/// declared type (HTML or another kind of file declared as an image): refused as that type.
+pub fn check_content(b: &BucketInfo, content_type: &str, head: &[u8]) -> Result<(), StorageError> {
+    if !sniffs(b) {
+        return Ok(());
+    }
+    match crate::functions::sniff::contradicts(content_type, head) {
+        Some(actual) => Err(StorageError::InvalidMimeType(actual)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the bucket's rules look at the content's bytes (see [`check_content`]).
+pub fn sniffs(b: &BucketInfo) -> bool {
+    b.mimes.as_ref().is_some_and(|l| !l.is_empty())
+}
+
+/// Read the first `n` bytes of `stream` (fewer if it ends sooner) and put them back in front.
+pub async fn peek_head(stream: &mut ByteStream, n: usize) -> Result<Bytes, StorageError> {
+    let mut head = BytesMut::new();
+    let mut failed = None;
+    while head.len() < n {
+        match stream.next().await {
+            Some(Ok(c)) => head.extend_from_slice(&c),
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    let head = head.freeze();
+    let rest = std::mem::replace(stream, futures::stream::empty().boxed());
+    *stream = futures::stream::once(futures::future::ready(Ok(head.clone())))
+        .chain(rest)
+        .boxed();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(head),
+    }
 }
 
 /// `x-upsert: true`: overwrite an existing object instead of answering 409.
@@ -127,10 +201,21 @@ fn parse_user_metadata(text: &str) -> Result<Value, StorageError> {
 
 /// Read an upload's headers (and, for multipart, the form fields before the file part).
 pub async fn read_upload(req: Req) -> Result<UploadSource, StorageError> {
-    let headers = req.headers().clone();
+    let (parts, body) = req.into_parts();
+    read_upload_from(&parts.headers, http_body_util::BodyDataStream::new(body)).await
+}
+
+/// [`read_upload`] over any body stream (the fuzz target feeds it bytes).
+pub async fn read_upload_from<S, E>(
+    headers: &HeaderMap,
+    body: S,
+) -> Result<UploadSource, StorageError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + 'static,
+{
     let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let ct = header("content-type").unwrap_or("").to_string();
-    let body = http_body_util::BodyDataStream::new(req.into_body());
     if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
         let boundary = multer::parse_boundary(&ct)
             .map_err(|_| StorageError::InvalidRequest("invalid multipart boundary".into()))?;
@@ -362,8 +447,12 @@ pub async fn store_object(
     mut src: UploadSource,
 ) -> Result<Uuid, StorageError> {
     let result = write_object(state, who, obj, &mut src).await;
-    if result.is_err() {
-        discard_rest(&mut src.stream).await;
+    match &result {
+        // Refused on its declared length, before reading: answer at once and let the
+        // connection's lingering close take what the client still sends.
+        Err(StorageError::EntityTooLarge) if src.content_length.is_some() => {}
+        Err(_) => discard_rest(&mut src.stream).await,
+        Ok(_) => {}
     }
     result
 }
@@ -375,20 +464,19 @@ async fn write_object(
     src: &mut UploadSource,
 ) -> Result<Uuid, StorageError> {
     validate_key(&obj.name)?;
-    let bucket = check_can_write(state, who, obj).await?;
-    let limit = effective_limit(state, &bucket);
-    if src.content_length.is_some_and(|n| n > limit) {
+    // A declared size over the global limit needs no bucket to be refused.
+    if src
+        .content_length
+        .is_some_and(|n| n > state.config.storage.file_size_limit)
+    {
         return Err(StorageError::EntityTooLarge);
     }
-    if !mime_allowed(&bucket.mimes, &src.content_type) {
-        let essence = src
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        return Err(StorageError::InvalidMimeType(essence));
+    let bucket = check_can_write(state, who, obj).await?;
+    let limit = effective_limit(state, &bucket);
+    check_rules(state, &bucket, &src.content_type, src.content_length)?;
+    if sniffs(&bucket) {
+        let head = peek_head(&mut src.stream, SNIFF_BYTES).await?;
+        check_content(&bucket, &src.content_type, &head)?;
     }
     let version = Uuid::new_v4().to_string();
     let key = Store::object_key(&version);
@@ -574,7 +662,7 @@ pub fn parse_range(h: Option<&str>, size: u64) -> Result<Option<Range<u64>>, Sto
             size
         } else {
             match b.parse::<u64>() {
-                Ok(e) if e >= start => (e + 1).min(size),
+                Ok(e) if e >= start => e.saturating_add(1).min(size),
                 _ => return Ok(None),
             }
         };
@@ -616,6 +704,60 @@ pub fn content_disposition(download: &str, obj: &ObjectRef) -> String {
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{enc}")
 }
 
+/// Whether a browser shows this type without running anything in our origin: raster
+/// images, audio, video, fonts, plain text, CSV, JSON, PDF and opaque binaries. Everything
+/// else (HTML, SVG, XML, JavaScript, unknown types, and a list of types, which browsers
+/// read as its last entry) is served as active content: see [`serve`].
+pub fn is_passive(content_type: &str) -> bool {
+    let e = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((top, sub)) = e.split_once('/') else {
+        return false;
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+    };
+    if !token(top) || !token(sub) || sub.contains("xml") || sub.contains("script") {
+        return false;
+    }
+    match top {
+        "audio" | "video" | "font" => true,
+        "image" => matches!(
+            sub,
+            "png"
+                | "jpeg"
+                | "jpg"
+                | "pjpeg"
+                | "gif"
+                | "webp"
+                | "avif"
+                | "bmp"
+                | "x-icon"
+                | "vnd.microsoft.icon"
+                | "tiff"
+                | "heic"
+                | "heif"
+                | "apng"
+        ),
+        "text" => matches!(sub, "plain" | "csv"),
+        "application" => matches!(sub, "json" | "pdf" | "octet-stream" | "zip" | "gzip"),
+        _ => false,
+    }
+}
+
+/// Sent with every object's bytes (download, signed URL, transform): the browser must
+/// take the content type as given, never guess a scriptable one from the bytes.
+pub const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
+/// Sent with active content (see [`is_passive`]): if a browser opens it anyway, it runs in
+/// a sandbox (a unique origin, no scripts) and may load nothing.
+pub const SANDBOX: (&str, &str) = ("content-security-policy", "default-src 'none'; sandbox");
+
 /// Serve the bytes of a found object, honouring Range and conditional headers.
 pub async fn serve(
     state: &AppState,
@@ -632,7 +774,13 @@ pub async fn serve(
         .header("etag", etag.as_str())
         .header("last-modified", last_modified.as_str())
         .header("cache-control", row.cache_control())
-        .header("accept-ranges", "bytes");
+        .header("accept-ranges", "bytes")
+        .header(NOSNIFF.0, NOSNIFF.1);
+    let mimetype = row.mimetype();
+    let passive = is_passive(&mimetype);
+    if !passive {
+        builder = builder.header(SANDBOX.0, SANDBOX.1);
+    }
     let not_modified = match (h("if-none-match"), h("if-modified-since")) {
         (Some(inm), _) => etag_matches(inm, &etag),
         (None, Some(ims)) => DateTime::parse_from_rfc2822(ims)
@@ -647,12 +795,25 @@ pub async fn serve(
             .map_err(StorageError::internal);
     }
     let q = query_pairs(query);
-    if let Some((_, d)) = q.iter().find(|(k, _)| k == "download") {
-        builder = builder.header("content-disposition", content_disposition(d, obj));
+    // Active content is always a download, never a page of this origin.
+    match q.iter().find(|(k, _)| k == "download") {
+        Some((_, d)) => {
+            builder = builder.header("content-disposition", content_disposition(d, obj))
+        }
+        None if !passive => {
+            builder = builder.header("content-disposition", content_disposition("", obj))
+        }
+        None => {}
     }
     let size = row.size();
     let range = parse_range(h("range"), size)?;
-    builder = builder.header("content-type", row.mimetype());
+    // A stored type that is not a valid header value cannot be sent as one.
+    let mimetype = if http::HeaderValue::from_str(&mimetype).is_ok() {
+        mimetype
+    } else {
+        "application/octet-stream".to_string()
+    };
+    builder = builder.header("content-type", mimetype);
     let (status, len) = match &range {
         Some(r) => {
             builder = builder.header(
@@ -1112,6 +1273,49 @@ fn move_copy_body(body: &Value) -> Result<MoveCopy, StorageError> {
     })
 }
 
+/// [`move_copy_body`] for the fuzz target: the (source, destination) a body names.
+pub fn fuzz_move_copy(body: &Value) -> Result<(ObjectRef, ObjectRef), StorageError> {
+    move_copy_body(body).map(|m| (m.src, m.dst))
+}
+
+/// The rules of the destination bucket for an existing object copied or moved into it,
+/// applied as to an upload of the same bytes under the same declared type: size limit,
+/// MIME allow-list and, with an allow-list, the content's first bytes.
+async fn check_stored(
+    state: &AppState,
+    b: &BucketInfo,
+    metadata: &Value,
+    version: &str,
+) -> Result<(), StorageError> {
+    let mimetype = metadata
+        .get("mimetype")
+        .and_then(Value::as_str)
+        .unwrap_or("application/octet-stream");
+    let size = metadata.get("size").and_then(Value::as_u64).unwrap_or(0);
+    check_rules(state, b, mimetype, Some(size))?;
+    if sniffs(b) && size > 0 && is_our_version(version) {
+        let read_error = |e: object_store::Error| match e {
+            object_store::Error::NotFound { .. } => StorageError::NoSuchKey,
+            e => StorageError::internal(format!("object store get: {e}")),
+        };
+        let mut s = state
+            .storage
+            .store
+            .get(
+                &Store::object_key(version),
+                Some(0..size.min(SNIFF_BYTES as u64)),
+            )
+            .await
+            .map_err(read_error)?;
+        let mut head = BytesMut::new();
+        while let Some(c) = s.next().await {
+            head.extend_from_slice(&c.map_err(read_error)?);
+        }
+        check_content(b, mimetype, &head)?;
+    }
+    Ok(())
+}
+
 /// Move renames the row (bytes are keyed by version, not name), as the caller: RLS must
 /// let it update the source row and the renamed row must pass the update check.
 pub async fn move_object(
@@ -1124,22 +1328,30 @@ pub async fn move_object(
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
     as_admin(&tx).await?;
-    bucket_info(&tx, &m.dst.bucket).await?;
+    let bucket = bucket_info(&tx, &m.dst.bucket).await?;
     lock_key(&tx, &m.dst.bucket, &m.dst.name).await?;
     as_caller(&tx, ctx).await?;
     if m.src == m.dst {
         return Err(StorageError::KeyAlreadyExists);
     }
-    let n = tx
-        .execute(
+    let row = tx
+        .query_opt(
             "update storage.objects set bucket_id = $3, name = $4, updated_at = now() \
-             where bucket_id = $1 and name = $2",
+             where bucket_id = $1 and name = $2 returning metadata, version",
             &[&m.src.bucket, &m.src.name, &m.dst.bucket, &m.dst.name],
         )
-        .await?;
-    if n == 0 {
-        return Err(StorageError::NoSuchKey);
-    }
+        .await?
+        .ok_or(StorageError::NoSuchKey)?;
+    let metadata: Option<Value> = row.get(0);
+    let version: Option<String> = row.get(1);
+    // Refused: the transaction rolls back when dropped.
+    check_stored(
+        state,
+        &bucket,
+        &metadata.unwrap_or(Value::Null),
+        version.as_deref().unwrap_or(""),
+    )
+    .await?;
     super::commit_with_message(tx, "Successfully moved").await
 }
 
@@ -1154,7 +1366,8 @@ pub async fn copy_object(
     let m = move_copy_body(&body)?;
     let src = find_object(state, Reader::Caller(ctx), &m.src).await?;
     let who = WriteAs::caller(ctx, upsert);
-    check_can_write(state, &who, &m.dst).await?;
+    let bucket = check_can_write(state, &who, &m.dst).await?;
+    check_stored(state, &bucket, &src.metadata, &src.version).await?;
     let copy_meta = body
         .get("copyMetadata")
         .and_then(Value::as_bool)
@@ -1256,7 +1469,44 @@ mod tests {
         assert!(parse_range(Some("bytes=100-"), 100).is_err());
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100).unwrap(), None);
         assert_eq!(parse_range(Some("items=0-1"), 100).unwrap(), None);
+        // An end of u64::MAX (found by the range fuzz target) is the end of the object.
+        assert_eq!(
+            parse_range(Some("bytes=5-18446744073709551615"), 100).unwrap(),
+            Some(5..100)
+        );
         assert_eq!(parse_range(None, 100).unwrap(), None);
+    }
+
+    #[test]
+    fn active_types_are_not_passive() {
+        for t in [
+            "image/png",
+            "IMAGE/JPEG",
+            "image/webp; q=1",
+            "text/plain; charset=utf-8",
+            "application/pdf",
+            "video/mp4",
+            "application/octet-stream",
+        ] {
+            assert!(is_passive(t), "{t}");
+        }
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/xml",
+            "text/javascript",
+            "application/javascript",
+            "application/x-shockwave-flash",
+            "image/png,text/html",
+            "image/png text/html",
+            "",
+            "nonsense",
+            "text/",
+        ] {
+            assert!(!is_passive(t), "{t}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use image::{DynamicImage, ImageFormat};
+use image::{DynamicImage, ImageDecoder, ImageFormat};
 use serde_json::Value;
 
 use super::endpoint::{Access, ObjectRef};
@@ -23,6 +23,11 @@ use crate::state::AppState;
 const MAX_INPUT_BYTES: u64 = 25 * 1024 * 1024;
 /// Largest source image (width × height).
 const MAX_INPUT_PIXELS: u64 = 40_000_000;
+/// Largest source side.
+const MAX_INPUT_SIDE: u32 = 20_000;
+/// Largest decoded source (width × height × bytes per pixel): a 16-bit RGBA PNG of
+/// 6000 × 6000 (288 MB decoded, a few hundred KB on disk) is refused before decoding.
+const MAX_DECODED_BYTES: u64 = 128 * 1024 * 1024;
 /// Largest requested side, as Supabase.
 const MAX_SIDE: u32 = 2500;
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -146,54 +151,128 @@ fn mime(f: ImageFormat) -> &'static str {
     }
 }
 
-/// Decode, resize and encode (CPU-bound: call from a blocking thread).
+fn too_large() -> StorageError {
+    StorageError::ImageProcessing("The image is too large to transform".into())
+}
+
+/// A region of the source: x, y, width, height.
+type Crop = (u32, u32, u32, u32);
+
+/// The output size for a source of `w0` × `h0`, and for `cover` the centred crop of the
+/// source (x, y, width, height) that has the output's aspect ratio. A side computed from
+/// the other (one side given) must stay within [`MAX_SIDE`].
+fn geometry(w0: u32, h0: u32, t: &Transform) -> Result<((u32, u32), Option<Crop>), StorageError> {
+    let (w0, h0) = (u64::from(w0.max(1)), u64::from(h0.max(1)));
+    let derived = |n: u64| {
+        u32::try_from(n.max(1))
+            .ok()
+            .filter(|n| *n <= MAX_SIDE)
+            .ok_or_else(|| StorageError::ImageProcessing("The requested size is too large".into()))
+    };
+    let out = match (t.width, t.height) {
+        (None, None) => return Ok(((w0 as u32, h0 as u32), None)),
+        (Some(w), None) => (w, derived(h0 * u64::from(w) / w0)?),
+        (None, Some(h)) => (derived(w0 * u64::from(h) / h0)?, h),
+        (Some(w), Some(h)) => match t.resize {
+            Resize::Fill => (w, h),
+            Resize::Contain => {
+                // The largest size of the source's aspect ratio within w × h.
+                let (w, h) = (u64::from(w), u64::from(h));
+                if w * h0 <= h * w0 {
+                    (w as u32, (h0 * w / w0).max(1) as u32)
+                } else {
+                    ((w0 * h / h0).max(1) as u32, h as u32)
+                }
+            }
+            Resize::Cover => {
+                let (wl, hl) = (u64::from(w), u64::from(h));
+                // Keep the source's full width or full height, whichever fits the ratio.
+                let (cw, ch) = if w0 * hl > h0 * wl {
+                    ((h0 * wl / hl).clamp(1, w0), h0)
+                } else {
+                    (w0, (w0 * hl / wl).clamp(1, h0))
+                };
+                let crop = ((w0 - cw) / 2, (h0 - ch) / 2, cw, ch);
+                let crop = (crop.0 as u32, crop.1 as u32, crop.2 as u32, crop.3 as u32);
+                return Ok(((w, h), Some(crop)));
+            }
+        },
+    };
+    Ok((out, None))
+}
+
+/// Scale to exactly `w` × `h` in bounded memory: sides that shrink go through the box
+/// sampler (it allocates the output only), sides that grow through the triangle filter,
+/// whose work buffer (source width × output height, 16 bytes a pixel) is then at most
+/// [`MAX_SIDE`]² pixels.
+fn scale(img: DynamicImage, w: u32, h: u32) -> DynamicImage {
+    let (sw, sh) = (img.width(), img.height());
+    let img = if w < sw || h < sh {
+        img.thumbnail_exact(w.min(sw), h.min(sh))
+    } else {
+        img
+    };
+    if (img.width(), img.height()) == (w, h) {
+        img
+    } else {
+        img.resize_exact(w, h, image::imageops::FilterType::Triangle)
+    }
+}
+
+/// Decode, resize and encode (CPU-bound: call from a blocking thread). The source is
+/// refused before decoding when its dimensions or decoded size pass the bounds above, and
+/// the decoder itself runs under the same limits.
 pub fn transform_bytes(
     input: &[u8],
     t: &Transform,
     accept_webp: bool,
 ) -> Result<(Vec<u8>, ImageFormat), StorageError> {
     let bad = |m: &str| StorageError::ImageProcessing(m.to_string());
-    let reader = image::ImageReader::new(Cursor::new(input))
+    let limits = || {
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_INPUT_SIDE);
+        limits.max_image_height = Some(MAX_INPUT_SIDE);
+        limits.max_alloc = Some(MAX_DECODED_BYTES);
+        limits
+    };
+    let mut reader = image::ImageReader::new(Cursor::new(input))
         .with_guessed_format()
         .map_err(|_| bad("The object is not an image that can be transformed"))?;
     let src_format = reader
         .format()
         .filter(|f| matches!(f, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP))
         .ok_or_else(|| bad("The object is not an image that can be transformed"))?;
-    let (w0, h0) = reader
-        .into_dimensions()
-        .map_err(|_| bad("The image could not be read"))?;
-    if w0 as u64 * h0 as u64 > MAX_INPUT_PIXELS {
-        return Err(bad("The image is too large to transform"));
+    reader.limits(limits());
+    let decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large(),
+        _ => bad("The image could not be read"),
+    })?;
+    let (w0, h0) = decoder.dimensions();
+    if w0 > MAX_INPUT_SIDE
+        || h0 > MAX_INPUT_SIDE
+        || u64::from(w0) * u64::from(h0) > MAX_INPUT_PIXELS
+        || decoder.total_bytes() > MAX_DECODED_BYTES
+    {
+        return Err(too_large());
     }
-    let mut reader = image::ImageReader::new(Cursor::new(input))
-        .with_guessed_format()
-        .map_err(|_| bad("The image could not be read"))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(20_000);
-    limits.max_image_height = Some(20_000);
-    limits.max_alloc = Some(512 * 1024 * 1024);
-    reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|_| bad("The image could not be decoded"))?;
-    let (w0, h0) = (img.width().max(1), img.height().max(1));
-    let filter = image::imageops::FilterType::Triangle;
-    let img: DynamicImage = match (t.width, t.height) {
-        (None, None) => img,
-        (Some(w), None) => {
-            let h = ((h0 as u64 * w as u64) / w0 as u64).max(1) as u32;
-            img.resize_exact(w, h, filter)
+    let ((w, h), crop) = geometry(w0, h0, t)?;
+    let mut reader = image::ImageReader::new(Cursor::new(input));
+    reader.set_format(src_format);
+    reader.limits(limits());
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large(),
+        _ => bad("The image could not be decoded"),
+    })?;
+    let img = match crop {
+        Some((x, y, cw, ch)) if (cw, ch) != (img.width(), img.height()) => {
+            img.crop_imm(x, y, cw, ch)
         }
-        (None, Some(h)) => {
-            let w = ((w0 as u64 * h as u64) / h0 as u64).max(1) as u32;
-            img.resize_exact(w, h, filter)
-        }
-        (Some(w), Some(h)) => match t.resize {
-            Resize::Cover => img.resize_to_fill(w, h, filter),
-            Resize::Contain => img.resize(w, h, filter),
-            Resize::Fill => img.resize_exact(w, h, filter),
-        },
+        _ => img,
+    };
+    let img = if (w, h) == (img.width(), img.height()) {
+        img
+    } else {
+        scale(img, w, h)
     };
     let out_format = t.format.unwrap_or(if accept_webp {
         ImageFormat::WebP
@@ -291,6 +370,7 @@ pub async fn render(
     let mut b = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", mime(fmt))
+        .header(super::objects::NOSNIFF.0, super::objects::NOSNIFF.1)
         .header("content-length", out.len())
         .header("cache-control", row.cache_control())
         .header(
@@ -377,6 +457,63 @@ mod tests {
         assert!(from_query(&q(&[("width", "2501")])).is_err());
         assert!(from_query(&q(&[("quality", "5")])).is_err());
         assert!(from_query(&q(&[("resize", "stretch")])).is_err());
+    }
+
+    /// A 4000 × 1 strip covered to 2500 × 2500 used to be scaled to 10 000 000 × 2500
+    /// before cropping; now the source is cropped first. A side derived from the other
+    /// may not pass the largest requested side.
+    #[test]
+    fn extreme_aspect_ratios_stay_small() {
+        let strip = png(4000, 1);
+        let t = from_query(&q(&[("width", "2500"), ("height", "2500")])).unwrap();
+        let (out, _) = transform_bytes(&strip, &t, false).unwrap();
+        let i = image::load_from_memory(&out).unwrap();
+        assert_eq!((i.width(), i.height()), (2500, 2500));
+        let t = from_query(&q(&[
+            ("width", "2500"),
+            ("height", "10"),
+            ("resize", "fill"),
+        ]))
+        .unwrap();
+        let (out, _) = transform_bytes(&png(1, 3000), &t, false).unwrap();
+        let i = image::load_from_memory(&out).unwrap();
+        assert_eq!((i.width(), i.height()), (2500, 10));
+        let t = from_query(&q(&[("height", "2500")])).unwrap();
+        assert!(matches!(
+            transform_bytes(&strip, &t, false),
+            Err(StorageError::ImageProcessing(_))
+        ));
+    }
+
+    #[test]
+    fn geometry_matches_the_resize_modes() {
+        let t = |w: Option<u32>, h: Option<u32>, resize| Transform {
+            width: w,
+            height: h,
+            resize,
+            quality: 80,
+            format: None,
+        };
+        assert_eq!(
+            geometry(400, 200, &t(Some(100), Some(100), Resize::Cover)).unwrap(),
+            ((100, 100), Some((100, 0, 200, 200)))
+        );
+        assert_eq!(
+            geometry(200, 400, &t(Some(100), Some(50), Resize::Cover)).unwrap(),
+            ((100, 50), Some((0, 150, 200, 100)))
+        );
+        assert_eq!(
+            geometry(400, 200, &t(Some(100), Some(100), Resize::Contain)).unwrap(),
+            ((100, 50), None)
+        );
+        assert_eq!(
+            geometry(400, 200, &t(None, Some(100), Resize::Cover)).unwrap(),
+            ((200, 100), None)
+        );
+        assert_eq!(
+            geometry(7, 9, &t(None, None, Resize::Fill)).unwrap(),
+            ((7, 9), None)
+        );
     }
 
     #[test]

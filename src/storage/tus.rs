@@ -37,6 +37,7 @@ fn base() -> http::response::Builder {
     Response::builder()
         .header("tus-resumable", VERSION)
         .header("cache-control", "no-store")
+        .header(objects::NOSNIFF.0, objects::NOSNIFF.1)
 }
 
 pub fn options() -> Resp {
@@ -61,7 +62,7 @@ struct Upload {
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-fn parse_metadata(h: &str) -> Result<std::collections::HashMap<String, String>, StorageError> {
+pub fn parse_metadata(h: &str) -> Result<std::collections::HashMap<String, String>, StorageError> {
     let mut out = std::collections::HashMap::new();
     for pair in h.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once(' ').unwrap_or((pair, ""));
@@ -167,6 +168,7 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
     let id = Uuid::new_v4().simple().to_string();
     let mut c = client(state).await?;
     let tx = admin_tx(&mut c).await?;
+    check_open_uploads(state, ctx, &tx, &who.owner_id).await?;
     let expires: chrono::DateTime<chrono::Utc> = tx
         .query_one(
             "insert into storage.resumable_uploads (id, bucket_id, name, owner_id, upsert, \
@@ -201,6 +203,42 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
         .header("upload-expires", http_date(&expires))
         .body(empty())
         .map_err(StorageError::internal)
+}
+
+/// At most `max_resumable_uploads_per_user` unfinished uploads per owner (the service role
+/// is not bounded), checked under a lock on the owner so concurrent creations count right.
+async fn check_open_uploads(
+    state: &AppState,
+    ctx: &AuthContext,
+    tx: &deadpool_postgres::Transaction<'_>,
+    owner_id: &Option<String>,
+) -> Result<(), StorageError> {
+    let max = state.config.storage.max_resumable_uploads_per_user;
+    if max == 0 || ctx.role.is_service() {
+        return Ok(());
+    }
+    tx.execute(
+        "select pg_advisory_xact_lock(hashtextextended('tus/' || coalesce($1, ''), 7002))",
+        &[owner_id],
+    )
+    .await?;
+    let open: i64 = tx
+        .query_one(
+            "select count(*) from storage.resumable_uploads \
+             where owner_id is not distinct from $1 and expires_at > now()",
+            &[owner_id],
+        )
+        .await?
+        .get(0);
+    if open >= i64::from(max) {
+        return Err(StorageError::Tus(
+            429,
+            format!(
+                "Too many unfinished resumable uploads (at most {max}): finish or terminate one first"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
@@ -307,14 +345,23 @@ async fn write_part(
     id: &str,
     offset: i64,
 ) -> Result<i64, StorageError> {
+    let declared: Option<u64> = header(&req, "content-length").and_then(|v| v.trim().parse().ok());
     let mut body = http_body_util::BodyDataStream::new(req.into_body())
         .map_err(|e| StorageError::InvalidRequest(format!("could not read the request body: {e}")))
         .boxed();
-    let result = write_part_from(state, ctx, &mut body, id, offset).await;
-    if result.is_err() {
-        super::store::discard_rest(&mut body).await;
+    let result = write_part_from(state, ctx, &mut body, id, offset, declared).await;
+    match &result {
+        // Refused on its declared length, before reading: answer at once (the connection's
+        // lingering close takes what the client still sends).
+        Err(StorageError::Tus(413, _)) if declared.is_some() => {}
+        Err(_) => super::store::discard_rest(&mut body).await,
+        Ok(_) => {}
     }
     result
+}
+
+fn passes_length() -> StorageError {
+    StorageError::Tus(413, "The PATCH passes the declared Upload-Length".into())
 }
 
 async fn write_part_from(
@@ -323,6 +370,7 @@ async fn write_part_from(
     body: &mut super::store::ByteStream,
     id: &str,
     offset: i64,
+    declared: Option<u64>,
 ) -> Result<i64, StorageError> {
     let up = load(state, ctx, id).await?;
     if offset != up.offset {
@@ -332,16 +380,14 @@ async fn write_part_from(
         ));
     }
     let remaining = (up.length - up.offset) as u64;
+    if declared.is_some_and(|n| n > remaining) {
+        return Err(passes_length());
+    }
     let store = &state.storage.store;
     let key = part_key(id, offset);
     let written = match store.put_stream(&key, body, remaining).await {
         Ok(w) => w,
-        Err(super::store::PutError::TooLarge) => {
-            return Err(StorageError::Tus(
-                413,
-                "The PATCH passes the declared Upload-Length".into(),
-            ))
-        }
+        Err(super::store::PutError::TooLarge) => return Err(passes_length()),
         Err(e) => return Err(e.into()),
     };
     let new_offset = offset + written.size as i64;
@@ -408,7 +454,7 @@ async fn finish(
     }
     let keys: Vec<_> = parts.into_iter().map(|(p, _, _)| p).collect();
     let s2 = store.clone();
-    let stream = futures::stream::iter(keys.clone())
+    let mut stream = futures::stream::iter(keys.clone())
         .then(move |k| {
             let s = s2.clone();
             async move { s.get(&k, None).await }
@@ -416,6 +462,11 @@ async fn finish(
         .try_flatten()
         .map_err(|e| StorageError::internal(format!("object store read: {e}")))
         .boxed();
+    // The bucket's rules again, now with the content: a refused upload is over.
+    if let Err(e) = check_finished(state, up, &mut stream).await {
+        remove(state, id).await?;
+        return Err(e);
+    }
     let version = Uuid::new_v4().to_string();
     let key = Store::object_key(&version);
     let written = store.put_stream(&key, stream, up.length as u64).await?;
@@ -437,6 +488,26 @@ async fn finish(
     // Done either way: a rejected finish (duplicate, RLS) cannot succeed on retry.
     remove(state, id).await?;
     result.map(|_| ())
+}
+
+/// The bucket's rules for the finished upload, as for any upload: size, type and, in a
+/// bucket with a MIME allow-list, the content's first bytes.
+async fn check_finished(
+    state: &AppState,
+    up: &Upload,
+    stream: &mut super::store::ByteStream,
+) -> Result<(), StorageError> {
+    let mut c = client(state).await?;
+    let tx = admin_tx(&mut c).await?;
+    let b = objects::bucket_info(&tx, &up.bucket).await?;
+    tx.commit().await?;
+    drop(c);
+    objects::check_rules(state, &b, &up.content_type, Some(up.length as u64))?;
+    if objects::sniffs(&b) {
+        let head = objects::peek_head(stream, crate::functions::sniff::SNIFF_BYTES).await?;
+        objects::check_content(&b, &up.content_type, &head)?;
+    }
+    Ok(())
 }
 
 async fn remove(state: &AppState, id: &str) -> Result<(), StorageError> {
