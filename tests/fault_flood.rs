@@ -150,9 +150,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 
 async fn heartbeat(ws: &mut Ws, r: u32) {
     let msg = serde_json::json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": r.to_string()});
-    ws.send(Message::Text(msg.to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(msg.to_string())).await.unwrap();
+    let want = r.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = tokio::time::timeout_at(deadline, ws.next())
@@ -162,7 +161,7 @@ async fn heartbeat(ws: &mut Ws, r: u32) {
             .expect("frame");
         if let Message::Text(t) = m {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["event"] == "phx_reply" && v["ref"] == r.to_string() {
+            if v["event"] == "phx_reply" && v["ref"].as_str() == Some(want.as_str()) {
                 assert_eq!(v["payload"]["status"], "ok");
                 return;
             }

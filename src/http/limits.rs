@@ -45,14 +45,14 @@ pub fn raise_nofile_limit() -> u64 {
             rlim_max: lim.rlim_max,
         })
     {
-        return target as u64;
+        return target;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The soft descriptor limit in force.
 pub fn nofile_limit() -> u64 {
-    getrlimit().map_or(1024, |l| l.rlim_cur as u64)
+    getrlimit().map_or(1024, |l| l.rlim_cur)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
