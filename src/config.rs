@@ -75,6 +75,36 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub functions: FunctionsConfig,
+    pub http: HttpConfig,
+}
+
+/// Connection limits and timeouts of the HTTP server. A connection counts from accept to
+/// close, WebSockets included; past a cap the server first closes an idle connection of
+/// the same client (or of the biggest one), else answers a short 503 and closes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Open connections at most; 0 = derived from the descriptor limit (raised to the hard
+    /// limit at start), leaving room for the database pools, files and sandboxes.
+    pub max_connections: usize,
+    /// Open connections from one client IP at most; 0 = half of max_connections.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client has to send a request's whole header, from its connection or its
+    /// request's first byte.
+    pub header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open between two requests.
+    pub keepalive_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            header_timeout_secs: 10,
+            keepalive_timeout_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -349,6 +379,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             functions: FunctionsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -590,6 +621,11 @@ impl Config {
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid(
                 "db_pool_size must be at least 1".into(),
+            ));
+        }
+        if self.http.header_timeout_secs == 0 || self.http.keepalive_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "http: header_timeout_secs and keepalive_timeout_secs must be at least 1".into(),
             ));
         }
         Ok(())

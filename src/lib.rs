@@ -219,6 +219,9 @@ fn load_keys(cfg: &Config) -> Result<KeyRing, StartError> {
 impl Server {
     pub async fn start(cfg: Config, progress: Progress) -> Result<Server, StartError> {
         cfg.validate()?;
+        // Before any socket: the connection caps are derived from this limit.
+        let nofile = http::limits::raise_nofile_limit();
+        tracing::debug!(nofile, "descriptor limit");
         let keys = load_keys(&cfg)?;
         // Listen first: a taken port fails fast, before any database work.
         let mut listeners = vec![];

@@ -2,7 +2,9 @@
 
 pub mod apikey;
 pub mod body;
+pub mod conns;
 pub mod cors;
+pub mod limits;
 pub mod linger;
 pub mod router;
 pub mod server;

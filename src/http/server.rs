@@ -1,5 +1,6 @@
 //! The one HTTP server: a task per connection, HTTP/1.1 with upgrades, CORS and a log line
-//! per request, and a graceful drain on shutdown.
+//! per request, and a graceful drain on shutdown. Connections are capped (in total and per
+//! client IP, see `conns`), slow headers and idle keep-alive connections time out.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,9 +9,11 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::conns::{Admission, Limiter, Over, ShedSlot, Timeouts, Tracked};
+use super::limits;
 use super::router::{Api, ApiRouter};
 use super::{cors, json_response, Req, Resp};
 use crate::state::AppState;
@@ -23,56 +26,79 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     let (drain_tx, drain_rx) = watch::channel(false);
     let router = std::sync::Arc::new(ApiRouter::default());
+    let http_cfg = &state.config.http;
+    let nofile = limits::nofile_limit();
+    let limiter = Limiter::new(limits::caps(&state.config, nofile));
+    let timeouts = Timeouts {
+        header: Duration::from_secs(http_cfg.header_timeout_secs),
+        keepalive: Duration::from_secs(http_cfg.keepalive_timeout_secs),
+    };
+    tracing::info!(
+        descriptor_limit = nofile,
+        max_connections = limiter.caps.total,
+        max_connections_per_ip = limiter.caps.per_ip,
+        "connection limits"
+    );
     let (conn_tx, mut conn_rx) =
         tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr)>(64);
     let mut accept_tasks = vec![];
     for l in listeners {
-        let tx = conn_tx.clone();
-        accept_tasks.push(tokio::spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok(c) => {
-                        if tx.send(c).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        accept_tasks.push(tokio::spawn(accept_loop(l, conn_tx.clone())));
     }
     drop(conn_tx);
     loop {
         tokio::select! {
             Some((stream, peer)) = conn_rx.recv() => {
+                let (permit, conn_state) = match limiter.admit(peer.ip()) {
+                    Admission::Serve(p, s) => (p, s),
+                    Admission::Refuse(why, slot) => {
+                        tokio::spawn(refuse(stream, why, slot));
+                        continue;
+                    }
+                    Admission::Drop => continue,
+                };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let router = router.clone();
+                let svc_conn = conn_state.clone();
                 let svc = service_fn(move |req: Req| {
+                    let busy = svc_conn.begin();
                     let state = state.clone();
                     let router = router.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &router, req, peer).await) }
+                    async move {
+                        let resp = handle(&state, &router, req, peer).await;
+                        Ok::<_, Infallible>(busy.attach(resp))
+                    }
                 });
+                let io = Tracked::new(super::linger::LingeringStream::new(stream), permit, conn_state.clone());
+                // Header and keep-alive time are watched by `ConnState::expired` (hyper's
+                // header timer would also cut idle keep-alive connections at header time).
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(super::linger::LingeringStream::new(stream)), svc)
+                    .header_read_timeout(None)
+                    .serve_connection(TokioIo::new(io), svc)
                     .with_upgrades();
                 let mut drain = drain_rx.clone();
                 tracker.spawn(async move {
                     tokio::pin!(conn);
+                    let expired = conn_state.expired(timeouts);
+                    tokio::pin!(expired);
                     let result = tokio::select! {
-                        r = conn.as_mut() => r,
+                        r = conn.as_mut() => Some(r),
+                        // Slow header, idle keep-alive or evicted: close (dropping it).
+                        _ = expired.as_mut() => None,
                         _ = drain.changed() => {
                             // Finish the request in flight, then close.
                             conn.as_mut().graceful_shutdown();
-                            conn.await
+                            tokio::select! {
+                                r = conn.as_mut() => Some(r),
+                                _ = expired.as_mut() => None,
+                            }
                         }
                     };
-                    if let Err(e) = result {
+                    // Upgraded or closing: no longer timed out or evicted as HTTP.
+                    conn_state.stop_serving();
+                    if let Some(Err(e)) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -89,6 +115,94 @@ pub async fn serve(
         _ = tracker.wait() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("drain deadline passed; closing the remaining connections"),
     }
+}
+
+/// Accept forever. Out of descriptors, the waiting connection would stay queued and every
+/// accept fail at once, in a loop that serves nobody: so a spare descriptor is given up
+/// to take that connection and close it, then taken back.
+async fn accept_loop(l: TcpListener, tx: tokio::sync::mpsc::Sender<(TcpStream, SocketAddr)>) {
+    let spare = || std::fs::File::open("/dev/null").ok();
+    let mut reserve = spare();
+    let mut last_warn: Option<Instant> = None;
+    let mut failed: u64 = 0;
+    loop {
+        match l.accept().await {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, failed, "accept failed");
+                    last_warn = Some(Instant::now());
+                    failed = 0;
+                }
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && reserve.is_some() {
+                    drop(reserve.take());
+                    if let Ok(Ok((s, _))) =
+                        tokio::time::timeout(Duration::from_millis(10), l.accept()).await
+                    {
+                        drop(s);
+                    }
+                    reserve = spare();
+                    if reserve.is_some() {
+                        continue;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if reserve.is_none() {
+                    reserve = spare();
+                }
+            }
+        }
+    }
+}
+
+/// Refuse a connection over a cap: a short 503 the client can read, then close. The
+/// answer waits for the request's header (briefly): a client that gets bytes before it
+/// has sent its request takes the connection for broken rather than reading them. What
+/// follows is drained for a moment so the close does not reset the answer. Bounded in
+/// time and bytes; the slot bounds how many run at once.
+async fn refuse(mut stream: TcpStream, why: Over, _slot: ShedSlot) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let message = match why {
+        Over::Total => "Too many connections, retry later",
+        Over::PerIp => "Too many connections from this address, retry later",
+    };
+    let body = serde_json::json!({ "message": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\
+         access-control-allow-origin: *\r\n\r\n{body}",
+        body.len()
+    );
+    let mut buf = [0u8; 4096];
+    let mut head: Vec<u8> = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut seen = 0;
+        while seen < 64 * 1024 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => seen += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 async fn handle(state: &AppState, router: &ApiRouter, mut req: Req, peer: SocketAddr) -> Resp {

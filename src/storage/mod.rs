@@ -37,9 +37,24 @@ pub struct State {
     pub render_permits: Arc<tokio::sync::Semaphore>,
 }
 
-pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
+pub async fn init(config: &Config, pool: &Pool) -> Result<State, String> {
     let store = Store::open(config)?;
     tracing::info!(store = %store.describe, "storage backend ready");
+    // The default store lives in the data dir, whose lock we hold (embedded database): no
+    // upload can be in flight, so what a crash left behind (a half-written staging file,
+    // bytes whose row never committed) goes now rather than in an hour.
+    if config.storage.url.is_none() && config.database_url.is_none() {
+        let staged = store::remove_staged_files(&config.storage_dir());
+        if staged > 0 {
+            tracing::info!(
+                count = staged,
+                "removed half-written files of interrupted uploads"
+            );
+        }
+        if let Err(e) = objects::sweep_orphans_in(&store, pool, chrono::Duration::zero()).await {
+            tracing::warn!(error = %e, "storage sweep at start failed");
+        }
+    }
     Ok(State {
         store: Arc::new(store),
         render_permits: Arc::new(tokio::sync::Semaphore::new(2)),

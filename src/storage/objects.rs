@@ -380,9 +380,35 @@ pub async fn commit_row(
     metadata: &Value,
     user_metadata: &Option<Value>,
 ) -> Result<Uuid, StorageError> {
+    commit_row_finishing(state, who, obj, version, metadata, user_metadata, None).await
+}
+
+/// [`commit_row`], also deleting the resumable upload `finishing` in the same transaction
+/// (so a crash leaves either the upload still resumable or the object, never neither);
+/// fails with 404 when that upload is already gone (finished by a concurrent request).
+pub async fn commit_row_finishing(
+    state: &AppState,
+    who: &WriteAs<'_>,
+    obj: &ObjectRef,
+    version: &str,
+    metadata: &Value,
+    user_metadata: &Option<Value>,
+    finishing: Option<&str>,
+) -> Result<Uuid, StorageError> {
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, who.ctx, false).await?;
     as_admin(&tx).await?;
+    if let Some(id) = finishing {
+        let n = tx
+            .execute(
+                "delete from storage.resumable_uploads where id = $1",
+                &[&id],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StorageError::Tus(404, "Upload not found".into()));
+        }
+    }
     lock_key(&tx, &obj.bucket, &obj.name).await?;
     let old: Option<String> = tx
         .query_opt(
@@ -1406,7 +1432,14 @@ pub async fn copy_object(
 /// Delete stored bytes that no row points at and that are older than `min_age` (so an
 /// upload still in flight is never touched).
 pub async fn sweep_orphans(state: &AppState, min_age: chrono::Duration) -> Result<usize, String> {
-    let store = &state.storage.store;
+    sweep_orphans_in(&state.storage.store, &state.pool, min_age).await
+}
+
+pub async fn sweep_orphans_in(
+    store: &Store,
+    pool: &deadpool_postgres::Pool,
+    min_age: chrono::Duration,
+) -> Result<usize, String> {
     let keys = store.list("objects").await.map_err(|e| e.to_string())?;
     let cutoff = Utc::now() - min_age;
     let candidates: Vec<String> = keys
@@ -1418,7 +1451,7 @@ pub async fn sweep_orphans(state: &AppState, min_age: chrono::Duration) -> Resul
     if candidates.is_empty() {
         return Ok(0);
     }
-    let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
+    let mut c = pool.get().await.map_err(|e| e.to_string())?;
     let tx = super::background_admin_tx(&mut c).await?;
     let live: std::collections::HashSet<String> = tx
         .query(

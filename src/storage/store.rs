@@ -303,6 +303,32 @@ impl Store {
     }
 }
 
+/// Remove the staging files (`<key>#<n>`) the local file store writes before renaming a
+/// finished upload into place: after a crash they are half-written and nothing lists or
+/// reads them. Only safe while no upload runs (at start). Returns how many went.
+pub fn remove_staged_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            n += remove_staged_files(&p);
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().to_string();
+        let staged = name.rsplit_once('#').is_some_and(|(_, suffix)| {
+            !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+        });
+        if staged && std::fs::remove_file(&p).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

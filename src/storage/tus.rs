@@ -395,6 +395,14 @@ async fn write_part_from(
         let _ = store.delete(&key).await;
         return Ok(offset);
     }
+    if new_offset == up.length {
+        // The last part: the offset is not advanced on its own. The object row and the
+        // upload's removal commit together, so a crash in between leaves the upload at
+        // the previous offset (the client resends this part), never "complete" with no
+        // object.
+        finish(state, ctx, id, &up).await?;
+        return Ok(new_offset);
+    }
     let mut c = client(state).await?;
     let tx = admin_tx(&mut c).await?;
     let n = tx
@@ -413,10 +421,6 @@ async fn write_part_from(
         ));
     }
     tx.commit().await?;
-    drop(c);
-    if new_offset == up.length {
-        finish(state, ctx, id, &up).await?;
-    }
     Ok(new_offset)
 }
 
@@ -428,33 +432,41 @@ async fn finish(
     up: &Upload,
 ) -> Result<(), StorageError> {
     let store = state.storage.store.clone();
-    let mut parts = store
+    let parts = store
         .list(&format!("uploads/{id}"))
         .await
         .map_err(|e| StorageError::internal(format!("object store list: {e}")))?;
-    parts.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    // Parts must tile [0, length) exactly.
+    // The parts that tile [0, length), each starting where the one before ends. Others are
+    // leftovers of PATCHes whose offset never committed (a crash, a lost race): skipped.
+    let by_start: std::collections::HashMap<u64, (object_store::path::Path, u64)> = parts
+        .into_iter()
+        .filter_map(|(p, _, size)| {
+            let start: u64 = p.filename()?.parse().ok()?;
+            Some((start, (p, size)))
+        })
+        .collect();
+    let mut keys = vec![];
     let mut expect: u64 = 0;
-    for (p, _, size) in &parts {
-        let start: u64 = p
-            .filename()
-            .and_then(|f| f.parse().ok())
-            .unwrap_or(u64::MAX);
-        if start != expect {
-            return Err(StorageError::internal(format!(
-                "upload {id}: part {p} out of order"
-            )));
+    while expect < up.length as u64 {
+        match by_start.get(&expect) {
+            Some((p, size)) if *size > 0 => {
+                keys.push(p.clone());
+                expect += size;
+            }
+            _ => {
+                return Err(StorageError::internal(format!(
+                    "upload {id}: no part at offset {expect}"
+                )))
+            }
         }
-        expect += size;
     }
     if expect != up.length as u64 {
         return Err(StorageError::internal(format!(
             "upload {id}: parts hold {expect} bytes"
         )));
     }
-    let keys: Vec<_> = parts.into_iter().map(|(p, _, _)| p).collect();
     let s2 = store.clone();
-    let mut stream = futures::stream::iter(keys.clone())
+    let mut stream = futures::stream::iter(keys)
         .then(move |k| {
             let s = s2.clone();
             async move { s.get(&k, None).await }
@@ -480,8 +492,16 @@ async fn finish(
         upsert: up.upsert,
     };
     let metadata = objects::object_metadata(&written, &up.content_type, &up.cache_control);
-    let result =
-        objects::commit_row(state, &who, &obj, &version, &metadata, &up.user_metadata).await;
+    let result = objects::commit_row_finishing(
+        state,
+        &who,
+        &obj,
+        &version,
+        &metadata,
+        &up.user_metadata,
+        Some(id),
+    )
+    .await;
     if result.is_err() {
         let _ = store.delete(&key).await;
     }

@@ -3,6 +3,8 @@
 //! database copied from the template and its own oxibase on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod spawned;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
