@@ -353,13 +353,10 @@ impl EmbeddedPg {
         let Some(child) = self.child.as_mut() else {
             return std::future::pending().await;
         };
-        let status = child.wait().await;
+        // An error means it cannot be waited on any more: treat it as gone.
+        let status: std::process::ExitStatus = child.wait().await.unwrap_or_default();
         self.child = None;
-        match status {
-            Ok(s) => s,
-            // Cannot wait on it any more: treat it as gone.
-            Err(_) => std::process::ExitStatus::default(),
-        }
+        status
     }
 }
 

@@ -493,7 +493,7 @@ async fn capture(st: AppState, mut session: Session) {
                             tracing::info!(attempt, "realtime: change capture resumed");
                             break;
                         }
-                        Err(e) if attempt == 1 || attempt % 10 == 0 => {
+                        Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
                             tracing::warn!(attempt, error = %e, "realtime: change capture unavailable; retrying");
                         }
                         Err(e) => {
