@@ -339,3 +339,33 @@ pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
     tx.query_typed(SET_ROLE_AND_CLAIMS, &params).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1));
+        let steps: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(steps, [250, 500, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.step(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn pool_failures_are_told_apart() {
+        use deadpool::managed::{PoolError, TimeoutType};
+        let wait: PoolError<String> = PoolError::Timeout(TimeoutType::Wait);
+        assert_eq!(PoolFailure::of(&wait), PoolFailure::Exhausted);
+        for e in [
+            PoolError::Timeout(TimeoutType::Create),
+            PoolError::Backend("connection refused".to_string()),
+            PoolError::Closed,
+        ] {
+            assert_eq!(PoolFailure::of(&e), PoolFailure::Unavailable);
+        }
+        assert!(is_connection_sqlstate("08006") && is_connection_sqlstate("57P01"));
+        assert!(!is_connection_sqlstate("57014") && !is_connection_sqlstate("23505"));
+    }
+}

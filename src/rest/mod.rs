@@ -154,6 +154,7 @@ pub fn spawn_background(state: &AppState) {
                     tracing::warn!(
                         "rest: schema listener lost its database connection; reconnecting"
                     );
+                    backoff.wait().await;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "rest: schema listener cannot connect yet");
