@@ -71,6 +71,12 @@ pub struct Config {
     /// Apply the AI chat platform's tables, buckets and policies (sql/0002). Off leaves a
     /// bare Supabase-like database for another project's SQL.
     pub app_schema: bool,
+    /// Longest a request waits for a free pooled database connection, in ms; then REST
+    /// answers 504 PGRST003 (and the other APIs their own 504).
+    pub db_pool_wait_timeout_ms: u64,
+    /// Longest the making of a new database connection may take, in ms; then the request
+    /// answers 503 (the database is unreachable).
+    pub db_pool_create_timeout_ms: u64,
     pub rest: RestConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
@@ -375,6 +381,8 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             log: "info".into(),
             app_schema: true,
+            db_pool_wait_timeout_ms: 10_000,
+            db_pool_create_timeout_ms: 5_000,
             rest: RestConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
@@ -626,6 +634,11 @@ impl Config {
         if self.http.header_timeout_secs == 0 || self.http.keepalive_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "http: header_timeout_secs and keepalive_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.db_pool_wait_timeout_ms == 0 || self.db_pool_create_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "db_pool_wait_timeout_ms and db_pool_create_timeout_ms must be at least 1".into(),
             ));
         }
         Ok(())

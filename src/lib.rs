@@ -64,7 +64,8 @@ pub struct Server {
     pub db_url: String,
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
-    pg: Option<EmbeddedPg>,
+    /// The embedded PostgreSQL, restarted whenever it exits unasked.
+    pg: Option<db::embedded_pg::Supervisor>,
     _lock: Option<File>,
 }
 
@@ -280,8 +281,10 @@ impl Server {
         } else {
             None
         };
-        let (admin_url, pool_cfg, mut pg) = prepare_database(&cfg, &progress).await?;
-        let pool = db::make_pool(pool_cfg.clone(), cfg.db_pool_size);
+        let (admin_url, mut pool_cfg, mut pg) = prepare_database(&cfg, &progress).await?;
+        let timeouts = db::PoolTimeouts::from_config(&cfg);
+        db::harden_config(&mut pool_cfg, timeouts);
+        let pool = db::make_pool_with(pool_cfg.clone(), cfg.db_pool_size, timeouts);
         let built = async {
             Ok::<_, String>(Inner {
                 rest: rest::init(&cfg, &pool).await?,
@@ -292,7 +295,7 @@ impl Server {
                 config: cfg.clone(),
                 pool: pool.clone(),
                 wire: db::wire::WireConfig::from_config(&pool_cfg)
-                    .map(|w| db::wire::make_pool(w, cfg.db_pool_size)),
+                    .map(|w| db::wire::make_pool_with(w, cfg.db_pool_size, timeouts)),
                 db_config: pool_cfg,
                 keys,
             })
@@ -308,6 +311,7 @@ impl Server {
             }
         };
         let state = AppState(Arc::new(inner));
+        let pg = pg.map(db::embedded_pg::Supervisor::spawn);
         rest::spawn_background(&state);
         auth::spawn_background(&state);
         storage::spawn_background(&state);
@@ -336,7 +340,7 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.serve).await;
         functions::shutdown(&self.state).await;
         self.state.pool.close();
-        if let Some(pg) = self.pg.as_mut() {
+        if let Some(pg) = self.pg.take() {
             pg.stop().await;
         }
     }

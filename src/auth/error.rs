@@ -159,13 +159,41 @@ impl ApiError for AuthError {
 
 impl From<tokio_postgres::Error> for AuthError {
     fn from(e: tokio_postgres::Error) -> AuthError {
+        if crate::db::is_connection_error(&e) {
+            return AuthError::db_unavailable(crate::db::error_text(&e));
+        }
         AuthError::internal("Database error", crate::db::error_text(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for AuthError {
     fn from(e: deadpool_postgres::PoolError) -> AuthError {
-        AuthError::internal("Database error", format!("pool: {e}"))
+        match crate::db::PoolFailure::of(&e) {
+            // GoTrue's answer to a request that ran out of time.
+            crate::db::PoolFailure::Exhausted => AuthError {
+                internal: Some(format!("pool: {e}")),
+                ..AuthError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "request_timeout",
+                    "Processing this request timed out, please retry after a moment.",
+                )
+            },
+            crate::db::PoolFailure::Unavailable => AuthError::db_unavailable(format!("pool: {e}")),
+        }
+    }
+}
+
+impl AuthError {
+    /// The database is down or restarting: 503, worth retrying (detail to the log).
+    pub fn db_unavailable(detail: impl Into<String>) -> AuthError {
+        AuthError {
+            internal: Some(detail.into()),
+            ..AuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unexpected_failure",
+                "Database unavailable, please retry after a moment.",
+            )
+        }
     }
 }
 

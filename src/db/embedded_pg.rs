@@ -342,6 +342,136 @@ impl EmbeddedPg {
     }
 }
 
+impl EmbeddedPg {
+    /// The running postmaster's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Wait until the postmaster exits (and reap it); never returns when none runs.
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let Some(child) = self.child.as_mut() else {
+            return std::future::pending().await;
+        };
+        // An error means it cannot be waited on any more: treat it as gone.
+        let status: std::process::ExitStatus = child.wait().await.unwrap_or_default();
+        self.child = None;
+        status
+    }
+}
+
+/// Keeps the embedded PostgreSQL up: when the postmaster exits without being asked (killed,
+/// crashed, out of memory), it is started again, with a growing pause between failed
+/// attempts. Everything that talks to the database reconnects by itself once it is back.
+pub struct Supervisor {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The current postmaster (0 while none runs), for [`Drop`].
+    pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+/// Pauses between restart attempts: 250 ms doubling to this.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A postmaster that stayed up this long starts the next restart from the short pause.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+impl Supervisor {
+    /// Watch a started `pg` from now on.
+    pub fn spawn(pg: EmbeddedPg) -> Supervisor {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(
+            pg.pid().map(|p| p as i32).unwrap_or(0),
+        ));
+        let task = tokio::spawn(supervise(pg, stop_rx, pid.clone()));
+        Supervisor {
+            stop,
+            task: Some(task),
+            pid,
+        }
+    }
+
+    /// Stop watching and shut PostgreSQL down (fast shutdown).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
+            if pid > 0 {
+                signal(pid, libc::SIGINT);
+            }
+            task.abort();
+        }
+    }
+}
+
+async fn supervise(
+    mut pg: EmbeddedPg,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut backoff = super::Backoff::new(RESTART_BACKOFF_MAX);
+    let mut up_since = Instant::now();
+    loop {
+        let exited = tokio::select! {
+            status = pg.wait_exit() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(status) = exited else {
+            pg.stop().await;
+            pid.store(0, Ordering::SeqCst);
+            return;
+        };
+        pid.store(0, Ordering::SeqCst);
+        if up_since.elapsed() > STABLE_RUN {
+            backoff.reset();
+        }
+        tracing::warn!(
+            %status, port = pg.port,
+            "PostgreSQL exited unexpectedly; restarting it (requests answer 503 meanwhile)"
+        );
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            // The first attempt at once: a killed postmaster's backends leave within moments.
+            if attempt > 1 {
+                let pause = backoff.step();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            tracing::info!(attempt, "starting PostgreSQL again");
+            let started = tokio::select! {
+                r = pg.start() => Some(r),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            match started {
+                None => {
+                    pg.stop().await;
+                    return;
+                }
+                Some(Ok(())) => {
+                    pid.store(pg.pid().map(|p| p as i32).unwrap_or(0), Ordering::SeqCst);
+                    tracing::info!(attempt, "PostgreSQL is up again");
+                    up_since = Instant::now();
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(attempt, error = %e, "PostgreSQL did not start again; retrying");
+                }
+            }
+        }
+    }
+}
+
 impl Drop for EmbeddedPg {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_ref() {

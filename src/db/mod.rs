@@ -5,6 +5,8 @@ pub mod embedded_pg;
 pub mod migrate;
 pub mod wire;
 
+use std::time::Duration;
+
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -75,6 +77,13 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 }
 
 pub fn make_pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
+    make_pool_with(cfg, size, PoolTimeouts::default())
+}
+
+/// The request pool with its timeouts: a request waits at most `wait` for a free
+/// connection and a new connection gets `create` to be made (an exhausted pool or an
+/// unreachable database answers instead of hanging).
+pub fn make_pool_with(cfg: tokio_postgres::Config, size: usize, t: PoolTimeouts) -> Pool {
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -84,8 +93,135 @@ pub fn make_pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
     );
     Pool::builder(mgr)
         .max_size(size)
+        .timeouts(t.deadpool())
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .expect("pool config is valid")
+}
+
+/// How long a request waits for a pooled connection, and for a new one to be made
+/// (config `db_pool_wait_timeout_ms`, `db_pool_create_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimeouts {
+    pub wait: Duration,
+    pub create: Duration,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        PoolTimeouts {
+            wait: Duration::from_secs(10),
+            create: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PoolTimeouts {
+    pub fn from_config(cfg: &crate::config::Config) -> PoolTimeouts {
+        PoolTimeouts {
+            wait: Duration::from_millis(cfg.db_pool_wait_timeout_ms),
+            create: Duration::from_millis(cfg.db_pool_create_timeout_ms),
+        }
+    }
+
+    pub fn deadpool(&self) -> deadpool_postgres::Timeouts {
+        deadpool_postgres::Timeouts {
+            wait: Some(self.wait),
+            create: Some(self.create),
+            // Recycling a pooled connection is a local check (no round trip).
+            recycle: Some(self.create),
+        }
+    }
+}
+
+/// Why a pool gave no connection, as the APIs answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolFailure {
+    /// Every connection stayed busy for the whole wait timeout (PostgREST: 504 PGRST003).
+    Exhausted,
+    /// No connection could be made: the database is down, restarting or unreachable
+    /// (PostgREST: 503 PGRST000).
+    Unavailable,
+}
+
+impl PoolFailure {
+    pub fn of<E>(e: &deadpool::managed::PoolError<E>) -> PoolFailure {
+        use deadpool::managed::{PoolError, TimeoutType};
+        match e {
+            PoolError::Timeout(TimeoutType::Wait) => PoolFailure::Exhausted,
+            _ => PoolFailure::Unavailable,
+        }
+    }
+}
+
+/// A query failed because the connection or the database went away (not because of
+/// the query): the connection closed, an I/O error, or PostgreSQL ending the session
+/// (class 08, or 57P01/57P02/57P03: shutdown, crash of another backend, not yet
+/// accepting connections). The APIs answer these 503.
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(c) => is_connection_sqlstate(c.code()),
+        None => std::error::Error::source(e)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
+    }
+}
+
+/// SQLSTATEs that mean the session or the server ended, not that the statement failed.
+pub fn is_connection_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Retry pacing for reconnect loops: 250 ms, doubling up to `max`.
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(250);
+
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The delay to wait now (the next one is longer).
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.step()).await;
+    }
+}
+
+/// Connection settings for a database that may go away: a bounded connect, and TCP
+/// keepalives that notice a vanished server on idle connections (LISTEN) in about a
+/// minute rather than hours. Values the URL sets itself are kept.
+pub fn harden_config(cfg: &mut tokio_postgres::Config, t: PoolTimeouts) {
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(t.create);
+    }
+    if cfg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        cfg.keepalives_idle(Duration::from_secs(30));
+    }
+    if cfg.get_keepalives_interval().is_none() {
+        cfg.keepalives_interval(Duration::from_secs(10));
+    }
+    if cfg.get_keepalives_retries().is_none() {
+        cfg.keepalives_retries(3);
+    }
 }
 
 /// Extra request GUCs (PostgREST sets these so SQL can read the request).
@@ -202,4 +338,34 @@ pub async fn set_role_and_claims<C: tokio_postgres::GenericClient + Sync>(
         .collect();
     tx.query_typed(SET_ROLE_AND_CLAIMS, &params).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1));
+        let steps: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(steps, [250, 500, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.step(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn pool_failures_are_told_apart() {
+        use deadpool::managed::{PoolError, TimeoutType};
+        let wait: PoolError<String> = PoolError::Timeout(TimeoutType::Wait);
+        assert_eq!(PoolFailure::of(&wait), PoolFailure::Exhausted);
+        for e in [
+            PoolError::Timeout(TimeoutType::Create),
+            PoolError::Backend("connection refused".to_string()),
+            PoolError::Closed,
+        ] {
+            assert_eq!(PoolFailure::of(&e), PoolFailure::Unavailable);
+        }
+        assert!(is_connection_sqlstate("08006") && is_connection_sqlstate("57P01"));
+        assert!(!is_connection_sqlstate("57014") && !is_connection_sqlstate("23505"));
+    }
 }

@@ -411,8 +411,14 @@ impl managed::Manager for Manager {
 pub type Pool = managed::Pool<Manager>;
 
 pub fn make_pool(cfg: WireConfig, size: usize) -> Pool {
+    make_pool_with(cfg, size, super::PoolTimeouts::default())
+}
+
+/// The lean pool with the same wait and create timeouts as the request pool.
+pub fn make_pool_with(cfg: WireConfig, size: usize, t: super::PoolTimeouts) -> Pool {
     Pool::builder(Manager(cfg))
         .max_size(size)
+        .timeouts(t.deadpool())
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("pool config is valid")

@@ -96,9 +96,43 @@ impl FnError {
         }
     }
 
+    /// The database is down or restarting: 503, worth retrying.
+    pub fn db_unavailable(detail: impl std::fmt::Display) -> FnError {
+        FnError {
+            detail: Some(detail.to_string()),
+            ..FnError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "The database is unavailable; please retry in a moment.",
+            )
+        }
+    }
+
+    /// No pooled database connection came free in time: 504.
+    pub fn db_timeout(detail: impl std::fmt::Display) -> FnError {
+        FnError {
+            detail: Some(detail.to_string()),
+            ..FnError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "database_timeout",
+                "Timed out waiting for a database connection; please retry in a moment.",
+            )
+        }
+    }
+
+    /// A pool that gave no connection (busy past the wait timeout, or no database).
+    pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> FnError {
+        match crate::db::PoolFailure::of(e) {
+            crate::db::PoolFailure::Exhausted => FnError::db_timeout(format!("pool: {e}")),
+            crate::db::PoolFailure::Unavailable => FnError::db_unavailable(format!("pool: {e}")),
+        }
+    }
+
     /// A storage failure while writing or removing an uploaded object.
     pub fn from_storage(e: StorageError) -> FnError {
         match e {
+            StorageError::DatabaseTimeout(d) => FnError::db_timeout(d),
+            StorageError::DatabaseUnavailable(d) => FnError::db_unavailable(d),
             StorageError::EntityTooLarge => FnError::too_large(super::upload::MAX_BYTES),
             StorageError::InvalidMimeType(m) => {
                 FnError::unsupported(format!("Files of type {m} are not accepted."))
@@ -123,6 +157,9 @@ impl FnError {
 impl From<tokio_postgres::Error> for FnError {
     fn from(e: tokio_postgres::Error) -> FnError {
         use tokio_postgres::error::SqlState;
+        if crate::db::is_connection_error(&e) {
+            return FnError::db_unavailable(crate::db::error_text(&e));
+        }
         match e.code() {
             Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => FnError::new(
                 StatusCode::FORBIDDEN,

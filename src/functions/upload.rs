@@ -71,11 +71,7 @@ fn gucs(method: &'static str) -> RequestGucs<'static> {
 }
 
 async fn client(state: &AppState) -> Result<deadpool_postgres::Client, FnError> {
-    state
-        .pool
-        .get()
-        .await
-        .map_err(|e| FnError::internal(format!("pool: {e}")))
+    state.pool.get().await.map_err(|e| FnError::from_pool(&e))
 }
 
 fn query_param(req: &Req, key: &str) -> Option<String> {

@@ -71,7 +71,14 @@ pub trait ApiError: std::fmt::Debug {
 
 pub fn error_response<E: ApiError>(e: &E) -> Resp {
     if let Some(detail) = e.log_detail() {
-        tracing::error!(status = e.status().as_u16(), detail = %detail, "internal error");
+        let status = e.status().as_u16();
+        if matches!(status, 503 | 504 | 544) {
+            // The database is down, restarting or busy: expected to pass, one line per
+            // request at a level below error.
+            tracing::warn!(status, detail = %detail, "database unavailable");
+        } else {
+            tracing::error!(status, detail = %detail, "internal error");
+        }
     }
     let mut r = json_response(e.status(), &e.body());
     for (k, v) in e.headers() {

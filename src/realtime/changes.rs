@@ -465,28 +465,42 @@ async fn capture(st: AppState, mut session: Session) {
         let rows = match rows {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if !session.client.is_closed() {
+                if !session.client.is_closed() && !crate::db::is_connection_error(&e) {
+                    tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                // The session (and its slot) is gone: open a new one while anyone listens.
+                // The session (and its temporary slot) is gone, e.g. the database restarted:
+                // open a new one while anyone listens. Changes committed before the new
+                // slot exists are not delivered (as in Supabase Realtime).
+                if st.pool.is_closed() {
+                    *st.realtime.capture.running.lock().await = false;
+                    return;
+                }
+                tracing::warn!(error = %crate::db::error_text(&e), "realtime: change capture lost its database connection; reconnecting");
+                let mut backoff = crate::db::Backoff::new(Duration::from_secs(2));
+                let mut attempt = 0u32;
                 loop {
                     if st.pool.is_closed() || !st.realtime.hub.has_pg_subscribers() {
                         *st.realtime.capture.running.lock().await = false;
                         return;
                     }
+                    attempt += 1;
                     match open_slot(&st).await {
                         Ok(s) => {
                             session = s;
                             decoder = Decoder::default();
+                            tracing::info!(attempt, "realtime: change capture resumed");
                             break;
                         }
+                        Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
+                            tracing::warn!(attempt, error = %e, "realtime: change capture unavailable; retrying");
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "realtime: change capture unavailable; retrying");
-                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            tracing::debug!(attempt, error = %e, "realtime: change capture unavailable; retrying");
                         }
                     }
+                    backoff.wait().await;
                 }
                 continue;
             }

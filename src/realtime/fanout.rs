@@ -322,20 +322,39 @@ pub fn start(state: &AppState) {
     });
     let st = state.clone();
     tokio::spawn(async move {
+        // Reconnects with backoff when the database goes away (restart, crash); a warning
+        // when the connection is lost, then quiet retries until it is back.
+        let mut backoff = crate::db::Backoff::new(Duration::from_secs(5));
+        let mut down = false;
         loop {
-            if let Err(e) = listen(&st, &url).await {
-                tracing::warn!(error = %e, "realtime: fan-out listener stopped; retrying");
-            }
+            let r = listen(&st, &url, &mut down, &mut backoff).await;
             if st.pool.is_closed() {
                 break;
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            match r {
+                Err(e) if !down => {
+                    down = true;
+                    tracing::warn!(error = %e, "realtime: fan-out listener stopped; reconnecting");
+                }
+                Err(e) => tracing::debug!(error = %e, "realtime: fan-out listener still down"),
+                Ok(()) => {}
+            }
+            backoff.wait().await;
         }
     });
 }
 
-async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
+async fn listen(
+    state: &AppState,
+    url: &tokio_postgres::Config,
+    down: &mut bool,
+    backoff: &mut crate::db::Backoff,
+) -> Result<(), String> {
     let (_client, mut rx) = crate::db::listen(url, CHANNEL).await?;
+    if std::mem::take(down) {
+        tracing::info!("realtime: fan-out listener reconnected");
+    }
+    backoff.reset();
     let me = state.realtime.fanout.origin.clone();
     let mut asm = Assembler::default();
     while let Some(p) = rx.recv().await {

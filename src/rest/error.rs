@@ -104,6 +104,25 @@ impl RestError {
         RestError::from_db(db.code().code(), db.message(), db.detail(), db.hint(), anon)
     }
 
+    /// A pool that gave no connection, as PostgREST answers it: 504 PGRST003 when every
+    /// connection stayed busy for the wait timeout, 503 PGRST000 when none could be made.
+    pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> RestError {
+        let mut r = match crate::db::PoolFailure::of(e) {
+            crate::db::PoolFailure::Exhausted => RestError::new(
+                504,
+                "PGRST003",
+                "Timed out acquiring connection from connection pool.",
+            ),
+            crate::db::PoolFailure::Unavailable => RestError::new(
+                503,
+                "PGRST000",
+                "Database connection error. Retrying the connection.",
+            ),
+        };
+        r.log = Some(e.to_string());
+        r
+    }
+
     /// An error from the lean hot-path connection (see `db::wire`).
     pub fn from_wire(e: &crate::db::wire::WireError, anon: bool) -> RestError {
         match e {
@@ -201,6 +220,9 @@ pub fn sqlstate_status(code: &str, anon: bool) -> u16 {
         }
         "53400" => 500,
         "54001" => 500,
+        // The session ended under the statement (shutdown, crash, restart): PostgREST
+        // answers 57P01 with 503; its siblings are the same outage.
+        "57P01" | "57P02" | "57P03" => 503,
         _ => {
             if let Some(rest) = code.strip_prefix("PT") {
                 if let Ok(n) = rest.parse::<u16>() {
@@ -269,6 +291,10 @@ mod tests {
         assert_eq!(sqlstate_status("P0001", false), 400);
         assert_eq!(sqlstate_status("PT418", false), 418);
         assert_eq!(sqlstate_status("08006", false), 503);
+        assert_eq!(sqlstate_status("57P01", false), 503);
+        assert_eq!(sqlstate_status("57P02", true), 503);
+        assert_eq!(sqlstate_status("57P03", true), 503);
+        assert_eq!(sqlstate_status("57014", true), 500);
         assert_eq!(sqlstate_status("22P02", false), 400);
         assert_eq!(sqlstate_status("25006", false), 405);
         assert_eq!(sqlstate_status("42P01", false), 404);

@@ -66,14 +66,8 @@ pub(super) fn request_gucs_headers(h: &HeaderMap) -> String {
 }
 
 /// No connection to be had (PostgREST's PGRST000).
-fn pool_error(e: impl std::fmt::Display) -> RestError {
-    let mut r = RestError::new(
-        503,
-        "PGRST000",
-        "Database connection error. Retrying the connection.",
-    );
-    r.log = Some(e.to_string());
-    r
+fn pool_error<E: std::fmt::Display>(e: deadpool::managed::PoolError<E>) -> RestError {
+    RestError::from_pool(&e)
 }
 
 /// `Prefer: timezone=` (already checked against `pg_timezone_names`).

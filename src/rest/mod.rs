@@ -121,25 +121,53 @@ async fn reload_on_miss(state: &AppState) -> bool {
 }
 
 /// LISTEN on `pgrst` (DDL event trigger and `NOTIFY pgrst, 'reload schema'`) on a
-/// dedicated connection and reload the cache on each message.
+/// dedicated connection and reload the cache on each message. When the connection is lost
+/// (the database restarted), it is made again with backoff and the cache is reloaded once,
+/// since DDL may have run while nobody listened.
 pub fn spawn_background(state: &AppState) {
     let state = state.clone();
     tokio::spawn(async move {
         let url = state.db_config.clone();
+        let mut backoff = crate::db::Backoff::new(Duration::from_secs(5));
+        let mut lost = false;
         loop {
-            match listen(&state, &url).await {
-                Ok(()) => return,
+            if state.pool.is_closed() {
+                return;
+            }
+            match crate::db::listen(&url, "pgrst").await {
+                Ok((client, rx)) => {
+                    backoff.reset();
+                    if lost {
+                        tracing::info!(
+                            "rest: schema listener reconnected; reloading the schema cache"
+                        );
+                        if let Err(e) = reload(&state).await {
+                            tracing::warn!(error = %e, "rest: schema cache reload failed");
+                        }
+                    }
+                    listen(&state, rx).await;
+                    drop(client);
+                    if state.pool.is_closed() {
+                        return;
+                    }
+                    lost = true;
+                    tracing::warn!(
+                        "rest: schema listener lost its database connection; reconnecting"
+                    );
+                    backoff.wait().await;
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "rest: schema listener reconnecting");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tracing::debug!(error = %e, "rest: schema listener cannot connect yet");
+                    lost = true;
+                    backoff.wait().await;
                 }
             }
         }
     });
 }
 
-async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), String> {
-    let (_client, mut rx) = crate::db::listen(url, "pgrst").await?;
+/// Until the connection ends.
+async fn listen(state: &AppState, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(payload) = rx.recv().await {
         if payload.is_empty()
             || payload.starts_with("reload schema")
@@ -153,7 +181,6 @@ async fn listen(state: &AppState, url: &tokio_postgres::Config) -> Result<(), St
             }
         }
     }
-    Err("listener connection closed".into())
 }
 
 /// PostgREST's answer to a bad token: 401, PGRST301/303, and a WWW-Authenticate header.

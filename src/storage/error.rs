@@ -38,6 +38,11 @@ pub enum StorageError {
     Tus(u16, String),
     /// Detail goes to the log only.
     Internal(String),
+    /// No pooled connection came free in time (Supabase Storage: 544 DatabaseTimeout);
+    /// detail to the log.
+    DatabaseTimeout(String),
+    /// The database is down or restarting: 503, worth retrying; detail to the log.
+    DatabaseUnavailable(String),
 }
 
 impl StorageError {
@@ -57,6 +62,8 @@ impl StorageError {
             InvalidRange(_) => 416,
             Tus(s, _) => *s,
             Internal(_) => 500,
+            DatabaseTimeout(_) => 544,
+            DatabaseUnavailable(_) => 503,
             _ => 400,
         }
     }
@@ -83,6 +90,8 @@ impl StorageError {
             InvalidRange(_) => "InvalidRange",
             Tus(..) => "TusError",
             Internal(_) => "InternalError",
+            DatabaseTimeout(_) => "DatabaseTimeout",
+            DatabaseUnavailable(_) => "DatabaseError",
         }
     }
 
@@ -123,12 +132,19 @@ impl StorageError {
             RouteNotFound(r) => format!("Route {r} not found"),
             ImageProcessing(m) | Tus(_, m) => m.clone(),
             Internal(_) => "Internal server error".into(),
+            DatabaseTimeout(_) => "The connection to the database timed out".into(),
+            DatabaseUnavailable(_) => {
+                "The database is currently unavailable. Please try again later.".into()
+            }
         }
     }
 
     /// Map a PostgreSQL error the way Supabase Storage does (42501 access denied, 23505
     /// duplicate, ...); anything unexpected is internal.
     pub fn from_db(e: &tokio_postgres::Error) -> StorageError {
+        if crate::db::is_connection_error(e) {
+            return StorageError::DatabaseUnavailable(crate::db::error_text(e));
+        }
         let Some(db) = e.as_db_error() else {
             return StorageError::Internal(crate::db::error_text(e));
         };
@@ -143,6 +159,20 @@ impl StorageError {
             "22P02" => StorageError::InvalidParameter("value".into()),
             "57014" => StorageError::Internal("statement timeout".into()),
             _ => StorageError::Internal(crate::db::error_text(e)),
+        }
+    }
+}
+
+impl StorageError {
+    /// A pool that gave no connection: busy past the wait timeout, or no database.
+    pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> StorageError {
+        match crate::db::PoolFailure::of(e) {
+            crate::db::PoolFailure::Exhausted => {
+                StorageError::DatabaseTimeout(format!("pool: {e}"))
+            }
+            crate::db::PoolFailure::Unavailable => {
+                StorageError::DatabaseUnavailable(format!("pool: {e}"))
+            }
         }
     }
 }
@@ -163,6 +193,9 @@ impl ApiError for StorageError {
     fn status(&self) -> StatusCode {
         match self {
             StorageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StorageError::DatabaseTimeout(_) | StorageError::DatabaseUnavailable(_) => {
+                StatusCode::from_u16(self.semantic()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             StorageError::InvalidRange(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             StorageError::Tus(s, _) => StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_REQUEST),
             StorageError::RouteNotFound(_) => StatusCode::NOT_FOUND,
@@ -189,7 +222,9 @@ impl ApiError for StorageError {
 
     fn log_detail(&self) -> Option<String> {
         match self {
-            StorageError::Internal(d) => Some(d.clone()),
+            StorageError::Internal(d)
+            | StorageError::DatabaseTimeout(d)
+            | StorageError::DatabaseUnavailable(d) => Some(d.clone()),
             _ => None,
         }
     }

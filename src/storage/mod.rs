@@ -242,7 +242,7 @@ pub async fn client(state: &AppState) -> Result<deadpool_postgres::Client, Stora
         .pool
         .get()
         .await
-        .map_err(|e| StorageError::internal(format!("pool: {e}")))
+        .map_err(|e| StorageError::from_pool(&e))
 }
 
 /// A JSON request body (`{}` when empty). DELETE carries one too (supabase-js sends `{}`).

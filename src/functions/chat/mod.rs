@@ -310,11 +310,7 @@ fn gucs() -> RequestGucs<'static> {
 }
 
 async fn client(state: &AppState) -> Result<deadpool_postgres::Client, FnError> {
-    state
-        .pool
-        .get()
-        .await
-        .map_err(|e| FnError::internal(format!("pool: {e}")))
+    state.pool.get().await.map_err(|e| FnError::from_pool(&e))
 }
 
 /// What the conversation contributes: its system prompt and earlier turns (oldest first).

@@ -98,11 +98,7 @@ pub async fn handle(
     drop(permit);
 
     let id = Uuid::new_v4();
-    let mut c = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| FnError::internal(format!("pool: {e}")))?;
+    let mut c = state.pool.get().await.map_err(|e| FnError::from_pool(&e))?;
     let tx = crate::db::begin_as(&mut c, ctx, &gucs(), false).await?;
     tx.execute(
         "insert into public.code_executions (id, user_id, conversation_id, message_id, \
@@ -256,11 +252,7 @@ async fn check_links(
     if run.conversation_id.is_none() && run.message_id.is_none() {
         return Ok(None);
     }
-    let mut c = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| FnError::internal(format!("pool: {e}")))?;
+    let mut c = state.pool.get().await.map_err(|e| FnError::from_pool(&e))?;
     let tx = crate::db::begin_as(&mut c, ctx, &gucs(), true).await?;
     let mut conversation = run.conversation_id;
     if let Some(id) = run.conversation_id {
