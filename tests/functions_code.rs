@@ -665,7 +665,12 @@ async fn bad_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn concurrent_runs_do_not_interfere() {
-    let t = server_with(|cfg| cfg.functions.code_max_concurrent = 3).await;
+    let t = server_with(|cfg| {
+        cfg.functions.code_max_concurrent = 3;
+        // One user here: give them all the runners.
+        cfg.functions.code_max_concurrent_per_user = Some(3);
+    })
+    .await;
     let (_, tok) = t.user().await;
     let mut tasks = vec![];
     for i in 0..4 {
@@ -738,6 +743,58 @@ async fn excess_runs_wait_then_get_503() {
     // Once the slot is free, runs go through again.
     let v = run(&t, &tok, "python", "print(2)", json!({})).await;
     assert_eq!(v["stdout"], "2\n");
+}
+
+#[tokio::test]
+async fn one_user_cannot_starve_another() {
+    let t = server_with(|cfg| {
+        // One runner each for two users; one more request of a user may wait.
+        cfg.functions.code_max_concurrent = 2;
+        cfg.functions.code_max_queued_per_user = 1;
+        cfg.functions.code_timeout_ms = 20_000;
+        cfg.functions.code_queue_timeout_ms = 20_000;
+    })
+    .await;
+    let (_, a) = t.user().await;
+    let (_, b) = t.user().await;
+    // User A: four runs looping until their time limit, all at once.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut a_runs = vec![];
+    for _ in 0..4 {
+        let (http, tx, a) = (t.http.clone(), tx.clone(), a.clone());
+        let url = format!("{}/functions/v1/code-execution", t.url);
+        let body = json!({"language": "javascript", "code": "for (;;) {}", "timeout_ms": 20_000});
+        a_runs.push(tokio::spawn(async move {
+            let r = http
+                .send(
+                    "POST",
+                    &url,
+                    &[("authorization", &format!("Bearer {a}"))],
+                    body.to_string(),
+                )
+                .await;
+            let _ = tx.send((r.status, r.json()));
+        }));
+    }
+    // Two of them are refused at once (A holds one runner and has one request waiting):
+    // once both refusals are in, the other two are running or waiting.
+    for _ in 0..2 {
+        let (status, v) = answers.recv().await.unwrap();
+        assert_eq!(status, 429, "{v}");
+        assert_eq!(v["error"]["code"], "user_run_limit", "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // User B's run goes through while A's are still going.
+    let v = run(&t, &b, "python", "print(1)", json!({})).await;
+    assert_eq!((status(&v), v["stdout"].as_str()), ("success", Some("1\n")), "{v}");
+    assert!(
+        answers.try_recv().is_err(),
+        "an accepted run of A answered before B's"
+    );
+    // Dropping A's requests kills their children.
+    for h in a_runs {
+        h.abort();
+    }
 }
 
 /// The sandbox children of this process (the test server runs in it).
