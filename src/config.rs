@@ -255,6 +255,12 @@ pub struct FunctionsConfig {
     /// code-execution: the binary started as the sandbox (`<exe> __sandbox`); unset: this
     /// server's own executable.
     pub code_sandbox_exe: Option<PathBuf>,
+    /// code-execution: runs one user may have going at once (their share of
+    /// `code_max_concurrent`); unset: half of them, at least one.
+    pub code_max_concurrent_per_user: Option<usize>,
+    /// code-execution: requests one user may have waiting beyond their share; more get 429
+    /// `user_run_limit` at once.
+    pub code_max_queued_per_user: usize,
 }
 
 impl Default for FunctionsConfig {
@@ -280,6 +286,8 @@ impl Default for FunctionsConfig {
             code_max_concurrent: 4,
             code_queue_timeout_ms: 5000,
             code_sandbox_exe: None,
+            code_max_concurrent_per_user: None,
+            code_max_queued_per_user: 4,
         }
     }
 }
@@ -358,6 +366,15 @@ impl FunctionsConfig {
                  code_max_code_bytes and code_max_concurrent at least 1"
                     .into(),
             ));
+        }
+        if let Some(n) = self.code_max_concurrent_per_user {
+            if n == 0 || n > self.code_max_concurrent {
+                return Err(ConfigError::Invalid(
+                    "functions.code_max_concurrent_per_user must be between 1 and \
+                     code_max_concurrent"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }

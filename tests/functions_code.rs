@@ -217,6 +217,124 @@ async fn python_cannot_reach_files_network_processes_or_environment() {
     assert_eq!(v["stdout"], "[] {} None []\n", "{v}");
 }
 
+/// What a program reaches from every callable the sandbox set up: their `__globals__`,
+/// closures, code, `__self__`, `__func__`, `__wrapped__` and `__builtins__`, recursively.
+const WALK_CALLABLES: &str = r#"
+import sys, builtins, random
+real = builtins.__import__
+roots = [v for v in vars(builtins).values() if callable(v)]
+roots += [sys.stdout.write, sys.stderr.write, sys.stdin.readline, sys.stdin.read, input, open]
+roots += [v for v in vars(random._os).values() if callable(v)]
+seen, todo, found = set(), list(roots), []
+while todo:
+    o = todo.pop()
+    if id(o) in seen or isinstance(o, type(sys)):
+        continue
+    seen.add(id(o))
+    if isinstance(o, dict):
+        found += [k for k in o if k in ('_real_import', '_BLOCKED')]
+        found += ['%s=%r' % (k, v) for k, v in o.items()
+                  if callable(v) and getattr(v, '__name__', '') == '__import__' and v is not real]
+        todo += [v for v in o.values() if callable(v) or isinstance(v, dict)]
+        continue
+    for a in ('__globals__', '__closure__', '__code__', '__self__', '__func__', '__wrapped__',
+              '__builtins__'):
+        try:
+            v = getattr(o, a)
+        except Exception:
+            continue
+        if a == '__closure__' and v:
+            todo += [c.cell_contents for c in v]
+        elif v is not None:
+            todo.append(v)
+print('reached', len(seen) > 50, 'importers', found)
+print([a for a in ('__globals__', '__closure__', '__code__', '__wrapped__', '__func__')
+       if hasattr(real, a)], real.__self__ in (None, builtins))
+"#;
+
+#[tokio::test]
+async fn python_import_guard_has_no_way_around() {
+    let t = server().await;
+    let (_, tok) = t.user().await;
+    // The guard is native: no globals, closure or code leading to the real importer, from it
+    // or from any other callable the sandbox set up.
+    let v = run(&t, &tok, "python", WALK_CALLABLES, json!({})).await;
+    assert_eq!(status(&v), "success", "{v}");
+    assert_eq!(v["stdout"], "reached True importers []\n[] True\n", "{v}");
+    // Who imports is the frame that runs the import, not what the caller claims.
+    for code in [
+        "__import__.__globals__['_real_import']('os')",
+        "__import__('os', {'__name__': 'random'})",
+        "__name__ = 'random'\nimport os",
+        "exec('import os', {'__name__': 'random'})",
+        "import random\nexec('import os', dict(vars(random)))",
+        "__import__('threading')",
+        "import importlib",
+    ] {
+        let v = run(&t, &tok, "python", code, json!({})).await;
+        assert_eq!(status(&v), "error", "{code}: {v}");
+        let err = v["stderr"].as_str().unwrap();
+        assert!(
+            err.contains("AttributeError") || err.contains("not available in the sandbox"),
+            "{code}: {err}"
+        );
+    }
+    // The standard library still imports what it needs.
+    let v = run(
+        &t,
+        &tok,
+        "python",
+        "import random, dataclasses, functools, typing, inspect\nprint(random.choice([7]))",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status(&v), v["stdout"].as_str()),
+        ("success", Some("7\n")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn python_internal_errors_end_the_run_as_python_errors() {
+    let t = server().await;
+    let (_, tok) = t.user().await;
+    // Every class reachable from object.__subclasses__(), and their names.
+    let walk = "seen = set()\n\
+                def walk(c):\n\
+                \x20   for s in type.__subclasses__(c):\n\
+                \x20       if s not in seen:\n\
+                \x20           seen.add(s)\n\
+                \x20           walk(s)\n\
+                walk(object)\n\
+                names = [c.__name__ for c in seen]\n\
+                print(len(names) > 100, 'async_generator_wrapped_value' in names)";
+    let v = run(&t, &tok, "python", walk, json!({})).await;
+    assert_eq!(
+        (status(&v), v["stdout"].as_str()),
+        ("success", Some("True True\n")),
+        "{v}"
+    );
+    // A call that makes RustPython fail internally: a Python-like error, not a crash.
+    let v = run(
+        &t,
+        &tok,
+        "python",
+        "import types\nprint('before')\ntypes.SimpleNamespace.__reduce__(None)",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status(&v), v["exit_code"].as_i64()),
+        ("error", Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["stdout"], "before\n");
+    let err = v["stderr"].as_str().unwrap();
+    assert!(err.starts_with("SystemError: "), "{err}");
+    assert!(!err.contains("crashed") && !err.contains(".rs:"), "{err}");
+}
+
 #[tokio::test]
 async fn python_bounds_end_the_run_not_the_server() {
     let t = server().await;
@@ -665,7 +783,12 @@ async fn bad_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn concurrent_runs_do_not_interfere() {
-    let t = server_with(|cfg| cfg.functions.code_max_concurrent = 3).await;
+    let t = server_with(|cfg| {
+        cfg.functions.code_max_concurrent = 3;
+        // One user here: give them all the runners.
+        cfg.functions.code_max_concurrent_per_user = Some(3);
+    })
+    .await;
     let (_, tok) = t.user().await;
     let mut tasks = vec![];
     for i in 0..4 {
@@ -738,6 +861,64 @@ async fn excess_runs_wait_then_get_503() {
     // Once the slot is free, runs go through again.
     let v = run(&t, &tok, "python", "print(2)", json!({})).await;
     assert_eq!(v["stdout"], "2\n");
+}
+
+#[tokio::test]
+async fn one_user_cannot_starve_another() {
+    let t = server_with(|cfg| {
+        // One runner each for two users; one more request of a user may wait.
+        cfg.functions.code_max_concurrent = 2;
+        cfg.functions.code_max_queued_per_user = 1;
+        cfg.functions.code_timeout_ms = 20_000;
+        cfg.functions.code_queue_timeout_ms = 20_000;
+    })
+    .await;
+    let (_, a) = t.user().await;
+    let (_, b) = t.user().await;
+    // User A: four runs looping until their time limit, all at once.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut a_runs = vec![];
+    for _ in 0..4 {
+        let (http, tx, a) = (t.http.clone(), tx.clone(), a.clone());
+        let url = format!("{}/functions/v1/code-execution", t.url);
+        let body = json!({"language": "javascript", "code": "for (;;) {}", "timeout_ms": 20_000});
+        a_runs.push(tokio::spawn(async move {
+            let r = http
+                .send(
+                    "POST",
+                    &url,
+                    &[("authorization", &format!("Bearer {a}"))],
+                    body.to_string(),
+                )
+                .await;
+            let _ = tx.send((r.status, r.json()));
+        }));
+    }
+    // Two of them are refused at once (A holds one runner and has one request waiting):
+    // once both refusals are in, the other two are running or waiting.
+    for _ in 0..2 {
+        let (status, v) = answers.recv().await.unwrap();
+        assert_eq!(status, 429, "{v}");
+        assert_eq!(v["error"]["code"], "user_run_limit", "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // User B's run goes through while A's are still going.
+    let v = run(&t, &b, "python", "print(1)", json!({})).await;
+    assert_eq!(
+        (status(&v), v["stdout"].as_str()),
+        ("success", Some("1\n")),
+        "{v}"
+    );
+    assert!(
+        answers.try_recv().is_err(),
+        "an accepted run of A answered before B's"
+    );
+    // Dropping A's requests kills their children.
+    for h in a_runs {
+        h.abort();
+    }
 }
 
 /// The sandbox children of this process (the test server runs in it).

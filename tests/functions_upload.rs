@@ -495,7 +495,7 @@ async fn gateway_auth_unknown_functions_and_usage() {
 async fn another_user_cannot_list_or_delete() {
     let t = TestServer::start().await;
     let (a_id, a) = t.user().await;
-    let (_, b) = t.user().await;
+    let (b_id, b) = t.user().await;
     let up = upload(&t, &a, &[], "secret.csv", "text/csv", b"x,y\n1,2\n").await;
     assert_eq!(up.status, 201, "{}", up.text());
     let id = up.json()["id"].as_str().unwrap().to_string();
@@ -538,7 +538,15 @@ async fn another_user_cannot_list_or_delete() {
             serde_json::json!({"bucket": "chat-files", "path": path, "name": "x"}).to_string(),
         )
         .await;
-    assert_eq!(forged.status, 201, "{}", forged.text());
+    // The policy keeps B's rows in B's folder (the same refusal for any path outside it)...
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    assert_eq!(forged.json()["code"], "42501");
+    // ...and a row recorded before that policy existed is still harmless.
+    t.batch(&format!(
+        "insert into public.file_uploads (user_id, bucket, path, name) \
+         values ('{b_id}', 'chat-files', '{path}', 'x')"
+    ))
+    .await;
     let listed = call(&t, "GET", "", &b, vec![]).await.json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["signed_url"], Value::Null);

@@ -47,6 +47,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(400, "0400_realtime.sql"),
     migration!(401, "0401_realtime_broadcast_from_db.sql"),
     migration!(550, "0550_functions_ws.sql", app),
+    migration!(560, "0560_app_references.sql", app),
 ];
 
 #[derive(Debug, thiserror::Error)]

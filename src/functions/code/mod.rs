@@ -14,26 +14,30 @@
 //! Bad requests answer 400 before anything runs: `invalid_request` (not JSON, missing or
 //! mistyped fields), `unsupported_language`, `code_too_large`, `stdin_too_large`,
 //! `invalid_timeout` (not within 1..=`code_timeout_ms`); a conversation or message the caller
-//! cannot see is 404 `conversation_not_found` / `message_not_found`. When
-//! `code_max_concurrent` runs are going, a request waits up to `code_queue_timeout_ms` for a
-//! slot, then gets 503 `too_many_runs`.
+//! cannot see is 404 `conversation_not_found` / `message_not_found`.
+//!
+//! Runners ([`pool`]): at most `code_max_concurrent` runs go at once, and one user's share of
+//! them is `code_max_concurrent_per_user` (default half, at least one). A request beyond the
+//! share waits, up to `code_queue_timeout_ms`, then gets 503 `too_many_runs`; a user may have
+//! at most `code_max_queued_per_user` requests waiting, more get 429 `user_run_limit` at once.
+//! A freed runner goes to the waiting user with the fewest runs going, so a user holding many
+//! long runs cannot starve the others.
 //!
 //! The sandbox is described in [`sandbox`]; the interpreters' own restrictions in [`python`]
 //! and [`js`].
 
 mod js;
 mod os;
+pub mod pool;
 mod python;
 pub mod sandbox;
 mod ts;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::error::FnError;
@@ -48,7 +52,7 @@ pub const NAME: &str = "code-execution";
 
 /// This function's share of the functions state.
 pub struct State {
-    permits: Arc<Semaphore>,
+    runners: pool::Runners,
     exe: PathBuf,
 }
 
@@ -59,8 +63,12 @@ pub fn init(cfg: &FunctionsConfig) -> Result<State, String> {
         None if std::path::Path::new("/proc/self/exe").exists() => PathBuf::from("/proc/self/exe"),
         None => std::env::current_exe().map_err(|e| format!("code-execution sandbox: {e}"))?,
     };
+    let total = cfg.code_max_concurrent;
+    let share = cfg
+        .code_max_concurrent_per_user
+        .unwrap_or_else(|| pool::Runners::default_share(total));
     Ok(State {
-        permits: Arc::new(Semaphore::new(cfg.code_max_concurrent)),
+        runners: pool::Runners::new(total, share, cfg.code_max_queued_per_user),
         exe,
     })
 }
@@ -80,18 +88,25 @@ pub async fn handle(
     let run = parse(&body, cfg)?;
     let conversation_id = check_links(state, ctx, &run).await?;
 
-    let permit = tokio::time::timeout(
-        Duration::from_millis(cfg.code_queue_timeout_ms),
-        state.functions.code.permits.clone().acquire_owned(),
-    )
-    .await;
-    let Ok(Ok(permit)) = permit else {
-        return Err(FnError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_runs",
-            "Too many programs are running right now; try again shortly.",
-        ));
-    };
+    let runners = &state.functions.code.runners;
+    let permit = runners
+        .acquire(user, Duration::from_millis(cfg.code_queue_timeout_ms))
+        .await
+        .map_err(|e| match e {
+            pool::Refused::Busy => FnError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_runs",
+                "Too many programs are running right now; try again shortly.",
+            ),
+            pool::Refused::UserLimit => FnError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "user_run_limit",
+                format!(
+                    "You already have {} programs running or waiting; wait for one to finish.",
+                    runners.per_user() + runners.queued_per_user()
+                ),
+            ),
+        })?;
     let outcome = sandbox::run(&state.functions.code.exe, &run.job)
         .await
         .map_err(FnError::internal)?;

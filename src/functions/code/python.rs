@@ -11,16 +11,65 @@
 //!   functions that raise PermissionError, and an `io.FileIO` that cannot be constructed;
 //! - the program itself cannot import `os`, `posix`, `socket`, `subprocess`, `ctypes`,
 //!   `signal`, `threading`, `importlib`, `pathlib`, `shutil`, `tempfile`... (ModuleNotFoundError).
+//!   The guard is a native function keeping the real importer in a Rust closure (nothing of it
+//!   is reachable through `__globals__`, `__closure__` or `__code__`), and it asks the frame
+//!   running the import whether it is the standard library's, instead of trusting the
+//!   `globals` argument or `__name__`;
+//! - an internal failure of RustPython (a Rust panic, e.g. from walking
+//!   `object.__subclasses__()`) ends the run as `SystemError` (status error, exit code 1).
 //!
 //! Not available: asyncio (needs sockets), unittest (needs signals), threads.
-//! These are conveniences and the first wall; the process's seccomp filter and rlimits are
-//! the ones that hold (see `sandbox`).
+//! These are conveniences and the first wall, not a boundary: the import machinery itself
+//! (`importlib._bootstrap`, reachable from any module's `__spec__.loader`) and the standard
+//! library's own modules can load whatever this build contains, which is why it contains no
+//! host modules at all. The process's seccomp filter and rlimits are the walls that hold (see
+//! `sandbox`).
 
-use rustpython_vm::builtins::{PyBaseExceptionRef, PyStrRef};
+use std::collections::HashSet;
+
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyList, PyStr, PyStrRef, PyType};
 use rustpython_vm::compiler::Mode;
-use rustpython_vm::{AsObject, Interpreter, Settings, VirtualMachine};
+use rustpython_vm::function::FuncArgs;
+use rustpython_vm::types::PyTypeFlags;
+use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
-use super::sandbox::{sink, Status, Stream};
+use super::sandbox::{catching_panics, sink, Status, Stream};
+
+/// Modules the program may not import by name (the standard library still may, e.g. to load
+/// `random`, which imports `os`; it then gets the capability-free stand-ins).
+const BLOCKED: &[&str] = &[
+    "os",
+    "posix",
+    "nt",
+    "socket",
+    "_socket",
+    "subprocess",
+    "_posixsubprocess",
+    "ctypes",
+    "_ctypes",
+    "signal",
+    "_signal",
+    "mmap",
+    "select",
+    "fcntl",
+    "resource",
+    "pty",
+    "shutil",
+    "tempfile",
+    "pathlib",
+    "glob",
+    "multiprocessing",
+    "threading",
+    "_thread",
+    "marshal",
+    "importlib",
+    "_imp",
+    "_frozen_importlib",
+    "_frozen_importlib_external",
+    "_remote_debugging",
+    "gc",
+    "sys_monitoring",
+];
 
 /// Streams, stdin and the trimmed builtins, run before the user's code (in its own scope).
 const PRELUDE: &str = r#"
@@ -145,35 +194,12 @@ def fspath(p):
 _os.PathLike = PathLike
 _os.fspath = fspath
 
-def _os_getattr(name):
-    if name == 'path':
-        import posixpath
-        _os.path = posixpath
-        return posixpath
-    raise AttributeError("module 'os' has no attribute %r" % name)
-
-_os.__getattr__ = _os_getattr
 sys.modules['os'] = _os
 sys.modules['posix'] = _os
+import posixpath
+_os.path = posixpath
+sys.modules['os.path'] = posixpath
 
-_BLOCKED = frozenset(('os', 'posix', 'nt', 'socket', '_socket', 'subprocess',
-                      '_posixsubprocess', 'ctypes', '_ctypes', 'signal', '_signal', 'mmap',
-                      'select', 'fcntl', 'resource', 'pty', 'shutil', 'tempfile', 'pathlib',
-                      'glob', 'multiprocessing', 'threading', '_thread', 'marshal', 'importlib',
-                      '_imp', '_frozen_importlib', '_frozen_importlib_external',
-                      '_remote_debugging', 'gc', 'sys_monitoring'))
-_real_import = builtins.__import__
-
-def __import__(name, globals=None, locals=None, fromlist=(), level=0):
-    if level == 0 and name.partition('.')[0] in _BLOCKED and (
-            globals is None or globals.get('__name__') == '__main__'):
-        raise ModuleNotFoundError('No module named %r (not available in the sandbox)' % name,
-                                  name=name)
-    if level == 0 and name.startswith('os.path') and 'os.path' not in sys.modules:
-        sys.modules['os.path'] = _os_getattr('path')
-    return _real_import(name, globals, locals, fromlist, level)
-
-builtins.__import__ = __import__
 def open(*args, **kwargs):
     raise PermissionError('there is no file system in the sandbox')
 
@@ -183,6 +209,10 @@ for _name in ('breakpoint', 'help', 'exit', 'quit', 'copyright', 'credits', 'lic
         delattr(builtins, _name)
 sys.argv = ['main.py']
 sys.path = []
+# What the functions above need at run time stays; the rest goes. (Nothing here can import
+# past the guard: the guard and the real importer live in Rust, see `install_import_guard`.)
+for _name in ('PathLike', '_NoFiles', '_name'):
+    del globals()[_name]
 "#;
 
 /// Run `code`; what it prints goes to the sink. Returns the status and exit code.
@@ -200,39 +230,51 @@ pub fn run(code: &str, stdin: &str) -> (Status, i32) {
         .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB)
         .build();
     interp.enter(|vm| {
-        if let Err(e) = prepare(vm, stdin) {
-            report(vm, e);
-            return (Status::Error, super::sandbox::EXIT_CRASHED);
-        }
-        let scope = vm.new_scope_with_builtins();
-        let _ = scope
-            .globals
-            .set_item("__name__", vm.ctx.new_str("__main__").into(), vm);
-        let compiled = match vm.compile(code, Mode::Exec, "main.py".to_owned()) {
-            Ok(c) => c,
-            Err(e) => {
-                let exc = vm.new_syntax_error(&e, Some(code));
-                report(vm, exc);
-                return (Status::Error, 1);
-            }
-        };
-        match vm.run_code_obj(compiled, scope) {
-            Ok(_) => (Status::Success, 0),
-            Err(exc) if exc.fast_isinstance(vm.ctx.exceptions.system_exit) => {
-                let code = vm.handle_exit_exception(exc) as i32;
-                let status = if code == 0 {
-                    Status::Success
-                } else {
-                    Status::Error
-                };
-                (status, code)
-            }
-            Err(exc) => {
-                report(vm, exc);
-                (Status::Error, 1)
-            }
-        }
+        // An internal error of the interpreter (a Rust panic) ends the run like an exception.
+        catching_panics(|| run_in(vm, code, stdin)).unwrap_or_else(|msg| {
+            let msg = msg.lines().next().unwrap_or("").to_string();
+            sink().emit(
+                Stream::Stderr,
+                &format!("SystemError: the interpreter failed internally: {msg}\n"),
+            );
+            (Status::Error, 1)
+        })
     })
+}
+
+fn run_in(vm: &VirtualMachine, code: &str, stdin: &str) -> (Status, i32) {
+    if let Err(e) = prepare(vm, stdin) {
+        report(vm, e);
+        return (Status::Error, super::sandbox::EXIT_CRASHED);
+    }
+    let scope = vm.new_scope_with_builtins();
+    let _ = scope
+        .globals
+        .set_item("__name__", vm.ctx.new_str("__main__").into(), vm);
+    let compiled = match vm.compile(code, Mode::Exec, "main.py".to_owned()) {
+        Ok(c) => c,
+        Err(e) => {
+            let exc = vm.new_syntax_error(&e, Some(code));
+            report(vm, exc);
+            return (Status::Error, 1);
+        }
+    };
+    match vm.run_code_obj(compiled, scope) {
+        Ok(_) => (Status::Success, 0),
+        Err(exc) if exc.fast_isinstance(vm.ctx.exceptions.system_exit) => {
+            let code = vm.handle_exit_exception(exc) as i32;
+            let status = if code == 0 {
+                Status::Success
+            } else {
+                Status::Error
+            };
+            (status, code)
+        }
+        Err(exc) => {
+            report(vm, exc);
+            (Status::Error, 1)
+        }
+    }
 }
 
 fn prepare(vm: &VirtualMachine, stdin: &str) -> Result<(), PyBaseExceptionRef> {
@@ -253,7 +295,118 @@ fn prepare(vm: &VirtualMachine, stdin: &str) -> Result<(), PyBaseExceptionRef> {
         .compile(PRELUDE, Mode::Exec, "<sandbox>".to_owned())
         .map_err(|e| vm.new_syntax_error(&e, Some(PRELUDE)))?;
     vm.run_code_obj(compiled, scope)?;
+    install_import_guard(vm)?;
+    intern_static_type_names(vm);
     Ok(())
+}
+
+/// `builtins.__import__` becomes a native function holding the real one in a Rust closure:
+/// it has no `__globals__`, `__closure__`, `__code__` or `__wrapped__` leading to the real
+/// importer. Who imports is decided by the frame that runs the import, not by the `globals`
+/// argument (which the caller chooses): a blocked name is refused unless that frame runs a
+/// module of the standard library (its globals are the `__dict__` of a module registered
+/// under its `__name__`, other than `__main__`).
+fn install_import_guard(vm: &VirtualMachine) -> PyResult<()> {
+    let real = vm.builtins.get_attr("__import__", vm)?;
+    let guard = vm.new_function(
+        "__import__",
+        move |args: FuncArgs, vm: &VirtualMachine| -> PyResult {
+            let arg = |i: usize, k: &str| args.args.get(i).or_else(|| args.kwargs.get(k)).cloned();
+            let level = match arg(4, "level") {
+                None => 0,
+                Some(l) => l.try_to_value::<i64>(vm).unwrap_or(1),
+            };
+            if level == 0 {
+                if let Some(name) = arg(0, "name") {
+                    if let Some(name) = name.downcast_ref::<PyStr>() {
+                        let name = name.to_string_lossy();
+                        let top = name.split('.').next().unwrap_or("");
+                        if BLOCKED.contains(&top) && !called_from_stdlib(vm) {
+                            return Err(not_available(vm, &name));
+                        }
+                    }
+                }
+            }
+            let before = modules_count(vm);
+            let r = real.call_with_args(args, vm);
+            if modules_count(vm) != before {
+                intern_static_type_names(vm);
+            }
+            r
+        },
+    );
+    vm.builtins.set_attr("__import__", guard, vm)
+}
+
+fn not_available(vm: &VirtualMachine, name: &str) -> PyBaseExceptionRef {
+    let exc = vm.new_exception_msg(
+        vm.ctx.exceptions.module_not_found_error.to_owned(),
+        format!("No module named {name:?} (not available in the sandbox)").into(),
+    );
+    let _ = exc.as_object().set_attr("name", vm.ctx.new_str(name), vm);
+    exc
+}
+
+/// Whether the import runs in a module of the standard library (see `install_import_guard`).
+fn called_from_stdlib(vm: &VirtualMachine) -> bool {
+    let Some(frame) = vm.current_frame() else {
+        return false;
+    };
+    let globals = frame.globals.clone();
+    let Ok(Some(name)) = globals.get_item_opt("__name__", vm) else {
+        return false;
+    };
+    let Some(name) = name.downcast_ref::<PyStr>().map(|n| n.to_string_lossy()) else {
+        return false;
+    };
+    if name == "__main__" {
+        return false;
+    }
+    let Ok(module) = vm
+        .sys_module
+        .get_attr("modules", vm)
+        .and_then(|m| m.get_item(&*name, vm))
+    else {
+        return false;
+    };
+    module.dict().is_some_and(|d| d.is(&globals))
+}
+
+fn modules_count(vm: &VirtualMachine) -> Option<usize> {
+    vm.sys_module
+        .get_attr("modules", vm)
+        .ok()
+        .and_then(|m| m.length(vm).ok())
+}
+
+/// RustPython answers `__name__` of a built-in type from the interned strings and panics
+/// when the name was never interned (types only reachable through `object.__subclasses__()`,
+/// e.g. `async_generator_wrapped_value`). Intern the name of every built-in type there is
+/// (again after each import that loaded modules, which may add types).
+fn intern_static_type_names(vm: &VirtualMachine) {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<PyObjectRef> = vec![vm.ctx.types.object_type.to_owned().into()];
+    while let Some(t) = stack.pop() {
+        let Ok(subs) = vm.call_method(&t, "__subclasses__", ()) else {
+            continue;
+        };
+        let Some(list) = subs.downcast_ref::<PyList>() else {
+            continue;
+        };
+        for sub in list.borrow_vec().iter() {
+            if !seen.insert(sub.get_id()) {
+                continue;
+            }
+            if let Some(ty) = sub.downcast_ref::<PyType>() {
+                if !ty.slots.flags.contains(PyTypeFlags::HEAPTYPE) {
+                    let full = ty.slot_name();
+                    let short = full.rsplit_once('.').map_or(&*full, |(_, n)| n);
+                    vm.ctx.intern_str(short);
+                }
+            }
+            stack.push(sub.clone());
+        }
+    }
 }
 
 /// Print an exception with its traceback on the run's stderr.

@@ -453,6 +453,20 @@ fn end(g: &mut SinkInner, status: Status, exit_code: i32) -> ! {
     std::process::exit(0)
 }
 
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f`; a panic inside it (an interpreter's internal error) comes back as `Err` with its
+/// message instead of ending the process, so the run can report it like an exception.
+pub fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    r.map_err(|_| CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default())
+}
+
 /// `oxibase __sandbox`: run one job from stdin (see the module docs). Never returns.
 pub fn child_main() -> ! {
     let mut raw = Vec::new();
@@ -473,6 +487,19 @@ pub fn child_main() -> ! {
     drop(raw);
     let _ = SINK.set(Sink::new(job.output_bytes));
     std::panic::set_hook(Box::new(|info| {
+        // An interpreter that catches its own panics ([`catching_panics`]) reports them.
+        if CATCHING.with(|c| c.get()) {
+            let msg = match info.payload().downcast_ref::<&str>() {
+                Some(s) => (*s).to_string(),
+                None => info
+                    .payload()
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            CAUGHT.with(|c| *c.borrow_mut() = Some(msg));
+            return;
+        }
         // Never wait for the sink's lock here: the panic may have happened while holding it.
         let msg = info.to_string();
         if let Some(s) = SINK.get() {
