@@ -301,6 +301,23 @@ async fn a_deleted_users_token_is_refused_by_the_functions() {
         assert_eq!(r.status, 401, "{f}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "unauthorized", "{f}");
     }
+    // A soft-deleted user is gone too (as for GoTrue).
+    let (soft, soft_token) = t.user().await;
+    t.batch(&format!(
+        "update auth.users set deleted_at = now() where id = '{soft}'"
+    ))
+    .await;
+    let r = t
+        .http
+        .get(
+            &format!("{}/functions/v1/file-upload", t.url),
+            &[
+                ("apikey", ANON_KEY),
+                ("authorization", &format!("Bearer {soft_token}")),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
     // GoTrue's answer for /user.
     let r = t
         .http

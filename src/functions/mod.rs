@@ -199,7 +199,8 @@ async fn call(
     }
 }
 
-/// Whether `auth.users` still has the user a token was issued to.
+/// Whether `auth.users` still has the user a token was issued to (soft-deleted users are
+/// gone, as for GoTrue).
 async fn user_exists(state: &AppState, user: uuid::Uuid) -> Result<bool, FnError> {
     let err = |e: tokio_postgres::Error| FnError::internal(crate::db::error_text(&e));
     let mut c = state.pool.get().await.map_err(FnError::internal)?;
@@ -209,7 +210,7 @@ async fn user_exists(state: &AppState, user: uuid::Uuid) -> Result<bool, FnError
         .map_err(err)?;
     let row = tx
         .query_one(
-            "select exists (select 1 from auth.users where id = $1)",
+            "select exists (select 1 from auth.users where id = $1 and deleted_at is null)",
             &[&user],
         )
         .await
