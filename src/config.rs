@@ -180,7 +180,7 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthRateLimits {
     /// Sign-ups, password sign-ins and OTP/magic-link/recovery requests per 5 minutes per
-    /// IP, anonymous sign-ins excluded (CLI default 30).
+    /// IP, each endpoint counted on its own, anonymous sign-ins excluded (CLI default 30).
     pub sign_in_sign_ups: Option<u32>,
     /// OTP and link verifications per 5 minutes per IP (CLI default 30).
     pub token_verifications: Option<u32>,

@@ -77,13 +77,15 @@ async fn sign_ins_per_ip_follow_the_cli_defaults() {
     }
     let (s, v) = sign_in(&t, "nobody-else@x.test", "wrong-password").await;
     assert_rate_limited(s, &v);
-    // Sign-ups share the counter (the CLI's sign_in_sign_ups).
-    let (s, v) = post(
-        &t,
-        "/auth/v1/signup",
-        json!({"email": "new@x.test", "password": "secret-pw-1"}),
-    )
-    .await;
+    // Sign-ups have their own allowance of the same size (GoTrue's limiters are per
+    // endpoint): 30, then 429.
+    for i in 0..30 {
+        let body = json!({"email": format!("new{i}@x.test"), "password": "secret-pw-1"});
+        let (s, v) = post(&t, "/auth/v1/signup", body).await;
+        assert_eq!(s, 200, "sign-up {i}: {v}");
+    }
+    let body = json!({"email": "one-more@x.test", "password": "secret-pw-1"});
+    let (s, v) = post(&t, "/auth/v1/signup", body).await;
     assert_rate_limited(s, &v);
 }
 

@@ -105,7 +105,9 @@ fn limits_for(cfg: &AuthConfig, action: &str) -> Vec<(String, u32, Window)> {
         _ => None,
     };
     if let Some((family, limit, window)) = cli {
-        out.push((format!("rl:{family}"), limit, window));
+        // One counter per endpoint, as GoTrue keeps one limiter per route: sign-ups,
+        // password sign-ins and OTP requests each get the whole sign_in_sign_ups allowance.
+        out.push((format!("rl:{family}:{action}"), limit, window));
     }
     if hourly != 0 {
         // As before the CLI's keys existed: one counter per action (anonymous sign-ins
@@ -251,13 +253,13 @@ mod tests {
         let mut cfg = AuthConfig::default();
         assert_eq!(
             families(&cfg, "signin"),
-            vec![("rl:sign_in_sign_ups".into(), 30, Window::FiveMinutes)]
+            vec![("rl:sign_in_sign_ups:signin".into(), 30, Window::FiveMinutes)]
         );
         assert_eq!(families(&cfg, "refresh")[0].1, 150);
         assert_eq!(families(&cfg, "verify")[0].1, 30);
         assert_eq!(
             families(&cfg, "anonymous"),
-            vec![("rl:anonymous_users".into(), 30, Window::Hour)]
+            vec![("rl:anonymous_users:anonymous".into(), 30, Window::Hour)]
         );
         // The auth-js runner's per-hour keys: as before, and nothing else.
         cfg.rate_limit_per_hour = 1200;
