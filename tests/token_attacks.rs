@@ -196,9 +196,7 @@ async fn realtime_join(t: &TestServer, token: &str) -> (u16, String) {
         "topic": "realtime:attack-room", "event": "phx_join", "ref": "1", "join_ref": "1",
         "payload": {"config": {"broadcast": {"self": false}, "presence": {"key": ""}, "private": false}, "access_token": token},
     });
-    ws.send(Message::Text(join.to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(join.to_string())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(m)) = ws.next().await {
             if let Message::Text(s) = m {

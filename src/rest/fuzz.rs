@@ -218,8 +218,11 @@ pub fn prefer_header(data: &[u8]) {
     }
 }
 
+/// A fuzz target: any bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target by its name in `fuzz/Cargo.toml` (and corpus folder).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("rest_query", query_string),
     ("prefer_header", prefer_header),
     ("phoenix_frame", crate::realtime::phoenix::fuzz_frame),
