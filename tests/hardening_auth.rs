@@ -198,6 +198,36 @@ async fn anonymous_sign_ins_have_their_own_limit() {
     assert_eq!(s, 200, "{v}");
 }
 
+#[tokio::test]
+async fn emails_through_smtp_and_sms_codes_have_project_wide_hourly_limits() {
+    // The mail is queued for SMTP (a port nobody listens on: delivery just retries).
+    let t = TestServer::start_with(|c| {
+        c.auth.smtp_url = Some(Secret("smtp://127.0.0.1:9".into()));
+        c.auth.sms_to_inbox = true;
+        c.auth.rate_limit.email_sent = Some(2);
+        c.auth.rate_limit.sms_sent = Some(1);
+    })
+    .await;
+    for i in 0..2 {
+        let (s, v) = post(&t, "/auth/v1/otp", json!({"email": format!("m{i}@x.test")})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = post(&t, "/auth/v1/otp", json!({"email": "m2@x.test"})).await;
+    assert_eq!(
+        (s, v["error_code"].as_str()),
+        (429, Some("over_email_send_rate_limit")),
+        "{v}"
+    );
+    let (s, v) = post(&t, "/auth/v1/otp", json!({"phone": "+15550001111"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(&t, "/auth/v1/otp", json!({"phone": "+15550002222"})).await;
+    assert_eq!(
+        (s, v["error_code"].as_str()),
+        (429, Some("over_sms_send_rate_limit")),
+        "{v}"
+    );
+}
+
 // ------------------------------------------------------------------ NUL bytes in names
 
 #[tokio::test]
