@@ -1,6 +1,6 @@
 //! Forged and stale tokens against every API: REST, Auth's /user, Storage, a realtime
-//! channel join and a function. The server trusts an ES256 key (jwt_keys_file) beside the
-//! HS256 secret; each attack must be refused with that API's own status and shape. The
+//! channel join and a function. The server trusts an ES256 and an RS256 key (jwt_keys_file)
+//! beside the HS256 secret; each attack must be refused with that API's own status and shape. The
 //! results are printed as a table (`cargo test --test token_attacks -- --nocapture`).
 
 mod common;
@@ -15,6 +15,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The server's own signing key (a test key).
 const SERVER_JWK: &str = r#"{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "oxibase-test-es256", "use": "sig", "x": "L6NrnM4kRlaFwZPPYzgNdAz_W3BaDLhlMdzhh_iXAZk", "y": "SzNa6WH4gU-0jMvC5qvi7JPhn9jNmRIsWTaN0cZB-Yk", "d": "ZzQcbjAaEHNEuxYQg5h9MiqMjIi7koJnZT3b0HQLRbs"}"#;
+
+/// A trusted RS256 public key (verification only; its private half was never kept), and its
+/// PEM, the material an HS/RS confusion attack would use as an HMAC secret.
+const SERVER_RSA_JWK: &str = r#"{"kty":"RSA","alg":"RS256","kid":"oxibase-test-rs256","use":"sig","n":"yR9RAFw5NbJ_FbNgoLJ3qyUk_oyLQUF3nF53H8_vQ0NnpnKbFqze4tmGH-kX8rGKIB9V3j_s_L05NSqs938LG5FhA-v6H4hPyYCJNCHHLGbpRgkgtfV_USmolqW_zFvCDTJtjfo0ywexi6qhN3gcLSkyFzO5lzRioSFtAzSsN3kuVzQEjihHgUgOXGMofeupDgl_wvorxQCQHizHMu7tIK3938V-1ef_jDTAbRQO6l32ClgB5085GYBDdcSH0Ac4vYz2bFbNnF1clMeiCoeh8yedOVPlsCGGPIZtC4zkXEl6mbU8NOWJAUWlqzbJobRPxktHQWNLg4gYxU8Lb1ULQQ","e":"AQAB"}"#;
+const SERVER_RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyR9RAFw5NbJ/FbNgoLJ3
+qyUk/oyLQUF3nF53H8/vQ0NnpnKbFqze4tmGH+kX8rGKIB9V3j/s/L05NSqs938L
+G5FhA+v6H4hPyYCJNCHHLGbpRgkgtfV/USmolqW/zFvCDTJtjfo0ywexi6qhN3gc
+LSkyFzO5lzRioSFtAzSsN3kuVzQEjihHgUgOXGMofeupDgl/wvorxQCQHizHMu7t
+IK3938V+1ef/jDTAbRQO6l32ClgB5085GYBDdcSH0Ac4vYz2bFbNnF1clMeiCoeh
+8yedOVPlsCGGPIZtC4zkXEl6mbU8NOWJAUWlqzbJobRPxktHQWNLg4gYxU8Lb1UL
+QQIDAQAB
+-----END PUBLIC KEY-----
+";
 
 /// An attacker's key pair (a test key the server never trusts).
 const ATTACKER_PEM: &str = "-----BEGIN PRIVATE KEY-----
@@ -75,12 +89,32 @@ fn attacks(t: &TestServer, user: &str, gone: &str, jwks_text: &str) -> Vec<(&'st
     // HS/RS confusion: HS256 "signed" with the server's published public key material.
     let public: Value = serde_json::from_str(jwks_text).unwrap();
     let jwk = &public["keys"][0];
-    for (name, secret) in [
-        ("HS256 w/ public JWK", jwk.to_string().into_bytes()),
-        ("HS256 w/ JWKS text", jwks_text.as_bytes().to_vec()),
+    let rsa = public["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kty"] == "RSA")
+        .unwrap();
+    for (name, kid, secret) in [
+        ("HS256 w/ EC JWK", &jwk["kid"], jwk.to_string().into_bytes()),
+        (
+            "HS256 w/ RSA JWK",
+            &rsa["kid"],
+            rsa.to_string().into_bytes(),
+        ),
+        (
+            "HS256 w/ RSA PEM",
+            &rsa["kid"],
+            SERVER_RSA_PEM.as_bytes().to_vec(),
+        ),
+        (
+            "HS256 w/ JWKS text",
+            &jwk["kid"],
+            jwks_text.as_bytes().to_vec(),
+        ),
     ] {
         let mut h = Header::new(Algorithm::HS256);
-        h.kid = jwk["kid"].as_str().map(str::to_string);
+        h.kid = kid.as_str().map(str::to_string);
         out.push((
             name,
             jsonwebtoken::encode(&h, &good, &EncodingKey::from_secret(&secret)).unwrap(),
@@ -228,7 +262,7 @@ async fn realtime_join(t: &TestServer, token: &str) -> (u16, String) {
 async fn forged_and_stale_tokens_are_refused_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys.json");
-    std::fs::write(&keys_file, format!("[{SERVER_JWK}]")).unwrap();
+    std::fs::write(&keys_file, format!("[{SERVER_JWK}, {SERVER_RSA_JWK}]")).unwrap();
     let t = TestServer::start_with(|c| c.jwt_keys_file = Some(keys_file.clone())).await;
     let (user, user_token) = t.user().await;
     let (gone, _) = t.user().await;
