@@ -82,6 +82,11 @@ pub struct Config {
     pub storage: StorageConfig,
     pub functions: FunctionsConfig,
     pub http: HttpConfig,
+    /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
+    /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
+    /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
+    /// well-known local JWT secret (local development, as the Supabase CLI), on otherwise.
+    pub require_apikey: Option<bool>,
 }
 
 /// Connection limits and timeouts of the HTTP server. A connection counts from accept to
@@ -151,11 +156,14 @@ pub struct AuthConfig {
     /// the local inbox.
     pub smtp_url: Option<Secret<String>>,
     pub smtp_sender: String,
-    /// Requests per hour per IP for sign-up/sign-in/OTP/verify.
+    /// Requests per hour per IP for sign-up/sign-in/OTP/verify (0 = none). When set, it
+    /// replaces the per-5-minute `rate_limit.sign_in_sign_ups` and `token_verifications`
+    /// defaults (an explicit `rate_limit` value still applies too).
     pub rate_limit_per_hour: u32,
     /// Emails sent per hour per address.
     pub email_rate_limit_per_hour: u32,
-    /// Token refreshes per hour per IP (GoTrue: 150 per 5 minutes).
+    /// Token refreshes per hour per IP (0 = none); when set, it replaces the default of
+    /// `rate_limit.token_refresh`.
     pub refresh_rate_limit_per_hour: u32,
     /// bcrypt cost for new password hashes (GoTrue uses 10).
     pub password_hash_cost: u32,
@@ -197,6 +205,61 @@ pub struct AuthConfig {
     pub email_templates_dir: Option<PathBuf>,
     /// Email subjects by template name (same names, without `.html`).
     pub email_subjects: std::collections::BTreeMap<String, String>,
+    /// GoTrue's rate limits, named as the Supabase CLI's `[auth.rate_limit]`.
+    pub rate_limit: AuthRateLimits,
+}
+
+/// `[auth.rate_limit]`: the Supabase CLI's keys and windows, counted per client IP (see
+/// `trust_forwarded_for`). Unset keys take the CLI's defaults, except that a per-hour key
+/// of `[auth]` set to a non-zero value stands in for the defaults it overlaps.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthRateLimits {
+    /// Sign-ups, password sign-ins and OTP/magic-link/recovery requests per 5 minutes per
+    /// IP, each endpoint counted on its own, anonymous sign-ins excluded (CLI default 30).
+    pub sign_in_sign_ups: Option<u32>,
+    /// OTP and link verifications per 5 minutes per IP (CLI default 30).
+    pub token_verifications: Option<u32>,
+    /// Token refreshes per 5 minutes per IP (CLI default 150).
+    pub token_refresh: Option<u32>,
+    /// Anonymous sign-ins per hour per IP (CLI default 30).
+    pub anonymous_users: Option<u32>,
+    /// Emails sent per hour in all, only when SMTP is configured (CLI default 2).
+    pub email_sent: Option<u32>,
+    /// SMS codes sent per hour in all (CLI default 30).
+    pub sms_sent: Option<u32>,
+    /// Web3 sign-ins per 5 minutes per IP; accepted for config.toml compatibility (web3
+    /// sign-in is not offered).
+    pub web3: Option<u32>,
+    /// Failed password sign-ins per account per 5 minutes before the account's password
+    /// sign-ins are refused with 429 until the window ends (0 = no per-account limit).
+    pub password_failures_per_account: Option<u32>,
+}
+
+impl AuthRateLimits {
+    pub const DEFAULT_SIGN_IN_SIGN_UPS: u32 = 30;
+    pub const DEFAULT_TOKEN_VERIFICATIONS: u32 = 30;
+    pub const DEFAULT_TOKEN_REFRESH: u32 = 150;
+    pub const DEFAULT_ANONYMOUS_USERS: u32 = 30;
+    pub const DEFAULT_EMAIL_SENT: u32 = 2;
+    pub const DEFAULT_SMS_SENT: u32 = 30;
+    pub const DEFAULT_PASSWORD_FAILURES_PER_ACCOUNT: u32 = 10;
+
+    /// Limits high enough for test suites that sign many users up and in from one
+    /// address in one server (the defaults would refuse them).
+    pub fn generous() -> AuthRateLimits {
+        let n = Some(100_000);
+        AuthRateLimits {
+            sign_in_sign_ups: n,
+            token_verifications: n,
+            token_refresh: n,
+            anonymous_users: n,
+            email_sent: n,
+            sms_sent: n,
+            web3: n,
+            password_failures_per_account: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -405,6 +468,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             functions: FunctionsConfig::default(),
             http: HttpConfig::default(),
+            require_apikey: None,
         }
     }
 }
@@ -435,9 +499,9 @@ impl Default for AuthConfig {
             refresh_token_reuse_interval: 10,
             smtp_url: None,
             smtp_sender: "noreply@oxibase.local".into(),
-            rate_limit_per_hour: 1000,
+            rate_limit_per_hour: 0,
             email_rate_limit_per_hour: 100,
-            refresh_rate_limit_per_hour: 1800,
+            refresh_rate_limit_per_hour: 0,
             password_hash_cost: 10,
             password_requirements: String::new(),
             otp_expiry: 3600,
@@ -454,6 +518,7 @@ impl Default for AuthConfig {
             session_inactivity_timeout: 0,
             email_templates_dir: None,
             email_subjects: Default::default(),
+            rate_limit: AuthRateLimits::default(),
         }
     }
 }
@@ -659,6 +724,12 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether requests must bring an API key (see `require_apikey`).
+    pub fn apikey_required(&self) -> bool {
+        self.require_apikey
+            .unwrap_or(self.jwt_secret.expose() != DEFAULT_JWT_SECRET)
     }
 
     pub fn external_url(&self) -> String {
@@ -876,7 +947,9 @@ mod tests {
             }
             let l = l.strip_prefix("# ").unwrap_or(l);
             if let Some((k, _)) = l.split_once(" = ") {
-                if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                if k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
                     documented.insert(if section.is_empty() {
                         k.to_string()
                     } else {

@@ -15,6 +15,15 @@ export const SERVICE_KEY =
   'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU';
 export const JWT_SECRET = 'super-secret-jwt-token-with-at-least-32-characters-long';
 
+const GENEROUS_AUTH_LIMITS = `[auth.rate_limit]
+sign_in_sign_ups = 100000
+token_verifications = 100000
+token_refresh = 100000
+anonymous_users = 100000
+email_sent = 100000
+sms_sent = 100000
+`;
+
 export function binaryPath() {
   if (process.env.OXIBASE_BIN) return process.env.OXIBASE_BIN;
   for (const profile of ['debug', 'release']) {
@@ -45,7 +54,11 @@ export async function startServer({ toml = '', env = {}, dataDir, ports } = {}) 
   const port = ports?.port ?? (await freePort());
   const dbPort = ports?.dbPort ?? (await freePort());
   const configPath = join(dir, 'test.toml');
-  writeFileSync(configPath, `db_fsync = false\nlog = "info"\n${toml}\n`);
+  // One server serves a whole file of tests, all from 127.0.0.1: the Supabase CLI's per-IP
+  // auth limits (30 sign-ins per 5 minutes) would refuse them, so raise them unless the test
+  // sets its own.
+  const limits = /^\[auth\.rate_limit\]/m.test(toml) ? '' : GENEROUS_AUTH_LIMITS;
+  writeFileSync(configPath, `db_fsync = false\nlog = "info"\n${toml}\n${limits}`);
   const proc = spawn(binaryPath(), ['serve', '--config', configPath], {
     env: {
       ...process.env,

@@ -159,6 +159,11 @@ pub async fn send(
             }
         }
         ratelimit::check_email(state, &**tx, to).await?;
+        if sms {
+            ratelimit::check_sms(state, &**tx).await?;
+        } else {
+            ratelimit::check_email_sent(state, &**tx).await?;
+        }
     }
     let otp = test_otp.unwrap_or_else(util::otp);
     let token_hash = util::token_hash(to, &otp);

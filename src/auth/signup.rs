@@ -10,7 +10,14 @@ use crate::http::Resp;
 use crate::state::AppState;
 
 pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    ratelimit::check_ip(state, call, "signup").await?;
+    let (email, phone) = (call.s("email"), call.s("phone"));
+    // Anonymous sign-ins have their own limit (the CLI's `anonymous_users`).
+    let action = if email.is_none() && phone.is_none() {
+        "anonymous"
+    } else {
+        "signup"
+    };
+    ratelimit::check_ip(state, call, action).await?;
     let cfg = &state.config.auth;
     if cfg.disable_signup {
         return Err(AuthError::unprocessable(
@@ -19,7 +26,6 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
         ));
     }
     let data = super::metadata(call, "data")?.unwrap_or_else(|| json!({}));
-    let (email, phone) = (call.s("email"), call.s("phone"));
     if email.is_none() && phone.is_none() {
         return anonymous(state, call, data).await;
     }

@@ -46,6 +46,13 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
         Some(Err(_)) => return Err(AuthError::invalid_credentials()),
         None => None,
     };
+    // Failed attempts are counted per account, existing or not.
+    let account = match (&email, &phone) {
+        (Some(e), _) => format!("email:{e}"),
+        (None, Some(p)) => format!("phone:{p}"),
+        (None, None) => return Err(AuthError::validation("missing email or phone")),
+    };
+    let attempt = ratelimit::begin_password_attempt(state, &account).await?;
     let mut c = client(state).await?;
     let tx = begin(&mut c).await?;
     let r = async {
@@ -82,7 +89,11 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
         Ok(v)
     }
     .await;
-    Ok(ok(finish(tx, r).await?))
+    let r = finish(tx, r).await;
+    if !matches!(&r, Err(e) if e.code == "invalid_credentials") {
+        attempt.not_failed(state).await;
+    }
+    Ok(ok(r?))
 }
 
 async fn refresh_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {

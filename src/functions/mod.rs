@@ -176,6 +176,13 @@ async fn call(
             "A signed-in user is required: send the user's access token in Authorization.",
         ));
     };
+    // A token outlives its user: a deleted user's still-valid token is refused here (as
+    // GoTrue refuses it), before any row is written for them.
+    if !user_exists(state, user).await? {
+        return Err(FnError::unauthorized(
+            "User from sub claim in JWT does not exist.",
+        ));
+    }
     *user_out = Some(user);
     if !rest.is_empty() {
         return Err(FnError::not_found(format!(
@@ -190,6 +197,26 @@ async fn call(
         code::NAME => code::handle(state, &ctx, user, req).await,
         _ => Err(FnError::not_implemented(function)),
     }
+}
+
+/// Whether `auth.users` still has the user a token was issued to (soft-deleted users are
+/// gone, as for GoTrue).
+async fn user_exists(state: &AppState, user: uuid::Uuid) -> Result<bool, FnError> {
+    let err = |e: tokio_postgres::Error| FnError::internal(crate::db::error_text(&e));
+    let mut c = state.pool.get().await.map_err(FnError::internal)?;
+    let tx = c.transaction().await.map_err(err)?;
+    tx.batch_execute("set local role supabase_auth_admin")
+        .await
+        .map_err(err)?;
+    let row = tx
+        .query_one(
+            "select exists (select 1 from auth.users where id = $1 and deleted_at is null)",
+            &[&user],
+        )
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(row.get(0))
 }
 
 /// One statement (or a few) in a transaction as `service_role`: the server's own

@@ -221,6 +221,18 @@ async fn handle(state: &AppState, router: &ApiRouter, mut req: Req, peer: Socket
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut resp = if cors::is_preflight(&method, req.headers()) {
         cors::preflight(req.headers())
+    } else if state.config.apikey_required()
+        && !super::router::is_open(&method, &path)
+        && !super::router::has_credential(req.headers(), &path, req.uri().query())
+    {
+        // As Supabase's gateway (Kong key-auth) answers.
+        json_response(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({
+                "message": "No API key found in request",
+                "hint": "No `apikey` request header or url param was found."
+            }),
+        )
     } else {
         match router.route(&path) {
             Some((api, rest)) => {

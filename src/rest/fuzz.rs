@@ -129,8 +129,13 @@ const WRITER_LITERALS: &[&str] = &[
 
 /// Err when `sql` holds text that is neither SQL the writer produces nor a quoted
 /// identifier: a string literal not in [`WRITER_LITERALS`], a statement separator, a
-/// comment, or an unterminated quote.
+/// comment, an unterminated quote, or a NUL byte anywhere.
 pub fn check_sql(sql: &str) -> Result<(), String> {
+    // No PostgreSQL statement can carry a NUL byte, quoted or not (the server would drop
+    // the connection).
+    if sql.contains('\0') {
+        return Err(format!("a NUL byte in {sql:?}"));
+    }
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -192,6 +197,36 @@ pub fn query_string(data: &[u8]) {
     let _ = prefer::parse_accept(Some(&text));
     let _ = prefer::parse_accept_for(Some(&text), true);
 }
+
+/// The fuzz target for the `Prefer` and `Accept` header parsers: every line of `data` is
+/// one `Prefer` value. Never panics; what it understood is consistent.
+pub fn prefer_header(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let p = Prefer::parse(text.split('\n'));
+    let strict = p.check_strict();
+    assert_eq!(
+        strict.is_err(),
+        p.strict && !p.invalid.is_empty(),
+        "handling=strict refuses exactly the unknown preferences"
+    );
+    if let Some(tz) = &p.timezone {
+        assert!(!tz.is_empty());
+    }
+    for line in text.split('\n') {
+        let _ = prefer::parse_accept(Some(line));
+        let _ = prefer::parse_accept_for(Some(line), false);
+    }
+}
+
+/// A fuzz target: any bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
+/// Every fuzz target by its name in `fuzz/Cargo.toml` (and corpus folder).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("rest_query", query_string),
+    ("prefer_header", prefer_header),
+    ("phoenix_frame", crate::realtime::phoenix::fuzz_frame),
+];
 
 #[cfg(test)]
 mod tests {
@@ -368,6 +403,161 @@ mod tests {
         }
     }
 
+    /// Each committed seed corpus (`fuzz/corpus/<target>/`) replayed through its target,
+    /// and every target in `fuzz/Cargo.toml` has one.
+    #[test]
+    fn fuzz_corpus_files_replay() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        for (name, target) in TARGETS {
+            assert!(
+                manifest.contains(&format!("name = \"{name}\"")),
+                "{name} is not a [[bin]] of fuzz/Cargo.toml"
+            );
+            let dir = root.join("corpus").join(name);
+            let mut n = 0;
+            for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+                let path = e.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                target(&data);
+                n += 1;
+            }
+            assert!(n >= 10, "{name}: only {n} seeds");
+        }
+    }
+
+    const PREFER_FRAGMENTS: &[&str] = &[
+        "return=",
+        "representation",
+        "minimal",
+        "headers-only",
+        "count=",
+        "exact",
+        "planned",
+        "estimated",
+        "resolution=",
+        "merge-duplicates",
+        "ignore-duplicates",
+        "missing=default",
+        "tx=rollback",
+        "tx=commit",
+        "handling=strict",
+        "handling=lenient",
+        "params=single-object",
+        "max-affected=",
+        "-1",
+        "99999999999999999999",
+        "timezone=",
+        "Europe/Paris",
+        ",",
+        ", ",
+        "=",
+        "\n",
+        " ",
+        "\u{0}",
+        "é",
+        "application/json",
+        "text/csv",
+        "application/vnd.pgrst.object+json",
+        "application/vnd.pgrst.plan+json;",
+        "for=",
+        "\"application/json\"",
+        "options=analyze|verbose",
+        ";q=0.5",
+        "*/*",
+        "nulls=stripped",
+        "application/geo+json",
+        "text/plain",
+        "application/octet-stream",
+    ];
+
+    const PHOENIX_FRAGMENTS: &[&str] = &[
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        "null",
+        "\"1\"",
+        "\"realtime:room\"",
+        "\"phoenix\"",
+        "\"phx_join\"",
+        "\"heartbeat\"",
+        "\"broadcast\"",
+        "\"topic\"",
+        "\"event\"",
+        "\"payload\"",
+        "\"ref\"",
+        "\"join_ref\"",
+        "1",
+        "-1e999",
+        "true",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\u{3}",
+        "\u{0}",
+        "\u{4}",
+        "\u{ff}",
+        "é",
+    ];
+
+    fn random_inputs(fragments: &[&str], seed: u64, iters: u64, mut f: impl FnMut(&[u8])) {
+        let mut x = seed;
+        for _ in 0..iters {
+            let n = (xorshift(&mut x) % 16) as usize;
+            let mut s = Vec::new();
+            for _ in 0..n {
+                let frag = fragments[(xorshift(&mut x) % fragments.len() as u64) as usize];
+                s.extend_from_slice(frag.as_bytes());
+            }
+            if !s.is_empty() && xorshift(&mut x).is_multiple_of(3) {
+                let at = (xorshift(&mut x) % s.len() as u64) as usize;
+                s[at] = (xorshift(&mut x) % 256) as u8;
+            }
+            f(&s);
+        }
+    }
+
+    fn iters() -> u64 {
+        std::env::var("OXIBASE_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
+    }
+
+    #[test]
+    fn fuzz_prefer_header_random() {
+        random_inputs(
+            PREFER_FRAGMENTS,
+            0x2545_F491_4F6C_DD1D,
+            iters(),
+            prefer_header,
+        );
+    }
+
+    #[test]
+    fn fuzz_phoenix_frame_random() {
+        random_inputs(PHOENIX_FRAGMENTS, 0x5851_F42D_4C95_7F2D, iters(), |s| {
+            crate::realtime::phoenix::fuzz_frame(s)
+        });
+        // Binary frames with plausible headers: kind 3, small lengths, any tail.
+        let mut x: u64 = 0x1405_7B7E_F767_814F;
+        for _ in 0..iters() {
+            let len = (xorshift(&mut x) % 40) as usize;
+            let mut f = vec![3u8];
+            for _ in 0..5 {
+                f.push((xorshift(&mut x) % 8) as u8);
+            }
+            f.push((xorshift(&mut x) % 2) as u8);
+            for _ in 0..len {
+                let b = xorshift(&mut x) as u8;
+                f.push(if b < 128 { b'a' + b % 26 } else { b });
+            }
+            crate::realtime::phoenix::fuzz_frame(&f);
+        }
+    }
+
     #[test]
     fn check_sql_catches_escapes() {
         assert!(check_sql("SELECT \"a\"\"b\" FROM \"t\" WHERE x = $1").is_ok());
@@ -376,5 +566,6 @@ mod tests {
         assert!(check_sql("SELECT 1; DROP").is_err());
         assert!(check_sql("SELECT 1 -- c").is_err());
         assert!(check_sql("SELECT \"open").is_err());
+        assert!(check_sql("SELECT \"a\u{0}\"").is_err());
     }
 }

@@ -201,7 +201,13 @@ pub fn jwt_error(e: &JwtError) -> Resp {
 }
 
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
-    let ctx = match state.keys.authenticate(req.headers(), None) {
+    // The gateway takes the key from an `apikey` query parameter too (and hides it from
+    // PostgREST: it is no filter).
+    let query_key = crate::http::query_pairs(req.uri().query())
+        .into_iter()
+        .find(|(k, _)| k == "apikey")
+        .map(|(_, v)| v);
+    let ctx = match state.keys.authenticate(req.headers(), query_key.as_deref()) {
         Ok(c) => c,
         Err(e) => return jwt_error(&e),
     };
@@ -488,7 +494,10 @@ async fn route(
         .decode_utf8_lossy()
         .into_owned();
     let path = decoded.as_str();
-    let pairs = crate::http::query_pairs(uri.query());
+    let pairs: Vec<_> = crate::http::query_pairs(uri.query())
+        .into_iter()
+        .filter(|(k, _)| k != "apikey")
+        .collect();
     let schema = profile(&headers, &method, &state.rest.schemas)?;
     let mut prefer = Prefer::parse(
         headers

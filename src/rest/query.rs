@@ -277,6 +277,23 @@ fn unquote(s: &str) -> String {
     }
 }
 
+/// A NUL byte can be neither in a PostgreSQL identifier nor in the statement text that
+/// would carry it: a name with one is refused while parsing (PostgreSQL would drop the
+/// connection over it).
+const NUL_IN_NAME: &str = "unexpected \"\\NUL\" in a name: names cannot contain NUL";
+
+fn reject_nul(what: &str, input: &str) -> Result<(), RestError> {
+    match input.find('\0') {
+        Some(i) => Err(RestError::parse_at(
+            what,
+            input,
+            NUL_IN_NAME,
+            input[..i].chars().count() + 1,
+        )),
+        None => Ok(()),
+    }
+}
+
 struct Cursor<'a> {
     s: &'a str,
     pos: usize,
@@ -319,6 +336,10 @@ impl<'a> Cursor<'a> {
             }
             let end = end.ok_or("unexpected end of input, expecting '\"'")?;
             let q = &rest[..=end];
+            if let Some(i) = q.find('\0') {
+                self.pos += i;
+                return Err(NUL_IN_NAME.into());
+            }
             self.pos += end + 1;
             return Ok(unquote(q));
         }
@@ -341,6 +362,10 @@ impl<'a> Cursor<'a> {
             });
         }
         let id = rest[..end].trim().to_string();
+        if let Some(i) = rest[..end].find('\0') {
+            self.pos += i;
+            return Err(NUL_IN_NAME.into());
+        }
         self.pos += end;
         if id.is_empty() {
             return Err("expecting field name".into());
@@ -835,6 +860,7 @@ fn parse_order_inner(s: &str) -> Result<Vec<OrderTerm>, (String, usize)> {
 // columns=, on_conflict=
 
 pub fn parse_columns(s: &str, what: &str) -> Result<Vec<String>, RestError> {
+    reject_nul(what, s)?;
     let mut out = vec![];
     for p in split_top(s, ',').map_err(|d| RestError::parse(what, s, d))? {
         let p = p.trim();
@@ -849,6 +875,7 @@ pub fn parse_columns(s: &str, what: &str) -> Result<Vec<String>, RestError> {
 /// A query key split into its embed path and last segment: `books.authors.or` ->
 /// (["books","authors"], "or"); `not.or` is kept as the last segment.
 pub fn split_key(key: &str) -> Result<(Vec<String>, String), RestError> {
+    reject_nul("filter", key)?;
     let err = |d: String| RestError::parse("filter", key, d);
     // JSON paths may not be split on '.', but keys with '->' only ever have it in the last
     // segment; split before the first arrow.

@@ -145,6 +145,8 @@ impl TestServer {
             db_pool_size: 4,
             ..Config::default()
         };
+        // One server, many users from 127.0.0.1: the CLI's per-IP limits would refuse them.
+        cfg.auth.rate_limit = oxibase::config::AuthRateLimits::generous();
         tweak(&mut cfg);
         let server = Server::start(cfg, Arc::new(|_: &str| {}))
             .await
