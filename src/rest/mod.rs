@@ -39,7 +39,7 @@ use query::{IsVal, Op, SelectItem};
 use read::*;
 use rpc::*;
 use schema::{RetType, SchemaCache};
-use sql::{ident, qualified, BodyShape, Sql};
+use sql::{ident, BodyShape, Sql};
 use write::*;
 
 /// This API's share of the application state: the schema cache.
