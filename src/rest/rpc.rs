@@ -1,7 +1,23 @@
 //! /rpc/<function>: overload resolution, arguments, calls.
 
-use super::*;
-use sql::ScalarBody;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::error::RestError;
+use super::execute::{
+    body_media, content_type, execute, explain_check, plan_response, respond, Outcome, Run,
+};
+use super::plan::{self, Call, Planner, Source};
+use super::prefer::{self, Media};
+use super::read::finish_read;
+use super::schema::{self, RetType, SchemaCache};
+use super::sql::{self, BodyShape, ScalarBody, Sql};
+use super::write::{is_form, request_body};
+use super::{
+    check_embed_paths, header, lift_embed_nulls, parse_params, settings, Params, RestReq, Settings,
+};
+use crate::http::Resp;
+use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // RPC

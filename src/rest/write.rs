@@ -1,8 +1,19 @@
 //! POST (insert, upsert), PATCH, PUT and DELETE.
 
-use super::*;
-use schema::Relation;
-use sql::{Mutation, WritePlan};
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::error::RestError;
+use super::execute::{content_range, content_type, execute, plan_response, respond, Outcome, Run};
+use super::plan::{self, Modifiers, Node, Planner, Source};
+use super::prefer::{Media, Resolution, Return};
+use super::query::{self, SelectItem};
+use super::read::count_name;
+use super::schema::{Relation, SchemaCache};
+use super::sql::{self, Mutation, WritePlan};
+use super::{header, settings, table_not_found, table_request, Params, RestReq, Settings};
+use crate::http::Resp;
+use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // Writes
