@@ -82,11 +82,7 @@ pub(super) async fn rpc(
     } else {
         rows_statement(&sc, req, &st, &f, call, params, &media)?
     };
-    let strict_max = if req.prefer.strict {
-        req.prefer.max_affected
-    } else {
-        None
-    };
+    let strict_max = req.prefer.strict_max_affected();
     let run = Run {
         read_only,
         rollback,

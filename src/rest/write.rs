@@ -177,11 +177,7 @@ pub(super) async fn write(
         location: *req.method == Method::POST && !rel.pk.is_empty(),
     };
     let q = sql::write_sql(&plan);
-    let strict_max = if req.prefer.strict {
-        req.prefer.max_affected
-    } else {
-        None
-    };
+    let strict_max = req.prefer.strict_max_affected();
     let run = Run {
         read_only: false,
         rollback,
