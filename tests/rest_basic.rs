@@ -455,3 +455,62 @@ async fn prefer_timezone() {
     );
     t.server.shutdown().await;
 }
+
+/// A database URL the wire pool cannot serve (two hosts; likewise a Unix socket or
+/// `sslmode=require`) leaves `state.wire` unset: requests without a check then go through
+/// tokio-postgres as one pipelined batch (`futures::join!` in rest/execute.rs). Reads,
+/// writes and a database error behave there as on the wire path.
+#[tokio::test]
+async fn without_the_wire_pool_the_pipelined_path_serves() {
+    let t = common::TestServer::start_with(|c| {
+        let url = c.database_url.as_ref().unwrap().0.clone();
+        let (head, tail) = url.rsplit_once('/').unwrap();
+        let host = head.rsplit_once('@').unwrap().1.to_string();
+        c.database_url = Some(oxibase::config::Secret(format!("{head},{host}/{tail}")));
+    })
+    .await;
+    t.batch(FIXTURE).await;
+    let h = [
+        ("apikey", SERVICE_KEY),
+        ("content-type", "application/json"),
+        ("prefer", "return=representation"),
+    ];
+    let items = format!("{}/rest/v1/it_items", t.url);
+    let r = t
+        .http
+        .get(
+            &format!("{items}?select=name&order=id"),
+            &[("apikey", ANON_KEY)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([{"name":"a"},{"name":"b"},{"name":"c"}]));
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{items}?select=name,qty"),
+            &h,
+            r#"{"name":"d"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json(), json!([{"name":"d","qty":1}]));
+    let r = t
+        .http
+        .send("PATCH", &format!("{items}?name=eq.d"), &h, r#"{"qty":5}"#)
+        .await;
+    assert_eq!(r.json()[0]["qty"], 5, "{}", r.text());
+    let r = t.http.send("POST", &items, &h, r#"{"name":null}"#).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "23502");
+    let r = t
+        .http
+        .get(
+            &format!("{items}?select=qty&name=eq.d"),
+            &[("apikey", ANON_KEY)],
+        )
+        .await;
+    assert_eq!(r.json(), json!([{"qty":5}]));
+    t.server.shutdown().await;
+}

@@ -1,7 +1,17 @@
 //! One transaction as the caller: parameters as text, the statement, commit/rollback,
 //! and the shared response helpers.
 
-use super::*;
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::Value;
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+
+use super::error::RestError;
+use super::prefer::{self, Accept, Media};
+use super::sql::{ident, Sql};
+use super::{header, RestReq, Settings};
+use crate::http::{empty, full, Resp};
+use crate::state::AppState;
 
 /// A database parameter sent in text format and typed by PostgreSQL (like an untyped
 /// literal), so one Rust type serves every column type.
@@ -451,6 +461,7 @@ pub(super) fn plan_response(out: Outcome, accept: &Accept) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn request_headers_as_json() {

@@ -7,8 +7,12 @@
 //! as parameters. `cargo test` runs it over generated inputs (`fuzz_*` tests here); with a
 //! nightly toolchain, `fuzz/` drives it with cargo-fuzz (libFuzzer).
 
-use super::*;
-use schema::{Cardinality, Column, Relation, Relationship};
+use super::error::RestError;
+use super::plan::{Planner, Source};
+use super::prefer::{self, Media, Prefer};
+use super::schema::{Cardinality, Column, Relation, Relationship, SchemaCache};
+use super::sql::{self, BodyShape, Sql};
+use super::{check_embed_paths, lift_embed_nulls, parse_params};
 
 /// `authors(id, name)` and `books(id, author_id -> authors, title)` in `public`.
 pub fn demo_cache() -> SchemaCache {

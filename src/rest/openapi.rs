@@ -175,7 +175,7 @@ pub async fn respond_doc(state: &AppState, req: &RestReq<'_>) -> Result<Value, R
 
 pub async fn respond(state: &AppState, req: &RestReq<'_>) -> Result<Resp, RestError> {
     let doc = respond_doc(state, req).await?;
-    Ok(super::respond(
+    Ok(super::execute::respond(
         StatusCode::OK,
         Some("application/openapi+json; charset=utf-8"),
         Some(doc.to_string().into()),

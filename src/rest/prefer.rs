@@ -39,6 +39,11 @@ pub struct Prefer {
 }
 
 impl Prefer {
+    /// `handling=strict, max-affected=n`: the most rows a write may touch (else none).
+    pub fn strict_max_affected(&self) -> Option<i64> {
+        self.max_affected.filter(|_| self.strict)
+    }
+
     /// Every `Prefer` header value, each a comma-separated list.
     pub fn parse<'a>(values: impl Iterator<Item = &'a str>) -> Prefer {
         let mut p = Prefer::default();

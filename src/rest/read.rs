@@ -1,6 +1,17 @@
 //! GET/HEAD on a table or view.
 
-use super::*;
+use http::StatusCode;
+
+use super::error::RestError;
+use super::execute::{
+    content_range, content_type, execute, plan_response, respond, single_error, Outcome, Run,
+};
+use super::plan::{Planner, Source};
+use super::prefer::{self, Media};
+use super::sql::{self, BodyShape, Sql};
+use super::{range_header, settings, table_not_found, table_request, RestReq};
+use crate::http::Resp;
+use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // Reads

@@ -1,6 +1,23 @@
 //! /rpc/<function>: overload resolution, arguments, calls.
 
-use super::*;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::error::RestError;
+use super::execute::{
+    body_media, content_type, execute, explain_check, plan_response, respond, Outcome, Run,
+};
+use super::plan::{self, Call, Planner, Source};
+use super::prefer::{self, Media};
+use super::read::finish_read;
+use super::schema::{self, RetType, SchemaCache};
+use super::sql::{self, BodyShape, ScalarBody, Sql};
+use super::write::{is_form, request_body};
+use super::{
+    check_embed_paths, header, lift_embed_nulls, parse_params, settings, Params, RestReq, Settings,
+};
+use crate::http::Resp;
+use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // RPC
@@ -34,49 +51,125 @@ pub(super) async fn rpc(
     check_embed_paths(&params)?;
     let explain = explain_check(req, &st)?;
     let media = body_media(&req.accept);
-    // The arguments as a JSON object (or the raw body for a single json parameter).
-    let (args, raw_body): (serde_json::Map<String, Value>, Option<Value>) = if is_get {
-        (
-            {
-                // A repeated key (`?v=1&v=2`, for a variadic parameter) becomes an array.
-                let mut m = serde_json::Map::new();
-                for (k, v) in &params.rpc_candidates {
-                    match m.get_mut(k) {
-                        Some(Value::Array(a)) => a.push(Value::String(v.clone())),
-                        Some(prev) => {
-                            let first = prev.take();
-                            *prev = Value::Array(vec![first, Value::String(v.clone())]);
-                        }
-                        None => {
-                            m.insert(k.clone(), Value::String(v.clone()));
-                        }
-                    }
-                }
-                m
-            },
-            None,
-        )
+    let (args, raw_body) = rpc_args(req, &params, is_get)?;
+    let (f, single_json) = resolve(&sc, req, fname, &overloads, &args, is_get)?;
+    let call = build_call(&f, &args, raw_body, single_json);
+    let read_only = is_get || matches!(f.volatility, 'i' | 's');
+    let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
+    let count = req.prefer.count.is_some();
+    let offset = cap_rows(&mut params, &st, &f);
+    let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
+    // Only a scalar result has a raw text/octet form; otherwise negotiate without them.
+    let renegotiated;
+    let (req, media) = if matches!(media, Media::Text | Media::Octet) && !scalar_single {
+        let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
+        renegotiated = RestReq {
+            accept,
+            ..req.clone()
+        };
+        let m = body_media(&renegotiated.accept);
+        (&renegotiated, m)
     } else {
-        let b = req.body.as_deref().unwrap_or(b"");
-        if b.iter().all(|c| c.is_ascii_whitespace()) {
-            (serde_json::Map::new(), None)
-        } else if is_form(req) {
-            match request_body(req)? {
-                Value::Object(o) => (o, None),
-                _ => (serde_json::Map::new(), None),
-            }
-        } else {
-            match serde_json::from_slice::<Value>(b) {
-                Ok(Value::Object(o)) => (o.clone(), Some(Value::Object(o))),
-                Ok(v) => (serde_json::Map::new(), Some(v)),
-                Err(_) => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
+        (req, media)
+    };
+    if media == Media::OpenApi {
+        return Err(RestError::not_acceptable(
+            header(req.headers, "accept").unwrap_or(""),
+        ));
+    }
+    let q = if scalar_single {
+        sql::rpc_scalar_sql(&call, scalar_body(&f, &media))
+    } else {
+        rows_statement(&sc, req, &st, &f, call, params, &media)?
+    };
+    let strict_max = req.prefer.strict_max_affected();
+    let run = Run {
+        read_only,
+        rollback,
+        explain: explain.as_ref(),
+        max_affected: strict_max,
+        single: media == Media::Object,
+    };
+    let out = execute(state, req, &q, run).await?;
+    if explain.is_some() {
+        return Ok(plan_response(out, &req.accept));
+    }
+    rpc_response(req, &f, out, offset, count, &media, rollback)
+}
+
+/// `max_rows` caps a set-returning function's rows; returns the offset.
+fn cap_rows(params: &mut Params, st: &Settings, f: &schema::Function) -> i64 {
+    let top = params.mods.entry(vec![]).or_default();
+    if let Some(m) = st.max_rows {
+        if f.returns_set {
+            top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
+        }
+    }
+    top.offset.unwrap_or(0)
+}
+
+fn scalar_body(f: &schema::Function, media: &Media) -> ScalarBody {
+    if matches!(f.ret, RetType::Void) {
+        ScalarBody::Void
+    } else if matches!(media, Media::Text | Media::Octet) {
+        ScalarBody::Text
+    } else {
+        ScalarBody::Json
+    }
+}
+
+/// The arguments as a JSON object, and the raw body (for a single json parameter).
+fn rpc_args(
+    req: &RestReq,
+    params: &Params,
+    is_get: bool,
+) -> Result<(serde_json::Map<String, Value>, Option<Value>), RestError> {
+    if is_get {
+        // A repeated key (`?v=1&v=2`, for a variadic parameter) becomes an array.
+        let mut m = serde_json::Map::new();
+        for (k, v) in &params.rpc_candidates {
+            match m.get_mut(k) {
+                Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+                Some(prev) => {
+                    let first = prev.take();
+                    *prev = Value::Array(vec![first, Value::String(v.clone())]);
+                }
+                None => {
+                    m.insert(k.clone(), Value::String(v.clone()));
+                }
             }
         }
-    };
+        return Ok((m, None));
+    }
+    let b = req.body.as_deref().unwrap_or(b"");
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        Ok((serde_json::Map::new(), None))
+    } else if is_form(req) {
+        match request_body(req)? {
+            Value::Object(o) => Ok((o, None)),
+            _ => Ok((serde_json::Map::new(), None)),
+        }
+    } else {
+        match serde_json::from_slice::<Value>(b) {
+            Ok(Value::Object(o)) => Ok((o.clone(), Some(Value::Object(o)))),
+            Ok(v) => Ok((serde_json::Map::new(), Some(v))),
+            Err(_) => Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
+        }
+    }
+}
+
+/// Overload resolution by argument names, as PostgREST: only functions whose parameters
+/// are all named, or that take one unnamed json/jsonb/text/xml/bytea parameter (named ""
+/// in the body), can be called. Also says whether the whole body is the single argument.
+fn resolve(
+    sc: &SchemaCache,
+    req: &RestReq,
+    fname: &str,
+    overloads: &[schema::Function],
+    args: &serde_json::Map<String, Value>,
+    is_get: bool,
+) -> Result<(schema::Function, bool), RestError> {
     let keys: Vec<&String> = args.keys().collect();
-    // Overload resolution by argument names, as PostgREST: only functions whose parameters
-    // are all named, or that take one unnamed json/jsonb/text/xml/bytea parameter (named
-    // "" in the body), can be called.
     let callable = |f: &&schema::Function| {
         f.args.iter().all(|a| !a.name.is_empty())
             || (f.args.len() == 1
@@ -99,43 +192,73 @@ pub(super) async fn rpc(
         .collect();
     let mut single_json = false;
     if cands.is_empty() && !is_get {
-        // A single unnamed json/jsonb parameter takes the whole body.
-        let sj: Vec<&schema::Function> = overloads
-            .iter()
-            .filter(|f| {
-                f.args.len() == 1
-                    && f.args[0].name.is_empty()
-                    && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
-            })
-            .collect();
-        if !sj.is_empty() {
-            cands = sj;
-            single_json = true;
-        } else if req.prefer.single_object {
-            cands = overloads
-                .iter()
-                .filter(|f| f.args.len() == 1 && matches!(f.args[0].ty.as_str(), "json" | "jsonb"))
-                .collect();
-            single_json = !cands.is_empty();
-        }
+        (cands, single_json) = single_json_candidates(req, overloads);
     }
-    let f = match cands.len() {
-        1 => cands[0].clone(),
-        0 => return Err(function_not_found(&sc, req.schema, fname, &keys)),
-        _ => {
-            let mut cands = cands;
-            cands.sort_by_key(|f| {
-                (
-                    f.args.len(),
-                    f.args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>(),
-                )
-            });
-            let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
-            return Err(RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
-                .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));
-        }
-    };
-    // Arguments travel as one JSON object with positional keys, so unnamed parameters work.
+    match cands.len() {
+        1 => Ok((cands[0].clone(), single_json)),
+        0 => Err(function_not_found(sc, req.schema, fname, &keys)),
+        _ => Err(ambiguous(cands)),
+    }
+}
+
+/// A single unnamed json/jsonb parameter takes the whole body (or, with
+/// `Prefer: params=single-object`, any single json/jsonb parameter).
+fn single_json_candidates<'f>(
+    req: &RestReq,
+    overloads: &'f [schema::Function],
+) -> (Vec<&'f schema::Function>, bool) {
+    let sj: Vec<&schema::Function> = overloads
+        .iter()
+        .filter(|f| {
+            f.args.len() == 1
+                && f.args[0].name.is_empty()
+                && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
+        })
+        .collect();
+    if !sj.is_empty() {
+        return (sj, true);
+    }
+    if req.prefer.single_object {
+        let c: Vec<&schema::Function> = overloads
+            .iter()
+            .filter(|f| f.args.len() == 1 && matches!(f.args[0].ty.as_str(), "json" | "jsonb"))
+            .collect();
+        let single = !c.is_empty();
+        return (c, single);
+    }
+    (vec![], false)
+}
+
+fn ambiguous(mut cands: Vec<&schema::Function>) -> RestError {
+    cands.sort_by_key(|f| {
+        (
+            f.args.len(),
+            f.args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>(),
+        )
+    });
+    let sigs: Vec<String> = cands.iter().map(|f| f.signature()).collect();
+    RestError::new(300, "PGRST203", format!("Could not choose the best candidate function between: {}", sigs.join(", ")))
+        .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved")
+}
+
+/// Arguments travel as one JSON object with positional keys, so unnamed parameters work.
+fn build_call(
+    f: &schema::Function,
+    args: &serde_json::Map<String, Value>,
+    raw_body: Option<Value>,
+    single_json: bool,
+) -> Call {
+    let variadic_last = f.variadic && f.args.last().is_some_and(|a| args.contains_key(&a.name));
+    if single_json {
+        return Call {
+            schema: f.schema.clone(),
+            name: f.name.clone(),
+            args: vec![],
+            single_json: Some(f.args[0].ty.clone()),
+            body: raw_body.unwrap_or(Value::Object(args.clone())).to_string(),
+            variadic_last,
+        };
+    }
     let used: Vec<(usize, &schema::Arg)> = f
         .args
         .iter()
@@ -146,122 +269,66 @@ pub(super) async fn rpc(
     for (i, a) in &used {
         positional.insert(format!("a{i}"), args[&a.name].clone());
     }
-    let call = Call {
+    Call {
         schema: f.schema.clone(),
         name: f.name.clone(),
-        args: if single_json {
-            vec![]
-        } else {
-            used.iter()
-                .map(|(i, a)| (format!("a{i}"), a.ty.clone(), a.name.clone()))
-                .collect()
-        },
-        single_json: if single_json {
-            Some(f.args[0].ty.clone())
-        } else {
-            None
-        },
-        body: if single_json {
-            raw_body
-                .clone()
-                .unwrap_or(Value::Object(args.clone()))
-                .to_string()
-        } else {
-            Value::Object(positional).to_string()
-        },
-        variadic_last: f.variadic && f.args.last().is_some_and(|a| args.contains_key(&a.name)),
-    };
-    let read_only = is_get || matches!(f.volatility, 'i' | 's');
-    let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
-    let mut q = Sql::default();
-    let count = req.prefer.count.is_some();
-    let top = params.mods.entry(vec![]).or_default();
-    if let Some(m) = st.max_rows {
-        if f.returns_set {
-            top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
-        }
+        args: used
+            .iter()
+            .map(|(i, a)| (format!("a{i}"), a.ty.clone(), a.name.clone()))
+            .collect(),
+        single_json: None,
+        body: Value::Object(positional).to_string(),
+        variadic_last,
     }
-    let offset = top.offset.unwrap_or(0);
+}
+
+/// A function returning rows (or one composite): plan the select over the call.
+fn rows_statement(
+    sc: &SchemaCache,
+    req: &RestReq,
+    st: &Settings,
+    f: &schema::Function,
+    call: Call,
+    mut params: Params,
+    media: &Media,
+) -> Result<Sql, RestError> {
     let (rel, shape) = match &f.ret {
         RetType::Relation(s, n) => (Some((s.clone(), n.clone())), BodyShape::Rows),
         RetType::Record(_) => (None, BodyShape::Rows),
         RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
     };
-    let scalar_single = !f.returns_set && matches!(f.ret, RetType::Scalar(_) | RetType::Void);
-    // Only a scalar result has a raw text/octet form; otherwise negotiate without them.
-    let renegotiated;
-    let (req, media) = if matches!(media, Media::Text | Media::Octet) && !scalar_single {
-        let accept = prefer::parse_accept_for(header(req.headers, "accept"), false)?;
-        renegotiated = RestReq {
-            accept,
-            ..req.clone()
-        };
-        let m = body_media(&renegotiated.accept);
-        (&renegotiated, m)
+    let mut planner = Planner::new(sc, req.schema, st.aggregates);
+    planner.mods = std::mem::take(&mut params.mods);
+    let node = planner.node(
+        Source::Call(call),
+        &f.name,
+        rel,
+        params.select.as_deref().unwrap_or(&[]),
+        &[],
+    )?;
+    let m = if !f.returns_set && *media == Media::Json {
+        Media::Object
     } else {
-        (req, media)
+        media.clone()
     };
-    if media == Media::OpenApi {
-        return Err(RestError::not_acceptable(
-            header(req.headers, "accept").unwrap_or(""),
-        ));
-    }
-    if scalar_single {
-        let (pre, c) = sql::call_sql(&mut q, &call);
-        let body = if matches!(f.ret, RetType::Void) {
-            "NULL::text".to_string()
-        } else if matches!(media, Media::Text | Media::Octet) {
-            // text/plain or octet-stream: the scalar's own text, not JSON.
-            "pgrst_scalar.pgrst_scalar::text".to_string()
-        } else {
-            "to_json(pgrst_scalar.pgrst_scalar)::text".to_string()
-        };
-        q.text = format!(
-            "SELECT NULL::int8 AS total, 1::int8 AS page, {body} AS body, NULL::text AS location FROM {}{c} AS pgrst_scalar",
-            pre.map(|p| format!("{p}, LATERAL ")).unwrap_or_default()
-        );
-    } else {
-        let mut planner = Planner::new(&sc, req.schema, st.aggregates);
-        planner.mods = std::mem::take(&mut params.mods);
-        let node = planner.node(
-            Source::Call(call),
-            &f.name,
-            rel,
-            params.select.as_deref().unwrap_or(&[]),
-            &[],
-        )?;
-        let m = if !f.returns_set && media == Media::Json {
-            Media::Object
-        } else {
-            media.clone()
-        };
-        q.text = sql::wrap_read(
-            &mut q,
-            &node,
-            count,
-            &m,
-            req.accept.strip_nulls,
-            &shape,
-            None,
-        );
-    }
-    let single = media == Media::Object;
-    let strict_max = if req.prefer.strict {
-        req.prefer.max_affected
-    } else {
-        None
-    };
-    let run = Run {
-        read_only,
-        rollback,
-        explain: explain.as_ref(),
-        max_affected: strict_max,
-        single,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
+    Ok(sql::rpc_rows_sql(
+        &node,
+        req.prefer.count.is_some(),
+        &m,
+        req.accept.strip_nulls,
+        &shape,
+    ))
+}
+
+fn rpc_response(
+    req: &RestReq,
+    f: &schema::Function,
+    out: Outcome,
+    offset: i64,
+    count: bool,
+    media: &Media,
+    rollback: bool,
+) -> Result<Resp, RestError> {
     if matches!(f.ret, RetType::Void) && !f.returns_set {
         return Ok(respond(StatusCode::NO_CONTENT, None, None, vec![]));
     }
@@ -288,7 +355,7 @@ pub(super) async fn rpc(
     }
     let total = if count { out.total } else { None };
     let minimal = req.prefer.ret == Some(prefer::Return::Minimal);
-    let mut resp = finish_read(req, out, offset, total, &media, count)?;
+    let mut resp = finish_read(req, out, offset, total, media, count)?;
     if minimal {
         // `Prefer: return=minimal` (postgrest-js's POST fallback for head with object
         // arguments): status and Content-Range, no body.

@@ -1,6 +1,19 @@
 //! POST (insert, upsert), PATCH, PUT and DELETE.
 
-use super::*;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::error::RestError;
+use super::execute::{content_range, content_type, execute, plan_response, respond, Outcome, Run};
+use super::plan::{self, Modifiers, Node, Planner, Source};
+use super::prefer::{Media, Resolution, Return};
+use super::query::{self, SelectItem};
+use super::read::count_name;
+use super::schema::{Relation, SchemaCache};
+use super::sql::{self, Mutation, WritePlan};
+use super::{header, settings, table_not_found, table_request, Params, RestReq, Settings};
+use crate::http::Resp;
+use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // Writes
@@ -125,301 +138,298 @@ pub(super) async fn write(
     let req = &req;
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
-    let t = qualified(&rel.schema, &rel.name);
-    let a = ident(&rel.name);
-    let mut q = Sql::default();
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let mut where_node = Node {
-        source: Source::Table {
-            schema: rel.schema.clone(),
-            name: rel.name.clone(),
-        },
-        alias: rel.name.clone(),
-        rel: Some((rel.schema.clone(), rel.name.clone())),
-        items: vec![],
-        conds: vec![],
-        order: vec![],
-        limit: None,
-        offset: None,
-        children: vec![],
-    };
-    {
-        let mut p = Planner::new(&sc, req.schema, st.aggregates);
-        p.mods.insert(
-            vec![],
-            Modifiers {
-                filters: top_mods.filters.clone(),
-                logic: top_mods.logic.clone(),
-                ..Default::default()
-            },
-        );
-        let n = p.node(
-            where_node.source.clone(),
-            &rel.name,
-            where_node.rel.clone(),
-            &[SelectItem::Star],
-            &[],
-        )?;
-        where_node.conds = n.conds;
-    }
-    // `limit` (with `order`) on PATCH/DELETE: only the first rows by that order are
-    // touched, picked by ctid (tables only, as PostgREST).
-    let limited: Option<Node> = match (top_mods.limit, req.method) {
-        (Some(_), &Method::PATCH | &Method::DELETE) => {
-            if !matches!(rel.kind, 'r' | 'p') {
-                return Err(RestError::new(400, "PGRST128", "Range header and limit/offset querystring parameters are not allowed for PATCH and DELETE on views"));
-            }
-            let mut p = Planner::new(&sc, req.schema, false);
-            p.mods.insert(
-                vec![],
-                Modifiers {
-                    filters: top_mods.filters.clone(),
-                    logic: top_mods.logic.clone(),
-                    order: top_mods.order.clone(),
-                    limit: top_mods.limit,
-                    offset: top_mods.offset,
-                    ..Default::default()
-                },
-            );
-            let item = SelectItem::Field {
-                field: query::Field::plain("ctid"),
-                alias: None,
-                cast: None,
-                agg: None,
-                agg_cast: None,
-            };
-            Some(p.node(
-                Source::Table {
-                    schema: rel.schema.clone(),
-                    name: rel.name.clone(),
-                },
-                "pgrst_l",
-                Some((rel.schema.clone(), rel.name.clone())),
-                &[item],
-                &[],
-            )?)
-        }
-        _ => None,
-    };
-    let check_cols = |cols: &[String]| -> Result<(), RestError> {
-        for c in cols {
-            if rel.column(c).is_none() {
-                return Err(RestError::new(
-                    400,
-                    "PGRST204",
-                    format!(
-                        "Could not find the '{c}' column of '{}' in the schema cache",
-                        rel.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    };
-    let mut status = StatusCode::OK;
+    let conds = target_conds(&sc, req.schema, rel, &top_mods, st.aggregates)?;
+    let limited = limited_node(&sc, req, rel, &top_mods)?;
     let mut applied: Vec<String> = vec![];
-    let mut count_inserted = false;
-    let mutation = match *req.method {
-        Method::POST | Method::PUT => {
-            let body = request_body(req)?;
-            let rows: Vec<Value> = match body {
-                Value::Array(v) => v,
-                o @ Value::Object(_) => vec![o],
-                _ => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
-            };
-            if rows.iter().any(|r| !r.is_object()) {
-                return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
-            }
-            if *req.method == Method::PUT {
-                put_checks(&rel.pk, &top_mods, &rows)?;
-            }
-            let cols: Vec<String> = match &params.columns {
-                Some(c) => c.clone(),
-                None => {
-                    let first: Vec<String> = rows
-                        .first()
-                        .and_then(|r| r.as_object())
-                        .map(|o| o.keys().cloned().collect())
-                        .unwrap_or_default();
-                    for r in &rows {
-                        let o = r.as_object().expect("checked objects");
-                        if o.len() != first.len() || !first.iter().all(|k| o.contains_key(k)) {
-                            return Err(RestError::new(
-                                400,
-                                "PGRST102",
-                                "All object keys must match",
-                            ));
-                        }
-                    }
-                    first
-                }
-            };
-            check_cols(&cols)?;
-            status = StatusCode::CREATED;
-            let body_p = q.param(Value::Array(rows).to_string());
-            let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
-            let mut exprs = vec![];
-            // missing=default: every row evaluates the defaults (as PostgREST does, so
-            // sequences advance the same way) in a correlated lateral, used where a key
-            // is absent.
-            let mut defaults = vec![];
-            for (i, c) in cols.iter().enumerate() {
-                let col = rel.column(c).expect("checked");
-                let v = format!("pgrst_r.{}", ident(c));
-                if req.prefer.missing_default {
-                    if let Some(d) = &col.default {
-                        let k = q.param(c.clone());
-                        defaults.push(format!("{d} AS d{i}"));
-                        exprs.push(format!(
-                            "CASE WHEN pgrst_j.j ? {k}::text THEN {v} ELSE pgrst_d.d{i} END"
-                        ));
-                        continue;
-                    }
-                }
-                exprs.push(v);
-            }
-            let defaults_from = if defaults.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", LATERAL (SELECT {} WHERE pgrst_j.j IS NOT NULL) AS pgrst_d",
-                    defaults.join(", ")
-                )
-            };
-            if req.prefer.missing_default {
-                applied.push("missing=default".into());
-            }
-            let mut s = format!(
-                "INSERT INTO {t} AS {a} {} SELECT {} FROM jsonb_array_elements({body_p}::jsonb) AS pgrst_j(j), LATERAL jsonb_populate_record(NULL::{t}, pgrst_j.j) AS pgrst_r{defaults_from}",
-                // No keys at all (`{}` or `[]`): rows of defaults.
-                if col_list.is_empty() { String::new() } else { format!("({})", col_list.join(", ")) },
-                exprs.join(", ")
-            );
-            let upsert = req.prefer.resolution.or(if *req.method == Method::PUT {
-                Some(Resolution::Merge)
-            } else {
-                None
-            });
-            if let Some(res) = upsert {
-                let conflict = params.on_conflict.clone().unwrap_or_else(|| rel.pk.clone());
-                check_cols(&conflict)?;
-                if conflict.is_empty() {
-                    return Err(
-                        RestError::new(400, "PGRST100", "\"failed to parse on_conflict\"").details(
-                            "on_conflict columns are required for a table without a primary key",
-                        ),
-                    );
-                }
-                let cc: Vec<String> = conflict.iter().map(|c| ident(c)).collect();
-                match res {
-                    Resolution::Ignore => {
-                        s.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", cc.join(", ")));
-                        applied.push("resolution=ignore-duplicates".into());
-                    }
-                    Resolution::Merge => {
-                        let sets: Vec<String> = if cols.is_empty() {
-                            cc.clone()
-                        } else {
-                            col_list.clone()
-                        }
-                        .iter()
-                        .map(|c| format!("{c} = EXCLUDED.{c}"))
-                        .collect();
-                        s.push_str(&format!(
-                            " ON CONFLICT ({}) DO UPDATE SET {}",
-                            cc.join(", "),
-                            sets.join(", ")
-                        ));
-                        if req.prefer.resolution.is_some() {
-                            applied.push("resolution=merge-duplicates".into());
-                        }
-                    }
-                }
-                if *req.method == Method::PUT {
-                    status = StatusCode::OK;
-                }
-            }
-            if upsert == Some(Resolution::Merge) && matches!(rel.kind, 'r' | 'p') {
-                // xmax = 0 marks rows this statement inserted (not updated).
-                s.push_str(&format!(
-                    " RETURNING {a}.*, ({a}.xmax::text = '0') AS pgrst_inserted"
-                ));
-                count_inserted = true;
-            } else {
-                s.push_str(&format!(" RETURNING {a}.*"));
-            }
-            s
-        }
-        Method::PATCH => {
-            let body = request_body(req)?;
-            let Value::Object(o) = body else {
-                return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
-            };
-            let cols: Vec<String> = match &params.columns {
-                Some(c) => c.clone(),
-                None => o.keys().cloned().collect(),
-            };
-            check_cols(&cols)?;
-            let body_p = q.param(Value::Object(o).to_string());
-            let mut wh = vec![];
-            for c in &where_node.conds {
-                wh.push(sql_cond(&mut q, &rel.name, c));
-            }
-            if let Some(l) = &limited {
-                wh.push(format!(
-                    "{a}.ctid = ANY(ARRAY({}))",
-                    sql::node_sql(&mut q, l, None, sql::Mode::Full)
-                ));
-            }
-            if cols.is_empty() {
-                // Nothing to set: PostgREST answers without touching rows.
-                format!(
-                    "SELECT {a}.* FROM {t} AS {a} WHERE FALSE AND {}",
-                    if wh.is_empty() {
-                        "TRUE".into()
-                    } else {
-                        wh.join(" AND ")
-                    }
-                )
-            } else {
-                let sets: Vec<String> = cols
-                    .iter()
-                    .map(|c| format!("{} = pgrst_body.{}", ident(c), ident(c)))
-                    .collect();
-                format!(
-                    "UPDATE {t} AS {a} SET {} FROM (SELECT * FROM jsonb_populate_record(NULL::{t}, {body_p}::jsonb)) AS pgrst_body{} RETURNING {a}.*",
-                    sets.join(", "),
-                    if wh.is_empty() { String::new() } else { format!(" WHERE {}", wh.join(" AND ")) }
-                )
-            }
-        }
+    let (mutation, status) = match *req.method {
+        Method::POST | Method::PUT => plan_insert(req, rel, &params, &top_mods, &mut applied)?,
+        Method::PATCH => (
+            plan_update(req, rel, &params, conds, limited)?,
+            StatusCode::OK,
+        ),
         Method::DELETE => {
-            let mut wh = vec![];
-            for c in &where_node.conds {
-                wh.push(sql_cond(&mut q, &rel.name, c));
-            }
-            if let Some(l) = &limited {
-                wh.push(format!(
-                    "{a}.ctid = ANY(ARRAY({}))",
-                    sql::node_sql(&mut q, l, None, sql::Mode::Full)
-                ));
-            }
-            format!(
-                "DELETE FROM {t} AS {a}{} RETURNING {a}.*",
-                if wh.is_empty() {
-                    String::new()
-                } else {
-                    format!(" WHERE {}", wh.join(" AND "))
-                }
-            )
+            let (schema, name) = (rel.schema.clone(), rel.name.clone());
+            let m = Mutation::Delete {
+                schema,
+                name,
+                conds,
+                limited,
+            };
+            (m, StatusCode::OK)
         }
         _ => return Err(RestError::new(405, "PGRST117", "Unsupported HTTP method")),
     };
-    // The representation: the select over the returned rows.
-    let mut planner = Planner::new(&sc, req.schema, st.aggregates);
-    let mut rest_mods = params.mods;
-    rest_mods.insert(
+    let count_inserted = matches!(
+        mutation,
+        Mutation::Insert {
+            mark_inserted: true,
+            ..
+        }
+    );
+    let returning = returning_node(&sc, req.schema, rel, params, &top_mods, st.aggregates)?;
+    let plan = WritePlan {
+        mutation,
+        returning,
+        body: (ret == Return::Representation).then(|| (media.clone(), req.accept.strip_nulls)),
+        count: req.prefer.count.is_some(),
+        location: *req.method == Method::POST && !rel.pk.is_empty(),
+    };
+    let q = sql::write_sql(&plan);
+    let strict_max = req.prefer.strict_max_affected();
+    let run = Run {
+        read_only: false,
+        rollback,
+        explain: explain.as_ref(),
+        max_affected: strict_max,
+        single: media == Media::Object,
+    };
+    let out = execute(state, req, &q, run).await?;
+    if explain.is_some() {
+        return Ok(plan_response(out, &req.accept));
+    }
+    let prefs = applied_prefs(req, &st, applied, strict_max);
+    let status = if count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED {
+        // A merging upsert that inserted nothing answers 200, as PostgREST.
+        StatusCode::OK
+    } else {
+        status
+    };
+    Ok(write_response(req, rel, out, status, prefs, plan.count))
+}
+
+/// The filters of the target table, as conditions of an UPDATE or DELETE.
+fn target_conds(
+    sc: &SchemaCache,
+    schema: &str,
+    rel: &Relation,
+    top_mods: &Modifiers,
+    aggregates: bool,
+) -> Result<Vec<plan::Cond>, RestError> {
+    let mut p = Planner::new(sc, schema, aggregates);
+    p.mods.insert(
+        vec![],
+        Modifiers {
+            filters: top_mods.filters.clone(),
+            logic: top_mods.logic.clone(),
+            ..Default::default()
+        },
+    );
+    let n = p.node(
+        table_source(rel),
+        &rel.name,
+        Some((rel.schema.clone(), rel.name.clone())),
+        &[SelectItem::Star],
+        &[],
+    )?;
+    Ok(n.conds)
+}
+
+fn table_source(rel: &Relation) -> Source {
+    Source::Table {
+        schema: rel.schema.clone(),
+        name: rel.name.clone(),
+    }
+}
+
+/// `limit` (with `order`) on PATCH/DELETE: only the first rows by that order are touched,
+/// picked by ctid (tables only, as PostgREST).
+fn limited_node(
+    sc: &SchemaCache,
+    req: &RestReq,
+    rel: &Relation,
+    top_mods: &Modifiers,
+) -> Result<Option<Node>, RestError> {
+    match (top_mods.limit, req.method) {
+        (Some(_), &Method::PATCH | &Method::DELETE) => {}
+        _ => return Ok(None),
+    }
+    if !matches!(rel.kind, 'r' | 'p') {
+        return Err(RestError::new(400, "PGRST128", "Range header and limit/offset querystring parameters are not allowed for PATCH and DELETE on views"));
+    }
+    let mut p = Planner::new(sc, req.schema, false);
+    p.mods.insert(
+        vec![],
+        Modifiers {
+            filters: top_mods.filters.clone(),
+            logic: top_mods.logic.clone(),
+            order: top_mods.order.clone(),
+            limit: top_mods.limit,
+            offset: top_mods.offset,
+            ..Default::default()
+        },
+    );
+    let item = SelectItem::Field {
+        field: query::Field::plain("ctid"),
+        alias: None,
+        cast: None,
+        agg: None,
+        agg_cast: None,
+    };
+    let rel_key = Some((rel.schema.clone(), rel.name.clone()));
+    Ok(Some(p.node(
+        table_source(rel),
+        "pgrst_l",
+        rel_key,
+        &[item],
+        &[],
+    )?))
+}
+
+fn check_cols(rel: &Relation, cols: &[String]) -> Result<(), RestError> {
+    for c in cols {
+        if rel.column(c).is_none() {
+            return Err(RestError::new(
+                400,
+                "PGRST204",
+                format!(
+                    "Could not find the '{c}' column of '{}' in the schema cache",
+                    rel.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// POST and PUT: the rows, their columns, the defaults and the conflict handling.
+fn plan_insert(
+    req: &RestReq,
+    rel: &Relation,
+    params: &Params,
+    top_mods: &Modifiers,
+    applied: &mut Vec<String>,
+) -> Result<(Mutation, StatusCode), RestError> {
+    let rows = insert_rows(req)?;
+    if *req.method == Method::PUT {
+        put_checks(&rel.pk, top_mods, &rows)?;
+    }
+    let cols = insert_columns(params, &rows)?;
+    check_cols(rel, &cols)?;
+    let mut status = StatusCode::CREATED;
+    let defaults: Vec<Option<String>> = cols
+        .iter()
+        .map(|c| {
+            let col = rel.column(c).expect("checked");
+            col.default.clone().filter(|_| req.prefer.missing_default)
+        })
+        .collect();
+    if req.prefer.missing_default {
+        applied.push("missing=default".into());
+    }
+    let upsert = req.prefer.resolution.or(if *req.method == Method::PUT {
+        Some(Resolution::Merge)
+    } else {
+        None
+    });
+    let mut conflict = None;
+    if let Some(res) = upsert {
+        let cc = params.on_conflict.clone().unwrap_or_else(|| rel.pk.clone());
+        check_cols(rel, &cc)?;
+        if cc.is_empty() {
+            return Err(
+                RestError::new(400, "PGRST100", "\"failed to parse on_conflict\"")
+                    .details("on_conflict columns are required for a table without a primary key"),
+            );
+        }
+        match res {
+            Resolution::Ignore => applied.push("resolution=ignore-duplicates".into()),
+            Resolution::Merge if req.prefer.resolution.is_some() => {
+                applied.push("resolution=merge-duplicates".into())
+            }
+            Resolution::Merge => {}
+        }
+        if *req.method == Method::PUT {
+            status = StatusCode::OK;
+        }
+        conflict = Some((res, cc));
+    }
+    let m = Mutation::Insert {
+        schema: rel.schema.clone(),
+        name: rel.name.clone(),
+        cols,
+        defaults,
+        rows: Value::Array(rows).to_string(),
+        conflict,
+        mark_inserted: upsert == Some(Resolution::Merge) && matches!(rel.kind, 'r' | 'p'),
+    };
+    Ok((m, status))
+}
+
+/// The body of POST/PUT as rows (objects).
+fn insert_rows(req: &RestReq) -> Result<Vec<Value>, RestError> {
+    let rows: Vec<Value> = match request_body(req)? {
+        Value::Array(v) => v,
+        o @ Value::Object(_) => vec![o],
+        _ => return Err(RestError::new(400, "PGRST102", "Empty or invalid json")),
+    };
+    if rows.iter().any(|r| !r.is_object()) {
+        return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
+    }
+    Ok(rows)
+}
+
+/// `columns=`, else the first row's keys, which every row must share.
+fn insert_columns(params: &Params, rows: &[Value]) -> Result<Vec<String>, RestError> {
+    if let Some(c) = &params.columns {
+        return Ok(c.clone());
+    }
+    let first: Vec<String> = rows
+        .first()
+        .and_then(|r| r.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    for r in rows {
+        let o = r.as_object().expect("checked objects");
+        if o.len() != first.len() || !first.iter().all(|k| o.contains_key(k)) {
+            return Err(RestError::new(
+                400,
+                "PGRST102",
+                "All object keys must match",
+            ));
+        }
+    }
+    Ok(first)
+}
+
+fn plan_update(
+    req: &RestReq,
+    rel: &Relation,
+    params: &Params,
+    conds: Vec<plan::Cond>,
+    limited: Option<Node>,
+) -> Result<Mutation, RestError> {
+    let Value::Object(o) = request_body(req)? else {
+        return Err(RestError::new(400, "PGRST102", "Empty or invalid json"));
+    };
+    let cols: Vec<String> = match &params.columns {
+        Some(c) => c.clone(),
+        None => o.keys().cloned().collect(),
+    };
+    check_cols(rel, &cols)?;
+    Ok(Mutation::Update {
+        schema: rel.schema.clone(),
+        name: rel.name.clone(),
+        cols,
+        body: Value::Object(o).to_string(),
+        conds,
+        limited,
+    })
+}
+
+/// The representation: the select over the returned rows.
+fn returning_node(
+    sc: &SchemaCache,
+    schema: &str,
+    rel: &Relation,
+    params: Params,
+    top_mods: &Modifiers,
+    aggregates: bool,
+) -> Result<Node, RestError> {
+    let mut planner = Planner::new(sc, schema, aggregates);
+    planner.mods = params.mods;
+    planner.mods.insert(
         vec![],
         Modifiers {
             order: top_mods.order.clone(),
@@ -428,8 +438,7 @@ pub(super) async fn write(
             ..Default::default()
         },
     );
-    planner.mods = rest_mods;
-    let node = planner.node(
+    planner.node(
         Source::Cte(
             "pgrst_source".into(),
             rel.columns.iter().map(|c| c.name.clone()).collect(),
@@ -438,43 +447,17 @@ pub(super) async fn write(
         Some((rel.schema.clone(), rel.name.clone())),
         params.select.as_deref().unwrap_or(&[]),
         &[],
-    )?;
-    let want_body = ret == Return::Representation;
-    let count = req.prefer.count.is_some();
-    let inner = sql::node_sql(&mut q, &node, None, sql::Mode::Full);
-    let body = if want_body {
-        sql::body_expr(&media, req.accept.strip_nulls, &BodyShape::Rows)
-    } else {
-        "NULL::text".into()
-    };
-    let location = if *req.method == Method::POST && !rel.pk.is_empty() {
-        "(SELECT row_to_json(pgrst_l)::text FROM pgrst_source AS pgrst_l LIMIT 1)"
-    } else {
-        "NULL::text"
-    };
-    q.text = format!(
-        "WITH pgrst_source AS ({mutation}) SELECT {} AS total, pg_catalog.count(pgrst_t) AS page, {body} AS body, {location} AS location, {} AS inserted FROM ({inner}) AS pgrst_t",
-        if count { "(SELECT count(*) FROM pgrst_source)" } else { "NULL::int8" },
-        if count_inserted { "(SELECT count(*) FROM pgrst_source WHERE pgrst_inserted)" } else { "NULL::int8" }
-    );
-    let strict_max = if req.prefer.strict {
-        req.prefer.max_affected
-    } else {
-        None
-    };
-    let single = media == Media::Object;
-    let run = Run {
-        read_only: false,
-        rollback,
-        explain: explain.as_ref(),
-        max_affected: strict_max,
-        single,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let mut headers: Vec<(String, String)> = vec![];
+    )
+}
+
+/// The Preference-Applied list: return first, then what planning applied, then count,
+/// tx and handling.
+fn applied_prefs(
+    req: &RestReq,
+    st: &Settings,
+    mut applied: Vec<String>,
+    strict_max: Option<i64>,
+) -> Vec<String> {
     if let Some(c) = req.prefer.count {
         applied.push(format!("count={}", count_name(c)));
     }
@@ -484,7 +467,7 @@ pub(super) async fn write(
         Some(Return::HeadersOnly) => applied.insert(0, "return=headers-only".into()),
         None => {}
     }
-    if rollback {
+    if req.prefer.tx_rollback == Some(true) && st.tx_override {
         applied.push("tx=rollback".into());
     } else if req.prefer.tx_rollback.is_some() && st.tx_override {
         applied.push("tx=commit".into());
@@ -493,85 +476,64 @@ pub(super) async fn write(
         applied.push("handling=strict".into());
         applied.push(format!("max-affected={m}"));
     }
+    applied
+}
+
+fn write_response(
+    req: &RestReq,
+    rel: &Relation,
+    out: Outcome,
+    status: StatusCode,
+    applied: Vec<String>,
+    count: bool,
+) -> Resp {
+    let ret = req.prefer.ret.unwrap_or(Return::Minimal);
+    let mut headers: Vec<(String, String)> = vec![];
     if !applied.is_empty() {
         headers.push(("preference-applied".into(), applied.join(", ")));
     }
     let total = if count { out.total } else { None };
     headers.push(("content-range".into(), content_range(0, out.page, total)));
-    if *req.method == Method::POST
-        && matches!(
-            ret,
-            Return::HeadersOnly | Return::Representation | Return::Minimal
-        )
-    {
+    if *req.method == Method::POST {
         if let Some(loc) = out
             .location
             .as_deref()
             .and_then(|l| serde_json::from_str::<Value>(l).ok())
         {
-            let parts: Vec<String> = rel
-                .pk
-                .iter()
-                .map(|k| {
-                    let v = match loc.get(k) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v) => v.to_string(),
-                        None => String::new(),
-                    };
-                    format!("{}=eq.{}", enc(k), enc(&v))
-                })
-                .collect();
-            if ret == Return::HeadersOnly || ret == Return::Minimal || ret == Return::Representation
-            {
-                headers.push((
-                    "location".into(),
-                    format!("/{}?{}", rel.name, parts.join("&")),
-                ));
-            }
+            headers.push(("location".into(), location(rel, &loc)));
         }
     }
-    // A merging upsert that inserted nothing answers 200, as PostgREST.
-    if count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED {
-        status = StatusCode::OK;
-    }
-    if want_body {
-        Ok(respond(
-            status,
-            Some(content_type(&req.accept)),
-            out.body,
-            headers,
-        ))
+    if ret == Return::Representation {
+        respond(status, Some(content_type(&req.accept)), out.body, headers)
     } else {
         let st = if status == StatusCode::CREATED {
             StatusCode::CREATED
         } else {
             StatusCode::NO_CONTENT
         };
-        Ok(respond(st, None, None, headers))
+        respond(st, None, None, headers)
     }
+}
+
+/// `/table?k=eq.v&…` for the first inserted row's primary key.
+fn location(rel: &Relation, loc: &Value) -> String {
+    let parts: Vec<String> = rel
+        .pk
+        .iter()
+        .map(|k| {
+            let v = match loc.get(k) {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => String::new(),
+            };
+            format!("{}=eq.{}", enc(k), enc(&v))
+        })
+        .collect();
+    format!("/{}?{}", rel.name, parts.join("&"))
 }
 
 pub(super) fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-pub(super) fn sql_cond(q: &mut Sql, alias: &str, c: &plan::Cond) -> String {
-    // Render one condition through a throwaway node (keeps `sql` the only renderer).
-    let n = Node {
-        source: Source::Cte("x".into(), vec![]),
-        alias: alias.to_string(),
-        rel: None,
-        items: vec![],
-        conds: vec![c.clone()],
-        order: vec![],
-        limit: None,
-        offset: None,
-        children: vec![],
-    };
-    let s = sql::node_sql(q, &n, None, sql::Mode::Count);
-    s.split_once(" WHERE ")
-        .map(|(_, w)| w.to_string())
-        .unwrap_or_else(|| "TRUE".into())
 }
 
 /// PUT is a single-row upsert addressed by its primary key: the filters must be exactly

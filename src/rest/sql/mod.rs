@@ -8,6 +8,12 @@ use super::plan::{Call, Child, Cond, Link, Node, OrderItem, OutItem, Source};
 use super::prefer::Media;
 use super::query::{IsVal, JsonKey, Op, Quant};
 
+mod rpc;
+mod write;
+
+pub use rpc::{rpc_rows_sql, rpc_scalar_sql, ScalarBody};
+pub use write::{write_sql, Mutation, WritePlan};
+
 #[derive(Debug, Default, Clone)]
 pub struct Sql {
     pub text: String,
