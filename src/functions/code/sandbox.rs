@@ -13,9 +13,10 @@
 //! changes to `/`, spawns its watchdog and the runner thread, then sets its rlimits
 //! (RLIMIT_DATA = the data it already has + the memory bound, RLIMIT_CPU = the timeout + 1 s,
 //! RLIMIT_FSIZE 0, RLIMIT_NOFILE 8, RLIMIT_CORE 0, RLIMIT_NPROC 0). The runner thread sets
-//! `no_new_privs` and, on x86_64, a seccomp filter answering EPERM to every syscall that
-//! opens files, changes the file system, creates sockets, processes or threads, signals other
-//! processes or changes identities; it then runs the code. The watchdog flushes buffered
+//! `no_new_privs` and, on x86_64, a seccomp allowlist (memory, locks, output on the
+//! descriptors it has, clocks, randomness, exit): every other syscall (opening files,
+//! changing the file system, sockets, processes or threads, signals to others, identities)
+//! is answered EPERM; it then runs the code. The watchdog flushes buffered
 //! output every 50 ms and ends the run at the timeout with what was printed so far.
 //!
 //! The parent ([`run`]) enforces the same bounds from outside: it kills the child at the
