@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
-use super::{begin, client, finish, load_token_user, ok, session, user_token, users, Call};
+use super::tx::as_admin;
+use super::{load_token_user, ok, session, user_token, users, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -41,7 +42,7 @@ fn parse_id(s: &str) -> AuthResult<Uuid> {
 }
 
 async fn session_aal(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     sid: Option<Uuid>,
 ) -> AuthResult<String> {
     let Some(sid) = sid else {
@@ -75,10 +76,8 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
             ))
         }
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         let row = tx
             .query_one(
                 "select count(*), count(*) filter (where status = 'verified'),
@@ -100,7 +99,7 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "Maximum number of verified factors reached, unenroll to continue",
             ));
         }
-        if verified > 0 && session_aal(&tx, t.session_id).await? != "aal2" {
+        if verified > 0 && session_aal(tx, t.session_id).await? != "aal2" {
             return Err(AuthError::forbidden(
                 "insufficient_aal",
                 "AAL2 required to enroll a new factor",
@@ -150,9 +149,9 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "friendly_name": friendly,
             "totp": {"qr_code": qr, "secret": secret, "uri": uri},
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 fn host_of(url: &str) -> String {
@@ -167,7 +166,7 @@ fn host_of(url: &str) -> String {
 
 /// The caller's factor, or GoTrue's not-found error.
 async fn own_factor(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     user_id: Uuid,
     id: Uuid,
 ) -> AuthResult<(String, String, Option<String>)> {
@@ -186,7 +185,7 @@ fn factor_not_found() -> AuthError {
 
 /// The user's TOTP factor `id` (locked), as its secret; WebAuthn factors are refused.
 async fn own_totp_factor(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     user_id: Uuid,
     id: Uuid,
 ) -> AuthResult<Option<String>> {
@@ -202,11 +201,9 @@ async fn own_totp_factor(
 
 async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        own_totp_factor(&tx, u.id, id).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        own_totp_factor(tx, u.id, id).await?;
         let cid = Uuid::new_v4();
         let ip: std::net::IpAddr = call.ip.parse().unwrap_or([127, 0, 0, 1].into());
         tx.execute(
@@ -224,9 +221,9 @@ async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> 
             "type": "totp",
             "expires_at": Utc::now().timestamp() + CHALLENGE_EXPIRY,
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
@@ -241,11 +238,9 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 "MFA factor with the provided challenge ID not found",
             )
         })?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let secret = own_totp_factor(&tx, u.id, id).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let secret = own_totp_factor(tx, u.id, id).await?;
         if code.is_empty() {
             return Err(AuthError::validation("Code needs to be non-empty"));
         }
@@ -334,20 +329,18 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             &[&token, &u.id.to_string(), &parent, &sid],
         )
         .await?;
-        session::respond(state, &*tx, u.id, sid, token).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::respond(state, tx, u.id, sid, token).await
+    })
+    .await
+    .map(ok)
 }
 
 async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let (_, status, _) = own_factor(&tx, u.id, id).await?;
-        if status == "verified" && session_aal(&tx, t.session_id).await? != "aal2" {
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let (_, status, _) = own_factor(tx, u.id, id).await?;
+        if status == "verified" && session_aal(tx, t.session_id).await? != "aal2" {
             return Err(AuthError::unprocessable(
                 "insufficient_aal",
                 "AAL2 required to unenroll verified factor",
@@ -356,18 +349,16 @@ async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         tx.execute("delete from auth.mfa_factors where id = $1", &[&id])
             .await?;
         Ok(json!({ "id": id }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ admin
 
 pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        users::by_id(&*tx, user_id)
+    as_admin(state, async |tx| {
+        users::by_id(tx, user_id)
             .await?
             .ok_or_else(AuthError::user_not_found)?;
         let rows = tx
@@ -377,16 +368,14 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
             )
             .await?;
         Ok(Value::Array(rows.iter().map(|r| r.get(0)).collect()))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        users::by_id(&*tx, user_id)
+    as_admin(state, async |tx| {
+        users::by_id(tx, user_id)
             .await?
             .ok_or_else(AuthError::user_not_found)?;
         let row = tx
@@ -397,9 +386,9 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
             .await?
             .ok_or_else(factor_not_found)?;
         Ok(row.get::<_, Value>(0))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ TOTP (RFC 6238)

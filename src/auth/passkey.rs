@@ -9,9 +9,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
-use super::{
-    begin, client, finish, load_token_user, no_content, ok, session, user_token, users, Call,
-};
+use super::tx::{as_admin, execute_found};
+use super::{load_token_user, no_content, ok, session, user_token, users, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -95,10 +94,8 @@ fn new_challenge() -> String {
 
 async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         let existing = tx
             .query(
                 "select credential_id from auth.webauthn_credentials where user_id = $1",
@@ -138,14 +135,14 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
                 "attestation": "none",
             },
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// Take a challenge out of the table (single use); `user` restricts registrations.
 async fn consume_challenge(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     call: &Call,
     kind: &str,
     user: Option<Uuid>,
@@ -232,11 +229,9 @@ fn check_auth_data(state: &AppState, ad: &[u8]) -> AuthResult<(u8, u32)> {
 
 async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let challenge = consume_challenge(&tx, call, "registration", Some(u.id)).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let challenge = consume_challenge(tx, call, "registration", Some(u.id)).await?;
         let cred = &call.body["credential"];
         let client_data = b64_field(cred, &["response", "clientDataJSON"])?;
         let att = b64_field(cred, &["response", "attestationObject"])?;
@@ -281,15 +276,13 @@ async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> 
             ),
             Err(e) => Err(e.into()),
         }
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let challenge = new_challenge();
         let id = Uuid::new_v4();
         tx.execute(
@@ -309,16 +302,14 @@ async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
                 "userVerification": "preferred",
             },
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let challenge = consume_challenge(&tx, call, "authentication", None).await?;
+    as_admin(state, async |tx| {
+        let challenge = consume_challenge(tx, call, "authentication", None).await?;
         // From here on a failure still spends the challenge.
         let verified: AuthResult<(Uuid, Uuid, i64)> = async {
             let cred = &call.body["credential"];
@@ -355,7 +346,7 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
         }
         .await;
         let (pk_id, user_id, count) = verified.map_err(AuthError::keep_commit)?;
-        let u = users::by_id(&*tx, user_id).await?.ok_or_else(failed)?;
+        let u = users::by_id(tx, user_id).await?.ok_or_else(failed)?;
         if u.deleted_at.is_some() {
             return Err(failed());
         }
@@ -367,10 +358,10 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
             &[&pk_id, &count],
         )
         .await?;
-        session::issue(state, &*tx, user_id, "passkey", &call.origin()).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::issue(state, tx, user_id, "passkey", &call.origin()).await
+    })
+    .await
+    .map(ok)
 }
 
 fn item(r: &tokio_postgres::Row) -> Value {
@@ -389,9 +380,7 @@ fn item(r: &tokio_postgres::Row) -> Value {
 const ITEM_COLS: &str = "id, friendly_name, created_at, last_used_at";
 
 pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let rows = tx
             .query(
                 &format!("select {ITEM_COLS} from auth.webauthn_credentials where user_id = $1 order by created_at"),
@@ -399,14 +388,13 @@ pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
             )
             .await?;
         Ok(Value::Array(rows.iter().map(item).collect()))
-    }
-    .await;
-    finish(tx, r).await
+    })
+    .await
 }
 
 pub async fn delete_for(state: &AppState, user_id: Uuid, id: &str) -> AuthResult<Resp> {
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    super::execute_found(
+    execute_found(
         state,
         "delete from auth.webauthn_credentials where id = $1 and user_id = $2",
         &[&id, &user_id],
@@ -437,9 +425,7 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
             "friendly_name must be 120 characters or less",
         ));
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 &format!(
@@ -451,9 +437,9 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
             .await?
             .ok_or_else(not_found)?;
         Ok(item(&row))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// An uncompressed P-256 point (04 || x || y) from a COSE_Key with kty EC2, alg ES256.
