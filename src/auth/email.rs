@@ -775,8 +775,7 @@ pub async fn recover(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 create_flow_state(tx, u.id, f, "recovery").await?;
             }
             send(state, tx, &u, Kind::Recovery, &email, &redirect, true).await?;
-            super::audit::record(tx, &call.ip, Some(u.id), "user_recovery_requested", None)
-                .await?;
+            super::audit::record(tx, &call.ip, Some(u.id), "user_recovery_requested", None).await?;
         } else {
             ratelimit::check_email(state, tx, &email).await?;
         }

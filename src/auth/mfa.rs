@@ -3,8 +3,8 @@
 //! verified by this server), and the admin factor list/delete.
 
 use chrono::Utc;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use totp_rs::{Algorithm, Secret, TOTP};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
@@ -393,58 +393,32 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
 
 // ------------------------------------------------------------------ TOTP (RFC 6238)
 
-const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
+/// A secret as the enroll response shows it: RFC 4648 base32, upper case, no padding.
 fn base32(data: &[u8]) -> String {
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for &b in data {
-        buf = (buf << 8) | b as u32;
-        bits += 8;
-        while bits >= 5 {
-            out.push(B32[((buf >> (bits - 5)) & 31) as usize] as char);
-            bits -= 5;
-        }
-    }
-    if bits > 0 {
-        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
+    Secret::Raw(data.to_vec()).to_encoded().to_string()
 }
 
+/// A stored secret's bytes (case and trailing `=` forgiven); `None` when not base32.
 fn base32_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = vec![];
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = B32.iter().position(|&x| x == c.to_ascii_uppercase())? as u32;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    Some(out)
-}
-
-fn hotp(key: &[u8], counter: u64) -> u32 {
-    let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
-    m.update(&counter.to_be_bytes());
-    let h = m.finalize().into_bytes();
-    let off = (h[19] & 0x0f) as usize;
-    let bin = u32::from_be_bytes([h[off] & 0x7f, h[off + 1], h[off + 2], h[off + 3]]);
-    bin % 1_000_000
+    let s = s.trim_end_matches('=').to_ascii_uppercase();
+    Secret::Encoded(s).to_bytes().ok()
 }
 
 /// Six digits, 30-second steps, one step of skew either way (GoTrue's settings).
+fn totp(key: &[u8]) -> TOTP {
+    // `new_unchecked`: stored secrets are ours (20 bytes); no length rule to apply here.
+    TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, key.to_vec())
+}
+
 fn totp_valid(key: &[u8], code: &str, now: i64) -> bool {
     if key.is_empty() || code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return false;
     }
-    let step = (now / 30) as u64;
-    [step.wrapping_sub(1), step, step + 1]
-        .iter()
-        .any(|&s| format!("{:06}", hotp(key, s)) == code)
+    // `check` looks one step back: a clock before 00:00:30 1970 has no such step.
+    match u64::try_from(now) {
+        Ok(t) if t >= 30 => totp(key).check(code, t),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -455,8 +429,8 @@ mod tests {
     fn rfc6238_vectors_and_base32() {
         let key = b"12345678901234567890";
         // RFC 6238 appendix B (SHA1), last six digits.
-        assert_eq!(format!("{:06}", hotp(key, 59 / 30)), "287082");
-        assert_eq!(format!("{:06}", hotp(key, 1111111109 / 30)), "081804");
+        assert_eq!(totp(key).generate(59), "287082");
+        assert_eq!(totp(key).generate(1111111109), "081804");
         assert!(totp_valid(key, "081804", 1111111109));
         assert!(totp_valid(key, "081804", 1111111109 + 30));
         assert!(!totp_valid(key, "081804", 1111111109 + 90));
