@@ -7,8 +7,9 @@ use uuid::Uuid;
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult};
 use super::page::Page;
+use super::tx::as_admin;
 use super::users::{self, NewUser, User};
-use super::{begin, caller, client, finish, ok, password, util, Call};
+use super::{caller, ok, password, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -79,9 +80,7 @@ fn parse_id(s: &str) -> AuthResult<Uuid> {
 async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let pg = Page::from_call(call)?;
     let filter = call.q("filter").unwrap_or("").trim().to_string();
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    let r = as_admin(state, async |tx| {
         let total: i64 = tx
             .query_one(
                 "select count(*) from auth.users u where deleted_at is null
@@ -100,37 +99,28 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await?;
         let users: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
         Ok((total, users))
-    }
+    })
     .await;
-    let (total, users) = finish(tx, r).await?;
+    let (total, users) = r?;
     let body = json!({"users": users, "aud": "authenticated"});
     Ok(pg.response(state, "admin/users", total, &body))
 }
 
 async fn get_user_exists(state: &AppState, id: Uuid) -> AuthResult<()> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        match users::by_id(&*tx, id).await? {
-            Some(_) => Ok(()),
-            None => Err(AuthError::user_not_found()),
-        }
-    }
-    .await;
-    finish(tx, r).await
+    as_admin(state, async |tx| match users::by_id(tx, id).await? {
+        Some(_) => Ok(()),
+        None => Err(AuthError::user_not_found()),
+    })
+    .await
 }
 
 async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        match users::by_id(&*tx, id).await? {
-            Some(_) => users::json(&*tx, id).await,
-            None => Err(AuthError::user_not_found()),
-        }
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    as_admin(state, async |tx| match users::by_id(tx, id).await? {
+        Some(_) => users::json(tx, id).await,
+        None => Err(AuthError::user_not_found()),
+    })
+    .await
+    .map(ok)
 }
 
 /// `ban_duration`: "none" lifts a ban, a Go duration sets one.
@@ -211,16 +201,14 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let hash = password_hash_from(state, call).await?;
     let role = call.s("role").map(str::to_string);
     check_role(role.as_deref())?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         if let Some(e) = &email {
-            if users::by_email(&*tx, e).await?.is_some() {
+            if users::by_email(tx, e).await?.is_some() {
                 return Err(AuthError::email_exists());
             }
         }
         if let Some(p) = &phone {
-            if users::by_phone(&*tx, p).await?.is_some() {
+            if users::by_phone(tx, p).await?.is_some() {
                 return Err(AuthError::unprocessable(
                     "phone_exists",
                     "Phone number already registered by another user",
@@ -228,7 +216,7 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         }
         let id = users::create(
-            &*tx,
+            tx,
             NewUser {
                 id,
                 email: email.as_deref(),
@@ -252,17 +240,17 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await?;
         }
         super::audit::record(
-            &*tx,
+            tx,
             &call.ip,
             None,
             "user_signedup",
             Some(json!({"user_id": id, "user_email": email, "user_phone": phone})),
         )
         .await?;
-        users::json(&*tx, id).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        users::json(tx, id).await
+    })
+    .await
+    .map(ok)
 }
 
 async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
@@ -272,10 +260,8 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let app_meta = super::metadata(call, "app_metadata")?;
     let ban = ban_until(call)?;
     let hash = password_hash_from(state, call).await?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let Some(u) = users::by_id(&*tx, id).await? else {
+    as_admin(state, async |tx| {
+        let Some(u) = users::by_id(tx, id).await? else {
             return Err(AuthError::user_not_found());
         };
         check_role(call.s("role"))?;
@@ -298,7 +284,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 &[&id, &e],
             )
             .await?;
-            email::ensure_email_identity(&*tx, id).await?;
+            email::ensure_email_identity(tx, id).await?;
         }
         if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
             if tx
@@ -368,19 +354,17 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         }
         tx.execute("update auth.users set updated_at = now() where id = $1", &[&id])
             .await?;
-        users::sync_email_identity(&*tx, id).await?;
-        users::json(&*tx, id).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        users::sync_email_identity(tx, id).await?;
+        users::json(tx, id).await
+    })
+    .await
+    .map(ok)
 }
 
 async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let soft = call.b("should_soft_delete").unwrap_or(false);
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let Some(u) = users::by_id(&*tx, id).await? else {
+    as_admin(state, async |tx| {
+        let Some(u) = users::by_id(tx, id).await? else {
             return Err(AuthError::user_not_found());
         };
         if soft {
@@ -405,11 +389,11 @@ async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 .await
                 .map_err(|e| AuthError::internal("Database error deleting user", crate::db::error_text(&e)))?;
         }
-        super::audit::record(&*tx, &call.ip, None, "user_deleted", Some(json!({"user_id": id, "user_email": u.email, "user_phone": u.phone, "soft": soft}))).await?;
+        super::audit::record(tx, &call.ip, None, "user_deleted", Some(json!({"user_id": id, "user_email": u.email, "user_phone": u.phone, "soft": soft}))).await?;
         Ok(json!({}))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -426,10 +410,8 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
         _ => None,
     };
     let new_email = call.s("new_email").map(util::validate_email).transpose()?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let existing = users::by_email(&*tx, &email).await?;
+    as_admin(state, async |tx| {
+        let existing = users::by_email(tx, &email).await?;
         let (user, kind): (User, Kind) = match ltype.as_str() {
             "signup" | "invite" => {
                 let kind = if ltype == "signup" {
@@ -465,7 +447,7 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     }
                     None => {
                         let id = users::create(
-                            &*tx,
+                            tx,
                             NewUser {
                                 id: None,
                                 email: Some(&email),
@@ -481,7 +463,7 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                             },
                         )
                         .await?;
-                        users::by_id(&*tx, id)
+                        users::by_id(tx, id)
                             .await?
                             .ok_or_else(AuthError::user_not_found)?
                     }
@@ -516,7 +498,7 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                         "The new email address provided is invalid",
                     ));
                 };
-                if users::by_email(&*tx, ne).await?.is_some() {
+                if users::by_email(tx, ne).await?.is_some() {
                     return Err(AuthError::email_exists());
                 }
                 tx.execute(
@@ -542,8 +524,8 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
         } else {
             email.clone()
         };
-        let sent = email::send(state, &tx, &user, kind, &to, &redirect, false).await?;
-        let mut out = users::json(&*tx, user.id).await?;
+        let sent = email::send(state, tx, &user, kind, &to, &redirect, false).await?;
+        let mut out = users::json(tx, user.id).await?;
         if let Some(o) = out.as_object_mut() {
             o.insert("action_link".into(), json!(sent.action_link));
             o.insert("email_otp".into(), json!(sent.otp));
@@ -552,9 +534,9 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
             o.insert("redirect_to".into(), json!(redirect));
         }
         Ok(out)
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -562,10 +544,8 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let email = util::validate_email(call.s("email").unwrap_or(""))?;
     let data = super::metadata(call, "data")?.unwrap_or_else(|| json!({}));
     let redirect = util::redirect_for(&state.config.auth, call.redirect_to());
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = match users::by_email(&*tx, &email).await? {
+    as_admin(state, async |tx| {
+        let u = match users::by_email(tx, &email).await? {
             Some(u) if u.is_confirmed() => return Err(AuthError::email_exists()),
             Some(u) => {
                 tx.execute(
@@ -573,11 +553,11 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     &[&u.id, &data],
                 )
                 .await?;
-                users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?
+                users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?
             }
             None => {
                 let id = users::create(
-                    &*tx,
+                    tx,
                     NewUser {
                         id: None,
                         email: Some(&email),
@@ -593,13 +573,13 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     },
                 )
                 .await?;
-                users::by_id(&*tx, id).await?.ok_or_else(AuthError::user_not_found)?
+                users::by_id(tx, id).await?.ok_or_else(AuthError::user_not_found)?
             }
         };
-        email::send(state, &tx, &u, Kind::Invite, &email, &redirect, true).await?;
-        super::audit::record(&*tx, &call.ip, None, "user_invited", Some(json!({"user_id": u.id, "user_email": email}))).await?;
-        users::json(&*tx, u.id).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        email::send(state, tx, &u, Kind::Invite, &email, &redirect, true).await?;
+        super::audit::record(tx, &call.ip, None, "user_invited", Some(json!({"user_id": u.id, "user_email": email}))).await?;
+        users::json(tx, u.id).await
+    })
+    .await
+    .map(ok)
 }

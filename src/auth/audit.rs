@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
 use super::page::Page;
-use super::{begin, client, finish, Call};
+use super::tx::as_admin;
+use super::Call;
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -85,9 +86,7 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .collect::<Vec<_>>()
             .join(" or ")
     };
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    let r = as_admin(state, async |tx| {
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = if filter == "true" {
             vec![]
         } else {
@@ -124,9 +123,9 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
             })
             .collect();
         Ok((total, entries))
-    }
+    })
     .await;
-    let (total, entries) = finish(tx, r).await?;
+    let (total, entries) = r?;
     let body = Value::Array(entries);
     Ok(pg.response(state, "admin/audit", total, &body))
 }

@@ -12,8 +12,9 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
+use super::tx::{as_admin, begin};
 use super::users::{self, NewUser, User};
-use super::{begin, client, finish, ok, ratelimit, session, util, Call};
+use super::{ok, ratelimit, session, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -122,7 +123,7 @@ pub struct Sent {
 /// queue the message, subject to the per-kind frequency and the per-address hourly limit.
 pub async fn send(
     state: &AppState,
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     u: &User,
     kind: Kind,
     to: &str,
@@ -158,11 +159,11 @@ pub async fn send(
                 ));
             }
         }
-        ratelimit::check_email(state, &**tx, to).await?;
+        ratelimit::check_email(state, tx, to).await?;
         if sms {
-            ratelimit::check_sms(state, &**tx).await?;
+            ratelimit::check_sms(state, tx).await?;
         } else {
-            ratelimit::check_email_sent(state, &**tx).await?;
+            ratelimit::check_email_sent(state, tx).await?;
         }
     }
     let otp = test_otp.unwrap_or_else(util::otp);
@@ -324,10 +325,8 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let redirect = util::redirect_for(cfg, call.redirect_to());
     let email = email.map(util::validate_email).transpose()?;
     let phone = phone.map(util::validate_phone).transpose()?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let existing = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
+    as_admin(state, async |tx| {
+        let existing = users::by_email_or_phone(tx, email.as_deref(), phone.as_deref()).await?;
         let u = match existing {
             Some(u) => u,
             None => {
@@ -338,7 +337,7 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     ));
                 }
                 let id = users::create(
-                    &*tx,
+                    tx,
                     NewUser {
                         id: None,
                         email: email.as_deref(),
@@ -354,7 +353,7 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     },
                 )
                 .await?;
-                users::by_id(&*tx, id)
+                users::by_id(tx, id)
                     .await?
                     .ok_or_else(AuthError::user_not_found)?
             }
@@ -363,7 +362,7 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
             return Err(AuthError::bad_request("user_banned", "User is banned"));
         }
         if let Some(p) = &phone {
-            send(state, &tx, &u, Kind::Sms, p, &redirect, true).await?;
+            send(state, tx, &u, Kind::Sms, p, &redirect, true).await?;
             return Ok(json!({"message_id": null}));
         }
         let e = email.as_deref().unwrap_or_default();
@@ -378,13 +377,13 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
             } else {
                 "magiclink"
             };
-            create_flow_state(&*tx, u.id, f, m).await?;
+            create_flow_state(tx, u.id, f, m).await?;
         }
-        send(state, &tx, &u, kind, e, &redirect, true).await?;
+        send(state, tx, &u, kind, e, &redirect, true).await?;
         Ok(json!({}))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ /verify
@@ -417,7 +416,7 @@ const SINGLE_CONFIRMATION: &str =
 
 /// Find the user a code or hash belongs to and apply the verification.
 async fn verify_token(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     cfg: &crate::config::AuthConfig,
     vtype: &str,
     token: Option<&str>,
@@ -581,7 +580,7 @@ async fn verify_token(
                 &[&u.id],
             )
             .await?;
-            ensure_email_identity(&**tx, u.id).await?;
+            ensure_email_identity(tx, u.id).await?;
             "email_change"
         }
         "phone_change_token" => {
@@ -600,7 +599,7 @@ async fn verify_token(
         &[&u.id, &hash],
     )
     .await?;
-    users::sync_email_identity(&**tx, u.id).await?;
+    users::sync_email_identity(tx, u.id).await?;
     Ok(Verified::Session(u.id, method))
 }
 
@@ -650,11 +649,9 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "Only an email address or phone number should be provided on verify",
         ));
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let outcome = verify_token(
-            &tx,
+            tx,
             &state.config.auth,
             vtype,
             token,
@@ -665,13 +662,13 @@ pub async fn verify_post(state: &AppState, call: &Call) -> AuthResult<Resp> {
         .await?;
         match outcome {
             Verified::Session(uid, method) => {
-                session::issue(state, &*tx, uid, method, &call.origin()).await
+                session::issue(state, tx, uid, method, &call.origin()).await
             }
             Verified::HalfwayEmailChange => Ok(json!({"msg": SINGLE_CONFIRMATION, "code": "200"})),
         }
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// A link click: verify, then redirect with the session in the fragment (implicit flow)
@@ -687,11 +684,9 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
         if token.is_empty() {
             return Err(AuthError::validation("Verify requires a token or a token hash"));
         }
-        let mut c = client(state).await?;
-        let tx = begin(&mut c).await?;
-        let r = async {
+        as_admin(state, async |tx| {
             let (uid, method) =
-                match verify_token(&tx, cfg, vtype, None, Some(token), None, None).await? {
+                match verify_token(tx, cfg, vtype, None, Some(token), None, None).await? {
                     Verified::Session(uid, method) => (uid, method),
                     Verified::HalfwayEmailChange => {
                         let enc = percent_encoding::utf8_percent_encode(
@@ -720,7 +715,7 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 let sep = if redirect.contains('?') { '&' } else { '?' };
                 return Ok(format!("{redirect}{sep}code={code}"));
             }
-            let s = session::issue(state, &*tx, uid, method, &call.origin()).await?;
+            let s = session::issue(state, tx, uid, method, &call.origin()).await?;
             Ok(format!(
                 "{redirect}#access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
                 s["access_token"].as_str().unwrap_or(""),
@@ -729,9 +724,8 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 s["refresh_token"].as_str().unwrap_or(""),
                 vtype
             ))
-        }
-        .await;
-        finish(tx, r).await
+        })
+        .await
     }
     .await;
     let location = match result {
@@ -773,25 +767,22 @@ pub async fn recover(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let email = util::validate_email(email)?;
     let flow = call.code_challenge()?;
     let redirect = util::redirect_for(&state.config.auth, call.redirect_to());
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         // An unknown address gets the same answer, including the per-address limit: the
         // response never tells whether the address is registered.
-        if let Some(u) = users::by_email(&*tx, &email).await? {
+        if let Some(u) = users::by_email(tx, &email).await? {
             if let Some(f) = &flow {
-                create_flow_state(&*tx, u.id, f, "recovery").await?;
+                create_flow_state(tx, u.id, f, "recovery").await?;
             }
-            send(state, &tx, &u, Kind::Recovery, &email, &redirect, true).await?;
-            super::audit::record(&*tx, &call.ip, Some(u.id), "user_recovery_requested", None)
-                .await?;
+            send(state, tx, &u, Kind::Recovery, &email, &redirect, true).await?;
+            super::audit::record(tx, &call.ip, Some(u.id), "user_recovery_requested", None).await?;
         } else {
-            ratelimit::check_email(state, &*tx, &email).await?;
+            ratelimit::check_email(state, tx, &email).await?;
         }
         Ok(json!({}))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -821,17 +812,15 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let email = email.map(util::validate_email).transpose()?;
     let phone = phone.map(util::validate_phone).transpose()?;
     let redirect = util::redirect_for(&state.config.auth, call.redirect_to());
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         match t {
             "signup" => {
                 let e = email.as_deref().unwrap_or_default();
-                match users::by_email(&*tx, e).await? {
+                match users::by_email(tx, e).await? {
                     Some(u) if u.email_confirmed_at.is_none() => {
-                        send(state, &tx, &u, Kind::Signup, e, &redirect, true).await?;
+                        send(state, tx, &u, Kind::Signup, e, &redirect, true).await?;
                     }
-                    _ => ratelimit::check_email(state, &*tx, e).await?,
+                    _ => ratelimit::check_email(state, tx, e).await?,
                 }
             }
             "email_change" => {
@@ -845,14 +834,14 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 if let Some(r) = row {
                     let u = User::from_row(&r);
                     let to = u.email_change.clone();
-                    send(state, &tx, &u, Kind::EmailChange, &to, &redirect, true).await?;
+                    send(state, tx, &u, Kind::EmailChange, &to, &redirect, true).await?;
                 }
             }
             "sms" => {
                 let p = phone.as_deref().unwrap_or_default();
-                if let Some(u) = users::by_phone(&*tx, p).await? {
+                if let Some(u) = users::by_phone(tx, p).await? {
                     if u.phone_confirmed_at.is_none() {
-                        send(state, &tx, &u, Kind::Sms, p, &redirect, true).await?;
+                        send(state, tx, &u, Kind::Sms, p, &redirect, true).await?;
                     }
                 }
             }
@@ -866,14 +855,14 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     .await?;
                 if let Some(r) = row {
                     let u = User::from_row(&r);
-                    send(state, &tx, &u, Kind::PhoneChange, p, &redirect, true).await?;
+                    send(state, tx, &u, Kind::PhoneChange, p, &redirect, true).await?;
                 }
             }
         }
         Ok(json!({}))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ inbox and SMTP
@@ -885,35 +874,36 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
         return Err(AuthError::not_admin());
     }
     let email = call.q("email").unwrap_or("").trim().to_lowercase();
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let rows = tx
-        .query(
-            "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at, html
-             from auth.oxibase_outbox where ($1 = '' or lower(recipient) = $1)
-             order by id desc limit 100",
-            &[&email],
-        )
-        .await?;
-    let messages: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<_, i64>(0),
-                "html": r.get::<_, bool>(10),
-                "created_at": r.get::<_, chrono::DateTime<Utc>>(1),
-                "to": r.get::<_, String>(2),
-                "type": r.get::<_, String>(3),
-                "subject": r.get::<_, String>(4),
-                "body": r.get::<_, Option<String>>(5),
-                "otp": r.get::<_, Option<String>>(6),
-                "token_hash": r.get::<_, Option<String>>(7),
-                "action_link": r.get::<_, Option<String>>(8),
-                "sent_at": r.get::<_, Option<chrono::DateTime<Utc>>>(9),
+    let messages: Vec<Value> = as_admin(state, async |tx| {
+        let rows = tx
+            .query(
+                "select id, created_at, recipient, kind, subject, body, otp, token_hash, action_link, sent_at, html
+                 from auth.oxibase_outbox where ($1 = '' or lower(recipient) = $1)
+                 order by id desc limit 100",
+                &[&email],
+            )
+            .await?;
+        let messages: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.get::<_, i64>(0),
+                    "html": r.get::<_, bool>(10),
+                    "created_at": r.get::<_, chrono::DateTime<Utc>>(1),
+                    "to": r.get::<_, String>(2),
+                    "type": r.get::<_, String>(3),
+                    "subject": r.get::<_, String>(4),
+                    "body": r.get::<_, Option<String>>(5),
+                    "otp": r.get::<_, Option<String>>(6),
+                    "token_hash": r.get::<_, Option<String>>(7),
+                    "action_link": r.get::<_, Option<String>>(8),
+                    "sent_at": r.get::<_, Option<chrono::DateTime<Utc>>>(9),
+                })
             })
-        })
-        .collect();
-    tx.commit().await?;
+            .collect();
+        Ok(messages)
+    })
+    .await?;
     Ok(ok(json!({ "messages": messages })))
 }
 

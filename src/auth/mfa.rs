@@ -3,12 +3,13 @@
 //! verified by this server), and the admin factor list/delete.
 
 use chrono::Utc;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use totp_rs::{Algorithm, Secret, TOTP};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
-use super::{begin, client, finish, load_token_user, ok, session, user_token, users, Call};
+use super::tx::as_admin;
+use super::{load_token_user, ok, session, user_token, users, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -41,7 +42,7 @@ fn parse_id(s: &str) -> AuthResult<Uuid> {
 }
 
 async fn session_aal(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     sid: Option<Uuid>,
 ) -> AuthResult<String> {
     let Some(sid) = sid else {
@@ -75,10 +76,8 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
             ))
         }
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         let row = tx
             .query_one(
                 "select count(*), count(*) filter (where status = 'verified'),
@@ -100,7 +99,7 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "Maximum number of verified factors reached, unenroll to continue",
             ));
         }
-        if verified > 0 && session_aal(&tx, t.session_id).await? != "aal2" {
+        if verified > 0 && session_aal(tx, t.session_id).await? != "aal2" {
             return Err(AuthError::forbidden(
                 "insufficient_aal",
                 "AAL2 required to enroll a new factor",
@@ -150,9 +149,9 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "friendly_name": friendly,
             "totp": {"qr_code": qr, "secret": secret, "uri": uri},
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 fn host_of(url: &str) -> String {
@@ -167,7 +166,7 @@ fn host_of(url: &str) -> String {
 
 /// The caller's factor, or GoTrue's not-found error.
 async fn own_factor(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     user_id: Uuid,
     id: Uuid,
 ) -> AuthResult<(String, String, Option<String>)> {
@@ -186,7 +185,7 @@ fn factor_not_found() -> AuthError {
 
 /// The user's TOTP factor `id` (locked), as its secret; WebAuthn factors are refused.
 async fn own_totp_factor(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     user_id: Uuid,
     id: Uuid,
 ) -> AuthResult<Option<String>> {
@@ -202,11 +201,9 @@ async fn own_totp_factor(
 
 async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        own_totp_factor(&tx, u.id, id).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        own_totp_factor(tx, u.id, id).await?;
         let cid = Uuid::new_v4();
         let ip: std::net::IpAddr = call.ip.parse().unwrap_or([127, 0, 0, 1].into());
         tx.execute(
@@ -224,9 +221,9 @@ async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> 
             "type": "totp",
             "expires_at": Utc::now().timestamp() + CHALLENGE_EXPIRY,
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
@@ -241,11 +238,9 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 "MFA factor with the provided challenge ID not found",
             )
         })?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let secret = own_totp_factor(&tx, u.id, id).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let secret = own_totp_factor(tx, u.id, id).await?;
         if code.is_empty() {
             return Err(AuthError::validation("Code needs to be non-empty"));
         }
@@ -334,20 +329,18 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             &[&token, &u.id.to_string(), &parent, &sid],
         )
         .await?;
-        session::respond(state, &*tx, u.id, sid, token).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::respond(state, tx, u.id, sid, token).await
+    })
+    .await
+    .map(ok)
 }
 
 async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let (_, status, _) = own_factor(&tx, u.id, id).await?;
-        if status == "verified" && session_aal(&tx, t.session_id).await? != "aal2" {
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let (_, status, _) = own_factor(tx, u.id, id).await?;
+        if status == "verified" && session_aal(tx, t.session_id).await? != "aal2" {
             return Err(AuthError::unprocessable(
                 "insufficient_aal",
                 "AAL2 required to unenroll verified factor",
@@ -356,18 +349,16 @@ async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         tx.execute("delete from auth.mfa_factors where id = $1", &[&id])
             .await?;
         Ok(json!({ "id": id }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ admin
 
 pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        users::by_id(&*tx, user_id)
+    as_admin(state, async |tx| {
+        users::by_id(tx, user_id)
             .await?
             .ok_or_else(AuthError::user_not_found)?;
         let rows = tx
@@ -377,16 +368,14 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
             )
             .await?;
         Ok(Value::Array(rows.iter().map(|r| r.get(0)).collect()))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        users::by_id(&*tx, user_id)
+    as_admin(state, async |tx| {
+        users::by_id(tx, user_id)
             .await?
             .ok_or_else(AuthError::user_not_found)?;
         let row = tx
@@ -397,65 +386,39 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
             .await?
             .ok_or_else(factor_not_found)?;
         Ok(row.get::<_, Value>(0))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 // ------------------------------------------------------------------ TOTP (RFC 6238)
 
-const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
+/// A secret as the enroll response shows it: RFC 4648 base32, upper case, no padding.
 fn base32(data: &[u8]) -> String {
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for &b in data {
-        buf = (buf << 8) | b as u32;
-        bits += 8;
-        while bits >= 5 {
-            out.push(B32[((buf >> (bits - 5)) & 31) as usize] as char);
-            bits -= 5;
-        }
-    }
-    if bits > 0 {
-        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
+    Secret::Raw(data.to_vec()).to_encoded().to_string()
 }
 
+/// A stored secret's bytes (case and trailing `=` forgiven); `None` when not base32.
 fn base32_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = vec![];
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = B32.iter().position(|&x| x == c.to_ascii_uppercase())? as u32;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    Some(out)
-}
-
-fn hotp(key: &[u8], counter: u64) -> u32 {
-    let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
-    m.update(&counter.to_be_bytes());
-    let h = m.finalize().into_bytes();
-    let off = (h[19] & 0x0f) as usize;
-    let bin = u32::from_be_bytes([h[off] & 0x7f, h[off + 1], h[off + 2], h[off + 3]]);
-    bin % 1_000_000
+    let s = s.trim_end_matches('=').to_ascii_uppercase();
+    Secret::Encoded(s).to_bytes().ok()
 }
 
 /// Six digits, 30-second steps, one step of skew either way (GoTrue's settings).
+fn totp(key: &[u8]) -> TOTP {
+    // `new_unchecked`: stored secrets are ours (20 bytes); no length rule to apply here.
+    TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, key.to_vec())
+}
+
 fn totp_valid(key: &[u8], code: &str, now: i64) -> bool {
     if key.is_empty() || code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return false;
     }
-    let step = (now / 30) as u64;
-    [step.wrapping_sub(1), step, step + 1]
-        .iter()
-        .any(|&s| format!("{:06}", hotp(key, s)) == code)
+    // `check` looks one step back: a clock before 00:00:30 1970 has no such step.
+    match u64::try_from(now) {
+        Ok(t) if t >= 30 => totp(key).check(code, t),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -466,8 +429,8 @@ mod tests {
     fn rfc6238_vectors_and_base32() {
         let key = b"12345678901234567890";
         // RFC 6238 appendix B (SHA1), last six digits.
-        assert_eq!(format!("{:06}", hotp(key, 59 / 30)), "287082");
-        assert_eq!(format!("{:06}", hotp(key, 1111111109 / 30)), "081804");
+        assert_eq!(totp(key).generate(59), "287082");
+        assert_eq!(totp(key).generate(1111111109), "081804");
         assert!(totp_valid(key, "081804", 1111111109));
         assert!(totp_valid(key, "081804", 1111111109 + 30));
         assert!(!totp_valid(key, "081804", 1111111109 + 90));

@@ -25,6 +25,7 @@ mod ratelimit;
 mod session;
 mod signup;
 mod token;
+mod tx;
 mod user;
 mod users;
 mod util;
@@ -561,58 +562,6 @@ fn settings(cfg: &Config) -> Value {
 
 // ------------------------------------------------------------------ shared plumbing
 
-/// A pooled connection for the server's own auth work.
-pub async fn client(state: &AppState) -> AuthResult<deadpool_postgres::Object> {
-    Ok(state.pool.get().await?)
-}
-
-/// Begin a transaction as `supabase_auth_admin`, timestamps rendered in UTC.
-pub async fn begin(
-    c: &mut deadpool_postgres::Object,
-) -> AuthResult<deadpool_postgres::Transaction<'_>> {
-    let tx = c.transaction().await?;
-    tx.batch_execute("set local role supabase_auth_admin; set local timezone to 'UTC'")
-        .await?;
-    Ok(tx)
-}
-
-/// Commit on success (or on an error that asks for it), else roll back.
-pub async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, r: AuthResult<T>) -> AuthResult<T> {
-    match r {
-        Ok(v) => {
-            tx.commit().await?;
-            Ok(v)
-        }
-        Err(e) if e.commit => {
-            tx.commit().await?;
-            Err(e)
-        }
-        Err(e) => {
-            let _ = tx.rollback().await;
-            Err(e)
-        }
-    }
-}
-
-/// Run one statement in its own admin transaction; `missing()` when it touched no row.
-pub async fn execute_found(
-    state: &AppState,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    missing: fn() -> AuthError,
-) -> AuthResult<()> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        if tx.execute(sql, params).await? == 0 {
-            return Err(missing());
-        }
-        Ok(())
-    }
-    .await;
-    finish(tx, r).await
-}
-
 /// The caller's verified credentials (apikey or bearer); bad tokens get GoTrue's errors.
 pub fn caller(state: &AppState, call: &Call) -> AuthResult<AuthContext> {
     state
@@ -658,10 +607,10 @@ pub fn user_token(state: &AppState, call: &Call) -> AuthResult<UserToken> {
 
 /// Check the token's user and session still exist (inside the request's transaction).
 pub async fn load_token_user(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     t: &UserToken,
 ) -> AuthResult<users::User> {
-    let u = users::by_id(&**tx, t.user_id).await?;
+    let u = users::by_id(tx, t.user_id).await?;
     let Some(u) = u.filter(|u| u.deleted_at.is_none()) else {
         return Err(AuthError::forbidden(
             "user_not_found",

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
 use super::page::Page;
-use super::{begin, client, finish, ok, util, Call};
+use super::tx::{as_admin, execute_found};
+use super::{ok, util, Call};
 use crate::http::{json_response, Resp};
 use crate::state::AppState;
 
@@ -128,9 +129,7 @@ fn check_grants(g: &[String]) -> AuthResult<()> {
 
 async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let pg = Page::from_call(call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    let r = as_admin(state, async |tx| {
         let total: i64 = tx
             .query_one("select count(*) from auth.oauth_clients where deleted_at is null", &[])
             .await?
@@ -142,9 +141,9 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
             )
             .await?;
         Ok((total, rows.iter().map(|r| render(r, None)).collect::<Vec<_>>()))
-    }
+    })
     .await;
-    let (total, clients) = finish(tx, r).await?;
+    let (total, clients) = r?;
     let body = json!({ "clients": clients, "aud": "authenticated" });
     Ok(pg.response(state, "admin/oauth/clients", total, &body))
 }
@@ -179,9 +178,7 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
     } else {
         "client_secret_basic"
     };
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    let r = as_admin(state, async |tx| {
         let row = tx
             .query_one(
                 &format!(
@@ -204,15 +201,13 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await
             .map_err(|e| AuthError::validation(format!("invalid client: {}", crate::db::error_text(&e))))?;
         Ok(render(&row, secret.as_deref()))
-    }
+    })
     .await;
-    Ok(json_response(StatusCode::CREATED, &finish(tx, r).await?))
+    Ok(json_response(StatusCode::CREATED, &r?))
 }
 
 async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 &format!(
@@ -223,9 +218,9 @@ async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
             .await?
             .ok_or_else(not_found)?;
         Ok(render(&row, None))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
@@ -242,9 +237,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     {
         return Err(AuthError::validation("No fields provided for update"));
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 &format!(
@@ -272,13 +265,13 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             .map_err(|e| AuthError::validation(format!("invalid client: {}", crate::db::error_text(&e))))?
             .ok_or_else(not_found)?;
         Ok(render(&row, None))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn delete(state: &AppState, id: Uuid) -> AuthResult<Resp> {
-    super::execute_found(
+    execute_found(
         state,
         "update auth.oauth_clients set deleted_at = now(), updated_at = now() where id = $1 and deleted_at is null",
         &[&id],
@@ -290,9 +283,7 @@ async fn delete(state: &AppState, id: Uuid) -> AuthResult<Resp> {
 
 async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
     let (secret, hash) = new_secret();
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 &format!("select {COLS} from auth.oauth_clients where id = $1 and deleted_at is null for update"),
@@ -310,7 +301,7 @@ async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
             )
             .await?;
         Ok(render(&row, Some(&secret)))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }

@@ -9,11 +9,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
-use super::{
-    begin, client, finish, load_token_user, no_content, ok, session, user_token, users, Call,
-};
+use super::tx::{as_admin, execute_found};
+use super::{load_token_user, no_content, ok, session, user_token, users, Call};
 use crate::http::Resp;
 use crate::state::AppState;
+use cbor::Get;
 
 const CHALLENGE_SECS: i64 = 300;
 const MAX_PASSKEYS: i64 = 25;
@@ -95,10 +95,8 @@ fn new_challenge() -> String {
 
 async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         let existing = tx
             .query(
                 "select credential_id from auth.webauthn_credentials where user_id = $1",
@@ -138,14 +136,14 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
                 "attestation": "none",
             },
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// Take a challenge out of the table (single use); `user` restricts registrations.
 async fn consume_challenge(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     call: &Call,
     kind: &str,
     user: Option<Uuid>,
@@ -232,17 +230,15 @@ fn check_auth_data(state: &AppState, ad: &[u8]) -> AuthResult<(u8, u32)> {
 
 async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        let challenge = consume_challenge(&tx, call, "registration", Some(u.id)).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        let challenge = consume_challenge(tx, call, "registration", Some(u.id)).await?;
         let cred = &call.body["credential"];
         let client_data = b64_field(cred, &["response", "clientDataJSON"])?;
         let att = b64_field(cred, &["response", "attestationObject"])?;
         check_client_data(state, &client_data, "webauthn.create", &challenge).map_err(AuthError::keep_commit)?;
         let (att, _) = cbor::decode(&att).ok_or_else(failed)?;
-        let ad = att.get_text("authData").and_then(cbor::Value::bytes).ok_or_else(failed)?;
+        let ad = att.get_text("authData").and_then(|v| v.bytes()).ok_or_else(failed)?;
         let (flags, count) = check_auth_data(state, ad)?;
         if flags & 0x40 == 0 || ad.len() < 55 {
             return Err(failed());
@@ -281,15 +277,13 @@ async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> 
             ),
             Err(e) => Err(e.into()),
         }
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let challenge = new_challenge();
         let id = Uuid::new_v4();
         tx.execute(
@@ -309,16 +303,14 @@ async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
                 "userVerification": "preferred",
             },
         }))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let challenge = consume_challenge(&tx, call, "authentication", None).await?;
+    as_admin(state, async |tx| {
+        let challenge = consume_challenge(tx, call, "authentication", None).await?;
         // From here on a failure still spends the challenge.
         let verified: AuthResult<(Uuid, Uuid, i64)> = async {
             let cred = &call.body["credential"];
@@ -355,7 +347,7 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
         }
         .await;
         let (pk_id, user_id, count) = verified.map_err(AuthError::keep_commit)?;
-        let u = users::by_id(&*tx, user_id).await?.ok_or_else(failed)?;
+        let u = users::by_id(tx, user_id).await?.ok_or_else(failed)?;
         if u.deleted_at.is_some() {
             return Err(failed());
         }
@@ -367,10 +359,10 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
             &[&pk_id, &count],
         )
         .await?;
-        session::issue(state, &*tx, user_id, "passkey", &call.origin()).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::issue(state, tx, user_id, "passkey", &call.origin()).await
+    })
+    .await
+    .map(ok)
 }
 
 fn item(r: &tokio_postgres::Row) -> Value {
@@ -389,9 +381,7 @@ fn item(r: &tokio_postgres::Row) -> Value {
 const ITEM_COLS: &str = "id, friendly_name, created_at, last_used_at";
 
 pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let rows = tx
             .query(
                 &format!("select {ITEM_COLS} from auth.webauthn_credentials where user_id = $1 order by created_at"),
@@ -399,14 +389,13 @@ pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
             )
             .await?;
         Ok(Value::Array(rows.iter().map(item).collect()))
-    }
-    .await;
-    finish(tx, r).await
+    })
+    .await
 }
 
 pub async fn delete_for(state: &AppState, user_id: Uuid, id: &str) -> AuthResult<Resp> {
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    super::execute_found(
+    execute_found(
         state,
         "delete from auth.webauthn_credentials where id = $1 and user_id = $2",
         &[&id, &user_id],
@@ -437,9 +426,7 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
             "friendly_name must be 120 characters or less",
         ));
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 &format!(
@@ -451,9 +438,9 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
             .await?
             .ok_or_else(not_found)?;
         Ok(item(&row))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// An uncompressed P-256 point (04 || x || y) from a COSE_Key with kty EC2, alg ES256.
@@ -471,107 +458,45 @@ fn cose_es256(k: &cbor::Value) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The subset of CBOR (RFC 8949) WebAuthn uses: integers, byte and text strings, arrays,
-/// maps and simple values; definite lengths only.
+/// CBOR (RFC 8949) as WebAuthn uses it, decoded by `ciborium`, with the lookups the
+/// attestation object and COSE key need.
 mod cbor {
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Int(i64),
-        Bytes(Vec<u8>),
-        Text(String),
-        Array(Vec<Value>),
-        Map(Vec<(Value, Value)>),
-        Simple(u8),
+    pub use ciborium::Value;
+
+    /// Map lookups and scalar views on a decoded [`Value`].
+    pub trait Get {
+        fn int(&self) -> Option<i64>;
+        fn bytes(&self) -> Option<&[u8]>;
+        fn get_int(&self, k: i64) -> Option<&Value>;
+        fn get_text(&self, k: &str) -> Option<&Value>;
     }
 
-    impl Value {
-        pub fn int(&self) -> Option<i64> {
-            match self {
-                Value::Int(i) => Some(*i),
-                _ => None,
-            }
+    impl Get for Value {
+        fn int(&self) -> Option<i64> {
+            self.as_integer().and_then(|i| i64::try_from(i).ok())
         }
-        pub fn bytes(&self) -> Option<&[u8]> {
-            match self {
-                Value::Bytes(b) => Some(b),
-                _ => None,
-            }
+        fn bytes(&self) -> Option<&[u8]> {
+            self.as_bytes().map(Vec::as_slice)
         }
-        fn get(&self, key: &Value) -> Option<&Value> {
-            match self {
-                Value::Map(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-                _ => None,
-            }
+        fn get_int(&self, k: i64) -> Option<&Value> {
+            let m = self.as_map()?;
+            m.iter()
+                .find(|(key, _)| key.int() == Some(k))
+                .map(|(_, v)| v)
         }
-        pub fn get_int(&self, k: i64) -> Option<&Value> {
-            self.get(&Value::Int(k))
-        }
-        pub fn get_text(&self, k: &str) -> Option<&Value> {
-            self.get(&Value::Text(k.to_string()))
+        fn get_text(&self, k: &str) -> Option<&Value> {
+            let m = self.as_map()?;
+            m.iter()
+                .find(|(key, _)| key.as_text() == Some(k))
+                .map(|(_, v)| v)
         }
     }
 
     /// Decode one item; returns it and the rest of the input.
     pub fn decode(b: &[u8]) -> Option<(Value, &[u8])> {
-        decode_depth(b, 0)
-    }
-
-    fn decode_depth(b: &[u8], depth: u8) -> Option<(Value, &[u8])> {
-        if depth > 16 {
-            return None;
-        }
-        let (&head, mut rest) = b.split_first()?;
-        let (major, info) = (head >> 5, head & 31);
-        let arg: u64 = match info {
-            0..=23 => info as u64,
-            24 => {
-                let (&v, r) = rest.split_first()?;
-                rest = r;
-                v as u64
-            }
-            25..=27 => {
-                let n = 1usize << (info - 24);
-                let bytes = rest.get(..n)?;
-                rest = &rest[n..];
-                bytes.iter().fold(0u64, |a, &x| (a << 8) | x as u64)
-            }
-            _ => return None,
-        };
-        match major {
-            0 => Some((Value::Int(i64::try_from(arg).ok()?), rest)),
-            1 => Some((Value::Int(-1 - i64::try_from(arg).ok()?), rest)),
-            2 | 3 => {
-                let n = usize::try_from(arg).ok()?;
-                let data = rest.get(..n)?.to_vec();
-                let rest = &rest[n..];
-                if major == 2 {
-                    Some((Value::Bytes(data), rest))
-                } else {
-                    Some((Value::Text(String::from_utf8(data).ok()?), rest))
-                }
-            }
-            4 => {
-                let mut items = vec![];
-                for _ in 0..arg.min(1024) {
-                    let (v, r) = decode_depth(rest, depth + 1)?;
-                    items.push(v);
-                    rest = r;
-                }
-                Some((Value::Array(items), rest))
-            }
-            5 => {
-                let mut items = vec![];
-                for _ in 0..arg.min(1024) {
-                    let (k, r) = decode_depth(rest, depth + 1)?;
-                    let (v, r) = decode_depth(r, depth + 1)?;
-                    items.push((k, v));
-                    rest = r;
-                }
-                Some((Value::Map(items), rest))
-            }
-            7 if info < 24 => Some((Value::Simple(info), rest)),
-            _ => None,
-        }
+        let mut rest = b;
+        let v = ciborium::from_reader(&mut rest).ok()?;
+        Some((v, rest))
     }
 
     #[cfg(test)]
@@ -594,6 +519,41 @@ mod cbor {
                 decode(&[0x5a, 0xff, 0xff, 0xff, 0xff]).is_none(),
                 "length past the end"
             );
+        }
+
+        #[test]
+        fn attestation_object_to_es256_point() {
+            // COSE_Key {1: 2, 3: -7, -1: 1, -2: x, -3: y}
+            let mut cose = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+            cose.extend([7u8; 32]);
+            cose.extend([0x22, 0x58, 0x20]);
+            cose.extend([9u8; 32]);
+            // rpIdHash, flags (UP|AT), signCount, aaguid, credential id length and id, key.
+            let mut ad = vec![0u8; 32];
+            ad.extend([0x41, 0, 0, 0, 1]);
+            ad.extend([0u8; 16]);
+            ad.extend([0, 2, 0xaa, 0xbb]);
+            ad.extend(&cose);
+            let mut att = vec![0xa3, 0x63, b'f', b'm', b't', 0x64, b'n', b'o', b'n', b'e'];
+            att.extend([0x67, b'a', b't', b't', b'S', b't', b'm', b't', 0xa0]);
+            att.extend([0x68, b'a', b'u', b't', b'h', b'D', b'a', b't', b'a', 0x58]);
+            att.push(ad.len() as u8);
+            att.extend(&ad);
+            let (v, rest) = decode(&att).unwrap();
+            assert!(rest.is_empty());
+            let got = v.get_text("authData").and_then(|v| v.bytes()).unwrap();
+            assert_eq!(got, &ad[..]);
+            let (key, rest) = decode(&got[57..]).unwrap();
+            assert!(rest.is_empty());
+            let point = super::super::cose_es256(&key).unwrap();
+            assert_eq!(point.len(), 65);
+            assert_eq!((point[0], point[1], point[33]), (4, 7, 9));
+            // RS256 (alg -257) is refused.
+            let mut rs = cose.clone();
+            rs.splice(4..5, [0x39, 0x01, 0x00]);
+            assert!(super::super::cose_es256(&decode(&rs).unwrap().0).is_none());
+            // Truncated inside the key: no value.
+            assert!(decode(&got[57..got.len() - 1]).is_none());
         }
     }
 }

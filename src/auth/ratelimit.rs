@@ -13,6 +13,7 @@
 use tokio_postgres::GenericClient;
 
 use super::error::{AuthError, AuthResult};
+use super::tx::as_admin;
 use super::Call;
 use crate::config::{AuthConfig, AuthRateLimits as L};
 use crate::state::AppState;
@@ -130,13 +131,14 @@ pub async fn check_ip(state: &AppState, call: &Call, action: &str) -> AuthResult
     if limits.is_empty() {
         return Ok(());
     }
-    let mut c = super::client(state).await?;
-    let tx = super::begin(&mut c).await?;
-    let mut ok = true;
-    for (family, limit, window) in &limits {
-        ok &= hit(&*tx, &format!("{family}:{}", call.ip), *limit, *window).await?;
-    }
-    tx.commit().await?;
+    let ok = as_admin(state, async |tx| {
+        let mut ok = true;
+        for (family, limit, window) in &limits {
+            ok &= hit(tx, &format!("{family}:{}", call.ip), *limit, *window).await?;
+        }
+        Ok(ok)
+    })
+    .await?;
     if ok {
         Ok(())
     } else {
@@ -209,10 +211,10 @@ pub async fn begin_password_attempt(state: &AppState, account: &str) -> AuthResu
         return Ok(AccountAttempt { key: None });
     }
     let key = format!("acct:{account}");
-    let mut c = super::client(state).await?;
-    let tx = super::begin(&mut c).await?;
-    let ok = hit(&*tx, &key, limit, Window::FiveMinutes).await?;
-    tx.commit().await?;
+    let ok = as_admin(state, async |tx| {
+        hit(tx, &key, limit, Window::FiveMinutes).await
+    })
+    .await?;
     if ok {
         Ok(AccountAttempt { key: Some(key) })
     } else {
@@ -226,14 +228,7 @@ impl AccountAttempt {
         let Some(key) = self.key else {
             return;
         };
-        let r = async {
-            let mut c = super::client(state).await?;
-            let tx = super::begin(&mut c).await?;
-            unhit(&*tx, &key, Window::FiveMinutes).await?;
-            tx.commit().await?;
-            AuthResult::Ok(())
-        }
-        .await;
+        let r = as_admin(state, async |tx| unhit(tx, &key, Window::FiveMinutes).await).await;
         if let Err(e) = r {
             tracing::warn!(error = ?e, "could not release a password attempt");
         }

@@ -132,7 +132,7 @@ pub async fn respond(
 /// and after it revokes the whole session and answers refresh_token_already_used.
 pub async fn refresh(
     state: &AppState,
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     token: &str,
 ) -> AuthResult<Value> {
     let not_found = || {
@@ -192,7 +192,7 @@ pub async fn refresh(
             "Invalid Refresh Token: Session Expired (Inactivity)",
         ));
     }
-    let Some(user) = users::by_id(&**tx, user_id).await? else {
+    let Some(user) = users::by_id(tx, user_id).await? else {
         return Err(not_found());
     };
     if user.deleted_at.is_some() {
@@ -221,8 +221,8 @@ pub async fn refresh(
         if let Some(a) = &active {
             if a.get::<_, Option<String>>(1).as_deref() == Some(token) {
                 let active_token: String = a.get(0);
-                touch_session(&**tx, session_id).await?;
-                return respond(state, &**tx, user_id, session_id, active_token).await;
+                touch_session(tx, session_id).await?;
+                return respond(state, tx, user_id, session_id, active_token).await;
             }
         }
         let reuse_until = updated_at.unwrap_or_else(Utc::now)
@@ -253,8 +253,8 @@ pub async fn refresh(
         &[&new_token, &user_id.to_string(), &token, &session_id],
     )
     .await?;
-    touch_session(&**tx, session_id).await?;
-    respond(state, &**tx, user_id, session_id, new_token).await
+    touch_session(tx, session_id).await?;
+    respond(state, tx, user_id, session_id, new_token).await
 }
 
 async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<()> {

@@ -4,8 +4,9 @@ use serde_json::{json, Value};
 
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult};
+use super::tx::as_admin;
 use super::users::{self, NewUser};
-use super::{begin, client, finish, ok, password, ratelimit, session, util, Call};
+use super::{ok, password, ratelimit, session, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -49,10 +50,8 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let hash = password::hash(pw, cfg.password_hash_cost).await?;
     let redirect = util::redirect_for(cfg, call.redirect_to());
 
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let existing = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
+    as_admin(state, async |tx| {
+        let existing = users::by_email_or_phone(tx, email.as_deref(), phone.as_deref()).await?;
         if let Some(u) = existing {
             if u.is_confirmed() || cfg.autoconfirm {
                 if cfg.autoconfirm {
@@ -74,7 +73,7 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await?;
             return send_confirmation(
                 state,
-                &tx,
+                tx,
                 u.id,
                 email.as_deref(),
                 phone.as_deref(),
@@ -84,7 +83,7 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await;
         }
         let id = users::create(
-            &*tx,
+            tx,
             NewUser {
                 id: None,
                 email: email.as_deref(),
@@ -109,7 +108,7 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
         })?;
         let provider = if email.is_some() { "email" } else { "phone" };
         super::audit::record(
-            &*tx,
+            tx,
             &call.ip,
             Some(id),
             "user_signedup",
@@ -117,11 +116,11 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
         )
         .await?;
         if cfg.autoconfirm {
-            return session::issue(state, &*tx, id, "password", &call.origin()).await;
+            return session::issue(state, tx, id, "password", &call.origin()).await;
         }
         send_confirmation(
             state,
-            &tx,
+            tx,
             id,
             email.as_deref(),
             phone.as_deref(),
@@ -129,33 +128,33 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
             flow.as_ref(),
         )
         .await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 /// Send user `id` the sign-up confirmation (email, else SMS) and return its User JSON.
 async fn send_confirmation(
     state: &AppState,
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     id: uuid::Uuid,
     email: Option<&str>,
     phone: Option<&str>,
     redirect: &str,
     flow: Option<&(String, String)>,
 ) -> AuthResult<Value> {
-    let u = &users::by_id(&**tx, id)
+    let u = &users::by_id(tx, id)
         .await?
         .ok_or_else(AuthError::user_not_found)?;
     if let Some(e) = email {
         if let Some(f) = flow {
-            email::create_flow_state(&**tx, u.id, f, "email/signup").await?;
+            email::create_flow_state(tx, u.id, f, "email/signup").await?;
         }
         email::send(state, tx, u, Kind::Signup, e, redirect, true).await?;
     } else if let Some(p) = phone {
         email::send(state, tx, u, Kind::Sms, p, redirect, true).await?;
     }
-    users::json(&**tx, id).await
+    users::json(tx, id).await
 }
 
 async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Resp> {
@@ -165,11 +164,9 @@ async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Res
             "Anonymous sign-ins are disabled",
         ));
     }
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let id = users::create(
-            &*tx,
+            tx,
             NewUser {
                 id: None,
                 email: None,
@@ -186,17 +183,17 @@ async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Res
         )
         .await?;
         super::audit::record(
-            &*tx,
+            tx,
             &call.ip,
             Some(id),
             "user_signedup",
             Some(json!({"provider": "anonymous"})),
         )
         .await?;
-        session::issue(state, &*tx, id, "anonymous", &call.origin()).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::issue(state, tx, id, "anonymous", &call.origin()).await
+    })
+    .await
+    .map(ok)
 }
 
 /// What GoTrue answers for an already-registered address when confirmations are on.

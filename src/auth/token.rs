@@ -1,7 +1,8 @@
 //! POST /token?grant_type=password | refresh_token | pkce (and the disabled id_token/web3).
 
 use super::error::{AuthError, AuthResult};
-use super::{begin, client, finish, ok, password, ratelimit, session, users, util, Call};
+use super::tx::as_admin;
+use super::{ok, password, ratelimit, session, users, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -53,10 +54,8 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
         (None, None) => return Err(AuthError::validation("missing email or phone")),
     };
     let attempt = ratelimit::begin_password_attempt(state, &account).await?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = users::by_email_or_phone(&*tx, email.as_deref(), phone.as_deref()).await?;
+    let r = as_admin(state, async |tx| {
+        let u = users::by_email_or_phone(tx, email.as_deref(), phone.as_deref()).await?;
         let hash = u.as_ref().and_then(|u| u.encrypted_password.clone());
         let matches = password::verify(pw, hash.as_deref(), &state.auth.dummy_hash).await;
         let Some(u) = u.filter(|_| matches) else {
@@ -78,7 +77,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             &[&u.id, &if email.is_some() { "email" } else { "phone" }],
         )
         .await?;
-        let mut v = session::issue(state, &*tx, u.id, "password", &call.origin()).await?;
+        let mut v = session::issue(state, tx, u.id, "password", &call.origin()).await?;
         // Signed in, but the password no longer meets the rules: say so (auth-js exposes
         // it as `data.weakPassword`), as GoTrue does.
         if let Err(weak) = password::check_strength(&state.config.auth, pw) {
@@ -87,9 +86,9 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         }
         Ok(v)
-    }
+    })
     .await;
-    let r = finish(tx, r).await;
+    let r = r;
     if !matches!(&r, Err(e) if e.code == "invalid_credentials") {
         attempt.not_failed(state).await;
     }
@@ -101,16 +100,14 @@ async fn refresh_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let token = call
         .s("refresh_token")
         .ok_or_else(|| AuthError::validation("Refresh token is not valid"))?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let v = session::refresh(state, &tx, token).await?;
+    as_admin(state, async |tx| {
+        let v = session::refresh(state, tx, token).await?;
         let uid = v["user"]["id"].as_str().and_then(|s| s.parse().ok());
-        super::audit::record(&*tx, &call.ip, uid, "token_refreshed", None).await?;
+        super::audit::record(tx, &call.ip, uid, "token_refreshed", None).await?;
         Ok(v)
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }
 
 async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -119,9 +116,7 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "invalid request: both auth code and code verifier should be non-empty",
         ));
     };
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
+    as_admin(state, async |tx| {
         let row = tx
             .query_opt(
                 "select id, user_id, code_challenge_method, code_challenge, authentication_method,
@@ -166,8 +161,8 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "email/signup" | "magiclink" | "recovery" | "email_change" | "invite" | "otp" => auth_method.as_str(),
             _ => "otp",
         };
-        session::issue(state, &*tx, uid, amr, &call.origin()).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        session::issue(state, tx, uid, amr, &call.origin()).await
+    })
+    .await
+    .map(ok)
 }

@@ -1,25 +1,22 @@
 //! The signed-in user: GET/PUT /user, POST /logout, GET /reauthenticate.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult};
-use super::{
-    begin, client, finish, load_token_user, no_content, ok, password, user_token, users, util, Call,
-};
+use super::tx::as_admin;
+use super::{load_token_user, no_content, ok, password, user_token, users, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
 pub async fn get(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
-        users::json(&*tx, u.id).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
+        users::json(tx, u.id).await
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -41,10 +38,8 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let nonce = call.s("nonce");
     let flow = call.code_challenge()?;
     let redirect = util::redirect_for(cfg, call.redirect_to());
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         if let Some(p) = new_password {
             if u.is_anonymous && u.email.is_none() && u.phone.is_none() && email.is_none() {
                 return Err(AuthError::unprocessable(
@@ -79,7 +74,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&u.id, &hash],
             )
             .await?;
-            super::audit::record(&*tx, &call.ip, Some(u.id), "user_updated_password", None).await?;
+            super::audit::record(tx, &call.ip, Some(u.id), "user_updated_password", None).await?;
             // A password change signs out every other session (GoTrue keeps the current one).
             tx.execute(
                 "delete from auth.sessions where user_id = $1 and ($2::uuid is null or id <> $2)",
@@ -118,20 +113,20 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     &[&u.id],
                 )
                 .await?;
-                email::ensure_email_identity(&*tx, u.id).await?;
+                email::ensure_email_identity(tx, u.id).await?;
             } else {
-                let u2 = users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
+                let u2 = users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
                 if let Some(f) = &flow {
-                    email::create_flow_state(&*tx, u.id, f, "email_change").await?;
+                    email::create_flow_state(tx, u.id, f, "email_change").await?;
                 }
                 tx.execute(
                     "update auth.users set email_change_token_current = '', email_change_confirm_status = 0 where id = $1",
                     &[&u.id],
                 )
                 .await?;
-                email::send(state, &tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
+                email::send(state, tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
                 if let Some(current) = u2.email.as_deref().filter(|_| cfg.secure_email_change) {
-                    email::send(state, &tx, &u2, Kind::EmailChangeCurrent, current, &redirect, true)
+                    email::send(state, tx, &u2, Kind::EmailChangeCurrent, current, &redirect, true)
                         .await?;
                 }
             }
@@ -158,15 +153,15 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     &[&u.id, &p],
                 )
                 .await?;
-                let u2 = users::by_id(&*tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
-                email::send(state, &tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
+                let u2 = users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
+                email::send(state, tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
             }
         }
-        super::audit::record(&*tx, &call.ip, Some(u.id), "user_modified", None).await?;
-        users::json(&*tx, u.id).await
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+        super::audit::record(tx, &call.ip, Some(u.id), "user_modified", None).await?;
+        users::json(tx, u.id).await
+    })
+    .await
+    .map(ok)
 }
 
 pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
@@ -177,10 +172,8 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
         )));
     }
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r: AuthResult<Value> = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         match (scope, t.session_id) {
             ("local", Some(s)) => {
                 tx.execute("delete from auth.sessions where id = $1", &[&s])
@@ -200,26 +193,23 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         }
         super::audit::record(
-            &*tx,
+            tx,
             &call.ip,
             Some(u.id),
             "logout",
             Some(json!({"scope": scope})),
         )
         .await?;
-        Ok(json!({}))
-    }
-    .await;
-    finish(tx, r).await?;
+        Ok(())
+    })
+    .await?;
     Ok(no_content())
 }
 
 pub async fn reauthenticate(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let t = user_token(state, call)?;
-    let mut c = client(state).await?;
-    let tx = begin(&mut c).await?;
-    let r = async {
-        let u = load_token_user(&tx, &t).await?;
+    as_admin(state, async |tx| {
+        let u = load_token_user(tx, &t).await?;
         let (to, kind) = match (&u.email, &u.phone) {
             (Some(e), _) => {
                 if u.email_confirmed_at.is_none() {
@@ -238,9 +228,9 @@ pub async fn reauthenticate(state: &AppState, call: &Call) -> AuthResult<Resp> {
             }
         };
         let site = state.config.auth.site_url.clone();
-        email::send(state, &tx, &u, kind, &to, &site, true).await?;
+        email::send(state, tx, &u, kind, &to, &site, true).await?;
         Ok(json!({}))
-    }
-    .await;
-    Ok(ok(finish(tx, r).await?))
+    })
+    .await
+    .map(ok)
 }

@@ -1,0 +1,68 @@
+//! The server's own work on auth tables: one transaction per request as
+//! `supabase_auth_admin` (never as the caller), timestamps in UTC, committed on success
+//! or on an error that asks for it ([`AuthError::commit`]), rolled back otherwise.
+
+use tokio_postgres::types::ToSql;
+
+use super::error::{AuthError, AuthResult};
+use crate::state::AppState;
+
+/// Run `work` in one admin transaction on a pooled connection, then [`finish`] it.
+pub async fn as_admin<T>(
+    state: &AppState,
+    work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> AuthResult<T>,
+) -> AuthResult<T> {
+    let mut c = client(state).await?;
+    let tx = begin(&mut c).await?;
+    let r = work(&tx).await;
+    finish(tx, r).await
+}
+
+/// A pooled connection for the server's own auth work.
+pub async fn client(state: &AppState) -> AuthResult<deadpool_postgres::Object> {
+    Ok(state.pool.get().await?)
+}
+
+/// Begin a transaction as `supabase_auth_admin`, timestamps rendered in UTC.
+pub async fn begin(
+    c: &mut deadpool_postgres::Object,
+) -> AuthResult<deadpool_postgres::Transaction<'_>> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("set local role supabase_auth_admin; set local timezone to 'UTC'")
+        .await?;
+    Ok(tx)
+}
+
+/// Commit on success (or on an error that asks for it), else roll back.
+pub async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, r: AuthResult<T>) -> AuthResult<T> {
+    match r {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) if e.commit => {
+            tx.commit().await?;
+            Err(e)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Run one statement in its own admin transaction; `missing()` when it touched no row.
+pub async fn execute_found(
+    state: &AppState,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    missing: fn() -> AuthError,
+) -> AuthResult<()> {
+    as_admin(state, async |tx| {
+        if tx.execute(sql, params).await? == 0 {
+            return Err(missing());
+        }
+        Ok(())
+    })
+    .await
+}
