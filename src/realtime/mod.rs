@@ -9,6 +9,7 @@ pub mod hub;
 pub mod phoenix;
 pub mod socket;
 pub mod token;
+pub mod upgrade;
 
 use std::sync::Arc;
 

@@ -7,21 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use http::{HeaderValue, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::authz::{self, Policies};
 use super::changes;
-use super::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
+use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
 use super::token::{self, TokenError};
+use super::upgrade::{self, WsStream};
 use crate::http::apikey::AuthContext;
-use crate::http::{empty, json_response, query_pairs, Req, Resp};
+use crate::http::{json_response, query_pairs, Req, Resp};
 use crate::state::AppState;
 
 /// A client that sends nothing (not even heartbeats) for this long is dropped.
@@ -36,17 +35,13 @@ fn ws_error(status: StatusCode, msg: &str) -> Resp {
 
 /// `GET /realtime/v1/websocket`: authenticate the key, answer 101, run the socket.
 pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
-    let h = req.headers();
-    let is_ws = h
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = h.get("sec-websocket-key").cloned().filter(|_| is_ws) else {
+    let Some(key) = upgrade::upgrade_key(&req) else {
         return ws_error(
             StatusCode::BAD_REQUEST,
             "This endpoint only accepts WebSocket upgrade requests",
         );
     };
+    let h = req.headers();
     let q = query_pairs(req.uri().query());
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(vsn) = Vsn::parse(get("vsn")) else {
@@ -68,39 +63,22 @@ pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
         }
         Err(e) => return ws_error(StatusCode::UNAUTHORIZED, &e.message()),
     }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let cfg = WebSocketConfig {
+        max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
+        ..Default::default()
+    };
     let state = state.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let cfg = WebSocketConfig {
-                    max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
-                    ..Default::default()
-                };
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
+    upgrade::accept(
+        &mut req,
+        key.as_bytes(),
+        cfg,
+        "realtime",
+        move |ws| async move {
+            if let Some(ws) = ws {
                 run(state, ws, vsn, apikey).await;
             }
-            Err(e) => tracing::debug!(error = %e, "realtime: upgrade failed"),
-        }
-    });
-    let mut r = Response::new(empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = r.headers_mut();
-    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert("sec-websocket-accept", v);
-    }
-    r
+        },
+    )
 }
 
 struct Channel {
@@ -119,21 +97,7 @@ struct Channel {
     last_track: Option<Map<String, Value>>,
 }
 
-/// Takes every channel of a socket out of the hub when the socket task ends.
-struct Guard {
-    hub: Arc<Hub>,
-    chans: Vec<(TopicKey, ChanId)>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for (k, id) in self.chans.drain(..) {
-            self.hub.unsubscribe(&k, id);
-        }
-    }
-}
-
-type Sink = futures::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+type Sink = futures::stream::SplitSink<WsStream, Message>;
 
 struct Conn {
     state: AppState,
@@ -145,23 +109,15 @@ struct Conn {
     /// Joined channels by full topic (`realtime:<name>`).
     channels: HashMap<String, Channel>,
     by_id: HashMap<ChanId, String>,
-    guard: Guard,
+    guard: HubGuard,
 }
 
-async fn run(
-    state: AppState,
-    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    vsn: Vsn,
-    socket_token: String,
-) {
+async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
     let (sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
     let hub = state.realtime.hub.clone();
     let mut c = Conn {
-        guard: Guard {
-            hub: hub.clone(),
-            chans: vec![],
-        },
+        guard: HubGuard::new(hub.clone()),
         state,
         hub,
         vsn,
@@ -260,8 +216,7 @@ impl Conn {
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let ch = self.channels.remove(topic)?;
         self.by_id.remove(&ch.id);
-        self.hub.unsubscribe(&ch.key, ch.id);
-        self.guard.chans.retain(|(_, id)| *id != ch.id);
+        self.guard.unsubscribe(&ch.key, ch.id);
         Some(ch)
     }
 
@@ -524,7 +479,7 @@ impl Conn {
                 ctx: ctx.clone(),
             },
         );
-        self.guard.chans.push((key.clone(), id));
+        self.guard.add(key.clone(), id);
         self.by_id.insert(id, m.topic.clone());
         let has_pg = !pg_params.is_empty();
         self.channels.insert(
