@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use http::StatusCode;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,12 +14,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::authz::{self, Policies};
 use super::changes;
+use super::error::RealtimeError;
 use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
-use super::token::{self, TokenError};
+use super::token;
 use super::upgrade::{self, WsStream};
 use crate::http::apikey::AuthContext;
-use crate::http::{json_response, query_pairs, Req, Resp};
+use crate::http::{query_pairs, Req, Resp};
 use crate::state::AppState;
 
 /// A client that sends nothing (not even heartbeats) for this long is dropped.
@@ -29,56 +29,38 @@ const QUEUE: usize = 1024;
 /// Channels one socket may join (Supabase's default `max_channels_per_client`).
 const MAX_CHANNELS: usize = 100;
 
-fn ws_error(status: StatusCode, msg: &str) -> Resp {
-    json_response(status, &json!({"error": msg}))
-}
-
 /// `GET /realtime/v1/websocket`: authenticate the key, answer 101, run the socket.
-pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
-    let Some(key) = upgrade::upgrade_key(&req) else {
-        return ws_error(
-            StatusCode::BAD_REQUEST,
-            "This endpoint only accepts WebSocket upgrade requests",
-        );
-    };
+pub async fn upgrade(state: &AppState, mut req: Req) -> Result<Resp, RealtimeError> {
+    let key = upgrade::upgrade_key(&req).ok_or(RealtimeError::NotWebSocket)?;
     let h = req.headers();
     let q = query_pairs(req.uri().query());
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let Some(vsn) = Vsn::parse(get("vsn")) else {
-        return ws_error(StatusCode::FORBIDDEN, "Unsupported protocol version (vsn)");
-    };
+    let vsn = Vsn::parse(get("vsn")).ok_or(RealtimeError::UnsupportedVsn)?;
     let apikey = h
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or(get("apikey"))
         .filter(|k| !k.is_empty())
-        .map(str::to_string);
-    let Some(apikey) = apikey else {
-        return ws_error(StatusCode::UNAUTHORIZED, "API key is missing");
-    };
-    match token::verify(state, &apikey) {
-        Ok(_) => {}
-        Err(TokenError::Expired(_)) => {
-            return ws_error(StatusCode::UNAUTHORIZED, "Token has expired")
-        }
-        Err(e) => return ws_error(StatusCode::UNAUTHORIZED, &e.message()),
-    }
+        .map(str::to_string)
+        .ok_or(RealtimeError::ApiKeyMissing)?;
+    token::verify(state, &apikey)?;
     let cfg = WebSocketConfig {
         max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
         ..Default::default()
     };
     let state = state.clone();
-    upgrade::accept(
+    let run = move |ws| async move {
+        if let Some(ws) = ws {
+            run(state, ws, vsn, apikey).await;
+        }
+    };
+    Ok(upgrade::accept(
         &mut req,
         key.as_bytes(),
         cfg,
         "realtime",
-        move |ws| async move {
-            if let Some(ws) = ws {
-                run(state, ws, vsn, apikey).await;
-            }
-        },
-    )
+        run,
+    ))
 }
 
 struct Channel {
@@ -176,6 +158,11 @@ impl Conn {
         self.sink.send(Message::Text(s)).await.is_ok()
     }
 
+    /// An error reply to `m`.
+    async fn refuse(&mut self, m: &Msg, e: RealtimeError) -> bool {
+        self.reply(m, false, e.reply_payload()).await
+    }
+
     async fn reply(&mut self, m: &Msg, ok: bool, response: Value) -> bool {
         let s = phoenix::reply(
             self.vsn,
@@ -271,8 +258,7 @@ impl Conn {
             return if m.event == "heartbeat" {
                 self.reply(&m, true, json!({})).await
             } else {
-                self.reply(&m, false, json!({"reason": "unmatched topic"}))
-                    .await
+                self.refuse(&m, RealtimeError::UnmatchedTopic).await
             };
         }
         match m.event.as_str() {
@@ -284,35 +270,25 @@ impl Conn {
             _ => {}
         }
         if !self.channels.contains_key(&m.topic) {
-            return self
-                .reply(&m, false, json!({"reason": "unmatched topic"}))
-                .await;
+            return self.refuse(&m, RealtimeError::UnmatchedTopic).await;
         }
         match m.event.as_str() {
             "broadcast" => self.broadcast(m).await,
             "presence" => self.presence(m).await,
             "access_token" => self.access_token(m).await,
             other => {
-                let reason = format!("Unexpected message from client of type `{other}`");
-                self.reply(&m, false, json!({ "reason": reason })).await
+                self.refuse(&m, RealtimeError::UnexpectedEvent(other.to_string()))
+                    .await
             }
         }
     }
 
     async fn join(&mut self, m: Msg) -> bool {
         let Some(sub_topic) = m.topic.strip_prefix("realtime:").map(str::to_string) else {
-            return self
-                .reply(&m, false, json!({"reason": "unmatched topic"}))
-                .await;
+            return self.refuse(&m, RealtimeError::UnmatchedTopic).await;
         };
         if sub_topic.is_empty() {
-            return self
-                .reply(
-                    &m,
-                    false,
-                    json!({"reason": "TopicNameRequired: You must provide a topic name"}),
-                )
-                .await;
+            return self.refuse(&m, RealtimeError::TopicNameRequired).await;
         }
         let payload = match &m.payload {
             Payload::Json(v) => v.clone(),
@@ -330,13 +306,7 @@ impl Conn {
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(&m.topic) {
-            return self
-                .reply(
-                    &m,
-                    false,
-                    json!({"reason": "ChannelRateLimitReached: Too many channels"}),
-                )
-                .await;
+            return self.refuse(&m, RealtimeError::TooManyChannels).await;
         }
         // Rejoining a joined topic replaces the old channel.
         if let Some(old) = self.remove_channel(&m.topic) {
@@ -357,25 +327,19 @@ impl Conn {
         };
         let (ctx, exp) = match token::verify(&self.state, &token) {
             Ok(x) => x,
-            Err(e) => return self.reply(&m, false, json!({"reason": e.reason()})).await,
+            Err(e) => return self.refuse(&m, e.into()).await,
         };
         // Replay of stored broadcasts: private channels only, `since` in Unix milliseconds.
         let replay = match config.pointer("/broadcast/replay") {
             None | Some(Value::Null) => None,
             Some(r) => {
                 if !private {
-                    return self
-                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}))
-                        .await;
+                    return self.refuse(&m, RealtimeError::ReplayPublic).await;
                 }
                 match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
                     (Some(since), None | Some(Value::Null)) => Some((since, 25)),
                     (Some(since), Some(l)) if l.is_i64() => Some((since, l.as_i64().unwrap_or(25))),
-                    _ => {
-                        return self
-                            .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay params are not valid"}))
-                            .await
-                    }
+                    _ => return self.refuse(&m, RealtimeError::ReplayParams).await,
                 }
             }
         };
@@ -387,38 +351,24 @@ impl Conn {
                     policies = Some(p)
                 }
                 Ok(_) => {
-                    let reason = format!(
-                        "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-                    );
-                    return self.reply(&m, false, json!({ "reason": reason })).await;
+                    return self.refuse(&m, RealtimeError::ReadDenied(sub_topic)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "realtime: authorization query failed");
-                    return self
-                        .reply(
-                            &m,
-                            false,
-                            json!({"reason": "UnableToSetPolicies: Realtime was unable to connect to the project database"}),
-                        )
-                        .await;
+                    return self.refuse(&m, RealtimeError::PoliciesUnavailable).await;
                 }
             }
         }
         let mut replayed = vec![];
         if let Some((since, limit)) = replay {
             if !policies.is_some_and(|p| p.broadcast_read) {
-                let reason = format!(
-                    "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-                );
-                return self.reply(&m, false, json!({ "reason": reason })).await;
+                return self.refuse(&m, RealtimeError::ReadDenied(sub_topic)).await;
             }
             match authz::replay(&self.state, &sub_topic, since, limit).await {
                 Ok(r) => replayed = r,
                 Err(e) => {
                     tracing::error!(error = %e, "realtime: replay query failed");
-                    return self
-                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Realtime was unable to replay messages"}))
-                        .await;
+                    return self.refuse(&m, RealtimeError::ReplayFailed).await;
                 }
             }
         }
@@ -596,7 +546,7 @@ impl Conn {
 
     async fn presence(&mut self, m: Msg) -> bool {
         let Payload::Json(p) = &m.payload else {
-            return self.reply(&m, false, json!({})).await;
+            return self.refuse(&m, RealtimeError::Refused).await;
         };
         let event = p
             .get("event")
@@ -611,20 +561,14 @@ impl Conn {
             "track" => {
                 let data = p.get("payload").cloned().unwrap_or(json!({}));
                 let Value::Object(data) = data else {
-                    return self
-                        .reply(
-                            &m,
-                            false,
-                            json!({"reason": "Presence track payload must be a map"}),
-                        )
-                        .await;
+                    return self.refuse(&m, RealtimeError::PresenceNotMap).await;
                 };
                 if key.1
                     && !self
                         .may_write(&m.topic, "presence", |c| &mut c.presence_write)
                         .await
                 {
-                    return self.reply(&m, false, json!({})).await;
+                    return self.refuse(&m, RealtimeError::Refused).await;
                 }
                 let Some(ch) = self.channels.get_mut(&m.topic) else {
                     return true;
@@ -643,7 +587,7 @@ impl Conn {
                 self.hub.untrack(&key, id);
                 self.reply(&m, true, json!({})).await
             }
-            _ => self.reply(&m, false, json!({})).await,
+            _ => self.refuse(&m, RealtimeError::Refused).await,
         }
     }
 
