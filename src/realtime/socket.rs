@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::authz::{self, Policies};
-use super::changes;
+use super::changes::{self, PgBinding};
 use super::error::RealtimeError;
 use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
@@ -150,6 +150,126 @@ fn flexible_bool(v: Option<&Value>) -> bool {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
+    }
+}
+
+/// A join's replay request (`config.broadcast.replay`): private channels only, `since` in
+/// Unix milliseconds, `limit` 25 unless given.
+fn replay_request(config: &Value, private: bool) -> Result<Option<(i64, i64)>, RealtimeError> {
+    let r = match config.pointer("/broadcast/replay") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(r) => r,
+    };
+    if !private {
+        return Err(RealtimeError::ReplayPublic);
+    }
+    match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
+        (Some(since), None | Some(Value::Null)) => Ok(Some((since, 25))),
+        (Some(since), Some(l)) if l.is_i64() => Ok(Some((since, l.as_i64().unwrap_or(25)))),
+        _ => Err(RealtimeError::ReplayParams),
+    }
+}
+
+/// Stored broadcasts replayed to a joining channel: (id, event, payload).
+type Replayed = Vec<(uuid::Uuid, String, Value)>;
+
+/// The read policies of a private channel's join (`None` for a public one) and the
+/// broadcasts it asked to replay.
+async fn authorize(
+    state: &AppState,
+    ctx: &AuthContext,
+    sub_topic: &str,
+    private: bool,
+    presence_enabled: bool,
+    replay: Option<(i64, i64)>,
+) -> Result<(Option<Policies>, Replayed), RealtimeError> {
+    let mut policies = None;
+    if private {
+        match authz::read_policies(state, ctx, sub_topic).await {
+            // Presence read counts only when presence is enabled (as in Supabase).
+            Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
+                policies = Some(p)
+            }
+            Ok(_) => return Err(RealtimeError::ReadDenied(sub_topic.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "realtime: authorization query failed");
+                return Err(RealtimeError::PoliciesUnavailable);
+            }
+        }
+    }
+    let Some((since, limit)) = replay else {
+        return Ok((policies, vec![]));
+    };
+    if !policies.is_some_and(|p| p.broadcast_read) {
+        return Err(RealtimeError::ReadDenied(sub_topic.to_string()));
+    }
+    match authz::replay(state, sub_topic, since, limit).await {
+        Ok(r) => Ok((policies, r)),
+        Err(e) => {
+            tracing::error!(error = %e, "realtime: replay query failed");
+            Err(RealtimeError::ReplayFailed)
+        }
+    }
+}
+
+/// The postgres_changes part of a join: every entry echoed (same order, same fields) with
+/// its id; invalid or unpublished ones are reported afterwards with a system message, as
+/// Supabase does.
+struct PgJoin {
+    /// The join asked for postgres_changes at all.
+    requested: bool,
+    echo: Vec<Value>,
+    bindings: Vec<PgBinding>,
+    errors: Vec<String>,
+}
+
+impl PgJoin {
+    async fn new(state: &AppState, config: &Value) -> PgJoin {
+        let params: Vec<Value> = config
+            .get("postgres_changes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .collect();
+        let mut pg = PgJoin {
+            requested: !params.is_empty(),
+            echo: vec![],
+            bindings: vec![],
+            errors: vec![],
+        };
+        for p in &params {
+            let id = changes::binding_id(p);
+            let mut e = p.clone();
+            if let Some(o) = e.as_object_mut() {
+                o.insert("id".into(), json!(id));
+            }
+            pg.echo.push(e);
+            match changes::parse_binding(p, id) {
+                Ok(b) => pg.bindings.push(b),
+                Err(msg) => pg.errors.push(msg),
+            }
+        }
+        if pg.bindings.is_empty() {
+            return pg;
+        }
+        if let Err(e) = changes::ensure_started(state).await {
+            tracing::error!(error = %e, "realtime: change capture unavailable");
+            pg.errors
+                .push(format!("Unable to subscribe to changes: {e}"));
+            pg.bindings.clear();
+            return pg;
+        }
+        let mut ok = vec![];
+        for b in std::mem::take(&mut pg.bindings) {
+            match changes::check_published(state, &b).await {
+                Ok(()) => ok.push(b),
+                Err(e) => pg.errors.push(e),
+            }
+        }
+        pg.bindings = ok;
+        pg
     }
 }
 
@@ -329,90 +449,18 @@ impl Conn {
             Ok(x) => x,
             Err(e) => return self.refuse(&m, e.into()).await,
         };
-        // Replay of stored broadcasts: private channels only, `since` in Unix milliseconds.
-        let replay = match config.pointer("/broadcast/replay") {
-            None | Some(Value::Null) => None,
-            Some(r) => {
-                if !private {
-                    return self.refuse(&m, RealtimeError::ReplayPublic).await;
-                }
-                match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
-                    (Some(since), None | Some(Value::Null)) => Some((since, 25)),
-                    (Some(since), Some(l)) if l.is_i64() => Some((since, l.as_i64().unwrap_or(25))),
-                    _ => return self.refuse(&m, RealtimeError::ReplayParams).await,
-                }
+        let access = match replay_request(&config, private) {
+            Ok(replay) => {
+                let topic = &sub_topic;
+                authorize(&self.state, &ctx, topic, private, presence_enabled, replay).await
             }
+            Err(e) => Err(e),
         };
-        let mut policies = None;
-        if private {
-            match authz::read_policies(&self.state, &ctx, &sub_topic).await {
-                // Presence read counts only when presence is enabled (as in Supabase).
-                Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
-                    policies = Some(p)
-                }
-                Ok(_) => {
-                    return self.refuse(&m, RealtimeError::ReadDenied(sub_topic)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "realtime: authorization query failed");
-                    return self.refuse(&m, RealtimeError::PoliciesUnavailable).await;
-                }
-            }
-        }
-        let mut replayed = vec![];
-        if let Some((since, limit)) = replay {
-            if !policies.is_some_and(|p| p.broadcast_read) {
-                return self.refuse(&m, RealtimeError::ReadDenied(sub_topic)).await;
-            }
-            match authz::replay(&self.state, &sub_topic, since, limit).await {
-                Ok(r) => replayed = r,
-                Err(e) => {
-                    tracing::error!(error = %e, "realtime: replay query failed");
-                    return self.refuse(&m, RealtimeError::ReplayFailed).await;
-                }
-            }
-        }
-        // postgres_changes: echo every entry (same order, same fields) with its id; invalid
-        // ones are reported afterwards with a system message, as Supabase does.
-        let pg_params: Vec<Value> = config
-            .get("postgres_changes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| !v.is_null())
-            .collect();
-        let mut echo = vec![];
-        let mut bindings = vec![];
-        let mut pg_errors = vec![];
-        for p in &pg_params {
-            let id = changes::binding_id(p);
-            let mut e = p.clone();
-            if let Some(o) = e.as_object_mut() {
-                o.insert("id".into(), json!(id));
-            }
-            echo.push(e);
-            match changes::parse_binding(p, id) {
-                Ok(b) => bindings.push(b),
-                Err(msg) => pg_errors.push(msg),
-            }
-        }
-        if !bindings.is_empty() {
-            if let Err(e) = changes::ensure_started(&self.state).await {
-                tracing::error!(error = %e, "realtime: change capture unavailable");
-                pg_errors.push(format!("Unable to subscribe to changes: {e}"));
-                bindings.clear();
-            } else {
-                let mut ok = vec![];
-                for b in bindings {
-                    match changes::check_published(&self.state, &b).await {
-                        Ok(()) => ok.push(b),
-                        Err(e) => pg_errors.push(e),
-                    }
-                }
-                bindings = ok;
-            }
-        }
+        let (policies, replayed) = match access {
+            Ok(x) => x,
+            Err(e) => return self.refuse(&m, e).await,
+        };
+        let pg = PgJoin::new(&self.state, &config).await;
         let id = self.hub.new_chan_id();
         let key: TopicKey = (sub_topic.clone(), private);
         let broadcast_read = policies.map(|p| p.broadcast_read).unwrap_or(true);
@@ -425,13 +473,12 @@ impl Conn {
                 self_broadcast,
                 broadcast_read,
                 presence_read,
-                pg: bindings,
+                pg: pg.bindings,
                 ctx: ctx.clone(),
             },
         );
         self.guard.add(key.clone(), id);
         self.by_id.insert(id, m.topic.clone());
-        let has_pg = !pg_params.is_empty();
         self.channels.insert(
             m.topic.clone(),
             Channel {
@@ -451,7 +498,7 @@ impl Conn {
             },
         );
         if !self
-            .reply(&m, true, json!({"postgres_changes": echo}))
+            .reply(&m, true, json!({"postgres_changes": pg.echo}))
             .await
         {
             return false;
@@ -475,11 +522,11 @@ impl Conn {
                 return false;
             }
         }
-        if has_pg {
-            let (status, message) = if pg_errors.is_empty() {
+        if pg.requested {
+            let (status, message) = if pg.errors.is_empty() {
                 ("ok", "Subscribed to PostgreSQL".to_string())
             } else {
-                ("error", pg_errors.join("; "))
+                ("error", pg.errors.join("; "))
             };
             let sys = json!({"extension":"postgres_changes","status":status,"message":message,"channel":sub_topic});
             if !self
