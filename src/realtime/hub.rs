@@ -381,6 +381,41 @@ impl Hub {
     }
 }
 
+/// The hub channels of one socket, taken out of the hub however the socket task ends.
+pub struct HubGuard {
+    hub: Arc<Hub>,
+    chans: Vec<(TopicKey, ChanId)>,
+}
+
+impl HubGuard {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        HubGuard { hub, chans: vec![] }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Remembers a channel the socket has just subscribed.
+    pub fn add(&mut self, key: TopicKey, chan: ChanId) {
+        self.chans.push((key, chan));
+    }
+
+    /// Takes one channel out of the hub now.
+    pub fn unsubscribe(&mut self, key: &TopicKey, chan: ChanId) {
+        self.hub.unsubscribe(key, chan);
+        self.chans.retain(|(_, id)| *id != chan);
+    }
+}
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        for (k, id) in self.chans.drain(..) {
+            self.hub.unsubscribe(&k, id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,13 @@
 
 pub mod authz;
 pub mod changes;
+pub mod error;
 pub mod fanout;
 pub mod hub;
 pub mod phoenix;
 pub mod socket;
 pub mod token;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::http::{json_response, query_pairs, status_response, Req, Resp};
 use crate::state::AppState;
+use error::RealtimeError;
 use hub::{Broadcast, Hub};
 use phoenix::UserBroadcast;
 
@@ -48,10 +51,6 @@ pub fn spawn_background(state: &AppState) {
 pub fn broadcast(state: &AppState, key: &hub::TopicKey, from: Option<hub::ChanId>, msg: Broadcast) {
     state.realtime.fanout.publish(key, &msg);
     state.realtime.hub.broadcast(key, from, msg);
-}
-
-fn error(status: StatusCode, message: &str) -> Resp {
-    json_response(status, &json!({ "message": message }))
 }
 
 /// The typed endpoints of this API (parsed before any I/O).
@@ -89,15 +88,19 @@ fn parse_endpoint(method: &Method, path: &str) -> Option<Endpoint> {
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     match parse_endpoint(req.method(), path) {
         Some(Endpoint::WebSocket) => socket::upgrade(state, req).await,
-        Some(Endpoint::Ping) => json_response(StatusCode::OK, &json!({"message": "Success"})),
+        Some(Endpoint::Ping) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"message": "Success"}),
+        )),
         Some(Endpoint::Batch) => batch_broadcast(state, req).await,
         Some(Endpoint::Single { topic, event }) => single_broadcast(state, req, topic, event).await,
-        None => error(StatusCode::NOT_FOUND, "not found"),
+        None => Err(RealtimeError::NotFound),
     }
+    .unwrap_or_else(RealtimeError::into_response)
 }
 
 /// The caller of an HTTP broadcast (Bearer, apikey header or `apikey` query parameter).
-fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContext, Box<Resp>> {
+fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContext, RealtimeError> {
     let q = query_pairs(req.uri().query());
     let qk = q
         .iter()
@@ -114,31 +117,28 @@ fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContex
         .or(qk.map(str::to_string))
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
+        return Err(RealtimeError::Unauthorized);
     };
     // Supabase answers every token problem here with the same 401.
     token::verify(state, &token)
         .map(|(c, _)| c)
-        .map_err(|_| Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")))
+        .map_err(|_| RealtimeError::Unauthorized)
 }
 
-async fn read_body(state: &AppState, req: Req) -> Result<Bytes, Resp> {
+async fn read_body(state: &AppState, req: Req) -> Result<Bytes, RealtimeError> {
     crate::http::body::read_limited(req.into_body(), state.config.max_body_bytes)
         .await
-        .map_err(|_| {
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload size exceeds tenant limit",
-            )
-        })
+        .map_err(|_| RealtimeError::PayloadTooLarge)
 }
 
 /// `POST /api/broadcast/<topic>/events/<event>[?private=true]`: JSON or raw bytes.
-async fn single_broadcast(state: &AppState, req: Req, topic: String, event: String) -> Resp {
-    let ctx = match caller(state, &req) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+async fn single_broadcast(
+    state: &AppState,
+    req: Req,
+    topic: String,
+    event: String,
+) -> Result<Resp, RealtimeError> {
+    let ctx = caller(state, &req)?;
     let q = query_pairs(req.uri().query());
     let private = q.iter().any(|(k, v)| k == "private" && v == "true");
     let ctype = req
@@ -149,34 +149,25 @@ async fn single_broadcast(state: &AppState, req: Req, topic: String, event: Stri
         .to_ascii_lowercase();
     let binary = ctype.starts_with("application/octet-stream");
     if !binary && !ctype.starts_with("application/json") {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json or application/octet-stream",
-        );
+        return Err(RealtimeError::UnsupportedMediaType);
     }
     if topic.len() > 255 || event.len() > 255 {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "topic and event must be at most 255 bytes",
-        );
+        return Err(RealtimeError::NameTooLong);
     }
-    let body = match read_body(state, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = read_body(state, req).await?;
     if !binary && serde_json::from_slice::<Value>(&body).is_err() {
-        return json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"errors": {"payload": ["is invalid"]}}),
-        );
+        return Err(RealtimeError::Invalid {
+            field: "payload",
+            msg: "is invalid",
+        });
     }
     if private {
         match authz::can_write(state, &ctx, &topic, "broadcast").await {
             Ok(true) => {}
-            Ok(false) => return error(StatusCode::FORBIDDEN, "Unauthorized"),
+            Ok(false) => return Err(RealtimeError::Forbidden),
             Err(e) => {
                 tracing::error!(error = %e, "realtime: authorization query failed");
-                return error(StatusCode::UNPROCESSABLE_ENTITY, "RLS policy error");
+                return Err(RealtimeError::RlsPolicy);
             }
         }
     }
@@ -187,30 +178,22 @@ async fn single_broadcast(state: &AppState, req: Req, topic: String, event: Stri
         meta: None,
     });
     broadcast(state, &(topic, private), None, msg);
-    status_response(StatusCode::ACCEPTED)
+    Ok(status_response(StatusCode::ACCEPTED))
 }
 
 /// `POST /api/broadcast` with `{messages:[{topic,event,payload,private}]}`.
-async fn batch_broadcast(state: &AppState, req: Req) -> Resp {
-    let ctx = match caller(state, &req) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let body = match read_body(state, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let invalid = |field: &str, msg: &str| {
-        json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"errors": { field: [msg] }}),
-        )
+async fn batch_broadcast(state: &AppState, req: Req) -> Result<Resp, RealtimeError> {
+    let ctx = caller(state, &req)?;
+    let body = read_body(state, req).await?;
+    let invalid = |msg| RealtimeError::Invalid {
+        field: "messages",
+        msg,
     };
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return invalid("messages", "is invalid");
+        return Err(invalid("is invalid"));
     };
     let Some(list) = v.get("messages").and_then(Value::as_array) else {
-        return invalid("messages", "can't be blank");
+        return Err(invalid("can't be blank"));
     };
     let mut msgs = vec![];
     for m in list {
@@ -218,10 +201,7 @@ async fn batch_broadcast(state: &AppState, req: Req) -> Resp {
         let event = m.get("event").and_then(Value::as_str);
         let payload = m.get("payload").filter(|p| p.is_object());
         let (Some(topic), Some(event), Some(payload)) = (topic, event, payload) else {
-            return json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"errors": {"messages": [{"topic": ["can't be blank"], "event": ["can't be blank"], "payload": ["can't be blank"]}]}}),
-            );
+            return Err(RealtimeError::InvalidMessage);
         };
         let private = matches!(m.get("private"), Some(Value::Bool(true)))
             || m.get("private").and_then(Value::as_str) == Some("true");
@@ -250,7 +230,7 @@ async fn batch_broadcast(state: &AppState, req: Req) -> Resp {
         }
         broadcast(state, &(topic, private), None, Broadcast::Json(p));
     }
-    status_response(StatusCode::ACCEPTED)
+    Ok(status_response(StatusCode::ACCEPTED))
 }
 
 #[cfg(test)]

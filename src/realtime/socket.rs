@@ -7,21 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use http::{HeaderValue, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::authz::{self, Policies};
-use super::changes;
-use super::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
+use super::changes::{self, PgBinding};
+use super::error::RealtimeError;
+use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
-use super::token::{self, TokenError};
+use super::token;
+use super::upgrade::{self, WsStream};
 use crate::http::apikey::AuthContext;
-use crate::http::{empty, json_response, query_pairs, Req, Resp};
+use crate::http::{query_pairs, Req, Resp};
 use crate::state::AppState;
 
 /// A client that sends nothing (not even heartbeats) for this long is dropped.
@@ -30,77 +29,38 @@ const QUEUE: usize = 1024;
 /// Channels one socket may join (Supabase's default `max_channels_per_client`).
 const MAX_CHANNELS: usize = 100;
 
-fn ws_error(status: StatusCode, msg: &str) -> Resp {
-    json_response(status, &json!({"error": msg}))
-}
-
 /// `GET /realtime/v1/websocket`: authenticate the key, answer 101, run the socket.
-pub async fn upgrade(state: &AppState, mut req: Req) -> Resp {
+pub async fn upgrade(state: &AppState, mut req: Req) -> Result<Resp, RealtimeError> {
+    let key = upgrade::upgrade_key(&req).ok_or(RealtimeError::NotWebSocket)?;
     let h = req.headers();
-    let is_ws = h
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = h.get("sec-websocket-key").cloned().filter(|_| is_ws) else {
-        return ws_error(
-            StatusCode::BAD_REQUEST,
-            "This endpoint only accepts WebSocket upgrade requests",
-        );
-    };
     let q = query_pairs(req.uri().query());
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let Some(vsn) = Vsn::parse(get("vsn")) else {
-        return ws_error(StatusCode::FORBIDDEN, "Unsupported protocol version (vsn)");
-    };
+    let vsn = Vsn::parse(get("vsn")).ok_or(RealtimeError::UnsupportedVsn)?;
     let apikey = h
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or(get("apikey"))
         .filter(|k| !k.is_empty())
-        .map(str::to_string);
-    let Some(apikey) = apikey else {
-        return ws_error(StatusCode::UNAUTHORIZED, "API key is missing");
+        .map(str::to_string)
+        .ok_or(RealtimeError::ApiKeyMissing)?;
+    token::verify(state, &apikey)?;
+    let cfg = WebSocketConfig {
+        max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
+        ..Default::default()
     };
-    match token::verify(state, &apikey) {
-        Ok(_) => {}
-        Err(TokenError::Expired(_)) => {
-            return ws_error(StatusCode::UNAUTHORIZED, "Token has expired")
-        }
-        Err(e) => return ws_error(StatusCode::UNAUTHORIZED, &e.message()),
-    }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let cfg = WebSocketConfig {
-                    max_message_size: Some(state.config.max_body_bytes.max(1 << 20)),
-                    ..Default::default()
-                };
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
-                run(state, ws, vsn, apikey).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "realtime: upgrade failed"),
+    let run = move |ws| async move {
+        if let Some(ws) = ws {
+            run(state, ws, vsn, apikey).await;
         }
-    });
-    let mut r = Response::new(empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = r.headers_mut();
-    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert("sec-websocket-accept", v);
-    }
-    r
+    };
+    Ok(upgrade::accept(
+        &mut req,
+        key.as_bytes(),
+        cfg,
+        "realtime",
+        run,
+    ))
 }
 
 struct Channel {
@@ -119,21 +79,7 @@ struct Channel {
     last_track: Option<Map<String, Value>>,
 }
 
-/// Takes every channel of a socket out of the hub when the socket task ends.
-struct Guard {
-    hub: Arc<Hub>,
-    chans: Vec<(TopicKey, ChanId)>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for (k, id) in self.chans.drain(..) {
-            self.hub.unsubscribe(&k, id);
-        }
-    }
-}
-
-type Sink = futures::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+type Sink = futures::stream::SplitSink<WsStream, Message>;
 
 struct Conn {
     state: AppState,
@@ -145,23 +91,15 @@ struct Conn {
     /// Joined channels by full topic (`realtime:<name>`).
     channels: HashMap<String, Channel>,
     by_id: HashMap<ChanId, String>,
-    guard: Guard,
+    guard: HubGuard,
 }
 
-async fn run(
-    state: AppState,
-    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    vsn: Vsn,
-    socket_token: String,
-) {
+async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
     let (sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
     let hub = state.realtime.hub.clone();
     let mut c = Conn {
-        guard: Guard {
-            hub: hub.clone(),
-            chans: vec![],
-        },
+        guard: HubGuard::new(hub.clone()),
         state,
         hub,
         vsn,
@@ -215,9 +153,134 @@ fn flexible_bool(v: Option<&Value>) -> bool {
     }
 }
 
+/// A join's replay request (`config.broadcast.replay`): private channels only, `since` in
+/// Unix milliseconds, `limit` 25 unless given.
+fn replay_request(config: &Value, private: bool) -> Result<Option<(i64, i64)>, RealtimeError> {
+    let r = match config.pointer("/broadcast/replay") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(r) => r,
+    };
+    if !private {
+        return Err(RealtimeError::ReplayPublic);
+    }
+    match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
+        (Some(since), None | Some(Value::Null)) => Ok(Some((since, 25))),
+        (Some(since), Some(l)) if l.is_i64() => Ok(Some((since, l.as_i64().unwrap_or(25)))),
+        _ => Err(RealtimeError::ReplayParams),
+    }
+}
+
+/// Stored broadcasts replayed to a joining channel: (id, event, payload).
+type Replayed = Vec<(uuid::Uuid, String, Value)>;
+
+/// The read policies of a private channel's join (`None` for a public one) and the
+/// broadcasts it asked to replay.
+async fn authorize(
+    state: &AppState,
+    ctx: &AuthContext,
+    sub_topic: &str,
+    private: bool,
+    presence_enabled: bool,
+    replay: Option<(i64, i64)>,
+) -> Result<(Option<Policies>, Replayed), RealtimeError> {
+    let mut policies = None;
+    if private {
+        match authz::read_policies(state, ctx, sub_topic).await {
+            // Presence read counts only when presence is enabled (as in Supabase).
+            Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
+                policies = Some(p)
+            }
+            Ok(_) => return Err(RealtimeError::ReadDenied(sub_topic.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "realtime: authorization query failed");
+                return Err(RealtimeError::PoliciesUnavailable);
+            }
+        }
+    }
+    let Some((since, limit)) = replay else {
+        return Ok((policies, vec![]));
+    };
+    if !policies.is_some_and(|p| p.broadcast_read) {
+        return Err(RealtimeError::ReadDenied(sub_topic.to_string()));
+    }
+    match authz::replay(state, sub_topic, since, limit).await {
+        Ok(r) => Ok((policies, r)),
+        Err(e) => {
+            tracing::error!(error = %e, "realtime: replay query failed");
+            Err(RealtimeError::ReplayFailed)
+        }
+    }
+}
+
+/// The postgres_changes part of a join: every entry echoed (same order, same fields) with
+/// its id; invalid or unpublished ones are reported afterwards with a system message, as
+/// Supabase does.
+struct PgJoin {
+    /// The join asked for postgres_changes at all.
+    requested: bool,
+    echo: Vec<Value>,
+    bindings: Vec<PgBinding>,
+    errors: Vec<String>,
+}
+
+impl PgJoin {
+    async fn new(state: &AppState, config: &Value) -> PgJoin {
+        let params: Vec<Value> = config
+            .get("postgres_changes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .collect();
+        let mut pg = PgJoin {
+            requested: !params.is_empty(),
+            echo: vec![],
+            bindings: vec![],
+            errors: vec![],
+        };
+        for p in &params {
+            let id = changes::binding_id(p);
+            let mut e = p.clone();
+            if let Some(o) = e.as_object_mut() {
+                o.insert("id".into(), json!(id));
+            }
+            pg.echo.push(e);
+            match changes::parse_binding(p, id) {
+                Ok(b) => pg.bindings.push(b),
+                Err(msg) => pg.errors.push(msg),
+            }
+        }
+        if pg.bindings.is_empty() {
+            return pg;
+        }
+        if let Err(e) = changes::ensure_started(state).await {
+            tracing::error!(error = %e, "realtime: change capture unavailable");
+            pg.errors
+                .push(format!("Unable to subscribe to changes: {e}"));
+            pg.bindings.clear();
+            return pg;
+        }
+        let mut ok = vec![];
+        for b in std::mem::take(&mut pg.bindings) {
+            match changes::check_published(state, &b).await {
+                Ok(()) => ok.push(b),
+                Err(e) => pg.errors.push(e),
+            }
+        }
+        pg.bindings = ok;
+        pg
+    }
+}
+
 impl Conn {
     async fn text(&mut self, s: String) -> bool {
         self.sink.send(Message::Text(s)).await.is_ok()
+    }
+
+    /// An error reply to `m`.
+    async fn refuse(&mut self, m: &Msg, e: RealtimeError) -> bool {
+        self.reply(m, false, e.reply_payload()).await
     }
 
     async fn reply(&mut self, m: &Msg, ok: bool, response: Value) -> bool {
@@ -260,8 +323,7 @@ impl Conn {
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let ch = self.channels.remove(topic)?;
         self.by_id.remove(&ch.id);
-        self.hub.unsubscribe(&ch.key, ch.id);
-        self.guard.chans.retain(|(_, id)| *id != ch.id);
+        self.guard.unsubscribe(&ch.key, ch.id);
         Some(ch)
     }
 
@@ -316,8 +378,7 @@ impl Conn {
             return if m.event == "heartbeat" {
                 self.reply(&m, true, json!({})).await
             } else {
-                self.reply(&m, false, json!({"reason": "unmatched topic"}))
-                    .await
+                self.refuse(&m, RealtimeError::UnmatchedTopic).await
             };
         }
         match m.event.as_str() {
@@ -329,35 +390,25 @@ impl Conn {
             _ => {}
         }
         if !self.channels.contains_key(&m.topic) {
-            return self
-                .reply(&m, false, json!({"reason": "unmatched topic"}))
-                .await;
+            return self.refuse(&m, RealtimeError::UnmatchedTopic).await;
         }
         match m.event.as_str() {
             "broadcast" => self.broadcast(m).await,
             "presence" => self.presence(m).await,
             "access_token" => self.access_token(m).await,
             other => {
-                let reason = format!("Unexpected message from client of type `{other}`");
-                self.reply(&m, false, json!({ "reason": reason })).await
+                self.refuse(&m, RealtimeError::UnexpectedEvent(other.to_string()))
+                    .await
             }
         }
     }
 
     async fn join(&mut self, m: Msg) -> bool {
         let Some(sub_topic) = m.topic.strip_prefix("realtime:").map(str::to_string) else {
-            return self
-                .reply(&m, false, json!({"reason": "unmatched topic"}))
-                .await;
+            return self.refuse(&m, RealtimeError::UnmatchedTopic).await;
         };
         if sub_topic.is_empty() {
-            return self
-                .reply(
-                    &m,
-                    false,
-                    json!({"reason": "TopicNameRequired: You must provide a topic name"}),
-                )
-                .await;
+            return self.refuse(&m, RealtimeError::TopicNameRequired).await;
         }
         let payload = match &m.payload {
             Payload::Json(v) => v.clone(),
@@ -375,13 +426,7 @@ impl Conn {
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(&m.topic) {
-            return self
-                .reply(
-                    &m,
-                    false,
-                    json!({"reason": "ChannelRateLimitReached: Too many channels"}),
-                )
-                .await;
+            return self.refuse(&m, RealtimeError::TooManyChannels).await;
         }
         // Rejoining a joined topic replaces the old channel.
         if let Some(old) = self.remove_channel(&m.topic) {
@@ -402,112 +447,20 @@ impl Conn {
         };
         let (ctx, exp) = match token::verify(&self.state, &token) {
             Ok(x) => x,
-            Err(e) => return self.reply(&m, false, json!({"reason": e.reason()})).await,
+            Err(e) => return self.refuse(&m, e.into()).await,
         };
-        // Replay of stored broadcasts: private channels only, `since` in Unix milliseconds.
-        let replay = match config.pointer("/broadcast/replay") {
-            None | Some(Value::Null) => None,
-            Some(r) => {
-                if !private {
-                    return self
-                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}))
-                        .await;
-                }
-                match (r.get("since").and_then(Value::as_i64), r.get("limit")) {
-                    (Some(since), None | Some(Value::Null)) => Some((since, 25)),
-                    (Some(since), Some(l)) if l.is_i64() => Some((since, l.as_i64().unwrap_or(25))),
-                    _ => {
-                        return self
-                            .reply(&m, false, json!({"reason": "UnableToReplayMessages: Replay params are not valid"}))
-                            .await
-                    }
-                }
+        let access = match replay_request(&config, private) {
+            Ok(replay) => {
+                let topic = &sub_topic;
+                authorize(&self.state, &ctx, topic, private, presence_enabled, replay).await
             }
+            Err(e) => Err(e),
         };
-        let mut policies = None;
-        if private {
-            match authz::read_policies(&self.state, &ctx, &sub_topic).await {
-                // Presence read counts only when presence is enabled (as in Supabase).
-                Ok(p) if p.broadcast_read || (presence_enabled && p.presence_read) => {
-                    policies = Some(p)
-                }
-                Ok(_) => {
-                    let reason = format!(
-                        "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-                    );
-                    return self.reply(&m, false, json!({ "reason": reason })).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "realtime: authorization query failed");
-                    return self
-                        .reply(
-                            &m,
-                            false,
-                            json!({"reason": "UnableToSetPolicies: Realtime was unable to connect to the project database"}),
-                        )
-                        .await;
-                }
-            }
-        }
-        let mut replayed = vec![];
-        if let Some((since, limit)) = replay {
-            if !policies.is_some_and(|p| p.broadcast_read) {
-                let reason = format!(
-                    "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-                );
-                return self.reply(&m, false, json!({ "reason": reason })).await;
-            }
-            match authz::replay(&self.state, &sub_topic, since, limit).await {
-                Ok(r) => replayed = r,
-                Err(e) => {
-                    tracing::error!(error = %e, "realtime: replay query failed");
-                    return self
-                        .reply(&m, false, json!({"reason": "UnableToReplayMessages: Realtime was unable to replay messages"}))
-                        .await;
-                }
-            }
-        }
-        // postgres_changes: echo every entry (same order, same fields) with its id; invalid
-        // ones are reported afterwards with a system message, as Supabase does.
-        let pg_params: Vec<Value> = config
-            .get("postgres_changes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| !v.is_null())
-            .collect();
-        let mut echo = vec![];
-        let mut bindings = vec![];
-        let mut pg_errors = vec![];
-        for p in &pg_params {
-            let id = changes::binding_id(p);
-            let mut e = p.clone();
-            if let Some(o) = e.as_object_mut() {
-                o.insert("id".into(), json!(id));
-            }
-            echo.push(e);
-            match changes::parse_binding(p, id) {
-                Ok(b) => bindings.push(b),
-                Err(msg) => pg_errors.push(msg),
-            }
-        }
-        if !bindings.is_empty() {
-            if let Err(e) = changes::ensure_started(&self.state).await {
-                tracing::error!(error = %e, "realtime: change capture unavailable");
-                pg_errors.push(format!("Unable to subscribe to changes: {e}"));
-                bindings.clear();
-            } else {
-                let mut ok = vec![];
-                for b in bindings {
-                    match changes::check_published(&self.state, &b).await {
-                        Ok(()) => ok.push(b),
-                        Err(e) => pg_errors.push(e),
-                    }
-                }
-                bindings = ok;
-            }
-        }
+        let (policies, replayed) = match access {
+            Ok(x) => x,
+            Err(e) => return self.refuse(&m, e).await,
+        };
+        let pg = PgJoin::new(&self.state, &config).await;
         let id = self.hub.new_chan_id();
         let key: TopicKey = (sub_topic.clone(), private);
         let broadcast_read = policies.map(|p| p.broadcast_read).unwrap_or(true);
@@ -520,13 +473,12 @@ impl Conn {
                 self_broadcast,
                 broadcast_read,
                 presence_read,
-                pg: bindings,
+                pg: pg.bindings,
                 ctx: ctx.clone(),
             },
         );
-        self.guard.chans.push((key.clone(), id));
+        self.guard.add(key.clone(), id);
         self.by_id.insert(id, m.topic.clone());
-        let has_pg = !pg_params.is_empty();
         self.channels.insert(
             m.topic.clone(),
             Channel {
@@ -546,7 +498,7 @@ impl Conn {
             },
         );
         if !self
-            .reply(&m, true, json!({"postgres_changes": echo}))
+            .reply(&m, true, json!({"postgres_changes": pg.echo}))
             .await
         {
             return false;
@@ -570,11 +522,11 @@ impl Conn {
                 return false;
             }
         }
-        if has_pg {
-            let (status, message) = if pg_errors.is_empty() {
+        if pg.requested {
+            let (status, message) = if pg.errors.is_empty() {
                 ("ok", "Subscribed to PostgreSQL".to_string())
             } else {
-                ("error", pg_errors.join("; "))
+                ("error", pg.errors.join("; "))
             };
             let sys = json!({"extension":"postgres_changes","status":status,"message":message,"channel":sub_topic});
             if !self
@@ -641,7 +593,7 @@ impl Conn {
 
     async fn presence(&mut self, m: Msg) -> bool {
         let Payload::Json(p) = &m.payload else {
-            return self.reply(&m, false, json!({})).await;
+            return self.refuse(&m, RealtimeError::Refused).await;
         };
         let event = p
             .get("event")
@@ -656,20 +608,14 @@ impl Conn {
             "track" => {
                 let data = p.get("payload").cloned().unwrap_or(json!({}));
                 let Value::Object(data) = data else {
-                    return self
-                        .reply(
-                            &m,
-                            false,
-                            json!({"reason": "Presence track payload must be a map"}),
-                        )
-                        .await;
+                    return self.refuse(&m, RealtimeError::PresenceNotMap).await;
                 };
                 if key.1
                     && !self
                         .may_write(&m.topic, "presence", |c| &mut c.presence_write)
                         .await
                 {
-                    return self.reply(&m, false, json!({})).await;
+                    return self.refuse(&m, RealtimeError::Refused).await;
                 }
                 let Some(ch) = self.channels.get_mut(&m.topic) else {
                     return true;
@@ -688,7 +634,7 @@ impl Conn {
                 self.hub.untrack(&key, id);
                 self.reply(&m, true, json!({})).await
             }
-            _ => self.reply(&m, false, json!({})).await,
+            _ => self.refuse(&m, RealtimeError::Refused).await,
         }
     }
 

@@ -19,15 +19,14 @@ mod socket;
 
 use std::sync::atomic::AtomicU64;
 
-use http::{HeaderValue, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
 use super::error::FnError;
 use crate::http::apikey::AuthContext;
-use crate::http::{empty, Req, Resp};
+use crate::http::{Req, Resp};
+use crate::realtime::upgrade::{accept, upgrade_key};
 use crate::state::AppState;
 
 pub const NAME: &str = "websocket-handler";
@@ -77,9 +76,8 @@ pub async fn handle(
     if req.method() != http::Method::GET {
         return Err(FnError::method_not_allowed(req.method(), NAME));
     }
-    let is_ws = header(&req, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = header(&req, "sec-websocket-key").filter(|_| is_ws);
-    let Some(key) = key.map(str::to_string) else {
+    let key = upgrade_key(&req).filter(|k| k.to_str().is_ok());
+    let Some(key) = key else {
         let mut r = crate::http::error_response(&FnError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
@@ -108,40 +106,24 @@ pub async fn handle(
     let session = sessions::open(state, user, user_agent)
         .await
         .map_err(|e| FnError::internal(format!("opening the user session: {e}")))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let cfg = WebSocketConfig {
+        max_message_size: Some(MAX_FRAME),
+        max_frame_size: Some(MAX_FRAME),
+        ..Default::default()
+    };
     let state = state.clone();
     let ctx = ctx.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let cfg = WebSocketConfig {
-                    max_message_size: Some(MAX_FRAME),
-                    max_frame_size: Some(MAX_FRAME),
-                    ..Default::default()
-                };
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
-                socket::run(state.clone(), ws, ctx, user, session).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket-handler: upgrade failed"),
+    let run = move |ws| async move {
+        if let Some(ws) = ws {
+            socket::run(state.clone(), ws, ctx, user, session).await;
         }
         sessions::close(&state, session).await;
-    });
-    let mut r = Response::new(empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = r.headers_mut();
-    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert("sec-websocket-accept", v);
-    }
-    Ok(r)
+    };
+    Ok(accept(
+        &mut req,
+        key.as_bytes(),
+        cfg,
+        "websocket-handler",
+        run,
+    ))
 }

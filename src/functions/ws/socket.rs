@@ -5,17 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use super::frames::{self, error_frame, Frame, Refusal};
@@ -23,7 +20,8 @@ use super::sessions;
 use crate::db::RequestGucs;
 use crate::http::apikey::AuthContext;
 use crate::realtime::changes::{Filter, FilterOp, PgBinding};
-use crate::realtime::hub::{Broadcast, ChanId, Hub, Out, Sub, TopicKey};
+use crate::realtime::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
+use crate::realtime::upgrade::WsStream;
 use crate::state::AppState;
 
 /// `last_seen_at` is written at most this often.
@@ -41,8 +39,7 @@ pub const TOPIC_PREFIX: &str = "oxibase.ws:";
 /// The hub broadcast event that carries typing.
 const TYPING_EVENT: &str = "oxibase.ws.typing";
 
-type Stream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-type Sink = futures::stream::SplitSink<Stream, Message>;
+type Sink = futures::stream::SplitSink<WsStream, Message>;
 
 fn gucs(method: &'static str) -> RequestGucs<'static> {
     RequestGucs {
@@ -62,19 +59,6 @@ struct Room {
 }
 
 /// Takes the socket's channels out of the hub when the task ends (presence leaves).
-struct Guard {
-    hub: Arc<Hub>,
-    chans: HashMap<ChanId, TopicKey>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for (id, k) in self.chans.drain() {
-            self.hub.unsubscribe(&k, id);
-        }
-    }
-}
-
 struct Conn {
     state: AppState,
     ctx: AuthContext,
@@ -83,7 +67,7 @@ struct Conn {
     tx: mpsc::Sender<Out>,
     rooms: HashMap<Uuid, Room>,
     by_chan: HashMap<ChanId, Uuid>,
-    guard: Guard,
+    guard: HubGuard,
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> Message {
@@ -93,16 +77,13 @@ fn close_frame(code: CloseCode, reason: &'static str) -> Message {
     }))
 }
 
-pub async fn run(state: AppState, ws: Stream, ctx: AuthContext, user: Uuid, session: Uuid) {
+pub async fn run(state: AppState, ws: WsStream, ctx: AuthContext, user: Uuid, session: Uuid) {
     let (sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
     let hub = state.realtime.hub.clone();
     let exp = ctx.claims.get("exp").and_then(Value::as_i64);
     let mut c = Conn {
-        guard: Guard {
-            hub,
-            chans: HashMap::new(),
-        },
+        guard: HubGuard::new(hub),
         state,
         ctx,
         user,
@@ -255,7 +236,7 @@ impl Conn {
 
     async fn join(&mut self, id: Uuid) -> Result<Option<Value>, Refusal> {
         if let Some(room) = self.rooms.get_mut(&id) {
-            let u = users(&self.guard.hub, &room.key);
+            let u = users(self.guard.hub(), &room.key);
             room.users = u.clone();
             return Ok(Some(
                 json!({"type": "joined", "conversation_id": id, "users": u}),
@@ -293,7 +274,7 @@ impl Conn {
             ));
         }
         let key: TopicKey = (format!("{TOPIC_PREFIX}{id}"), true);
-        let hub = self.guard.hub.clone();
+        let hub = self.guard.hub().clone();
         let chan = hub.new_chan_id();
         let binding = PgBinding {
             id: 1,
@@ -320,7 +301,7 @@ impl Conn {
                 ctx: self.ctx.clone(),
             },
         );
-        self.guard.chans.insert(chan, key.clone());
+        self.guard.add(key.clone(), chan);
         let mut meta = serde_json::Map::new();
         meta.insert("user_id".into(), json!(self.user));
         hub.track(&key, chan, &self.user.to_string(), meta);
@@ -349,8 +330,7 @@ impl Conn {
             ));
         };
         self.by_chan.remove(&room.chan);
-        self.guard.chans.remove(&room.chan);
-        self.guard.hub.unsubscribe(&room.key, room.chan);
+        self.guard.unsubscribe(&room.key, room.chan);
         Ok(None)
     }
 
@@ -457,7 +437,7 @@ impl Conn {
                 let Some(room) = self.rooms.get_mut(&conv) else {
                     return true;
                 };
-                let u = users(&self.guard.hub, &room.key);
+                let u = users(self.guard.hub(), &room.key);
                 if u == room.users {
                     return true;
                 }
