@@ -139,7 +139,8 @@ impl Decoder {
                     schema,
                     table,
                     columns,
-                    rls: old.map(|o| o.rls).unwrap_or(false),
+                    // Until the catalog says otherwise, assume RLS: fail closed.
+                    rls: old.map(|o| o.rls).unwrap_or(true),
                     pk: old.map(|o| o.pk.clone()).unwrap_or_default(),
                 };
                 self.relations.insert(oid, rel);

@@ -209,12 +209,38 @@ async fn capture(st: AppState, mut session: Session) {
             }
         }
         for rel in decoder.take_new_relations() {
-            if let Err(e) = decoder.describe(&session.client, rel).await {
-                tracing::warn!(error = %e, "realtime: cannot describe a relation");
-            }
+            describe(&st, &session.client, &mut decoder, rel).await;
         }
         if !changes.is_empty() {
             dispatch(&st, &decoder, changes).await;
         }
     }
+}
+
+/// Describe a relation (column types, RLS, primary key) before its changes go out: without
+/// it values would go out untyped and no RLS check could run. Right after a reconnect the
+/// capture session may fail where a pooled connection works, so that is tried too, a few
+/// times; a relation still undescribed is retried with the next batch.
+async fn describe(
+    st: &AppState,
+    session: &tokio_postgres::Client,
+    decoder: &mut Decoder,
+    rel: u32,
+) {
+    let mut last = match decoder.describe(session, rel).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    for attempt in 0..3u64 {
+        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+        match st.pool.get().await {
+            Ok(c) => match decoder.describe(&c, rel).await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            },
+            Err(e) => last = e.to_string(),
+        }
+    }
+    tracing::warn!(error = %last, "realtime: cannot describe a relation; retrying with the next batch");
+    decoder.fresh.push(rel);
 }
