@@ -1,13 +1,19 @@
 //! Configuration: flags > `OXIBASE_*` environment > TOML file > defaults.
 //!
 //! The file layer is deserialized straight into [`Config`] (missing keys take their
-//! defaults); the flag/env layer is clap's (`ServeArgs`), whose `Some` values override.
+//! defaults). The environment layer ([`env`]) derives a variable for every key from
+//! Config's shape: `OXIBASE_<KEY>` at the top, `OXIBASE_<SECTION>__<KEY>` in a section
+//! (`OXIBASE_AUTH__SITE_URL`). The flag layer is clap's (`ServeArgs`, which also reads the
+//! older names such as `OXIBASE_STORAGE_URL` and `OXIBASE_REST_SCHEMAS`); its `Some` values
+//! override, and the providers' `OPENAI_API_KEY` etc. come last.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub mod env;
 
 /// The Supabase CLI's well-known local JWT secret. With it, the CLI's published anon and
 /// service_role keys verify, so `supabase start` habits work unchanged.
@@ -605,28 +611,44 @@ pub enum ConfigError {
 impl Config {
     /// Merge every layer. `default_file` is `./oxibase.toml`, read only when present.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let mut cfg = match &args.config {
-            Some(path) => Self::from_file(path)?,
-            None => {
-                let default = Path::new("oxibase.toml");
-                if default.exists() {
-                    Self::from_file(default)?
-                } else {
-                    Config::default()
-                }
-            }
+        let default = Path::new("oxibase.toml");
+        let file = match &args.config {
+            Some(path) => Some(path.as_path()),
+            None => Some(default).filter(|p| p.exists()),
         };
+        Self::from_layers(file, args, &|k| std::env::var(k).ok())
+    }
+
+    /// Defaults, then `file`, then the variables `var` finds, then `args` (flags and the
+    /// variables clap reads), then the providers' variables; validated.
+    pub fn from_layers(
+        file: Option<&Path>,
+        args: &ServeArgs,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (mut cfg, table) = match file {
+            Some(path) => {
+                let text = read_file(path)?;
+                let cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?;
+                // It parsed as a Config, so it parses as a table.
+                (cfg, toml::from_str(&text).unwrap_or_default())
+            }
+            None => (Config::default(), toml::Table::new()),
+        };
+        if let Some(with_env) = env::overlay(table, var)? {
+            cfg = with_env;
+        }
         cfg.apply(args);
-        cfg.functions.apply_env(|k| std::env::var(k).ok());
+        cfg.functions.apply_env(var);
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_file(path)?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -785,6 +807,13 @@ impl Config {
         walk("", &v, &mut out);
         out
     }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn redact(v: &mut serde_json::Value, keys: &[&str]) {
