@@ -1,7 +1,11 @@
 //! Configuration: flags > `OXIBASE_*` environment > TOML file > defaults.
 //!
 //! The file layer is deserialized straight into [`Config`] (missing keys take their
-//! defaults); the flag/env layer is clap's (`ServeArgs`), whose `Some` values override.
+//! defaults). The environment layer ([`env`]) derives a variable for every key from
+//! Config's shape: `OXIBASE_<KEY>` at the top, `OXIBASE_<SECTION>__<KEY>` in a section
+//! (`OXIBASE_AUTH__SITE_URL`). The flag layer is clap's (`ServeArgs`, which also reads the
+//! older names such as `OXIBASE_STORAGE_URL` and `OXIBASE_REST_SCHEMAS`); its `Some` values
+//! override, and the providers' `OPENAI_API_KEY` etc. come last.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -9,14 +13,24 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
+
 /// The Supabase CLI's well-known local JWT secret. With it, the CLI's published anon and
 /// service_role keys verify, so `supabase start` habits work unchanged.
 pub const DEFAULT_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 
-/// A value that must never reach a log line: `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// A value that must never reach a log line or a dump: `Debug`, `Display` and `Serialize`
+/// give `***` (so `config --dump` hides every secret by its type); `expose` gives the value.
+/// It deserializes as the value itself.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret<T>(pub T);
+
+impl<T> Serialize for Secret<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
 
 impl<T> Secret<T> {
     pub fn expose(&self) -> &T {
@@ -605,28 +619,44 @@ pub enum ConfigError {
 impl Config {
     /// Merge every layer. `default_file` is `./oxibase.toml`, read only when present.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let mut cfg = match &args.config {
-            Some(path) => Self::from_file(path)?,
-            None => {
-                let default = Path::new("oxibase.toml");
-                if default.exists() {
-                    Self::from_file(default)?
-                } else {
-                    Config::default()
-                }
-            }
+        let default = Path::new("oxibase.toml");
+        let file = match &args.config {
+            Some(path) => Some(path.as_path()),
+            None => Some(default).filter(|p| p.exists()),
         };
+        Self::from_layers(file, args, &|k| std::env::var(k).ok())
+    }
+
+    /// Defaults, then `file`, then the variables `var` finds, then `args` (flags and the
+    /// variables clap reads), then the providers' variables; validated.
+    pub fn from_layers(
+        file: Option<&Path>,
+        args: &ServeArgs,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (mut cfg, table) = match file {
+            Some(path) => {
+                let text = read_file(path)?;
+                let cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?;
+                // It parsed as a Config, so it parses as a table.
+                (cfg, toml::from_str(&text).unwrap_or_default())
+            }
+            None => (Config::default(), toml::Table::new()),
+        };
+        if let Some(with_env) = env::overlay(table, var)? {
+            cfg = with_env;
+        }
         cfg.apply(args);
-        cfg.functions.apply_env(|k| std::env::var(k).ok());
+        cfg.functions.apply_env(var);
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_file(path)?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -744,20 +774,9 @@ impl Config {
         self.data_dir.join("storage")
     }
 
-    /// The effective configuration as TOML, secrets shown as `***`.
+    /// The effective configuration as TOML, secrets ([`Secret`]) shown as `***`.
     pub fn dump(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("config serializes");
-        redact(
-            &mut v,
-            &[
-                "jwt_secret",
-                "database_url",
-                "smtp_url",
-                "openai_api_key",
-                "anthropic_api_key",
-                "mistral_api_key",
-            ],
-        );
+        let v = serde_json::to_value(self).expect("config serializes");
         let t = json_to_toml(&v).expect("object");
         toml::to_string_pretty(&t).expect("toml")
     }
@@ -787,16 +806,11 @@ impl Config {
     }
 }
 
-fn redact(v: &mut serde_json::Value, keys: &[&str]) {
-    if let serde_json::Value::Object(m) = v {
-        for (k, val) in m.iter_mut() {
-            if keys.contains(&k.as_str()) && !val.is_null() {
-                *val = serde_json::Value::String("***".into());
-            } else {
-                redact(val, keys);
-            }
-        }
-    }
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
@@ -899,6 +913,62 @@ mod tests {
         assert!(!d.contains("pw@h"));
         assert!(d.contains("jwt_secret = \"***\""));
         assert!(format!("{cfg:?}").contains("***"));
+    }
+
+    #[test]
+    fn no_secret_reaches_the_dump_or_debug() {
+        let cfg = Config::from_toml(
+            "jwt_secret = \"jwt-secret-value-that-is-long-enough-0001\"\n\
+             database_url = \"postgres://u:db-pass-0002@h/db\"\n\
+             [auth]\nsmtp_url = \"smtp://u:smtp-pass-0003@mail:25\"\n\
+             [functions]\nopenai_api_key = \"sk-0004\"\nanthropic_api_key = \"sk-0005\"\n\
+             mistral_api_key = \"sk-0006\"\n",
+        )
+        .unwrap();
+        let (dump, debug) = (cfg.dump(), format!("{cfg:?} {cfg:#?}"));
+        for n in 1..=6 {
+            let marker = format!("000{n}");
+            assert!(!dump.contains(&marker), "dump shows secret {n}: {dump}");
+            assert!(!debug.contains(&marker), "Debug shows secret {n}");
+        }
+        for key in ["jwt_secret", "database_url", "smtp_url", "openai_api_key"] {
+            assert!(dump.contains(&format!("{key} = \"***\"")), "{key}: {dump}");
+        }
+        // Unset secrets stay absent, as before.
+        assert!(!Config::default().dump().contains("database_url"));
+    }
+
+    #[test]
+    fn every_key_named_like_a_secret_is_a_secret() {
+        // A new `*_key`, `*secret`, `*password` or credential URL typed as a plain string
+        // would show in the dump: set each through its variable and look.
+        let secretish = |k: &str| {
+            k.ends_with("_key")
+                || k.ends_with("secret")
+                || k.ends_with("password")
+                || ["database_url", "smtp_url"].contains(&k)
+        };
+        let mut checked = 0;
+        for (path, default) in env::leaves() {
+            let leaf = path.last().unwrap();
+            if !secretish(leaf) || !(default.is_string() || default.is_null()) {
+                continue;
+            }
+            let name = env::var_name(&path);
+            let value = "marker-secret-value-that-is-long-enough-9999".to_string();
+            let cfg = Config::from_layers(None, &ServeArgs::default(), &|k| {
+                (k == name).then(|| value.clone())
+            })
+            .unwrap();
+            let dump = cfg.dump();
+            assert!(!dump.contains("9999"), "{name} shows in the dump");
+            assert!(
+                !format!("{cfg:?}").contains("9999"),
+                "{name} shows in Debug"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 6);
     }
 
     #[test]
