@@ -200,21 +200,8 @@ impl Drop for Spawned {
 #[derive(Clone)]
 pub struct Http(HClient<HttpConnector, Full<Bytes>>);
 
-pub struct Response {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Response {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+/// The harness's response type: status, headers, body and their helpers.
+pub use super::reqwest_like::Response;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
