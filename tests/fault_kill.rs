@@ -327,6 +327,26 @@ async fn kill_during_uploads_leaves_no_partial_object() {
     check_store(&srv, &sent).await;
 }
 
+/// Create a resumable upload of `len` bytes at `name` in bucket `killb`; its location.
+async fn tus_create(http: &Http, url: &str, name: &str, len: &str) -> String {
+    let meta = tus_metadata("killb", name);
+    let r = http
+        .send(
+            "POST",
+            &format!("{url}/storage/v1/upload/resumable"),
+            &with(&[
+                ("tus-resumable", "1.0.0"),
+                ("upload-length", len),
+                ("upload-metadata", &meta),
+            ]),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.header("location").unwrap().to_string()
+}
+
 async fn tus_patch(
     http: &Http,
     url: &str,
@@ -374,22 +394,7 @@ async fn kill_during_resumable_upload_then_resume() {
     let data = random(3 * 1024 * 1024 + 123);
     let chunk = 1024 * 1024;
     let len = data.len().to_string();
-    let meta = tus_metadata("killb", "tus/big.bin");
-    let r = http
-        .send(
-            "POST",
-            &format!("{}/storage/v1/upload/resumable", srv.url),
-            &with(&[
-                ("tus-resumable", "1.0.0"),
-                ("upload-length", &len),
-                ("upload-metadata", &meta),
-            ]),
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let location = r.header("location").unwrap().to_string();
+    let location = tus_create(&http, &srv.url, "tus/big.bin", &len).await;
     let r = tus_patch(&http, &srv.url, &location, 0, data[..chunk].to_vec())
         .await
         .unwrap();
@@ -483,22 +488,7 @@ async fn kill_during_resumable_upload_then_resume() {
     let data = random(24 * 1024 * 1024 + 77);
     let part = 8 * 1024 * 1024;
     let len = data.len().to_string();
-    let meta = tus_metadata("killb", "tus/final.bin");
-    let r = http
-        .send(
-            "POST",
-            &format!("{}/storage/v1/upload/resumable", srv.url),
-            &with(&[
-                ("tus-resumable", "1.0.0"),
-                ("upload-length", &len),
-                ("upload-metadata", &meta),
-            ]),
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201);
-    let location = r.header("location").unwrap().to_string();
+    let location = tus_create(&http, &srv.url, "tus/final.bin", &len).await;
     for offset in [0, part] {
         let r = tus_patch(
             &http,
