@@ -11,7 +11,7 @@ try {
     .filter((f) => f.endsWith('.test.mjs'))
     .filter((f) => !process.argv[2] || f.includes(process.argv[2]))
     .map((f) => `test/${f}`);
-  const child = spawn(process.execPath, ['--experimental-websocket', '--test', '--test-concurrency=1', ...files], {
+  const child = spawn(process.execPath, ['--experimental-websocket', '--test', '--test-concurrency=1', '--test-force-exit', ...files], {
     stdio: 'inherit',
     env: {
       ...process.env,
