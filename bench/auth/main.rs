@@ -5,7 +5,7 @@
 //! Starts oxibase in-process on an embedded PostgreSQL (the integration-test harness),
 //! creates users through the API, then drives password sign-ins and refreshes over HTTP.
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/it/common/mod.rs"]
 mod common;
 
 use std::future::Future;

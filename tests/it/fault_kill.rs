@@ -3,7 +3,7 @@
 //! acknowledged write is there, nothing half-written is visible or left in the file store,
 //! and an interrupted resumable upload resumes.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

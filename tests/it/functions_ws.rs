@@ -3,7 +3,7 @@
 //! to the sockets whose user may read them, bad frames, user_sessions bookkeeping, the sweep
 //! of stopped servers' sessions, and two processes sharing one database.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! bounds (time, memory, output) and walls (files, modules, network, processes), the stored
 //! `code_executions` rows under RLS, and the request errors.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! are capped; slow headers and idle keep-alive connections are closed, WebSockets are not;
 //! shutdown still drains.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! what lands in storage.objects / file_uploads / api_usage, and that refused or failed
 //! uploads leave nothing behind.
 
-mod common;
+use crate::common;
 
 use common::{files_under, TestServer, ANON_KEY, SERVICE_KEY};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! /rest/v1 end to end against a fresh database: schema-cache reload after DDL, reads,
 //! writes, RPC, errors and the body limit.
-mod common;
+use crate::common;
 
 use common::{TestServer, ANON_KEY, SERVICE_KEY};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! refresh rotation, user updates, logout, anonymous users, OTP and links via the local
 //! inbox, the admin API, asymmetric signing and rate limits.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, ANON_KEY, SERVICE_KEY};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! Storage invariants seen from the outside: what bytes are on disk after accepted,
 //! rejected and overwritten uploads, the orphan sweeper, and the memory backend.
 
-mod common;
+use crate::common;
 
 use common::{files_under, TestServer, SERVICE_KEY};
 

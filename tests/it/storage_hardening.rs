@@ -3,7 +3,7 @@
 //! oversized declarations refused before the body, image bombs, and a bound on open TUS
 //! uploads.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{Client, TestServer, SERVICE_KEY};

@@ -1,9 +1,9 @@
 //! Forged and stale tokens against every API: REST, Auth's /user, Storage, a realtime
 //! channel join and a function. The server trusts an ES256 and an RS256 key (jwt_keys_file)
 //! beside the HS256 secret; each attack must be refused with that API's own status and shape. The
-//! results are printed as a table (`cargo test --test token_attacks -- --nocapture`).
+//! results are printed as a table (`cargo test --test it token_attacks:: -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! mapping, mid-stream failures, and that a client closing its stream cancels the provider
 //! call.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -1,7 +1,7 @@
 //! Database faults: an exhausted pool answers instead of hanging, and a killed embedded
 //! PostgreSQL comes back by itself with REST, acknowledged writes and realtime intact.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -491,7 +491,9 @@ async fn killed_postgres_restarts_and_everything_recovers() {
             other.push(m.to_string());
         }
         if m["event"] == "postgres_changes" {
-            let id = m["payload"]["data"]["record"]["id"].as_i64().unwrap();
+            let id = m["payload"]["data"]["record"]["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("record id is not a number: {m}"));
             if id >= first_after {
                 assert_eq!(m["payload"]["data"]["type"], "INSERT");
                 break;

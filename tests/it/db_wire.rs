@@ -1,7 +1,7 @@
 //! The lean hot-path connection (`db::wire`) against the embedded PostgreSQL: one batch,
 //! one Sync; errors roll the whole batch back; a connection dropped mid-batch is not reused.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use oxibase::db::wire::{make_pool, Step, WireConfig, WireConn, WireError};

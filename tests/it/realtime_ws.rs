@@ -1,7 +1,7 @@
 //! Realtime over a real WebSocket client: Phoenix frames (vsn 1.0.0 and 2.0.0, binary kinds
 //! 3 and 4), replies, token expiry, private channels and postgres_changes with RLS.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

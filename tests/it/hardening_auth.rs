@@ -3,7 +3,7 @@
 //! deleted user's still-valid token on the functions, and the API-key gate of Supabase's
 //! gateway in both of its modes.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, ANON_KEY, SERVICE_KEY};
 use oxibase::config::{AuthRateLimits, Secret};

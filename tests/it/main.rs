@@ -1,0 +1,21 @@
+//! All integration tests in one crate: one link instead of one per file, and one shared
+//! embedded PostgreSQL (see common/) for every test. Each file is a module named after it,
+//! so `cargo test --test it fault_pg::` runs one file.
+
+mod auth_flow;
+mod common;
+mod db_wire;
+mod fault_flood;
+mod fault_kill;
+mod fault_pg;
+mod functions_chat;
+mod functions_code;
+mod functions_upload;
+mod functions_ws;
+mod hardening_auth;
+mod realtime_ws;
+mod rest_basic;
+mod spine;
+mod storage_api;
+mod storage_hardening;
+mod token_attacks;
