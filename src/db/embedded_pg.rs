@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, set_parent_process_death_signal, Pid, Signal};
 use tokio::process::Child;
 
 pub const SUPERUSER: &str = "postgres";
@@ -313,11 +314,11 @@ impl EmbeddedPg {
             pid,
             "a PostgreSQL from an earlier run is still up on this data directory; stopping it"
         );
-        signal(pid, libc::SIGINT);
+        signal(pid, Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(30);
         while process_alive(pid) {
             if Instant::now() > deadline {
-                signal(pid, libc::SIGQUIT);
+                signal(pid, Signal::QUIT);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 break;
             }
@@ -330,7 +331,7 @@ impl EmbeddedPg {
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
-                signal(pid as i32, libc::SIGINT);
+                signal(pid as i32, Signal::INT);
             }
             match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
                 Ok(_) => {}
@@ -404,7 +405,7 @@ impl Drop for Supervisor {
         if let Some(task) = self.task.take() {
             let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
             if pid > 0 {
-                signal(pid, libc::SIGINT);
+                signal(pid, Signal::INT);
             }
             task.abort();
         }
@@ -476,7 +477,7 @@ impl Drop for EmbeddedPg {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_ref() {
             if let Some(pid) = child.id() {
-                signal(pid as i32, libc::SIGINT);
+                signal(pid as i32, Signal::INT);
             }
         }
     }
@@ -497,11 +498,9 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
-#[allow(unsafe_code)]
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) takes plain integers and has no memory effects on this process.
-    unsafe {
-        libc::kill(pid, sig);
+fn signal(pid: i32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, sig);
     }
 }
 
@@ -511,16 +510,14 @@ fn die_with_parent(cmd: &mut Command) {
     // which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+            let _ = set_parent_process_death_signal(Some(Signal::INT));
             Ok(())
         });
     }
 }
 
-#[allow(unsafe_code)]
 fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn lookup_user(name: &str) -> Result<RunAs, PgError> {

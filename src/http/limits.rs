@@ -7,52 +7,44 @@ use crate::config::Config;
 /// Connections kept back for refusals in progress (a short 503 each) beyond the cap.
 pub const SHED_SLOTS: usize = 64;
 
-fn getrlimit() -> Option<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only fills the struct we pass.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some(lim)
-}
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-fn setrlimit(lim: &libc::rlimit) -> bool {
-    // SAFETY: setrlimit only reads the struct we pass.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) };
-    rc == 0
+/// The descriptor limits: (soft, hard), `None` meaning unlimited.
+fn nofile() -> (Option<u64>, Option<u64>) {
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    (current, maximum)
 }
 
 /// Raise the soft descriptor limit to the hard one (at most `fs.nr_open` when the hard one
 /// is unlimited); returns the soft limit now in force. Harmless to call more than once.
 pub fn raise_nofile_limit() -> u64 {
-    let Some(lim) = getrlimit() else {
-        return 1024;
-    };
-    let mut target = lim.rlim_max;
-    if target == libc::RLIM_INFINITY {
-        // An unlimited hard limit is not a valid soft value for descriptors.
-        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+    let (soft, hard) = nofile();
+    // An unlimited hard limit is not a valid soft value for descriptors.
+    let target = hard.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20);
-    }
-    if target > lim.rlim_cur
-        && setrlimit(&libc::rlimit {
-            rlim_cur: target,
-            rlim_max: lim.rlim_max,
-        })
+            .unwrap_or(1 << 20)
+    });
+    let soft = soft.unwrap_or(u64::MAX);
+    if target > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: hard,
+            },
+        )
+        .is_ok()
     {
         return target;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// The soft descriptor limit in force.
 pub fn nofile_limit() -> u64 {
-    getrlimit().map_or(1024, |l| l.rlim_cur)
+    nofile().0.unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +114,9 @@ mod tests {
     fn soft_limit_is_raised_to_the_hard_one() {
         let now = raise_nofile_limit();
         assert_eq!(now, nofile_limit());
-        let lim = getrlimit().unwrap();
-        if lim.rlim_max != libc::RLIM_INFINITY {
-            assert_eq!(lim.rlim_cur, lim.rlim_max);
+        let (soft, hard) = nofile();
+        if hard.is_some() {
+            assert_eq!(soft, hard);
         }
     }
 }

@@ -139,7 +139,7 @@ async fn accept_loop(l: TcpListener, tx: tokio::sync::mpsc::Sender<(TcpStream, S
                     last_warn = Some(Instant::now());
                     failed = 0;
                 }
-                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let out_of_fds = matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error());
                 if out_of_fds && reserve.is_some() {
                     drop(reserve.take());
                     if let Ok(Ok((s, _))) =

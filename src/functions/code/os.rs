@@ -4,33 +4,29 @@
 
 #![allow(unsafe_code)]
 
+use rustix::process::{Resource, Rlimit};
+
 /// Close every descriptor above stderr (the parent's are close-on-exec already; this is the
 /// second line).
 pub fn close_extra_fds() {
-    // SAFETY: close_range only closes descriptors; nothing in this process uses fd > 2 yet.
+    // rustix has no close_range, so this one stays a raw system call.
+    // SAFETY: close_range only closes descriptors; nothing in this process owns fd > 2 yet.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if r != 0 {
         // Older kernels: close them one by one.
         for fd in 3..1024 {
             // SAFETY: as above.
-            unsafe { libc::close(fd) };
+            unsafe { rustix::io::close(fd) };
         }
     }
 }
 
-fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> Result<(), String> {
-    let lim = libc::rlimit {
-        rlim_cur: value as libc::rlim_t,
-        rlim_max: value as libc::rlim_t,
+fn setrlimit(resource: Resource, value: u64) -> Result<(), String> {
+    let lim = Rlimit {
+        current: Some(value),
+        maximum: Some(value),
     };
-    // SAFETY: a plain system call with a valid pointer to a local struct.
-    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-        return Err(format!(
-            "setrlimit({resource}): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    rustix::process::setrlimit(resource, lim).map_err(|e| format!("setrlimit({resource:?}): {e}"))
 }
 
 /// The process's current data size (`VmData`: private writable mappings and the heap), in
@@ -51,21 +47,18 @@ fn data_size() -> u64 {
 /// Process-wide bounds: memory (what the process has now + `memory_bytes`), CPU time, no
 /// files written, few descriptors, no core dumps, no new processes.
 pub fn set_limits(timeout_ms: u64, memory_bytes: u64) -> Result<(), String> {
-    setrlimit(libc::RLIMIT_DATA, data_size() + memory_bytes)?;
-    setrlimit(libc::RLIMIT_CPU, timeout_ms.div_ceil(1000) + 1)?;
-    setrlimit(libc::RLIMIT_FSIZE, 0)?;
-    setrlimit(libc::RLIMIT_NOFILE, 8)?;
-    setrlimit(libc::RLIMIT_CORE, 0)?;
-    setrlimit(libc::RLIMIT_NPROC, 0)?;
+    setrlimit(Resource::Data, data_size() + memory_bytes)?;
+    setrlimit(Resource::Cpu, timeout_ms.div_ceil(1000) + 1)?;
+    setrlimit(Resource::Fsize, 0)?;
+    setrlimit(Resource::Nofile, 8)?;
+    setrlimit(Resource::Core, 0)?;
+    setrlimit(Resource::Nproc, 0)?;
     Ok(())
 }
 
 /// For the thread about to run user code: `no_new_privs`, then (x86_64) the seccomp filter.
 pub fn restrict_thread() -> Result<(), String> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
-    }
+    rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
     seccomp()
 }
 

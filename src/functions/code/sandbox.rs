@@ -299,7 +299,7 @@ fn explain_crash(
     use std::os::unix::process::ExitStatusExt;
     let signal = status.and_then(|s| s.signal());
     let mb = job.memory_bytes / (1024 * 1024);
-    if signal == Some(libc::SIGXCPU) {
+    if signal == Some(rustix::process::Signal::XCPU.as_raw()) {
         return (
             Status::Timeout,
             EXIT_KILLED,
