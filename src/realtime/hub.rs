@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -110,19 +110,27 @@ fn new_phx_ref() -> String {
 }
 
 impl Hub {
+    /// The topic table. Nothing under this lock panics by design (map and vector edits and
+    /// `try_send`s); if something ever did, the table is still consistent enough to serve
+    /// (at worst a presence entry is missing), so a poisoned lock is taken over rather than
+    /// turning every later join and broadcast into a panic.
+    fn topics(&self) -> MutexGuard<'_, HashMap<TopicKey, Topic>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn new_chan_id(&self) -> ChanId {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn subscribe(&self, key: TopicKey, chan: ChanId, sub: Sub) {
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         t.entry(key).or_default().subs.insert(chan, sub);
     }
 
     /// Remove a channel; its presences leave (with a diff to the others).
     pub fn unsubscribe(&self, key: &TopicKey, chan: ChanId) {
         self.untrack(key, chan);
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         if let Some(topic) = t.get_mut(key) {
             topic.subs.remove(&chan);
             if topic.subs.is_empty() && topic.presence.is_empty() {
@@ -132,7 +140,7 @@ impl Hub {
     }
 
     pub fn update_sub(&self, key: &TopicKey, chan: ChanId, f: impl FnOnce(&mut Sub)) {
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         if let Some(s) = t.get_mut(key).and_then(|t| t.subs.get_mut(&chan)) {
             f(s);
         }
@@ -141,7 +149,7 @@ impl Hub {
     /// Deliver a broadcast to a topic's channels (`from` is skipped unless it asked for self).
     pub fn broadcast(&self, key: &TopicKey, from: Option<ChanId>, msg: Broadcast) -> usize {
         let msg = Arc::new(msg);
-        let t = self.topics.lock().expect("hub lock");
+        let t = self.topics();
         let Some(topic) = t.get(key) else { return 0 };
         let mut n = 0;
         for (id, s) in &topic.subs {
@@ -175,7 +183,7 @@ impl Hub {
 
     /// The current presence state of a topic, `{key:{metas:[...]}}`.
     pub fn presence_state(&self, key: &TopicKey) -> Value {
-        let t = self.topics.lock().expect("hub lock");
+        let t = self.topics();
         let mut out = Map::new();
         if let Some(topic) = t.get(key) {
             for (k, entries) in &topic.presence {
@@ -237,7 +245,7 @@ impl Hub {
     /// Track (or update) a channel's presence under `pkey`; sends presence_diff to the topic.
     pub fn track(&self, key: &TopicKey, chan: ChanId, pkey: &str, payload: Map<String, Value>) {
         let meta = {
-            let mut t = self.topics.lock().expect("hub lock");
+            let mut t = self.topics();
             let topic = t.entry(key.clone()).or_default();
             // A channel tracks one presence: an earlier one (under any key) leaves.
             let (leaves, old) = Self::remove_owner(topic, &Owner::Local(chan));
@@ -264,7 +272,7 @@ impl Hub {
     /// Remove a channel's presence (if any); sends presence_diff to the topic.
     pub fn untrack(&self, key: &TopicKey, chan: ChanId) {
         let removed = {
-            let mut t = self.topics.lock().expect("hub lock");
+            let mut t = self.topics();
             let Some(topic) = t.get_mut(key) else { return };
             let (leaves, _) = Self::remove_owner(topic, &Owner::Local(chan));
             if leaves.is_empty() {
@@ -287,7 +295,7 @@ impl Hub {
 
     /// A presence announced by another process (new, changed, or a refresh of a known one).
     pub fn remote_track(&self, key: &TopicKey, owner: Owner, pkey: &str, meta: Map<String, Value>) {
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         let topic = t.entry(key.clone()).or_default();
         if let Some(e) = topic
             .presence
@@ -304,7 +312,7 @@ impl Hub {
     }
 
     pub fn remote_untrack(&self, key: &TopicKey, owner: &Owner) {
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         let Some(topic) = t.get_mut(key) else { return };
         let (leaves, _) = Self::remove_owner(topic, owner);
         if !leaves.is_empty() {
@@ -321,7 +329,7 @@ impl Hub {
 
     /// Drop remote presences not announced for `max_age` (their process is gone).
     pub fn expire_remote(&self, max_age: Duration) {
-        let mut t = self.topics.lock().expect("hub lock");
+        let mut t = self.topics();
         for topic in t.values_mut() {
             let mut leaves = Map::new();
             for (k, entries) in topic.presence.iter_mut() {
@@ -350,7 +358,7 @@ impl Hub {
 
     /// Every presence tracked by a local channel (for the periodic announcement).
     pub fn local_presences(&self) -> Vec<(TopicKey, ChanId, String, Map<String, Value>)> {
-        let t = self.topics.lock().expect("hub lock");
+        let t = self.topics();
         let mut out = vec![];
         for (key, topic) in t.iter() {
             for (k, entries) in &topic.presence {
@@ -365,14 +373,14 @@ impl Hub {
     }
 
     pub fn has_pg_subscribers(&self) -> bool {
-        let t = self.topics.lock().expect("hub lock");
+        let t = self.topics();
         t.values()
             .any(|topic| topic.subs.values().any(|s| !s.pg.is_empty()))
     }
 
     /// Every channel with postgres_changes bindings: (chan, sender, bindings, claims).
     pub fn pg_subscribers(&self) -> Vec<(ChanId, mpsc::Sender<Out>, Vec<PgBinding>, AuthContext)> {
-        let t = self.topics.lock().expect("hub lock");
+        let t = self.topics();
         t.values()
             .flat_map(|topic| topic.subs.iter())
             .filter(|(_, s)| !s.pg.is_empty())
