@@ -242,7 +242,14 @@ pub fn start(state: &AppState) {
         return;
     }
     let url = state.db_config.clone();
-    let Some(mut rx) = state.realtime.fanout.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    let Some(mut rx) = state
+        .realtime
+        .fanout
+        .rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
         return;
     };
     // Local presence changes are announced as they happen, and all of them periodically;

@@ -86,7 +86,11 @@ async fn count(t: &TestServer, sql: &str) -> i64 {
 
 async fn nothing_stored(t: &TestServer) {
     // Bytes of removed objects are deleted in the background.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let objects = t.path().join("storage").join("objects");
+    common::eventually("no stored bytes", || async {
+        files_under(&objects).is_empty()
+    })
+    .await;
     assert_eq!(count(t, "select count(*) from storage.objects").await, 0);
     assert_eq!(
         count(t, "select count(*) from public.file_uploads").await,

@@ -26,9 +26,13 @@ async fn row_versions(t: &TestServer) -> Vec<String> {
     v
 }
 
-async fn settle() {
-    // Old bytes are deleted in the background right after a commit.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+/// Old bytes are deleted in the background right after a commit: wait until the stored
+/// versions are exactly the ones the rows point at.
+async fn settle(t: &TestServer) {
+    common::eventually("stored bytes match the rows", || async {
+        stored_versions(t) == row_versions(t).await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -115,7 +119,7 @@ async fn rejected_uploads_leave_no_bytes_and_overwrites_keep_one_version() {
     .await;
     assert_eq!(denied.json()["statusCode"], "403");
 
-    settle().await;
+    settle(&t).await;
     assert_eq!(stored_versions(&t), row_versions(&t).await);
     assert_eq!(stored_versions(&t).len(), 1);
 
@@ -126,7 +130,7 @@ async fn rejected_uploads_leave_no_bytes_and_overwrites_keep_one_version() {
         let r = send("POST", "object/lim/a.png".into(), hs.clone(), vec![i; 900]).await;
         assert_eq!(r.status, 200);
     }
-    settle().await;
+    settle(&t).await;
     assert_eq!(stored_versions(&t), row_versions(&t).await);
     let got = t
         .http
@@ -146,7 +150,7 @@ async fn rejected_uploads_leave_no_bytes_and_overwrites_keep_one_version() {
     )
     .await;
     assert_eq!(del.status, 200);
-    settle().await;
+    settle(&t).await;
     assert!(stored_versions(&t).is_empty());
 
     // Nothing was ever written outside the storage root.

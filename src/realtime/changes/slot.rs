@@ -96,7 +96,12 @@ async fn open_slot(state: &AppState) -> Result<Session, String> {
 /// Start the capture task if it is not running; returns once the slot exists, so every
 /// change committed after a join reply is seen.
 pub async fn ensure_started(state: &AppState) -> Result<(), String> {
-    *state.realtime.capture.last_demand.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    *state
+        .realtime
+        .capture
+        .last_demand
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     let mut running = state.realtime.capture.running.lock().await;
     if *running {
         return Ok(());

@@ -275,3 +275,21 @@ pub mod reqwest_like {
         }
     }
 }
+
+/// Polls `check` every 20 ms until it holds, for work the server finishes in the background
+/// (byte deletion after a commit, say): as fast as the server, and never a fixed guess.
+/// Panics with `what` if it does not hold within 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
