@@ -31,6 +31,9 @@ pub struct State {
     pub hub: Arc<Hub>,
     pub capture: changes::Capture,
     pub fanout: fanout::Fanout,
+    /// Visibility checks made for postgres_changes: one database round trip each, however
+    /// many subscribers a change has.
+    pub rls_round_trips: std::sync::atomic::AtomicU64,
 }
 
 pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
@@ -38,6 +41,7 @@ pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
         hub: Arc::new(Hub::default()),
         capture: changes::Capture::default(),
         fanout: fanout::Fanout::new(true),
+        rls_round_trips: Default::default(),
     })
 }
 

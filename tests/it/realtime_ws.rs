@@ -908,3 +908,92 @@ async fn broadcast_from_the_database_and_replay() {
         "UnableToReplayMessages: Replay params are not valid"
     );
 }
+
+/// A table without RLS: every subscriber whose role may SELECT it gets every change, even
+/// when the row is gone by the time the change is read (the row is not read back).
+#[tokio::test]
+async fn changes_on_tables_without_rls_are_not_lost_when_the_row_goes_at_once() {
+    let t = TestServer::start().await;
+    t.batch(
+        "create table public.open_notes (id int primary key, v text);
+         alter publication supabase_realtime add table public.open_notes;",
+    )
+    .await;
+    let tok = mint(json!({"role":"authenticated","sub":uuid::Uuid::new_v4(),"exp":now()+600}));
+    let mut c = Client::connect(&t, ANON_KEY, "2.0.0").await;
+    let cfg = json!({"config":{"postgres_changes":[{"event":"*","schema":"public","table":"open_notes"}]},"access_token":tok});
+    assert_eq!(c.join("realtime:open", cfg).await["status"], "ok");
+    let (_, sys, _) = c.expect_event("system").await;
+    assert_eq!(sys["status"], "ok");
+    // One transaction: by the time the capture reads the insert and the update, the row is
+    // already deleted.
+    t.batch(
+        "begin;
+         insert into public.open_notes values (1, 'a');
+         update public.open_notes set v = 'b' where id = 1;
+         delete from public.open_notes where id = 1;
+         commit;",
+    )
+    .await;
+    let mut kinds = vec![];
+    for _ in 0..3 {
+        let (_, p, _) = c.expect_event("postgres_changes").await;
+        kinds.push(p["data"]["type"].as_str().unwrap().to_string());
+        if p["data"]["type"] != "DELETE" {
+            assert_eq!(p["data"]["record"]["id"], 1, "{p}");
+        }
+    }
+    assert_eq!(kinds, ["INSERT", "UPDATE", "DELETE"]);
+}
+
+/// Under RLS, one round trip decides a change for every distinct subscriber, and one
+/// subscriber whose policy fails loses only their own events.
+#[tokio::test]
+async fn rls_is_checked_once_per_change_for_all_subscribers_and_one_failing_check_is_isolated() {
+    let t = TestServer::start().await;
+    let bad = uuid::Uuid::new_v4();
+    t.batch(&format!(
+        "create table public.board (id int primary key, v text);
+         alter table public.board enable row level security;
+         create policy readable on public.board for select to authenticated
+           using (case when auth.uid() = '{bad}' then v::int = 1 else true end);
+         alter publication supabase_realtime add table public.board;"
+    ))
+    .await;
+    let cfg = |tok: &str| json!({"config":{"postgres_changes":[{"event":"INSERT","schema":"public","table":"board"}]},"access_token":tok});
+    let mut users = vec![];
+    for i in 0..12 {
+        let sub = if i == 5 { bad } else { uuid::Uuid::new_v4() };
+        let tok = mint(json!({"role":"authenticated","sub":sub,"exp":now()+600}));
+        let mut c = Client::connect(&t, ANON_KEY, "2.0.0").await;
+        assert_eq!(c.join("realtime:board", cfg(&tok)).await["status"], "ok");
+        let (_, sys, _) = c.expect_event("system").await;
+        assert_eq!(sys["status"], "ok");
+        users.push(c);
+    }
+    let before = t
+        .server
+        .state
+        .realtime
+        .rls_round_trips
+        .load(std::sync::atomic::Ordering::Relaxed);
+    t.batch("insert into public.board values (1, 'x'); insert into public.board values (2, 'y');")
+        .await;
+    for (i, c) in users.iter_mut().enumerate() {
+        if i == 5 {
+            continue;
+        }
+        for id in [1, 2] {
+            let (_, p, _) = c.expect_event("postgres_changes").await;
+            assert_eq!(p["data"]["record"]["id"], id, "user {i}: {p}");
+        }
+    }
+    users[5].silent(300).await;
+    let after = t
+        .server
+        .state
+        .realtime
+        .rls_round_trips
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 2, "one visibility round trip per change");
+}

@@ -8,85 +8,150 @@ use tokio_postgres::types::ToSql;
 use super::bindings::{as_text, passes, select_columns, PgBinding};
 use super::pgoutput::{Change, Column, Decoder, Kind, Relation};
 use super::types::{commit_timestamp, record};
-use crate::db::{begin_as, quote_ident};
 use crate::http::apikey::AuthContext;
 use crate::realtime::hub::Out;
 use crate::state::AppState;
 
-/// Can this subscriber SELECT the row (by primary key) under RLS?
-async fn visible(
+/// Which distinct subscribers (role and claims) may see one change: filled by one round trip
+/// for all of them, never by one query per subscriber.
+#[derive(Default)]
+struct Verdicts(HashMap<String, bool>);
+
+fn claims_key(ctx: &AuthContext) -> String {
+    format!("{}|{}", ctx.role.as_str(), ctx.claims)
+}
+
+impl Verdicts {
+    fn allows(&self, ctx: &AuthContext) -> bool {
+        ctx.role.is_service() || self.0.get(&claims_key(ctx)).copied().unwrap_or(false)
+    }
+
+    /// Tables with RLS: the row must be readable by each subscriber (one call of
+    /// `realtime.oxibase_rows_visible` that becomes every subscriber in turn, each check in
+    /// its own subtransaction). Tables without RLS, and deletes (a deleted row cannot be read
+    /// back): the table privilege of each distinct role, as Supabase.
+    async fn check<'a>(
+        state: &AppState,
+        rel: &Relation,
+        rel_oid: u32,
+        row: Option<&Map<String, Value>>,
+        ctxs: impl Iterator<Item = &'a AuthContext>,
+    ) -> Verdicts {
+        let mut distinct: Vec<&AuthContext> = vec![];
+        let mut keys: Vec<String> = vec![];
+        for ctx in ctxs.filter(|c| !c.role.is_service()) {
+            let k = claims_key(ctx);
+            if !keys.contains(&k) {
+                keys.push(k);
+                distinct.push(ctx);
+            }
+        }
+        let mut v = Verdicts::default();
+        if distinct.is_empty() {
+            return v;
+        }
+        let answers = match row.filter(|_| rel.rls) {
+            Some(row) => rows_visible(state, rel, rel_oid, row, &distinct).await,
+            None => table_privilege(state, rel_oid, &distinct).await,
+        };
+        state
+            .realtime
+            .rls_round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answers = answers.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "realtime: visibility check failed");
+            vec![]
+        });
+        for (i, k) in keys.into_iter().enumerate() {
+            v.0.insert(k, answers.get(i).copied().unwrap_or(false));
+        }
+        v
+    }
+}
+
+const ROWS_VISIBLE: &str = "select realtime.oxibase_rows_visible($1::int8::oid::regclass, \
+     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8)";
+
+/// One answer per subscriber, in order: can they SELECT this row (by primary key) under RLS?
+/// A row without a usable key is visible to nobody.
+async fn rows_visible(
     state: &AppState,
-    ctx: &AuthContext,
     rel: &Relation,
-    rec: &Map<String, Value>,
-) -> bool {
+    rel_oid: u32,
+    row: &Map<String, Value>,
+    subs: &[&AuthContext],
+) -> Result<Vec<bool>, String> {
     let keys: Vec<&Column> = rel
         .pk
         .iter()
         .filter_map(|k| rel.columns.iter().find(|c| &c.name == k))
         .collect();
-    if keys.is_empty() || keys.iter().any(|c| c.type_sql.is_empty()) {
-        return false;
-    }
-    let mut conds = vec![];
-    let mut vals: Vec<String> = vec![];
-    for (i, c) in keys.iter().enumerate() {
-        let Some(v) = rec.get(&c.name).filter(|v| !v.is_null()) else {
-            return false;
-        };
-        vals.push(as_text(v));
-        conds.push(format!(
-            "{} = ${}::text::{}",
-            quote_ident(&c.name),
-            i + 1,
-            c.type_sql
-        ));
-    }
-    let sql = format!(
-        "select exists(select 1 from {}.{} where {})",
-        quote_ident(&rel.schema),
-        quote_ident(&rel.table),
-        conds.join(" and ")
-    );
-    let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    match query_as_subscriber(state, ctx, &sql, &params).await {
-        Some(Ok(row)) => row.get(0),
-        Some(Err(e)) => {
-            tracing::debug!(error = %crate::db::error_text(&e), "realtime: RLS check failed");
-            false
+    let mut names = vec![];
+    let mut types = vec![];
+    let mut vals = vec![];
+    for c in &keys {
+        match row.get(&c.name).filter(|v| !v.is_null()) {
+            Some(v) if !c.type_sql.is_empty() => {
+                names.push(c.name.clone());
+                types.push(c.type_sql.clone());
+                vals.push(as_text(v));
+            }
+            _ => return Ok(vec![false; subs.len()]),
         }
-        None => false,
     }
-}
-
-/// May this subscriber SELECT from the table at all?
-async fn can_select(state: &AppState, ctx: &AuthContext, rel: u32) -> bool {
-    query_as_subscriber(
-        state,
-        ctx,
-        "select has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
-        &[&i64::from(rel)],
-    )
-    .await
-    .and_then(Result::ok)
-    .is_some_and(|row| row.get(0))
-}
-
-/// One read-only query as the subscriber (privileges and RLS apply), rolled back.
-/// `None` when no connection or transaction could be had.
-async fn query_as_subscriber(
-    state: &AppState,
-    ctx: &AuthContext,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Option<Result<tokio_postgres::Row, tokio_postgres::Error>> {
-    let mut client = state.pool.get().await.ok()?;
-    let tx = begin_as(&mut client, ctx, &crate::realtime::authz::gucs(), true)
+    if keys.is_empty() {
+        return Ok(vec![false; subs.len()]);
+    }
+    let roles: Vec<&str> = subs.iter().map(|c| c.role.as_str()).collect();
+    let claims: Vec<String> = subs.iter().map(|c| c.claims.to_string()).collect();
+    let gucs = crate::realtime::authz::gucs();
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let stmt = client
+        .prepare_cached(ROWS_VISIBLE)
         .await
-        .ok()?;
-    let r = tx.query_one(sql, params).await;
-    let _ = tx.rollback().await;
-    Some(r)
+        .map_err(|e| crate::db::error_text(&e))?;
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &i64::from(rel_oid),
+        &names,
+        &types,
+        &vals,
+        &roles,
+        &claims,
+        &gucs.method,
+        &gucs.path,
+    ];
+    let row = client
+        .query_one(&stmt, &params)
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    let out: Vec<Option<bool>> = row.try_get(0).map_err(|e| e.to_string())?;
+    Ok(out.into_iter().map(|b| b.unwrap_or(false)).collect())
+}
+
+const TABLE_PRIVILEGE: &str =
+    "select coalesce(has_table_privilege(r.oid, $1::int8::oid, 'SELECT'), false) \
+     from unnest($2::text[]) with ordinality as u(name, n) \
+     left join pg_catalog.pg_roles r on r.rolname = u.name order by u.n";
+
+/// One answer per subscriber, in order: may their role SELECT from the table at all?
+async fn table_privilege(
+    state: &AppState,
+    rel_oid: u32,
+    subs: &[&AuthContext],
+) -> Result<Vec<bool>, String> {
+    let roles: Vec<&str> = subs.iter().map(|c| c.role.as_str()).collect();
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let stmt = client
+        .prepare_cached(TABLE_PRIVILEGE)
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    let rows = client
+        .query(&stmt, &[&i64::from(rel_oid), &roles])
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    rows.iter()
+        .map(|r| r.try_get::<_, bool>(0).map_err(|e| e.to_string()))
+        .collect()
 }
 
 pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
@@ -137,41 +202,29 @@ pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Chang
             }
             Kind::Insert => {}
         }
-        // RLS results per distinct claims, so many channels of one user cost one query.
-        let mut seen: HashMap<String, bool> = HashMap::new();
-        for (chan, tx, bindings, ctx) in &subs {
-            let matching: Vec<&PgBinding> = bindings
-                .iter()
-                .filter(|b| {
-                    (b.schema == "*" || b.schema == rel.schema)
-                        && (b.table == "*" || b.table == rel.table)
-                        && (b.action == "*" || b.action == kind)
-                        && passes(&b.filters, &filter_rec)
-                })
-                .collect();
-            if matching.is_empty() {
+        let matched: Vec<_> = subs
+            .iter()
+            .filter_map(|(chan, tx, bindings, ctx)| {
+                let matching: Vec<&PgBinding> = bindings
+                    .iter()
+                    .filter(|b| {
+                        (b.schema == "*" || b.schema == rel.schema)
+                            && (b.table == "*" || b.table == rel.table)
+                            && (b.action == "*" || b.action == kind)
+                            && passes(&b.filters, &filter_rec)
+                    })
+                    .collect();
+                (!matching.is_empty()).then_some((chan, tx, matching, ctx))
+            })
+            .collect();
+        if matched.is_empty() {
+            continue;
+        }
+        let row = new.as_ref().filter(|_| ch.kind != Kind::Delete);
+        let verdicts = Verdicts::check(state, rel, ch.rel, row, matched.iter().map(|m| m.3)).await;
+        for (chan, tx, matching, ctx) in matched {
+            if !verdicts.allows(ctx) {
                 continue;
-            }
-            // The subscriber must be able to SELECT the row (privileges and RLS); a deleted
-            // row cannot be read back, so only the table privilege is checked for it.
-            if !ctx.role.is_service() {
-                let k = format!("{}|{}", ctx.role.as_str(), ctx.claims);
-                let ok = match seen.get(&k) {
-                    Some(v) => *v,
-                    None => {
-                        let v = match &new {
-                            Some(row) if ch.kind != Kind::Delete => {
-                                visible(state, ctx, rel, row).await
-                            }
-                            _ => can_select(state, ctx, ch.rel).await,
-                        };
-                        seen.insert(k, v);
-                        v
-                    }
-                };
-                if !ok {
-                    continue;
-                }
             }
             // One message per distinct column selection (as Supabase groups them).
             let mut groups: Vec<(Option<&Vec<String>>, Vec<u32>)> = vec![];
