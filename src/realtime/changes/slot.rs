@@ -120,7 +120,7 @@ fn idle(st: &AppState) -> bool {
             .capture
             .last_demand
             .lock()
-            .expect("lock")
+            .unwrap_or_else(|p| p.into_inner())
             .elapsed()
             > IDLE
 }
