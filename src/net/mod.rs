@@ -1,0 +1,1 @@
+//! pg_net natively (see worker.rs).
