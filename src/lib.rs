@@ -319,6 +319,7 @@ impl Server {
         storage::spawn_background(&state);
         realtime::spawn_background(&state);
         functions::spawn_background(&state);
+        net::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {

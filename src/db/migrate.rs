@@ -48,6 +48,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(401, "0401_realtime_broadcast_from_db.sql"),
     migration!(550, "0550_functions_ws.sql", app),
     migration!(560, "0560_app_references.sql", app),
+    migration!(600, "0600_pg_net.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
