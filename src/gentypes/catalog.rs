@@ -21,7 +21,10 @@ pub struct Relation {
     pub schema: String,
     pub name: String,
     pub kind: RelKind,
-    pub is_updatable: bool,
+    /// A view PostgREST can insert into / update through (auto-updatable, or made
+    /// writable by INSTEAD OF triggers or unconditional INSTEAD rules).
+    pub is_insert_enabled: bool,
+    pub is_update_enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,8 +33,12 @@ pub struct Column {
     pub name: String,
     /// The type's name (`typname`, e.g. `int4`, `_text`); a domain's base type.
     pub format: String,
+    /// The schema of that type.
+    pub type_schema: String,
     pub is_nullable: bool,
     pub is_identity: bool,
+    /// A generated (stored) column: never written.
+    pub is_generated: bool,
     pub identity_always: bool,
     pub has_default: bool,
     pub is_updatable: bool,
@@ -119,19 +126,27 @@ const RELATIONS: &str = "
 select c.oid::int8 as id, n.nspname as schema, c.relname as name,
   case c.relkind when 'r' then 'table' when 'p' then 'table' when 'f' then 'foreign'
     when 'v' then 'view' else 'mat_view' end as kind,
-  c.relkind = 'v' and (pg_relation_is_updatable(c.oid, false) & 20) = 20 as is_updatable
+  c.relkind = 'v' and (pg_relation_is_updatable(c.oid, true) & 8) = 8 as is_insert_enabled,
+  c.relkind = 'v' and (pg_relation_is_updatable(c.oid, true) & 4) = 4 as is_update_enabled
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = any($1) and c.relkind in ('r', 'p', 'f', 'v', 'm') and not c.relispartition";
 
 const COLUMNS: &str = "
 select c.oid::int8 as table_id, a.attname as name,
   coalesce(bt.typname, t.typname) as format,
+  (select nspname from pg_namespace where oid = coalesce(bt.typnamespace, t.typnamespace))
+    as type_schema,
+  a.attgenerated in ('s', 'v') as is_generated,
   not (a.attnotnull or (t.typtype = 'd' and t.typnotnull)) as is_nullable,
   a.attidentity in ('a', 'd') as is_identity,
   a.attidentity = 'a' as identity_always,
   a.atthasdef as has_default,
-  (c.relkind in ('r', 'p') or (c.relkind in ('v', 'f')
-    and pg_column_is_updatable(c.oid, a.attnum, false))) as is_updatable
+  (c.relkind in ('r', 'p') or (c.relkind in ('v', 'f') and (
+    pg_column_is_updatable(c.oid, a.attnum, false)
+    or exists (select 1 from pg_trigger tg where tg.tgrelid = c.oid and tg.tgtype & 64 <> 0
+               and tg.tgtype & 20 <> 0 and not tg.tgisinternal)
+    or exists (select 1 from pg_rewrite rw where rw.ev_class = c.oid and rw.is_instead
+               and rw.ev_type in ('2', '3') and rw.ev_qual::text = '<>')))) as is_updatable
 from pg_attribute a
 join pg_class c on c.oid = a.attrelid
 join pg_namespace n on n.oid = c.relnamespace
@@ -203,7 +218,7 @@ where t.typrelid = 0
    or (select c.relkind in ('c', 'r', 'v', 'm', 'p') from pg_class c where c.oid = t.typrelid)";
 
 pub async fn load(client: &Client, schemas: &[String]) -> Result<Catalog, String> {
-    let cat = Catalog {
+    let mut cat = Catalog {
         schemas: list::<NameRow>(client, SCHEMAS, schemas)
             .await?
             .into_iter()
@@ -215,6 +230,8 @@ pub async fn load(client: &Client, schemas: &[String]) -> Result<Catalog, String
         functions: list(client, FUNCTIONS, schemas).await?,
         types: list(client, TYPES, &[]).await?,
     };
+    let through_views = super::viewdeps::load(client, &cat.relationships).await?;
+    cat.relationships.extend(through_views);
     Ok(cat)
 }
 

@@ -11,15 +11,13 @@ type Entry<'a> = (&'a Function, Vec<&'a Arg>);
 
 fn args_type(v: &View, schema: &str, in_args: &[&Arg]) -> String {
     if in_args.is_empty() {
-        return "never".into();
+        // Callable with no arguments (what the current generator prints).
+        return "Record<PropertyKey, never>".into();
     }
     let items: Vec<String> = in_args
         .iter()
         .map(|a| {
-            let ts = v
-                .type_by_id(a.type_id)
-                .map(|t| v.ts(schema, &t.name))
-                .unwrap_or_else(|| "unknown".into());
+            let ts = v.ts_of(schema, a.type_id);
             format!(
                 "{}{}: {}",
                 v.key(&a.name),

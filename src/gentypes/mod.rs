@@ -7,6 +7,7 @@ mod functions;
 mod helpers;
 mod schema;
 pub mod typescript;
+mod viewdeps;
 
 use tokio_postgres::NoTls;
 

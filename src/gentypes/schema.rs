@@ -101,11 +101,18 @@ fn json_list(v: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Computed fields: functions taking the relation's row as their only (unnamed) argument.
+/// Computed fields: functions taking the relation's row as their only argument (by the
+/// argument's type, so a named argument counts too).
 fn computed_fields(v: &View, schema: &str, rel: &Relation) -> Vec<String> {
     v.functions(schema)
         .into_iter()
-        .filter(|(f, _)| f.argument_types == rel.name)
+        .filter(|(f, in_args)| match in_args.as_slice() {
+            [a] => match v.relation_type(a.type_id) {
+                Some(t) => t.type_relation_id == Some(rel.id),
+                None => f.argument_types == rel.name,
+            },
+            _ => f.argument_types == rel.name,
+        })
         .map(|(f, _)| {
             format!(
                 "{}: {}",
@@ -132,7 +139,7 @@ pub fn render_schema(v: &View, schema: &str, o: &mut String) {
         let insert: Vec<String> = cols
             .iter()
             .map(|c| {
-                if c.identity_always {
+                if c.identity_always || c.is_generated {
                     format!("{}?: never", v.key(&c.name))
                 } else {
                     let opt = c.is_nullable || c.is_identity || c.has_default;
@@ -144,7 +151,7 @@ pub fn render_schema(v: &View, schema: &str, o: &mut String) {
         let update: Vec<String> = cols
             .iter()
             .map(|c| {
-                if c.identity_always {
+                if c.identity_always || c.is_generated {
                     format!("{}?: never", v.key(&c.name))
                 } else {
                     v.column_def(schema, c, c.is_nullable, true)
@@ -171,18 +178,20 @@ pub fn render_schema(v: &View, schema: &str, o: &mut String) {
             .collect();
         row.extend(computed_fields(v, schema, w));
         fields(&mut s, 8, "Row", &row);
-        if w.is_updatable {
-            let write: Vec<String> = cols
-                .iter()
-                .map(|c| {
-                    if c.is_updatable {
-                        v.column_def(schema, c, true, true)
-                    } else {
-                        format!("{}?: never", v.key(&c.name))
-                    }
-                })
-                .collect();
+        let write: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                if c.is_updatable {
+                    v.column_def(schema, c, true, true)
+                } else {
+                    format!("{}?: never", v.key(&c.name))
+                }
+            })
+            .collect();
+        if w.is_insert_enabled {
             fields(&mut s, 8, "Insert", &write);
+        }
+        if w.is_update_enabled {
             fields(&mut s, 8, "Update", &write);
         }
         s.push_str(&relationships_block(
@@ -208,10 +217,7 @@ pub fn render_schema(v: &View, schema: &str, o: &mut String) {
         .map(|c| {
             let mut s = format!("      {}: {{\n", v.key(&c.name));
             for a in &c.attributes {
-                let ts = match v.type_by_id(a.type_id) {
-                    Some(t) => v.nullable(v.ts(schema, &t.name), true),
-                    None => "unknown".into(),
-                };
+                let ts = v.nullable(v.ts_of(schema, a.type_id), true);
                 s.push_str(&format!("        {}: {}\n", v.key(&a.name), ts));
             }
             s.push_str("      }\n");
@@ -232,13 +238,7 @@ pub fn return_type(v: &View, schema: &str, f: &Function) -> String {
     if !table_args.is_empty() {
         let items: Vec<String> = table_args
             .iter()
-            .map(|a| {
-                let ts = v
-                    .type_by_id(a.type_id)
-                    .map(|t| v.ts(schema, &t.name))
-                    .unwrap_or_else(|| "unknown".into());
-                format!("{}: {}", v.key(&a.name), ts)
-            })
+            .map(|a| format!("{}: {}", v.key(&a.name), v.ts_of(schema, a.type_id)))
             .collect();
         return format!("{{ {} }}", items.join("; "));
     }
@@ -257,8 +257,5 @@ pub fn return_type(v: &View, schema: &str, f: &Function) -> String {
             return format!("{{ {} }}", items.join("; "));
         }
     }
-    match v.type_by_id(f.return_type_id) {
-        Some(t) => v.ts(schema, &t.name),
-        None => "unknown".into(),
-    }
+    v.ts_of(schema, f.return_type_id)
 }

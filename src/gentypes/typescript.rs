@@ -7,7 +7,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
-use super::catalog::{ArgMode, Catalog, Column, Function, PgType, RelKind, Relation, Relationship};
+use super::catalog::{ArgMode, Catalog, Column, Function, PgType, RelKind, Relationship};
 
 /// What the CLI's flags change in the output.
 #[derive(Debug, Clone)]
@@ -69,6 +69,10 @@ fn quote(s: &str) -> String {
 }
 
 fn nullable(ts: String, is_nullable: bool) -> String {
+    // `Json` includes null: a NOT NULL json column is narrowed.
+    if ts == "Json" && !is_nullable {
+        return "NonNullable<Json>".into();
+    }
     if ts == "unknown" || ts == "any" || !is_nullable {
         ts
     } else {
@@ -161,8 +165,9 @@ impl<'a> Ctx<'a> {
         self.cat.schemas.iter().any(|s| s == schema)
     }
 
-    /// The TypeScript type of a PostgreSQL type name, as seen from `schema`.
-    fn ts(&self, schema: &str, pg: &str) -> String {
+    /// The TypeScript type of a PostgreSQL type name, as seen from `schema`; a same-named
+    /// type in `type_schema` (the one the column or argument has) is preferred.
+    fn ts(&self, schema: &str, pg: &str, type_schema: Option<&str>) -> String {
         match pg {
             "bool" => return "boolean".into(),
             "int2" | "int4" | "int8" | "float4" | "float8" | "numeric" => return "number".into(),
@@ -176,8 +181,9 @@ impl<'a> Ctx<'a> {
             _ => {}
         }
         if let Some(elem) = pg.strip_prefix('_') {
-            return format!("({})[]", self.ts(schema, elem));
+            return format!("({})[]", self.ts(schema, elem, type_schema));
         }
+        let schema = type_schema.unwrap_or(schema);
         let pick = |cands: Vec<&'a PgType>| -> Option<&'a PgType> {
             cands
                 .iter()
@@ -221,20 +227,30 @@ impl<'a> Ctx<'a> {
             }
             return "unknown".into();
         }
-        for (kind, key_name) in [(RelKind::Table, "Tables"), (RelKind::View, "Views")] {
-            let cands: Vec<&Relation> = self
-                .cat
-                .relations
-                .iter()
-                .filter(|r| r.kind == kind && r.name == pg)
-                .collect();
-            if let Some(r) = cands.iter().find(|r| r.schema == schema).or(cands.first()) {
-                return format!(
-                    "Database[{}][\"{key_name}\"][{}][\"Row\"]",
-                    quote(&r.schema),
-                    quote(&r.name)
-                );
-            }
+        // Relations of every kind, those in the preferred schema first.
+        let kinds = [
+            (RelKind::Table, "Tables"),
+            (RelKind::Foreign, "Tables"),
+            (RelKind::View, "Views"),
+            (RelKind::MatView, "Views"),
+        ];
+        let find = |same_schema: bool| {
+            kinds.iter().find_map(|(kind, key_name)| {
+                self.cat
+                    .relations
+                    .iter()
+                    .find(|r| {
+                        r.kind == *kind && r.name == pg && (!same_schema || r.schema == schema)
+                    })
+                    .map(|r| (r, *key_name))
+            })
+        };
+        if let Some((r, key_name)) = find(true).or_else(|| find(false)) {
+            return format!(
+                "Database[{}][\"{key_name}\"][{}][\"Row\"]",
+                quote(&r.schema),
+                quote(&r.name)
+            );
         }
         "unknown".into()
     }
@@ -244,7 +260,10 @@ impl<'a> Ctx<'a> {
             "{}{}: {}",
             key(&c.name),
             if optional { "?" } else { "" },
-            nullable(self.ts(schema, &c.format), is_nullable)
+            nullable(
+                self.ts(schema, &c.format, Some(&c.type_schema)),
+                is_nullable
+            )
         )
     }
 }
@@ -337,8 +356,15 @@ impl<'c, 'a> View<'c, 'a> {
     pub fn cols(&self, id: i64) -> &[&'a Column] {
         self.ctx.cols(id)
     }
-    pub fn ts(&self, schema: &str, pg: &str) -> String {
-        self.ctx.ts(schema, pg)
+    pub fn ts(&self, schema: &str, pg: &str, type_schema: Option<&str>) -> String {
+        self.ctx.ts(schema, pg, type_schema)
+    }
+    /// The TypeScript type of a type by oid (`unknown` when it is not known).
+    pub fn ts_of(&self, schema: &str, type_id: i64) -> String {
+        match self.type_by_id(type_id) {
+            Some(t) => self.ts(schema, &t.name, Some(&t.schema)),
+            None => "unknown".into(),
+        }
     }
     pub fn column_def(&self, schema: &str, c: &Column, n: bool, opt: bool) -> String {
         self.ctx.column_def(schema, c, n, opt)
