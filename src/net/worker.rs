@@ -7,6 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_postgres::Client;
 
 use super::http::{execute, Outcome, Queued};
 use crate::state::AppState;
@@ -60,7 +61,8 @@ async fn run(pool: Pool, listen_cfg: tokio_postgres::Config, settings: WorkerSet
         if pool.is_closed() {
             return;
         }
-        let (_listener, mut wake) = match crate::db::listen(&listen_cfg, CHANNEL).await {
+        // One connection of its own (not the API pool): LISTEN, queue and responses.
+        let (db, mut wake) = match crate::db::listen(&listen_cfg, CHANNEL).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "pg_net: cannot listen; retrying");
@@ -69,10 +71,11 @@ async fn run(pool: Pool, listen_cfg: tokio_postgres::Config, settings: WorkerSet
             }
         };
         backoff.reset();
+        let db = Arc::new(db);
         loop {
-            if let Err(e) = drain(&pool, &client, &slots, &settings).await {
-                if pool.is_closed() {
-                    return;
+            if let Err(e) = drain(&db, &client, &slots, &settings).await {
+                if pool.is_closed() || db.is_closed() {
+                    break;
                 }
                 tracing::warn!(error = %e, "pg_net: processing the request queue failed");
             }
@@ -86,12 +89,11 @@ async fn run(pool: Pool, listen_cfg: tokio_postgres::Config, settings: WorkerSet
 
 /// Expires old responses, then takes and starts queued requests until the queue is empty.
 async fn drain(
-    pool: &Pool,
+    db: &Arc<Client>,
     client: &reqwest::Client,
     slots: &Arc<Semaphore>,
     s: &WorkerSettings,
 ) -> Result<(), String> {
-    let db = pool.get().await.map_err(|e| e.to_string())?;
     let err = |e: tokio_postgres::Error| crate::db::error_text(&e);
     db.execute(
         "with rows as (
@@ -133,10 +135,10 @@ async fn drain(
                 .acquire_owned()
                 .await
                 .map_err(|e| e.to_string())?;
-            let (pool, client) = (pool.clone(), client.clone());
+            let (db, client) = (db.clone(), client.clone());
             tokio::spawn(async move {
                 let outcome = execute(&client, &q).await;
-                if let Err(e) = store(&pool, q.id, &outcome).await {
+                if let Err(e) = store(&db, q.id, &outcome).await {
                     tracing::warn!(id = q.id, error = %e, "pg_net: cannot store the response");
                 }
                 drop(permit);
@@ -145,8 +147,7 @@ async fn drain(
     }
 }
 
-async fn store(pool: &Pool, id: i64, o: &Outcome) -> Result<(), String> {
-    let db = pool.get().await.map_err(|e| e.to_string())?;
+async fn store(db: &Client, id: i64, o: &Outcome) -> Result<(), String> {
     db.execute(
         "insert into net._http_response
            (id, status_code, content, headers, content_type, timed_out, error_msg)
