@@ -34,6 +34,20 @@ pub enum Command {
         #[arg(long)]
         dump: bool,
     },
+    /// Generate types from the database schema (like `supabase gen types`).
+    Gen {
+        #[command(subcommand)]
+        what: GenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// Generate types: `oxibase gen types typescript [--schema S]... [--db-url URL]`.
+    Types {
+        #[command(subcommand)]
+        lang: crate::gentypes::cli::Lang,
+    },
 }
 
 pub const WELL_KNOWN_ANON: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0";

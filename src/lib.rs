@@ -13,8 +13,10 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod functions;
+pub mod gentypes;
 pub mod http;
 pub mod jwt;
+pub mod net;
 pub mod realtime;
 pub mod rest;
 pub mod state;
@@ -317,6 +319,7 @@ impl Server {
         storage::spawn_background(&state);
         realtime::spawn_background(&state);
         functions::spawn_background(&state);
+        net::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {

@@ -42,6 +42,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Migrate => rt.block_on(migrate(cfg)),
+        Command::Gen {
+            what: oxibase::cli::GenCommand::Types { lang },
+        } => rt.block_on(oxibase::gentypes::cli::run(cfg, lang, progress())),
         Command::Serve => rt.block_on(serve(cfg)),
     }
 }

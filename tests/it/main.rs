@@ -19,3 +19,5 @@ mod spine;
 mod storage_api;
 mod storage_hardening;
 mod token_attacks;
+mod gentypes;
+mod pg_net;
