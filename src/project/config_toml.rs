@@ -359,7 +359,7 @@ public = true
         assert!(!m
             .notes
             .iter()
-            .any(|n| n.contains("github") || n.contains("port")));
+            .any(|n| n.starts_with("auth.external.github") || n.starts_with("api.port")));
     }
 
     #[test]
