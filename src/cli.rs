@@ -34,6 +34,14 @@ pub enum Command {
         #[arg(long)]
         dump: bool,
     },
+    /// The local database, as `supabase db`: reset, dump.
+    #[command(subcommand)]
+    Db(crate::project::commands::DbCommand),
+    /// The project's migrations, as `supabase migration`: new, list, up.
+    #[command(subcommand)]
+    Migration(crate::project::commands::MigrationCommand),
+    /// Whether the server runs, the project, URLs and keys (as `supabase status`).
+    Status,
 }
 
 pub const WELL_KNOWN_ANON: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0";

@@ -11,7 +11,8 @@ use tokio_postgres::Client;
 use super::sql_text::{self, created_extensions, line_of_position};
 
 /// The CLI's history table, as its own statements create it.
-pub const CREATE_HISTORY: &str = "set lock_timeout = '4s';
+pub const CREATE_HISTORY: &str = "set client_min_messages = warning;
+set lock_timeout = '4s';
 create schema if not exists supabase_migrations;
 create table if not exists supabase_migrations.schema_migrations (version text not null primary key);
 alter table supabase_migrations.schema_migrations add column if not exists statements text[];
