@@ -298,3 +298,38 @@ async fn missing_extensions_stop_before_anything_with_one_message() {
     let r = sql(&db, "select to_regclass('public.t') is null").await;
     assert!(r[0].get::<_, bool>(0));
 }
+
+/// Debian's extension packages that `.ci/run` installs (rum, hypopg, pgtap) work from a
+/// project's migrations; see docs/extensions.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_extensions_work_in_migrations() {
+    let db = fresh_db().await;
+    let data = tempfile::tempdir().unwrap();
+    let proj = tempfile::tempdir().unwrap();
+    let mig = proj.path().join("supabase/migrations");
+    std::fs::create_dir_all(&mig).unwrap();
+    std::fs::write(
+        mig.join("20240101000000_search.sql"),
+        "create extension if not exists rum with schema extensions;
+create extension if not exists hypopg with schema extensions;
+create extension if not exists pgtap with schema extensions;
+create table public.docs (id int primary key, body text, tsv tsvector);
+create index docs_rum on public.docs using rum (tsv extensions.rum_tsvector_ops);
+insert into public.docs values (1, 'hello world', to_tsvector('hello world'));
+",
+    )
+    .unwrap();
+    let cfg = project_config(proj.path(), &db, data.path());
+    let server = start(cfg, Arc::new(|_: &str| {})).await.expect("starts");
+    let r = sql(
+        &db,
+        "select (select count(*) from extensions.hypopg_create_index('create index on public.docs (body)')), \
+         (select id from public.docs where tsv @@ to_tsquery('hello')), \
+         (select extensions.plan(1))",
+    )
+    .await;
+    assert_eq!(r[0].get::<_, i64>(0), 1);
+    assert_eq!(r[0].get::<_, i32>(1), 1);
+    assert_eq!(r[0].get::<_, String>(2), "1..1");
+    server.shutdown().await;
+}
