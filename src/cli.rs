@@ -42,6 +42,8 @@ pub enum Command {
     Migration(crate::project::commands::MigrationCommand),
     /// Whether the server runs, the project, URLs and keys (as `supabase status`).
     Status,
+    /// Move a project off Supabase: restore `supabase db dump` files and copy the objects.
+    Import(crate::project::import::ImportArgs),
 }
 
 pub const WELL_KNOWN_ANON: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0";

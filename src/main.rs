@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         Command::Migrate => rt.block_on(migrate(cfg)),
         Command::Db(c) => rt.block_on(project_cli::db(cfg, c)),
         Command::Migration(c) => rt.block_on(project_cli::migration(cfg, c)),
+        Command::Import(a) => {
+            rt.block_on(async { project_cli::done(oxibase::project::import::run(cfg, &a).await) })
+        }
         Command::Status => {
             let keys = keys_text(&cfg, &cfg.external_url());
             print!(
@@ -61,7 +64,7 @@ mod project_cli {
     use super::*;
     use oxibase::project::commands::{self as c, DbCommand, MigrationCommand};
 
-    fn done(r: Result<String, String>) -> ExitCode {
+    pub fn done(r: Result<String, String>) -> ExitCode {
         match r {
             Ok(s) => {
                 if !s.is_empty() {

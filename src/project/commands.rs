@@ -26,6 +26,9 @@ pub struct DumpArgs {
     /// Dump the roles only.
     #[arg(long)]
     pub role_only: bool,
+    /// With --data-only: COPY statements instead of INSERTs.
+    #[arg(long)]
+    pub use_copy: bool,
     /// Write to this file instead of stdout.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
@@ -352,6 +355,9 @@ pub async fn dump(cfg: &Config, a: &DumpArgs) -> Result<String, String> {
             for s in &a.schema {
                 cmd.args(["--schema", s]);
             }
+        }
+        if a.data_only && !a.use_copy {
+            cmd.args(["--column-inserts", "--rows-per-insert", "100000"]);
         }
         if a.data_only {
             for t in [

@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod config_toml;
+pub mod import;
 pub mod migrations;
 pub mod objects;
 pub mod seed;
