@@ -43,7 +43,7 @@ pub fn local(dir: &Path) -> (Vec<LocalMigration>, Vec<String>) {
     for f in names {
         let parsed = f.strip_suffix(".sql").and_then(|stem| {
             let (v, n) = stem.split_once('_')?;
-            (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| (v, n))
+            (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then_some((v, n))
         });
         match parsed {
             Some((v, n)) => out.push(LocalMigration {
