@@ -130,6 +130,21 @@ pub fn map(file: &Table) -> Mapped {
         if matches_prefix(&key, NO_MEANING) || matches_prefix(&key, APPLIED_LATER) {
             continue;
         }
+        // A sign-in provider is one note, not one per key.
+        if let Some(rest) = key.strip_prefix("auth.external.") {
+            let provider = format!("auth.external.{}", rest.split('.').next().unwrap_or(rest));
+            if !m
+                .notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{provider}:")))
+            {
+                m.note(
+                    &provider,
+                    "this sign-in provider is not offered by oxibase (ignored)",
+                );
+            }
+            continue;
+        }
         if let Err(why) = map_one(&mut m, &key, &v) {
             m.note(&key, &why);
         }
@@ -208,7 +223,9 @@ fn map_one(m: &mut Mapper, key: &str, v: &Value) -> Result<(), String> {
         }
         "auth.email.otp_expiry" => m.set("auth.otp_expiry", Value::Integer(int_of()?)),
         "auth.email.otp_length" if int_of()? == 6 => {}
-        "auth.sms.enable_signup" | "auth.sms.enable_confirmations" if !bool_of()? => {}
+        // Phone sign-ups are offered (codes go to SMS or, without a provider, the inbox).
+        "auth.sms.enable_signup" => {}
+        "auth.sms.enable_confirmations" if !bool_of()? => {}
         "auth.sms.template" | "auth.sms.max_frequency" => {}
         "auth.sms.test_otp" => m.set("auth.sms_test_otp", v.clone()),
         "auth.sessions.timebox" => m.set("auth.session_timebox", Value::Integer(seconds(v)?)),
@@ -355,7 +372,7 @@ public = true
         assert!(m
             .notes
             .iter()
-            .any(|n| n.starts_with("auth.external.google.enabled")));
+            .any(|n| n.starts_with("auth.external.google:")));
         assert!(!m
             .notes
             .iter()
