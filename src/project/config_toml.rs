@@ -160,9 +160,11 @@ fn matches_prefix(key: &str, list: &[&str]) -> bool {
         .any(|p| key == *p || key.starts_with(&format!("{p}.")))
 }
 
-/// Leaf keys with their values; a section with `enabled = false` is left out whole.
+/// Leaf keys with their values; a section switched off (`enabled = false`, or an MFA
+/// method with enrolment and verification off) is left out whole.
 fn collect(t: &Table, prefix: &str, out: &mut Vec<(String, Value)>) {
-    if !prefix.is_empty() && t.get("enabled").and_then(Value::as_bool) == Some(false) {
+    let off = |k: &str| t.get(k).and_then(Value::as_bool) == Some(false);
+    if !prefix.is_empty() && (off("enabled") || (off("enroll_enabled") && off("verify_enabled"))) {
         return;
     }
     for (k, v) in t {

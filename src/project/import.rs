@@ -38,20 +38,6 @@ pub struct ImportArgs {
     pub objects_from: Option<String>,
 }
 
-/// Extensions every Supabase database has that oxibase does without: their
-/// `CREATE EXTENSION` lines are commented out of the schema (named in the output).
-const PLATFORM_EXTENSIONS: &[&str] = &[
-    "pg_graphql",
-    "pgsodium",
-    "supabase_vault",
-    "pgjwt",
-    "pg_net",
-    "pg_stat_monitor",
-    "index_advisor",
-    "pg_tle",
-    "wrappers",
-];
-
 pub fn psql_path(cfg: &Config) -> PathBuf {
     let dir = cfg.pg_bin_dir.clone().unwrap_or_else(|| {
         crate::db::embedded_pg::EmbeddedPg::new(&cfg.data_dir, cfg.db_port, None, false)
@@ -59,27 +45,6 @@ pub fn psql_path(cfg: &Config) -> PathBuf {
             .unwrap_or_else(|_| PathBuf::from("/usr/lib/postgresql/15/bin"))
     });
     dir.join("psql")
-}
-
-/// The schema text with the platform's extensions commented out; and their names.
-fn tidy_schema(text: &str, available: &BTreeSet<String>) -> (String, Vec<String>) {
-    let mut dropped = vec![];
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let ext = line
-            .strip_prefix("CREATE EXTENSION IF NOT EXISTS \"")
-            .and_then(|r| r.split('"').next());
-        match ext {
-            Some(e) if PLATFORM_EXTENSIONS.contains(&e) && !available.contains(e) => {
-                dropped.push(e.to_string());
-                out.push_str("-- ");
-            }
-            _ => {}
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    (out, dropped)
 }
 
 /// `INSERT INTO "s"."t" ("a", "b") VALUES` and `COPY "s"."t" ("a", "b") FROM stdin;`
@@ -232,7 +197,7 @@ pub async fn restore(
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let (text, dropped) = tidy_schema(&text, &available);
+        let (text, dropped) = super::migrations::skip_platform_extensions(&text, &available);
         if !dropped.is_empty() {
             say(&format!(
                 "Skipping Supabase platform extensions oxibase does without: {}",

@@ -104,17 +104,53 @@ pub fn debian_package(ext: &str) -> Option<&'static str> {
     })
 }
 
+/// Extensions every Supabase database already has, which `supabase db pull` and
+/// `supabase db dump` write as `CREATE EXTENSION IF NOT EXISTS` (a no-op there).
+pub const PLATFORM_EXTENSIONS: &[&str] =
+    &["pg_graphql", "pgsodium", "supabase_vault", "pgjwt", "pg_net"];
+
+/// Comment out `create extension if not exists` lines of platform extensions that this
+/// PostgreSQL lacks (line numbers are kept); returns the text and the names skipped.
+pub fn skip_platform_extensions(
+    sql: &str,
+    available: &BTreeSet<String>,
+) -> (String, Vec<String>) {
+    let mut skipped = vec![];
+    let mut out = String::with_capacity(sql.len() + 64);
+    for line in sql.split_inclusive('\n') {
+        let lower = line.trim_start().to_ascii_lowercase();
+        let name = lower
+            .strip_prefix("create extension if not exists ")
+            .and_then(|r| r.split_whitespace().next())
+            .map(|n| n.trim_end_matches(';').trim_matches('"').to_string());
+        match name {
+            Some(n) if PLATFORM_EXTENSIONS.contains(&n.as_str()) && !available.contains(&n) => {
+                skipped.push(n);
+                out.push_str("-- ");
+            }
+            _ => {}
+        }
+        out.push_str(line);
+    }
+    (out, skipped)
+}
+
+/// The extensions this PostgreSQL can create.
+pub async fn available_extensions(client: &Client) -> Result<BTreeSet<String>, String> {
+    let rows = client
+        .query("select name from pg_available_extensions", &[])
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Every `create extension` of the files whose extension this PostgreSQL does not have,
 /// as one message naming each (file, line, package); None when all are available.
 pub async fn missing_extensions(
     client: &Client,
     files: &[(String, String)],
 ) -> Result<Option<String>, String> {
-    let rows = client
-        .query("select name from pg_available_extensions", &[])
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    let available: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let available = available_extensions(client).await?;
     let mut lines = vec![];
     for (file, sql) in files {
         for (ext, line) in created_extensions(sql) {
@@ -143,7 +179,7 @@ pub async fn run_file(
     client: &mut Client,
     shown: &str,
     sql: &str,
-    record: Option<(&str, &str)>,
+    record: Option<(&str, &str, Vec<String>)>,
 ) -> Result<(), String> {
     let tx = client
         .transaction()
@@ -162,8 +198,7 @@ pub async fn run_file(
         let at = line.map(|l| format!(":{l}")).unwrap_or_default();
         return Err(format!("{shown}{at}: {}", crate::db::error_text(&e)));
     }
-    if let Some((version, name)) = record {
-        let statements: Vec<String> = sql_text::split(sql).into_iter().map(|s| s.text).collect();
+    if let Some((version, name, statements)) = record {
         tx.execute(
             "insert into supabase_migrations.schema_migrations (version, name, statements) \
              values ($1, $2, $3)",
@@ -211,26 +246,41 @@ pub async fn apply_pending(
         )
     })?;
     let done = applied(client).await?;
+    let available = available_extensions(client).await?;
     let mut pending = vec![];
     for m in locals.into_iter().filter(|m| !done.contains(&m.version)) {
-        let sql = std::fs::read_to_string(&m.path)
+        let original = std::fs::read_to_string(&m.path)
             .map_err(|e| format!("cannot read {}: {e}", m.path.display()))?;
-        pending.push((m, sql));
+        let (sql, skipped) = skip_platform_extensions(&original, &available);
+        if !skipped.is_empty() {
+            progress(&format!(
+                "{}: skipping `create extension if not exists` of {} (Supabase's own, \
+                 not available here; see docs/extensions.md)",
+                file_name(&m.path),
+                skipped.join(", ")
+            ));
+        }
+        pending.push((m, sql, statements_of(&original)));
     }
     let texts: Vec<(String, String)> = pending
         .iter()
-        .map(|(m, sql)| (file_label(shown_dir, &m.path), sql.clone()))
+        .map(|(m, sql, _)| (file_label(shown_dir, &m.path), sql.clone()))
         .collect();
     if let Some(msg) = missing_extensions(client, &texts).await? {
         return Err(msg);
     }
     let mut out = vec![];
-    for ((m, sql), (label, _)) in pending.iter().zip(&texts) {
+    for ((m, sql, statements), (label, _)) in pending.into_iter().zip(&texts) {
         progress(&format!("Applying migration {}...", file_name(&m.path)));
-        run_file(client, label, sql, Some((&m.version, &m.name))).await?;
+        run_file(client, label, &sql, Some((&m.version, &m.name, statements))).await?;
         out.push(file_name(&m.path));
     }
     Ok(out)
+}
+
+/// A file's statements as the CLI records them.
+pub fn statements_of(sql: &str) -> Vec<String> {
+    sql_text::split(sql).into_iter().map(|s| s.text).collect()
 }
 
 pub fn file_name(p: &Path) -> String {
@@ -241,4 +291,23 @@ pub fn file_name(p: &Path) -> String {
 
 fn file_label(shown_dir: &str, p: &Path) -> String {
     format!("{shown_dir}/{}", file_name(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_extensions_are_skipped_only_when_missing_and_if_not_exists() {
+        let sql = "CREATE EXTENSION IF NOT EXISTS \"pg_graphql\" WITH SCHEMA \"graphql\";\n\
+                   create extension if not exists pgjwt;\ncreate extension pg_net;\n\
+                   CREATE EXTENSION IF NOT EXISTS \"pgcrypto\";\n";
+        let available: BTreeSet<String> = ["pgjwt".to_string(), "pgcrypto".into()].into();
+        let (out, skipped) = skip_platform_extensions(sql, &available);
+        assert_eq!(skipped, vec!["pg_graphql".to_string()]);
+        assert_eq!(out.lines().count(), sql.lines().count());
+        assert!(out.starts_with("-- CREATE EXTENSION IF NOT EXISTS \"pg_graphql\""));
+        assert!(out.contains("\ncreate extension pg_net;"), "a plain create stays: {out}");
+        assert_eq!(created_extensions(&out).len(), 3);
+    }
 }
