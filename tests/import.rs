@@ -150,3 +150,112 @@ async fn a_supabase_dump_moves_in() {
     assert_eq!(d.status, 200, "{}", d.text());
     assert_eq!(d.text(), "Q1 goals\n");
 }
+
+/// Kills the moto server when the test ends, however it ends.
+struct Moto(std::process::Child);
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Objects copied from an S3-compatible source (a local moto server, as Supabase's S3
+/// endpoint would be used), then again with nothing left to copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_copy_from_s3() {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::ObjectStore;
+    use std::os::unix::fs::PermissionsExt;
+    let moto_port = free_port();
+    let _moto = Moto(
+        Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]') runs"),
+    );
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let http = Http::new(None);
+    for _ in 0..200 {
+        if http.get(&endpoint, &[]).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (bucket, name, body) in [
+        ("avatars", "ada/face.txt", "hello, Grace!\n"),
+        ("docs", "plans/q1.txt", "Q1 goals\n"),
+    ] {
+        let r = http
+            .send("PUT", &format!("{endpoint}/{bucket}"), &[], "")
+            .await
+            .unwrap();
+        assert!(r.status < 300, "create bucket: {}", r.text());
+        let s3 = AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap();
+        s3.put(
+            &object_store::path::Path::from(name),
+            body.as_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db_port = free_port();
+    let s = |p: &str| fixture(p).to_string_lossy().to_string();
+    let run = |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oxibase"))
+            .arg("import")
+            .args(args)
+            .env("OXIBASE_DATA_DIR", dir)
+            .env("OXIBASE_DB_PORT", db_port.to_string())
+            .env("OXIBASE_DB_FSYNC", "false")
+            .env("OXIBASE_LOG", "error")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("OXIBASE_CONFIG")
+            .env_remove("OXIBASE_DATABASE_URL")
+            .env_remove("OXIBASE_PROJECT")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, said) = run(vec![
+        "--schema".into(),
+        s("schema.sql"),
+        "--data".into(),
+        s("data.sql"),
+        "--objects-from".into(),
+        "s3://".into(),
+    ]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("[1/2] avatars/ada/face.txt (14 bytes)"),
+        "progress: {said}"
+    );
+    assert!(said.contains("Objects: 2 copied, 0 already here"), "{said}");
+    // The bytes sit under the version the imported row names.
+    let stored =
+        std::fs::read_to_string(dir.join("storage/objects/7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a06"))
+            .unwrap();
+    assert_eq!(stored, "hello, Grace!\n");
+    let (ok, said) = run(vec!["--objects-from".into(), "s3://".into()]);
+    assert!(ok, "{said}");
+    assert!(said.contains("Objects: 0 copied, 2 already here"), "{said}");
+}

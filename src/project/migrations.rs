@@ -106,15 +106,17 @@ pub fn debian_package(ext: &str) -> Option<&'static str> {
 
 /// Extensions every Supabase database already has, which `supabase db pull` and
 /// `supabase db dump` write as `CREATE EXTENSION IF NOT EXISTS` (a no-op there).
-pub const PLATFORM_EXTENSIONS: &[&str] =
-    &["pg_graphql", "pgsodium", "supabase_vault", "pgjwt", "pg_net"];
+pub const PLATFORM_EXTENSIONS: &[&str] = &[
+    "pg_graphql",
+    "pgsodium",
+    "supabase_vault",
+    "pgjwt",
+    "pg_net",
+];
 
 /// Comment out `create extension if not exists` lines of platform extensions that this
 /// PostgreSQL lacks (line numbers are kept); returns the text and the names skipped.
-pub fn skip_platform_extensions(
-    sql: &str,
-    available: &BTreeSet<String>,
-) -> (String, Vec<String>) {
+pub fn skip_platform_extensions(sql: &str, available: &BTreeSet<String>) -> (String, Vec<String>) {
     let mut skipped = vec![];
     let mut out = String::with_capacity(sql.len() + 64);
     for line in sql.split_inclusive('\n') {
@@ -307,7 +309,10 @@ mod tests {
         assert_eq!(skipped, vec!["pg_graphql".to_string()]);
         assert_eq!(out.lines().count(), sql.lines().count());
         assert!(out.starts_with("-- CREATE EXTENSION IF NOT EXISTS \"pg_graphql\""));
-        assert!(out.contains("\ncreate extension pg_net;"), "a plain create stays: {out}");
+        assert!(
+            out.contains("\ncreate extension pg_net;"),
+            "a plain create stays: {out}"
+        );
         assert_eq!(created_extensions(&out).len(), 3);
     }
 }
