@@ -140,6 +140,13 @@ async fn project_applies_and_serves() {
     );
     assert_eq!(r[0].get::<_, i64>(2), 1);
 
+    let p = sql(&db, "select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'notes'").await;
+    assert_eq!(
+        p[0].get::<_, i64>(0),
+        1,
+        "the realtime publication has the table"
+    );
+
     // The declared bucket with its limits, and its folder's file.
     let b = sql(&db, "select public, file_size_limit, allowed_mime_types from storage.buckets where id = 'avatars'").await;
     assert!(b[0].get::<_, bool>(0));
@@ -250,6 +257,11 @@ async fn failing_migration_names_file_and_line_and_leaves_nothing() {
         "file and line: {err}"
     );
     assert!(err.contains("public.nope"), "{err}");
+    // As the CLI: the statement's number and text, a caret under the error's column.
+    assert!(
+        err.contains("At statement: 2\nselect *\n  from public.nope\n       ^"),
+        "{err}"
+    );
     let r = sql(&db, "select to_regclass('public.a') is not null, to_regclass('public.b') is null, (select array_agg(version) from supabase_migrations.schema_migrations)").await;
     assert!(r[0].get::<_, bool>(0), "the good file stays applied");
     assert!(

@@ -188,17 +188,27 @@ pub async fn run_file(
         .await
         .map_err(|e| crate::db::error_text(&e))?;
     if let Err(e) = tx.batch_execute(sql).await {
-        let original = e.as_db_error().and_then(|d| match d.position() {
-            Some(ErrorPosition::Original(p)) => Some(line_of_position(sql, *p)),
+        let position = e.as_db_error().and_then(|d| match d.position() {
+            Some(ErrorPosition::Original(p)) => Some(*p),
             _ => None,
         });
         drop(tx);
-        let line = match original {
-            Some(l) => Some(l),
+        let line = match position {
+            Some(p) => Some(line_of_position(sql, p)),
             None => failing_statement_line(client, sql).await,
         };
         let at = line.map(|l| format!(":{l}")).unwrap_or_default();
-        return Err(format!("{shown}{at}: {}", crate::db::error_text(&e)));
+        let mut msg = format!("{shown}{at}: {}", crate::db::error_text(&e));
+        if let Some(detail) = e.as_db_error().and_then(|d| d.detail()) {
+            msg.push_str(&format!("\n{detail}"));
+        }
+        if let Some(l) = line {
+            let context = sql_text::show_failure(sql, l, position);
+            if !context.is_empty() {
+                msg.push_str(&format!("\n{context}"));
+            }
+        }
+        return Err(msg);
     }
     if let Some((version, name, statements)) = record {
         tx.execute(

@@ -90,7 +90,8 @@ fn dollar_tag(s: &str) -> Option<&str> {
 
 fn push(sql: &str, start: usize, end: usize, out: &mut Vec<Statement>) {
     let piece = &sql[start..end.min(sql.len())];
-    if strip_comments(piece).trim().is_empty() {
+    // As the CLI's SplitAndTrim: only empty pieces are dropped (comments are kept).
+    if piece.trim().is_empty() {
         return;
     }
     out.push(Statement {
@@ -114,6 +115,28 @@ fn code_offset(piece: &str) -> usize {
             return i;
         }
     }
+}
+
+/// The failing statement as the CLI shows it: its number (0-based, as `At statement:`),
+/// its text up to the failing line, and a caret under the error's column when known.
+pub fn show_failure(sql: &str, line: usize, position: Option<u32>) -> String {
+    let stats = split(sql);
+    let Some((i, st)) = stats.iter().enumerate().rev().find(|(_, s)| s.line <= line) else {
+        return String::new();
+    };
+    let first = line_of_byte(sql, sql.find(st.text.as_str()).unwrap_or(0));
+    let keep = line.saturating_sub(first) + 1;
+    let mut text: Vec<String> = st.text.lines().take(keep).map(str::to_string).collect();
+    if let Some(p) = position {
+        let before: String = sql.chars().take((p as usize).saturating_sub(1)).collect();
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0);
+        text.push(format!("{}^", " ".repeat(col)));
+    }
+    format!("At statement: {i}\n{}", text.join("\n"))
 }
 
 /// The 1-based line of a byte offset.
@@ -190,6 +213,9 @@ mod tests {
         let sql = "-- head\ncreate table a (x text default ';');\n\ncreate function f() returns int\nlanguage sql as $body$ select 1; $body$;\n/* c; */ insert into a values ('it''s;');\nselect \"we;ird\" from a";
         let st = split(sql);
         assert_eq!(st.len(), 4, "{st:#?}");
+        let shown = show_failure(sql, 7, Some(sql.find("from a").unwrap() as u32 + 1));
+        assert!(shown.starts_with("At statement: 3\nselect"), "{shown}");
+        assert!(shown.ends_with(&format!("{}^", " ".repeat(16))), "{shown}");
         assert_eq!(st[0].line, 2);
         assert!(st[1].text.contains("$body$ select 1; $body$"));
         assert_eq!(st[1].line, 4);
