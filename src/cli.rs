@@ -34,6 +34,16 @@ pub enum Command {
         #[arg(long)]
         dump: bool,
     },
+    /// The local database, as `supabase db`: reset, dump.
+    #[command(subcommand)]
+    Db(crate::project::commands::DbCommand),
+    /// The project's migrations, as `supabase migration`: new, list, up.
+    #[command(subcommand)]
+    Migration(crate::project::commands::MigrationCommand),
+    /// Whether the server runs, the project, URLs and keys (as `supabase status`).
+    Status,
+    /// Move a project off Supabase: restore `supabase db dump` files and copy the objects.
+    Import(crate::project::import::ImportArgs),
     /// Generate types from the database schema (like `supabase gen types`).
     Gen {
         #[command(subcommand)]

@@ -101,6 +101,10 @@ pub struct Config {
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
     /// well-known local JWT secret (local development, as the Supabase CLI), on otherwise.
     pub require_apikey: Option<bool>,
+    /// A Supabase project's `supabase/` folder (or the directory holding it): its
+    /// config.toml settings apply under this file's, its migrations and seed run at start,
+    /// and the demo app's tables are not installed. Found in the working directory when unset.
+    pub project: Option<PathBuf>,
 }
 
 /// Connection limits and timeouts of the HTTP server. A connection counts from accept to
@@ -483,6 +487,7 @@ impl Default for Config {
             functions: FunctionsConfig::default(),
             http: HttpConfig::default(),
             require_apikey: None,
+            project: None,
         }
     }
 }
@@ -601,6 +606,9 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, env = "OXIBASE_LOG", global = true)]
     pub log: Option<String>,
+    /// A Supabase project: the directory holding `supabase/` (or that folder itself).
+    #[arg(long, env = "OXIBASE_PROJECT", global = true)]
+    pub project: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -624,7 +632,9 @@ impl Config {
             Some(path) => Some(path.as_path()),
             None => Some(default).filter(|p| p.exists()),
         };
-        Self::from_layers(file, args, &|k| std::env::var(k).ok())
+        // A `supabase/` folder in the working directory is a project (as for the CLI).
+        let here = crate::project::locate(Path::new("."));
+        Self::from_layers_in(file, args, &|k| std::env::var(k).ok(), here.as_deref())
     }
 
     /// Defaults, then `file`, then the variables `var` finds, then `args` (flags and the
@@ -634,7 +644,18 @@ impl Config {
         args: &ServeArgs,
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (mut cfg, table) = match file {
+        Self::from_layers_in(file, args, var, None)
+    }
+
+    /// [`Config::from_layers`] with a Supabase project's config.toml as the lowest layer:
+    /// the project named by the flag, the file or the environment, else `found`.
+    pub fn from_layers_in(
+        file: Option<&Path>,
+        args: &ServeArgs,
+        var: &dyn Fn(&str) -> Option<String>,
+        found: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let (cfg, table) = match file {
             Some(path) => {
                 let text = read_file(path)?;
                 let cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
@@ -645,6 +666,21 @@ impl Config {
                 (cfg, toml::from_str(&text).unwrap_or_default())
             }
             None => (Config::default(), toml::Table::new()),
+        };
+        let (mut cfg, table) = match project_layer(&table, args, var, found)? {
+            Some(base) => {
+                let merged = merge_tables(base, table);
+                let cfg = toml::Value::Table(merged.clone())
+                    .try_into::<Config>()
+                    .map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "supabase/config.toml: {}",
+                            e.message().trim()
+                        ))
+                    })?;
+                (cfg, merged)
+            }
+            None => (cfg, table),
         };
         if let Some(with_env) = env::overlay(table, var)? {
             cfg = with_env;
@@ -804,6 +840,57 @@ impl Config {
         walk("", &v, &mut out);
         out
     }
+}
+
+/// The project's settings table (see `project`): the flag, then the file's `project`
+/// key, then `OXIBASE_PROJECT`, then `found`. None without a project.
+fn project_layer(
+    file: &toml::Table,
+    args: &ServeArgs,
+    var: &dyn Fn(&str) -> Option<String>,
+    found: Option<&Path>,
+) -> Result<Option<toml::Table>, ConfigError> {
+    let named = args
+        .project
+        .clone()
+        .or_else(|| {
+            file.get("project")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            var("OXIBASE_PROJECT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+    let dir = match named {
+        Some(d) => Some(crate::project::locate(&d).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "project: {} has no supabase/ folder (config.toml or migrations/)",
+                d.display()
+            ))
+        })?),
+        None => found.map(Path::to_path_buf),
+    };
+    let Some(dir) = dir else { return Ok(None) };
+    crate::project::settings_layer(&dir, var)
+        .map(|(t, _notes)| Some(t))
+        .map_err(ConfigError::Invalid)
+}
+
+/// `over`'s keys replace `base`'s, section by section.
+fn merge_tables(mut base: toml::Table, over: toml::Table) -> toml::Table {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                *b = merge_tables(std::mem::take(b), o);
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {

@@ -17,6 +17,7 @@ pub mod gentypes;
 pub mod http;
 pub mod jwt;
 pub mod net;
+pub mod project;
 pub mod realtime;
 pub mod rest;
 pub mod state;
@@ -57,6 +58,9 @@ pub enum StartError {
     Bind { addr: String, message: String },
     #[error("{0}")]
     Init(String),
+    /// The Supabase project folder could not be applied (migration, seed, bucket).
+    #[error("{0}")]
+    Project(String),
 }
 
 /// What a running server exposes to its owner (main or a test).
@@ -169,6 +173,10 @@ async fn prepare_database(
         if !applied.is_empty() {
             tracing::info!(count = applied.len(), "migrations applied");
         }
+        let p = progress.clone();
+        project::apply(&mut admin, cfg, &move |line| p(line))
+            .await
+            .map_err(StartError::Project)?;
         // Embedded: requests use the `authenticator` login role with a password made fresh
         // on every start (nothing well-known). External: the given URL's role.
         let pool_cfg = if pg.is_some() {

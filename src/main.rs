@@ -45,7 +45,73 @@ fn main() -> ExitCode {
         Command::Gen {
             what: oxibase::cli::GenCommand::Types { lang },
         } => rt.block_on(oxibase::gentypes::cli::run(cfg, lang, progress())),
+        Command::Db(c) => rt.block_on(project_cli::db(cfg, c)),
+        Command::Migration(c) => rt.block_on(project_cli::migration(cfg, c)),
+        Command::Import(a) => {
+            rt.block_on(async { project_cli::done(oxibase::project::import::run(cfg, &a).await) })
+        }
+        Command::Status => {
+            let keys = keys_text(&cfg, &cfg.external_url());
+            print!(
+                "{}",
+                rt.block_on(oxibase::project::commands::status(&cfg, &keys))
+            );
+            ExitCode::SUCCESS
+        }
         Command::Serve => rt.block_on(serve(cfg)),
+    }
+}
+
+/// `db` and `migration`: the CLI's local workflow (oxibase::project::commands).
+mod project_cli {
+    use super::*;
+    use oxibase::project::commands::{self as c, DbCommand, MigrationCommand};
+
+    pub fn done(r: Result<String, String>) -> ExitCode {
+        match r {
+            Ok(s) => {
+                if !s.is_empty() {
+                    eprintln!("{s}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("oxibase: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    pub async fn db(cfg: Config, cmd: DbCommand) -> ExitCode {
+        match cmd {
+            DbCommand::Dump(a) => done(c::dump(&cfg, &a).await),
+            DbCommand::Reset => match c::reset_files(&cfg).await {
+                Ok(said) => {
+                    said.iter().for_each(|l| eprintln!("{l}"));
+                    eprintln!("Resetting local database...");
+                    let code = migrate(cfg).await;
+                    if code == ExitCode::SUCCESS {
+                        eprintln!("Finished oxibase db reset.");
+                    }
+                    code
+                }
+                Err(e) => done(Err(e)),
+            },
+        }
+    }
+
+    pub async fn migration(cfg: Config, cmd: MigrationCommand) -> ExitCode {
+        match cmd {
+            MigrationCommand::New { name } => done(c::migration_new(&cfg, &name)),
+            MigrationCommand::List => match c::migration_list(&cfg).await {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => done(Err(e)),
+            },
+            MigrationCommand::Up => done(c::migration_up(&cfg).await),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! so `cargo test --test it fault_pg::` runs one file.
 
 mod auth_flow;
+mod cli_project;
 mod common;
 mod db_wire;
 mod fault_flood;
@@ -12,12 +13,14 @@ mod functions_chat;
 mod functions_code;
 mod functions_upload;
 mod functions_ws;
+mod gentypes;
 mod hardening_auth;
+mod import;
+mod pg_net;
+mod project_folder;
 mod realtime_ws;
 mod rest_basic;
 mod spine;
 mod storage_api;
 mod storage_hardening;
 mod token_attacks;
-mod gentypes;
-mod pg_net;

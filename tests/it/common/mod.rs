@@ -14,8 +14,8 @@ use oxibase::{Config, Server};
 pub const ANON_KEY: &str = oxibase::cli::WELL_KNOWN_ANON;
 pub const SERVICE_KEY: &str = oxibase::cli::WELL_KNOWN_SERVICE;
 
-struct SharedPg {
-    port: u16,
+pub struct SharedPg {
+    pub port: u16,
 }
 
 static PG: OnceLock<SharedPg> = OnceLock::new();
@@ -28,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn shared_pg() -> &'static SharedPg {
+pub fn shared_pg() -> &'static SharedPg {
     PG.get_or_init(|| {
         // Leftovers of earlier test binaries whose process is gone.
         for e in std::fs::read_dir(std::env::temp_dir())
