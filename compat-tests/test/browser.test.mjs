@@ -8,11 +8,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:http';
+import { deflateSync } from 'node:zlib';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startServer } from '../lib/server.mjs';
+import { startServer, freePort, SERVICE_KEY } from '../lib/server.mjs';
 import { sql } from '../lib/pg.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -68,8 +69,11 @@ before(async () => {
   mkdirSync(artifacts, { recursive: true });
   buildApp();
   await new Promise((r) => fake.listen(0, '127.0.0.1', r));
+  const port = await freePort();
   server = await startServer({
-    toml: `[server]\nstatic_dir = ${JSON.stringify(join(appDir, 'dist'))}\n`,
+    ports: { port, dbPort: await freePort() },
+    // Email links (password reset) lead back to the app.
+    toml: `[server]\nstatic_dir = ${JSON.stringify(join(appDir, 'dist'))}\n[auth]\nsite_url = "http://127.0.0.1:${port}"\n`,
     env: {
       OPENAI_BASE_URL: `http://127.0.0.1:${fake.address().port}/v1`,
       OPENAI_API_KEY: 'sk-fake-server-key',
@@ -87,6 +91,40 @@ after(async () => {
   fake.close();
   console.log(`# browser test: ${((Date.now() - started) / 1000).toFixed(1)} s`);
 });
+
+/** A real RGB PNG (a gradient) of w×h, with correct CRCs, for the upload and the avatar. */
+function pngImage(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const c = Buffer.alloc(4);
+    c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const rows = [];
+  for (let y = 0; y < h; y++) {
+    const row = Buffer.alloc(1 + w * 3);
+    for (let x = 0; x < w; x++) row.set([109 + x, 93 + y, 252 - x], 1 + x * 3);
+    rows.push(row);
+  }
+  const sig = Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]);
+  return Buffer.concat([sig, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0))]);
+}
 
 const shot = async (page, name) => {
   // The newest message in view, as a person would look at it.
@@ -185,14 +223,11 @@ test('the chat app in two browsers', { timeout: 240_000 }, async () => {
   await shot(a, '06-live-message');
 
   // An upload, shown through its signed URL.
-  const png = Buffer.from(
-    'iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAKklEQVR4nGNgGAWjYBSMglEwCkbBKBgFo2AUjIJRMApGwSgYBaNgFIwCAgAEMAABt0bdZQAAAABJRU5ErkJggg==',
-    'base64',
-  );
+  const png = pngImage(64, 64);
   await a.setInputFiles('.composer input[type=file]', { name: 'dot.png', mimeType: 'image/png', buffer: png });
   const preview = a.locator('.attachment img.preview').last();
   await preview.waitFor();
-  await a.waitForFunction(() => [...document.querySelectorAll('.attachment img.preview')].some((i) => i.complete && i.naturalWidth === 16));
+  await a.waitForFunction(() => [...document.querySelectorAll('.attachment img.preview')].some((i) => i.complete && i.naturalWidth === 64));
   assert.match(await preview.getAttribute('src'), /\/storage\/v1\/object\/sign\/chat-files\//);
   await b.waitForSelector('.msg.user .attachment >> text=dot.png');
   await shot(a, '07-upload');
@@ -225,4 +260,43 @@ test('the chat app in two browsers', { timeout: 240_000 }, async () => {
   // A deep link is served index.html by --static and opens that page.
   await a.goto(`${server.url}/usage`);
   await a.waitForSelector('.usage h1');
+
+  // Profile: an avatar uploaded to the avatars bucket, shown through a resized image URL.
+  await a.click('.topbar nav >> text=Profile');
+  await a.setInputFiles('.profile input[type=file]', { name: 'me.png', mimeType: 'image/png', buffer: png });
+  const avatar = a.locator('.profile .avatar img');
+  await avatar.waitFor();
+  assert.match(await avatar.getAttribute('src'), /\/storage\/v1\/render\/image\/public\/avatars\/[0-9a-f-]{36}\/avatar-\d+\.png\?width=160&height=160&resize=cover/);
+  await a.waitForFunction(() => document.querySelector('.profile .avatar img')?.naturalWidth > 0);
+  await a.waitForSelector('.topbar .avatar img');
+  await shot(a, '11-profile');
+});
+
+test('password reset through the local inbox', { timeout: 120_000 }, async () => {
+  const b = bob.page;
+  await b.click('.topbar .signout');
+  await b.getByText('Forgot password?').click();
+  await b.fill('input[type=email]', bob.email);
+  await b.click('button[type=submit]');
+  await b.waitForSelector('.note >> text=reset link');
+  const r = await fetch(`${server.url}/auth/v1/inbox?email=${encodeURIComponent(bob.email)}`, {
+    headers: { apikey: SERVICE_KEY, authorization: `Bearer ${SERVICE_KEY}` },
+  });
+  assert.equal(r.status, 200);
+  const mails = await r.json();
+  const mail = (Array.isArray(mails) ? mails : mails.messages ?? []).find((m) => m.type === 'recovery');
+  assert.ok(mail, JSON.stringify(mails).slice(0, 500));
+  const link = JSON.stringify(mail).match(/https?:\/\/[^"\s\\]+\/auth\/v1\/verify\?[^"\s\\]+/)?.[0];
+  assert.ok(link, `a verify link in ${JSON.stringify(mail).slice(0, 500)}`);
+  await b.goto(link.replace(/\\u0026|&amp;/g, '&'));
+  await b.waitForSelector('h1 >> text=Choose a new password');
+  await b.fill('input[type=password]', 'a-new-password-7');
+  await b.click('button[type=submit]');
+  await b.waitForSelector('.topbar .email');
+  await shot(b, '12-password-reset');
+  await b.click('.topbar .signout');
+  await b.fill('input[type=email]', bob.email);
+  await b.fill('input[type=password]', 'a-new-password-7');
+  await b.click('button[type=submit]');
+  await b.waitForSelector('.topbar .email');
 });

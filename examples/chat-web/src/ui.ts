@@ -36,9 +36,9 @@ export function clear(el: Element, ...children: (Child | Child[])[]): void {
 }
 
 export function toast(message: string, kind: 'error' | 'info' = 'error'): void {
-  const t = h('div', { class: `toast ${kind}`, role: 'alert' }, message);
+  const t = h('div', { class: `toast ${kind}`, role: 'alert', onclick: () => t.remove() }, message);
   document.body.append(t);
-  setTimeout(() => t.remove(), 6000);
+  setTimeout(() => t.remove(), kind === 'error' ? 6000 : 3000);
 }
 
 export function initials(name: string): string {
