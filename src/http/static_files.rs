@@ -305,6 +305,24 @@ mod tests {
     }
 
     #[test]
+    fn flag_and_variable_set_the_folder() {
+        use crate::config::{Config, ServeArgs};
+        let dir = std::env::temp_dir();
+        let dir_s = dir.to_string_lossy().to_string();
+        let var = |k: &str| (k == "OXIBASE_SERVER__STATIC_DIR").then(|| dir_s.clone());
+        let cfg = Config::from_layers(None, &ServeArgs::default(), &var).unwrap();
+        assert_eq!(cfg.server.static_dir.as_deref(), Some(dir.as_path()));
+        let args = ServeArgs {
+            static_dir: Some("/nonexistent-oxibase-site".into()),
+            ..Default::default()
+        };
+        let err = Config::from_layers(None, &args, &var)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.static_dir"), "{err}");
+    }
+
+    #[test]
     fn hashed_names_and_api_paths() {
         assert!(is_hashed("index-B3xk9_aZ.js"));
         assert!(is_hashed("app-ABCD1234.css"));
