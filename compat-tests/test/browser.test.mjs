@@ -33,6 +33,11 @@ const fake = createServer(async (req, res) => {
   for await (const c of req) raw += c;
   const body = JSON.parse(raw || '{}');
   const last = body.messages?.at(-1)?.content ?? '';
+  if (/busy/i.test(last)) {
+    res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '2' });
+    res.end(JSON.stringify({ error: { message: 'Rate limit reached', type: 'requests', code: 'rate_limit_exceeded' } }));
+    return;
+  }
   res.writeHead(200, { 'content-type': 'text/event-stream' });
   res.write(chunk({ role: 'assistant', content: '' }));
   if (/forever/i.test(last)) {
@@ -299,4 +304,63 @@ test('password reset through the local inbox', { timeout: 120_000 }, async () =>
   await b.fill('input[type=password]', 'a-new-password-7');
   await b.click('button[type=submit]');
   await b.waitForSelector('.topbar .email');
+});
+
+test('errors a person can act on, and managing conversations', { timeout: 120_000 }, async () => {
+  const a = alice.page;
+  await a.click('.topbar nav >> text=Chat');
+  await a.click('.sidebar .new');
+  await a.waitForSelector('.chat-head h2 >> text=New conversation');
+  // No server key for Anthropic: the answer says what to do.
+  await a.selectOption('.composer select[aria-label=Provider]', 'anthropic');
+  await a.fill('.composer textarea', 'Hello Claude');
+  await a.press('.composer textarea', 'Enter');
+  await a.waitForSelector('.msg.assistant.failed .error >> text=No Anthropic API key is set up');
+  // The provider's 429 keeps its meaning.
+  await a.selectOption('.composer select[aria-label=Provider]', 'openai');
+  await a.fill('.composer textarea', 'Are you busy?');
+  await a.press('.composer textarea', 'Enter');
+  await a.waitForSelector('.msg.assistant.failed .error >> text=OpenAI is receiving too many requests');
+  await shot(a, '13-errors');
+  // Over 10 MB is refused before uploading.
+  await a.setInputFiles('.composer input[type=file]', { name: 'big.txt', mimeType: 'text/plain', buffer: Buffer.alloc(10 * 1024 * 1024 + 1, 97) });
+  await a.waitForSelector('.toast >> text=files can be at most 10 MB');
+
+  // Rename, archive (and find it under "Show archived"), delete.
+  const id = await a.getAttribute('.conversations li.active', 'data-id');
+  const row = a.locator(`.conversations li[data-id="${id}"]`);
+  a.once('dialog', (d) => d.accept('Renamed in the browser'));
+  await row.locator('button[aria-label=Rename]').click();
+  await a.waitForSelector('.chat-head h2 >> text=Renamed in the browser');
+  await row.locator('button[aria-label=Archive]').click();
+  await row.waitFor({ state: 'detached' });
+  await a.check('.sidebar .archived input');
+  await a.waitForSelector(`.conversations li[data-id="${id}"] >> text=Renamed in the browser`);
+  await a.hover(`.conversations li[data-id="${id}"]`);
+  a.once('dialog', (d) => d.accept());
+  await a.locator(`.conversations li[data-id="${id}"] button[aria-label=Delete]`).click();
+  await a.locator(`.conversations li[data-id="${id}"]`).waitFor({ state: 'detached' });
+  const db = `postgres://postgres:postgres@127.0.0.1:${server.dbPort}/postgres`;
+  const left = await sql('select count(*)::int as n from public.conversations where id = $1', [id], db);
+  assert.equal(left.rows[0].n, 0);
+
+  // A long conversation opens on its newest 30 messages; older ones come a page at a time.
+  const { rows } = await sql(
+    `with u as (select id from auth.users where email = $1),
+          c as (insert into public.conversations (user_id, title) select id, 'Long one' from u returning id, user_id)
+     insert into public.messages (conversation_id, user_id, role, content, created_at)
+     select c.id, c.user_id, 'user', 'm' || lpad(i::text, 2, '0'), now() - (45 - i) * interval '1 minute'
+       from c, generate_series(1, 45) i returning conversation_id`,
+    [alice.email],
+    db,
+  );
+  await a.reload();
+  await a.click(`.conversations li[data-id="${rows[0].conversation_id}"] .open`);
+  await a.waitForSelector('.msg >> text=m45');
+  assert.equal(await a.locator('.messages .msg').count(), 30);
+  assert.equal(await a.locator('.messages .msg').first().textContent().then((t) => t.includes('m16')), true);
+  await a.click('.older');
+  await a.waitForSelector('.msg >> text=m01');
+  assert.equal(await a.locator('.messages .msg').count(), 45);
+  assert.ok(await a.locator('.older').isHidden(), 'no older page left');
 });
