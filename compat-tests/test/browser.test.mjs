@@ -256,6 +256,12 @@ test('the chat app in two browsers', { timeout: 240_000 }, async () => {
   const rows = await sql('select chart_type, data from public.visualizations', [], `postgres://postgres:postgres@127.0.0.1:${server.dbPort}/postgres`);
   assert.equal(rows.rows.length, 1);
   assert.deepEqual(rows.rows[0].data.labels, ['Mon', 'Tue', 'Wed', 'Thu']);
+  // Reopened later, the chart is drawn from its visualizations row.
+  await a.reload();
+  await a.click(`.conversations li[data-id="${convId}"] .open`);
+  const again = a.locator('.msg.assistant', { hasText: 'Run it to see' }).last();
+  await again.locator('.chart svg .ct-bar').first().waitFor({ state: 'attached' });
+  assert.equal(await again.locator('.chart svg .ct-bar').count(), 4);
 
   // The usage page charts api_usage.
   await a.click('.topbar nav >> text=Usage');
