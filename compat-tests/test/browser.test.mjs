@@ -211,7 +211,8 @@ test('the chat app in two browsers', { timeout: 240_000 }, async () => {
   await a.click('.chat-head .share');
   await a.waitForSelector('.toast >> text=Shared with');
   const b = bob.page;
-  await b.reload();
+  // Shared, it appears in Bob's list live (Realtime postgres_changes under RLS).
+  await b.waitForSelector(`.conversations li[data-id="${convId}"] >> text=shared with you`);
   await b.click(`.conversations li[data-id="${convId}"] .open`);
   await b.waitForSelector('.msg.assistant >> text=lazy dog');
   await a.waitForSelector('.presence .avatar:nth-child(2)');

@@ -83,6 +83,7 @@ export class ChatView {
 
   destroy(): void {
     this.live.close();
+    this.sidebar.close();
     this.abort?.abort();
   }
 

@@ -1,4 +1,5 @@
 // The conversation list: newest first, 20 a page, create / rename / archive / delete / share.
+import type { RealtimeChannel } from '@supabase/supabase-js';
 import { me, supabase } from './client';
 import { clear, h, timeAgo, toast } from './ui';
 
@@ -22,8 +23,30 @@ export class Sidebar {
   private archivedToggle = h('input', { type: 'checkbox', onchange: () => this.load(true) });
   private items: Conversation[] = [];
   selected: string | null = null;
+  private channel: RealtimeChannel | null = null;
 
   constructor(private onSelect: (c: Conversation | null) => void) {
+    // Conversations created elsewhere or shared with me appear without a reload (Realtime
+    // postgres_changes, delivered only where RLS lets me read the row).
+    this.channel = supabase
+      .channel('my-conversations')
+      .on('postgres_changes', { event: '*', schema: 'public', table: 'conversations' }, (p) => {
+        if (p.eventType === 'DELETE') {
+          const id = (p.old as { id?: string }).id;
+          this.items = this.items.filter((x) => x.id !== id);
+          return this.render();
+        }
+        const c = p.new as Conversation;
+        if (c.archived !== this.archivedToggle.checked) {
+          this.items = this.items.filter((x) => x.id !== c.id);
+          return this.render();
+        }
+        const known = this.items.find((x) => x.id === c.id);
+        if (known) Object.assign(known, c);
+        else this.items = [c, ...this.items];
+        this.render();
+      })
+      .subscribe();
     clear(
       this.el,
       h('button', { class: 'primary new', onclick: () => this.create() }, '+ New conversation'),
@@ -31,6 +54,10 @@ export class Sidebar {
       this.more,
       h('label', { class: 'archived' }, this.archivedToggle, 'Show archived'),
     );
+  }
+
+  close(): void {
+    if (this.channel) void supabase.removeChannel(this.channel);
   }
 
   get current(): Conversation | null {
