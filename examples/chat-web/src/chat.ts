@@ -158,7 +158,7 @@ export class ChatView {
 
   private renderMessage(m: Message): HTMLElement {
     const body = h('div', { class: 'bubble' });
-    renderContent(body, m, (id) => this.name(id));
+    renderContent(body, m);
     for (const c of this.charts[m.id] ?? []) body.append(drawChart(c));
     const who = m.role === 'assistant' ? `Assistant${m.model ? ` · ${m.model}` : ''}` : this.name(m.user_id);
     return h(
@@ -295,7 +295,7 @@ export class ChatView {
       this.stop.hidden = true;
       el.classList.remove('streaming');
       el.dataset.id = answer.id;
-      renderContent(bubble, answer, (id) => this.name(id));
+      renderContent(bubble, answer);
       if (el.classList.contains('stopped')) bubble.append(h('div', { class: 'muted stopped-note' }, 'Stopped.'));
       if (failed) {
         el.classList.add('failed');

@@ -1,7 +1,7 @@
 // One message on screen: text with fenced code blocks (each with a Run button that calls
 // code-execution), an attached file shown through its signed URL, and its charts.
 import { chartFromOutput, drawChart, type ChartSpec } from './charts';
-import { functionError, me, supabase } from './client';
+import { functionError, supabase } from './client';
 import { formatBytes, h, toast } from './ui';
 
 export interface Message {
@@ -43,7 +43,7 @@ export function splitFences(text: string): { code?: string; lang?: string; text?
   return parts;
 }
 
-export function renderContent(el: HTMLElement, msg: Message, names: (id: string) => string): void {
+export function renderContent(el: HTMLElement, msg: Message): void {
   el.replaceChildren();
   const file = msg.metadata?.file;
   for (const p of file ? [] : splitFences(msg.content)) {
@@ -51,7 +51,6 @@ export function renderContent(el: HTMLElement, msg: Message, names: (id: string)
     else el.append(codeBlock(p.code ?? '', p.lang ?? '', msg));
   }
   if (file) el.append(attachment(file));
-  void names;
 }
 
 function codeBlock(code: string, lang: string, msg: Message): HTMLElement {
@@ -120,8 +119,4 @@ function attachment(f: FileMeta): HTMLElement {
       .createSignedUrl(f.path, 3600)
       .then(({ data }) => data && show(data.signedUrl));
   return box;
-}
-
-export function isMine(m: Message): boolean {
-  return m.user_id === me();
 }
