@@ -96,6 +96,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub functions: FunctionsConfig,
     pub http: HttpConfig,
+    pub server: ServerConfig,
     /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
     /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
@@ -110,6 +111,15 @@ pub struct Config {
 /// Connection limits and timeouts of the HTTP server. A connection counts from accept to
 /// close, WebSockets included; past a cap the server first closes an idle connection of
 /// the same client (or of the biggest one), else answers a short 503 and closes.
+/// What the server hosts besides the APIs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A built static site (an SPA's `dist/`) served at `/` for every path the APIs do not
+    /// own (`--static DIR`); index.html answers unknown page paths.
+    pub static_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -486,6 +496,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             functions: FunctionsConfig::default(),
             http: HttpConfig::default(),
+            server: ServerConfig::default(),
             require_apikey: None,
             project: None,
         }
@@ -609,6 +620,9 @@ pub struct ServeArgs {
     /// A Supabase project: the directory holding `supabase/` (or that folder itself).
     #[arg(long, env = "OXIBASE_PROJECT", global = true)]
     pub project: Option<PathBuf>,
+    /// Serve this built static folder (an SPA) at `/` (OXIBASE_SERVER__STATIC_DIR).
+    #[arg(long = "static", value_name = "DIR", global = true)]
+    pub static_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -743,9 +757,18 @@ impl Config {
         if let Some(v) = &a.log {
             self.log = v.clone();
         }
+        if let Some(v) = &a.static_dir {
+            self.server.static_dir = Some(v.clone());
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(d) = self.server.static_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(ConfigError::Invalid(format!(
+                "server.static_dir: '{}' is not a directory",
+                d.display()
+            )));
+        }
         if self.bind.is_empty() {
             return Err(ConfigError::Invalid(
                 "bind: at least one address is needed".into(),

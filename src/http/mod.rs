@@ -8,6 +8,7 @@ pub mod limits;
 pub mod linger;
 pub mod router;
 pub mod server;
+pub mod static_files;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};

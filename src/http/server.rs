@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use super::conns::{Admission, Limiter, Over, ShedSlot, Timeouts, Tracked};
 use super::limits;
 use super::router::{Api, ApiRouter};
+use super::static_files::StaticSite;
 use super::{cors, json_response, Req, Resp};
 use crate::state::AppState;
 
@@ -26,6 +28,7 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     let (drain_tx, drain_rx) = watch::channel(false);
     let router = std::sync::Arc::new(ApiRouter::default());
+    let site = static_site(&state);
     let http_cfg = &state.config.http;
     let nofile = limits::nofile_limit();
     let limiter = Limiter::new(limits::caps(&state.config, nofile));
@@ -60,13 +63,15 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let router = router.clone();
+                let site = site.clone();
                 let svc_conn = conn_state.clone();
                 let svc = service_fn(move |req: Req| {
                     let busy = svc_conn.begin();
                     let state = state.clone();
                     let router = router.clone();
+                    let site = site.clone();
                     async move {
-                        let resp = handle(&state, &router, req, peer).await;
+                        let resp = handle(&state, &router, site.as_deref(), req, peer).await;
                         Ok::<_, Infallible>(busy.attach(resp))
                     }
                 });
@@ -205,7 +210,28 @@ async fn refuse(mut stream: TcpStream, why: Over, _slot: ShedSlot) {
     .await;
 }
 
-async fn handle(state: &AppState, router: &ApiRouter, mut req: Req, peer: SocketAddr) -> Resp {
+/// The `--static` site, when configured and readable (else logged and left out).
+fn static_site(state: &AppState) -> Option<Arc<StaticSite>> {
+    let dir = state.config.server.static_dir.as_ref()?;
+    match StaticSite::new(dir) {
+        Ok(site) => {
+            tracing::info!(dir = %dir.display(), "serving a static site at /");
+            Some(Arc::new(site))
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "static site not served");
+            None
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    router: &ApiRouter,
+    site: Option<&StaticSite>,
+    mut req: Req,
+    peer: SocketAddr,
+) -> Resp {
     let start = Instant::now();
     // The peer address, for per-IP rate limits.
     req.extensions_mut().insert(peer);
@@ -221,6 +247,9 @@ async fn handle(state: &AppState, router: &ApiRouter, mut req: Req, peer: Socket
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut resp = if cors::is_preflight(&method, req.headers()) {
         cors::preflight(req.headers())
+    } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
+        // The site's paths need no API key, as any web page.
+        site.serve(&method, &path, req.headers()).await
     } else if state.config.apikey_required()
         && !super::router::is_open(&method, &path)
         && !super::router::has_credential(req.headers(), &path, req.uri().query())

@@ -21,6 +21,7 @@ mod project_folder;
 mod realtime_ws;
 mod rest_basic;
 mod spine;
+mod static_files;
 mod storage_api;
 mod storage_hardening;
 mod token_attacks;
