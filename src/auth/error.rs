@@ -5,6 +5,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::db::error::{DbClass, DbError};
 use crate::http::ApiError;
 
 #[derive(Debug)]
@@ -159,26 +160,31 @@ impl ApiError for AuthError {
 
 impl From<tokio_postgres::Error> for AuthError {
     fn from(e: tokio_postgres::Error) -> AuthError {
-        if crate::db::is_connection_error(&e) {
-            return AuthError::db_unavailable(crate::db::error_text(&e));
-        }
-        AuthError::internal("Database error", crate::db::error_text(&e))
+        AuthError::db(DbError::of(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for AuthError {
     fn from(e: deadpool_postgres::PoolError) -> AuthError {
-        match crate::db::PoolFailure::of(&e) {
+        AuthError::db(DbError::pool(&e))
+    }
+}
+
+impl AuthError {
+    /// A classified database error as GoTrue answers it.
+    pub fn db(d: DbError) -> AuthError {
+        match d.class {
             // GoTrue's answer to a request that ran out of time.
-            crate::db::PoolFailure::Exhausted => AuthError {
-                internal: Some(format!("pool: {e}")),
+            DbClass::PoolTimeout => AuthError {
+                internal: Some(d.log),
                 ..AuthError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "request_timeout",
                     "Processing this request timed out, please retry after a moment.",
                 )
             },
-            crate::db::PoolFailure::Unavailable => AuthError::db_unavailable(format!("pool: {e}")),
+            DbClass::ConnectionLost | DbClass::PoolUnavailable => AuthError::db_unavailable(d.log),
+            _ => AuthError::internal("Database error", d.log),
         }
     }
 }

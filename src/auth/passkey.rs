@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::error::{AuthError, AuthResult};
 use super::tx::{as_admin, execute_found};
 use super::{load_token_user, no_content, ok, session, user_token, users, Call};
+use crate::db::error::{DbClass, DbError};
 use crate::http::Resp;
 use crate::state::AppState;
 use cbor::Get;
@@ -272,7 +273,7 @@ async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> 
             .await;
         match res {
             Ok(row) => Ok(json!({"id": id, "created_at": row.get::<_, chrono::DateTime<Utc>>(0)})),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(
+            Err(e) if DbError::of(&e).class == DbClass::UniqueViolation => Err(
                 AuthError::unprocessable("webauthn_credential_exists", "This credential is already registered"),
             ),
             Err(e) => Err(e.into()),

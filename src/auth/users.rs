@@ -6,6 +6,7 @@ use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
+use crate::db::error::{DbClass, DbError};
 
 pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
     coalesce(role, 'authenticated') as role, email, phone, encrypted_password, \
@@ -224,27 +225,23 @@ pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> 
         )
         .await;
     if let Err(e) = res {
-        if let Some(db) = e.as_db_error() {
-            if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
-                let c = db.constraint().unwrap_or("");
-                if c.contains("phone") {
-                    return Err(AuthError::phone_exists());
-                }
-                if c.contains("email") {
-                    return Err(AuthError::email_exists());
-                }
-                if c.contains("pkey") {
-                    return Err(AuthError::unprocessable(
-                        "user_already_exists",
-                        "User already registered",
-                    ));
-                }
+        let d = DbError::of(&e);
+        if d.class == DbClass::UniqueViolation {
+            let c = d.constraint.as_deref().unwrap_or("");
+            if c.contains("phone") {
+                return Err(AuthError::phone_exists());
+            }
+            if c.contains("email") {
+                return Err(AuthError::email_exists());
+            }
+            if c.contains("pkey") {
+                return Err(AuthError::unprocessable(
+                    "user_already_exists",
+                    "User already registered",
+                ));
             }
         }
-        return Err(AuthError::internal(
-            "Database error saving new user",
-            crate::db::error_text(&e),
-        ));
+        return Err(AuthError::internal("Database error saving new user", d.log));
     }
     if let Some(p) = provider {
         let (provider_id, data) = match p {
