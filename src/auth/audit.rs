@@ -55,7 +55,7 @@ pub async fn record(
            now(), $6",
         &[&Uuid::new_v4(), &actor, &action, &log_type(action), &traits, &ip],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
 
@@ -97,7 +97,8 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &format!("select count(*) from auth.audit_log_entries where {filter}"),
                 &params,
             )
-            .await?
+            .await
+            .map_err(AuthError::pg)?
             .get(0);
         // limit/offset are integers computed here, not input text.
         let rows = tx
@@ -110,7 +111,8 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 ),
                 &params,
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         let entries: Vec<Value> = rows
             .iter()
             .map(|r| {

@@ -174,7 +174,7 @@ pub async fn send(
         &format!("update auth.users set {col} = $2, {sent_col} = now(), updated_at = now() where id = $1"),
         &[&u.id, &token_hash],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     tx.execute(
         "insert into auth.one_time_tokens (id, user_id, token_type, token_hash, relates_to)
          values ($1, $2, $3, $4, $5)
@@ -182,7 +182,8 @@ pub async fn send(
            relates_to = excluded.relates_to, updated_at = now()",
         &[&Uuid::new_v4(), &u.id, &ott, &token_hash, &to],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     let action_link = format!(
         "{}/auth/v1/verify?token={}&type={}&redirect_to={}",
         state.config.external_url(),
@@ -234,7 +235,7 @@ pub async fn send(
              values ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[&to, &kind.link_type(), &subject, &body, &custom.is_some(), &otp, &token_hash, &action_link],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         if state.auth.smtp.is_none() {
             tracing::info!(
                 kind = kind.link_type(),
@@ -301,7 +302,7 @@ pub async fn create_flow_state(
          values ($1, $2, $3, $4, $5, 'email', now(), now(), $6)",
         &[&Uuid::new_v4(), &user_id, &code.to_string(), method, challenge, &auth_method],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(code)
 }
 
@@ -477,8 +478,8 @@ async fn verify_token(
         }
         q.push_str(" limit 1 for update");
         let row = match &address {
-            Some(a) => tx.query_opt(&q, &[&hash, a]).await?,
-            None => tx.query_opt(&q, &[&hash]).await?,
+            Some(a) => tx.query_opt(&q, &[&hash, a]).await.map_err(AuthError::pg)?,
+            None => tx.query_opt(&q, &[&hash]).await.map_err(AuthError::pg)?,
         };
         if let Some(r) = row {
             found = Some((User::from_row(&r), col, hash));
@@ -509,7 +510,7 @@ async fn verify_token(
                    updated_at = now() where id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             "otp"
         }
         "confirmation_token" => {
@@ -518,7 +519,7 @@ async fn verify_token(
                    updated_at = now() where id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             if vtype == "invite" || u.invited_at.is_some() && u.email_confirmed_at.is_none() {
                 "invite"
             } else if vtype == "signup" {
@@ -533,7 +534,7 @@ async fn verify_token(
                    updated_at = now() where id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             match vtype {
                 "recovery" => "recovery",
                 "magiclink" => "magiclink",
@@ -551,12 +552,13 @@ async fn verify_token(
                     &format!("update auth.users set {col} = '', email_change_confirm_status = 1, updated_at = now() where id = $1"),
                     &[&u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 tx.execute(
                     "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
                     &[&u.id, &hash],
                 )
-                .await?;
+                .await
+                .map_err(AuthError::pg)?;
                 return Ok(Verified::HalfwayEmailChange);
             }
             let taken = tx
@@ -564,7 +566,7 @@ async fn verify_token(
                     "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
                     &[&u.email_change, &u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if taken.is_some() {
                 return Err(AuthError::email_exists());
             }
@@ -574,12 +576,12 @@ async fn verify_token(
                    email_confirmed_at = now(), is_anonymous = false, updated_at = now() where id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             tx.execute(
                 "delete from auth.one_time_tokens where user_id = $1 and token_type like 'email_change_token_%'",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             ensure_email_identity(tx, u.id).await?;
             "email_change"
         }
@@ -589,7 +591,7 @@ async fn verify_token(
                    phone_confirmed_at = now(), updated_at = now() where id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             "phone_change"
         }
         _ => return Err(AuthError::otp_expired()),
@@ -598,7 +600,8 @@ async fn verify_token(
         "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
         &[&u.id, &hash],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     users::sync_email_identity(tx, u.id).await?;
     Ok(Verified::Session(u.id, method))
 }
@@ -615,7 +618,7 @@ pub async fn ensure_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResu
          on conflict (provider_id, provider) do nothing",
         &[&id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     c.execute(
         "update auth.users set raw_app_meta_data = coalesce(raw_app_meta_data, '{}'::jsonb)
            || jsonb_build_object('provider', case when coalesce(raw_app_meta_data->>'provider', 'anonymous') = 'anonymous'
@@ -626,7 +629,7 @@ pub async fn ensure_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResu
          where id = $1",
         &[&id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
 
@@ -703,7 +706,7 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
                      order by created_at desc limit 1",
                     &[&uid, &method],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if let Some(f) = flow {
                 let id: Uuid = f.get(0);
                 let code: String = f.get(1);
@@ -711,7 +714,7 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "update auth.flow_state set auth_code_issued_at = now(), updated_at = now() where id = $1",
                     &[&id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 let sep = if redirect.contains('?') { '&' } else { '?' };
                 return Ok(format!("{redirect}{sep}code={code}"));
             }
@@ -830,7 +833,7 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                         &format!("select {} from auth.users where (lower(email) = $1 or lower(email_change) = $1) and email_change <> '' and deleted_at is null limit 1 for update", users::USER_COLS),
                         &[&e],
                     )
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
                 if let Some(r) = row {
                     let u = User::from_row(&r);
                     let to = u.email_change.clone();
@@ -852,7 +855,7 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                         &format!("select {} from auth.users where phone_change = $1 and deleted_at is null limit 1 for update", users::USER_COLS),
                         &[&p],
                     )
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
                 if let Some(r) = row {
                     let u = User::from_row(&r);
                     send(state, tx, &u, Kind::PhoneChange, p, &redirect, true).await?;
@@ -882,7 +885,7 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  order by id desc limit 100",
                 &[&email],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         let messages: Vec<Value> = rows
             .iter()
             .map(|r| {

@@ -158,24 +158,36 @@ impl ApiError for AuthError {
     }
 }
 
-impl From<tokio_postgres::Error> for AuthError {
-    fn from(e: tokio_postgres::Error) -> AuthError {
+impl AuthError {
+    /// A PostgreSQL error: `.map_err(AuthError::pg)`.
+    pub fn pg(e: tokio_postgres::Error) -> AuthError {
         AuthError::db(DbError::of(&e))
     }
-}
 
-impl From<deadpool_postgres::PoolError> for AuthError {
-    fn from(e: deadpool_postgres::PoolError) -> AuthError {
+    /// A pool that gave no connection: `.map_err(AuthError::pool)`.
+    pub fn pool(e: deadpool_postgres::PoolError) -> AuthError {
         AuthError::db(DbError::pool(&e))
     }
-}
 
-impl AuthError {
     /// A classified database error as GoTrue answers it.
     pub fn db(d: DbError) -> AuthError {
+        AuthError::db_as(d, "Database error")
+    }
+
+    /// [`AuthError::db`] with GoTrue's message for a server fault (e.g. "Database error
+    /// saving new user"). A client's race into a unique index of `auth.users` is GoTrue's
+    /// 422; a timeout is its 504 `request_timeout`; a lost database 503; the rest 500.
+    pub fn db_as(d: DbError, message: &str) -> AuthError {
         match d.class {
-            // GoTrue's answer to a request that ran out of time.
-            DbClass::PoolTimeout => AuthError {
+            DbClass::UniqueViolation => match d.constraint.as_deref() {
+                Some("users_email_partial_key") => AuthError::email_exists(),
+                Some("users_phone_key") => AuthError::phone_exists(),
+                Some("users_pkey") => {
+                    AuthError::unprocessable("user_already_exists", "User already registered")
+                }
+                _ => AuthError::internal(message, d.log),
+            },
+            DbClass::PoolTimeout | DbClass::StatementTimeout => AuthError {
                 internal: Some(d.log),
                 ..AuthError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -184,7 +196,7 @@ impl AuthError {
                 )
             },
             DbClass::ConnectionLost | DbClass::PoolUnavailable => AuthError::db_unavailable(d.log),
-            _ => AuthError::internal("Database error", d.log),
+            _ => AuthError::internal(message, d.log),
         }
     }
 }

@@ -132,14 +132,14 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let r = as_admin(state, async |tx| {
         let total: i64 = tx
             .query_one("select count(*) from auth.oauth_clients where deleted_at is null", &[])
-            .await?
+            .await.map_err(AuthError::pg)?
             .get(0);
         let rows = tx
             .query(
                 &format!("select {COLS} from auth.oauth_clients where deleted_at is null order by created_at desc, id limit $1 offset $2"),
                 &[&pg.per_page, &pg.offset()],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         Ok((total, rows.iter().map(|r| render(r, None)).collect::<Vec<_>>()))
     })
     .await;
@@ -215,7 +215,8 @@ async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 ),
                 &[&id],
             )
-            .await?
+            .await
+            .map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
         Ok(render(&row, None))
     })
@@ -289,7 +290,7 @@ async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 &format!("select {COLS} from auth.oauth_clients where id = $1 and deleted_at is null for update"),
                 &[&id],
             )
-            .await?
+            .await.map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
         if row.get::<_, String>(8) == "public" {
             return Err(AuthError::validation("Cannot regenerate secret for public client"));
@@ -299,7 +300,7 @@ async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 &format!("update auth.oauth_clients set client_secret_hash = $2, updated_at = now() where id = $1 returning {COLS}"),
                 &[&id, &hash],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         Ok(render(&row, Some(&secret)))
     })
     .await

@@ -103,7 +103,7 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
                 "select credential_id from auth.webauthn_credentials where user_id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         if existing.len() as i64 >= MAX_PASSKEYS {
             return Err(AuthError::unprocessable(
                 "too_many_passkeys",
@@ -117,7 +117,7 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
              values ($1, $2, 'registration', $3, now() + make_interval(secs => $4))",
             &[&id, &u.id, &challenge, &(CHALLENGE_SECS as f64)],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let name = u.email.clone().or(u.phone.clone()).unwrap_or_else(|| u.id.to_string());
         let exclude: Vec<Value> = existing
             .iter()
@@ -164,7 +164,8 @@ async fn consume_challenge(
                and ($3::uuid is null or user_id = $3) returning challenge, expires_at < now()",
             &[&cid, &kind, &user],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .ok_or_else(|| {
             AuthError::bad_request(
                 "webauthn_challenge_not_found",
@@ -276,7 +277,7 @@ async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> 
             Err(e) if DbError::of(&e).class == DbClass::UniqueViolation => Err(
                 AuthError::unprocessable("webauthn_credential_exists", "This credential is already registered"),
             ),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AuthError::pg(e)),
         }
     })
     .await
@@ -292,7 +293,8 @@ async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
              values ($1, 'authentication', $2, now() + make_interval(secs => $3))",
             &[&id, &challenge, &(CHALLENGE_SECS as f64)],
         )
-        .await?;
+        .await
+        .map_err(AuthError::pg)?;
         Ok(json!({
             "challenge_id": id,
             "expires_at": Utc::now().timestamp() + CHALLENGE_SECS,
@@ -325,7 +327,7 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
                      where credential_id = $1 for update",
                     &[&raw_id],
                 )
-                .await?
+                .await.map_err(AuthError::pg)?
                 .ok_or_else(failed)?;
             let (pk_id, user_id, key, stored): (Uuid, Uuid, Vec<u8>, i64) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -359,7 +361,7 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
             "update auth.webauthn_credentials set sign_count = $2, last_used_at = now(), updated_at = now() where id = $1",
             &[&pk_id, &count],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         session::issue(state, tx, user_id, "passkey", &call.origin()).await
     })
     .await
@@ -388,7 +390,7 @@ pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
                 &format!("select {ITEM_COLS} from auth.webauthn_credentials where user_id = $1 order by created_at"),
                 &[&user_id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         Ok(Value::Array(rows.iter().map(item).collect()))
     })
     .await
@@ -436,7 +438,8 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
                 ),
                 &[&id, &t.user_id, &name],
             )
-            .await?
+            .await
+            .map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
         Ok(item(&row))
     })

@@ -52,7 +52,8 @@ pub async fn hit(
             ),
             &[&key],
         )
-        .await?;
+        .await
+        .map_err(AuthError::pg)?;
     Ok(row.get::<_, i32>(0) as i64 <= limit as i64)
 }
 
@@ -66,7 +67,8 @@ async fn unhit(c: &impl GenericClient, key: &str, window: Window) -> AuthResult<
         ),
         &[&key],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     Ok(())
 }
 

@@ -35,25 +35,27 @@ pub async fn issue(
          values ($1, $2, now(), now(), 'aal1', $3, $4)",
         &[&session_id, &user_id, &origin.user_agent, &ip],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     c.execute(
         "insert into auth.mfa_amr_claims (session_id, created_at, updated_at, authentication_method, id)
          values ($1, now(), now(), $2, $3)",
         &[&session_id, &method, &Uuid::new_v4()],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     let token = util::refresh_token();
     c.execute(
         "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, session_id)
          values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3)",
         &[&token, &user_id.to_string(), &session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     c.execute(
         "update auth.users set last_sign_in_at = now(), updated_at = now() where id = $1",
         &[&user_id],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     super::audit::record(
         c,
         origin.ip.as_deref().unwrap_or(""),
@@ -80,7 +82,8 @@ pub async fn respond(
              from auth.mfa_amr_claims where session_id = $1 order by created_at",
             &[&session_id],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .iter()
         .map(|r| json!({"method": r.get::<_, String>(0), "timestamp": r.get::<_, i64>(1)}))
         .collect();
@@ -89,7 +92,8 @@ pub async fn respond(
             "select aal from auth.sessions where id = $1",
             &[&session_id],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .and_then(|r| r.get(0));
     let now = Utc::now().timestamp();
     let exp = now + state.config.jwt_expiry as i64;
@@ -150,7 +154,8 @@ pub async fn refresh(
              from auth.refresh_tokens where token = $1",
             &[&token],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
     else {
         return Err(not_found());
     };
@@ -169,7 +174,7 @@ pub async fn refresh(
              from auth.sessions where id = $1 for update",
             &[&session_id],
         )
-        .await?
+        .await.map_err(AuthError::pg)?
     else {
         return Err(not_found());
     };
@@ -217,7 +222,8 @@ pub async fn refresh(
                  where session_id = $1 and revoked = false order by id desc limit 1",
                 &[&session_id],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         if let Some(a) = &active {
             if a.get::<_, Option<String>>(1).as_deref() == Some(token) {
                 let active_token: String = a.get(0);
@@ -233,7 +239,8 @@ pub async fn refresh(
                  where session_id = $1 and revoked = false",
                 &[&session_id],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
             return Err(AuthError::bad_request(
                 "refresh_token_already_used",
                 "Invalid Refresh Token: Already Used",
@@ -245,14 +252,15 @@ pub async fn refresh(
         "update auth.refresh_tokens set revoked = true, updated_at = now() where id = $1",
         &[&rt_id],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     let new_token = util::refresh_token();
     tx.execute(
         "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id)
          values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3, $4)",
         &[&new_token, &user_id.to_string(), &token, &session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     touch_session(tx, session_id).await?;
     respond(state, tx, user_id, session_id, new_token).await
 }
@@ -262,7 +270,7 @@ async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<(
         "update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now() where id = $1",
         &[&session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
 

@@ -70,7 +70,8 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
                    updated_at = now() where id = $1",
                 &[&u.id, &hash, &data],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
             return send_confirmation(
                 state,
                 tx,

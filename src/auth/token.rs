@@ -76,7 +76,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "update auth.identities set last_sign_in_at = now() where user_id = $1 and provider = $2",
             &[&u.id, &if email.is_some() { "email" } else { "phone" }],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let mut v = session::issue(state, tx, u.id, "password", &call.origin()).await?;
         // Signed in, but the password no longer meets the rules: say so (auth-js exposes
         // it as `data.weakPassword`), as GoTrue does.
@@ -124,7 +124,7 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  from auth.flow_state where auth_code = $1 for update",
                 &[&code],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         let Some(row) = row else {
             return Err(AuthError::not_found(
                 "flow_state_not_found",
@@ -156,7 +156,7 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             ));
         };
         tx.execute("delete from auth.flow_state where id = $1", &[&id])
-            .await?;
+            .await.map_err(AuthError::pg)?;
         let amr = match auth_method.as_str() {
             "email/signup" | "magiclink" | "recovery" | "email_change" | "invite" | "otp" => auth_method.as_str(),
             _ => "otp",

@@ -6,7 +6,7 @@ use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult};
-use crate::db::error::{DbClass, DbError};
+use crate::db::error::DbError;
 
 pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
     coalesce(role, 'authenticated') as role, email, phone, encrypted_password, \
@@ -106,7 +106,11 @@ impl User {
 
 pub async fn by_id(c: &impl GenericClient, id: Uuid) -> AuthResult<Option<User>> {
     let q = format!("select {USER_COLS} from auth.users where id = $1");
-    Ok(c.query_opt(&q, &[&id]).await?.as_ref().map(User::from_row))
+    Ok(c.query_opt(&q, &[&id])
+        .await
+        .map_err(AuthError::pg)?
+        .as_ref()
+        .map(User::from_row))
 }
 
 /// The live (not soft-deleted) user with this email, locked for the transaction.
@@ -116,7 +120,8 @@ pub async fn by_email(c: &impl GenericClient, email: &str) -> AuthResult<Option<
          and deleted_at is null order by created_at limit 1 for update"
     );
     Ok(c.query_opt(&q, &[&email.to_lowercase()])
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .as_ref()
         .map(User::from_row))
 }
@@ -126,7 +131,8 @@ pub async fn by_phone(c: &impl GenericClient, phone: &str) -> AuthResult<Option<
         "select {USER_COLS} from auth.users where phone = $1 and deleted_at is null limit 1 for update"
     );
     Ok(c.query_opt(&q, &[&phone])
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .as_ref()
         .map(User::from_row))
 }
@@ -151,7 +157,8 @@ pub async fn json(c: &impl GenericClient, id: Uuid) -> AuthResult<Value> {
             "select auth.oxibase_user_json(u) from auth.users u where id = $1",
             &[&id],
         )
-        .await?;
+        .await
+        .map_err(AuthError::pg)?;
     row.map(|r| r.get::<_, Value>(0))
         .ok_or_else(AuthError::user_not_found)
 }
@@ -225,23 +232,10 @@ pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> 
         )
         .await;
     if let Err(e) = res {
-        let d = DbError::of(&e);
-        if d.class == DbClass::UniqueViolation {
-            let c = d.constraint.as_deref().unwrap_or("");
-            if c.contains("phone") {
-                return Err(AuthError::phone_exists());
-            }
-            if c.contains("email") {
-                return Err(AuthError::email_exists());
-            }
-            if c.contains("pkey") {
-                return Err(AuthError::unprocessable(
-                    "user_already_exists",
-                    "User already registered",
-                ));
-            }
-        }
-        return Err(AuthError::internal("Database error saving new user", d.log));
+        return Err(AuthError::db_as(
+            DbError::of(&e),
+            "Database error saving new user",
+        ));
     }
     if let Some(p) = provider {
         let (provider_id, data) = match p {
@@ -292,6 +286,6 @@ pub async fn sync_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResult
          from auth.users u where u.id = i.user_id and i.user_id = $1 and i.provider = 'email'",
         &[&id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
