@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::db::error::{DbClass, DbError};
 use crate::db::wire::WireError;
 use crate::http::ApiError;
+use crate::jwt::JwtError;
 
 #[derive(Debug, Clone)]
 pub struct RestError {
@@ -48,6 +49,23 @@ impl RestError {
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Value::String(h.into());
         self
+    }
+
+    // ---- JWT (PGRST3xx) ----
+
+    /// PostgREST's answer to a bad token: 401, PGRST303 for an expired one, PGRST301
+    /// otherwise, with `WWW-Authenticate: Bearer error="invalid_token", ...`.
+    pub fn jwt(e: &JwtError) -> RestError {
+        let mut r = match e {
+            JwtError::Expired => RestError::new(401, "PGRST303", "JWT expired"),
+            other => RestError::new(401, "PGRST301", other.to_string()),
+        };
+        let desc = r.message.replace('"', "'");
+        r.headers.push((
+            "www-authenticate",
+            format!("Bearer error=\"invalid_token\", error_description=\"{desc}\""),
+        ));
+        r
     }
 
     // ---- request stage (PGRST1xx) ----
@@ -308,5 +326,29 @@ mod tests {
         assert_eq!((r.status.as_u16(), r.code.as_str()), (503, "PGRST000"));
         let r = RestError::from_wire(&WireError::Io("closed".into()), false);
         assert_eq!((r.status.as_u16(), r.code.as_str()), (503, "PGRST001"));
+    }
+
+    #[test]
+    fn jwt_errors_are_postgrest_s() {
+        let r = RestError::jwt(&JwtError::Expired);
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.body(),
+            json!({"code": "PGRST303", "details": null, "hint": null, "message": "JWT expired"})
+        );
+        assert_eq!(
+            r.headers,
+            [(
+                "www-authenticate",
+                "Bearer error=\"invalid_token\", error_description=\"JWT expired\"".to_string()
+            )]
+        );
+        let r = RestError::jwt(&JwtError::Invalid("bad \"sig\"".into()));
+        assert_eq!(r.code, "PGRST301");
+        assert!(
+            r.headers[0].1.ends_with("bad 'sig'\""),
+            "{}",
+            r.headers[0].1
+        );
     }
 }
