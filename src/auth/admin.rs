@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::email::{self, Kind};
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::page::Page;
 use super::tx::as_admin;
 use super::users::{self, NewUser, User};
@@ -88,7 +88,7 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&filter],
             )
             .await.map_err(AuthError::pg)?
-            .get(0);
+            .col(0)?;
         let rows = tx
             .query(
                 "select auth.oxibase_user_json(u) from auth.users u where deleted_at is null
@@ -97,7 +97,7 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&filter, &pg.per_page, &pg.offset()],
             )
             .await.map_err(AuthError::pg)?;
-        let users: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+        let users: Vec<Value> = rows.iter().map(|r| r.col(0)).collect::<AuthResult<_>>()?;
         Ok((total, users))
     })
     .await;

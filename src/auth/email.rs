@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::{as_admin, begin};
 use super::users::{self, NewUser, User};
 use super::{ok, ratelimit, session, util, Call};
@@ -482,7 +482,7 @@ async fn verify_token(
             None => tx.query_opt(&q, &[&hash]).await.map_err(AuthError::pg)?,
         };
         if let Some(r) = row {
-            found = Some((User::from_row(&r), col, hash));
+            found = Some((User::from_row(&r)?, col, hash));
             break;
         }
     }
@@ -708,8 +708,8 @@ pub async fn verify_get(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 )
                 .await.map_err(AuthError::pg)?;
             if let Some(f) = flow {
-                let id: Uuid = f.get(0);
-                let code: String = f.get(1);
+                let id: Uuid = f.col(0)?;
+                let code: String = f.col(1)?;
                 tx.execute(
                     "update auth.flow_state set auth_code_issued_at = now(), updated_at = now() where id = $1",
                     &[&id],
@@ -835,7 +835,7 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     )
                     .await.map_err(AuthError::pg)?;
                 if let Some(r) = row {
-                    let u = User::from_row(&r);
+                    let u = User::from_row(&r)?;
                     let to = u.email_change.clone();
                     send(state, tx, &u, Kind::EmailChange, &to, &redirect, true).await?;
                 }
@@ -857,7 +857,7 @@ pub async fn resend(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     )
                     .await.map_err(AuthError::pg)?;
                 if let Some(r) = row {
-                    let u = User::from_row(&r);
+                    let u = User::from_row(&r)?;
                     send(state, tx, &u, Kind::PhoneChange, p, &redirect, true).await?;
                 }
             }
@@ -888,22 +888,22 @@ pub async fn inbox(state: &AppState, call: &Call) -> AuthResult<Resp> {
             .await.map_err(AuthError::pg)?;
         let messages: Vec<Value> = rows
             .iter()
-            .map(|r| {
-                json!({
-                    "id": r.get::<_, i64>(0),
-                    "html": r.get::<_, bool>(10),
-                    "created_at": r.get::<_, chrono::DateTime<Utc>>(1),
-                    "to": r.get::<_, String>(2),
-                    "type": r.get::<_, String>(3),
-                    "subject": r.get::<_, String>(4),
-                    "body": r.get::<_, Option<String>>(5),
-                    "otp": r.get::<_, Option<String>>(6),
-                    "token_hash": r.get::<_, Option<String>>(7),
-                    "action_link": r.get::<_, Option<String>>(8),
-                    "sent_at": r.get::<_, Option<chrono::DateTime<Utc>>>(9),
-                })
+            .map(|r| -> AuthResult<Value> {
+                Ok(json!({
+                    "id": r.col::<i64>(0)?,
+                    "html": r.col::<bool>(10)?,
+                    "created_at": r.col::<chrono::DateTime<Utc>>(1)?,
+                    "to": r.col::<String>(2)?,
+                    "type": r.col::<String>(3)?,
+                    "subject": r.col::<String>(4)?,
+                    "body": r.col::<Option<String>>(5)?,
+                    "otp": r.col::<Option<String>>(6)?,
+                    "token_hash": r.col::<Option<String>>(7)?,
+                    "action_link": r.col::<Option<String>>(8)?,
+                    "sent_at": r.col::<Option<chrono::DateTime<Utc>>>(9)?,
+                }))
             })
-            .collect();
+            .collect::<AuthResult<_>>()?;
         Ok(messages)
     })
     .await?;
@@ -991,13 +991,18 @@ pub async fn deliver_pending(state: &AppState) {
         }
     };
     for r in rows {
-        let id: i64 = r.get(0);
-        let to: String = r.get(1);
+        let (id, to): (i64, String) = match (r.try_get(0), r.try_get(1)) {
+            (Ok(id), Ok(to)) => (id, to),
+            _ => {
+                tracing::warn!("outbox row unreadable");
+                continue;
+            }
+        };
         let msg = to
             .parse::<lettre::message::Mailbox>()
             .map_err(|e| e.to_string())
             .and_then(|mb| {
-                let ct = if r.get::<_, bool>(4) {
+                let ct = if r.try_get::<_, bool>(4).map_err(|e| e.to_string())? {
                     lettre::message::header::ContentType::TEXT_HTML
                 } else {
                     lettre::message::header::ContentType::TEXT_PLAIN
@@ -1005,9 +1010,9 @@ pub async fn deliver_pending(state: &AppState) {
                 lettre::Message::builder()
                     .from(smtp.from.clone())
                     .to(mb)
-                    .subject(r.get::<_, String>(2))
+                    .subject(r.try_get::<_, String>(2).map_err(|e| e.to_string())?)
                     .header(ct)
-                    .body(r.get::<_, String>(3))
+                    .body(r.try_get::<_, String>(3).map_err(|e| e.to_string())?)
                     .map_err(|e| e.to_string())
             });
         let result = match msg {

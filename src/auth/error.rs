@@ -2,8 +2,13 @@
 //! and `error_code` fields older clients read, the `x-sb-error-code` header, and for weak
 //! passwords `weak_password.reasons`. Internal detail goes to the log only.
 
+use std::fmt;
+
 use http::StatusCode;
 use serde_json::{json, Value};
+use tokio_postgres::row::RowIndex;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
 
 use crate::db::error::{DbClass, DbError};
 use crate::http::ApiError;
@@ -229,5 +234,17 @@ pub fn jwt_error(e: &crate::jwt::JwtError) -> AuthError {
             "no_authorization",
             "Invalid API key",
         ),
+    }
+}
+
+/// A column of a row, or the error model's answer (500, detail to the log) when its type
+/// or NULL-ness does not match, instead of `Row::get`'s panic.
+pub trait RowExt {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex + fmt::Display) -> AuthResult<T>;
+}
+
+impl RowExt for Row {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex + fmt::Display) -> AuthResult<T> {
+        self.try_get(idx).map_err(AuthError::pg)
     }
 }

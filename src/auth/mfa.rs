@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use totp_rs::{Algorithm, Secret, TOTP};
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::{load_token_user, ok, session, user_token, users, Call};
 use crate::http::Resp;
@@ -55,7 +55,8 @@ async fn session_aal(
         )
         .await
         .map_err(AuthError::pg)?
-        .map(|r| r.get::<_, String>(0))
+        .map(|r| r.col::<String>(0))
+        .transpose()?
         .unwrap_or_else(|| "aal1".into()))
 }
 
@@ -87,7 +88,7 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &[&u.id, &friendly],
             )
             .await.map_err(AuthError::pg)?;
-        let (all, verified, same_name): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (all, verified, same_name): (i64, i64, i64) = (row.col(0)?, row.col(1)?, row.col(2)?);
         if same_name > 0 {
             return Err(AuthError::unprocessable(
                 "mfa_factor_name_conflict",
@@ -176,7 +177,8 @@ async fn own_factor(
         &[&id, &user_id],
     )
     .await.map_err(AuthError::pg)?
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .map(|r| -> AuthResult<_> { Ok((r.col(0)?, r.col(1)?, r.col(2)?)) })
+    .transpose()?
     .ok_or_else(factor_not_found)
 }
 
@@ -258,7 +260,7 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                     "MFA factor with the provided challenge ID not found",
                 )
             })?;
-        let (age, used): (i64, bool) = (ch.get(0), ch.get(1));
+        let (age, used): (i64, bool) = (ch.col(0)?, ch.col(1)?);
         if age > CHALLENGE_EXPIRY || used {
             tx.execute("delete from auth.mfa_challenges where id = $1", &[&cid])
                 .await.map_err(AuthError::pg)?;
@@ -317,7 +319,8 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 &[&sid],
             )
             .await.map_err(AuthError::pg)?
-            .map(|r| r.get(0));
+            .map(|r| r.col(0))
+            .transpose()?;
         tx.execute(
             "update auth.refresh_tokens set revoked = true, updated_at = now() where session_id = $1 and revoked = false",
             &[&sid],
@@ -369,7 +372,7 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
                 &[&user_id],
             )
             .await.map_err(AuthError::pg)?;
-        Ok(Value::Array(rows.iter().map(|r| r.get(0)).collect()))
+        Ok(Value::Array(rows.iter().map(|r| r.col(0)).collect::<AuthResult<_>>()?))
     })
     .await
     .map(ok)
@@ -387,7 +390,7 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
             )
             .await.map_err(AuthError::pg)?
             .ok_or_else(factor_not_found)?;
-        Ok(row.get::<_, Value>(0))
+        Ok(row.col::<Value>(0)?)
     })
     .await
     .map(ok)

@@ -12,7 +12,7 @@
 
 use tokio_postgres::GenericClient;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::Call;
 use crate::config::{AuthConfig, AuthRateLimits as L};
@@ -54,7 +54,7 @@ pub async fn hit(
         )
         .await
         .map_err(AuthError::pg)?;
-    Ok(row.get::<_, i32>(0) as i64 <= limit as i64)
+    Ok(row.col::<i32>(0)? as i64 <= limit as i64)
 }
 
 /// Take back one hit on `key` in the current window.

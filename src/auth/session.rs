@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::users;
 use super::util;
 use crate::state::AppState;
@@ -85,8 +85,10 @@ pub async fn respond(
         .await
         .map_err(AuthError::pg)?
         .iter()
-        .map(|r| json!({"method": r.get::<_, String>(0), "timestamp": r.get::<_, i64>(1)}))
-        .collect();
+        .map(|r| -> AuthResult<Value> {
+            Ok(json!({"method": r.col::<String>(0)?, "timestamp": r.col::<i64>(1)?}))
+        })
+        .collect::<AuthResult<_>>()?;
     let aal: Option<String> = c
         .query_opt(
             "select aal from auth.sessions where id = $1",
@@ -94,7 +96,9 @@ pub async fn respond(
         )
         .await
         .map_err(AuthError::pg)?
-        .and_then(|r| r.get(0));
+        .map(|r| r.col::<Option<String>>(0))
+        .transpose()?
+        .flatten();
     let now = Utc::now().timestamp();
     let exp = now + state.config.jwt_expiry as i64;
     let claims = json!({
@@ -159,10 +163,10 @@ pub async fn refresh(
     else {
         return Err(not_found());
     };
-    let rt_id: i64 = row.get(0);
-    let revoked: bool = row.get::<_, Option<bool>>(2).unwrap_or(false);
-    let updated_at: Option<DateTime<Utc>> = row.get(3);
-    let Some(session_id) = row.get::<_, Option<Uuid>>(4) else {
+    let rt_id: i64 = row.col(0)?;
+    let revoked: bool = row.col::<Option<bool>>(2)?.unwrap_or(false);
+    let updated_at: Option<DateTime<Utc>> = row.col(3)?;
+    let Some(session_id) = row.col::<Option<Uuid>>(4)? else {
         return Err(not_found());
     };
     // Lock the session: concurrent refreshes of one session serialize here.
@@ -178,9 +182,9 @@ pub async fn refresh(
     else {
         return Err(not_found());
     };
-    let user_id: Uuid = sess.get(0);
-    let not_after: Option<DateTime<Utc>> = sess.get(1);
-    let (age, idle): (Option<i64>, Option<i64>) = (sess.get(2), sess.get(3));
+    let user_id: Uuid = sess.col(0)?;
+    let not_after: Option<DateTime<Utc>> = sess.col(1)?;
+    let (age, idle): (Option<i64>, Option<i64>) = (sess.col(2)?, sess.col(3)?);
     let cfg = &state.config.auth;
     let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
     if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
@@ -213,7 +217,8 @@ pub async fn refresh(
             &[&rt_id],
         )
         .await
-        .map(|r| r.get::<_, bool>(0))
+        .ok()
+        .and_then(|r| r.col::<bool>(0).ok())
         .unwrap_or(revoked);
     if revoked {
         let active = tx
@@ -225,8 +230,8 @@ pub async fn refresh(
             .await
             .map_err(AuthError::pg)?;
         if let Some(a) = &active {
-            if a.get::<_, Option<String>>(1).as_deref() == Some(token) {
-                let active_token: String = a.get(0);
+            if a.col::<Option<String>>(1)?.as_deref() == Some(token) {
+                let active_token: String = a.col(0)?;
                 touch_session(tx, session_id).await?;
                 return respond(state, tx, user_id, session_id, active_token).await;
             }
@@ -302,7 +307,7 @@ async fn run_hook(
                 crate::db::error_text(&e),
             )
         })?
-        .get::<_, Option<Value>>(0)
+        .col::<Option<Value>>(0)?
         .unwrap_or(Value::Null);
     if let Some(err) = out.get("error") {
         let status = err["http_code"]

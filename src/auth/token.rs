@@ -1,6 +1,6 @@
 //! POST /token?grant_type=password | refresh_token | pkce (and the disabled id_token/web3).
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::{ok, password, ratelimit, session, users, util, Call};
 use crate::http::Resp;
@@ -131,12 +131,12 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "invalid flow state, no valid flow state found",
             ));
         };
-        let id: uuid::Uuid = row.get(0);
-        let user_id: Option<uuid::Uuid> = row.get(1);
-        let method: String = row.get(2);
-        let challenge: String = row.get(3);
-        let auth_method: String = row.get(4);
-        let expired: bool = row.get(5);
+        let id: uuid::Uuid = row.col(0)?;
+        let user_id: Option<uuid::Uuid> = row.col(1)?;
+        let method: String = row.col(2)?;
+        let challenge: String = row.col(3)?;
+        let auth_method: String = row.col(4)?;
+        let expired: bool = row.col(5)?;
         if expired {
             return Err(AuthError::unprocessable(
                 "flow_state_expired",
