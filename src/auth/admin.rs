@@ -219,16 +219,12 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             tx,
             NewUser {
                 id,
-                email: email.as_deref(),
-                phone: phone.as_deref(),
                 password_hash: hash,
-                user_meta,
                 app_meta,
                 role: role.as_deref(),
                 email_confirmed: call.b("email_confirm").unwrap_or(false),
                 phone_confirmed: call.b("phone_confirm").unwrap_or(false),
-                is_anonymous: false,
-                invited: false,
+                ..NewUser::new(email.as_deref(), phone.as_deref(), user_meta)
             },
         )
         .await?;
@@ -453,17 +449,13 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                         let id = users::create(
                             tx,
                             NewUser {
-                                id: None,
-                                email: Some(&email),
-                                phone: None,
                                 password_hash: hash.clone(),
-                                user_meta: data.clone().unwrap_or_else(|| json!({})),
-                                app_meta: None,
-                                role: None,
-                                email_confirmed: false,
-                                phone_confirmed: false,
-                                is_anonymous: false,
                                 invited: kind == Kind::Invite,
+                                ..NewUser::new(
+                                    Some(&email),
+                                    None,
+                                    data.clone().unwrap_or_else(|| json!({})),
+                                )
                             },
                         )
                         .await?;
@@ -564,17 +556,8 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 let id = users::create(
                     tx,
                     NewUser {
-                        id: None,
-                        email: Some(&email),
-                        phone: None,
-                        password_hash: None,
-                        user_meta: data.clone(),
-                        app_meta: None,
-                        role: None,
-                        email_confirmed: false,
-                        phone_confirmed: false,
-                        is_anonymous: false,
                         invited: true,
+                        ..NewUser::new(Some(&email), None, data.clone())
                     },
                 )
                 .await?;

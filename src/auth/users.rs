@@ -177,6 +177,26 @@ pub struct NewUser<'a> {
     pub invited: bool,
 }
 
+impl<'a> NewUser<'a> {
+    /// A user with these addresses and metadata, unconfirmed, without a password, id, role
+    /// or app metadata of its own; callers set what differs with `..NewUser::new(..)`.
+    pub fn new(email: Option<&'a str>, phone: Option<&'a str>, user_meta: Value) -> Self {
+        NewUser {
+            id: None,
+            email,
+            phone,
+            password_hash: None,
+            user_meta,
+            app_meta: None,
+            role: None,
+            email_confirmed: false,
+            phone_confirmed: false,
+            is_anonymous: false,
+            invited: false,
+        }
+    }
+}
+
 /// Insert a user and its email/phone identity. The app's `on auth.users insert` triggers
 /// run here; if one fails, the caller's transaction fails as a whole.
 pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> {

@@ -43,19 +43,7 @@ pub async fn otp(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 }
                 let id = users::create(
                     tx,
-                    NewUser {
-                        id: None,
-                        email: email.as_deref(),
-                        phone: phone.as_deref(),
-                        password_hash: None,
-                        user_meta: data.clone(),
-                        app_meta: None,
-                        role: None,
-                        email_confirmed: false,
-                        phone_confirmed: false,
-                        is_anonymous: false,
-                        invited: false,
-                    },
+                    NewUser::new(email.as_deref(), phone.as_deref(), data.clone()),
                 )
                 .await?;
                 users::by_id(tx, id)
