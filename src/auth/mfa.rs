@@ -390,7 +390,7 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
             )
             .await.map_err(AuthError::pg)?
             .ok_or_else(factor_not_found)?;
-        Ok(row.col::<Value>(0)?)
+        row.col::<Value>(0)
     })
     .await
     .map(ok)

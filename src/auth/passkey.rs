@@ -180,7 +180,7 @@ async fn consume_challenge(
                 .keep_commit(),
         );
     }
-    Ok(row.col(0)?)
+    row.col(0)
 }
 
 fn b64_field(v: &Value, path: &[&str]) -> AuthResult<Vec<u8>> {
