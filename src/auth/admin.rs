@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::email::{self, Kind};
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::page::Page;
 use super::tx::as_admin;
 use super::users::{self, NewUser, User};
@@ -87,8 +87,8 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                    and ($1 = '' or u.email ilike '%' || $1 || '%' or u.raw_user_meta_data->>'full_name' ilike '%' || $1 || '%')",
                 &[&filter],
             )
-            .await?
-            .get(0);
+            .await.map_err(AuthError::pg)?
+            .col(0)?;
         let rows = tx
             .query(
                 "select auth.oxibase_user_json(u) from auth.users u where deleted_at is null
@@ -96,8 +96,8 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  order by created_at desc, id limit $2 offset $3",
                 &[&filter, &pg.per_page, &pg.offset()],
             )
-            .await?;
-        let users: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+            .await.map_err(AuthError::pg)?;
+        let users: Vec<Value> = rows.iter().map(|r| r.col(0)).collect::<AuthResult<_>>()?;
         Ok((total, users))
     })
     .await;
@@ -219,16 +219,12 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             tx,
             NewUser {
                 id,
-                email: email.as_deref(),
-                phone: phone.as_deref(),
                 password_hash: hash,
-                user_meta,
                 app_meta,
                 role: role.as_deref(),
                 email_confirmed: call.b("email_confirm").unwrap_or(false),
                 phone_confirmed: call.b("phone_confirm").unwrap_or(false),
-                is_anonymous: false,
-                invited: false,
+                ..NewUser::new(email.as_deref(), phone.as_deref(), user_meta)
             },
         )
         .await?;
@@ -237,7 +233,8 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "update auth.users set banned_until = $2 where id = $1",
                 &[&id, &b],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         }
         super::audit::record(
             tx,
@@ -267,7 +264,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
         check_role(call.s("role"))?;
         if let Some(role) = call.s("role") {
             tx.execute("update auth.users set role = $2 where id = $1", &[&id, &role])
-                .await?;
+                .await.map_err(AuthError::pg)?;
         }
         if let Some(e) = email.as_deref().filter(|e| Some(*e) != u.email.as_deref()) {
             let taken = tx
@@ -275,7 +272,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                     "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
                     &[&e, &id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if taken.is_some() {
                 return Err(AuthError::email_exists());
             }
@@ -283,7 +280,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 "update auth.users set email = $2, email_change = '', email_change_token_new = '' where id = $1",
                 &[&id, &e],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             email::ensure_email_identity(tx, id).await?;
         }
         if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
@@ -292,7 +289,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                     "select 1 from auth.users where phone = $1 and id <> $2",
                     &[&p, &id],
                 )
-                .await?
+                .await.map_err(AuthError::pg)?
                 .is_some()
             {
                 return Err(AuthError::unprocessable(
@@ -301,14 +298,14 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 ));
             }
             tx.execute("update auth.users set phone = $2 where id = $1", &[&id, &p])
-                .await?;
+                .await.map_err(AuthError::pg)?;
         }
         if let Some(h) = &hash {
             tx.execute(
                 "update auth.users set encrypted_password = $2 where id = $1",
                 &[&id, h],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         }
         match call.b("email_confirm") {
             Some(true) => {
@@ -316,11 +313,11 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                     "update auth.users set email_confirmed_at = coalesce(email_confirmed_at, now()) where id = $1",
                     &[&id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             }
             Some(false) => {
                 tx.execute("update auth.users set email_confirmed_at = null where id = $1", &[&id])
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
             }
             None => {}
         }
@@ -329,7 +326,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 "update auth.users set phone_confirmed_at = coalesce(phone_confirmed_at, now()) where id = $1",
                 &[&id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         }
         for (patch, current, column) in [
             (&user_meta, &u.user_meta, "raw_user_meta_data"),
@@ -341,19 +338,19 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                     &format!("update auth.users set {column} = $2 where id = $1"),
                     &[&id, &merged],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             }
         }
         if let Some(b) = ban {
             tx.execute("update auth.users set banned_until = $2 where id = $1", &[&id, &b])
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if b.is_some() {
                 tx.execute("delete from auth.sessions where user_id = $1", &[&id])
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
             }
         }
         tx.execute("update auth.users set updated_at = now() where id = $1", &[&id])
-            .await?;
+            .await.map_err(AuthError::pg)?;
         users::sync_email_identity(tx, id).await?;
         users::json(tx, id).await
     })
@@ -378,11 +375,11 @@ async fn delete(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                      where id = $1",
                     &[&id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 tx.execute("delete from auth.identities where user_id = $1", &[&id])
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
                 tx.execute("delete from auth.sessions where user_id = $1", &[&id])
-                    .await?;
+                    .await.map_err(AuthError::pg)?;
             }
         } else {
             tx.execute("delete from auth.users where id = $1", &[&id])
@@ -427,21 +424,24 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                                 "update auth.users set encrypted_password = $2 where id = $1",
                                 &[&u.id, h],
                             )
-                            .await?;
+                            .await
+                            .map_err(AuthError::pg)?;
                         }
                         if let Some(d) = &data {
                             tx.execute(
                                 "update auth.users set raw_user_meta_data = $2 where id = $1",
                                 &[&u.id, d],
                             )
-                            .await?;
+                            .await
+                            .map_err(AuthError::pg)?;
                         }
                         if kind == Kind::Invite {
                             tx.execute(
                                 "update auth.users set invited_at = now() where id = $1",
                                 &[&u.id],
                             )
-                            .await?;
+                            .await
+                            .map_err(AuthError::pg)?;
                         }
                         u
                     }
@@ -449,17 +449,13 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                         let id = users::create(
                             tx,
                             NewUser {
-                                id: None,
-                                email: Some(&email),
-                                phone: None,
                                 password_hash: hash.clone(),
-                                user_meta: data.clone().unwrap_or_else(|| json!({})),
-                                app_meta: None,
-                                role: None,
-                                email_confirmed: false,
-                                phone_confirmed: false,
-                                is_anonymous: false,
                                 invited: kind == Kind::Invite,
+                                ..NewUser::new(
+                                    Some(&email),
+                                    None,
+                                    data.clone().unwrap_or_else(|| json!({})),
+                                )
                             },
                         )
                         .await?;
@@ -505,7 +501,8 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "update auth.users set email_change = $2 where id = $1",
                     &[&u.id, ne],
                 )
-                .await?;
+                .await
+                .map_err(AuthError::pg)?;
                 let kind = if ltype == "email_change_current" {
                     Kind::EmailChangeCurrent
                 } else {
@@ -552,24 +549,15 @@ pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "update auth.users set invited_at = now(), raw_user_meta_data = $2 where id = $1",
                     &[&u.id, &data],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?
             }
             None => {
                 let id = users::create(
                     tx,
                     NewUser {
-                        id: None,
-                        email: Some(&email),
-                        phone: None,
-                        password_hash: None,
-                        user_meta: data.clone(),
-                        app_meta: None,
-                        role: None,
-                        email_confirmed: false,
-                        phone_confirmed: false,
-                        is_anonymous: false,
                         invited: true,
+                        ..NewUser::new(Some(&email), None, data.clone())
                     },
                 )
                 .await?;

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::page::Page;
 use super::tx::as_admin;
 use super::Call;
@@ -55,7 +55,7 @@ pub async fn record(
            now(), $6",
         &[&Uuid::new_v4(), &actor, &action, &log_type(action), &traits, &ip],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
 
@@ -97,8 +97,9 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 &format!("select count(*) from auth.audit_log_entries where {filter}"),
                 &params,
             )
-            .await?
-            .get(0);
+            .await
+            .map_err(AuthError::pg)?
+            .col(0)?;
         // limit/offset are integers computed here, not input text.
         let rows = tx
             .query(
@@ -110,18 +111,19 @@ pub async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 ),
                 &params,
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         let entries: Vec<Value> = rows
             .iter()
-            .map(|r| {
-                json!({
-                    "id": r.get::<_, Uuid>(0),
-                    "payload": r.get::<_, Option<Value>>(1),
-                    "created_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(2),
-                    "ip_address": r.get::<_, String>(3),
-                })
+            .map(|r| -> AuthResult<Value> {
+                Ok(json!({
+                    "id": r.col::<Uuid>(0)?,
+                    "payload": r.col::<Option<Value>>(1)?,
+                    "created_at": r.col::<Option<chrono::DateTime<chrono::Utc>>>(2)?,
+                    "ip_address": r.col::<String>(3)?,
+                }))
             })
-            .collect();
+            .collect::<AuthResult<_>>()?;
         Ok((total, entries))
     })
     .await;

@@ -2,9 +2,15 @@
 //! and `error_code` fields older clients read, the `x-sb-error-code` header, and for weak
 //! passwords `weak_password.reasons`. Internal detail goes to the log only.
 
+use std::fmt;
+
 use http::StatusCode;
 use serde_json::{json, Value};
+use tokio_postgres::row::RowIndex;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
 
+use crate::db::error::{DbClass, DbError};
 use crate::http::ApiError;
 
 #[derive(Debug)]
@@ -157,28 +163,45 @@ impl ApiError for AuthError {
     }
 }
 
-impl From<tokio_postgres::Error> for AuthError {
-    fn from(e: tokio_postgres::Error) -> AuthError {
-        if crate::db::is_connection_error(&e) {
-            return AuthError::db_unavailable(crate::db::error_text(&e));
-        }
-        AuthError::internal("Database error", crate::db::error_text(&e))
+impl AuthError {
+    /// A PostgreSQL error: `.map_err(AuthError::pg)`.
+    pub fn pg(e: tokio_postgres::Error) -> AuthError {
+        AuthError::db(DbError::of(&e))
     }
-}
 
-impl From<deadpool_postgres::PoolError> for AuthError {
-    fn from(e: deadpool_postgres::PoolError) -> AuthError {
-        match crate::db::PoolFailure::of(&e) {
-            // GoTrue's answer to a request that ran out of time.
-            crate::db::PoolFailure::Exhausted => AuthError {
-                internal: Some(format!("pool: {e}")),
+    /// A pool that gave no connection: `.map_err(AuthError::pool)`.
+    pub fn pool(e: deadpool_postgres::PoolError) -> AuthError {
+        AuthError::db(DbError::pool(&e))
+    }
+
+    /// A classified database error as GoTrue answers it.
+    pub fn db(d: DbError) -> AuthError {
+        AuthError::db_as(d, "Database error")
+    }
+
+    /// [`AuthError::db`] with GoTrue's message for a server fault (e.g. "Database error
+    /// saving new user"). A client's race into a unique index of `auth.users` is GoTrue's
+    /// 422; a timeout is its 504 `request_timeout`; a lost database 503; the rest 500.
+    pub fn db_as(d: DbError, message: &str) -> AuthError {
+        match d.class {
+            DbClass::UniqueViolation => match d.constraint.as_deref() {
+                Some("users_email_partial_key") => AuthError::email_exists(),
+                Some("users_phone_key") => AuthError::phone_exists(),
+                Some("users_pkey") => {
+                    AuthError::unprocessable("user_already_exists", "User already registered")
+                }
+                _ => AuthError::internal(message, d.log),
+            },
+            DbClass::PoolTimeout | DbClass::StatementTimeout => AuthError {
+                internal: Some(d.log),
                 ..AuthError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "request_timeout",
                     "Processing this request timed out, please retry after a moment.",
                 )
             },
-            crate::db::PoolFailure::Unavailable => AuthError::db_unavailable(format!("pool: {e}")),
+            DbClass::ConnectionLost | DbClass::PoolUnavailable => AuthError::db_unavailable(d.log),
+            _ => AuthError::internal(message, d.log),
         }
     }
 }
@@ -211,5 +234,17 @@ pub fn jwt_error(e: &crate::jwt::JwtError) -> AuthError {
             "no_authorization",
             "Invalid API key",
         ),
+    }
+}
+
+/// A column of a row, or the error model's answer (500, detail to the log) when its type
+/// or NULL-ness does not match, instead of `Row::get`'s panic.
+pub trait RowExt {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex + fmt::Display) -> AuthResult<T>;
+}
+
+impl RowExt for Row {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex + fmt::Display) -> AuthResult<T> {
+        self.try_get(idx).map_err(AuthError::pg)
     }
 }

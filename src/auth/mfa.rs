@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use totp_rs::{Algorithm, Secret, TOTP};
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::{load_token_user, ok, session, user_token, users, Call};
 use crate::http::Resp;
@@ -53,8 +53,10 @@ async fn session_aal(
             "select coalesce(aal, 'aal1') from auth.sessions where id = $1",
             &[&sid],
         )
-        .await?
-        .map(|r| r.get::<_, String>(0))
+        .await
+        .map_err(AuthError::pg)?
+        .map(|r| r.col::<String>(0))
+        .transpose()?
         .unwrap_or_else(|| "aal1".into()))
 }
 
@@ -85,8 +87,8 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  from auth.mfa_factors where user_id = $1",
                 &[&u.id, &friendly],
             )
-            .await?;
-        let (all, verified, same_name): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            .await.map_err(AuthError::pg)?;
+        let (all, verified, same_name): (i64, i64, i64) = (row.col(0)?, row.col(1)?, row.col(2)?);
         if same_name > 0 {
             return Err(AuthError::unprocessable(
                 "mfa_factor_name_conflict",
@@ -112,7 +114,7 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  values ($1, $2, $3, 'webauthn', 'unverified', now(), now())",
                 &[&id, &u.id, &friendly],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             return Ok(json!({"id": id, "type": "webauthn", "friendly_name": friendly}));
         }
         let mut raw = [0u8; 20];
@@ -142,7 +144,7 @@ async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
              values ($1, $2, $3, 'totp', 'unverified', now(), now(), $4)",
             &[&id, &u.id, &friendly, &secret],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         Ok(json!({
             "id": id,
             "type": "totp",
@@ -174,8 +176,9 @@ async fn own_factor(
         "select factor_type, status, secret from auth.mfa_factors where id = $1 and user_id = $2 for update",
         &[&id, &user_id],
     )
-    .await?
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .await.map_err(AuthError::pg)?
+    .map(|r| -> AuthResult<_> { Ok((r.col(0)?, r.col(1)?, r.col(2)?)) })
+    .transpose()?
     .ok_or_else(factor_not_found)
 }
 
@@ -210,12 +213,12 @@ async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> 
             "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address) values ($1, $2, now(), $3)",
             &[&cid, &id, &ip],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         tx.execute(
             "update auth.mfa_factors set last_challenged_at = clock_timestamp(), updated_at = now() where id = $1",
             &[&id],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         Ok(json!({
             "id": cid,
             "type": "totp",
@@ -250,17 +253,17 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                  from auth.mfa_challenges where id = $1 and factor_id = $2",
                 &[&cid, &id],
             )
-            .await?
+            .await.map_err(AuthError::pg)?
             .ok_or_else(|| {
                 AuthError::unprocessable(
                     "mfa_factor_not_found",
                     "MFA factor with the provided challenge ID not found",
                 )
             })?;
-        let (age, used): (i64, bool) = (ch.get(0), ch.get(1));
+        let (age, used): (i64, bool) = (ch.col(0)?, ch.col(1)?);
         if age > CHALLENGE_EXPIRY || used {
             tx.execute("delete from auth.mfa_challenges where id = $1", &[&cid])
-                .await?;
+                .await.map_err(AuthError::pg)?;
             return Err(AuthError::unprocessable(
                 "mfa_challenge_expired",
                 format!("MFA challenge {cid} has expired, verify against another challenge or create a new challenge."),
@@ -281,54 +284,55 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             ));
         };
         tx.execute("update auth.mfa_challenges set verified_at = now() where id = $1", &[&cid])
-            .await?;
+            .await.map_err(AuthError::pg)?;
         tx.execute(
             "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
             &[&id],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         tx.execute(
             "delete from auth.mfa_factors where user_id = $1 and factor_type = 'totp' and status = 'unverified' and id <> $2",
             &[&u.id, &id],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         tx.execute(
             "update auth.sessions set aal = 'aal2', factor_id = $2, updated_at = now() where id = $1",
             &[&sid, &id],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         tx.execute(
             "insert into auth.mfa_amr_claims (session_id, created_at, updated_at, authentication_method, id)
              values ($1, now(), now(), 'totp', $2)
              on conflict (session_id, authentication_method) do update set created_at = now(), updated_at = now()",
             &[&sid, &Uuid::new_v4()],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         // Other sessions below aal2 end, as in GoTrue.
         tx.execute(
             "delete from auth.sessions where user_id = $1 and id <> $2 and coalesce(aal, 'aal1') = 'aal1'",
             &[&u.id, &sid],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let parent: Option<String> = tx
             .query_opt(
                 "select token from auth.refresh_tokens where session_id = $1 and revoked = false order by id desc limit 1",
                 &[&sid],
             )
-            .await?
-            .map(|r| r.get(0));
+            .await.map_err(AuthError::pg)?
+            .map(|r| r.col(0))
+            .transpose()?;
         tx.execute(
             "update auth.refresh_tokens set revoked = true, updated_at = now() where session_id = $1 and revoked = false",
             &[&sid],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let token = super::util::refresh_token();
         tx.execute(
             "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id)
              values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3, $4)",
             &[&token, &u.id.to_string(), &parent, &sid],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         session::respond(state, tx, u.id, sid, token).await
     })
     .await
@@ -347,7 +351,8 @@ async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             ));
         }
         tx.execute("delete from auth.mfa_factors where id = $1", &[&id])
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         Ok(json!({ "id": id }))
     })
     .await
@@ -366,8 +371,8 @@ pub async fn admin_list(state: &AppState, user_id: Uuid) -> AuthResult<Resp> {
                 "select auth.oxibase_factor_json(f) from auth.mfa_factors f where user_id = $1 order by created_at",
                 &[&user_id],
             )
-            .await?;
-        Ok(Value::Array(rows.iter().map(|r| r.get(0)).collect()))
+            .await.map_err(AuthError::pg)?;
+        Ok(Value::Array(rows.iter().map(|r| r.col(0)).collect::<AuthResult<_>>()?))
     })
     .await
     .map(ok)
@@ -383,9 +388,9 @@ pub async fn admin_delete(state: &AppState, user_id: Uuid, id: Uuid) -> AuthResu
                 "delete from auth.mfa_factors f where id = $1 and user_id = $2 returning auth.oxibase_factor_json(f)",
                 &[&id, &user_id],
             )
-            .await?
+            .await.map_err(AuthError::pg)?
             .ok_or_else(factor_not_found)?;
-        Ok(row.get::<_, Value>(0))
+        row.col::<Value>(0)
     })
     .await
     .map(ok)

@@ -626,7 +626,8 @@ pub async fn load_token_user(
                 "select 1 from auth.sessions where id = $1 and user_id = $2",
                 &[&sid, &t.user_id],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         if found.is_none() {
             return Err(AuthError::forbidden(
                 "session_not_found",

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::page::Page;
 use super::tx::{as_admin, execute_found};
 use super::{ok, util, Call};
@@ -45,7 +45,7 @@ fn not_found() -> AuthError {
     AuthError::not_found("oauth_client_not_found", "OAuth client not found")
 }
 
-fn render(r: &Row, secret: Option<&str>) -> Value {
+fn render(r: &Row, secret: Option<&str>) -> AuthResult<Value> {
     let split = |s: String| -> Vec<String> {
         s.split(',')
             .map(str::trim)
@@ -54,18 +54,18 @@ fn render(r: &Row, secret: Option<&str>) -> Value {
             .collect()
     };
     let mut v = json!({
-        "client_id": r.get::<_, Uuid>(0),
-        "client_type": r.get::<_, String>(8),
-        "token_endpoint_auth_method": r.get::<_, String>(9),
-        "registration_type": r.get::<_, String>(10),
-        "redirect_uris": split(r.get(1)),
-        "grant_types": split(r.get(2)),
+        "client_id": r.col::<Uuid>(0)?,
+        "client_type": r.col::<String>(8)?,
+        "token_endpoint_auth_method": r.col::<String>(9)?,
+        "registration_type": r.col::<String>(10)?,
+        "redirect_uris": split(r.col(1)?),
+        "grant_types": split(r.col(2)?),
         "response_types": ["code"],
-        "client_name": r.get::<_, Option<String>>(3),
-        "client_uri": r.get::<_, Option<String>>(4),
-        "logo_uri": r.get::<_, Option<String>>(5),
-        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
-        "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
+        "client_name": r.col::<Option<String>>(3)?,
+        "client_uri": r.col::<Option<String>>(4)?,
+        "logo_uri": r.col::<Option<String>>(5)?,
+        "created_at": r.col::<chrono::DateTime<chrono::Utc>>(6)?,
+        "updated_at": r.col::<chrono::DateTime<chrono::Utc>>(7)?,
     });
     if let Some(o) = v.as_object_mut() {
         o.retain(|_, v| !v.is_null());
@@ -73,7 +73,7 @@ fn render(r: &Row, secret: Option<&str>) -> Value {
             o.insert("client_secret".into(), json!(s));
         }
     }
-    v
+    Ok(v)
 }
 
 fn new_secret() -> (String, String) {
@@ -132,15 +132,19 @@ async fn list(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let r = as_admin(state, async |tx| {
         let total: i64 = tx
             .query_one("select count(*) from auth.oauth_clients where deleted_at is null", &[])
-            .await?
-            .get(0);
+            .await.map_err(AuthError::pg)?
+            .col(0)?;
         let rows = tx
             .query(
                 &format!("select {COLS} from auth.oauth_clients where deleted_at is null order by created_at desc, id limit $1 offset $2"),
                 &[&pg.per_page, &pg.offset()],
             )
-            .await?;
-        Ok((total, rows.iter().map(|r| render(r, None)).collect::<Vec<_>>()))
+            .await.map_err(AuthError::pg)?;
+        let clients = rows
+            .iter()
+            .map(|r| render(r, None))
+            .collect::<AuthResult<Vec<_>>>()?;
+        Ok((total, clients))
     })
     .await;
     let (total, clients) = r?;
@@ -200,7 +204,7 @@ async fn create(state: &AppState, call: &Call) -> AuthResult<Resp> {
             )
             .await
             .map_err(|e| AuthError::validation(format!("invalid client: {}", crate::db::error_text(&e))))?;
-        Ok(render(&row, secret.as_deref()))
+        render(&row, secret.as_deref())
     })
     .await;
     Ok(json_response(StatusCode::CREATED, &r?))
@@ -215,9 +219,10 @@ async fn get(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 ),
                 &[&id],
             )
-            .await?
+            .await
+            .map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
-        Ok(render(&row, None))
+        render(&row, None)
     })
     .await
     .map(ok)
@@ -264,7 +269,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             .await
             .map_err(|e| AuthError::validation(format!("invalid client: {}", crate::db::error_text(&e))))?
             .ok_or_else(not_found)?;
-        Ok(render(&row, None))
+        render(&row, None)
     })
     .await
     .map(ok)
@@ -289,9 +294,9 @@ async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 &format!("select {COLS} from auth.oauth_clients where id = $1 and deleted_at is null for update"),
                 &[&id],
             )
-            .await?
+            .await.map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
-        if row.get::<_, String>(8) == "public" {
+        if row.col::<String>(8)? == "public" {
             return Err(AuthError::validation("Cannot regenerate secret for public client"));
         }
         let row = tx
@@ -299,8 +304,8 @@ async fn regenerate(state: &AppState, id: Uuid) -> AuthResult<Resp> {
                 &format!("update auth.oauth_clients set client_secret_hash = $2, updated_at = now() where id = $1 returning {COLS}"),
                 &[&id, &hash],
             )
-            .await?;
-        Ok(render(&row, Some(&secret)))
+            .await.map_err(AuthError::pg)?;
+        render(&row, Some(&secret))
     })
     .await
     .map(ok)

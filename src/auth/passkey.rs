@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::{as_admin, execute_found};
 use super::{load_token_user, no_content, ok, session, user_token, users, Call};
+use crate::db::error::{DbClass, DbError};
 use crate::http::Resp;
 use crate::state::AppState;
 use cbor::Get;
@@ -102,7 +103,7 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
                 "select credential_id from auth.webauthn_credentials where user_id = $1",
                 &[&u.id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         if existing.len() as i64 >= MAX_PASSKEYS {
             return Err(AuthError::unprocessable(
                 "too_many_passkeys",
@@ -116,12 +117,14 @@ async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp>
              values ($1, $2, 'registration', $3, now() + make_interval(secs => $4))",
             &[&id, &u.id, &challenge, &(CHALLENGE_SECS as f64)],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let name = u.email.clone().or(u.phone.clone()).unwrap_or_else(|| u.id.to_string());
         let exclude: Vec<Value> = existing
             .iter()
-            .map(|r| json!({"type": "public-key", "id": B64.encode(r.get::<_, Vec<u8>>(0))}))
-            .collect();
+            .map(|r| -> AuthResult<Value> {
+                Ok(json!({"type": "public-key", "id": B64.encode(r.col::<Vec<u8>>(0)?)}))
+            })
+            .collect::<AuthResult<_>>()?;
         Ok(json!({
             "challenge_id": id,
             "expires_at": Utc::now().timestamp() + CHALLENGE_SECS,
@@ -163,20 +166,21 @@ async fn consume_challenge(
                and ($3::uuid is null or user_id = $3) returning challenge, expires_at < now()",
             &[&cid, &kind, &user],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .ok_or_else(|| {
             AuthError::bad_request(
                 "webauthn_challenge_not_found",
                 "Challenge not found or already used",
             )
         })?;
-    if row.get::<_, bool>(1) {
+    if row.col::<bool>(1)? {
         return Err(
             AuthError::bad_request("webauthn_challenge_expired", "Challenge has expired")
                 .keep_commit(),
         );
     }
-    Ok(row.get(0))
+    row.col(0)
 }
 
 fn b64_field(v: &Value, path: &[&str]) -> AuthResult<Vec<u8>> {
@@ -271,11 +275,11 @@ async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> 
             )
             .await;
         match res {
-            Ok(row) => Ok(json!({"id": id, "created_at": row.get::<_, chrono::DateTime<Utc>>(0)})),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(
+            Ok(row) => Ok(json!({"id": id, "created_at": row.col::<chrono::DateTime<Utc>>(0)?})),
+            Err(e) if DbError::of(&e).class == DbClass::UniqueViolation => Err(
                 AuthError::unprocessable("webauthn_credential_exists", "This credential is already registered"),
             ),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AuthError::pg(e)),
         }
     })
     .await
@@ -291,7 +295,8 @@ async fn authentication_options(state: &AppState) -> AuthResult<Resp> {
              values ($1, 'authentication', $2, now() + make_interval(secs => $3))",
             &[&id, &challenge, &(CHALLENGE_SECS as f64)],
         )
-        .await?;
+        .await
+        .map_err(AuthError::pg)?;
         Ok(json!({
             "challenge_id": id,
             "expires_at": Utc::now().timestamp() + CHALLENGE_SECS,
@@ -324,10 +329,10 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
                      where credential_id = $1 for update",
                     &[&raw_id],
                 )
-                .await?
+                .await.map_err(AuthError::pg)?
                 .ok_or_else(failed)?;
             let (pk_id, user_id, key, stored): (Uuid, Uuid, Vec<u8>, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+                (row.col(0)?, row.col(1)?, row.col(2)?, row.col(3)?);
             check_client_data(state, &client_data, "webauthn.get", &challenge)?;
             let (_, count) = check_auth_data(state, &ad)?;
             let mut msg = ad.clone();
@@ -358,24 +363,24 @@ async fn authentication_verify(state: &AppState, call: &Call) -> AuthResult<Resp
             "update auth.webauthn_credentials set sign_count = $2, last_used_at = now(), updated_at = now() where id = $1",
             &[&pk_id, &count],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         session::issue(state, tx, user_id, "passkey", &call.origin()).await
     })
     .await
     .map(ok)
 }
 
-fn item(r: &tokio_postgres::Row) -> Value {
+fn item(r: &tokio_postgres::Row) -> AuthResult<Value> {
     let mut v = json!({
-        "id": r.get::<_, Uuid>(0),
-        "friendly_name": r.get::<_, Option<String>>(1),
-        "created_at": r.get::<_, chrono::DateTime<Utc>>(2),
-        "last_used_at": r.get::<_, Option<chrono::DateTime<Utc>>>(3),
+        "id": r.col::<Uuid>(0)?,
+        "friendly_name": r.col::<Option<String>>(1)?,
+        "created_at": r.col::<chrono::DateTime<Utc>>(2)?,
+        "last_used_at": r.col::<Option<chrono::DateTime<Utc>>>(3)?,
     });
     if let Some(o) = v.as_object_mut() {
         o.retain(|_, v| !v.is_null());
     }
-    v
+    Ok(v)
 }
 
 const ITEM_COLS: &str = "id, friendly_name, created_at, last_used_at";
@@ -387,8 +392,10 @@ pub async fn list_for(state: &AppState, user_id: Uuid) -> AuthResult<Value> {
                 &format!("select {ITEM_COLS} from auth.webauthn_credentials where user_id = $1 order by created_at"),
                 &[&user_id],
             )
-            .await?;
-        Ok(Value::Array(rows.iter().map(item).collect()))
+            .await.map_err(AuthError::pg)?;
+        Ok(Value::Array(
+            rows.iter().map(item).collect::<AuthResult<_>>()?,
+        ))
     })
     .await
 }
@@ -435,9 +442,10 @@ async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
                 ),
                 &[&id, &t.user_id, &name],
             )
-            .await?
+            .await
+            .map_err(AuthError::pg)?
             .ok_or_else(not_found)?;
-        Ok(item(&row))
+        item(&row)
     })
     .await
     .map(ok)

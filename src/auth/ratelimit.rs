@@ -12,7 +12,7 @@
 
 use tokio_postgres::GenericClient;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::Call;
 use crate::config::{AuthConfig, AuthRateLimits as L};
@@ -52,8 +52,9 @@ pub async fn hit(
             ),
             &[&key],
         )
-        .await?;
-    Ok(row.get::<_, i32>(0) as i64 <= limit as i64)
+        .await
+        .map_err(AuthError::pg)?;
+    Ok(row.col::<i32>(0)? as i64 <= limit as i64)
 }
 
 /// Take back one hit on `key` in the current window.
@@ -66,7 +67,8 @@ async fn unhit(c: &impl GenericClient, key: &str, window: Window) -> AuthResult<
         ),
         &[&key],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     Ok(())
 }
 

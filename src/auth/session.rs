@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::users;
 use super::util;
 use crate::state::AppState;
@@ -35,25 +35,27 @@ pub async fn issue(
          values ($1, $2, now(), now(), 'aal1', $3, $4)",
         &[&session_id, &user_id, &origin.user_agent, &ip],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     c.execute(
         "insert into auth.mfa_amr_claims (session_id, created_at, updated_at, authentication_method, id)
          values ($1, now(), now(), $2, $3)",
         &[&session_id, &method, &Uuid::new_v4()],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     let token = util::refresh_token();
     c.execute(
         "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, session_id)
          values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3)",
         &[&token, &user_id.to_string(), &session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     c.execute(
         "update auth.users set last_sign_in_at = now(), updated_at = now() where id = $1",
         &[&user_id],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     super::audit::record(
         c,
         origin.ip.as_deref().unwrap_or(""),
@@ -80,17 +82,23 @@ pub async fn respond(
              from auth.mfa_amr_claims where session_id = $1 order by created_at",
             &[&session_id],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
         .iter()
-        .map(|r| json!({"method": r.get::<_, String>(0), "timestamp": r.get::<_, i64>(1)}))
-        .collect();
+        .map(|r| -> AuthResult<Value> {
+            Ok(json!({"method": r.col::<String>(0)?, "timestamp": r.col::<i64>(1)?}))
+        })
+        .collect::<AuthResult<_>>()?;
     let aal: Option<String> = c
         .query_opt(
             "select aal from auth.sessions where id = $1",
             &[&session_id],
         )
-        .await?
-        .and_then(|r| r.get(0));
+        .await
+        .map_err(AuthError::pg)?
+        .map(|r| r.col::<Option<String>>(0))
+        .transpose()?
+        .flatten();
     let now = Utc::now().timestamp();
     let exp = now + state.config.jwt_expiry as i64;
     let claims = json!({
@@ -150,14 +158,15 @@ pub async fn refresh(
              from auth.refresh_tokens where token = $1",
             &[&token],
         )
-        .await?
+        .await
+        .map_err(AuthError::pg)?
     else {
         return Err(not_found());
     };
-    let rt_id: i64 = row.get(0);
-    let revoked: bool = row.get::<_, Option<bool>>(2).unwrap_or(false);
-    let updated_at: Option<DateTime<Utc>> = row.get(3);
-    let Some(session_id) = row.get::<_, Option<Uuid>>(4) else {
+    let rt_id: i64 = row.col(0)?;
+    let revoked: bool = row.col::<Option<bool>>(2)?.unwrap_or(false);
+    let updated_at: Option<DateTime<Utc>> = row.col(3)?;
+    let Some(session_id) = row.col::<Option<Uuid>>(4)? else {
         return Err(not_found());
     };
     // Lock the session: concurrent refreshes of one session serialize here.
@@ -169,13 +178,13 @@ pub async fn refresh(
              from auth.sessions where id = $1 for update",
             &[&session_id],
         )
-        .await?
+        .await.map_err(AuthError::pg)?
     else {
         return Err(not_found());
     };
-    let user_id: Uuid = sess.get(0);
-    let not_after: Option<DateTime<Utc>> = sess.get(1);
-    let (age, idle): (Option<i64>, Option<i64>) = (sess.get(2), sess.get(3));
+    let user_id: Uuid = sess.col(0)?;
+    let not_after: Option<DateTime<Utc>> = sess.col(1)?;
+    let (age, idle): (Option<i64>, Option<i64>) = (sess.col(2)?, sess.col(3)?);
     let cfg = &state.config.auth;
     let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
     if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
@@ -208,7 +217,8 @@ pub async fn refresh(
             &[&rt_id],
         )
         .await
-        .map(|r| r.get::<_, bool>(0))
+        .ok()
+        .and_then(|r| r.col::<bool>(0).ok())
         .unwrap_or(revoked);
     if revoked {
         let active = tx
@@ -217,10 +227,11 @@ pub async fn refresh(
                  where session_id = $1 and revoked = false order by id desc limit 1",
                 &[&session_id],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
         if let Some(a) = &active {
-            if a.get::<_, Option<String>>(1).as_deref() == Some(token) {
-                let active_token: String = a.get(0);
+            if a.col::<Option<String>>(1)?.as_deref() == Some(token) {
+                let active_token: String = a.col(0)?;
                 touch_session(tx, session_id).await?;
                 return respond(state, tx, user_id, session_id, active_token).await;
             }
@@ -233,7 +244,8 @@ pub async fn refresh(
                  where session_id = $1 and revoked = false",
                 &[&session_id],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
             return Err(AuthError::bad_request(
                 "refresh_token_already_used",
                 "Invalid Refresh Token: Already Used",
@@ -245,14 +257,15 @@ pub async fn refresh(
         "update auth.refresh_tokens set revoked = true, updated_at = now() where id = $1",
         &[&rt_id],
     )
-    .await?;
+    .await
+    .map_err(AuthError::pg)?;
     let new_token = util::refresh_token();
     tx.execute(
         "insert into auth.refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id)
          values ('00000000-0000-0000-0000-000000000000', $1, $2, false, now(), now(), $3, $4)",
         &[&new_token, &user_id.to_string(), &token, &session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     touch_session(tx, session_id).await?;
     respond(state, tx, user_id, session_id, new_token).await
 }
@@ -262,7 +275,7 @@ async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<(
         "update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now() where id = $1",
         &[&session_id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }
 
@@ -294,7 +307,7 @@ async fn run_hook(
                 crate::db::error_text(&e),
             )
         })?
-        .get::<_, Option<Value>>(0)
+        .col::<Option<Value>>(0)?
         .unwrap_or(Value::Null);
     if let Some(err) = out.get("error") {
         let status = err["http_code"]

@@ -70,7 +70,8 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
                    updated_at = now() where id = $1",
                 &[&u.id, &hash, &data],
             )
-            .await?;
+            .await
+            .map_err(AuthError::pg)?;
             return send_confirmation(
                 state,
                 tx,
@@ -85,17 +86,10 @@ pub async fn signup(state: &AppState, call: &Call) -> AuthResult<Resp> {
         let id = users::create(
             tx,
             NewUser {
-                id: None,
-                email: email.as_deref(),
-                phone: phone.as_deref(),
                 password_hash: Some(hash),
-                user_meta: data.clone(),
-                app_meta: None,
-                role: None,
                 email_confirmed: cfg.autoconfirm && email.is_some(),
                 phone_confirmed: cfg.autoconfirm && phone.is_some(),
-                is_anonymous: false,
-                invited: false,
+                ..NewUser::new(email.as_deref(), phone.as_deref(), data.clone())
             },
         )
         .await
@@ -168,17 +162,8 @@ async fn anonymous(state: &AppState, call: &Call, data: Value) -> AuthResult<Res
         let id = users::create(
             tx,
             NewUser {
-                id: None,
-                email: None,
-                phone: None,
-                password_hash: None,
-                user_meta: data,
-                app_meta: None,
-                role: None,
-                email_confirmed: false,
-                phone_confirmed: false,
                 is_anonymous: true,
-                invited: false,
+                ..NewUser::new(None, None, data)
             },
         )
         .await?;

@@ -1,6 +1,6 @@
 //! POST /token?grant_type=password | refresh_token | pkce (and the disabled id_token/web3).
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
 use super::tx::as_admin;
 use super::{ok, password, ratelimit, session, users, util, Call};
 use crate::http::Resp;
@@ -76,7 +76,7 @@ async fn password_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "update auth.identities set last_sign_in_at = now() where user_id = $1 and provider = $2",
             &[&u.id, &if email.is_some() { "email" } else { "phone" }],
         )
-        .await?;
+        .await.map_err(AuthError::pg)?;
         let mut v = session::issue(state, tx, u.id, "password", &call.origin()).await?;
         // Signed in, but the password no longer meets the rules: say so (auth-js exposes
         // it as `data.weakPassword`), as GoTrue does.
@@ -124,19 +124,19 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
                  from auth.flow_state where auth_code = $1 for update",
                 &[&code],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         let Some(row) = row else {
             return Err(AuthError::not_found(
                 "flow_state_not_found",
                 "invalid flow state, no valid flow state found",
             ));
         };
-        let id: uuid::Uuid = row.get(0);
-        let user_id: Option<uuid::Uuid> = row.get(1);
-        let method: String = row.get(2);
-        let challenge: String = row.get(3);
-        let auth_method: String = row.get(4);
-        let expired: bool = row.get(5);
+        let id: uuid::Uuid = row.col(0)?;
+        let user_id: Option<uuid::Uuid> = row.col(1)?;
+        let method: String = row.col(2)?;
+        let challenge: String = row.col(3)?;
+        let auth_method: String = row.col(4)?;
+        let expired: bool = row.col(5)?;
         if expired {
             return Err(AuthError::unprocessable(
                 "flow_state_expired",
@@ -156,7 +156,7 @@ async fn pkce_grant(state: &AppState, call: &Call) -> AuthResult<Resp> {
             ));
         };
         tx.execute("delete from auth.flow_state where id = $1", &[&id])
-            .await?;
+            .await.map_err(AuthError::pg)?;
         let amr = match auth_method.as_str() {
             "email/signup" | "magiclink" | "recovery" | "email_change" | "invite" | "otp" => auth_method.as_str(),
             _ => "otp",

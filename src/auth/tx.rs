@@ -20,16 +20,17 @@ pub async fn as_admin<T>(
 
 /// A pooled connection for the server's own auth work.
 pub async fn client(state: &AppState) -> AuthResult<deadpool_postgres::Object> {
-    Ok(state.pool.get().await?)
+    state.pool.get().await.map_err(AuthError::pool)
 }
 
 /// Begin a transaction as `supabase_auth_admin`, timestamps rendered in UTC.
 pub async fn begin(
     c: &mut deadpool_postgres::Object,
 ) -> AuthResult<deadpool_postgres::Transaction<'_>> {
-    let tx = c.transaction().await?;
+    let tx = c.transaction().await.map_err(AuthError::pg)?;
     tx.batch_execute("set local role supabase_auth_admin; set local timezone to 'UTC'")
-        .await?;
+        .await
+        .map_err(AuthError::pg)?;
     Ok(tx)
 }
 
@@ -37,11 +38,11 @@ pub async fn begin(
 pub async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, r: AuthResult<T>) -> AuthResult<T> {
     match r {
         Ok(v) => {
-            tx.commit().await?;
+            tx.commit().await.map_err(AuthError::pg)?;
             Ok(v)
         }
         Err(e) if e.commit => {
-            tx.commit().await?;
+            tx.commit().await.map_err(AuthError::pg)?;
             Err(e)
         }
         Err(e) => {
@@ -59,7 +60,7 @@ pub async fn execute_found(
     missing: fn() -> AuthError,
 ) -> AuthResult<()> {
     as_admin(state, async |tx| {
-        if tx.execute(sql, params).await? == 0 {
+        if tx.execute(sql, params).await.map_err(AuthError::pg)? == 0 {
             return Err(missing());
         }
         Ok(())

@@ -73,14 +73,14 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                    updated_at = now() where id = $1",
                 &[&u.id, &hash],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             super::audit::record(tx, &call.ip, Some(u.id), "user_updated_password", None).await?;
             // A password change signs out every other session (GoTrue keeps the current one).
             tx.execute(
                 "delete from auth.sessions where user_id = $1 and ($2::uuid is null or id <> $2)",
                 &[&u.id, &t.session_id],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         }
         if let Some(d) = &data {
             let merged = users::merge_meta(&u.user_meta, d);
@@ -88,7 +88,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "update auth.users set raw_user_meta_data = $2, updated_at = now() where id = $1",
                 &[&u.id, &merged],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
         }
         if let Some(e) = email.as_deref().filter(|e| Some(*e) != u.email.as_deref()) {
             let taken = tx
@@ -96,7 +96,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
                     &[&e, &u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if taken.is_some() {
                 return Err(AuthError::email_exists());
             }
@@ -104,7 +104,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                 "update auth.users set email_change = $2, updated_at = now() where id = $1",
                 &[&u.id, &e],
             )
-            .await?;
+            .await.map_err(AuthError::pg)?;
             if u.is_anonymous && cfg.autoconfirm {
                 // An anonymous user adding an email is like signing up.
                 tx.execute(
@@ -112,7 +112,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                        is_anonymous = false, updated_at = now() where id = $1",
                     &[&u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 email::ensure_email_identity(tx, u.id).await?;
             } else {
                 let u2 = users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
@@ -123,7 +123,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "update auth.users set email_change_token_current = '', email_change_confirm_status = 0 where id = $1",
                     &[&u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 email::send(state, tx, &u2, Kind::EmailChange, e, &redirect, true).await?;
                 if let Some(current) = u2.email.as_deref().filter(|_| cfg.secure_email_change) {
                     email::send(state, tx, &u2, Kind::EmailChangeCurrent, current, &redirect, true)
@@ -137,7 +137,7 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "select 1 from auth.users where phone = $1 and id <> $2 and deleted_at is null",
                     &[&p, &u.id],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             if taken.is_some() {
                 return Err(AuthError::phone_exists());
             }
@@ -146,13 +146,13 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
                     "update auth.users set phone = $2, phone_confirmed_at = now(), updated_at = now() where id = $1",
                     &[&u.id, &p],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
             } else {
                 tx.execute(
                     "update auth.users set phone_change = $2, updated_at = now() where id = $1",
                     &[&u.id, &p],
                 )
-                .await?;
+                .await.map_err(AuthError::pg)?;
                 let u2 = users::by_id(tx, u.id).await?.ok_or_else(AuthError::user_not_found)?;
                 email::send(state, tx, &u2, Kind::PhoneChange, p, &redirect, true).await?;
             }
@@ -177,19 +177,22 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
         match (scope, t.session_id) {
             ("local", Some(s)) => {
                 tx.execute("delete from auth.sessions where id = $1", &[&s])
-                    .await?;
+                    .await
+                    .map_err(AuthError::pg)?;
             }
             ("others", Some(s)) => {
                 tx.execute(
                     "delete from auth.sessions where user_id = $1 and id <> $2",
                     &[&u.id, &s],
                 )
-                .await?;
+                .await
+                .map_err(AuthError::pg)?;
             }
             ("others", None) => {}
             _ => {
                 tx.execute("delete from auth.sessions where user_id = $1", &[&u.id])
-                    .await?;
+                    .await
+                    .map_err(AuthError::pg)?;
             }
         }
         super::audit::record(

@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use super::error::{AuthError, AuthResult};
+use super::error::{AuthError, AuthResult, RowExt};
+use crate::db::error::DbError;
 
 pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
     coalesce(role, 'authenticated') as role, email, phone, encrypted_password, \
@@ -57,41 +58,37 @@ pub struct User {
 }
 
 impl User {
-    pub fn from_row(r: &Row) -> User {
-        User {
-            id: r.get("id"),
-            aud: r.get("aud"),
-            role: r.get("role"),
-            email: r
-                .get::<_, Option<String>>("email")
-                .filter(|s| !s.is_empty()),
-            phone: r
-                .get::<_, Option<String>>("phone")
-                .filter(|s| !s.is_empty()),
-            encrypted_password: r.get("encrypted_password"),
-            email_confirmed_at: r.get("email_confirmed_at"),
-            phone_confirmed_at: r.get("phone_confirmed_at"),
-            banned_until: r.get("banned_until"),
-            deleted_at: r.get("deleted_at"),
-            is_anonymous: r.get("is_anonymous"),
-            app_meta: r.get("raw_app_meta_data"),
-            user_meta: r.get("raw_user_meta_data"),
-            confirmation_token: r.get("confirmation_token"),
-            recovery_token: r.get("recovery_token"),
-            email_change_token_new: r.get("email_change_token_new"),
-            email_change: r.get("email_change"),
-            email_change_token_current: r.get("email_change_token_current"),
-            email_change_confirm_status: r.get("email_change_confirm_status"),
-            reauthentication_token: r.get("reauthentication_token"),
-            phone_change: r.get("phone_change"),
-            phone_change_token: r.get("phone_change_token"),
-            confirmation_sent_at: r.get("confirmation_sent_at"),
-            recovery_sent_at: r.get("recovery_sent_at"),
-            email_change_sent_at: r.get("email_change_sent_at"),
-            reauthentication_sent_at: r.get("reauthentication_sent_at"),
-            phone_change_sent_at: r.get("phone_change_sent_at"),
-            invited_at: r.get("invited_at"),
-        }
+    pub fn from_row(r: &Row) -> AuthResult<User> {
+        Ok(User {
+            id: r.col("id")?,
+            aud: r.col("aud")?,
+            role: r.col("role")?,
+            email: r.col::<Option<String>>("email")?.filter(|s| !s.is_empty()),
+            phone: r.col::<Option<String>>("phone")?.filter(|s| !s.is_empty()),
+            encrypted_password: r.col("encrypted_password")?,
+            email_confirmed_at: r.col("email_confirmed_at")?,
+            phone_confirmed_at: r.col("phone_confirmed_at")?,
+            banned_until: r.col("banned_until")?,
+            deleted_at: r.col("deleted_at")?,
+            is_anonymous: r.col("is_anonymous")?,
+            app_meta: r.col("raw_app_meta_data")?,
+            user_meta: r.col("raw_user_meta_data")?,
+            confirmation_token: r.col("confirmation_token")?,
+            recovery_token: r.col("recovery_token")?,
+            email_change_token_new: r.col("email_change_token_new")?,
+            email_change: r.col("email_change")?,
+            email_change_token_current: r.col("email_change_token_current")?,
+            email_change_confirm_status: r.col("email_change_confirm_status")?,
+            reauthentication_token: r.col("reauthentication_token")?,
+            phone_change: r.col("phone_change")?,
+            phone_change_token: r.col("phone_change_token")?,
+            confirmation_sent_at: r.col("confirmation_sent_at")?,
+            recovery_sent_at: r.col("recovery_sent_at")?,
+            email_change_sent_at: r.col("email_change_sent_at")?,
+            reauthentication_sent_at: r.col("reauthentication_sent_at")?,
+            phone_change_sent_at: r.col("phone_change_sent_at")?,
+            invited_at: r.col("invited_at")?,
+        })
     }
 
     pub fn is_confirmed(&self) -> bool {
@@ -105,7 +102,12 @@ impl User {
 
 pub async fn by_id(c: &impl GenericClient, id: Uuid) -> AuthResult<Option<User>> {
     let q = format!("select {USER_COLS} from auth.users where id = $1");
-    Ok(c.query_opt(&q, &[&id]).await?.as_ref().map(User::from_row))
+    c.query_opt(&q, &[&id])
+        .await
+        .map_err(AuthError::pg)?
+        .as_ref()
+        .map(User::from_row)
+        .transpose()
 }
 
 /// The live (not soft-deleted) user with this email, locked for the transaction.
@@ -114,20 +116,24 @@ pub async fn by_email(c: &impl GenericClient, email: &str) -> AuthResult<Option<
         "select {USER_COLS} from auth.users where lower(email) = $1 and is_sso_user = false \
          and deleted_at is null order by created_at limit 1 for update"
     );
-    Ok(c.query_opt(&q, &[&email.to_lowercase()])
-        .await?
+    c.query_opt(&q, &[&email.to_lowercase()])
+        .await
+        .map_err(AuthError::pg)?
         .as_ref()
-        .map(User::from_row))
+        .map(User::from_row)
+        .transpose()
 }
 
 pub async fn by_phone(c: &impl GenericClient, phone: &str) -> AuthResult<Option<User>> {
     let q = format!(
         "select {USER_COLS} from auth.users where phone = $1 and deleted_at is null limit 1 for update"
     );
-    Ok(c.query_opt(&q, &[&phone])
-        .await?
+    c.query_opt(&q, &[&phone])
+        .await
+        .map_err(AuthError::pg)?
         .as_ref()
-        .map(User::from_row))
+        .map(User::from_row)
+        .transpose()
 }
 
 /// The user with this email, else the one with this phone (both locked for update).
@@ -150,8 +156,10 @@ pub async fn json(c: &impl GenericClient, id: Uuid) -> AuthResult<Value> {
             "select auth.oxibase_user_json(u) from auth.users u where id = $1",
             &[&id],
         )
-        .await?;
-    row.map(|r| r.get::<_, Value>(0))
+        .await
+        .map_err(AuthError::pg)?;
+    row.map(|r| r.col::<Value>(0))
+        .transpose()?
         .ok_or_else(AuthError::user_not_found)
 }
 
@@ -167,6 +175,26 @@ pub struct NewUser<'a> {
     pub phone_confirmed: bool,
     pub is_anonymous: bool,
     pub invited: bool,
+}
+
+impl<'a> NewUser<'a> {
+    /// A user with these addresses and metadata, unconfirmed, without a password, id, role
+    /// or app metadata of its own; callers set what differs with `..NewUser::new(..)`.
+    pub fn new(email: Option<&'a str>, phone: Option<&'a str>, user_meta: Value) -> Self {
+        NewUser {
+            id: None,
+            email,
+            phone,
+            password_hash: None,
+            user_meta,
+            app_meta: None,
+            role: None,
+            email_confirmed: false,
+            phone_confirmed: false,
+            is_anonymous: false,
+            invited: false,
+        }
+    }
 }
 
 /// Insert a user and its email/phone identity. The app's `on auth.users insert` triggers
@@ -224,26 +252,9 @@ pub async fn create(c: &impl GenericClient, n: NewUser<'_>) -> AuthResult<Uuid> 
         )
         .await;
     if let Err(e) = res {
-        if let Some(db) = e.as_db_error() {
-            if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
-                let c = db.constraint().unwrap_or("");
-                if c.contains("phone") {
-                    return Err(AuthError::phone_exists());
-                }
-                if c.contains("email") {
-                    return Err(AuthError::email_exists());
-                }
-                if c.contains("pkey") {
-                    return Err(AuthError::unprocessable(
-                        "user_already_exists",
-                        "User already registered",
-                    ));
-                }
-            }
-        }
-        return Err(AuthError::internal(
+        return Err(AuthError::db_as(
+            DbError::of(&e),
             "Database error saving new user",
-            crate::db::error_text(&e),
         ));
     }
     if let Some(p) = provider {
@@ -295,6 +306,6 @@ pub async fn sync_email_identity(c: &impl GenericClient, id: Uuid) -> AuthResult
          from auth.users u where u.id = i.user_id and i.user_id = $1 and i.provider = 'email'",
         &[&id],
     )
-    .await?;
+    .await.map_err(AuthError::pg)?;
     Ok(())
 }

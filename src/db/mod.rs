@@ -2,6 +2,7 @@
 //! hands a request's role and claims to PostgreSQL.
 
 pub mod embedded_pg;
+pub mod error;
 pub mod migrate;
 pub mod wire;
 
@@ -134,44 +135,10 @@ impl PoolTimeouts {
     }
 }
 
-/// Why a pool gave no connection, as the APIs answer it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolFailure {
-    /// Every connection stayed busy for the whole wait timeout (PostgREST: 504 PGRST003).
-    Exhausted,
-    /// No connection could be made: the database is down, restarting or unreachable
-    /// (PostgREST: 503 PGRST000).
-    Unavailable,
-}
-
-impl PoolFailure {
-    pub fn of<E>(e: &deadpool::managed::PoolError<E>) -> PoolFailure {
-        use deadpool::managed::{PoolError, TimeoutType};
-        match e {
-            PoolError::Timeout(TimeoutType::Wait) => PoolFailure::Exhausted,
-            _ => PoolFailure::Unavailable,
-        }
-    }
-}
-
 /// A query failed because the connection or the database went away (not because of
-/// the query): the connection closed, an I/O error, or PostgreSQL ending the session
-/// (class 08, or 57P01/57P02/57P03: shutdown, crash of another backend, not yet
-/// accepting connections). The APIs answer these 503.
+/// the query); see [`error::DbClass::ConnectionLost`].
 pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        Some(c) => is_connection_sqlstate(c.code()),
-        None => std::error::Error::source(e)
-            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
-    }
-}
-
-/// SQLSTATEs that mean the session or the server ended, not that the statement failed.
-pub fn is_connection_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+    error::DbError::of(e).class == error::DbClass::ConnectionLost
 }
 
 /// Retry pacing for reconnect loops: 250 ms, doubling up to `max`.
@@ -351,21 +318,5 @@ mod tests {
         assert_eq!(steps, [250, 500, 1000, 1000, 1000]);
         b.reset();
         assert_eq!(b.step(), Backoff::FIRST);
-    }
-
-    #[test]
-    fn pool_failures_are_told_apart() {
-        use deadpool::managed::{PoolError, TimeoutType};
-        let wait: PoolError<String> = PoolError::Timeout(TimeoutType::Wait);
-        assert_eq!(PoolFailure::of(&wait), PoolFailure::Exhausted);
-        for e in [
-            PoolError::Timeout(TimeoutType::Create),
-            PoolError::Backend("connection refused".to_string()),
-            PoolError::Closed,
-        ] {
-            assert_eq!(PoolFailure::of(&e), PoolFailure::Unavailable);
-        }
-        assert!(is_connection_sqlstate("08006") && is_connection_sqlstate("57P01"));
-        assert!(!is_connection_sqlstate("57014") && !is_connection_sqlstate("23505"));
     }
 }

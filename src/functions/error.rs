@@ -4,6 +4,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::db::error::{DbClass, DbError};
 use crate::http::ApiError;
 use crate::storage::error::StorageError;
 
@@ -122,9 +123,31 @@ impl FnError {
 
     /// A pool that gave no connection (busy past the wait timeout, or no database).
     pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> FnError {
-        match crate::db::PoolFailure::of(e) {
-            crate::db::PoolFailure::Exhausted => FnError::db_timeout(format!("pool: {e}")),
-            crate::db::PoolFailure::Unavailable => FnError::db_unavailable(format!("pool: {e}")),
+        FnError::db(DbError::pool(e))
+    }
+
+    /// A PostgreSQL error: `.map_err(FnError::pg)`.
+    pub fn pg(e: tokio_postgres::Error) -> FnError {
+        FnError::db(DbError::of(&e))
+    }
+
+    /// A classified database error in the functions' shape.
+    pub fn db(d: DbError) -> FnError {
+        match d.class {
+            DbClass::ConnectionLost | DbClass::PoolUnavailable => FnError::db_unavailable(d),
+            DbClass::PoolTimeout => FnError::db_timeout(d),
+            DbClass::InsufficientPrivilege | DbClass::RowLevelSecurity => FnError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "You are not allowed to do this.",
+            ),
+            DbClass::ForeignKeyViolation => {
+                FnError::bad_request("A referenced row does not exist.")
+            }
+            DbClass::InvalidTextRepresentation => {
+                FnError::bad_request("A value has the wrong format.")
+            }
+            _ => FnError::internal(d),
         }
     }
 
@@ -150,29 +173,6 @@ impl FnError {
             StorageError::InvalidKey(_) => FnError::bad_request("The file name is not valid."),
             StorageError::InvalidRequest(m) => FnError::bad_request(m),
             other => FnError::internal(format!("storage: {other:?}")),
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for FnError {
-    fn from(e: tokio_postgres::Error) -> FnError {
-        use tokio_postgres::error::SqlState;
-        if crate::db::is_connection_error(&e) {
-            return FnError::db_unavailable(crate::db::error_text(&e));
-        }
-        match e.code() {
-            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => FnError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "You are not allowed to do this.",
-            ),
-            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => {
-                FnError::bad_request("A referenced row does not exist.")
-            }
-            Some(c) if *c == SqlState::INVALID_TEXT_REPRESENTATION => {
-                FnError::bad_request("A value has the wrong format.")
-            }
-            _ => FnError::internal(crate::db::error_text(&e)),
         }
     }
 }

@@ -383,11 +383,14 @@ async fn insert_row(
         .map(|c| parse_uuid("conversation_id", c))
         .transpose()?;
     let mut c = client(state).await?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs("POST"), false).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs("POST"), false)
+        .await
+        .map_err(FnError::pg)?;
     if let Some(conv) = conversation {
         let visible = tx
             .query_opt("select 1 from public.conversations where id = $1", &[&conv])
-            .await?;
+            .await
+            .map_err(FnError::pg)?;
         if visible.is_none() {
             return Err(FnError::not_found("The conversation was not found."));
         }
@@ -408,8 +411,9 @@ async fn insert_row(
                 &conversation,
             ],
         )
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(FnError::pg)?;
+    tx.commit().await.map_err(FnError::pg)?;
     Ok(row)
 }
 
@@ -417,9 +421,11 @@ async fn insert_row(
 async fn remove_object(state: &AppState, ctx: &AuthContext, path: &str) {
     let r = async {
         let mut c = client(state).await?;
-        let tx = crate::db::begin_as(&mut c, ctx, &gucs("POST"), false).await?;
+        let tx = crate::db::begin_as(&mut c, ctx, &gucs("POST"), false)
+            .await
+            .map_err(FnError::pg)?;
         let version = delete_object_row(&tx, BUCKET, path).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(FnError::pg)?;
         Ok::<_, FnError>(version)
     }
     .await;
@@ -446,7 +452,8 @@ async fn delete_object_row(
             "delete from storage.objects where bucket_id = $1 and name = $2 returning version",
             &[&bucket, &path],
         )
-        .await?;
+        .await
+        .map_err(FnError::pg)?;
     Ok(row
         .and_then(|r| r.get::<_, Option<String>>(0))
         .filter(|v| objects::is_our_version(v)))
@@ -484,7 +491,9 @@ async fn list(state: &AppState, ctx: &AuthContext, req: &Req) -> Result<Resp, Fn
         .map(|c| parse_uuid("conversation_id", &c))
         .transpose()?;
     let mut c = client(state).await?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs("GET"), true).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs("GET"), true)
+        .await
+        .map_err(FnError::pg)?;
     // A signed URL only for objects the caller can read (rows are the caller's to write).
     let rows = tx
         .query(
@@ -497,8 +506,9 @@ async fn list(state: &AppState, ctx: &AuthContext, req: &Req) -> Result<Resp, Fn
             ),
             &[&conversation],
         )
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(FnError::pg)?;
+    tx.commit().await.map_err(FnError::pg)?;
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -516,17 +526,20 @@ async fn delete(state: &AppState, ctx: &AuthContext, req: &Req) -> Result<Resp, 
         .ok_or_else(|| FnError::bad_request("Give the upload's id as ?id=."))
         .and_then(|v| parse_uuid("id", &v))?;
     let mut c = client(state).await?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs("DELETE"), false).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs("DELETE"), false)
+        .await
+        .map_err(FnError::pg)?;
     let row = tx
         .query_opt(
             "delete from public.file_uploads where id = $1 returning bucket, path",
             &[&id],
         )
-        .await?
+        .await
+        .map_err(FnError::pg)?
         .ok_or_else(|| FnError::not_found("The upload was not found."))?;
     let (bucket, path): (String, String) = (row.get(0), row.get(1));
     let version = delete_object_row(&tx, &bucket, &path).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(FnError::pg)?;
     if let Some(v) = version {
         state
             .storage

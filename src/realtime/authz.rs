@@ -3,6 +3,7 @@
 //! channel's subtopic. Read: probe rows are inserted by the table owner, then selected as the
 //! caller. Write: the caller inserts a row. Everything is rolled back.
 
+use crate::db::error::DbError;
 use crate::db::{set_role_and_claims, RequestGucs};
 use crate::http::apikey::AuthContext;
 use crate::state::AppState;
@@ -152,9 +153,7 @@ pub async fn can_write(
     let _ = tx.rollback().await;
     match r {
         Ok(_) => Ok(true),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-            Ok(false)
-        }
+        Err(e) if DbError::of(&e).class.is_privilege() => Ok(false),
         Err(e) => {
             policy_error(&e);
             Ok(false)

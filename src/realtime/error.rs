@@ -48,6 +48,13 @@ pub enum RealtimeError {
     PresenceNotMap,
     /// Refused without a reason (`{}`).
     Refused,
+    // A joined channel closed by the server, reported in a `system` push.
+    /// The channel's token expired this many seconds ago.
+    ExpiredWhileJoined(i64),
+    /// A refreshed token may no longer read this private topic.
+    ReadRevoked(String),
+    /// Subscribing to postgres_changes failed (the bindings' errors, joined).
+    PostgresChanges(String),
 }
 
 impl From<TokenError> for RealtimeError {
@@ -86,6 +93,9 @@ impl RealtimeError {
             }
             RealtimeError::PresenceNotMap => "Presence track payload must be a map".into(),
             RealtimeError::Refused => String::new(),
+            RealtimeError::ExpiredWhileJoined(_)
+            | RealtimeError::ReadRevoked(_)
+            | RealtimeError::PostgresChanges(_) => self.system_message(),
             other => other.http_parts().1,
         }
     }
@@ -134,7 +144,10 @@ impl RealtimeError {
             | RealtimeError::ReadDenied(_)
             | RealtimeError::PoliciesUnavailable
             | RealtimeError::PresenceNotMap
-            | RealtimeError::Refused => return (StatusCode::BAD_REQUEST, self.reason()),
+            | RealtimeError::Refused
+            | RealtimeError::ExpiredWhileJoined(_)
+            | RealtimeError::ReadRevoked(_)
+            | RealtimeError::PostgresChanges(_) => return (StatusCode::BAD_REQUEST, self.reason()),
         };
         (status, msg.to_string())
     }
@@ -156,6 +169,31 @@ impl RealtimeError {
             _ => json!({ "message": msg }),
         };
         json_response(status, &body)
+    }
+
+    /// The `message` of the `system` push that reports this error.
+    fn system_message(&self) -> String {
+        match self {
+            RealtimeError::ExpiredWhileJoined(n) => format!("Token has expired {n} seconds ago"),
+            RealtimeError::ReadRevoked(topic) => {
+                format!("You no longer have permission to read from this Channel topic: {topic}")
+            }
+            RealtimeError::Token(e) => e.message(),
+            RealtimeError::PoliciesUnavailable => {
+                "Realtime was unable to connect to the project database".into()
+            }
+            RealtimeError::PostgresChanges(m) => m.clone(),
+            other => other.reason(),
+        }
+    }
+
+    /// The payload of the `system` push that reports this error on `channel`.
+    pub fn system_payload(&self, channel: &str) -> Value {
+        let extension = match self {
+            RealtimeError::PostgresChanges(_) => "postgres_changes",
+            _ => "system",
+        };
+        json!({"extension": extension, "status": "error", "message": self.system_message(), "channel": channel})
     }
 
     /// The `response` of a channel's error reply.
@@ -202,6 +240,30 @@ mod tests {
         );
         let (s, b) = body(RealtimeError::Token(TokenError::Expired("x".into()))).await;
         assert_eq!((s, b), (401, json!({"error": "Token has expired"})));
+    }
+
+    #[test]
+    fn system_payloads() {
+        assert_eq!(
+            RealtimeError::ExpiredWhileJoined(3).system_payload("room"),
+            json!({"extension": "system", "status": "error", "channel": "room",
+                   "message": "Token has expired 3 seconds ago"})
+        );
+        assert_eq!(
+            RealtimeError::ReadRevoked("room".into()).system_payload("room")["message"],
+            "You no longer have permission to read from this Channel topic: room"
+        );
+        assert_eq!(
+            RealtimeError::PoliciesUnavailable.system_payload("room")["message"],
+            "Realtime was unable to connect to the project database"
+        );
+        assert_eq!(
+            RealtimeError::Token(TokenError::Malformed).system_payload("room")["message"],
+            "The token provided is not a valid JWT"
+        );
+        let e = RealtimeError::PostgresChanges("bad filter".into());
+        assert_eq!(e.system_payload("room")["extension"], "postgres_changes");
+        assert_eq!(e.system_payload("room")["message"], "bad filter");
     }
 
     #[test]

@@ -307,12 +307,11 @@ impl Conn {
     }
 
     /// System message then phx_close: the channel is shut down (e.g. expired token).
-    async fn shutdown_channel(&mut self, topic: &str, message: &str) -> bool {
+    async fn shutdown_channel(&mut self, topic: &str, e: RealtimeError) -> bool {
         let Some(ch) = self.remove_channel(topic) else {
             return true;
         };
-        let sys =
-            json!({"extension":"system","status":"error","message":message,"channel":ch.key.0});
+        let sys = e.system_payload(&ch.key.0);
         self.push(topic, ch.join_ref.as_deref(), "system", &sys)
             .await
             && self
@@ -335,8 +334,8 @@ impl Conn {
             .filter_map(|(t, c)| c.exp.filter(|e| *e <= now).map(|e| (t.clone(), e)))
             .collect();
         for (t, e) in expired {
-            let msg = format!("Token has expired {} seconds ago", now - e);
-            if !self.shutdown_channel(&t, &msg).await {
+            let e = RealtimeError::ExpiredWhileJoined(now - e);
+            if !self.shutdown_channel(&t, e).await {
                 return false;
             }
         }
@@ -523,12 +522,12 @@ impl Conn {
             }
         }
         if pg.requested {
-            let (status, message) = if pg.errors.is_empty() {
-                ("ok", "Subscribed to PostgreSQL".to_string())
+            let sys = if pg.errors.is_empty() {
+                json!({"extension": "postgres_changes", "status": "ok",
+                       "message": "Subscribed to PostgreSQL", "channel": sub_topic})
             } else {
-                ("error", pg.errors.join("; "))
+                RealtimeError::PostgresChanges(pg.errors.join("; ")).system_payload(&sub_topic)
             };
-            let sys = json!({"extension":"postgres_changes","status":status,"message":message,"channel":sub_topic});
             if !self
                 .push(&m.topic, join_ref.as_deref(), "system", &sys)
                 .await
@@ -655,7 +654,11 @@ impl Conn {
         };
         let (ctx, exp) = match token::verify(&self.state, &new) {
             Ok(x) => x,
-            Err(e) => return self.shutdown_channel(&m.topic.clone(), &e.message()).await,
+            Err(e) => {
+                return self
+                    .shutdown_channel(&m.topic.clone(), RealtimeError::Token(e))
+                    .await
+            }
         };
         let (key, id) = (ch.key.clone(), ch.id);
         let old_policies = ch.policies;
@@ -668,20 +671,14 @@ impl Conn {
                             || (o.presence_read && !p.presence_read)
                     });
                     if revoked {
-                        let msg = format!(
-                            "You no longer have permission to read from this Channel topic: {}",
-                            key.0
-                        );
-                        return self.shutdown_channel(&m.topic.clone(), &msg).await;
+                        let e = RealtimeError::ReadRevoked(key.0.clone());
+                        return self.shutdown_channel(&m.topic.clone(), e).await;
                     }
                     policies = Some(p);
                 }
                 Err(_) => {
                     return self
-                        .shutdown_channel(
-                            &m.topic.clone(),
-                            "Realtime was unable to connect to the project database",
-                        )
+                        .shutdown_channel(&m.topic.clone(), RealtimeError::PoliciesUnavailable)
                         .await
                 }
             }

@@ -5,7 +5,10 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::db::error::{DbClass, DbError};
+use crate::db::wire::WireError;
 use crate::http::ApiError;
+use crate::jwt::JwtError;
 
 #[derive(Debug, Clone)]
 pub struct RestError {
@@ -46,6 +49,23 @@ impl RestError {
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Value::String(h.into());
         self
+    }
+
+    // ---- JWT (PGRST3xx) ----
+
+    /// PostgREST's answer to a bad token: 401, PGRST303 for an expired one, PGRST301
+    /// otherwise, with `WWW-Authenticate: Bearer error="invalid_token", ...`.
+    pub fn jwt(e: &JwtError) -> RestError {
+        let mut r = match e {
+            JwtError::Expired => RestError::new(401, "PGRST303", "JWT expired"),
+            other => RestError::new(401, "PGRST301", other.to_string()),
+        };
+        let desc = r.message.replace('"', "'");
+        r.headers.push((
+            "www-authenticate",
+            format!("Bearer error=\"invalid_token\", error_description=\"{desc}\""),
+        ));
+        r
     }
 
     // ---- request stage (PGRST1xx) ----
@@ -89,95 +109,68 @@ impl RestError {
         e
     }
 
-    /// A PostgreSQL error, through the SQLSTATE table. `anon` picks 401 vs 403 for 42501.
+    /// A PostgreSQL error, through PostgREST's table. `anon` picks 401 vs 403 for 42501.
     pub fn from_pg(e: &tokio_postgres::Error, anon: bool) -> RestError {
-        let Some(db) = e.as_db_error() else {
-            // Connection-level failure.
-            let mut r = RestError::new(
-                503,
-                "PGRST001",
-                "Database client error. Retrying the connection.",
-            );
-            r.log = Some(e.to_string());
-            return r;
-        };
-        RestError::from_db(db.code().code(), db.message(), db.detail(), db.hint(), anon)
+        RestError::db(&DbError::of(e), anon)
     }
 
     /// A pool that gave no connection, as PostgREST answers it: 504 PGRST003 when every
     /// connection stayed busy for the wait timeout, 503 PGRST000 when none could be made.
     pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> RestError {
-        let mut r = match crate::db::PoolFailure::of(e) {
-            crate::db::PoolFailure::Exhausted => RestError::new(
+        RestError::db(&DbError::pool(e), false)
+    }
+
+    /// An error from the lean hot-path connection (see `db::wire`).
+    pub fn from_wire(e: &WireError, anon: bool) -> RestError {
+        RestError::db(&DbError::wire(e), anon)
+    }
+
+    /// A classified database error in PostgREST's shape: the status from PostgREST's
+    /// `mapSQLtoHTTP` table (by class), the SQLSTATE as `code`.
+    pub fn db(d: &DbError, anon: bool) -> RestError {
+        let mut r = match (d.class, d.sqlstate.as_deref()) {
+            (DbClass::PoolTimeout, _) => RestError::new(
                 504,
                 "PGRST003",
                 "Timed out acquiring connection from connection pool.",
             ),
-            crate::db::PoolFailure::Unavailable => RestError::new(
+            (DbClass::PoolUnavailable, _) => RestError::new(
                 503,
                 "PGRST000",
                 "Database connection error. Retrying the connection.",
             ),
+            // A connection-level failure with no SQLSTATE (closed, I/O, client library).
+            (DbClass::ConnectionLost | DbClass::Client, None) => RestError::new(
+                503,
+                "PGRST001",
+                "Database client error. Retrying the connection.",
+            ),
+            (DbClass::PgrstRaise, _) => match custom_pgrst(&d.message, d.detail.as_deref()) {
+                Some(r) => return r,
+                None => RestError::with_sqlstate(400, d),
+            },
+            (class, _) => RestError::with_sqlstate(class_status(class, anon), d),
         };
-        r.log = Some(e.to_string());
+        if r.status == StatusCode::UNAUTHORIZED {
+            r.headers.push(("www-authenticate", "Bearer".into()));
+        }
+        if r.status.is_server_error() {
+            r.log = Some(d.log.clone());
+        }
         r
     }
 
-    /// An error from the lean hot-path connection (see `db::wire`).
-    pub fn from_wire(e: &crate::db::wire::WireError, anon: bool) -> RestError {
-        match e {
-            crate::db::wire::WireError::Db(d) => RestError::from_db(
-                &d.code,
-                &d.message,
-                d.detail.as_deref(),
-                d.hint.as_deref(),
-                anon,
-            ),
-            crate::db::wire::WireError::Io(s) => {
-                let mut r = RestError::new(
-                    503,
-                    "PGRST001",
-                    "Database client error. Retrying the connection.",
-                );
-                r.log = Some(s.clone());
-                r
-            }
-        }
-    }
-
-    fn from_db(
-        code: &str,
-        message: &str,
-        detail: Option<&str>,
-        hint: Option<&str>,
-        anon: bool,
-    ) -> RestError {
-        // `raise sqlstate 'PGRST' using message = '{json}', detail = '{json}'`.
-        if code == "PGRST" {
-            if let Some(r) = custom_pgrst(message, detail) {
-                return r;
-            }
-        }
-        let status = sqlstate_status(code, anon);
-        let mut r = RestError {
+    fn with_sqlstate(status: u16, d: &DbError) -> RestError {
+        RestError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            code: code.to_string(),
-            message: message.to_string(),
-            details: detail
-                .map(|s| Value::String(s.into()))
-                .unwrap_or(Value::Null),
-            hint: hint.map(|s| Value::String(s.into())).unwrap_or(Value::Null),
+            code: d.sqlstate.clone().unwrap_or_default(),
+            message: d.message.clone(),
+            details: d.detail.clone().map(Value::String).unwrap_or(Value::Null),
+            hint: d.hint.clone().map(Value::String).unwrap_or(Value::Null),
             headers: vec![],
             custom_headers: vec![],
             log: None,
-        };
-        if status == 401 {
-            r.headers.push(("www-authenticate", "Bearer".into()));
         }
-        if status >= 500 {
-            r.log = Some(format!("{code}: {message}"));
-        }
-        r
     }
 }
 
@@ -203,49 +196,34 @@ fn custom_pgrst(message: &str, detail: Option<&str>) -> Option<RestError> {
     Some(r)
 }
 
-/// PostgREST's SQLSTATE -> HTTP status table.
-pub fn sqlstate_status(code: &str, anon: bool) -> u16 {
-    match code {
-        "23503" | "23505" => 409,
-        "25006" => 405,
-        "P0001" => 400,
-        "42883" | "42P01" => 404,
-        "42P17" => 500,
-        "42501" => {
-            if anon {
-                401
-            } else {
-                403
-            }
-        }
-        "53400" => 500,
-        "54001" => 500,
-        // The session ended under the statement (shutdown, crash, restart): PostgREST
-        // answers 57P01 with 503; its siblings are the same outage.
-        "57P01" | "57P02" | "57P03" => 503,
-        _ => {
-            if let Some(rest) = code.strip_prefix("PT") {
-                if let Ok(n) = rest.parse::<u16>() {
-                    if (100..600).contains(&n) {
-                        return n;
-                    }
-                }
-            }
-            match &code[..code.len().min(2)] {
-                "08" => 503,
-                "09" => 500,
-                "0L" | "0P" => 403,
-                "25" => 500,
-                "28" => 403,
-                "2D" => 500,
-                "38" | "39" | "3B" | "40" => 500,
-                "53" => 503,
-                "54" | "55" | "57" | "58" => 500,
-                "F0" | "HV" | "XX" => 500,
-                "P0" => 500,
-                _ => 400,
-            }
-        }
+/// PostgREST's SQLSTATE -> HTTP status table (`mapSQLtoHTTP`), by class.
+fn class_status(class: DbClass, anon: bool) -> u16 {
+    use DbClass::*;
+    match class {
+        UniqueViolation | ForeignKeyViolation => 409,
+        ReadOnlyTransaction => 405,
+        UndefinedFunction | UndefinedTable => 404,
+        RowLevelSecurity | InsufficientPrivilege if anon => 401,
+        RowLevelSecurity | InsufficientPrivilege | InvalidAuthorization => 403,
+        CustomStatus(n) => n,
+        // The session ended under the statement (shutdown, crash, restart), or the server
+        // is out of resources: the same outage.
+        ConnectionLost | Client | PoolUnavailable | InsufficientResources => 503,
+        PoolTimeout => 504,
+        ServerFault | SerializationFailure | Deadlock | StatementTimeout | QueryCanceled
+        | LockTimeout => 500,
+        NotNullViolation
+        | CheckViolation
+        | ExclusionViolation
+        | IntegrityOther
+        | UndefinedColumn
+        | UndefinedObject
+        | SyntaxOrAccess
+        | InvalidTextRepresentation
+        | DataException
+        | RaiseException
+        | PgrstRaise
+        | Other => 400,
     }
 }
 
@@ -282,6 +260,11 @@ impl ApiError for RestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::error::classify;
+
+    fn sqlstate_status(code: &str, anon: bool) -> u16 {
+        class_status(classify(code, ""), anon)
+    }
 
     #[test]
     fn sqlstate_table() {
@@ -298,5 +281,74 @@ mod tests {
         assert_eq!(sqlstate_status("22P02", false), 400);
         assert_eq!(sqlstate_status("25006", false), 405);
         assert_eq!(sqlstate_status("42P01", false), 404);
+        // The rest of PostgREST's table, class by class.
+        for (code, status) in [
+            ("23503", 409),
+            ("23502", 400),
+            ("42883", 404),
+            ("42P17", 500),
+            ("53400", 500),
+            ("53300", 503),
+            ("54001", 500),
+            ("0LP01", 403),
+            ("0P000", 403),
+            ("28P01", 403),
+            ("25P02", 500),
+            ("2D000", 500),
+            ("38000", 500),
+            ("39000", 500),
+            ("3B000", 500),
+            ("40001", 500),
+            ("40P01", 500),
+            ("55P03", 500),
+            ("58000", 500),
+            ("F0000", 500),
+            ("HV000", 500),
+            ("XX000", 500),
+            ("P0002", 500),
+            ("09000", 500),
+            ("PT999", 400),
+            ("42703", 400),
+            ("22012", 400),
+            ("01000", 400),
+        ] {
+            assert_eq!(sqlstate_status(code, false), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn pool_failures_answer_as_postgrest() {
+        use deadpool::managed::{PoolError, TimeoutType};
+        let wait: PoolError<String> = PoolError::Timeout(TimeoutType::Wait);
+        let r = RestError::from_pool(&wait);
+        assert_eq!((r.status.as_u16(), r.code.as_str()), (504, "PGRST003"));
+        let r = RestError::from_pool(&PoolError::<String>::Closed);
+        assert_eq!((r.status.as_u16(), r.code.as_str()), (503, "PGRST000"));
+        let r = RestError::from_wire(&WireError::Io("closed".into()), false);
+        assert_eq!((r.status.as_u16(), r.code.as_str()), (503, "PGRST001"));
+    }
+
+    #[test]
+    fn jwt_errors_are_postgrest_s() {
+        let r = RestError::jwt(&JwtError::Expired);
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.body(),
+            json!({"code": "PGRST303", "details": null, "hint": null, "message": "JWT expired"})
+        );
+        assert_eq!(
+            r.headers,
+            [(
+                "www-authenticate",
+                "Bearer error=\"invalid_token\", error_description=\"JWT expired\"".to_string()
+            )]
+        );
+        let r = RestError::jwt(&JwtError::Invalid("bad \"sig\"".into()));
+        assert_eq!(r.code, "PGRST301");
+        assert!(
+            r.headers[0].1.ends_with("bad 'sig'\""),
+            "{}",
+            r.headers[0].1
+        );
     }
 }

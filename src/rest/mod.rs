@@ -19,11 +19,9 @@ mod write;
 use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use serde_json::json;
 
 use crate::http::apikey::AuthContext;
-use crate::http::{empty, json_response, Req, Resp};
-use crate::jwt::JwtError;
+use crate::http::{empty, Req, Resp};
 use crate::state::AppState;
 
 use error::RestError;
@@ -40,23 +38,6 @@ use write::write;
 use schema_reload::reload_on_miss;
 pub use schema_reload::{init, reload, spawn_background, State};
 
-/// PostgREST's answer to a bad token: 401, PGRST301/303, and a WWW-Authenticate header.
-pub fn jwt_error(e: &JwtError) -> Resp {
-    let (code, message) = match e {
-        JwtError::Expired => ("PGRST303", "JWT expired".to_string()),
-        other => ("PGRST301", other.to_string()),
-    };
-    let mut r = json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({"code": code, "details": null, "hint": null, "message": message}),
-    );
-    let desc = message.replace('"', "'");
-    if let Ok(v) = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"").parse() {
-        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-    }
-    r
-}
-
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     // The gateway takes the key from an `apikey` query parameter too (and hides it from
     // PostgREST: it is no filter).
@@ -66,7 +47,7 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
         .map(|(_, v)| v);
     let ctx = match state.keys.authenticate(req.headers(), query_key.as_deref()) {
         Ok(c) => c,
-        Err(e) => return jwt_error(&e),
+        Err(e) => return RestError::jwt(&e).to_response(),
     };
     let head = req.method() == Method::HEAD;
     let mut resp = match route(state, &ctx, req, path).await {

@@ -72,7 +72,8 @@ pub async fn get(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp, 
     );
     let row = tx
         .query_opt(&sql, &[&id])
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or(StorageError::NoSuchBucket)?;
     Ok(ok(&row.get::<_, Value>(0)))
 }
@@ -193,7 +194,7 @@ pub async fn create(state: &AppState, ctx: &AuthContext, req: Req) -> Result<Res
         StorageError::KeyAlreadyExists => StorageError::BucketAlreadyExists,
         e => e,
     })?;
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     Ok(ok(&json!({ "name": id })))
 }
 
@@ -235,7 +236,8 @@ pub async fn update(
              updated_at = now() where id = $1",
             &[&id, &public, &set_limit, &limit, &set_mimes, &mimes],
         )
-        .await?;
+        .await
+        .map_err(StorageError::pg)?;
     if n == 0 {
         return Err(StorageError::NoSuchBucket);
     }
@@ -252,7 +254,8 @@ pub async fn delete(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Res
             "select count(*) from (select 1 from storage.objects where bucket_id = $1 limit 1) o",
             &[&id],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .get(0);
     super::as_caller(&tx, ctx).await?;
     let n = tx
@@ -278,7 +281,8 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
     let tx = caller_tx(&mut c, ctx, false).await?;
     let exists = tx
         .query_opt("select 1 from storage.buckets where id = $1", &[&id])
-        .await?;
+        .await
+        .map_err(StorageError::pg)?;
     if exists.is_none() {
         return Err(StorageError::NoSuchBucket);
     }
@@ -287,8 +291,9 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
             "delete from storage.objects where bucket_id = $1 returning version",
             &[&id],
         )
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(StorageError::pg)?;
+    tx.commit().await.map_err(StorageError::pg)?;
     let keys = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))

@@ -7,6 +7,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::db::error::{DbClass, DbError};
 use crate::http::ApiError;
 
 #[derive(Debug)]
@@ -142,44 +143,38 @@ impl StorageError {
     /// Map a PostgreSQL error the way Supabase Storage does (42501 access denied, 23505
     /// duplicate, ...); anything unexpected is internal.
     pub fn from_db(e: &tokio_postgres::Error) -> StorageError {
-        if crate::db::is_connection_error(e) {
-            return StorageError::DatabaseUnavailable(crate::db::error_text(e));
-        }
-        let Some(db) = e.as_db_error() else {
-            return StorageError::Internal(crate::db::error_text(e));
-        };
-        match db.code().code() {
-            "42501" => StorageError::AccessDenied(if db.message().contains("row-level security") {
-                "new row violates row-level security policy".into()
-            } else {
-                db.message().to_string()
-            }),
-            "23505" => StorageError::KeyAlreadyExists,
-            "23503" => StorageError::NoSuchBucket,
-            "22P02" => StorageError::InvalidParameter("value".into()),
-            "57014" => StorageError::Internal("statement timeout".into()),
-            _ => StorageError::Internal(crate::db::error_text(e)),
-        }
+        StorageError::db(DbError::of(e))
     }
-}
 
-impl StorageError {
+    /// A PostgreSQL error: `.map_err(StorageError::pg)`.
+    pub fn pg(e: tokio_postgres::Error) -> StorageError {
+        StorageError::db(DbError::of(&e))
+    }
+
     /// A pool that gave no connection: busy past the wait timeout, or no database.
     pub fn from_pool<E: std::fmt::Display>(e: &deadpool::managed::PoolError<E>) -> StorageError {
-        match crate::db::PoolFailure::of(e) {
-            crate::db::PoolFailure::Exhausted => {
-                StorageError::DatabaseTimeout(format!("pool: {e}"))
-            }
-            crate::db::PoolFailure::Unavailable => {
-                StorageError::DatabaseUnavailable(format!("pool: {e}"))
-            }
-        }
+        StorageError::db(DbError::pool(e))
     }
-}
 
-impl From<tokio_postgres::Error> for StorageError {
-    fn from(e: tokio_postgres::Error) -> StorageError {
-        StorageError::from_db(&e)
+    /// A classified database error in Supabase Storage's terms.
+    pub fn db(d: DbError) -> StorageError {
+        match d.class {
+            DbClass::ConnectionLost | DbClass::PoolUnavailable => {
+                StorageError::DatabaseUnavailable(d.log)
+            }
+            DbClass::PoolTimeout => StorageError::DatabaseTimeout(d.log),
+            DbClass::RowLevelSecurity => {
+                StorageError::AccessDenied("new row violates row-level security policy".into())
+            }
+            DbClass::InsufficientPrivilege => StorageError::AccessDenied(d.message),
+            DbClass::UniqueViolation => StorageError::KeyAlreadyExists,
+            DbClass::ForeignKeyViolation => StorageError::NoSuchBucket,
+            DbClass::InvalidTextRepresentation => StorageError::InvalidParameter("value".into()),
+            DbClass::StatementTimeout | DbClass::QueryCanceled => {
+                StorageError::Internal("statement timeout".into())
+            }
+            _ => StorageError::Internal(d.log),
+        }
     }
 }
 

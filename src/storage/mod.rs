@@ -184,7 +184,7 @@ pub async fn caller_tx<'c>(
     };
     crate::db::begin_as(client, ctx, &gucs, read_only)
         .await
-        .map_err(StorageError::from)
+        .map_err(StorageError::pg)
 }
 
 /// One read-only query as the caller (RLS applies), in a transaction of its own.
@@ -196,12 +196,12 @@ pub async fn query_as_caller(
 ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, true).await?;
-    tx.query(sql, params).await.map_err(StorageError::from)
+    tx.query(sql, params).await.map_err(StorageError::pg)
 }
 
 /// Commit and answer `{"message": message}`.
 pub async fn commit_with_message(tx: Transaction<'_>, message: &str) -> Result<Resp, StorageError> {
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     Ok(ok(&serde_json::json!({ "message": message })))
 }
 
@@ -215,7 +215,7 @@ pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
 pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
     tx.batch_execute("set local role supabase_storage_admin")
         .await
-        .map_err(StorageError::from)
+        .map_err(StorageError::pg)
 }
 
 /// A transaction as the storage admin for background bookkeeping (errors as text).
@@ -234,7 +234,7 @@ pub async fn as_caller(tx: &Transaction<'_>, ctx: &AuthContext) -> Result<(), St
     tx.execute("select set_config('role', $1, true)", &[&ctx.role.as_str()])
         .await
         .map(|_| ())
-        .map_err(StorageError::from)
+        .map_err(StorageError::pg)
 }
 
 pub async fn client(state: &AppState) -> Result<deadpool_postgres::Client, StorageError> {

@@ -186,9 +186,10 @@ async fn create_inner(state: &AppState, ctx: &AuthContext, req: Req) -> Result<R
                 &user_metadata,
             ],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .get(0);
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     drop(c);
     let with_body = header(&req, "content-type")
         .is_some_and(|v| v.eq_ignore_ascii_case("application/offset+octet-stream"));
@@ -221,14 +222,16 @@ async fn check_open_uploads(
         "select pg_advisory_xact_lock(hashtextextended('tus/' || coalesce($1, ''), 7002))",
         &[owner_id],
     )
-    .await?;
+    .await
+    .map_err(StorageError::pg)?;
     let open: i64 = tx
         .query_one(
             "select count(*) from storage.resumable_uploads \
              where owner_id is not distinct from $1 and expires_at > now()",
             &[owner_id],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .get(0);
     if open >= i64::from(max) {
         return Err(StorageError::Tus(
@@ -249,7 +252,7 @@ fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
 async fn admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
-    let tx = c.transaction().await?;
+    let tx = c.transaction().await.map_err(StorageError::pg)?;
     as_admin(&tx).await?;
     Ok(tx)
 }
@@ -272,9 +275,10 @@ async fn load(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Upload, S
              from storage.resumable_uploads where id = $1",
             &[&id],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or_else(|| StorageError::Tus(404, "Upload not found".into()))?;
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     let up = Upload {
         bucket: row.get(0),
         name: row.get(1),
@@ -411,7 +415,8 @@ async fn write_part_from(
              where id = $1 and upload_offset = $2",
             &[&id, &offset, &new_offset],
         )
-        .await?;
+        .await
+        .map_err(StorageError::pg)?;
     if n == 0 {
         drop(tx);
         let _ = store.delete(&key).await;
@@ -420,7 +425,7 @@ async fn write_part_from(
             "Upload-Offset does not match the upload".into(),
         ));
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     Ok(new_offset)
 }
 
@@ -520,7 +525,7 @@ async fn check_finished(
     let mut c = client(state).await?;
     let tx = admin_tx(&mut c).await?;
     let b = objects::bucket_info(&tx, &up.bucket).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     drop(c);
     objects::check_rules(state, &b, &up.content_type, Some(up.length as u64))?;
     if objects::sniffs(&b) {
@@ -537,8 +542,9 @@ async fn remove(state: &AppState, id: &str) -> Result<(), StorageError> {
         "delete from storage.resumable_uploads where id = $1",
         &[&id],
     )
-    .await?;
-    tx.commit().await?;
+    .await
+    .map_err(StorageError::pg)?;
+    tx.commit().await.map_err(StorageError::pg)?;
     let store = &state.storage.store;
     if let Ok(parts) = store.list(&format!("uploads/{id}")).await {
         store.delete_later(parts.into_iter().map(|(p, _, _)| p).collect());

@@ -534,3 +534,92 @@ async fn killed_postgres_restarts_and_everything_recovers() {
     drop(admin);
     server.shutdown().await;
 }
+
+/// A connection of its own to the test's database (for holding locks across requests).
+async fn own_connection(t: &TestServer) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&t.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Wait until some backend of the test's database waits for a lock the test holds.
+async fn until_a_request_waits_for_a_lock(db: &tokio_postgres::Client) {
+    for _ in 0..400 {
+        let n: i64 = db
+            .query_one(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request never waited for the lock");
+}
+
+/// Two admins giving two users the same email at once: the later one's check passes (the
+/// other write is not committed yet), its UPDATE then hits the unique index. GoTrue answers
+/// 422 email_exists; oxibase answered every database error 500.
+#[tokio::test]
+async fn auth_unique_race_answers_422_email_exists() {
+    let t = TestServer::start().await;
+    let (b, _) = t.user().await;
+    let (c, _) = t.user().await;
+    let mut db = own_connection(&t).await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "update auth.users set email = 'race@x.test' where id = $1::text::uuid",
+        &[&c],
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/auth/v1/admin/users/{b}", t.url);
+    let req = tokio::spawn(async move {
+        send(&Client::new(), "PUT", &url, r#"{"email":"race@x.test"}"#).await
+    });
+    until_a_request_waits_for_a_lock(&own_connection(&t).await).await;
+    tx.commit().await.unwrap();
+    let r = req.await.unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["error_code"], "email_exists");
+    assert_eq!(r.header("x-sb-error-code"), Some("email_exists"));
+}
+
+/// A statement that runs past `statement_timeout` (here: waiting for a row lock) is
+/// GoTrue's 504 request_timeout, not a 500.
+#[tokio::test]
+async fn auth_statement_timeout_answers_504_request_timeout() {
+    let t = TestServer::start_with(|c| {
+        let url = c.database_url.as_ref().unwrap().0.clone();
+        c.database_url = Some(oxibase::config::Secret(format!(
+            "{url}?options=-c%20statement_timeout%3D3000"
+        )));
+    })
+    .await;
+    let (b, _) = t.user().await;
+    let mut db = own_connection(&t).await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "select 1 from auth.users where id = $1::text::uuid for update",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    let r = send(
+        &t.http,
+        "PUT",
+        &format!("{}/auth/v1/admin/users/{b}", t.url),
+        r#"{"user_metadata":{"x":1}}"#,
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error_code"], "request_timeout");
+}

@@ -562,3 +562,49 @@ async fn the_local_secret_keeps_keyless_requests_as_anon_unless_configured() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A database value of another type than the server reads (an access token hook that
+/// returns text instead of jsonb): the sign-in is answered 500 in GoTrue's shape and the
+/// server goes on serving (reading the value used to panic the request's task).
+#[tokio::test]
+async fn unreadable_database_value_is_a_500_not_a_panic() {
+    let t = TestServer::start_with(|c| {
+        c.auth.custom_access_token_hook = "pg-functions://postgres/public/text_hook".into();
+    })
+    .await;
+    t.batch(
+        "create function public.text_hook(event jsonb) returns text language sql as $$ select 'x' $$;
+         grant usage on schema public to supabase_auth_admin;
+         grant execute on function public.text_hook(jsonb) to supabase_auth_admin;",
+    )
+    .await;
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/auth/v1/admin/users", t.url),
+            &[
+                ("apikey", SERVICE_KEY),
+                ("authorization", &format!("Bearer {SERVICE_KEY}")),
+                ("content-type", "application/json"),
+            ],
+            json!({"email": "typed@example.com", "password": "hunter22", "email_confirm": true})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (s, v) = sign_in(&t, "typed@example.com", "hunter22").await;
+    assert_eq!(
+        (s, v["error_code"].as_str()),
+        (500, Some("unexpected_failure")),
+        "{v}"
+    );
+    let r = t
+        .http
+        .get(
+            &format!("{}/auth/v1/health", t.url),
+            &[("apikey", ANON_KEY)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}

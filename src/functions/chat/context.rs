@@ -38,13 +38,16 @@ pub(super) async fn load_context(
 ) -> Result<Context, FnError> {
     let cfg = &state.config.functions;
     let mut c = client(state).await?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), true).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), true)
+        .await
+        .map_err(FnError::pg)?;
     let Some(row) = tx
         .query_opt(
             "select system_prompt from public.conversations where id = $1",
             &[&conversation],
         )
-        .await?
+        .await
+        .map_err(FnError::pg)?
     else {
         return Err(FnError::conversation_not_found());
     };
@@ -56,8 +59,9 @@ pub(super) async fn load_context(
              order by created_at desc, id desc limit $2",
             &[&conversation, &(cfg.context_max_messages as i64)],
         )
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(FnError::pg)?;
+    tx.commit().await.map_err(FnError::pg)?;
     let mut used = 0usize;
     let mut history = vec![];
     for r in rows {

@@ -110,12 +110,6 @@ impl From<FnError> for Failure {
     }
 }
 
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Failure {
-        FnError::from(e).into()
-    }
-}
-
 // ---------------------------------------------------------------- the call
 
 async fn run(

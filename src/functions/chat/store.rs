@@ -64,7 +64,9 @@ pub(super) async fn store(
     usage: &Usage,
 ) -> Result<Stored, FnError> {
     let mut c = client(state).await?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), false).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), false)
+        .await
+        .map_err(FnError::pg)?;
     if plan.create {
         tx.execute(
             "insert into public.conversations (id, title, provider, model, system_prompt) \
@@ -77,7 +79,8 @@ pub(super) async fn store(
                 &plan.system,
             ],
         )
-        .await?;
+        .await
+        .map_err(FnError::pg)?;
     } else {
         // Touch it, so lists ordered by updated_at show recent conversations first.
         let n = tx
@@ -85,7 +88,8 @@ pub(super) async fn store(
                 "update public.conversations set updated_at = now() where id = $1",
                 &[&plan.conversation_id],
             )
-            .await?;
+            .await
+            .map_err(FnError::pg)?;
         if n == 0 {
             return Err(FnError::conversation_not_found());
         }
@@ -98,7 +102,8 @@ pub(super) async fn store(
          from unnest($2::text[], $3::text[]) with ordinality as m(role, content, n)",
         &[&plan.conversation_id, &roles, &contents, &plan.received],
     )
-    .await?;
+    .await
+    .map_err(FnError::pg)?;
     let after = plan.messages.len() as f64;
     let tokens = usage.completion.and_then(|n| i32::try_from(n).ok());
     let row = tx
@@ -117,8 +122,8 @@ pub(super) async fn store(
                 &after,
             ],
         )
-        .await?;
-    tx.commit().await?;
+        .await.map_err(FnError::pg)?;
+    tx.commit().await.map_err(FnError::pg)?;
     Ok(Stored {
         id: row.get(0),
         created_at: row.get(1),

@@ -114,7 +114,9 @@ pub async fn handle(
 
     let id = Uuid::new_v4();
     let mut c = state.pool.get().await.map_err(|e| FnError::from_pool(&e))?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), false).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), false)
+        .await
+        .map_err(FnError::pg)?;
     tx.execute(
         "insert into public.code_executions (id, user_id, conversation_id, message_id, \
            language, code, stdout, stderr, status, exit_code, duration_ms) \
@@ -133,8 +135,9 @@ pub async fn handle(
             &(outcome.duration_ms.min(i32::MAX as u64) as i32),
         ],
     )
-    .await?;
-    tx.commit().await?;
+    .await
+    .map_err(FnError::pg)?;
+    tx.commit().await.map_err(FnError::pg)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -268,12 +271,15 @@ async fn check_links(
         return Ok(None);
     }
     let mut c = state.pool.get().await.map_err(|e| FnError::from_pool(&e))?;
-    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), true).await?;
+    let tx = crate::db::begin_as(&mut c, ctx, &gucs(), true)
+        .await
+        .map_err(FnError::pg)?;
     let mut conversation = run.conversation_id;
     if let Some(id) = run.conversation_id {
         let found = tx
             .query_opt("select 1 from public.conversations where id = $1", &[&id])
-            .await?;
+            .await
+            .map_err(FnError::pg)?;
         if found.is_none() {
             return Err(FnError::conversation_not_found());
         }
@@ -284,7 +290,8 @@ async fn check_links(
                 "select conversation_id from public.messages where id = $1",
                 &[&id],
             )
-            .await?;
+            .await
+            .map_err(FnError::pg)?;
         let Some(row) = row else {
             return Err(FnError::new(
                 StatusCode::NOT_FOUND,
@@ -303,7 +310,7 @@ async fn check_links(
             _ => {}
         }
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(FnError::pg)?;
     Ok(conversation)
 }
 

@@ -388,18 +388,21 @@ impl Conn {
                 Ok(None)
             }
             Err(e) => {
-                use tokio_postgres::error::SqlState;
+                use crate::db::error::{DbClass, DbError};
                 let _ = tx.rollback().await;
-                match e.code() {
-                    Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => Err(frames::refusal(
-                        "forbidden",
-                        "You may not post messages to this conversation.",
-                    )),
-                    Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => Err(frames::refusal(
+                let d = DbError::of(&e);
+                match d.class {
+                    DbClass::InsufficientPrivilege | DbClass::RowLevelSecurity => {
+                        Err(frames::refusal(
+                            "forbidden",
+                            "You may not post messages to this conversation.",
+                        ))
+                    }
+                    DbClass::ForeignKeyViolation => Err(frames::refusal(
                         "not_found",
                         "The conversation does not exist.",
                     )),
-                    _ => Err(internal(crate::db::error_text(&e))),
+                    _ => Err(internal(d.log)),
                 }
             }
         }

@@ -123,7 +123,8 @@ pub async fn move_object(
              where bucket_id = $1 and name = $2 returning metadata, version",
             &[&m.src.bucket, &m.src.name, &m.dst.bucket, &m.dst.name],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or(StorageError::NoSuchKey)?;
     let metadata: Option<Value> = row.get(0);
     let version: Option<String> = row.get(1);

@@ -25,9 +25,10 @@ pub async fn delete_one(
             "delete from storage.objects where bucket_id = $1 and name = $2 returning version",
             &[&obj.bucket, &obj.name],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or(StorageError::NoSuchKey)?;
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     if let Some(v) = row
         .get::<_, Option<String>>(0)
         .filter(|v| is_our_version(v))
@@ -72,8 +73,11 @@ pub async fn delete_many(
         ts("updated_at"),
         ts("last_accessed_at")
     );
-    let rows = tx.query(&sql, &[&bucket, &prefixes]).await?;
-    tx.commit().await?;
+    let rows = tx
+        .query(&sql, &[&bucket, &prefixes])
+        .await
+        .map_err(StorageError::pg)?;
+    tx.commit().await.map_err(StorageError::pg)?;
     let keys = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))

@@ -32,7 +32,8 @@ pub async fn bucket_info(
              from storage.buckets where id = $1",
             &[&id],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or(StorageError::NoSuchBucket)?;
     Ok(BucketInfo {
         id: row.get(0),

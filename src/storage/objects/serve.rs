@@ -96,7 +96,8 @@ pub async fn find_object(
              from storage.objects where bucket_id = $1 and name = $2",
             &[&obj.bucket, &obj.name],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .ok_or(StorageError::NoSuchKey)?;
     let version: Option<String> = row.get(1);
     let version = version
@@ -114,7 +115,7 @@ pub async fn find_object(
             .get::<_, Option<DateTime<Utc>>>(5)
             .unwrap_or_else(Utc::now),
     };
-    tx.commit().await?;
+    tx.commit().await.map_err(StorageError::pg)?;
     Ok(out)
 }
 

@@ -211,8 +211,9 @@ pub async fn check_can_write(
             &Value::Null,
         ],
     )
-    .await?;
-    tx.rollback().await?;
+    .await
+    .map_err(StorageError::pg)?;
+    tx.rollback().await.map_err(StorageError::pg)?;
     Ok(bucket)
 }
 
@@ -266,7 +267,8 @@ pub async fn commit_row_finishing(
                 "delete from storage.resumable_uploads where id = $1",
                 &[&id],
             )
-            .await?;
+            .await
+            .map_err(StorageError::pg)?;
         if n == 0 {
             return Err(StorageError::Tus(404, "Upload not found".into()));
         }
@@ -277,7 +279,8 @@ pub async fn commit_row_finishing(
             "select version from storage.objects where bucket_id = $1 and name = $2",
             &[&obj.bucket, &obj.name],
         )
-        .await?
+        .await
+        .map_err(StorageError::pg)?
         .and_then(|r| r.get(0));
     as_caller(&tx, who.ctx).await?;
     let sql = if who.upsert {
@@ -300,8 +303,9 @@ pub async fn commit_row_finishing(
                 &um,
             ],
         )
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(StorageError::pg)?;
+    tx.commit().await.map_err(StorageError::pg)?;
     if let Some(old) = old.filter(|o| is_our_version(o) && o != version) {
         state
             .storage
@@ -323,7 +327,7 @@ pub(super) async fn lock_key(
     )
     .await
     .map(|_| ())
-    .map_err(StorageError::from)
+    .map_err(StorageError::pg)
 }
 
 /// The whole write path: permission probe, limits, bytes, row. Returns the row id.
