@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod functions;
 pub mod http;
+pub mod identity;
 pub mod jwt;
 pub mod realtime;
 pub mod rest;
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 
 pub use config::Config;
 use db::embedded_pg::EmbeddedPg;
-use http::apikey::{KeyRing, OpaqueKeys};
+use identity::{KeyRing, OpaqueKeys};
 use jwt::JwtKeys;
 use state::{AppState, Inner};
 

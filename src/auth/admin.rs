@@ -14,8 +14,7 @@ use crate::http::Resp;
 use crate::state::AppState;
 
 pub(super) fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
-    if crate::http::apikey::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey")
-    {
+    if crate::identity::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey") {
         return Err(AuthError::no_authorization());
     }
     let ctx = caller(state, call)?;

@@ -35,8 +35,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::http::apikey::AuthContext;
 use crate::http::{error_response, json_response, status_response, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use error::{AuthError, AuthResult};
 
@@ -578,8 +578,7 @@ pub struct UserToken {
 }
 
 pub fn user_token(state: &AppState, call: &Call) -> AuthResult<UserToken> {
-    let bearer =
-        crate::http::apikey::bearer(&call.headers).ok_or_else(AuthError::no_authorization)?;
+    let bearer = crate::identity::bearer(&call.headers).ok_or_else(AuthError::no_authorization)?;
     let ctx = state
         .keys
         .resolve(bearer)

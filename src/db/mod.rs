@@ -11,7 +11,7 @@ use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 
 /// A dedicated connection that LISTENs on `channel`: the notifications' payloads arrive on
 /// the receiver, which ends when the connection does. Keep the client alive while reading

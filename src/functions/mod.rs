@@ -17,8 +17,8 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 
 use crate::config::Config;
-use crate::http::apikey::AuthContext;
 use crate::http::{error_response, query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use error::FnError;
 

@@ -4,7 +4,7 @@
 //! caller. Write: the caller inserts a row. Everything is rolled back.
 
 use crate::db::{set_role_and_claims, RequestGucs};
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

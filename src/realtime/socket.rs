@@ -19,8 +19,8 @@ use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
 use super::token;
 use super::upgrade::{self, WsStream};
-use crate::http::apikey::AuthContext;
 use crate::http::{query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// A client that sends nothing (not even heartbeats) for this long is dropped.

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
-use crate::http::apikey::AuthContext;
 use crate::http::{empty, json_response, Req, Resp};
+use crate::identity::AuthContext;
 use crate::jwt::JwtError;
 use crate::state::AppState;
 

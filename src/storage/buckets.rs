@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::endpoint::validate_bucket_name;
 use super::error::StorageError;
 use super::{as_admin, caller_tx, client, json_body, ok, query_as_caller, ts};
-use crate::http::apikey::AuthContext;
 use crate::http::{query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// The bucket as clients see it (exactly these keys: the official suite snapshots them).

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::db::RequestGucs;
-use crate::http::apikey::AuthContext;
 use crate::http::{error_response, json_response, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use endpoint::{Access, Endpoint};
 use error::StorageError;
@@ -158,7 +158,7 @@ async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageEr
 /// `apikey` counts when no `Authorization` is sent): none at all, or a bad one, is
 /// refused rather than treated as anon.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext, StorageError> {
-    let has_auth = crate::http::apikey::bearer(headers).is_some()
+    let has_auth = crate::identity::bearer(headers).is_some()
         || headers
             .get("apikey")
             .is_some_and(|v| !v.as_bytes().is_empty());

@@ -9,8 +9,8 @@ use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, find_object, Reader, WriteAs};
 use super::{json_body, ok, query_as_caller};
-use crate::http::apikey::AuthContext;
 use crate::http::{query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::jwt::JwtError;
 use crate::state::AppState;
 

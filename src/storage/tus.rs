@@ -19,8 +19,8 @@ use super::error::StorageError;
 use super::objects::{self, WriteAs};
 use super::store::Store;
 use super::{as_admin, client, endpoint};
-use crate::http::apikey::AuthContext;
 use crate::http::{empty, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 const VERSION: &str = "1.0.0";

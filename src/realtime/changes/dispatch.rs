@@ -9,7 +9,7 @@ use super::bindings::{as_text, passes, select_columns, PgBinding};
 use super::pgoutput::{Change, Column, Decoder, Kind, Relation};
 use super::types::{commit_timestamp, record};
 use crate::db::{begin_as, quote_ident};
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::realtime::hub::Out;
 use crate::state::AppState;
 

@@ -5,8 +5,8 @@ use chrono::DateTime;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::{Access, ObjectRef};
 use crate::storage::error::StorageError;

@@ -3,8 +3,8 @@
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::ObjectRef;
 use crate::storage::error::StorageError;
