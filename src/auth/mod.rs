@@ -16,6 +16,7 @@ mod admin;
 mod audit;
 mod email;
 pub mod error;
+mod guard;
 mod mfa;
 mod oauth;
 mod page;
@@ -36,9 +37,10 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::http::{error_response, json_response, status_response, Req, Resp};
-use crate::identity::AuthContext;
 use crate::state::AppState;
 use error::{AuthError, AuthResult};
+pub use guard::caller;
+use guard::{AdminCaller, AuthedUser};
 
 /// Auth bodies are small; a bigger one is refused before parsing.
 const MAX_BODY: usize = 256 * 1024;
@@ -119,17 +121,17 @@ async fn sweep(state: &AppState) {
     let Ok(c) = state.pool.get().await else {
         return;
     };
-    let r = c
-        .batch_execute(
-            "begin; set local role supabase_auth_admin;
-             delete from auth.oxibase_rate_limits where window_start < now() - interval '2 hours';
-             delete from auth.flow_state where created_at < now() - interval '1 day';
-             delete from auth.webauthn_challenges where expires_at < now() - interval '1 hour';
-             delete from auth.mfa_challenges where created_at < now() - interval '1 day';
-             delete from auth.oxibase_outbox where created_at < now() - interval '7 days';
-             commit;",
-        )
-        .await;
+    let sql = format!(
+        "begin; {};
+         delete from auth.oxibase_rate_limits where window_start < now() - interval '2 hours';
+         delete from auth.flow_state where created_at < now() - interval '1 day';
+         delete from auth.webauthn_challenges where expires_at < now() - interval '1 hour';
+         delete from auth.mfa_challenges where created_at < now() - interval '1 day';
+         delete from auth.oxibase_outbox where created_at < now() - interval '7 days';
+         commit;",
+        crate::identity::ServerRole::AuthAdmin.set_sql(true)
+    );
+    let r = c.batch_execute(&sql).await;
     if let Err(e) = r {
         let _ = c.batch_execute("rollback").await;
         tracing::warn!(error = %crate::db::error_text(&e), "auth sweep failed");
@@ -368,7 +370,7 @@ pub enum DisabledFeature {
     Saml,
 }
 
-/// Who may call an endpoint (checked by the handler; listed here for the route table).
+/// Who may call an endpoint: [`route`] makes the check and hands the handler its guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Privilege {
     /// Anyone with (or without) an API key.
@@ -446,15 +448,62 @@ fn rest(r: &[String]) -> Vec<&str> {
 
 async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let endpoint = Endpoint::parse(call.method.as_str(), &call.path);
-    // The privilege is enforced here once, before any work (handlers check again for what
-    // they need from the token).
+    // The privilege is checked here once, before any work; the guard it yields is what the
+    // handler needs, so no handler runs unchecked and none checks again.
     match endpoint.privilege() {
-        Privilege::Admin => admin::require_admin(state, call)?,
+        Privilege::Public => route_public(state, call, endpoint).await,
         Privilege::User => {
-            user_token(state, call)?;
+            let user = guard::user(state, call)?;
+            route_user(state, call, endpoint, user).await
         }
-        Privilege::Public => {}
+        Privilege::Admin => {
+            let admin = guard::admin(state, call)?;
+            route_admin(state, call, endpoint, admin).await
+        }
     }
+}
+
+/// An endpoint the privilege table and the dispatch below disagree on (a bug, caught by
+/// the route-table test).
+fn misrouted(endpoint: &Endpoint) -> AuthError {
+    AuthError::internal(
+        "Unexpected error",
+        format!("{endpoint:?} dispatched under the wrong privilege"),
+    )
+}
+
+async fn route_user(
+    state: &AppState,
+    call: &Call,
+    endpoint: Endpoint,
+    user: AuthedUser,
+) -> AuthResult<Resp> {
+    match endpoint {
+        Endpoint::GetUser => user::get(state, user).await,
+        Endpoint::UpdateUser => user::update(state, call, user).await,
+        Endpoint::Logout => user::logout(state, call, user).await,
+        Endpoint::Reauthenticate => user::reauthenticate(state, user).await,
+        Endpoint::Factors(r) => mfa::route(state, call, user, &rest(&r)).await,
+        Endpoint::Passkeys(r) => passkey::route_user(state, call, user, &rest(&r)).await,
+        e => Err(misrouted(&e)),
+    }
+}
+
+async fn route_admin(
+    state: &AppState,
+    call: &Call,
+    endpoint: Endpoint,
+    admin: AdminCaller,
+) -> AuthResult<Resp> {
+    match endpoint {
+        Endpoint::Inbox => email::inbox(state, call).await,
+        Endpoint::Invite => admin::invite(state, call, admin).await,
+        Endpoint::Admin(r) => admin::route(state, call, admin, &rest(&r)).await,
+        e => Err(misrouted(&e)),
+    }
+}
+
+async fn route_public(state: &AppState, call: &Call, endpoint: Endpoint) -> AuthResult<Resp> {
     match endpoint {
         Endpoint::Health => Ok(ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -465,20 +514,12 @@ async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
         Endpoint::Jwks => Ok(ok(state.keys.jwt.public_jwks())),
         Endpoint::Signup => signup::signup(state, call).await,
         Endpoint::Token => token::token(state, call).await,
-        Endpoint::GetUser => user::get(state, call).await,
-        Endpoint::UpdateUser => user::update(state, call).await,
-        Endpoint::Logout => user::logout(state, call).await,
-        Endpoint::Reauthenticate => user::reauthenticate(state, call).await,
         Endpoint::Otp => email::otp(state, call).await,
         Endpoint::VerifyPost => email::verify_post(state, call).await,
         Endpoint::VerifyGet => email::verify_get(state, call).await,
         Endpoint::Recover => email::recover(state, call).await,
         Endpoint::Resend => email::resend(state, call).await,
-        Endpoint::Inbox => email::inbox(state, call).await,
-        Endpoint::Invite => admin::invite(state, call).await,
-        Endpoint::Admin(r) => admin::route(state, call, &rest(&r)).await,
-        Endpoint::Factors(r) => mfa::route(state, call, &rest(&r)).await,
-        Endpoint::Passkeys(r) => passkey::route(state, call, &rest(&r)).await,
+        Endpoint::Passkeys(r) => passkey::route_public(state, call, &rest(&r)).await,
         Endpoint::Disabled(DisabledFeature::ExternalProvider) => Err(AuthError::validation(
             "Unsupported provider: provider is not enabled",
         )),
@@ -502,6 +543,7 @@ async fn route(state: &AppState, call: &Call) -> AuthResult<Resp> {
             "not_found",
             format!("{} /auth/v1/{} is not supported", call.method, call.path),
         )),
+        e => Err(misrouted(&e)),
     }
 }
 
@@ -562,52 +604,10 @@ fn settings(cfg: &Config) -> Value {
 
 // ------------------------------------------------------------------ shared plumbing
 
-/// The caller's verified credentials (apikey or bearer); bad tokens get GoTrue's errors.
-pub fn caller(state: &AppState, call: &Call) -> AuthResult<AuthContext> {
-    state
-        .keys
-        .authenticate(&call.headers, None)
-        .map_err(|e| error::jwt_error(&e))
-}
-
-/// A user's access token: bearer present, verified, with a UUID `sub`.
-pub struct UserToken {
-    pub user_id: uuid::Uuid,
-    pub session_id: Option<uuid::Uuid>,
-    pub claims: Value,
-}
-
-pub fn user_token(state: &AppState, call: &Call) -> AuthResult<UserToken> {
-    let bearer = crate::identity::bearer(&call.headers).ok_or_else(AuthError::no_authorization)?;
-    let ctx = state
-        .keys
-        .resolve(bearer)
-        .map_err(|e| error::jwt_error(&e))?;
-    let sub = ctx
-        .claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or_else(|| AuthError::forbidden("bad_jwt", "invalid claim: missing sub claim"))?;
-    let user_id = sub.parse().map_err(|_| {
-        AuthError::bad_request("bad_jwt", "invalid claim: sub claim must be a UUID")
-    })?;
-    let session_id = match ctx.claims.get("session_id").and_then(Value::as_str) {
-        None | Some("") => None,
-        Some(s) => Some(s.parse().map_err(|_| {
-            AuthError::forbidden("bad_jwt", "invalid claim: session_id claim must be a UUID")
-        })?),
-    };
-    Ok(UserToken {
-        user_id,
-        session_id,
-        claims: ctx.claims,
-    })
-}
-
 /// Check the token's user and session still exist (inside the request's transaction).
 pub async fn load_token_user(
     tx: &tokio_postgres::Transaction<'_>,
-    t: &UserToken,
+    t: &AuthedUser,
 ) -> AuthResult<users::User> {
     let u = users::by_id(tx, t.user_id).await?;
     let Some(u) = u.filter(|u| u.deleted_at.is_none()) else {

@@ -4,7 +4,7 @@
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::{bearer, AuthContext, Role};
+use super::{bearer, AuthContext, Role, ServerRole};
 use crate::jwt::{JwtError, JwtKeys};
 
 /// New-style API keys: publishable (anon) and secret (service_role).
@@ -97,7 +97,7 @@ impl KeyRing {
             let role = if token == self.opaque.publishable {
                 "anon"
             } else if token == self.opaque.secret {
-                "service_role"
+                ServerRole::Service.name()
             } else {
                 return Err(JwtError::InvalidApiKey);
             };

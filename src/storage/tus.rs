@@ -18,9 +18,9 @@ use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, WriteAs};
 use super::store::Store;
-use super::{as_admin, client, endpoint};
+use super::{client, endpoint};
 use crate::http::{empty, Req, Resp};
-use crate::identity::AuthContext;
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 
 const VERSION: &str = "1.0.0";
@@ -249,9 +249,7 @@ fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
 async fn admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
-    let tx = c.transaction().await?;
-    as_admin(&tx).await?;
-    Ok(tx)
+    Ok(crate::db::begin_as_server(c, ServerRole::StorageAdmin, false).await?)
 }
 
 fn valid_id(id: &str) -> bool {
