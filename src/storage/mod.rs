@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::db::RequestGucs;
 use crate::http::{error_response, json_response, Req, Resp};
-use crate::identity::AuthContext;
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 use endpoint::{Access, Endpoint};
 use error::StorageError;
@@ -88,7 +88,10 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 
 async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageError> {
     let ep = endpoint::parse(req.method(), path)?;
-    let st = state;
+    endpoint::with_declared(ep.row_ops(), dispatch(state, req, ep)).await
+}
+
+async fn dispatch(st: &AppState, req: Req, ep: Endpoint) -> Result<Resp, StorageError> {
     match ep {
         // Reads that need no caller identity.
         Endpoint::GetObject {
@@ -171,7 +174,8 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext
         .map_err(|e| StorageError::AccessDenied(e.to_string()))
 }
 
-/// A transaction running as the caller (RLS applies).
+/// A transaction running as the caller (RLS applies); read-only when asked, and always
+/// when the endpoint being served declared reads only ([`endpoint::with_declared`]).
 pub async fn caller_tx<'c>(
     client: &'c mut deadpool_postgres::Client,
     ctx: &AuthContext,
@@ -182,6 +186,7 @@ pub async fn caller_tx<'c>(
         path: "",
         ..Default::default()
     };
+    let read_only = read_only || endpoint::declared_read_only();
     crate::db::begin_as(client, ctx, &gucs, read_only)
         .await
         .map_err(StorageError::from)
@@ -213,7 +218,7 @@ pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
 /// Switch the transaction to the storage admin role (server bookkeeping: bucket lookups,
 /// locks, the previous version of a row the caller may not be allowed to see).
 pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
-    tx.batch_execute("set local role supabase_storage_admin")
+    crate::db::become_server(&**tx, ServerRole::StorageAdmin)
         .await
         .map_err(StorageError::from)
 }
@@ -222,11 +227,9 @@ pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
 pub async fn background_admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<Transaction<'_>, String> {
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
+    crate::db::begin_as_server(c, ServerRole::StorageAdmin, false)
         .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    Ok(tx)
+        .map_err(|e| crate::db::error_text(&e))
 }
 
 /// Back to the caller's role (claims are still set).
