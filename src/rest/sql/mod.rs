@@ -487,6 +487,7 @@ pub fn wrap_read(
 mod tests {
     use super::*;
     use crate::rest::plan::{Expr, Node, OutItem, Source};
+    use crate::rest::query::Op;
 
     fn table(name: &str) -> Node {
         Node {
