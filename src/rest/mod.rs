@@ -503,6 +503,16 @@ pub struct RestReq<'a> {
     pub body: Option<bytes::Bytes>,
 }
 
+/// The table or view a request names, or PostgREST's PGRST205.
+fn relation<'c>(
+    sc: &'c SchemaCache,
+    schema: &str,
+    name: &str,
+) -> Result<&'c schema::Relation, RestError> {
+    sc.relation(schema, name)
+        .ok_or_else(|| table_not_found(sc, schema, name))
+}
+
 fn table_not_found(sc: &SchemaCache, schema: &str, name: &str) -> RestError {
     let mut e = RestError::new(
         404,

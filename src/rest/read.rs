@@ -4,12 +4,12 @@ use http::StatusCode;
 
 use super::error::RestError;
 use super::execute::{
-    content_range, content_type, execute, plan_response, respond, single_error, Outcome, Run,
+    content_range, content_type, execute_then, respond, single_error, Outcome, Run,
 };
 use super::plan::{Planner, Source};
 use super::prefer::{self, Media};
 use super::sql::{self, BodyShape, Sql};
-use super::{range_header, settings, table_not_found, table_request, RestReq};
+use super::{range_header, relation, settings, table_request, RestReq};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -23,9 +23,7 @@ pub(super) async fn read(
 ) -> Result<Resp, RestError> {
     let sc = state.rest.cache();
     let st = settings(state, &sc);
-    let Some(rel) = sc.relation(req.schema, table) else {
-        return Err(table_not_found(&sc, req.schema, table));
-    };
+    let rel = relation(&sc, req.schema, table)?;
     let (mut params, explain, req, media) = table_request(req, &st)?;
     let req = &req;
     if media == Media::GeoJson && !sc.postgis {
@@ -80,19 +78,11 @@ pub(super) async fn read(
         &BodyShape::Rows,
         None,
     );
-    let run = Run {
-        read_only: true,
-        rollback: false,
-        explain: explain.as_ref(),
-        max_affected: None,
-        single: false,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let total = if count.is_some() { out.total } else { None };
-    finish_read(req, out, offset, total, &media, count.is_some())
+    execute_then(state, req, &q, Run::read(explain.as_ref()), |out| {
+        let total = if count.is_some() { out.total } else { None };
+        finish_read(req, out, offset, total, &media, count.is_some())
+    })
+    .await
 }
 
 pub(super) fn finish_read(

@@ -118,17 +118,31 @@ async fn dispatch(st: &AppState, req: Req, ep: Endpoint) -> Result<Resp, Storage
             let ctx = authenticate(st, req.headers())?;
             match ep {
                 Endpoint::ListBuckets => buckets::list(st, &ctx, &req).await,
-                Endpoint::CreateBucket => buckets::create(st, &ctx, req).await,
+                Endpoint::CreateBucket => {
+                    buckets::create(st, &ctx, json_body(st, req).await?).await
+                }
                 Endpoint::GetBucket(id) => buckets::get(st, &ctx, &id).await,
-                Endpoint::UpdateBucket(id) => buckets::update(st, &ctx, req, &id).await,
+                Endpoint::UpdateBucket(id) => {
+                    buckets::update(st, &ctx, json_body(st, req).await?, &id).await
+                }
                 Endpoint::DeleteBucket(id) => buckets::delete(st, &ctx, &id).await,
                 Endpoint::EmptyBucket(id) => buckets::empty(st, &ctx, &id).await,
-                Endpoint::ListObjects(b) => objects::list(st, &ctx, req, &b).await,
-                Endpoint::ListObjectsV2(b) => objects::list_v2(st, &ctx, req, &b).await,
-                Endpoint::MoveObject => objects::move_object(st, &ctx, req).await,
+                Endpoint::ListObjects(b) => {
+                    objects::list(st, &ctx, json_body(st, req).await?, &b).await
+                }
+                Endpoint::ListObjectsV2(b) => {
+                    objects::list_v2(st, &ctx, json_body(st, req).await?, &b).await
+                }
+                Endpoint::MoveObject => {
+                    objects::move_object(st, &ctx, json_body(st, req).await?).await
+                }
                 Endpoint::CopyObject => objects::copy_object(st, &ctx, req).await,
-                Endpoint::SignUrl(obj) => signed::sign_one(st, &ctx, req, obj).await,
-                Endpoint::SignUrls(b) => signed::sign_many(st, &ctx, req, &b).await,
+                Endpoint::SignUrl(obj) => {
+                    signed::sign_one(st, &ctx, json_body(st, req).await?, obj).await
+                }
+                Endpoint::SignUrls(b) => {
+                    signed::sign_many(st, &ctx, json_body(st, req).await?, &b).await
+                }
                 Endpoint::SignUpload(obj) => signed::sign_upload(st, &ctx, req, obj).await,
                 Endpoint::GetObject { obj, head, .. } => {
                     objects::download(st, req, Some(&ctx), obj, Access::Authenticated, head).await
@@ -140,7 +154,9 @@ async fn dispatch(st: &AppState, req: Req, ep: Endpoint) -> Result<Resp, Storage
                     objects::upload(st, &ctx, req, obj, update).await
                 }
                 Endpoint::DeleteObject(obj) => objects::delete_one(st, &ctx, obj).await,
-                Endpoint::DeleteObjects(b) => objects::delete_many(st, &ctx, req, &b).await,
+                Endpoint::DeleteObjects(b) => {
+                    objects::delete_many(st, &ctx, json_body(st, req).await?, &b).await
+                }
                 Endpoint::Render { obj, .. } => {
                     render::render(st, req, Some(&ctx), obj, Access::Authenticated).await
                 }
@@ -208,6 +224,26 @@ pub async fn query_as_caller(
 pub async fn commit_with_message(tx: Transaction<'_>, message: &str) -> Result<Resp, StorageError> {
     tx.commit().await?;
     Ok(ok(&serde_json::json!({ "message": message })))
+}
+
+/// A body's list of object names (`prefixes`, `paths`): required, 1 to 1000 entries. A
+/// non-string entry is refused, or with `lenient` kept as `""` (refused per entry later).
+pub fn name_list(body: &Value, key: &str, lenient: bool) -> Result<Vec<String>, StorageError> {
+    let names: Vec<String> = body
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| StorageError::MissingParameter(key.into()))?
+        .iter()
+        .map(|v| match v.as_str() {
+            Some(s) => Ok(s.to_string()),
+            None if lenient => Ok(String::new()),
+            None => Err(StorageError::InvalidParameter(key.into())),
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() || names.len() > 1000 {
+        return Err(StorageError::InvalidParameter(key.into()));
+    }
+    Ok(names)
 }
 
 /// A string field of a JSON body, `""` when absent or not a string.

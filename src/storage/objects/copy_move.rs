@@ -104,9 +104,8 @@ async fn check_stored(
 pub async fn move_object(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let m = move_copy_body(&body)?;
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
