@@ -141,6 +141,16 @@ impl PgJoin {
     }
 }
 
+/// What a successful join answers besides the subscription itself.
+struct JoinReplies {
+    echo: Vec<Value>,
+    replayed: Replayed,
+    /// Send the presence state (presence enabled and readable).
+    presence: bool,
+    /// The postgres_changes errors, when the join asked for postgres_changes.
+    pg_errors: Option<Vec<String>>,
+}
+
 impl Conn {
     pub(super) async fn join(&mut self, m: Msg) -> bool {
         let Some(sub_topic) = m.topic.strip_prefix("realtime:").map(str::to_string) else {
@@ -236,14 +246,33 @@ impl Conn {
                 last_track: None,
             },
         );
+        let replies = JoinReplies {
+            echo: pg.echo,
+            replayed,
+            presence: presence_enabled && policies.is_none_or(|p| p.presence_read),
+            pg_errors: pg.requested.then_some(pg.errors),
+        };
+        self.send_join_replies(&m, &key, &sub_topic, replies).await
+    }
+
+    /// The replies to a successful join, in Supabase's order: the join reply (echoing the
+    /// postgres_changes bindings), replayed broadcasts, the presence state, and the
+    /// postgres_changes system message.
+    async fn send_join_replies(
+        &mut self,
+        m: &Msg,
+        key: &TopicKey,
+        sub_topic: &str,
+        r: JoinReplies,
+    ) -> bool {
         if !self
-            .reply(&m, true, json!({"postgres_changes": pg.echo}))
+            .reply(m, true, json!({"postgres_changes": r.echo}))
             .await
         {
             return false;
         }
         let join_ref = m.join_ref.clone().or_else(|| m.reference.clone());
-        for (id, event, payload) in replayed {
+        for (id, event, payload) in r.replayed {
             let msg = json!({"type":"broadcast","event":event,"payload":payload,"meta":{"replayed":true,"id":id}});
             if !self
                 .push(&m.topic, join_ref.as_deref(), "broadcast", &msg)
@@ -252,8 +281,8 @@ impl Conn {
                 return false;
             }
         }
-        if presence_enabled && policies.is_none_or(|p| p.presence_read) {
-            let st = self.hub.presence_state(&key);
+        if r.presence {
+            let st = self.hub.presence_state(key);
             if !self
                 .push(&m.topic, join_ref.as_deref(), "presence_state", &st)
                 .await
@@ -261,11 +290,11 @@ impl Conn {
                 return false;
             }
         }
-        if pg.requested {
-            let (status, message) = if pg.errors.is_empty() {
+        if let Some(errors) = r.pg_errors {
+            let (status, message) = if errors.is_empty() {
                 ("ok", "Subscribed to PostgreSQL".to_string())
             } else {
-                ("error", pg.errors.join("; "))
+                ("error", errors.join("; "))
             };
             let sys = json!({"extension":"postgres_changes","status":status,"message":message,"channel":sub_topic});
             if !self
