@@ -93,6 +93,46 @@ struct Params {
     rpc_candidates: Vec<(String, String)>,
 }
 
+/// A request on a table or view, as read and write get it: the schema cache and settings
+/// it was planned with, the relation (known to exist), and [`table_request`]'s parts.
+struct TableCall<'a, 'r> {
+    sc: &'a SchemaCache,
+    st: &'a Settings,
+    rel: &'a schema::Relation,
+    params: Params,
+    explain: Option<Media>,
+    req: &'a RestReq<'r>,
+    media: Media,
+}
+
+/// GET/HEAD (`read`) or POST/PATCH/DELETE/PUT (`write`) on a table or view: the table must
+/// exist (PGRST205) before the request's parameters are looked at.
+async fn on_table(
+    state: &AppState,
+    req: &RestReq<'_>,
+    table: &str,
+    is_read: bool,
+) -> Result<Resp, RestError> {
+    let sc = state.rest.cache();
+    let st = settings(state, &sc);
+    let rel = relation(&sc, req.schema, table)?;
+    let (params, explain, req, media) = table_request(req, &st)?;
+    let t = TableCall {
+        sc: &sc,
+        st: &st,
+        rel,
+        params,
+        explain,
+        req: &req,
+        media,
+    };
+    if is_read {
+        read(state, t).await
+    } else {
+        write(state, t).await
+    }
+}
+
 /// What reads and writes on a table or view share: the query parameters, an explain
 /// request, and the Accept negotiated again without raw text (tables have none).
 fn table_request<'r>(
@@ -422,9 +462,11 @@ async fn route(
         ));
     }
     let resp = match method.clone() {
-        Method::GET | Method::HEAD => with_reload(state, || read(state, &req, path)).await,
+        Method::GET | Method::HEAD => {
+            with_reload(state, || on_table(state, &req, path, true)).await
+        }
         Method::POST | Method::PATCH | Method::DELETE | Method::PUT => {
-            with_reload(state, || write(state, &req, path)).await
+            with_reload(state, || on_table(state, &req, path, false)).await
         }
         Method::OPTIONS => {
             let mut r = crate::http::status_response(StatusCode::OK);

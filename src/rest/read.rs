@@ -9,23 +9,16 @@ use super::execute::{
 use super::plan::{Planner, Source};
 use super::prefer::{self, Media};
 use super::sql::{self, BodyShape, Sql};
-use super::{range_header, relation, settings, table_request, RestReq};
+use super::{range_header, RestReq, TableCall};
 use crate::http::Resp;
 use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // Reads
 
-pub(super) async fn read(
-    state: &AppState,
-    req: &RestReq<'_>,
-    table: &str,
-) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let rel = relation(&sc, req.schema, table)?;
-    let (mut params, explain, req, media) = table_request(req, &st)?;
-    let req = &req;
+pub(super) async fn read(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp, RestError> {
+    #[rustfmt::skip]
+    let TableCall { sc, st, rel, mut params, explain, req, media } = t;
     if media == Media::GeoJson && !sc.postgis {
         return Err(RestError::not_acceptable("application/geo+json"));
     }
@@ -43,7 +36,7 @@ pub(super) async fn read(
         top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
     }
     let offset = top.offset.unwrap_or(0);
-    let mut planner = Planner::new(&sc, req.schema, st.aggregates);
+    let mut planner = Planner::new(sc, req.schema, st.aggregates);
     planner.mods = std::mem::take(&mut params.mods);
     let node = planner.node(
         Source::Table {

@@ -11,7 +11,7 @@ use super::query::{self, SelectItem};
 use super::read::count_name;
 use super::schema::{Relation, SchemaCache};
 use super::sql::{self, Mutation, WritePlan};
-use super::{header, relation, settings, table_request, Params, RestReq, Settings};
+use super::{header, Params, RestReq, Settings, TableCall};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -124,22 +124,15 @@ pub(super) fn csv_body(text: &str) -> Result<Value, RestError> {
     Ok(Value::Array(rows))
 }
 
-pub(super) async fn write(
-    state: &AppState,
-    req: &RestReq<'_>,
-    table: &str,
-) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let rel = relation(&sc, req.schema, table)?;
-    let (mut params, explain, req, media) = table_request(req, &st)?;
-    let req = &req;
+pub(super) async fn write(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp, RestError> {
+    #[rustfmt::skip]
+    let TableCall { sc, st, rel, mut params, explain, req, media } = t;
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let conds = target_conds(&sc, req.schema, rel, &top_mods, st.aggregates)?;
-    let limited = limited_node(&sc, req, rel, &top_mods)?;
+    let conds = target_conds(sc, req.schema, rel, &top_mods, st.aggregates)?;
+    let limited = limited_node(sc, req, rel, &top_mods)?;
     let mut applied: Vec<String> = vec![];
     let (mutation, status) = match *req.method {
         Method::POST | Method::PUT => plan_insert(req, rel, &params, &top_mods, &mut applied)?,
@@ -166,7 +159,7 @@ pub(super) async fn write(
             ..
         }
     );
-    let returning = returning_node(&sc, req.schema, rel, params, &top_mods, st.aggregates)?;
+    let returning = returning_node(sc, req.schema, rel, params, &top_mods, st.aggregates)?;
     let plan = WritePlan {
         mutation,
         returning,
@@ -178,7 +171,7 @@ pub(super) async fn write(
     let run = Run::checked(req, false, rollback, explain.as_ref(), &media);
     let strict_max = run.max_affected;
     execute_then(state, req, &q, run, |out| {
-        let prefs = applied_prefs(req, &st, applied, strict_max);
+        let prefs = applied_prefs(req, st, applied, strict_max);
         let merged = count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED;
         // A merging upsert that inserted nothing answers 200, as PostgREST.
         let status = if merged { StatusCode::OK } else { status };
