@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::{Config, ServeArgs, DEFAULT_JWT_SECRET};
-use crate::http::apikey::OpaqueKeys;
+use crate::identity::OpaqueKeys;
 use crate::jwt::JwtKeys;
 
 #[derive(Debug, Parser)]

@@ -15,6 +15,7 @@ pub mod db;
 pub mod functions;
 pub mod gentypes;
 pub mod http;
+pub mod identity;
 pub mod jwt;
 pub mod net;
 pub mod project;
@@ -33,7 +34,7 @@ use tokio::sync::watch;
 
 pub use config::Config;
 use db::embedded_pg::EmbeddedPg;
-use http::apikey::{KeyRing, OpaqueKeys};
+use identity::{KeyRing, OpaqueKeys};
 use jwt::JwtKeys;
 use state::{AppState, Inner};
 

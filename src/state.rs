@@ -6,7 +6,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 
 use crate::config::Config;
-use crate::http::apikey::KeyRing;
+use crate::identity::KeyRing;
 
 pub struct Inner {
     pub config: Config,

@@ -6,28 +6,21 @@ use uuid::Uuid;
 
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult, RowExt};
+use super::guard::AdminCaller;
 use super::page::Page;
 use super::tx::as_admin;
 use super::users::{self, NewUser, User};
-use super::{caller, ok, password, util, Call};
+use super::{ok, password, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
-pub(super) fn require_admin(state: &AppState, call: &Call) -> AuthResult<()> {
-    if crate::http::apikey::bearer(&call.headers).is_none() && !call.headers.contains_key("apikey")
-    {
-        return Err(AuthError::no_authorization());
-    }
-    let ctx = caller(state, call)?;
-    if ctx.role.is_service() {
-        Ok(())
-    } else {
-        Err(AuthError::not_admin())
-    }
-}
-
-pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
-    require_admin(state, call)?;
+/// The admin routes; `_admin` is the proof [`super::route`] checked the caller.
+pub async fn route(
+    state: &AppState,
+    call: &Call,
+    _admin: AdminCaller,
+    rest: &[&str],
+) -> AuthResult<Resp> {
     match (call.method.as_str(), rest) {
         ("GET", ["users"]) => list(state, call).await,
         ("POST", ["users"]) => create(state, call).await,
@@ -536,8 +529,7 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
     .map(ok)
 }
 
-pub async fn invite(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    require_admin(state, call)?;
+pub async fn invite(state: &AppState, call: &Call, _admin: AdminCaller) -> AuthResult<Resp> {
     let email = util::validate_email(call.s("email").unwrap_or(""))?;
     let data = super::metadata(call, "data")?.unwrap_or_else(|| json!({}));
     let redirect = util::redirect_for(&state.config.auth, call.redirect_to());

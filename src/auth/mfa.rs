@@ -8,8 +8,9 @@ use totp_rs::{Algorithm, Secret, TOTP};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult, RowExt};
+use super::guard::AuthedUser;
 use super::tx::as_admin;
-use super::{load_token_user, ok, session, user_token, users, Call};
+use super::{load_token_user, ok, session, users, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -17,14 +18,19 @@ use crate::state::AppState;
 const CHALLENGE_EXPIRY: i64 = 300;
 const MAX_FACTORS: i64 = 10;
 
-pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
-    // Who is asking comes before what is asked about (GoTrue's middleware order).
-    user_token(state, call)?;
+pub async fn route(
+    state: &AppState,
+    call: &Call,
+    t: AuthedUser,
+    rest: &[&str],
+) -> AuthResult<Resp> {
+    // Who is asking (`t`, checked by the caller) comes before what is asked about
+    // (GoTrue's middleware order).
     match (call.method.as_str(), rest) {
-        ("POST", []) => enroll(state, call).await,
-        ("POST", [id, "challenge"]) => challenge(state, call, parse_id(id)?).await,
-        ("POST", [id, "verify"]) => verify(state, call, parse_id(id)?).await,
-        ("DELETE", [id]) => unenroll(state, call, parse_id(id)?).await,
+        ("POST", []) => enroll(state, call, t).await,
+        ("POST", [id, "challenge"]) => challenge(state, call, t, parse_id(id)?).await,
+        ("POST", [id, "verify"]) => verify(state, call, t, parse_id(id)?).await,
+        ("DELETE", [id]) => unenroll(state, t, parse_id(id)?).await,
         _ => Err(AuthError::not_found(
             "not_found",
             format!(
@@ -60,8 +66,7 @@ async fn session_aal(
         .unwrap_or_else(|| "aal1".into()))
 }
 
-async fn enroll(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn enroll(state: &AppState, call: &Call, t: AuthedUser) -> AuthResult<Resp> {
     let ftype = call.s("factor_type").unwrap_or("");
     let friendly = call.s("friendly_name").unwrap_or("").to_string();
     match ftype {
@@ -202,8 +207,7 @@ async fn own_totp_factor(
     Ok(secret)
 }
 
-async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn challenge(state: &AppState, call: &Call, t: AuthedUser, id: Uuid) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         own_totp_factor(tx, u.id, id).await?;
@@ -229,8 +233,7 @@ async fn challenge(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> 
     .map(ok)
 }
 
-async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn verify(state: &AppState, call: &Call, t: AuthedUser, id: Uuid) -> AuthResult<Resp> {
     let code = call.s("code").unwrap_or("").to_string();
     let cid: Uuid = call
         .s("challenge_id")
@@ -339,8 +342,7 @@ async fn verify(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
     .map(ok)
 }
 
-async fn unenroll(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn unenroll(state: &AppState, t: AuthedUser, id: Uuid) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         let (_, status, _) = own_factor(tx, u.id, id).await?;

@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{AuthError, AuthResult, RowExt};
+use super::guard::AuthedUser;
 use super::tx::{as_admin, execute_found};
-use super::{load_token_user, no_content, ok, session, user_token, users, Call};
+use super::{load_token_user, no_content, ok, session, users, Call};
 use crate::db::error::{DbClass, DbError};
 use crate::http::Resp;
 use crate::state::AppState;
@@ -35,27 +36,47 @@ fn not_found() -> AuthError {
     AuthError::not_found("validation_failed", "Passkey not found")
 }
 
-pub async fn route(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+/// The passkey endpoints of a signed-in user.
+pub async fn route_user(
+    state: &AppState,
+    call: &Call,
+    t: AuthedUser,
+    rest: &[&str],
+) -> AuthResult<Resp> {
     if !state.config.auth.passkeys {
         return Err(disabled());
     }
     match (call.method.as_str(), rest) {
-        ("POST", ["registration", "options"]) => registration_options(state, call).await,
-        ("POST", ["registration", "verify"]) => registration_verify(state, call).await,
+        ("POST", ["registration", "options"]) => registration_options(state, t).await,
+        ("POST", ["registration", "verify"]) => registration_verify(state, call, t).await,
+        ("GET", []) => list_own(state, t).await,
+        ("PATCH", [id]) => rename(state, call, t, id).await,
+        ("DELETE", [id]) => delete_own(state, t, id).await,
+        _ => Err(not_supported(call, rest)),
+    }
+}
+
+/// Signing in with a passkey (`/passkeys/authentication/...`): no user yet.
+pub async fn route_public(state: &AppState, call: &Call, rest: &[&str]) -> AuthResult<Resp> {
+    if !state.config.auth.passkeys {
+        return Err(disabled());
+    }
+    match (call.method.as_str(), rest) {
         ("POST", ["authentication", "options"]) => authentication_options(state).await,
         ("POST", ["authentication", "verify"]) => authentication_verify(state, call).await,
-        ("GET", []) => list_own(state, call).await,
-        ("PATCH", [id]) => rename(state, call, id).await,
-        ("DELETE", [id]) => delete_own(state, call, id).await,
-        _ => Err(AuthError::not_found(
-            "not_found",
-            format!(
-                "{} /auth/v1/passkeys/{} is not supported",
-                call.method,
-                rest.join("/")
-            ),
-        )),
+        _ => Err(not_supported(call, rest)),
     }
+}
+
+fn not_supported(call: &Call, rest: &[&str]) -> AuthError {
+    AuthError::not_found(
+        "not_found",
+        format!(
+            "{} /auth/v1/passkeys/{} is not supported",
+            call.method,
+            rest.join("/")
+        ),
+    )
 }
 
 fn rp_id(state: &AppState) -> String {
@@ -94,8 +115,7 @@ fn new_challenge() -> String {
     B64.encode(b)
 }
 
-async fn registration_options(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn registration_options(state: &AppState, t: AuthedUser) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         let existing = tx
@@ -232,8 +252,7 @@ fn check_auth_data(state: &AppState, ad: &[u8]) -> AuthResult<(u8, u32)> {
     Ok((flags, u32::from_be_bytes([ad[33], ad[34], ad[35], ad[36]])))
 }
 
-async fn registration_verify(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn registration_verify(state: &AppState, call: &Call, t: AuthedUser) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         let challenge = consume_challenge(tx, call, "registration", Some(u.id)).await?;
@@ -412,18 +431,15 @@ pub async fn delete_for(state: &AppState, user_id: Uuid, id: &str) -> AuthResult
     Ok(no_content())
 }
 
-async fn list_own(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn list_own(state: &AppState, t: AuthedUser) -> AuthResult<Resp> {
     Ok(ok(list_for(state, t.user_id).await?))
 }
 
-async fn delete_own(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn delete_own(state: &AppState, t: AuthedUser, id: &str) -> AuthResult<Resp> {
     delete_for(state, t.user_id, id).await
 }
 
-async fn rename(state: &AppState, call: &Call, id: &str) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+async fn rename(state: &AppState, call: &Call, t: AuthedUser, id: &str) -> AuthResult<Resp> {
     let id: Uuid = id.parse().map_err(|_| not_found())?;
     let name = call
         .s("friendly_name")

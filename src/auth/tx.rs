@@ -5,6 +5,8 @@
 use tokio_postgres::types::ToSql;
 
 use super::error::{AuthError, AuthResult};
+use crate::db::begin_as_server;
+use crate::identity::ServerRole;
 use crate::state::AppState;
 
 /// Run `work` in one admin transaction on a pooled connection, then [`finish`] it.
@@ -27,11 +29,9 @@ pub async fn client(state: &AppState) -> AuthResult<deadpool_postgres::Object> {
 pub async fn begin(
     c: &mut deadpool_postgres::Object,
 ) -> AuthResult<deadpool_postgres::Transaction<'_>> {
-    let tx = c.transaction().await.map_err(AuthError::pg)?;
-    tx.batch_execute("set local role supabase_auth_admin; set local timezone to 'UTC'")
+    begin_as_server(c, ServerRole::AuthAdmin, false)
         .await
-        .map_err(AuthError::pg)?;
-    Ok(tx)
+        .map_err(AuthError::pg)
 }
 
 /// Commit on success (or on an error that asks for it), else roll back.

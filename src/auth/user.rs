@@ -4,13 +4,13 @@ use serde_json::json;
 
 use super::email::{self, Kind};
 use super::error::{AuthError, AuthResult};
+use super::guard::AuthedUser;
 use super::tx::as_admin;
-use super::{load_token_user, no_content, ok, password, user_token, users, util, Call};
+use super::{load_token_user, no_content, ok, password, users, util, Call};
 use crate::http::Resp;
 use crate::state::AppState;
 
-pub async fn get(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+pub async fn get(state: &AppState, t: AuthedUser) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         users::json(tx, u.id).await
@@ -19,8 +19,7 @@ pub async fn get(state: &AppState, call: &Call) -> AuthResult<Resp> {
     .map(ok)
 }
 
-pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+pub async fn update(state: &AppState, call: &Call, t: AuthedUser) -> AuthResult<Resp> {
     let cfg = &state.config.auth;
     let data = super::metadata(call, "data")?;
     if call.body.get("app_metadata").is_some_and(|v| !v.is_null()) {
@@ -164,14 +163,13 @@ pub async fn update(state: &AppState, call: &Call) -> AuthResult<Resp> {
     .map(ok)
 }
 
-pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
+pub async fn logout(state: &AppState, call: &Call, t: AuthedUser) -> AuthResult<Resp> {
     let scope = call.q("scope").unwrap_or("global");
     if !matches!(scope, "global" | "local" | "others") {
         return Err(AuthError::validation(format!(
             "Unsupported logout scope \"{scope}\""
         )));
     }
-    let t = user_token(state, call)?;
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         match (scope, t.session_id) {
@@ -209,8 +207,7 @@ pub async fn logout(state: &AppState, call: &Call) -> AuthResult<Resp> {
     Ok(no_content())
 }
 
-pub async fn reauthenticate(state: &AppState, call: &Call) -> AuthResult<Resp> {
-    let t = user_token(state, call)?;
+pub async fn reauthenticate(state: &AppState, t: AuthedUser) -> AuthResult<Resp> {
     as_admin(state, async |tx| {
         let u = load_token_user(tx, &t).await?;
         let (to, kind) = match (&u.email, &u.phone) {

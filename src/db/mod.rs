@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use crate::http::apikey::AuthContext;
+use crate::identity::{AuthContext, ServerRole};
 
 /// A dedicated connection that LISTENs on `channel`: the notifications' payloads arrive on
 /// the receiver, which ends when the connection does. Keep the client alive while reading
@@ -219,6 +219,30 @@ pub async fn begin_as<'c>(
         .await?;
     set_role_and_claims(&*tx, ctx, gucs).await?;
     Ok(tx)
+}
+
+/// Begin a transaction as one of the server's own roles (its bookkeeping, never caller
+/// work). Every server transaction goes through here or [`become_server`].
+pub async fn begin_as_server(
+    client: &mut deadpool_postgres::Client,
+    role: ServerRole,
+    read_only: bool,
+) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await?;
+    become_server(&*tx, role).await?;
+    Ok(tx)
+}
+
+/// Switch an open transaction to a server role (until it ends or switches back).
+pub async fn become_server<C: tokio_postgres::GenericClient + Sync>(
+    tx: &C,
+    role: ServerRole,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&role.set_sql(true)).await
 }
 
 /// Begin a transaction without setting the role: the caller must run

@@ -17,8 +17,9 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 
 use crate::config::Config;
-use crate::http::apikey::AuthContext;
+use crate::db::begin_as_server;
 use crate::http::{error_response, query_pairs, Req, Resp};
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 use error::FnError;
 
@@ -204,8 +205,7 @@ async fn call(
 async fn user_exists(state: &AppState, user: uuid::Uuid) -> Result<bool, FnError> {
     let err = |e: tokio_postgres::Error| FnError::internal(crate::db::error_text(&e));
     let mut c = state.pool.get().await.map_err(FnError::internal)?;
-    let tx = c.transaction().await.map_err(err)?;
-    tx.batch_execute("set local role supabase_auth_admin")
+    let tx = begin_as_server(&mut c, ServerRole::AuthAdmin, true)
         .await
         .map_err(err)?;
     let row = tx
@@ -229,8 +229,7 @@ pub(crate) async fn as_server<T>(
 ) -> Result<T, String> {
     let err = |e: tokio_postgres::Error| crate::db::error_text(&e);
     let mut c = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = c.transaction().await.map_err(err)?;
-    tx.batch_execute("set local role service_role")
+    let tx = begin_as_server(&mut c, ServerRole::Service, false)
         .await
         .map_err(err)?;
     let out = f(&tx).await.map_err(err)?;

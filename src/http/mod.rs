@@ -1,6 +1,5 @@
 //! HTTP plumbing shared by every API: body types, responses, CORS, the router and server.
 
-pub mod apikey;
 pub mod body;
 pub mod conns;
 pub mod cors;

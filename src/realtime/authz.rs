@@ -5,7 +5,7 @@
 
 use crate::db::error::DbError;
 use crate::db::{set_role_and_claims, RequestGucs};
-use crate::http::apikey::AuthContext;
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,14 +64,7 @@ pub(super) async fn admin_tx(
     client: &mut deadpool_postgres::Object,
     read_only: bool,
 ) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
-    let tx = client
-        .build_transaction()
-        .read_only(read_only)
-        .start()
-        .await?;
-    tx.batch_execute("set local role supabase_realtime_admin")
-        .await?;
-    Ok(tx)
+    crate::db::begin_as_server(client, ServerRole::RealtimeAdmin, read_only).await
 }
 
 /// A policy that errors denies (Supabase logs RlsPolicyError and refuses).

@@ -105,10 +105,11 @@ fn apply_presence(state: &AppState, me: &str, v: &Value) -> Option<bool> {
 async fn purge_old_messages(state: &AppState) -> Result<(), String> {
     let e = |e: tokio_postgres::Error| crate::db::error_text(&e);
     let mut client = state.pool.get().await.map_err(|e| e.to_string())?;
-    let tx = client.build_transaction().start().await.map_err(e)?;
+    let tx = super::authz::admin_tx(&mut client, false)
+        .await
+        .map_err(e)?;
     tx.batch_execute(
-        "set local role supabase_realtime_admin;
-         delete from realtime.messages where inserted_at < now()::timestamp - interval '72 hours'",
+        "delete from realtime.messages where inserted_at < now()::timestamp - interval '72 hours'",
     )
     .await
     .map_err(e)?;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::changes::PgBinding;
 use super::phoenix::UserBroadcast;
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 
 pub type ChanId = u64;
 

@@ -104,13 +104,13 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 }
 
 /// The caller of an HTTP broadcast (Bearer, apikey header or `apikey` query parameter).
-fn caller(state: &AppState, req: &Req) -> Result<crate::http::apikey::AuthContext, RealtimeError> {
+fn caller(state: &AppState, req: &Req) -> Result<crate::identity::AuthContext, RealtimeError> {
     let q = query_pairs(req.uri().query());
     let qk = q
         .iter()
         .find(|(k, _)| k == "apikey")
         .map(|(_, v)| v.as_str());
-    let token = crate::http::apikey::bearer(req.headers())
+    let token = crate::identity::bearer(req.headers())
         .map(str::to_string)
         .or_else(|| {
             req.headers()

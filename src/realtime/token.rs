@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::jwt::JwtError;
 use crate::state::AppState;
 

@@ -95,7 +95,36 @@ pub(super) struct Run<'a> {
     pub(super) single: bool,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A read of a table or view: read-only, committed, nothing checked.
+    pub(super) fn read(explain: Option<&'a Media>) -> Run<'a> {
+        Run {
+            read_only: true,
+            rollback: false,
+            explain,
+            max_affected: None,
+            single: false,
+        }
+    }
+
+    /// A write or a function call: `Prefer: max-affected` (strict) and a single-object
+    /// `Accept` are checked before the end.
+    pub(super) fn checked(
+        req: &RestReq<'_>,
+        read_only: bool,
+        rollback: bool,
+        explain: Option<&'a Media>,
+        media: &Media,
+    ) -> Run<'a> {
+        Run {
+            read_only,
+            rollback,
+            explain,
+            max_affected: req.prefer.strict_max_affected(),
+            single: *media == Media::Object,
+        }
+    }
+
     fn check(&self, o: &Outcome) -> Result<(), RestError> {
         if let Some(m) = self.max_affected {
             if o.page > m {
@@ -112,6 +141,23 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// [`execute`], then answer: with the plan when one was asked for (`Accept:
+/// application/vnd.pgrst.plan`), else with `respond`'s response from the outcome.
+pub(super) async fn execute_then(
+    state: &AppState,
+    req: &RestReq<'_>,
+    q: &Sql,
+    run: Run<'_>,
+    respond: impl FnOnce(Outcome) -> Result<Resp, RestError>,
+) -> Result<Resp, RestError> {
+    let explain = run.explain.is_some();
+    let out = execute(state, req, q, run).await?;
+    if explain {
+        return Ok(plan_response(out, &req.accept));
+    }
+    respond(out)
 }
 
 /// Run one statement in the caller's transaction; the outcome is checked (see [`Run`])

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::http::apikey::AuthContext;
 use crate::http::{empty, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 use error::RestError;
@@ -72,6 +72,46 @@ struct Params {
     on_conflict: Option<Vec<String>>,
     /// Parameters that may be RPC arguments (GET), in order.
     rpc_candidates: Vec<(String, String)>,
+}
+
+/// A request on a table or view, as read and write get it: the schema cache and settings
+/// it was planned with, the relation (known to exist), and [`table_request`]'s parts.
+struct TableCall<'a, 'r> {
+    sc: &'a SchemaCache,
+    st: &'a Settings,
+    rel: &'a schema::Relation,
+    params: Params,
+    explain: Option<Media>,
+    req: &'a RestReq<'r>,
+    media: Media,
+}
+
+/// GET/HEAD (`read`) or POST/PATCH/DELETE/PUT (`write`) on a table or view: the table must
+/// exist (PGRST205) before the request's parameters are looked at.
+async fn on_table(
+    state: &AppState,
+    req: &RestReq<'_>,
+    table: &str,
+    is_read: bool,
+) -> Result<Resp, RestError> {
+    let sc = state.rest.cache();
+    let st = settings(state, &sc);
+    let rel = relation(&sc, req.schema, table)?;
+    let (params, explain, req, media) = table_request(req, &st)?;
+    let t = TableCall {
+        sc: &sc,
+        st: &st,
+        rel,
+        params,
+        explain,
+        req: &req,
+        media,
+    };
+    if is_read {
+        read(state, t).await
+    } else {
+        write(state, t).await
+    }
 }
 
 /// What reads and writes on a table or view share: the query parameters, an explain
@@ -403,9 +443,11 @@ async fn route(
         ));
     }
     let resp = match method.clone() {
-        Method::GET | Method::HEAD => with_reload(state, || read(state, &req, path)).await,
+        Method::GET | Method::HEAD => {
+            with_reload(state, || on_table(state, &req, path, true)).await
+        }
         Method::POST | Method::PATCH | Method::DELETE | Method::PUT => {
-            with_reload(state, || write(state, &req, path)).await
+            with_reload(state, || on_table(state, &req, path, false)).await
         }
         Method::OPTIONS => {
             let mut r = crate::http::status_response(StatusCode::OK);
@@ -482,6 +524,16 @@ pub struct RestReq<'a> {
     pub prefer: Prefer,
     pub accept: Accept,
     pub body: Option<bytes::Bytes>,
+}
+
+/// The table or view a request names, or PostgREST's PGRST205.
+fn relation<'c>(
+    sc: &'c SchemaCache,
+    schema: &str,
+    name: &str,
+) -> Result<&'c schema::Relation, RestError> {
+    sc.relation(schema, name)
+        .ok_or_else(|| table_not_found(sc, schema, name))
 }
 
 fn table_not_found(sc: &SchemaCache, schema: &str, name: &str) -> RestError {

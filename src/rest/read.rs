@@ -4,30 +4,21 @@ use http::StatusCode;
 
 use super::error::RestError;
 use super::execute::{
-    content_range, content_type, execute, plan_response, respond, single_error, Outcome, Run,
+    content_range, content_type, execute_then, respond, single_error, Outcome, Run,
 };
 use super::plan::{Planner, Source};
 use super::prefer::{self, Media};
 use super::sql::{self, BodyShape, Sql};
-use super::{range_header, settings, table_not_found, table_request, RestReq};
+use super::{range_header, RestReq, TableCall};
 use crate::http::Resp;
 use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------
 // Reads
 
-pub(super) async fn read(
-    state: &AppState,
-    req: &RestReq<'_>,
-    table: &str,
-) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let Some(rel) = sc.relation(req.schema, table) else {
-        return Err(table_not_found(&sc, req.schema, table));
-    };
-    let (mut params, explain, req, media) = table_request(req, &st)?;
-    let req = &req;
+pub(super) async fn read(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp, RestError> {
+    #[rustfmt::skip]
+    let TableCall { sc, st, rel, mut params, explain, req, media } = t;
     if media == Media::GeoJson && !sc.postgis {
         return Err(RestError::not_acceptable("application/geo+json"));
     }
@@ -45,7 +36,7 @@ pub(super) async fn read(
         top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
     }
     let offset = top.offset.unwrap_or(0);
-    let mut planner = Planner::new(&sc, req.schema, st.aggregates);
+    let mut planner = Planner::new(sc, req.schema, st.aggregates);
     planner.mods = std::mem::take(&mut params.mods);
     let node = planner.node(
         Source::Table {
@@ -80,19 +71,11 @@ pub(super) async fn read(
         &BodyShape::Rows,
         None,
     );
-    let run = Run {
-        read_only: true,
-        rollback: false,
-        explain: explain.as_ref(),
-        max_affected: None,
-        single: false,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let total = if count.is_some() { out.total } else { None };
-    finish_read(req, out, offset, total, &media, count.is_some())
+    execute_then(state, req, &q, Run::read(explain.as_ref()), |out| {
+        let total = if count.is_some() { out.total } else { None };
+        finish_read(req, out, offset, total, &media, count.is_some())
+    })
+    .await
 }
 
 pub(super) fn finish_read(

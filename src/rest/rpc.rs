@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::error::RestError;
 use super::execute::{
-    body_media, content_type, execute, explain_check, plan_response, respond, Outcome, Run,
+    body_media, content_type, execute_then, explain_check, respond, Outcome, Run,
 };
 use super::plan::{self, Call, Planner, Source};
 use super::prefer::{self, Media};
@@ -82,19 +82,11 @@ pub(super) async fn rpc(
     } else {
         rows_statement(&sc, req, &st, &f, call, params, &media)?
     };
-    let strict_max = req.prefer.strict_max_affected();
-    let run = Run {
-        read_only,
-        rollback,
-        explain: explain.as_ref(),
-        max_affected: strict_max,
-        single: media == Media::Object,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    rpc_response(req, &f, out, offset, count, &media, rollback)
+    let run = Run::checked(req, read_only, rollback, explain.as_ref(), &media);
+    execute_then(state, req, &q, run, |out| {
+        rpc_response(req, &f, out, offset, count, &media, rollback)
+    })
+    .await
 }
 
 /// `max_rows` caps a set-returning function's rows; returns the offset.

@@ -4,14 +4,14 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 
 use super::error::RestError;
-use super::execute::{content_range, content_type, execute, plan_response, respond, Outcome, Run};
+use super::execute::{content_range, content_type, execute_then, respond, Outcome, Run};
 use super::plan::{self, Modifiers, Node, Planner, Source};
-use super::prefer::{Media, Resolution, Return};
+use super::prefer::{Resolution, Return};
 use super::query::{self, SelectItem};
 use super::read::count_name;
 use super::schema::{Relation, SchemaCache};
 use super::sql::{self, Mutation, WritePlan};
-use super::{header, settings, table_not_found, table_request, Params, RestReq, Settings};
+use super::{header, Params, RestReq, Settings, TableCall};
 use crate::http::Resp;
 use crate::state::AppState;
 
@@ -124,24 +124,15 @@ pub(super) fn csv_body(text: &str) -> Result<Value, RestError> {
     Ok(Value::Array(rows))
 }
 
-pub(super) async fn write(
-    state: &AppState,
-    req: &RestReq<'_>,
-    table: &str,
-) -> Result<Resp, RestError> {
-    let sc = state.rest.cache();
-    let st = settings(state, &sc);
-    let Some(rel) = sc.relation(req.schema, table) else {
-        return Err(table_not_found(&sc, req.schema, table));
-    };
-    let (mut params, explain, req, media) = table_request(req, &st)?;
-    let req = &req;
+pub(super) async fn write(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp, RestError> {
+    #[rustfmt::skip]
+    let TableCall { sc, st, rel, mut params, explain, req, media } = t;
     let ret = req.prefer.ret.unwrap_or(Return::Minimal);
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let conds = target_conds(&sc, req.schema, rel, &top_mods, st.aggregates)?;
-    let limited = limited_node(&sc, req, rel, &top_mods)?;
+    let conds = target_conds(sc, req.schema, rel, &top_mods, st.aggregates)?;
+    let limited = limited_node(sc, req, rel, &top_mods)?;
     let mut applied: Vec<String> = vec![];
     let (mutation, status) = match *req.method {
         Method::POST | Method::PUT => plan_insert(req, rel, &params, &top_mods, &mut applied)?,
@@ -168,7 +159,7 @@ pub(super) async fn write(
             ..
         }
     );
-    let returning = returning_node(&sc, req.schema, rel, params, &top_mods, st.aggregates)?;
+    let returning = returning_node(sc, req.schema, rel, params, &top_mods, st.aggregates)?;
     let plan = WritePlan {
         mutation,
         returning,
@@ -177,26 +168,16 @@ pub(super) async fn write(
         location: *req.method == Method::POST && !rel.pk.is_empty(),
     };
     let q = sql::write_sql(&plan);
-    let strict_max = req.prefer.strict_max_affected();
-    let run = Run {
-        read_only: false,
-        rollback,
-        explain: explain.as_ref(),
-        max_affected: strict_max,
-        single: media == Media::Object,
-    };
-    let out = execute(state, req, &q, run).await?;
-    if explain.is_some() {
-        return Ok(plan_response(out, &req.accept));
-    }
-    let prefs = applied_prefs(req, &st, applied, strict_max);
-    let status = if count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED {
+    let run = Run::checked(req, false, rollback, explain.as_ref(), &media);
+    let strict_max = run.max_affected;
+    execute_then(state, req, &q, run, |out| {
+        let prefs = applied_prefs(req, st, applied, strict_max);
+        let merged = count_inserted && out.inserted == Some(0) && status == StatusCode::CREATED;
         // A merging upsert that inserted nothing answers 200, as PostgREST.
-        StatusCode::OK
-    } else {
-        status
-    };
-    Ok(write_response(req, rel, out, status, prefs, plan.count))
+        let status = if merged { StatusCode::OK } else { status };
+        Ok(write_response(req, rel, out, status, prefs, plan.count))
+    })
+    .await
 }
 
 /// The filters of the target table, as conditions of an UPDATE or DELETE.

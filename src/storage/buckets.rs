@@ -5,9 +5,9 @@ use serde_json::{json, Value};
 
 use super::endpoint::validate_bucket_name;
 use super::error::StorageError;
-use super::{as_admin, caller_tx, client, json_body, ok, query_as_caller, ts};
-use crate::http::apikey::AuthContext;
+use super::{as_admin, caller_tx, client, ok, query_as_caller, ts};
 use crate::http::{query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// The bucket as clients see it (exactly these keys: the official suite snapshots them).
@@ -153,8 +153,11 @@ fn valid_mime_pattern(s: &str) -> bool {
     tok(a) && (b == "*" || tok(b))
 }
 
-pub async fn create(state: &AppState, ctx: &AuthContext, req: Req) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
+pub async fn create(
+    state: &AppState,
+    ctx: &AuthContext,
+    body: Value,
+) -> Result<Resp, StorageError> {
     let name = body
         .get("name")
         .and_then(Value::as_str)
@@ -212,10 +215,9 @@ fn check_limit_within_global(state: &AppState, limit: Option<i64>) -> Result<(),
 pub async fn update(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     id: &str,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let public = match body.get("public") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),

@@ -118,6 +118,26 @@ impl Endpoint {
     }
 }
 
+tokio::task_local! {
+    /// The row operations the endpoint being served declared ([`Endpoint::row_ops`]).
+    static DECLARED: &'static [RowOp];
+}
+
+/// Serve `work` under the operations an endpoint declared: while it runs, every caller
+/// transaction it opens ([`super::caller_tx`]) is read-only when the endpoint declared only
+/// [`RowOp::Select`], so PostgreSQL refuses a write the declaration does not allow.
+pub async fn with_declared<F: std::future::Future>(ops: &'static [RowOp], work: F) -> F::Output {
+    DECLARED.scope(ops, work).await
+}
+
+/// Whether the endpoint being served declared reads only (no declaration: false, the
+/// handler's own choice stands).
+pub fn declared_read_only() -> bool {
+    DECLARED
+        .try_with(|ops| !ops.is_empty() && ops.iter().all(|o| *o == RowOp::Select))
+        .unwrap_or(false)
+}
+
 pub fn parse(method: &Method, path: &str) -> Result<Endpoint, StorageError> {
     let not_found = || StorageError::RouteNotFound(format!("{method}:/storage/v1/{path}"));
     let path = path.trim_start_matches('/');

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::db::RequestGucs;
-use crate::http::apikey::AuthContext;
 use crate::http::{error_response, json_response, Req, Resp};
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 use endpoint::{Access, Endpoint};
 use error::StorageError;
@@ -88,7 +88,10 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 
 async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageError> {
     let ep = endpoint::parse(req.method(), path)?;
-    let st = state;
+    endpoint::with_declared(ep.row_ops(), dispatch(state, req, ep)).await
+}
+
+async fn dispatch(st: &AppState, req: Req, ep: Endpoint) -> Result<Resp, StorageError> {
     match ep {
         // Reads that need no caller identity.
         Endpoint::GetObject {
@@ -115,17 +118,31 @@ async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageEr
             let ctx = authenticate(st, req.headers())?;
             match ep {
                 Endpoint::ListBuckets => buckets::list(st, &ctx, &req).await,
-                Endpoint::CreateBucket => buckets::create(st, &ctx, req).await,
+                Endpoint::CreateBucket => {
+                    buckets::create(st, &ctx, json_body(st, req).await?).await
+                }
                 Endpoint::GetBucket(id) => buckets::get(st, &ctx, &id).await,
-                Endpoint::UpdateBucket(id) => buckets::update(st, &ctx, req, &id).await,
+                Endpoint::UpdateBucket(id) => {
+                    buckets::update(st, &ctx, json_body(st, req).await?, &id).await
+                }
                 Endpoint::DeleteBucket(id) => buckets::delete(st, &ctx, &id).await,
                 Endpoint::EmptyBucket(id) => buckets::empty(st, &ctx, &id).await,
-                Endpoint::ListObjects(b) => objects::list(st, &ctx, req, &b).await,
-                Endpoint::ListObjectsV2(b) => objects::list_v2(st, &ctx, req, &b).await,
-                Endpoint::MoveObject => objects::move_object(st, &ctx, req).await,
+                Endpoint::ListObjects(b) => {
+                    objects::list(st, &ctx, json_body(st, req).await?, &b).await
+                }
+                Endpoint::ListObjectsV2(b) => {
+                    objects::list_v2(st, &ctx, json_body(st, req).await?, &b).await
+                }
+                Endpoint::MoveObject => {
+                    objects::move_object(st, &ctx, json_body(st, req).await?).await
+                }
                 Endpoint::CopyObject => objects::copy_object(st, &ctx, req).await,
-                Endpoint::SignUrl(obj) => signed::sign_one(st, &ctx, req, obj).await,
-                Endpoint::SignUrls(b) => signed::sign_many(st, &ctx, req, &b).await,
+                Endpoint::SignUrl(obj) => {
+                    signed::sign_one(st, &ctx, json_body(st, req).await?, obj).await
+                }
+                Endpoint::SignUrls(b) => {
+                    signed::sign_many(st, &ctx, json_body(st, req).await?, &b).await
+                }
                 Endpoint::SignUpload(obj) => signed::sign_upload(st, &ctx, req, obj).await,
                 Endpoint::GetObject { obj, head, .. } => {
                     objects::download(st, req, Some(&ctx), obj, Access::Authenticated, head).await
@@ -137,7 +154,9 @@ async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageEr
                     objects::upload(st, &ctx, req, obj, update).await
                 }
                 Endpoint::DeleteObject(obj) => objects::delete_one(st, &ctx, obj).await,
-                Endpoint::DeleteObjects(b) => objects::delete_many(st, &ctx, req, &b).await,
+                Endpoint::DeleteObjects(b) => {
+                    objects::delete_many(st, &ctx, json_body(st, req).await?, &b).await
+                }
                 Endpoint::Render { obj, .. } => {
                     render::render(st, req, Some(&ctx), obj, Access::Authenticated).await
                 }
@@ -158,7 +177,7 @@ async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageEr
 /// `apikey` counts when no `Authorization` is sent): none at all, or a bad one, is
 /// refused rather than treated as anon.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext, StorageError> {
-    let has_auth = crate::http::apikey::bearer(headers).is_some()
+    let has_auth = crate::identity::bearer(headers).is_some()
         || headers
             .get("apikey")
             .is_some_and(|v| !v.as_bytes().is_empty());
@@ -171,7 +190,8 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext
         .map_err(|e| StorageError::AccessDenied(e.to_string()))
 }
 
-/// A transaction running as the caller (RLS applies).
+/// A transaction running as the caller (RLS applies); read-only when asked, and always
+/// when the endpoint being served declared reads only ([`endpoint::with_declared`]).
 pub async fn caller_tx<'c>(
     client: &'c mut deadpool_postgres::Client,
     ctx: &AuthContext,
@@ -182,6 +202,7 @@ pub async fn caller_tx<'c>(
         path: "",
         ..Default::default()
     };
+    let read_only = read_only || endpoint::declared_read_only();
     crate::db::begin_as(client, ctx, &gucs, read_only)
         .await
         .map_err(StorageError::pg)
@@ -205,6 +226,26 @@ pub async fn commit_with_message(tx: Transaction<'_>, message: &str) -> Result<R
     Ok(ok(&serde_json::json!({ "message": message })))
 }
 
+/// A body's list of object names (`prefixes`, `paths`): required, 1 to 1000 entries. A
+/// non-string entry is refused, or with `lenient` kept as `""` (refused per entry later).
+pub fn name_list(body: &Value, key: &str, lenient: bool) -> Result<Vec<String>, StorageError> {
+    let names: Vec<String> = body
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| StorageError::MissingParameter(key.into()))?
+        .iter()
+        .map(|v| match v.as_str() {
+            Some(s) => Ok(s.to_string()),
+            None if lenient => Ok(String::new()),
+            None => Err(StorageError::InvalidParameter(key.into())),
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() || names.len() > 1000 {
+        return Err(StorageError::InvalidParameter(key.into()));
+    }
+    Ok(names)
+}
+
 /// A string field of a JSON body, `""` when absent or not a string.
 pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
     body.get(key).and_then(Value::as_str).unwrap_or("")
@@ -213,7 +254,7 @@ pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
 /// Switch the transaction to the storage admin role (server bookkeeping: bucket lookups,
 /// locks, the previous version of a row the caller may not be allowed to see).
 pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
-    tx.batch_execute("set local role supabase_storage_admin")
+    crate::db::become_server(&**tx, ServerRole::StorageAdmin)
         .await
         .map_err(StorageError::pg)
 }
@@ -222,11 +263,9 @@ pub async fn as_admin(tx: &Transaction<'_>) -> Result<(), StorageError> {
 pub async fn background_admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<Transaction<'_>, String> {
-    let tx = c.transaction().await.map_err(|e| e.to_string())?;
-    tx.batch_execute("set local role supabase_storage_admin")
+    crate::db::begin_as_server(c, ServerRole::StorageAdmin, false)
         .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    Ok(tx)
+        .map_err(|e| crate::db::error_text(&e))
 }
 
 /// Back to the caller's role (claims are still set).

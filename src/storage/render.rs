@@ -15,8 +15,8 @@ use super::endpoint::{Access, ObjectRef};
 use super::error::StorageError;
 use super::objects::{find_object, Reader};
 use super::store::Store;
-use crate::http::apikey::AuthContext;
 use crate::http::{full, query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// Largest source object read for a transformation.

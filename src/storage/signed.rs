@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, find_object, Reader, WriteAs};
-use super::{json_body, ok, query_as_caller};
-use crate::http::apikey::AuthContext;
+use super::{name_list, ok, query_as_caller};
 use crate::http::{query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::jwt::JwtError;
 use crate::state::AppState;
 
@@ -147,10 +147,9 @@ pub fn download_url(
 pub async fn sign_one(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     obj: ObjectRef,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let ttl = expires_in(&body)?;
     let transform = body.get("transform").and_then(transformations);
     // The caller must be allowed to read it (RLS select), as in Supabase.
@@ -163,21 +162,11 @@ pub async fn sign_one(
 pub async fn sign_many(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     bucket: &str,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let ttl = expires_in(&body)?;
-    let paths: Vec<String> = body
-        .get("paths")
-        .and_then(Value::as_array)
-        .ok_or_else(|| StorageError::MissingParameter("paths".into()))?
-        .iter()
-        .map(|p| p.as_str().unwrap_or("").to_string())
-        .collect();
-    if paths.is_empty() || paths.len() > 1000 {
-        return Err(StorageError::InvalidParameter("paths".into()));
-    }
+    let paths = name_list(&body, "paths", true)?;
     let visible: std::collections::HashSet<String> = query_as_caller(
         state,
         ctx,

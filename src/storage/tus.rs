@@ -18,9 +18,9 @@ use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, WriteAs};
 use super::store::Store;
-use super::{as_admin, client, endpoint};
-use crate::http::apikey::AuthContext;
+use super::{client, endpoint};
 use crate::http::{empty, Req, Resp};
+use crate::identity::{AuthContext, ServerRole};
 use crate::state::AppState;
 
 const VERSION: &str = "1.0.0";
@@ -252,9 +252,9 @@ fn http_date(t: &chrono::DateTime<chrono::Utc>) -> String {
 async fn admin_tx(
     c: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
-    let tx = c.transaction().await.map_err(StorageError::pg)?;
-    as_admin(&tx).await?;
-    Ok(tx)
+    crate::db::begin_as_server(c, ServerRole::StorageAdmin, false)
+        .await
+        .map_err(StorageError::pg)
 }
 
 fn valid_id(id: &str) -> bool {

@@ -294,3 +294,36 @@ async fn oversized_upload_gets_its_413_after_the_whole_body_is_sent() {
     }
     assert!(stored_versions(&t).is_empty());
 }
+
+/// Storage's declared `row_ops` are enforced: under an endpoint that declared only reads,
+/// a caller transaction refuses a write even when the handler asks for a writable one.
+#[tokio::test]
+async fn declared_read_only_endpoints_cannot_write() {
+    use oxibase::identity::AuthContext;
+    use oxibase::storage::endpoint::{with_declared, RowOp};
+    use oxibase::storage::{caller_tx, client};
+    let t = TestServer::start().await;
+    let state = &t.server.state;
+    let insert = "insert into storage.buckets (id, name) values ('declared_ro', 'declared_ro')";
+    let refused = with_declared(&[RowOp::Select], async {
+        let mut c = client(state).await.unwrap();
+        let tx = caller_tx(&mut c, &AuthContext::service(), false)
+            .await
+            .unwrap();
+        tx.execute(insert, &[]).await
+    })
+    .await;
+    let e = refused.expect_err("a write under a read-only declaration");
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e}");
+    // The same write under a declaration that allows it goes through.
+    with_declared(&[RowOp::Select, RowOp::Insert], async {
+        let mut c = client(state).await.unwrap();
+        let tx = caller_tx(&mut c, &AuthContext::service(), false)
+            .await
+            .unwrap();
+        tx.execute(insert, &[]).await.unwrap();
+        tx.rollback().await.unwrap();
+    })
+    .await;
+    t.server.shutdown().await;
+}

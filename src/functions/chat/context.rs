@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::providers::Turn;
 use crate::db::RequestGucs;
 use crate::functions::error::FnError;
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 pub(super) fn gucs() -> RequestGucs<'static> {

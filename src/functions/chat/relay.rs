@@ -16,7 +16,7 @@ use super::store::{message_json, store, usage_details, Plan};
 use super::{Reply, MAX_ANSWER_BYTES, NAME};
 use crate::functions::error::FnError;
 use crate::functions::UsageDetails;
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// Longest silence on a streamed response (an SSE comment is sent then).

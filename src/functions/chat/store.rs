@@ -10,7 +10,7 @@ use super::context::{client, gucs};
 use super::providers::{Provider, Turn, Usage};
 use crate::functions::error::FnError;
 use crate::functions::UsageDetails;
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 /// Longest conversation title made from the first user message.

@@ -11,8 +11,8 @@ use super::store::{message_json, store, usage_details, Plan};
 use super::upstream::read_capped;
 use super::{Failure, Reply, MAX_ANSWER_BYTES};
 use crate::functions::UsageDetails;
-use crate::http::apikey::AuthContext;
 use crate::http::json_response;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 
 pub(super) async fn answer(

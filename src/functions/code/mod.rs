@@ -43,8 +43,8 @@ use uuid::Uuid;
 use super::error::FnError;
 use crate::config::FunctionsConfig;
 use crate::db::RequestGucs;
-use crate::http::apikey::AuthContext;
 use crate::http::{json_response, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use sandbox::{Job, Language};
 

@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
 use super::error::FnError;
-use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
+use crate::identity::AuthContext;
 use crate::realtime::upgrade::{accept, upgrade_key};
 use crate::state::AppState;
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::frames::{self, error_frame, Frame, Refusal};
 use super::sessions;
 use crate::db::RequestGucs;
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::realtime::changes::{Filter, FilterOp, PgBinding};
 use crate::realtime::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Sub, TopicKey};
 use crate::realtime::upgrade::WsStream;

@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use super::bindings::{as_text, passes, select_columns, PgBinding};
 use super::pgoutput::{Change, Column, Decoder, Kind, Relation};
 use super::types::{commit_timestamp, record};
-use crate::http::apikey::AuthContext;
+use crate::identity::AuthContext;
 use crate::realtime::hub::Out;
 use crate::state::AppState;
 

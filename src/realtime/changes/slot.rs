@@ -46,7 +46,7 @@ async fn open_slot(state: &AppState) -> Result<Session, String> {
     let client = deadpool_postgres::Object::take(obj);
     // The owner role of `realtime` has REPLICATION (0400); a superuser URL works as is.
     if let Err(e) = client
-        .batch_execute("set role supabase_realtime_admin")
+        .batch_execute(&crate::identity::ServerRole::RealtimeAdmin.set_sql(false))
         .await
     {
         tracing::debug!(error = %crate::db::error_text(&e), "realtime: staying in the login role for capture");

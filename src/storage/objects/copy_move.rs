@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::functions::sniff::SNIFF_BYTES;
-use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::{validate_key, ObjectRef};
 use crate::storage::error::StorageError;
@@ -104,9 +104,8 @@ async fn check_stored(
 pub async fn move_object(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let m = move_copy_body(&body)?;
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;

@@ -5,12 +5,12 @@ use chrono::DateTime;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::http::apikey::AuthContext;
-use crate::http::{Req, Resp};
+use crate::http::Resp;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::{Access, ObjectRef};
 use crate::storage::error::StorageError;
-use crate::storage::{json_body, ok, query_as_caller, str_field, ts};
+use crate::storage::{ok, query_as_caller, str_field, ts};
 
 use super::serve::{find_object, ObjectRow, Reader};
 
@@ -86,10 +86,9 @@ fn int_field(body: &Value, k: &str, default: i64, min: i64) -> Result<i64, Stora
 pub async fn list(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     bucket: &str,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let mut prefix = str_field(&body, "prefix").to_string();
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
@@ -150,10 +149,9 @@ pub async fn list(
 pub async fn list_v2(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     bucket: &str,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
     let prefix = str_field(&body, "prefix");
     let delimiter = body
         .get("with_delimiter")

@@ -3,13 +3,13 @@
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::http::apikey::AuthContext;
-use crate::http::{Req, Resp};
+use crate::http::Resp;
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::ObjectRef;
 use crate::storage::error::StorageError;
 use crate::storage::store::Store;
-use crate::storage::{caller_tx, client, json_body, ok, ts};
+use crate::storage::{caller_tx, client, name_list, ok, ts};
 
 use super::rules::is_our_version;
 
@@ -44,24 +44,10 @@ pub async fn delete_one(
 pub async fn delete_many(
     state: &AppState,
     ctx: &AuthContext,
-    req: Req,
+    body: Value,
     bucket: &str,
 ) -> Result<Resp, StorageError> {
-    let body = json_body(state, req).await?;
-    let prefixes: Vec<String> = body
-        .get("prefixes")
-        .and_then(Value::as_array)
-        .ok_or_else(|| StorageError::MissingParameter("prefixes".into()))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| StorageError::InvalidParameter("prefixes".into()))
-        })
-        .collect::<Result<_, _>>()?;
-    if prefixes.is_empty() || prefixes.len() > 1000 {
-        return Err(StorageError::InvalidParameter("prefixes".into()));
-    }
+    let prefixes = name_list(&body, "prefixes", false)?;
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
     let sql = format!(

@@ -10,8 +10,8 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::http::apikey::AuthContext;
 use crate::http::{empty, query_pairs, Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::{Access, ObjectRef};
 use crate::storage::error::StorageError;

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::functions::sniff::SNIFF_BYTES;
-use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
+use crate::identity::AuthContext;
 use crate::state::AppState;
 use crate::storage::endpoint::{validate_key, ObjectRef};
 use crate::storage::error::StorageError;
