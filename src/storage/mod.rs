@@ -5,6 +5,7 @@
 //! work through `begin_as` and moves bytes through [`store::Store`] → one error mapping.
 
 pub mod buckets;
+pub mod coerce;
 pub mod endpoint;
 pub mod error;
 pub mod fuzz;

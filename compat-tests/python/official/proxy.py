@@ -73,7 +73,7 @@ async def handle(reader, writer, upstream_port: int, prefix: str, defaults: list
         upload = asyncio.ensure_future(pipe(reader, up_writer))
         await pipe(up_reader, writer)  # the response ends when oxibase closes
         upload.cancel()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError):
         pass
     finally:
         for w in (writer, up_writer):

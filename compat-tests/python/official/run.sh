@@ -94,6 +94,9 @@ psql_file() { # psql_file DB_PORT FILE
   PGPASSWORD=postgres psql -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
     -c "NOTIFY pgrst, 'reload schema'" >>"$RESULTS/fixtures.log" 2>&1
 }
+anon_key() { # anon_key SECRET: an anon JWT signed with it (HS256)
+  "$PY" -c 'import sys, jwt; print(jwt.encode({"role": "anon", "iss": "supabase-demo", "exp": 1983812996}, sys.argv[1], algorithm="HS256"))' "$1"
+}
 base() { # base PORT DB_PORT SECRET
   printf 'port = %s\ndb_port = %s\nbind = ["127.0.0.1", "::1"]\napp_schema = false\ndb_fsync = false\njwt_secret = "%s"\nlog = "info"\n' "$1" "$2" "$3"
 }
@@ -134,7 +137,14 @@ minimum_password_length = 6
 anonymous_sign_ins = true
 rate_limit_per_hour = 0
 email_rate_limit_per_hour = 0
-email_max_frequency = 0"
+email_max_frequency = 0
+[auth.rate_limit]
+sign_in_sign_ups = 100000
+token_verifications = 100000
+token_refresh = 100000
+anonymous_users = 100000
+email_sent = 100000
+sms_sent = 100000"
       start_oxibase auth-9999 "$(base 56999 57999 "$AUTH_SECRET")
 $common
 site_url = \"http://localhost:9999\"
@@ -157,7 +167,12 @@ $common
 site_url = \"http://localhost:9996\"
 autoconfirm = true
 disable_signup = false" || return 1
-      local p; for p in 9999 9998 9997 9996; do proxy "$p" "5$((p + 6000))" /auth/v1 || return 1; done ;;
+      # A standalone GoTrue has no API gateway in front, so nothing asks for an apikey; oxibase
+      # (like Supabase's gateway) does: the proxy adds the instance's anon key when absent.
+      local p secret; for p in 9999 9998 9997 9996; do
+        secret="$AUTH_SECRET"; [ "$p" = 9996 ] && secret="$ASYM_SECRET"
+        proxy "$p" "$((p + 47000))" /auth/v1 "apikey:$(anon_key "$secret")" || return 1
+      done ;;
     functions|supabase) : ;; # unit tests with mocked HTTP: no service
   esac
 }
