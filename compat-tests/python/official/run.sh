@@ -137,8 +137,8 @@ minimum_password_length = 6
 anonymous_sign_ins = true
 rate_limit_per_hour = 0
 email_rate_limit_per_hour = 0
-email_max_frequency = 0
-[auth.rate_limit]
+email_max_frequency = 0"
+      local limits="[auth.rate_limit]
 sign_in_sign_ups = 100000
 token_verifications = 100000
 token_refresh = 100000
@@ -150,23 +150,27 @@ $common
 site_url = \"http://localhost:9999\"
 additional_redirect_urls = [\"https://supabase.io/docs\"]
 autoconfirm = false
-disable_signup = false" || return 1
+disable_signup = false
+$limits" || return 1
       start_oxibase auth-9998 "$(base 56998 57998 "$AUTH_SECRET")
 $common
 site_url = \"http://localhost:9998\"
 autoconfirm = true
-disable_signup = false" || return 1
+disable_signup = false
+$limits" || return 1
       start_oxibase auth-9997 "$(base 56997 57997 "$AUTH_SECRET")
 $common
 site_url = \"http://localhost:9997\"
 autoconfirm = false
-disable_signup = true" || return 1
+disable_signup = true
+$limits" || return 1
       start_oxibase auth-9996 "$(base 56996 57996 "$ASYM_SECRET")
 jwt_keys_file = \"$keys\"
 $common
 site_url = \"http://localhost:9996\"
 autoconfirm = true
-disable_signup = false" || return 1
+disable_signup = false
+$limits" || return 1
       # A standalone GoTrue has no API gateway in front, so nothing asks for an apikey; oxibase
       # (like Supabase's gateway) does: the proxy adds the instance's anon key when absent.
       local p secret; for p in 9999 9998 9997 9996; do
