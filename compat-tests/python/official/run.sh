@@ -136,7 +136,7 @@ PYEOF
 minimum_password_length = 6
 anonymous_sign_ins = true
 rate_limit_per_hour = 0
-email_rate_limit_per_hour = 0
+email_rate_limit_per_hour = 100000
 email_max_frequency = 0"
       local limits="[auth.rate_limit]
 sign_in_sign_ups = 100000
