@@ -145,26 +145,32 @@ token_refresh = 100000
 anonymous_users = 100000
 email_sent = 100000
 sms_sent = 100000"
-      start_oxibase auth-9999 "$(base 56999 57999 "$AUTH_SECRET")
-$common
-site_url = \"http://localhost:9999\"
-additional_redirect_urls = [\"https://supabase.io/docs\"]
-autoconfirm = false
-disable_signup = false
-$limits" || return 1
+      # GoTrue's four containers share one database (a test signs up on :9999 and confirms
+      # through the admin API of :9998): the first oxibase owns it, the others use database_url.
+      local shared="database_url = \"postgres://postgres:postgres@127.0.0.1:57998/postgres\""
       start_oxibase auth-9998 "$(base 56998 57998 "$AUTH_SECRET")
 $common
 site_url = \"http://localhost:9998\"
 autoconfirm = true
 disable_signup = false
 $limits" || return 1
+      start_oxibase auth-9999 "$(base 56999 57999 "$AUTH_SECRET")
+$shared
+$common
+site_url = \"http://localhost:9999\"
+additional_redirect_urls = [\"https://supabase.io/docs\"]
+autoconfirm = false
+disable_signup = false
+$limits" || return 1
       start_oxibase auth-9997 "$(base 56997 57997 "$AUTH_SECRET")
+$shared
 $common
 site_url = \"http://localhost:9997\"
 autoconfirm = false
 disable_signup = true
 $limits" || return 1
       start_oxibase auth-9996 "$(base 56996 57996 "$ASYM_SECRET")
+$shared
 jwt_keys_file = \"$keys\"
 $common
 site_url = \"http://localhost:9996\"

@@ -89,3 +89,23 @@ def test_rpc_less_filters_and_upsert(user):
     user.client.table("messages").upsert({"id": ids[2], "conversation_id": conv["id"], "role": "user", "content": "changed"}).execute()
     assert user.client.table("messages").select("content").eq("id", ids[2]).single().execute().data["content"] == "changed"
     assert user.client.table("messages").select("id").ilike("content", "M%").execute().data != []
+
+
+def test_json_values_are_coerced_by_postgres_as_postgrest_does(user):
+    # PostgREST hands the body to json_to_recordset: PostgreSQL casts "12" to int and "true"
+    # to boolean, and refuses what it cannot cast (22P02, a 400).
+    conv = user.client.table("conversations").insert({"title": "coerce", "archived": "true"}).execute().data[0]
+    assert conv["archived"] is True
+    row = user.client.table("messages").insert(
+        {"conversation_id": conv["id"], "role": "user", "content": "n", "tokens_used": "12"}
+    ).execute().data[0]
+    assert row["tokens_used"] == 12
+    with pytest.raises(APIError) as e:
+        user.client.table("messages").insert(
+            {"conversation_id": conv["id"], "role": "user", "content": "n", "tokens_used": "twelve"}
+        ).execute()
+    assert e.value.code == "22P02"
+    # query values are text to PostgreSQL too: eq.12 on an int column, is.true on a boolean
+    got = user.client.table("messages").select("tokens_used").eq("tokens_used", "12").execute().data
+    assert got == [{"tokens_used": 12}]
+    assert len(user.client.table("conversations").select("id").is_("archived", "true").execute().data) == 1
