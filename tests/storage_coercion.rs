@@ -92,12 +92,12 @@ async fn signed_urls_take_expires_in_as_a_numeric_string() {
         assert_invalid(&r, "expiresIn");
     }
 
-    let many = format!("object/sign/chat-files");
+    let many = "object/sign/chat-files";
     let r = call(
         &t,
         &tok,
         "POST",
-        &many,
+        many,
         json!({ "expiresIn": "10", "paths": [format!("{uid}/ab.txt")] }),
     )
     .await;

@@ -48,11 +48,15 @@ pub fn boolean(v: &Value) -> Option<bool> {
             "false" => Some(false),
             _ => None,
         },
-        Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 1.0 => Some(true),
-            Some(x) if x == 0.0 => Some(false),
-            _ => None,
-        },
+        Value::Number(n) => n.as_f64().and_then(|x| {
+            if x == 1.0 {
+                Some(true)
+            } else if x == 0.0 {
+                Some(false)
+            } else {
+                None
+            }
+        }),
         Value::Null => Some(false),
         Value::Array(a) if a.len() == 1 && !a[0].is_array() => boolean(&a[0]),
         _ => None,

@@ -84,7 +84,8 @@ start_oxibase() {
 proxy() { # proxy LISTEN UPSTREAM PREFIX [HEADER:VALUE...]
   "$PY" "$HERE/proxy.py" "$@" >>"$RESULTS/proxy.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 1 40); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "# harness: proxy on :$1 did not start (see proxy.log)"
   return 1
 }
 psql_file() { # psql_file DB_PORT FILE
