@@ -191,6 +191,54 @@ async fn booleans_and_integers_as_strings_in_buckets_and_lists() {
     )
     .await;
     assert_invalid(&r, "limit");
+
+    // arrays given once (Ajv's "array" coercion): paths, prefixes, allowed_mime_types
+    let r = call(
+        &t,
+        SERVICE_KEY,
+        "POST",
+        "object/sign/coerced",
+        json!({ "expiresIn": 60, "paths": "d/a.txt" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()[0]["path"], "d/a.txt", "{}", r.text());
+    assert!(r.json()[0]["signedURL"].is_string(), "{}", r.text());
+    let r = call(
+        &t,
+        SERVICE_KEY,
+        "DELETE",
+        "object/coerced",
+        json!({ "prefixes": "d/a.txt" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1), "{}", r.text());
+    let r = call(
+        &t,
+        SERVICE_KEY,
+        "DELETE",
+        "object/coerced",
+        json!({ "prefixes": { "x": 1 } }),
+    )
+    .await;
+    assert_invalid(&r, "prefixes");
+    let r = call(
+        &t,
+        SERVICE_KEY,
+        "PUT",
+        "bucket/coerced",
+        json!({ "allowed_mime_types": "image/png" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&t, SERVICE_KEY, "GET", "bucket/coerced", json!(null)).await;
+    assert_eq!(
+        r.json()["allowed_mime_types"],
+        json!(["image/png"]),
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]

@@ -134,6 +134,8 @@ pub fn parse_mime_types(v: &Value) -> Result<Option<Vec<String>>, StorageError> 
             }
             Ok((!out.is_empty()).then_some(out))
         }
+        // a single type given once stands for a one-element list (Ajv's "array" coercion)
+        Value::String(_) => parse_mime_types(&Value::Array(vec![v.clone()])),
         _ => Err(StorageError::InvalidParameter("allowed_mime_types".into())),
     }
 }

@@ -63,13 +63,35 @@ pub fn boolean(v: &Value) -> Option<bool> {
     }
 }
 
+/// A JSON value as a `string`: strings; numbers and booleans in their JSON spelling; `null`
+/// as the empty string (Ajv's coercions to a string type).
+pub fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// An array of strings; a single value given once stands for a one-element array (Ajv's
+/// `coerceTypes: "array"`).
+pub fn string_list(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(a) => a.iter().map(string).collect(),
+        Value::Object(_) | Value::Null => None,
+        scalar => string(scalar).map(|s| vec![s]),
+    }
+}
+
 fn integral(f: f64) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{boolean, int, int_str};
+    use super::{boolean, int, int_str, string_list};
     use serde_json::json;
 
     #[test]
@@ -98,6 +120,22 @@ mod tests {
         assert_eq!(int_str("20"), Some(20));
         assert_eq!(int_str("-1"), Some(-1));
         assert_eq!(int_str("NaN"), None);
+    }
+
+    #[test]
+    fn string_lists_as_ajv_coerces_them() {
+        assert_eq!(
+            string_list(&json!(["a", "b"])),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(string_list(&json!("a")), Some(vec!["a".into()]));
+        assert_eq!(
+            string_list(&json!([5, true])),
+            Some(vec!["5".into(), "true".into()])
+        );
+        assert_eq!(string_list(&json!([{}])), None);
+        assert_eq!(string_list(&json!({})), None);
+        assert_eq!(string_list(&json!(null)), None);
     }
 
     #[test]

@@ -169,13 +169,12 @@ pub async fn sign_many(
 ) -> Result<Resp, StorageError> {
     let body = json_body(state, req).await?;
     let ttl = expires_in(&body)?;
-    let paths: Vec<String> = body
-        .get("paths")
-        .and_then(Value::as_array)
-        .ok_or_else(|| StorageError::MissingParameter("paths".into()))?
-        .iter()
-        .map(|p| p.as_str().unwrap_or("").to_string())
-        .collect();
+    let paths: Vec<String> = match body.get("paths") {
+        None | Some(Value::Null) => return Err(StorageError::MissingParameter("paths".into())),
+        Some(v) => {
+            coerce::string_list(v).ok_or_else(|| StorageError::InvalidParameter("paths".into()))?
+        }
+    };
     if paths.is_empty() || paths.len() > 1000 {
         return Err(StorageError::InvalidParameter("paths".into()));
     }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use crate::http::apikey::AuthContext;
 use crate::http::{Req, Resp};
 use crate::state::AppState;
+use crate::storage::coerce;
 use crate::storage::endpoint::ObjectRef;
 use crate::storage::error::StorageError;
 use crate::storage::store::Store;
@@ -47,17 +48,11 @@ pub async fn delete_many(
     bucket: &str,
 ) -> Result<Resp, StorageError> {
     let body = json_body(state, req).await?;
-    let prefixes: Vec<String> = body
-        .get("prefixes")
-        .and_then(Value::as_array)
-        .ok_or_else(|| StorageError::MissingParameter("prefixes".into()))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| StorageError::InvalidParameter("prefixes".into()))
-        })
-        .collect::<Result<_, _>>()?;
+    let prefixes: Vec<String> = match body.get("prefixes") {
+        None | Some(Value::Null) => return Err(StorageError::MissingParameter("prefixes".into())),
+        Some(v) => coerce::string_list(v)
+            .ok_or_else(|| StorageError::InvalidParameter("prefixes".into()))?,
+    };
     if prefixes.is_empty() || prefixes.len() > 1000 {
         return Err(StorageError::InvalidParameter("prefixes".into()));
     }
