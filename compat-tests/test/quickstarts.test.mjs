@@ -10,6 +10,9 @@ import { fileURLToPath } from 'node:url';
 import { URL, ANON_KEY } from '../lib/env.mjs';
 
 const examples = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'examples');
+// The Python compat tests' environment (.ci/run makes it, with the same supabase pin), else python3.
+const venv = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'python', '.venv', 'bin', 'python');
+const python = existsSync(venv) ? venv : 'python3';
 const env = { ...process.env, SUPABASE_URL: URL, SUPABASE_ANON_KEY: ANON_KEY };
 
 function run(cmd, args, cwd) {
@@ -43,13 +46,13 @@ test('examples/node quick start (supabase-js)', { timeout: 180_000 }, async () =
 });
 
 test('examples/python quick start (supabase-py)', { timeout: 120_000 }, async () => {
-  const probe = await run('python3', ['-c', 'import supabase'], examples);
+  const probe = await run(python, ['-c', 'import supabase'], examples);
   assert.equal(
     probe.code,
     0,
-    `the Python client is not installed: pip install -r examples/python/requirements.txt (.ci/run does)\n${probe.stderr}`,
+    `the Python client is not installed: pip install -r examples/python/requirements.txt (.ci/run installs compat-tests/python/requirements.txt, the same pin, into compat-tests/python/.venv)\n${probe.stderr}`,
   );
-  const r = await run('python3', ['quickstart.py'], join(examples, 'python'));
+  const r = await run(python, ['quickstart.py'], join(examples, 'python'));
   assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
   for (const s of STEPS) assert.match(r.stdout, s);
   assert.ok(r.ms < 60_000, `ran in ${r.ms} ms`);

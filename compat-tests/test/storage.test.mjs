@@ -249,9 +249,9 @@ test('downloads: ranges, ETag / If-None-Match, Last-Modified, ?download= attachm
   const ims = await fetch(url, { headers: { 'If-Modified-Since': full.headers.get('last-modified') } });
   assert.equal(ims.status, 304);
   const att = await fetch(`${url}?download=`);
-  assert.match(att.headers.get('content-disposition'), /^attachment; filename="data.bin"/);
+  assert.match(att.headers.get('content-disposition'), /^attachment; filename=data\.bin; filename\*=UTF-8''data\.bin$/);
   const named = await fetch(svc.storage.from(bucket).getPublicUrl('r/data.bin', { download: 'x.bin' }).data.publicUrl);
-  assert.match(named.headers.get('content-disposition'), /filename="x.bin"/);
+  assert.match(named.headers.get('content-disposition'), /^attachment; filename=x\.bin; filename\*=UTF-8''x\.bin$/);
   const head = await fetch(`${S}/object/${bucket}/r/data.bin`, { method: 'HEAD', headers: { Authorization: `Bearer ${(await import('../lib/env.mjs')).SERVICE_KEY}` } });
   assert.equal(head.status, 200);
   assert.equal(head.headers.get('content-length'), '20');

@@ -520,7 +520,12 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
             o.insert("action_link".into(), json!(sent.action_link));
             o.insert("email_otp".into(), json!(sent.otp));
             o.insert("hashed_token".into(), json!(sent.token_hash));
-            o.insert("verification_type".into(), json!(kind.link_type()));
+            // GoTrue answers with the requested type (email_change_current / _new)
+            let vtype = match kind {
+                Kind::EmailChange | Kind::EmailChangeCurrent => ltype.as_str(),
+                _ => kind.link_type(),
+            };
+            o.insert("verification_type".into(), json!(vtype));
             o.insert("redirect_to".into(), json!(redirect));
         }
         Ok(out)

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::coerce;
 use super::endpoint::validate_bucket_name;
 use super::error::StorageError;
 use super::{as_admin, caller_tx, client, ok, query_as_caller, ts};
@@ -26,17 +27,14 @@ pub async fn list(state: &AppState, ctx: &AuthContext, req: &Req) -> Result<Resp
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let limit: Option<i64> = match get("limit") {
         Some(v) => Some(
-            v.parse()
-                .ok()
+            coerce::int_str(v)
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| StorageError::InvalidParameter("limit".into()))?,
         ),
         None => None,
     };
     let offset: i64 = match get("offset") {
-        Some(v) => v
-            .parse()
-            .ok()
+        Some(v) => coerce::int_str(v)
             .filter(|n| *n >= 0)
             .ok_or_else(|| StorageError::InvalidParameter("offset".into()))?,
         None => 0,
@@ -137,6 +135,8 @@ pub fn parse_mime_types(v: &Value) -> Result<Option<Vec<String>>, StorageError> 
             }
             Ok((!out.is_empty()).then_some(out))
         }
+        // a single type given once stands for a one-element list (Ajv's "array" coercion)
+        Value::String(_) => parse_mime_types(&Value::Array(vec![v.clone()])),
         _ => Err(StorageError::InvalidParameter("allowed_mime_types".into())),
     }
 }
@@ -173,8 +173,9 @@ pub async fn create(
     validate_bucket_name(&id)?;
     let public = match body.get("public") {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(StorageError::InvalidParameter("public".into())),
+        Some(v) => {
+            coerce::boolean(v).ok_or_else(|| StorageError::InvalidParameter("public".into()))?
+        }
     };
     let limit = parse_size_limit(body.get("file_size_limit").unwrap_or(&Value::Null))?;
     check_limit_within_global(state, limit)?;
@@ -220,8 +221,9 @@ pub async fn update(
 ) -> Result<Resp, StorageError> {
     let public = match body.get("public") {
         None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(StorageError::InvalidParameter("public".into())),
+        Some(v) => Some(
+            coerce::boolean(v).ok_or_else(|| StorageError::InvalidParameter("public".into()))?,
+        ),
     };
     let set_limit = body.get("file_size_limit").is_some();
     let limit = parse_size_limit(body.get("file_size_limit").unwrap_or(&Value::Null))?;

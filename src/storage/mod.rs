@@ -5,6 +5,7 @@
 //! work through `begin_as` and moves bytes through [`store::Store`] → one error mapping.
 
 pub mod buckets;
+pub mod coerce;
 pub mod endpoint;
 pub mod error;
 pub mod fuzz;
@@ -226,20 +227,16 @@ pub async fn commit_with_message(tx: Transaction<'_>, message: &str) -> Result<R
     Ok(ok(&serde_json::json!({ "message": message })))
 }
 
-/// A body's list of object names (`prefixes`, `paths`): required, 1 to 1000 entries. A
-/// non-string entry is refused, or with `lenient` kept as `""` (refused per entry later).
-pub fn name_list(body: &Value, key: &str, lenient: bool) -> Result<Vec<String>, StorageError> {
-    let names: Vec<String> = body
-        .get(key)
-        .and_then(Value::as_array)
-        .ok_or_else(|| StorageError::MissingParameter(key.into()))?
-        .iter()
-        .map(|v| match v.as_str() {
-            Some(s) => Ok(s.to_string()),
-            None if lenient => Ok(String::new()),
-            None => Err(StorageError::InvalidParameter(key.into())),
-        })
-        .collect::<Result<_, _>>()?;
+/// A body's list of object names (`prefixes`, `paths`): required, 1 to 1000 entries,
+/// coerced as storage-api's schema validation does (a single value is a one-entry list,
+/// numbers and booleans become strings; an object is refused).
+pub fn name_list(body: &Value, key: &str) -> Result<Vec<String>, StorageError> {
+    let names = match body.get(key) {
+        None | Some(Value::Null) => return Err(StorageError::MissingParameter(key.into())),
+        Some(v) => {
+            coerce::string_list(v).ok_or_else(|| StorageError::InvalidParameter(key.into()))?
+        }
+    };
     if names.is_empty() || names.len() > 1000 {
         return Err(StorageError::InvalidParameter(key.into()));
     }

@@ -11,6 +11,7 @@ use http::{HeaderMap, Response, StatusCode};
 use image::{DynamicImage, ImageDecoder, ImageFormat};
 use serde_json::Value;
 
+use super::coerce;
 use super::endpoint::{Access, ObjectRef};
 use super::error::StorageError;
 use super::objects::{find_object, Reader};
@@ -73,9 +74,8 @@ impl Transform {
 }
 
 fn side(v: &str, name: &str) -> Result<u32, StorageError> {
-    v.trim()
-        .parse::<u32>()
-        .ok()
+    coerce::int_str(v)
+        .and_then(|n| u32::try_from(n).ok())
         .filter(|n| (1..=MAX_SIDE).contains(n))
         .ok_or_else(|| StorageError::InvalidParameter(name.into()))
 }
@@ -112,9 +112,8 @@ pub fn from_query(q: &[(String, String)]) -> Result<Transform, StorageError> {
                 }
             }
             "quality" => {
-                t.quality = v
-                    .parse::<u8>()
-                    .ok()
+                t.quality = coerce::int_str(v)
+                    .and_then(|n| u8::try_from(n).ok())
                     .filter(|n| (20..=100).contains(n))
                     .ok_or_else(|| StorageError::InvalidParameter("quality".into()))?
             }
@@ -350,6 +349,9 @@ pub async fn render(
         .store
         .get_all(&Store::object_key(&row.version), MAX_INPUT_BYTES)
         .await?;
+    if t.format.is_none() && is_svg(&row.mimetype(), &bytes) {
+        return svg_as_is(bytes, &row, &obj, &q);
+    }
     let permit = tokio::time::timeout(
         DEADLINE,
         state.storage.render_permits.clone().acquire_owned(),
@@ -384,6 +386,42 @@ pub async fn render(
         );
     }
     b.body(full(out)).map_err(StorageError::internal)
+}
+
+/// An SVG the image service cannot rasterize: like Supabase's imgproxy, which returns a
+/// vector source as is when no other format is asked for, it is served untransformed, with
+/// the headers every active object gets (nosniff, a sandbox CSP, a download disposition).
+fn is_svg(mimetype: &str, bytes: &[u8]) -> bool {
+    let declared = mimetype
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("image/svg+xml"));
+    declared && image::guess_format(bytes).is_err()
+}
+
+fn svg_as_is(
+    bytes: Bytes,
+    row: &super::objects::ObjectRow,
+    obj: &ObjectRef,
+    q: &[(String, String)],
+) -> Result<Resp, StorageError> {
+    let download = q
+        .iter()
+        .find(|(k, _)| k == "download")
+        .map_or("", |(_, v)| v.as_str());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "image/svg+xml")
+        .header(super::objects::NOSNIFF.0, super::objects::NOSNIFF.1)
+        .header(super::objects::SANDBOX.0, super::objects::SANDBOX.1)
+        .header(
+            "content-disposition",
+            super::objects::content_disposition(download, obj),
+        )
+        .header("content-length", bytes.len())
+        .header("cache-control", row.cache_control())
+        .body(full(bytes))
+        .map_err(StorageError::internal)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::coerce;
 use super::endpoint::{validate_key, ObjectRef};
 use super::error::StorageError;
 use super::objects::{self, find_object, Reader, WriteAs};
@@ -86,9 +87,8 @@ fn token_param(req: &Req) -> Result<String, StorageError> {
 fn expires_in(body: &Value) -> Result<i64, StorageError> {
     match body.get("expiresIn") {
         None | Some(Value::Null) => Err(StorageError::MissingParameter("expiresIn".into())),
-        Some(v) => v
-            .as_i64()
-            .or_else(|| v.as_f64().map(|f| f as i64))
+        // an integer, coerced as storage-api's schema validation does ("3600" from storage3)
+        Some(v) => coerce::int(v)
             .filter(|n| *n >= 1 && *n <= 10 * 365 * 24 * 3600)
             .ok_or_else(|| StorageError::InvalidParameter("expiresIn".into())),
     }
@@ -99,10 +99,11 @@ fn expires_in(body: &Value) -> Result<i64, StorageError> {
 pub fn transformations(t: &Value) -> Option<String> {
     let t = t.as_object()?;
     let mut parts = vec![];
-    if let Some(h) = t.get("height").and_then(Value::as_u64) {
+    let uint = |k: &str| t.get(k).and_then(coerce::int).filter(|n| *n >= 0);
+    if let Some(h) = uint("height") {
         parts.push(format!("height:{h}"));
     }
-    if let Some(w) = t.get("width").and_then(Value::as_u64) {
+    if let Some(w) = uint("width") {
         parts.push(format!("width:{w}"));
     }
     if parts.is_empty() && t.get("quality").is_none() && t.get("format").is_none() {
@@ -114,7 +115,7 @@ pub fn transformations(t: &Value) -> Option<String> {
         _ => "fill",
     };
     parts.push(format!("resizing_type:{resize}"));
-    if let Some(q) = t.get("quality").and_then(Value::as_u64) {
+    if let Some(q) = uint("quality") {
         parts.push(format!("quality:{q}"));
     }
     if let Some(f) = t.get("format").and_then(Value::as_str) {
@@ -166,7 +167,7 @@ pub async fn sign_many(
     bucket: &str,
 ) -> Result<Resp, StorageError> {
     let ttl = expires_in(&body)?;
-    let paths = name_list(&body, "paths", true)?;
+    let paths = name_list(&body, "paths")?;
     let visible: std::collections::HashSet<String> = query_as_caller(
         state,
         ctx,

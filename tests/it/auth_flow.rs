@@ -836,6 +836,8 @@ async fn admin_api() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["new_email"], "gl2@example.com");
+    // as GoTrue: the requested type (supabase-py's GenerateLinkProperties accepts no other)
+    assert_eq!(v["verification_type"], "email_change_current");
     assert!(v["action_link"]
         .as_str()
         .unwrap()

@@ -23,5 +23,6 @@ mod rest_basic;
 mod spine;
 mod static_files;
 mod storage_api;
+mod storage_coercion;
 mod storage_hardening;
 mod token_attacks;

@@ -284,7 +284,7 @@ async fn objects_are_served_with_nosniff_and_active_types_sandboxed() {
         .await;
     assert!(named
         .header("content-disposition")
-        .is_some_and(|d| d.starts_with("attachment; filename=\"page.html\"")));
+        .is_some_and(|d| d.starts_with("attachment; filename=page.html;")));
 
     // Transformed images say nosniff too.
     let r = t

@@ -2,7 +2,7 @@
 
 use super::select::MAX_DEPTH;
 use super::{
-    split_top, unquote, Cursor, Field, Filter, IsVal, Logic, Op, Quant, FTS_OPS, QUANT_OPS,
+    split_logic, unquote, Cursor, Field, Filter, IsVal, Logic, Op, Quant, FTS_OPS, QUANT_OPS,
     SIMPLE_OPS,
 };
 use crate::rest::error::RestError;
@@ -167,7 +167,7 @@ fn parse_logic_inner(or: bool, negate: bool, value: &str, depth: usize) -> Resul
         .and_then(|r| r.strip_suffix(')'))
         .ok_or("unexpected end of input expecting \"(\"")?;
     let mut children = vec![];
-    for part in split_top(inner, ',')? {
+    for part in split_logic(inner)? {
         if part.is_empty() {
             return Err("unexpected \",\" expecting logic operator or field name".into());
         }

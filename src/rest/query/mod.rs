@@ -217,12 +217,28 @@ const FTS_OPS: &[&str] = &["fts", "plfts", "phfts", "wfts"];
 
 /// Split on `sep` at depth 0, outside double quotes (backslash escapes inside quotes).
 pub fn split_top(s: &str, sep: char) -> Result<Vec<String>, String> {
+    split_top_with(s, sep, false)
+}
+
+/// [`split_top`] for the members of a logic tree, where a value may also be a PostgreSQL
+/// array literal `{a,b}` whose commas do not separate (as PostgREST's `pPgArray`).
+pub fn split_logic(s: &str) -> Result<Vec<String>, String> {
+    split_top_with(s, ',', true)
+}
+
+fn split_top_with(s: &str, sep: char, braces: bool) -> Result<Vec<String>, String> {
     let mut out = vec![];
     let mut cur = String::new();
     let mut depth = 0i32;
     let mut in_q = false;
+    let mut in_brace = false;
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
+        if in_brace {
+            cur.push(c);
+            in_brace = c != '}';
+            continue;
+        }
         if in_q {
             cur.push(c);
             if c == '\\' {
@@ -248,6 +264,10 @@ pub fn split_top(s: &str, sep: char) -> Result<Vec<String>, String> {
                 if depth < 0 {
                     return Err("unexpected \")\"".into());
                 }
+                cur.push(c);
+            }
+            '{' if braces => {
+                in_brace = true;
                 cur.push(c);
             }
             c if c == sep && depth == 0 => out.push(std::mem::take(&mut cur)),
@@ -480,6 +500,32 @@ pub fn parse_field(s: &str) -> Result<Field, RestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logic_tree_values_may_be_array_literals() {
+        let l = filter::parse_logic(true, false, "(id.in.(1,4),tags.cs.{is:open,priority:high})")
+            .unwrap();
+        match l {
+            Logic::Tree { children, .. } => {
+                assert_eq!(children.len(), 2);
+                match &children[1] {
+                    Logic::Filter(f) => {
+                        assert_eq!(f.field.name, "tags");
+                        assert!(
+                            matches!(&f.op, Op::Simple { value, .. } if value == "{is:open,priority:high}"),
+                            "{:?}",
+                            f.op
+                        );
+                    }
+                    o => panic!("{o:?}"),
+                }
+            }
+            o => panic!("{o:?}"),
+        }
+        // outside a logic tree nothing changes: braces are not grouping in select lists
+        assert_eq!(split_top("a,{b,c}", ',').unwrap().len(), 3);
+        assert_eq!(split_logic("a.eq.1,b.cs.{x,y}").unwrap().len(), 2);
+    }
 
     #[test]
     fn select_grammar() {

@@ -10,6 +10,7 @@ use crate::functions::sniff::SNIFF_BYTES;
 use crate::http::{Req, Resp};
 use crate::identity::AuthContext;
 use crate::state::AppState;
+use crate::storage::coerce;
 use crate::storage::endpoint::{validate_key, ObjectRef};
 use crate::storage::error::StorageError;
 use crate::storage::store::Store;
@@ -153,7 +154,7 @@ pub async fn copy_object(
     check_stored(state, &bucket, &src.metadata, &src.version).await?;
     let copy_meta = body
         .get("copyMetadata")
-        .and_then(Value::as_bool)
+        .and_then(coerce::boolean)
         .unwrap_or(true);
     let user_metadata = match body.get("metadata") {
         Some(v @ Value::Object(_)) => Some(v.clone()),

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::http::Resp;
 use crate::identity::AuthContext;
 use crate::state::AppState;
+use crate::storage::coerce;
 use crate::storage::endpoint::{Access, ObjectRef};
 use crate::storage::error::StorageError;
 use crate::storage::{ok, query_as_caller, str_field, ts};
@@ -75,8 +76,7 @@ fn sort_of(
 fn int_field(body: &Value, k: &str, default: i64, min: i64) -> Result<i64, StorageError> {
     match body.get(k) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_i64()
+        Some(v) => coerce::int(v)
             .filter(|n| *n >= min)
             .ok_or_else(|| StorageError::InvalidParameter(k.into())),
     }
@@ -155,7 +155,7 @@ pub async fn list_v2(
     let prefix = str_field(&body, "prefix");
     let delimiter = body
         .get("with_delimiter")
-        .and_then(Value::as_bool)
+        .and_then(coerce::boolean)
         .unwrap_or(false);
     let limit = int_field(&body, "limit", 1000, 1)?.min(1000);
     let (mut col, mut ord) = sort_of(&body, &["name", "updated_at", "created_at"])?;

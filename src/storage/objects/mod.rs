@@ -105,7 +105,7 @@ mod tests {
         };
         assert_eq!(
             content_disposition("", &o),
-            "attachment; filename=\"a b.txt\"; filename*=UTF-8''a%20b%2Etxt"
+            "attachment; filename=a%20b.txt; filename*=UTF-8''a%20b.txt"
         );
         assert!(!content_disposition("x\"\r\ny", &o).contains('\n'));
     }

@@ -47,7 +47,7 @@ pub async fn delete_many(
     body: Value,
     bucket: &str,
 ) -> Result<Resp, StorageError> {
-    let prefixes = name_list(&body, "prefixes", false)?;
+    let prefixes = name_list(&body, "prefixes")?;
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
     let sql = format!(

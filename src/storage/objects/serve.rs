@@ -203,19 +203,23 @@ pub fn content_disposition(download: &str, obj: &ObjectRef) -> String {
     } else {
         download.to_string()
     };
-    let ascii: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let enc = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
-    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{enc}")
+    // As storage-api: the name through encodeURIComponent in both parameters, which leaves
+    // nothing a header could break on (no quotes, spaces, CR/LF or non-ASCII).
+    let enc = percent_encoding::utf8_percent_encode(&name, URI_COMPONENT);
+    format!("attachment; filename={enc}; filename*=UTF-8''{enc}")
 }
+
+/// What JavaScript's encodeURIComponent escapes: all but A-Z a-z 0-9 - _ . ! ~ * ' ( ).
+const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 /// Whether a browser shows this type without running anything in our origin: raster
 /// images, audio, video, fonts, plain text, CSV, JSON, PDF and opaque binaries. Everything
