@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use std::sync::OnceLock;
 use tokio::sync::Semaphore;
 use tokio_postgres::Client;
 
@@ -45,16 +46,9 @@ pub fn spawn_background(state: &AppState) {
 }
 
 async fn run(pool: Pool, listen_cfg: tokio_postgres::Config, settings: WorkerSettings) {
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "pg_net: cannot build the HTTP client");
-            return;
-        }
-    };
+    // Built on the first queued request: its TLS setup costs memory that an idle
+    // server whose SQL never calls pg_net should not carry.
+    let client: OnceLock<reqwest::Client> = OnceLock::new();
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let mut backoff = crate::db::Backoff::new(Duration::from_secs(10));
     loop {
@@ -90,7 +84,7 @@ async fn run(pool: Pool, listen_cfg: tokio_postgres::Config, settings: WorkerSet
 /// Expires old responses, then takes and starts queued requests until the queue is empty.
 async fn drain(
     db: &Arc<Client>,
-    client: &reqwest::Client,
+    client: &OnceLock<reqwest::Client>,
     slots: &Arc<Semaphore>,
     s: &WorkerSettings,
 ) -> Result<(), String> {
@@ -121,6 +115,16 @@ async fn drain(
         if rows.is_empty() {
             return Ok(());
         }
+        let client = match client.get() {
+            Some(c) => c,
+            None => {
+                let built = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::limited(10))
+                    .build()
+                    .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+                client.get_or_init(|| built)
+            }
+        };
         for row in rows {
             let q = Queued {
                 id: row.get(0),
