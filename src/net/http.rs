@@ -49,6 +49,19 @@ fn timeout_message(timeout_ms: i32, started: Instant) -> String {
     )
 }
 
+/// The outcome of a request that failed while sending or while reading the body.
+fn failure(e: &reqwest::Error, timeout_ms: i32, started: Instant) -> Outcome {
+    if e.is_timeout() {
+        Outcome {
+            timed_out: true,
+            error_msg: Some(timeout_message(timeout_ms, started)),
+            ..Outcome::default()
+        }
+    } else {
+        Outcome::error(error_message(e))
+    }
+}
+
 /// curl's words for the failures a request can meet (pg_net stores `curl_easy_strerror`).
 fn error_message(e: &reqwest::Error) -> &'static str {
     let chain = {
@@ -107,14 +120,7 @@ pub async fn execute(client: &reqwest::Client, q: &Queued) -> Outcome {
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return Outcome {
-                timed_out: true,
-                error_msg: Some(timeout_message(q.timeout_ms, started)),
-                ..Outcome::default()
-            }
-        }
-        Err(e) => return Outcome::error(error_message(&e)),
+        Err(e) => return failure(&e, q.timeout_ms, started),
     };
     let status = resp.status().as_u16() as i32;
     let mut headers = Map::new();
@@ -130,14 +136,7 @@ pub async fn execute(client: &reqwest::Client, q: &Queued) -> Outcome {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let body = match resp.bytes().await {
         Ok(b) => b,
-        Err(e) if e.is_timeout() => {
-            return Outcome {
-                timed_out: true,
-                error_msg: Some(timeout_message(q.timeout_ms, started)),
-                ..Outcome::default()
-            }
-        }
-        Err(e) => return Outcome::error(error_message(&e)),
+        Err(e) => return failure(&e, q.timeout_ms, started),
     };
     // Stored as text, like pg_net (which keeps the bytes up to the first NUL).
     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());

@@ -268,32 +268,24 @@ const MANAGED: &[&str] = &[
     "vault",
     "oxibase",
 ];
-/// Left out of a data dump: auth and storage rows are kept, for moving a project.
-const DATA_EXCLUDED: &[&str] = &[
-    "information_schema",
-    "pg_*",
-    "graphql",
-    "graphql_public",
-    "pgsodium",
-    "pgsodium_masks",
-    "pgtle",
-    "repack",
-    "tiger",
-    "tiger_data",
-    "timescaledb_*",
-    "_timescaledb_*",
-    "topology",
-    "vault",
-    "etl",
-    "extensions",
-    "pgbouncer",
-    "realtime",
-    "supabase_migrations",
-    "_analytics",
-    "_realtime",
-    "_supavisor",
-    "oxibase",
+/// Managed schemas whose rows a data dump keeps (auth and storage rows, for moving a project).
+const DATA_KEPT: &[&str] = &[
+    "auth",
+    "storage",
+    "supabase_functions",
+    "cron",
+    "dbdev",
+    "net",
+    "pgmq",
 ];
+
+/// The schemas left out of a dump: all managed ones, less those whose rows a data dump keeps.
+fn excluded_schemas(data_only: bool) -> impl Iterator<Item = &'static str> {
+    MANAGED
+        .iter()
+        .copied()
+        .filter(move |s| !(data_only && DATA_KEPT.contains(s)))
+}
 const RESERVED_ROLES: &[&str] = &[
     "anon",
     "authenticated",
@@ -346,9 +338,8 @@ pub async fn dump(cfg: &Config, a: &DumpArgs) -> Result<String, String> {
             "--schema-only"
         });
         cmd.args(["--quote-all-identifier", "--no-owner", "-d", &url]);
-        let excluded = if a.data_only { DATA_EXCLUDED } else { MANAGED };
         if a.schema.is_empty() {
-            for s in excluded {
+            for s in excluded_schemas(a.data_only) {
                 cmd.args(["--exclude-schema", s]);
             }
         } else {

@@ -138,6 +138,15 @@ fn table_request<'r>(
     Ok((params, explain, req, media))
 }
 
+/// A `limit` or `offset` value: a non-negative integer, else PostgREST's parse error.
+fn non_negative(what: &str, v: &str) -> Result<i64, RestError> {
+    v.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| RestError::parse(what, v, "expecting a non-negative integer"))
+}
+
 fn parse_params(
     pairs: &[(String, String)],
     rpc_get: bool,
@@ -168,36 +177,8 @@ fn parse_params(
         let m = p.mods.entry(path).or_default();
         match last.as_str() {
             "order" => m.order.extend(query::parse_order(v)?),
-            "limit" => {
-                m.limit = Some(
-                    v.trim()
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|n| *n >= 0)
-                        .ok_or_else(|| {
-                            RestError::parse(
-                                "limit parameter",
-                                v,
-                                "expecting a non-negative integer",
-                            )
-                        })?,
-                )
-            }
-            "offset" => {
-                m.offset = Some(
-                    v.trim()
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|n| *n >= 0)
-                        .ok_or_else(|| {
-                            RestError::parse(
-                                "offset parameter",
-                                v,
-                                "expecting a non-negative integer",
-                            )
-                        })?,
-                )
-            }
+            "limit" => m.limit = Some(non_negative("limit parameter", v)?),
+            "offset" => m.offset = Some(non_negative("offset parameter", v)?),
             "or" | "and" | "not.or" | "not.and" => {
                 let negate = last.starts_with("not.");
                 let or = last.ends_with("or");

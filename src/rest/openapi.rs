@@ -35,6 +35,22 @@ fn t_fmt(t: &str) -> &'static str {
     }
 }
 
+/// The names (first column, as text) of a catalog query on `schema`, as the caller sees them.
+async fn names(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    schema: &str,
+    anon: bool,
+) -> Result<Vec<String>, RestError> {
+    Ok(tx
+        .query(sql, &[&schema])
+        .await
+        .map_err(|e| RestError::from_pg(&e, anon))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 pub async fn respond_doc(state: &AppState, req: &RestReq<'_>) -> Result<Value, RestError> {
     let sc = state.rest.cache();
     // Which relations and functions this role may use.
@@ -47,29 +63,23 @@ pub async fn respond_doc(state: &AppState, req: &RestReq<'_>) -> Result<Value, R
     let tx = crate::db::begin_as(&mut client, req.ctx, &Default::default(), true)
         .await
         .map_err(|e| RestError::from_pg(&e, anon))?;
-    let visible: Vec<String> = tx
-        .query(
-            "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    let visible: Vec<String> = names(
+        &tx,
+        "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
              where n.nspname = $1 and (has_table_privilege(c.oid, 'select') or has_table_privilege(c.oid, 'insert')
                or has_table_privilege(c.oid, 'update') or has_table_privilege(c.oid, 'delete'))",
-            &[&req.schema],
-        )
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let funcs: Vec<String> = tx
-        .query(
-            "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        &req.schema,
+        anon,
+    )
+    .await?;
+    let funcs: Vec<String> = names(
+        &tx,
+        "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
              where n.nspname = $1 and has_function_privilege(p.oid, 'execute')",
-            &[&req.schema],
-        )
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &req.schema,
+        anon,
+    )
+    .await?;
     drop(tx);
     let mut paths = Map::new();
     let mut defs = Map::new();
