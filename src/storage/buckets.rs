@@ -298,13 +298,7 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
         .await
         .map_err(StorageError::pg)?;
     tx.commit().await.map_err(StorageError::pg)?;
-    let keys = rows
-        .iter()
-        .filter_map(|r| r.get::<_, Option<String>>(0))
-        .filter(|v| super::objects::is_our_version(v))
-        .map(|v| super::store::Store::object_key(&v))
-        .collect();
-    state.storage.store.delete_later(keys);
+    super::objects::delete_versions_later(state, &rows);
     Ok(ok(
         &json!({"message": "Empty bucket has been queued. Completion may take up to an hour."}),
     ))

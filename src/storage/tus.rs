@@ -497,7 +497,7 @@ async fn finish(
         upsert: up.upsert,
     };
     let metadata = objects::object_metadata(&written, &up.content_type, &up.cache_control);
-    let result = objects::commit_row_finishing(
+    let result = objects::commit_row(
         state,
         &who,
         &obj,

@@ -41,6 +41,26 @@ const SINGLE_CONFIRMATION: &str =
     "Confirmation link accepted. Please proceed to confirm link sent to the other email";
 
 /// Find the user a code or hash belongs to and apply the verification.
+/// Clear the spent token column `token` and set the timestamp column `confirmed` unless
+/// it is already set. Both names are this module's constants, never input.
+async fn spend_token(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+    token: &'static str,
+    confirmed: &'static str,
+) -> AuthResult<()> {
+    tx.execute(
+        &format!(
+            "update auth.users set {token} = '', {confirmed} = coalesce({confirmed}, now()), \
+             updated_at = now() where id = $1"
+        ),
+        &[&id],
+    )
+    .await
+    .map_err(AuthError::pg)?;
+    Ok(())
+}
+
 async fn verify_token(
     tx: &tokio_postgres::Transaction<'_>,
     cfg: &crate::config::AuthConfig,
@@ -130,21 +150,11 @@ async fn verify_token(
     }
     let method = match col {
         "confirmation_token" if vtype == "sms" => {
-            tx.execute(
-                "update auth.users set confirmation_token = '', phone_confirmed_at = coalesce(phone_confirmed_at, now()),
-                   updated_at = now() where id = $1",
-                &[&u.id],
-            )
-            .await.map_err(AuthError::pg)?;
+            spend_token(tx, u.id, "confirmation_token", "phone_confirmed_at").await?;
             "otp"
         }
         "confirmation_token" => {
-            tx.execute(
-                "update auth.users set confirmation_token = '', email_confirmed_at = coalesce(email_confirmed_at, now()),
-                   updated_at = now() where id = $1",
-                &[&u.id],
-            )
-            .await.map_err(AuthError::pg)?;
+            spend_token(tx, u.id, "confirmation_token", "email_confirmed_at").await?;
             if vtype == "invite" || u.invited_at.is_some() && u.email_confirmed_at.is_none() {
                 "invite"
             } else if vtype == "signup" {
@@ -154,12 +164,7 @@ async fn verify_token(
             }
         }
         "recovery_token" => {
-            tx.execute(
-                "update auth.users set recovery_token = '', email_confirmed_at = coalesce(email_confirmed_at, now()),
-                   updated_at = now() where id = $1",
-                &[&u.id],
-            )
-            .await.map_err(AuthError::pg)?;
+            spend_token(tx, u.id, "recovery_token", "email_confirmed_at").await?;
             match vtype {
                 "recovery" => "recovery",
                 "magiclink" => "magiclink",

@@ -257,6 +257,19 @@ impl Decoder {
 mod tests {
     use super::*;
 
+    /// A message for relation 16384 with one tuple (`kind`) of two columns: text "7", null.
+    fn row_message(tag: u8, kind: u8) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend(16384i32.to_be_bytes());
+        m.push(kind);
+        m.extend(2i16.to_be_bytes());
+        m.push(b't');
+        m.extend(1i32.to_be_bytes());
+        m.push(b'7');
+        m.push(b'n');
+        m
+    }
+
     #[test]
     fn decodes_pgoutput() {
         let mut d = Decoder::default();
@@ -275,25 +288,11 @@ mod tests {
         rel.extend(25i32.to_be_bytes());
         rel.extend((-1i32).to_be_bytes());
         assert!(d.message(&rel).unwrap().is_none());
-        let mut ins = vec![b'I'];
-        ins.extend(16384i32.to_be_bytes());
-        ins.push(b'N');
-        ins.extend(2i16.to_be_bytes());
-        ins.push(b't');
-        ins.extend(1i32.to_be_bytes());
-        ins.push(b'7');
-        ins.push(b'n');
+        let ins = row_message(b'I', b'N');
         let c = d.message(&ins).unwrap().unwrap();
         assert_eq!(c.kind, Kind::Insert);
         assert_eq!(c.new.unwrap(), vec![Cell::Text("7".into()), Cell::Null]);
-        let mut del = vec![b'D'];
-        del.extend(16384i32.to_be_bytes());
-        del.push(b'K');
-        del.extend(2i16.to_be_bytes());
-        del.push(b't');
-        del.extend(1i32.to_be_bytes());
-        del.push(b'7');
-        del.push(b'n');
+        let del = row_message(b'D', b'K');
         let c = d.message(&del).unwrap().unwrap();
         assert!(c.old_is_key);
         assert!(d.message(&del[..6]).is_err());

@@ -489,13 +489,12 @@ mod tests {
     use crate::rest::plan::{Expr, Node, OutItem, Source};
     use crate::rest::query::Op;
 
-    fn table(name: &str) -> Node {
+    /// A bare plan node (all columns, no conditions) over `source`; also used by the
+    /// submodules' tests.
+    pub(super) fn node(source: Source, alias: &str) -> Node {
         Node {
-            source: Source::Table {
-                schema: "public".into(),
-                name: name.into(),
-            },
-            alias: name.into(),
+            source,
+            alias: alias.into(),
             rel: None,
             items: vec![OutItem::Star],
             conds: vec![],
@@ -504,6 +503,16 @@ mod tests {
             offset: None,
             children: vec![],
         }
+    }
+
+    fn table(name: &str) -> Node {
+        node(
+            Source::Table {
+                schema: "public".into(),
+                name: name.into(),
+            },
+            name,
+        )
     }
 
     #[test]

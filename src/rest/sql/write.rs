@@ -274,23 +274,10 @@ fn sql_cond(q: &mut Sql, alias: &str, c: &Cond) -> String {
 /// The exact statements of representative write plans.
 #[cfg(test)]
 mod tests {
+    use super::super::tests::node;
     use super::*;
     use crate::rest::plan::{Expr, OrderItem, OutItem};
     use crate::rest::query::Op;
-
-    fn node(source: Source, alias: &str) -> Node {
-        Node {
-            source,
-            alias: alias.into(),
-            rel: None,
-            items: vec![OutItem::Star],
-            conds: vec![],
-            order: vec![],
-            limit: None,
-            offset: None,
-            children: vec![],
-        }
-    }
 
     fn returning() -> Node {
         let cols = vec!["id".to_string(), "title".to_string()];

@@ -178,7 +178,17 @@ pub async fn copy_object(
             json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         );
     }
-    match commit_row(state, &who, &m.dst, &version, &metadata, &user_metadata).await {
+    match commit_row(
+        state,
+        &who,
+        &m.dst,
+        &version,
+        &metadata,
+        &user_metadata,
+        None,
+    )
+    .await
+    {
         Ok(id) => Ok(ok(&json!({"Id": id, "Key": m.dst.full_path()}))),
         Err(e) => {
             let _ = store.delete(&key).await;

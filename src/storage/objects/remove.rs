@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use serde_json::{json, Value};
+use tokio_postgres::Row;
 
 use crate::http::Resp;
 use crate::identity::AuthContext;
@@ -64,6 +65,13 @@ pub async fn delete_many(
         .await
         .map_err(StorageError::pg)?;
     tx.commit().await.map_err(StorageError::pg)?;
+    delete_versions_later(state, &rows);
+    Ok(ok(&Value::Array(rows.iter().map(|r| r.get(1)).collect())))
+}
+
+/// Queue the stored bytes of deleted rows for deletion: the rows' first column is their
+/// version, and only versions this server wrote have bytes in the store.
+pub fn delete_versions_later(state: &AppState, rows: &[Row]) {
     let keys = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))
@@ -71,7 +79,6 @@ pub async fn delete_many(
         .map(|v| Store::object_key(&v))
         .collect();
     state.storage.store.delete_later(keys);
-    Ok(ok(&Value::Array(rows.iter().map(|r| r.get(1)).collect())))
 }
 
 /// Delete stored bytes that no row points at and that are older than `min_age` (so an

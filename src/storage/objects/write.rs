@@ -235,21 +235,10 @@ pub fn object_metadata(
 
 /// Point the (bucket, name) row at `version`, as the writer's role. Returns the row id.
 /// On any failure the caller deletes the new bytes.
-pub async fn commit_row(
-    state: &AppState,
-    who: &WriteAs<'_>,
-    obj: &ObjectRef,
-    version: &str,
-    metadata: &Value,
-    user_metadata: &Option<Value>,
-) -> Result<Uuid, StorageError> {
-    commit_row_finishing(state, who, obj, version, metadata, user_metadata, None).await
-}
-
-/// [`commit_row`], also deleting the resumable upload `finishing` in the same transaction
+/// With `finishing`, also deletes that resumable upload in the same transaction
 /// (so a crash leaves either the upload still resumable or the object, never neither);
 /// fails with 404 when that upload is already gone (finished by a concurrent request).
-pub async fn commit_row_finishing(
+pub async fn commit_row(
     state: &AppState,
     who: &WriteAs<'_>,
     obj: &ObjectRef,
@@ -375,7 +364,17 @@ async fn write_object(
     let store = &state.storage.store;
     let written = store.put_stream(&key, &mut src.stream, limit).await?;
     let metadata = object_metadata(&written, &src.content_type, &src.cache_control);
-    match commit_row(state, who, obj, &version, &metadata, &src.user_metadata).await {
+    match commit_row(
+        state,
+        who,
+        obj,
+        &version,
+        &metadata,
+        &src.user_metadata,
+        None,
+    )
+    .await
+    {
         Ok(id) => Ok(id),
         Err(e) => {
             if let Err(de) = store.delete(&key).await {
