@@ -68,7 +68,7 @@ pub async fn respond_doc(state: &AppState, req: &RestReq<'_>) -> Result<Value, R
         "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
              where n.nspname = $1 and (has_table_privilege(c.oid, 'select') or has_table_privilege(c.oid, 'insert')
                or has_table_privilege(c.oid, 'update') or has_table_privilege(c.oid, 'delete'))",
-        &req.schema,
+        req.schema,
         anon,
     )
     .await?;
@@ -76,7 +76,7 @@ pub async fn respond_doc(state: &AppState, req: &RestReq<'_>) -> Result<Value, R
         &tx,
         "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
              where n.nspname = $1 and has_function_privilege(p.oid, 'execute')",
-        &req.schema,
+        req.schema,
         anon,
     )
     .await?;

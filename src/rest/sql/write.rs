@@ -276,7 +276,7 @@ fn sql_cond(q: &mut Sql, alias: &str, c: &Cond) -> String {
 mod tests {
     use super::super::tests::node;
     use super::*;
-    use crate::rest::plan::{Expr, OrderItem, OutItem};
+    use crate::rest::plan::{Expr, OrderItem};
     use crate::rest::query::Op;
 
     fn returning() -> Node {
