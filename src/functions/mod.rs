@@ -5,11 +5,11 @@
 //! Built: `file-upload`, `chat-completion` (`chat/`), `code-execution` (`code/`),
 //! `websocket-handler` (`ws/`).
 
-pub mod chat;
+pub(crate) mod chat;
 pub mod code;
-pub mod error;
-pub mod sniff;
-pub mod upload;
+pub(crate) mod error;
+pub(crate) mod sniff;
+pub(crate) mod upload;
 pub mod ws;
 
 use std::time::Instant;

@@ -7,4 +7,4 @@
 mod http;
 mod worker;
 
-pub use worker::{spawn_background, WorkerSettings};
+pub use worker::spawn_background;

@@ -2,15 +2,15 @@
 //! (vsn 1.0.0 and 2.0.0) with Broadcast, Presence and Postgres Changes, private channels
 //! authorized by RLS on `realtime.messages`, and the HTTP broadcast API.
 
-pub mod authz;
-pub mod changes;
-pub mod error;
-pub mod fanout;
+pub(crate) mod authz;
+pub(crate) mod changes;
+pub(crate) mod error;
+pub(crate) mod fanout;
 pub mod hub;
 pub mod phoenix;
-pub mod socket;
-pub mod token;
-pub mod upgrade;
+pub(crate) mod socket;
+pub(crate) mod token;
+pub(crate) mod upgrade;
 
 use std::sync::Arc;
 

@@ -93,7 +93,7 @@ pub fn plan_read(
     let mut p = parse_params(&pairs, false, &[])?;
     lift_embed_nulls(&mut p);
     check_embed_paths(&p)?;
-    let mut planner = Planner::new(sc, "public", aggregates);
+    let mut planner = Planner::new(sc, aggregates);
     planner.mods = std::mem::take(&mut p.mods);
     let node = planner.node(
         Source::Table {

@@ -2,18 +2,18 @@
 //! database) -> plan (`plan`, the only reader of the schema cache) -> SQL (`sql`, pure) ->
 //! one transaction as the caller's role (`crate::db::begin_as`) -> respond.
 
-pub mod error;
+pub(crate) mod error;
 mod execute;
 pub mod fuzz;
-pub mod openapi;
-pub mod plan;
-pub mod prefer;
-pub mod query;
+pub(crate) mod openapi;
+pub(crate) mod plan;
+pub(crate) mod prefer;
+pub(crate) mod query;
 mod read;
 mod rpc;
-pub mod schema;
+pub(crate) mod schema;
 mod schema_reload;
-pub mod sql;
+pub(crate) mod sql;
 mod write;
 
 use std::collections::HashMap;

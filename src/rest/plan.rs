@@ -155,16 +155,14 @@ pub struct Modifiers {
 
 pub struct Planner<'a> {
     pub sc: &'a SchemaCache,
-    pub schema: String,
     pub aggregates: bool,
     pub mods: std::collections::HashMap<Vec<String>, Modifiers>,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(sc: &'a SchemaCache, schema: &str, aggregates: bool) -> Self {
+    pub fn new(sc: &'a SchemaCache, aggregates: bool) -> Self {
         Planner {
             sc,
-            schema: schema.to_string(),
             aggregates,
             mods: Default::default(),
         }

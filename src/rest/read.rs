@@ -36,7 +36,7 @@ pub(super) async fn read(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp,
         top.limit = Some(top.limit.map_or(m, |l| l.min(m)));
     }
     let offset = top.offset.unwrap_or(0);
-    let mut planner = Planner::new(sc, req.schema, st.aggregates);
+    let mut planner = Planner::new(sc, st.aggregates);
     planner.mods = std::mem::take(&mut params.mods);
     let node = planner.node(
         Source::Table {

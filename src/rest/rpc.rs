@@ -289,7 +289,7 @@ fn rows_statement(
         RetType::Record(_) => (None, BodyShape::Rows),
         RetType::Scalar(_) | RetType::Void => (None, BodyShape::ScalarColumn(f.name.clone())),
     };
-    let mut planner = Planner::new(sc, req.schema, st.aggregates);
+    let mut planner = Planner::new(sc, st.aggregates);
     planner.mods = std::mem::take(&mut params.mods);
     let node = planner.node(
         Source::Call(call),

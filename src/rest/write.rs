@@ -131,7 +131,7 @@ pub(super) async fn write(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp
     let rollback = req.prefer.tx_rollback == Some(true) && st.tx_override;
     let top_mods = params.mods.remove(&vec![]).unwrap_or_default();
     // Conditions for update/delete on the target table.
-    let conds = target_conds(sc, req.schema, rel, &top_mods, st.aggregates)?;
+    let conds = target_conds(sc, rel, &top_mods, st.aggregates)?;
     let limited = limited_node(sc, req, rel, &top_mods)?;
     let mut applied: Vec<String> = vec![];
     let (mutation, status) = match *req.method {
@@ -159,7 +159,7 @@ pub(super) async fn write(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp
             ..
         }
     );
-    let returning = returning_node(sc, req.schema, rel, params, &top_mods, st.aggregates)?;
+    let returning = returning_node(sc, rel, params, &top_mods, st.aggregates)?;
     let plan = WritePlan {
         mutation,
         returning,
@@ -183,12 +183,11 @@ pub(super) async fn write(state: &AppState, t: TableCall<'_, '_>) -> Result<Resp
 /// The filters of the target table, as conditions of an UPDATE or DELETE.
 fn target_conds(
     sc: &SchemaCache,
-    schema: &str,
     rel: &Relation,
     top_mods: &Modifiers,
     aggregates: bool,
 ) -> Result<Vec<plan::Cond>, RestError> {
-    let mut p = Planner::new(sc, schema, aggregates);
+    let mut p = Planner::new(sc, aggregates);
     p.mods.insert(
         vec![],
         Modifiers {
@@ -229,7 +228,7 @@ fn limited_node(
     if !matches!(rel.kind, 'r' | 'p') {
         return Err(RestError::new(400, "PGRST128", "Range header and limit/offset querystring parameters are not allowed for PATCH and DELETE on views"));
     }
-    let mut p = Planner::new(sc, req.schema, false);
+    let mut p = Planner::new(sc, false);
     p.mods.insert(
         vec![],
         Modifiers {
@@ -402,13 +401,12 @@ fn plan_update(
 /// The representation: the select over the returned rows.
 fn returning_node(
     sc: &SchemaCache,
-    schema: &str,
     rel: &Relation,
     params: Params,
     top_mods: &Modifiers,
     aggregates: bool,
 ) -> Result<Node, RestError> {
-    let mut planner = Planner::new(sc, schema, aggregates);
+    let mut planner = Planner::new(sc, aggregates);
     planner.mods = params.mods;
     planner.mods.insert(
         vec![],

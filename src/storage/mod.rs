@@ -4,16 +4,16 @@
 //! Flow: [`endpoint::parse`] (no I/O) → authenticate → a handler that runs the caller's row
 //! work through `begin_as` and moves bytes through [`store::Store`] → one error mapping.
 
-pub mod buckets;
-pub mod coerce;
+pub(crate) mod buckets;
+pub(crate) mod coerce;
 pub mod endpoint;
-pub mod error;
+pub(crate) mod error;
 pub mod fuzz;
 pub mod objects;
-pub mod render;
-pub mod signed;
+pub(crate) mod render;
+pub(crate) mod signed;
 pub mod store;
-pub mod tus;
+pub(crate) mod tus;
 
 use std::sync::Arc;
 

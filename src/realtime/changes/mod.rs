@@ -10,7 +10,5 @@ mod pgoutput;
 mod slot;
 mod types;
 
-pub use bindings::{
-    binding_id, check_published, parse_binding, passes, Filter, FilterOp, PgBinding,
-};
+pub use bindings::{binding_id, check_published, parse_binding, Filter, FilterOp, PgBinding};
 pub use slot::{ensure_started, Capture};
