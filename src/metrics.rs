@@ -24,6 +24,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     code_runs: IntCounterVec,
+    storage_bytes: IntCounterVec,
     pool: IntGaugeVec,
     realtime: IntGaugeVec,
     rls_round_trips: IntCounter,
@@ -91,6 +92,12 @@ impl Metrics {
                 "code-execution sandbox runs, by outcome.",
                 &["status"],
             ),
+            storage_bytes: counter_vec(
+                &r,
+                "oxibase_storage_bytes_total",
+                "Storage API body bytes of known length (uploads in, downloads out).",
+                &["direction"],
+            ),
             pool: gauge_vec(
                 &r,
                 "oxibase_db_pool_connections",
@@ -121,6 +128,17 @@ impl Metrics {
             .with_label_values(&[api, method_label(method), status.as_str()])
             .inc();
         self.duration.with_label_values(&[api]).observe(secs);
+    }
+
+    /// A storage request's body sizes, as declared (content-length; streamed bodies of
+    /// unknown length count 0).
+    pub fn storage_bytes(&self, bytes_in: u64, bytes_out: u64) {
+        self.storage_bytes
+            .with_label_values(&["in"])
+            .inc_by(bytes_in);
+        self.storage_bytes
+            .with_label_values(&["out"])
+            .inc_by(bytes_out);
     }
 
     /// One code-execution run finished (or was refused) with this outcome.
@@ -201,6 +219,13 @@ pub fn api_label(path: &str) -> &'static str {
         "functions" => "functions",
         _ => "other",
     }
+}
+
+/// A message's declared body length.
+pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// VmRSS of /proc/self/status, in bytes.

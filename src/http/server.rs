@@ -246,6 +246,7 @@ async fn handle(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let (role, user_id) = caller(state, &req);
+    let bytes_in = crate::metrics::content_length(req.headers()).unwrap_or(0);
     let mut resp = if cors::is_preflight(&method, req.headers()) {
         cors::preflight(req.headers())
     } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
@@ -283,6 +284,13 @@ async fn handle(
     let secs = start.elapsed().as_secs_f64();
     let api = crate::metrics::api_label(&path);
     state.metrics.request(api, &method, resp.status(), secs);
+    if api == "storage" {
+        // A HEAD answer's content-length is the object's, not bytes sent.
+        let out = crate::metrics::content_length(resp.headers())
+            .or_else(|| http_body::Body::size_hint(resp.body()).exact())
+            .filter(|_| method != http::Method::HEAD);
+        state.metrics.storage_bytes(bytes_in, out.unwrap_or(0));
+    }
     // The query string is left out: it can carry tokens (signed URLs, apikey); so are
     // the credentials themselves (only the role and user they resolve to are logged).
     tracing::info!(

@@ -200,3 +200,50 @@ async fn request_counters_move_by_the_requests_made() {
     assert!(after.contains_key(r#"oxibase_realtime_open{kind="sockets"}"#));
     assert!(after.contains_key("oxibase_realtime_rls_round_trips_total"));
 }
+
+#[tokio::test]
+async fn storage_bytes_move_by_the_bodies_sent() {
+    let t = TestServer::start().await;
+    let key = [
+        ("apikey", SERVICE_KEY),
+        ("content-type", "application/json"),
+    ];
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/storage/v1/bucket", t.url),
+            &key,
+            r#"{"name":"m-bytes"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = scrape(&t).await;
+    let body = vec![b'x'; 1000];
+    let r = t
+        .http
+        .send(
+            "POST",
+            &format!("{}/storage/v1/object/m-bytes/a.bin", t.url),
+            &[
+                ("apikey", SERVICE_KEY),
+                ("content-type", "application/octet-stream"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = t
+        .http
+        .get(
+            &format!("{}/storage/v1/object/m-bytes/a.bin", t.url),
+            &[("apikey", SERVICE_KEY)],
+        )
+        .await;
+    assert_eq!(r.body.len(), 1000);
+    let after = scrape(&t).await;
+    let name = "oxibase_storage_bytes_total";
+    let delta = |l: &str| sum(&after, name, &[l]) - sum(&before, name, &[l]);
+    assert_eq!(delta(r#"direction="in""#), 1000.0);
+    assert!(delta(r#"direction="out""#) >= 1000.0);
+}
