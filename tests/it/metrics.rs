@@ -247,3 +247,32 @@ async fn storage_bytes_move_by_the_bodies_sent() {
     assert_eq!(delta(r#"direction="in""#), 1000.0);
     assert!(delta(r#"direction="out""#) >= 1000.0);
 }
+
+#[tokio::test]
+async fn code_runs_are_counted_by_outcome() {
+    let t = TestServer::start_with(|cfg| {
+        cfg.functions.code_sandbox_exe = Some(env!("CARGO_BIN_EXE_oxibase").into());
+    })
+    .await;
+    let (_, token) = t.user().await;
+    let bearer = format!("Bearer {token}");
+    for code in ["print(1)", "print(2)", "1/0"] {
+        let r = t
+            .http
+            .send(
+                "POST",
+                &format!("{}/functions/v1/code-execution", t.url),
+                &[
+                    ("authorization", bearer.as_str()),
+                    ("apikey", ANON_KEY),
+                    ("content-type", "application/json"),
+                ],
+                serde_json::json!({"language": "python", "code": code}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let m = scrape(&t).await;
+    assert_eq!(m[r#"oxibase_code_runs_total{status="success"}"#], 2.0);
+    assert_eq!(m[r#"oxibase_code_runs_total{status="error"}"#], 1.0);
+}
