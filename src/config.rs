@@ -82,6 +82,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Log filter (tracing's EnvFilter syntax).
     pub log: String,
+    /// Log lines as `text` or `json` (one object a line; `--log-format`).
+    pub log_format: LogFormat,
     /// Apply the AI chat platform's tables, buckets and policies (sql/0002). Off leaves a
     /// bare Supabase-like database for another project's SQL.
     pub app_schema: bool,
@@ -97,6 +99,7 @@ pub struct Config {
     pub functions: FunctionsConfig,
     pub http: HttpConfig,
     pub server: ServerConfig,
+    pub metrics: MetricsConfig,
     /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
     /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
@@ -106,6 +109,28 @@ pub struct Config {
     /// config.toml settings apply under this file's, its migrations and seed run at start,
     /// and the demo app's tables are not installed. Found in the working directory when unset.
     pub project: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The Prometheus endpoint `GET /metrics` (service_role key only).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// Connection limits and timeouts of the HTTP server. A connection counts from accept to
@@ -488,6 +513,7 @@ impl Default for Config {
             api_external_url: None,
             max_body_bytes: 10 * 1024 * 1024,
             log: "info".into(),
+            log_format: LogFormat::Text,
             app_schema: true,
             db_pool_wait_timeout_ms: 10_000,
             db_pool_create_timeout_ms: 5_000,
@@ -497,6 +523,7 @@ impl Default for Config {
             functions: FunctionsConfig::default(),
             http: HttpConfig::default(),
             server: ServerConfig::default(),
+            metrics: MetricsConfig::default(),
             require_apikey: None,
             project: None,
         }
@@ -617,6 +644,9 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, env = "OXIBASE_LOG", global = true)]
     pub log: Option<String>,
+    /// Log lines as text or json.
+    #[arg(long, value_enum, env = "OXIBASE_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
     /// A Supabase project: the directory holding `supabase/` (or that folder itself).
     #[arg(long, env = "OXIBASE_PROJECT", global = true)]
     pub project: Option<PathBuf>,
@@ -756,6 +786,9 @@ impl Config {
         }
         if let Some(v) = &a.log {
             self.log = v.clone();
+        }
+        if let Some(v) = a.log_format {
+            self.log_format = v;
         }
         if let Some(v) = &a.static_dir {
             self.server.static_dir = Some(v.clone());

@@ -17,6 +17,7 @@ pub mod gentypes;
 pub(crate) mod http;
 pub mod identity;
 pub mod jwt;
+pub(crate) mod metrics;
 pub(crate) mod net;
 pub mod project;
 pub mod realtime;
@@ -309,6 +310,7 @@ impl Server {
                     .map(|w| db::wire::make_pool_with(w, cfg.db_pool_size, timeouts)),
                 db_config: pool_cfg,
                 keys,
+                metrics: metrics::Metrics::new(),
             })
         }
         .await;

@@ -24,6 +24,8 @@ pub struct Inner {
     pub storage: crate::storage::State,
     pub realtime: crate::realtime::State,
     pub functions: crate::functions::State,
+    /// Prometheus series of this process (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Clone)]

@@ -10,6 +10,7 @@ pub enum Api {
     Storage,
     Realtime,
     Functions,
+    Metrics,
 }
 
 pub struct ApiRouter(Router<Api>);
@@ -32,6 +33,7 @@ impl Default for ApiRouter {
                 .expect("static route");
         }
         r.insert("/health", Api::Health).expect("static route");
+        r.insert("/metrics", Api::Metrics).expect("static route");
         ApiRouter(r)
     }
 }

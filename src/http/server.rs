@@ -245,6 +245,8 @@ async fn handle(
         .filter(|v| v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (role, user_id) = caller(state, &req);
+    let bytes_in = crate::metrics::content_length(req.headers()).unwrap_or(0);
     let mut resp = if cors::is_preflight(&method, req.headers()) {
         cors::preflight(req.headers())
     } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
@@ -279,14 +281,40 @@ async fn handle(
         resp.headers_mut().insert("x-request-id", v.clone());
         resp.headers_mut().insert("sb-request-id", v);
     }
-    // The query string is left out: it can carry tokens (signed URLs, apikey).
+    let secs = start.elapsed().as_secs_f64();
+    let api = crate::metrics::api_label(&path);
+    state.metrics.request(api, &method, resp.status(), secs);
+    if api == "storage" {
+        // A HEAD answer's content-length is the object's, not bytes sent.
+        let out = crate::metrics::content_length(resp.headers())
+            .or_else(|| http_body::Body::size_hint(resp.body()).exact())
+            .filter(|_| method != http::Method::HEAD);
+        state.metrics.storage_bytes(bytes_in, out.unwrap_or(0));
+    }
+    // The query string is left out: it can carry tokens (signed URLs, apikey); so are
+    // the credentials themselves (only the role and user they resolve to are logged).
     tracing::info!(
         target: "oxibase::request",
-        %method, %path, status = resp.status().as_u16(),
-        ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
+        %method, %path, api, status = resp.status().as_u16(),
+        latency_ms = (secs * 10_000.0).round() / 10.0,
         peer = %peer.ip(), request_id = %request_id,
+        role = role.as_deref(), user_id = user_id.map(tracing::field::display),
     );
     resp
+}
+
+/// The role and user the request's credential resolves to (verified tokens are cached,
+/// so the API's own check afterwards costs a lookup); none for a bad credential.
+fn caller(state: &AppState, req: &Req) -> (Option<String>, Option<uuid::Uuid>) {
+    let query_key = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "apikey")
+            .map(|(_, v)| v.into_owned())
+    });
+    match state.keys.authenticate(req.headers(), query_key.as_deref()) {
+        Ok(ctx) => (Some(ctx.role.as_str().to_string()), ctx.user_id()),
+        Err(_) => (None, None),
+    }
 }
 
 async fn dispatch(state: &AppState, api: Api, req: Req, rest: &str) -> Resp {
@@ -297,6 +325,7 @@ async fn dispatch(state: &AppState, api: Api, req: Req, rest: &str) -> Resp {
         Api::Storage => crate::storage::handle(state, req, rest).await,
         Api::Realtime => crate::realtime::handle(state, req, rest).await,
         Api::Functions => crate::functions::handle(state, req, rest).await,
+        Api::Metrics => crate::metrics::handle(state, req).await,
     }
 }
 

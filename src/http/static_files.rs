@@ -33,6 +33,7 @@ const API_SEGMENTS: &[&str] = &[
     "realtime",
     "functions",
     "health",
+    "metrics",
     "graphql",
     "pg",
     "analytics",

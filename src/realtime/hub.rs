@@ -94,6 +94,8 @@ struct Topic {
 pub struct Hub {
     topics: Mutex<HashMap<TopicKey, Topic>>,
     next: AtomicU64,
+    /// Open sockets (one [`HubGuard`] each).
+    sockets: AtomicU64,
     /// Told about local presence changes (set by the fan-out).
     pub on_presence: std::sync::OnceLock<PresenceHook>,
 }
@@ -116,6 +118,18 @@ impl Hub {
     /// turning every later join and broadcast into a panic.
     fn topics(&self) -> MutexGuard<'_, HashMap<TopicKey, Topic>> {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open sockets on this process.
+    pub fn sockets(&self) -> u64 {
+        self.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Topics with a local channel, and the local channels (for metrics, at scrape time).
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.topics();
+        let topics = t.values().filter(|t| !t.subs.is_empty()).count();
+        (topics, t.values().map(|t| t.subs.len()).sum())
     }
 
     pub fn new_chan_id(&self) -> ChanId {
@@ -397,6 +411,7 @@ pub struct HubGuard {
 
 impl HubGuard {
     pub fn new(hub: Arc<Hub>) -> Self {
+        hub.sockets.fetch_add(1, Ordering::Relaxed);
         HubGuard { hub, chans: vec![] }
     }
 
@@ -421,6 +436,7 @@ impl Drop for HubGuard {
         for (k, id) in self.chans.drain(..) {
             self.hub.unsubscribe(&k, id);
         }
+        self.hub.sockets.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,8 @@ mod functions_ws;
 mod gentypes;
 mod hardening_auth;
 mod import;
+mod logs_json;
+mod metrics;
 mod pg_net;
 mod project_folder;
 mod realtime_ws;

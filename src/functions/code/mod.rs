@@ -92,6 +92,12 @@ pub async fn handle(
     let permit = runners
         .acquire(user, Duration::from_millis(cfg.code_queue_timeout_ms))
         .await
+        .inspect_err(|e| {
+            state.metrics.code_run(match e {
+                pool::Refused::Busy => "refused_busy",
+                pool::Refused::UserLimit => "refused_user_limit",
+            })
+        })
         .map_err(|e| match e {
             pool::Refused::Busy => FnError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -107,10 +113,13 @@ pub async fn handle(
                 ),
             ),
         })?;
-    let outcome = sandbox::run(&state.functions.code.exe, &run.job)
-        .await
-        .map_err(FnError::internal)?;
+    let outcome = sandbox::run(&state.functions.code.exe, &run.job).await;
     drop(permit);
+    state.metrics.code_run(match &outcome {
+        Ok(o) => o.status.as_str(),
+        Err(_) => "error",
+    });
+    let outcome = outcome.map_err(FnError::internal)?;
 
     let id = Uuid::new_v4();
     let mut c = state.pool.get().await.map_err(|e| FnError::from_pool(&e))?;
