@@ -37,16 +37,15 @@ impl Verdicts {
         row: Option<&Map<String, Value>>,
         ctxs: impl Iterator<Item = &'a AuthContext>,
     ) -> Verdicts {
+        // Distinct claim sets in first-seen order (the answers come back in this order).
         let mut distinct: Vec<&AuthContext> = vec![];
-        let mut keys: Vec<String> = vec![];
+        let mut v = Verdicts::default();
         for ctx in ctxs.filter(|c| !c.role.is_service()) {
-            let k = claims_key(ctx);
-            if !keys.contains(&k) {
-                keys.push(k);
+            if let std::collections::hash_map::Entry::Vacant(e) = v.0.entry(claims_key(ctx)) {
+                e.insert(false);
                 distinct.push(ctx);
             }
         }
-        let mut v = Verdicts::default();
         if distinct.is_empty() {
             return v;
         }
@@ -62,8 +61,8 @@ impl Verdicts {
             tracing::debug!(error = %e, "realtime: visibility check failed");
             vec![]
         });
-        for (i, k) in keys.into_iter().enumerate() {
-            v.0.insert(k, answers.get(i).copied().unwrap_or(false));
+        for (i, ctx) in distinct.iter().enumerate() {
+            v.0.insert(claims_key(ctx), answers.get(i).copied().unwrap_or(false));
         }
         v
     }
