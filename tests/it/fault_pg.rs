@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer, SERVICE_KEY};
+use common::{free_port, Client, TestServer, SERVICE_KEY};
 use futures::{SinkExt, StreamExt};
 use oxibase::{Config, Server};
 use serde_json::{json, Value};
@@ -205,14 +205,6 @@ async fn external_database_dropping_connections_is_survived() {
         }
         assert!(Instant::now() < deadline, "capture never came back");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn postmaster_pid(data: &std::path::Path) -> Option<i32> {

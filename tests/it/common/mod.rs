@@ -20,7 +20,8 @@ pub struct SharedPg {
 
 static PG: OnceLock<SharedPg> = OnceLock::new();
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
