@@ -18,6 +18,7 @@ use super::limits;
 use super::router::{Api, ApiRouter};
 use super::static_files::StaticSite;
 use super::{cors, json_response, Req, Resp};
+use crate::identity::keys::{recording_caller, ServedAs};
 use crate::state::AppState;
 
 pub async fn serve(
@@ -245,36 +246,43 @@ async fn handle(
         .filter(|v| v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let (role, user_id) = caller(state, &req);
     let bytes_in = crate::metrics::content_length(req.headers()).unwrap_or(0);
-    let mut resp = if cors::is_preflight(&method, req.headers()) {
-        cors::preflight(req.headers())
-    } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
-        // The site's paths need no API key, as any web page.
-        site.serve(&method, &path, req.headers()).await
-    } else if state.config.apikey_required()
-        && !super::router::is_open(&method, &path)
-        && !super::router::has_credential(req.headers(), &path, req.uri().query())
-    {
-        // As Supabase's gateway (Kong key-auth) answers.
-        json_response(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({
-                "message": "No API key found in request",
-                "hint": "No `apikey` request header or url param was found."
-            }),
-        )
-    } else {
-        match router.route(&path) {
-            Some((api, rest)) => {
-                let rest = rest.to_string();
-                dispatch(state, api, req, &rest).await
+    let served_as = ServedAs::default();
+    let answer = async {
+        if cors::is_preflight(&method, req.headers()) {
+            cors::preflight(req.headers())
+        } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
+            // The site's paths need no API key, as any web page.
+            site.serve(&method, &path, req.headers()).await
+        } else if state.config.apikey_required()
+            && !super::router::is_open(&method, &path)
+            && !super::router::has_credential(req.headers(), &path, req.uri().query())
+        {
+            // As Supabase's gateway (Kong key-auth) answers.
+            json_response(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({
+                    "message": "No API key found in request",
+                    "hint": "No `apikey` request header or url param was found."
+                }),
+            )
+        } else {
+            match router.route(&path) {
+                Some((api, rest)) => {
+                    let rest = rest.to_string();
+                    dispatch(state, api, req, &rest).await
+                }
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"message": "no Route matched with those values"}),
+                ),
             }
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"message": "no Route matched with those values"}),
-            ),
         }
+    };
+    let mut resp = recording_caller(served_as.clone(), answer).await;
+    let (role, user_id) = match served_as.get() {
+        Some((role, user)) => (Some(role.as_str()), *user),
+        None => (None, None),
     };
     cors::decorate(origin.as_ref(), &mut resp);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -298,23 +306,9 @@ async fn handle(
         %method, %path, api, status = resp.status().as_u16(),
         latency_ms = (secs * 10_000.0).round() / 10.0,
         peer = %peer.ip(), request_id = %request_id,
-        role = role.as_deref(), user_id = user_id.map(tracing::field::display),
+        role, user_id = user_id.map(tracing::field::display),
     );
     resp
-}
-
-/// The role and user the request's credential resolves to (verified tokens are cached,
-/// so the API's own check afterwards costs a lookup); none for a bad credential.
-fn caller(state: &AppState, req: &Req) -> (Option<String>, Option<uuid::Uuid>) {
-    let query_key = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "apikey")
-            .map(|(_, v)| v.into_owned())
-    });
-    match state.keys.authenticate(req.headers(), query_key.as_deref()) {
-        Ok(ctx) => (Some(ctx.role.as_str().to_string()), ctx.user_id()),
-        Err(_) => (None, None),
-    }
 }
 
 async fn dispatch(state: &AppState, api: Api, req: Req, rest: &str) -> Resp {

@@ -5,6 +5,24 @@ use http::HeaderMap;
 use serde_json::{json, Value};
 
 use super::{bearer, AuthContext, Role, ServerRole};
+
+/// Whom a request was served as: the first caller an API resolved while serving it. The
+/// request log reads it, so the credential is resolved once, by the API, and never again
+/// just for logging.
+pub type ServedAs = std::sync::Arc<std::sync::OnceLock<(Role, Option<uuid::Uuid>)>>;
+
+tokio::task_local! {
+    static SERVED_AS: ServedAs;
+}
+
+/// Runs `fut` (one request's handling) with `slot` receiving the caller it resolves.
+pub async fn recording_caller<F: std::future::Future>(slot: ServedAs, fut: F) -> F::Output {
+    SERVED_AS.scope(slot, fut).await
+}
+
+fn note_caller(ctx: &AuthContext) {
+    let _ = SERVED_AS.try_with(|s| s.set((ctx.role.clone(), ctx.user_id())));
+}
 use crate::jwt::{JwtError, JwtKeys};
 
 /// New-style API keys: publishable (anon) and secret (service_role).
@@ -136,20 +154,23 @@ impl KeyRing {
         headers: &HeaderMap,
         query_apikey: Option<&str>,
     ) -> Result<AuthContext, JwtError> {
-        if let Some(bearer) = bearer(headers) {
-            return self.resolve(bearer);
-        }
-        if let Some(k) = headers
+        let ctx = if let Some(bearer) = bearer(headers) {
+            self.resolve(bearer)
+        } else if let Some(k) = headers
             .get("apikey")
             .and_then(|v| v.to_str().ok())
             .filter(|s| !s.is_empty())
         {
-            return self.resolve(k);
+            self.resolve(k)
+        } else if let Some(k) = query_apikey.filter(|s| !s.is_empty()) {
+            self.resolve(k)
+        } else {
+            Ok(AuthContext::anon())
+        };
+        if let Ok(c) = &ctx {
+            note_caller(c);
         }
-        if let Some(k) = query_apikey.filter(|s| !s.is_empty()) {
-            return self.resolve(k);
-        }
-        Ok(AuthContext::anon())
+        ctx
     }
 }
 
