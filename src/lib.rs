@@ -8,11 +8,12 @@
 // headers); errors are the rare path, so they are returned by value, not boxed.
 #![allow(clippy::result_large_err)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod functions;
+pub mod fuzz;
 pub mod gentypes;
 pub(crate) mod http;
 pub mod identity;
@@ -20,8 +21,8 @@ pub mod jwt;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub mod project;
-pub mod realtime;
-pub mod rest;
+pub(crate) mod realtime;
+pub(crate) mod rest;
 pub mod state;
 pub mod storage;
 

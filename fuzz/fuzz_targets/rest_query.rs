@@ -1,7 +1,7 @@
 //! libFuzzer entry for the REST query-string parser, planner and SQL writer
-//! (`oxibase::rest::fuzz::query_string`).
+//! (`oxibase::fuzz::rest_query`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    oxibase::rest::fuzz::query_string(data);
+    oxibase::fuzz::rest_query(data);
 });

@@ -1,6 +1,6 @@
-//! libFuzzer entry for the storage Range header parser (`oxibase::storage::fuzz::range_header`).
+//! libFuzzer entry for the storage Range header parser (`oxibase::fuzz::storage_range`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    oxibase::storage::fuzz::range_header(data);
+    oxibase::fuzz::storage_range(data);
 });

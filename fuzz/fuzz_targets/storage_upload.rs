@@ -1,6 +1,6 @@
-//! libFuzzer entry for storage upload bodies, raw and multipart (`oxibase::storage::fuzz::upload_body`).
+//! libFuzzer entry for storage upload bodies, raw and multipart (`oxibase::fuzz::storage_upload`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    oxibase::storage::fuzz::upload_body(data);
+    oxibase::fuzz::storage_upload(data);
 });

@@ -18,7 +18,6 @@ use crate::state::AppState;
 pub struct AuthedUser {
     pub user_id: uuid::Uuid,
     pub session_id: Option<uuid::Uuid>,
-    pub claims: Value,
     _checked: (),
 }
 
@@ -57,7 +56,6 @@ pub fn user(state: &AppState, call: &Call) -> AuthResult<AuthedUser> {
     Ok(AuthedUser {
         user_id,
         session_id,
-        claims: ctx.claims,
         _checked: (),
     })
 }

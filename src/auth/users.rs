@@ -8,28 +8,19 @@ use uuid::Uuid;
 use super::error::{AuthError, AuthResult, RowExt};
 use crate::db::error::DbError;
 
-pub const USER_COLS: &str = "id, coalesce(aud, 'authenticated') as aud, \
-    coalesce(role, 'authenticated') as role, email, phone, encrypted_password, \
+pub const USER_COLS: &str = "id, email, phone, encrypted_password, \
     email_confirmed_at, phone_confirmed_at, banned_until, deleted_at, is_anonymous, \
     coalesce(raw_app_meta_data, '{}') as raw_app_meta_data, \
     coalesce(raw_user_meta_data, '{}') as raw_user_meta_data, \
-    coalesce(confirmation_token, '') as confirmation_token, \
-    coalesce(recovery_token, '') as recovery_token, \
-    coalesce(email_change_token_new, '') as email_change_token_new, \
     coalesce(email_change, '') as email_change, \
-    coalesce(email_change_token_current, '') as email_change_token_current, \
     coalesce(email_change_confirm_status, 0::smallint) as email_change_confirm_status, \
     coalesce(reauthentication_token, '') as reauthentication_token, \
-    coalesce(phone_change, '') as phone_change, \
-    coalesce(phone_change_token, '') as phone_change_token, \
     confirmation_sent_at, recovery_sent_at, email_change_sent_at, reauthentication_sent_at, \
     phone_change_sent_at, invited_at";
 
 #[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
-    pub aud: String,
-    pub role: String,
     pub email: Option<String>,
     pub phone: Option<String>,
     pub encrypted_password: Option<String>,
@@ -40,15 +31,9 @@ pub struct User {
     pub is_anonymous: bool,
     pub app_meta: Value,
     pub user_meta: Value,
-    pub confirmation_token: String,
-    pub recovery_token: String,
-    pub email_change_token_new: String,
     pub email_change: String,
-    pub email_change_token_current: String,
     pub email_change_confirm_status: i16,
     pub reauthentication_token: String,
-    pub phone_change: String,
-    pub phone_change_token: String,
     pub confirmation_sent_at: Option<DateTime<Utc>>,
     pub recovery_sent_at: Option<DateTime<Utc>>,
     pub email_change_sent_at: Option<DateTime<Utc>>,
@@ -61,8 +46,6 @@ impl User {
     pub fn from_row(r: &Row) -> AuthResult<User> {
         Ok(User {
             id: r.col("id")?,
-            aud: r.col("aud")?,
-            role: r.col("role")?,
             email: r.col::<Option<String>>("email")?.filter(|s| !s.is_empty()),
             phone: r.col::<Option<String>>("phone")?.filter(|s| !s.is_empty()),
             encrypted_password: r.col("encrypted_password")?,
@@ -73,15 +56,9 @@ impl User {
             is_anonymous: r.col("is_anonymous")?,
             app_meta: r.col("raw_app_meta_data")?,
             user_meta: r.col("raw_user_meta_data")?,
-            confirmation_token: r.col("confirmation_token")?,
-            recovery_token: r.col("recovery_token")?,
-            email_change_token_new: r.col("email_change_token_new")?,
             email_change: r.col("email_change")?,
-            email_change_token_current: r.col("email_change_token_current")?,
             email_change_confirm_status: r.col("email_change_confirm_status")?,
             reauthentication_token: r.col("reauthentication_token")?,
-            phone_change: r.col("phone_change")?,
-            phone_change_token: r.col("phone_change_token")?,
             confirmation_sent_at: r.col("confirmation_sent_at")?,
             recovery_sent_at: r.col("recovery_sent_at")?,
             email_change_sent_at: r.col("email_change_sent_at")?,

@@ -223,9 +223,11 @@ pub fn prefer_header(data: &[u8]) {
 }
 
 /// A fuzz target: any bytes in, no panic out.
+#[cfg(test)]
 pub type Target = fn(&[u8]);
 
 /// Every fuzz target by its name in `fuzz/Cargo.toml` (and corpus folder).
+#[cfg(test)]
 pub const TARGETS: &[(&str, Target)] = &[
     ("rest_query", query_string),
     ("prefer_header", prefer_header),

@@ -36,7 +36,7 @@ use rpc::rpc;
 use write::write;
 
 use schema_reload::reload_on_miss;
-pub use schema_reload::{init, reload, spawn_background, State};
+pub use schema_reload::{init, spawn_background, State};
 
 pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     // The gateway takes the key from an `apikey` query parameter too (and hides it from
