@@ -290,6 +290,7 @@ pub async fn empty(state: &AppState, ctx: &AuthContext, id: &str) -> Result<Resp
     if exists.is_none() {
         return Err(StorageError::NoSuchBucket);
     }
+    crate::storage::endpoint::check_declared(crate::storage::endpoint::RowOp::Delete)?;
     let rows = tx
         .query(
             "delete from storage.objects where bucket_id = $1 returning version",

@@ -87,9 +87,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The `storage.objects` row operations the caller's role must be allowed under RLS
-    /// (bucket endpoints check `storage.buckets` the same way).
-    pub fn row_ops(&self) -> &'static [RowOp] {
+    /// The `storage.objects` row operations the endpoint may perform, which are those the
+    /// caller's role must be allowed under RLS (bucket endpoints check `storage.buckets` the
+    /// same way). `upsert` is the request's `x-upsert: true`: an `INSERT ... ON CONFLICT DO
+    /// UPDATE` needs the update (and select) policies too. Enforced at every write site
+    /// ([`check_declared`]).
+    pub fn row_ops(&self, upsert: bool) -> &'static [RowOp] {
         use Endpoint::*;
         match self {
             GetObject {
@@ -108,8 +111,12 @@ impl Endpoint {
             | ListObjectsV2(_)
             | SignUrl(_)
             | SignUrls(_) => &[RowOp::Select],
+            Upload { update: false, .. } | SignUpload(_) | TusCreate if upsert => UPSERT,
             Upload { update: false, .. } | SignUpload(_) | TusCreate => &[RowOp::Insert],
-            Upload { update: true, .. } => &[RowOp::Select, RowOp::Update],
+            // PUT overwrites through the upsert statement; a signed upload or a finishing
+            // TUS PATCH upserts when its token or upload says so.
+            Upload { update: true, .. } | UploadSigned(_) | TusPatch(_) => UPSERT,
+            CopyObject if upsert => UPSERT,
             CopyObject => &[RowOp::Select, RowOp::Insert],
             MoveObject => &[RowOp::Select, RowOp::Update],
             DeleteObject(_) | DeleteObjects(_) | EmptyBucket(_) => &[RowOp::Select, RowOp::Delete],
@@ -117,6 +124,9 @@ impl Endpoint {
         }
     }
 }
+
+/// What `INSERT ... ON CONFLICT DO UPDATE` needs.
+const UPSERT: &[RowOp] = &[RowOp::Select, RowOp::Insert, RowOp::Update];
 
 tokio::task_local! {
     /// The row operations the endpoint being served declared ([`Endpoint::row_ops`]).
@@ -128,6 +138,28 @@ tokio::task_local! {
 /// [`RowOp::Select`], so PostgreSQL refuses a write the declaration does not allow.
 pub async fn with_declared<F: std::future::Future>(ops: &'static [RowOp], work: F) -> F::Output {
     DECLARED.scope(ops, work).await
+}
+
+/// Every statement that writes `storage.objects` asks first: inside a request, an
+/// operation its endpoint did not declare is a server bug, refused before it runs (outside
+/// one, as in the orphan sweeper, nothing was declared and the server's own work stands).
+pub fn check_declared(op: RowOp) -> Result<(), StorageError> {
+    match DECLARED.try_with(|ops| ops.contains(&op)) {
+        Ok(false) => Err(StorageError::Internal(format!(
+            "the storage endpoint did not declare the row operation {op:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The operations an `INSERT` (or, with `upsert`, `INSERT ... ON CONFLICT DO UPDATE`) into
+/// `storage.objects` performs, each checked by [`check_declared`].
+pub fn check_declared_insert(upsert: bool) -> Result<(), StorageError> {
+    check_declared(RowOp::Insert)?;
+    if upsert {
+        check_declared(RowOp::Update)?;
+    }
+    Ok(())
 }
 
 /// Whether the endpoint being served declared reads only (no declaration: false, the
@@ -473,7 +505,7 @@ mod tests {
                 "PUT",
                 "object/upload/sign/b/x.txt",
                 UploadSigned(o("b", "x.txt")),
-                &[],
+                UPSERT,
             ),
             (
                 "GET",
@@ -568,7 +600,7 @@ mod tests {
                     obj: o("b", "x.txt"),
                     update: true,
                 },
-                &[RowOp::Select, RowOp::Update],
+                UPSERT,
             ),
             (
                 "DELETE",
@@ -634,7 +666,12 @@ mod tests {
             ("POST", "upload/resumable/", TusCreate, &[RowOp::Insert]),
             ("OPTIONS", "upload/resumable", TusOptions, &[]),
             ("HEAD", "upload/resumable/abc", TusHead("abc".into()), &[]),
-            ("PATCH", "upload/resumable/abc", TusPatch("abc".into()), &[]),
+            (
+                "PATCH",
+                "upload/resumable/abc",
+                TusPatch("abc".into()),
+                UPSERT,
+            ),
             (
                 "DELETE",
                 "upload/resumable/abc",
@@ -645,8 +682,41 @@ mod tests {
         for (m, path, want, ops) in table {
             let got = p(m, path).unwrap_or_else(|e| panic!("{m} {path}: {e:?}"));
             assert_eq!(got, want, "{m} {path}");
-            assert_eq!(got.row_ops(), ops, "{m} {path}");
+            assert_eq!(got.row_ops(false), ops, "{m} {path}");
+            // x-upsert only widens what creates (an upload, a signed upload URL, a copy).
+            let creates = matches!(
+                got,
+                Upload { update: false, .. } | SignUpload(_) | TusCreate | CopyObject
+            );
+            let want = if creates { UPSERT } else { ops };
+            assert_eq!(got.row_ops(true), want, "{m} {path} with x-upsert");
         }
+    }
+
+    #[tokio::test]
+    async fn undeclared_writes_are_refused_inside_a_request_only() {
+        let reads = with_declared(&[RowOp::Select], async {
+            (
+                check_declared(RowOp::Delete),
+                check_declared_insert(false),
+                check_declared(RowOp::Select),
+            )
+        })
+        .await;
+        assert!(matches!(reads.0, Err(StorageError::Internal(_))));
+        assert!(matches!(reads.1, Err(StorageError::Internal(_))));
+        assert!(reads.2.is_ok());
+        let create = with_declared(&[RowOp::Insert], async {
+            (check_declared_insert(false), check_declared_insert(true))
+        })
+        .await;
+        assert!(create.0.is_ok());
+        assert!(matches!(create.1, Err(StorageError::Internal(_))));
+        assert!(with_declared(UPSERT, async { check_declared_insert(true) })
+            .await
+            .is_ok());
+        // The server's own work (no request, nothing declared) is not limited.
+        assert!(check_declared(RowOp::Delete).is_ok());
     }
 
     #[test]

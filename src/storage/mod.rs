@@ -89,7 +89,8 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
 
 async fn route(state: &AppState, req: Req, path: &str) -> Result<Resp, StorageError> {
     let ep = endpoint::parse(req.method(), path)?;
-    endpoint::with_declared(ep.row_ops(), dispatch(state, req, ep)).await
+    let ops = ep.row_ops(objects::wants_upsert(&req));
+    endpoint::with_declared(ops, dispatch(state, req, ep)).await
 }
 
 async fn dispatch(st: &AppState, req: Req, ep: Endpoint) -> Result<Resp, StorageError> {

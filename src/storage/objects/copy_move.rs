@@ -117,6 +117,7 @@ pub async fn move_object(
     if m.src == m.dst {
         return Err(StorageError::KeyAlreadyExists);
     }
+    crate::storage::endpoint::check_declared(crate::storage::endpoint::RowOp::Update)?;
     let row = tx
         .query_opt(
             "update storage.objects set bucket_id = $3, name = $4, updated_at = now() \

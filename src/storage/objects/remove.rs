@@ -21,6 +21,7 @@ pub async fn delete_one(
 ) -> Result<Resp, StorageError> {
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
+    crate::storage::endpoint::check_declared(crate::storage::endpoint::RowOp::Delete)?;
     let row = tx
         .query_opt(
             "delete from storage.objects where bucket_id = $1 and name = $2 returning version",
@@ -51,6 +52,7 @@ pub async fn delete_many(
     let prefixes = name_list(&body, "prefixes")?;
     let mut c = client(state).await?;
     let tx = caller_tx(&mut c, ctx, false).await?;
+    crate::storage::endpoint::check_declared(crate::storage::endpoint::RowOp::Delete)?;
     let sql = format!(
         "delete from storage.objects where bucket_id = $1 and name = any($2) \
          returning version, json_build_object('bucket_id', bucket_id, 'name', name, 'id', id, \

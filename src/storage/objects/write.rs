@@ -193,6 +193,7 @@ pub async fn check_can_write(
     as_admin(&tx).await?;
     let bucket = bucket_info(&tx, &obj.bucket).await?;
     as_caller(&tx, who.ctx).await?;
+    crate::storage::endpoint::check_declared_insert(who.upsert)?;
     let sql = if who.upsert {
         format!("{INSERT_ROW}{UPSERT_TAIL}")
     } else {
@@ -272,6 +273,7 @@ pub async fn commit_row(
         .map_err(StorageError::pg)?
         .and_then(|r| r.get(0));
     as_caller(&tx, who.ctx).await?;
+    crate::storage::endpoint::check_declared_insert(who.upsert)?;
     let sql = if who.upsert {
         format!("{INSERT_ROW}{UPSERT_TAIL} returning id")
     } else {
