@@ -12,6 +12,7 @@ pub(crate) mod query;
 mod read;
 mod rpc;
 pub(crate) mod schema;
+mod schema_load;
 mod schema_reload;
 pub(crate) mod sql;
 mod write;
