@@ -160,186 +160,240 @@ pub(super) async fn execute_then(
     respond(out)
 }
 
+/// What PostgREST sets in the request's transaction besides the role and claims: the
+/// headers, the search_path and the statement timeout, owned here for
+/// [`crate::db::RequestGucs`] to borrow.
+struct TxSettings {
+    headers: String,
+    search_path: String,
+    path: String,
+    timeout_ms: Option<u64>,
+}
+
+impl TxSettings {
+    fn new(state: &AppState, req: &RestReq<'_>) -> TxSettings {
+        let mut sp: Vec<String> = vec![ident(req.schema)];
+        for s in &state.config.rest.extra_search_path {
+            sp.push(ident(s));
+        }
+        // The role's own statement_timeout wins; else the configured one (not for service).
+        let role_timeout = state
+            .rest
+            .cache()
+            .role_timeouts
+            .get(req.ctx.role.as_str())
+            .copied();
+        let timeout_ms = match role_timeout {
+            Some(t) => Some(t),
+            None if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 => {
+                None
+            }
+            None => Some(state.config.rest.statement_timeout_ms),
+        };
+        TxSettings {
+            headers: request_gucs_headers(req.headers),
+            search_path: sp.join(", "),
+            path: format!("/{}", req.path),
+            timeout_ms,
+        }
+    }
+
+    fn gucs<'a>(&'a self, req: &'a RestReq<'_>) -> crate::db::RequestGucs<'a> {
+        crate::db::RequestGucs {
+            method: req.method.as_str(),
+            path: &self.path,
+            headers: Some(&self.headers),
+            search_path: Some(&self.search_path),
+            statement_timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+impl Outcome {
+    /// The one row every statement of the SQL stage returns: total, page, body, location
+    /// and (upserts) inserted.
+    fn from_row(row: &tokio_postgres::Row) -> Result<Outcome, RestError> {
+        let shape = |e: tokio_postgres::Error| RestError::internal(format!("result row: {e}"));
+        Ok(Outcome {
+            total: row.try_get(0).map_err(shape)?,
+            page: row.try_get(1).map_err(shape)?,
+            body: row
+                .try_get::<_, Option<String>>(2)
+                .map_err(shape)?
+                .map(bytes::Bytes::from),
+            location: row.try_get(3).map_err(shape)?,
+            inserted: if row.len() > 4 {
+                row.try_get(4).map_err(shape)?
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// The request's parameters, sent as text and typed by PostgreSQL.
+fn text_params(params: &[String]) -> Vec<TextParam<'_>> {
+    params.iter().map(|p| TextParam(p)).collect()
+}
+
+fn untyped<'a>(params: &'a [TextParam<'a>]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
+        .collect()
+}
+
 /// Run one statement in the caller's transaction; the outcome is checked (see [`Run`])
-/// before the end, so a failed check rolls back.
+/// before the end, so a failed check rolls back. Three ways, by what the request needs:
+/// with nothing to decide before the end, one round trip (the wire client's pipeline, or
+/// tokio-postgres' queued statements where the wire client cannot connect: TLS, several
+/// hosts, a Unix socket); otherwise statement by statement.
 pub(super) async fn execute(
     state: &AppState,
     req: &RestReq<'_>,
     q: &Sql,
     run: Run<'_>,
 ) -> Result<Outcome, RestError> {
-    let Run {
-        read_only,
-        rollback,
-        explain,
-        ..
-    } = run;
+    let settings = TxSettings::new(state, req);
+    let gucs = settings.gucs(req);
     let needs_check = run.max_affected.is_some() || run.single;
-    let headers = request_gucs_headers(req.headers);
-    let mut sp: Vec<String> = vec![ident(req.schema)];
-    for s in &state.config.rest.extra_search_path {
-        sp.push(ident(s));
-    }
-    let search_path = sp.join(", ");
-    // The role's own statement_timeout wins; else the configured one (not for service).
-    let role_timeout = state
-        .rest
-        .cache()
-        .role_timeouts
-        .get(req.ctx.role.as_str())
-        .copied();
-    let timeout = match role_timeout {
-        Some(t) => Some(t),
-        None if req.ctx.role.is_service() || state.config.rest.statement_timeout_ms == 0 => None,
-        None => Some(state.config.rest.statement_timeout_ms),
-    };
-    let path = format!("/{}", req.path);
-    let gucs = crate::db::RequestGucs {
-        method: req.method.as_str(),
-        path: &path,
-        headers: Some(&headers),
-        search_path: Some(&search_path),
-        statement_timeout_ms: timeout,
-    };
-    let anon = req.ctx.role.is_anon();
-    let params: Vec<TextParam> = q.params.iter().map(|p| TextParam(p)).collect();
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-        .iter()
-        .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
-        .collect();
-    let fast = explain.is_none() && q.count_plan.is_none() && !needs_check;
+    let fast = run.explain.is_none() && q.count_plan.is_none() && !needs_check;
     if let (true, Some(wire)) = (fast, &state.wire) {
-        // Nothing to decide before the end: BEGIN, the role and claims, the statement and
-        // the end of the transaction go out as one batch with one Sync (one round trip,
-        // one flush). A failure anywhere skips the rest and rolls the transaction back.
-        let mut conn = wire.get().await.map_err(pool_error)?;
-        let rc = crate::db::RoleAndClaims::new(req.ctx, &gucs);
-        let set = rc.params();
-        let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
-        let tz: Vec<&str> = req.prefer.timezone.as_deref().into_iter().collect();
-        use crate::db::wire::Step;
-        // The fixed statements are prepared once per connection; the request's own
-        // statement goes unnamed (parsed and planned each time, like pgbench -M extended).
-        let mut steps = vec![
-            if read_only {
-                Step::named("oxibase_begin_ro", "START TRANSACTION READ ONLY")
-            } else {
-                Step::named("oxibase_begin", "START TRANSACTION")
-            },
-            Step {
-                sql: crate::db::SET_ROLE_AND_CLAIMS,
-                params: &set,
-                text_params: true,
-                name: Some("oxibase_role_claims"),
-            },
-        ];
-        if !tz.is_empty() {
-            steps.push(Step {
-                sql: SET_TIMEZONE,
-                params: &tz,
-                text_params: true,
-                name: Some("oxibase_timezone"),
-            });
-        }
-        let main = steps.len();
-        steps.push(Step {
-            sql: &q.text,
-            params: &params,
-            text_params: false,
-            name: None,
-        });
-        steps.push(if rollback {
-            Step::named("oxibase_rollback", "ROLLBACK")
-        } else {
-            Step::named("oxibase_commit", "COMMIT")
-        });
-        let results = conn
-            .pipeline(&steps)
-            .await
-            .map_err(|e| RestError::from_wire(&e, anon))?;
-        let row = results
-            .get(main)
-            .and_then(|rows| rows.first())
-            .ok_or_else(|| RestError::internal("statement returned no row"))?;
-        return Ok(Outcome {
-            total: row.int(0),
-            page: row.int(1).unwrap_or(0),
-            body: row.bytes(2),
-            location: row.string(3),
-            inserted: if row.len() > 4 { row.int(4) } else { None },
-        });
+        return pipelined(wire, req, q, &gucs, &run).await;
     }
     let mut client = state.pool.get().await.map_err(pool_error)?;
     if fast && req.prefer.timezone.is_none() {
-        // Nothing to decide before the end: BEGIN, the role and claims, the statement and
-        // the end of the transaction go out together, one round trip. They are queued on
-        // the connection in one poll (all or none), and a failure anywhere makes the end
-        // a rollback.
-        let c: &tokio_postgres::Client = &client;
-        let begin = if read_only {
-            "START TRANSACTION READ ONLY"
+        return queued(&client, req, q, &gucs, &run).await;
+    }
+    stepwise(&mut client, req, q, &gucs, run).await
+}
+
+/// BEGIN, the role and claims, the statement and the end of the transaction as one batch
+/// with one Sync (one round trip, one flush). A failure anywhere skips the rest and rolls
+/// the transaction back.
+async fn pipelined(
+    wire: &crate::db::wire::Pool,
+    req: &RestReq<'_>,
+    q: &Sql,
+    gucs: &crate::db::RequestGucs<'_>,
+    run: &Run<'_>,
+) -> Result<Outcome, RestError> {
+    use crate::db::wire::Step;
+    let anon = req.ctx.role.is_anon();
+    let mut conn = wire.get().await.map_err(pool_error)?;
+    let rc = crate::db::RoleAndClaims::new(req.ctx, gucs);
+    let set = rc.params();
+    let params: Vec<&str> = q.params.iter().map(String::as_str).collect();
+    let tz: Vec<&str> = req.prefer.timezone.as_deref().into_iter().collect();
+    // The fixed statements are prepared once per connection; the request's own
+    // statement goes unnamed (parsed and planned each time, like pgbench -M extended).
+    let mut steps = vec![
+        if run.read_only {
+            Step::named("oxibase_begin_ro", "START TRANSACTION READ ONLY")
         } else {
-            "START TRANSACTION"
-        };
-        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
-        let (began, set, rows, ended) = futures::join!(
-            c.batch_execute(begin),
-            crate::db::set_role_and_claims(c, req.ctx, &gucs),
-            c.query_typed(&q.text, &typed),
-            c.batch_execute(end)
-        );
-        began.map_err(|e| RestError::from_pg(&e, anon))?;
-        set.map_err(|e| RestError::from_pg(&e, anon))?;
-        let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
-        ended.map_err(|e| RestError::from_pg(&e, anon))?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| RestError::internal("statement returned no row"))?;
-        return Ok(Outcome {
-            total: row.get(0),
-            page: row.get(1),
-            body: row.get::<_, Option<String>>(2).map(bytes::Bytes::from),
-            location: row.get(3),
-            inserted: if row.len() > 4 { row.get(4) } else { None },
+            Step::named("oxibase_begin", "START TRANSACTION")
+        },
+        Step {
+            sql: crate::db::SET_ROLE_AND_CLAIMS,
+            params: &set,
+            text_params: true,
+            name: Some("oxibase_role_claims"),
+        },
+    ];
+    if !tz.is_empty() {
+        steps.push(Step {
+            sql: SET_TIMEZONE,
+            params: &tz,
+            text_params: true,
+            name: Some("oxibase_timezone"),
         });
     }
-    let tx = crate::db::begin(&mut client, read_only)
+    let main = steps.len();
+    steps.push(Step {
+        sql: &q.text,
+        params: &params,
+        text_params: false,
+        name: None,
+    });
+    steps.push(if run.rollback {
+        Step::named("oxibase_rollback", "ROLLBACK")
+    } else {
+        Step::named("oxibase_commit", "COMMIT")
+    });
+    let results = conn
+        .pipeline(&steps)
         .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
-    crate::db::set_role_and_claims(&*tx, req.ctx, &gucs)
+        .map_err(|e| RestError::from_wire(&e, anon))?;
+    let row = results
+        .get(main)
+        .and_then(|rows| rows.first())
+        .ok_or_else(|| RestError::internal("statement returned no row"))?;
+    Ok(Outcome {
+        total: row.int(0),
+        page: row.int(1).unwrap_or(0),
+        body: row.bytes(2),
+        location: row.string(3),
+        inserted: if row.len() > 4 { row.int(4) } else { None },
+    })
+}
+
+/// The same four statements through tokio-postgres: queued on the connection in one poll
+/// (all or none) and answered in one round trip; a failure anywhere makes the end a
+/// rollback.
+async fn queued(
+    c: &tokio_postgres::Client,
+    req: &RestReq<'_>,
+    q: &Sql,
+    gucs: &crate::db::RequestGucs<'_>,
+    run: &Run<'_>,
+) -> Result<Outcome, RestError> {
+    let anon = req.ctx.role.is_anon();
+    let params = text_params(&q.params);
+    let typed = untyped(&params);
+    let begin = if run.read_only {
+        "START TRANSACTION READ ONLY"
+    } else {
+        "START TRANSACTION"
+    };
+    let end = if run.rollback { "ROLLBACK" } else { "COMMIT" };
+    let (began, set, rows, ended) = futures::join!(
+        c.batch_execute(begin),
+        crate::db::set_role_and_claims(c, req.ctx, gucs),
+        c.query_typed(&q.text, &typed),
+        c.batch_execute(end)
+    );
+    began.map_err(|e| RestError::from_pg(&e, anon))?;
+    set.map_err(|e| RestError::from_pg(&e, anon))?;
+    let rows = rows.map_err(|e| RestError::from_pg(&e, anon))?;
+    ended.map_err(|e| RestError::from_pg(&e, anon))?;
+    let row = rows
+        .first()
+        .ok_or_else(|| RestError::internal("statement returned no row"))?;
+    Outcome::from_row(row)
+}
+
+/// Statement by statement, for what must be looked at before the end: EXPLAIN, a planned
+/// count, or a check of the outcome ([`Run::check`]).
+async fn stepwise(
+    client: &mut deadpool_postgres::Client,
+    req: &RestReq<'_>,
+    q: &Sql,
+    gucs: &crate::db::RequestGucs<'_>,
+    run: Run<'_>,
+) -> Result<Outcome, RestError> {
+    let anon = req.ctx.role.is_anon();
+    let pg = |e: tokio_postgres::Error| RestError::from_pg(&e, anon);
+    let tx = crate::db::begin(client, run.read_only).await.map_err(pg)?;
+    crate::db::set_role_and_claims(&*tx, req.ctx, gucs)
         .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
+        .map_err(pg)?;
     if let Some(tz) = &req.prefer.timezone {
         tx.query_typed(SET_TIMEZONE, &[(tz, Type::TEXT)])
             .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
+            .map_err(pg)?;
     }
-    if let Some(Media::Plan { text, options, .. }) = explain {
-        let mut opts = vec![format!("FORMAT {}", if *text { "TEXT" } else { "JSON" })];
-        for o in options {
-            match o.as_str() {
-                "analyze" | "verbose" | "settings" | "buffers" | "wal" => {
-                    opts.push(o.to_ascii_uppercase())
-                }
-                _ => {}
-            }
-        }
-        let stmt = format!("EXPLAIN ({}) {}", opts.join(", "), q.text);
-        let rows = tx
-            .query_typed(&stmt, &typed)
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-        let body = if *text {
-            rows.iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-                .join("\n")
-        } else {
-            rows.first()
-                .map(|r| r.get::<_, Value>(0).to_string())
-                .unwrap_or_default()
-        };
+    if let Some(Media::Plan { text, options, .. }) = run.explain {
+        let body = explain(&tx, q, *text, options).await.map_err(pg)?;
         let _ = tx.rollback().await;
         return Ok(Outcome {
             total: None,
@@ -349,62 +403,96 @@ pub(super) async fn execute(
             inserted: None,
         });
     }
-    // count=planned: the planner's row estimate for the count query.
-    let mut planned: Option<i64> = None;
-    if let Some((text, ps)) = &q.count_plan {
-        let cp: Vec<TextParam> = ps.iter().map(|p| TextParam(p)).collect();
-        let ct: Vec<(&(dyn ToSql + Sync), Type)> = cp
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
-            .collect();
-        let rows = tx
-            .query_typed(&format!("EXPLAIN (FORMAT JSON) {text}"), &ct)
+    let planned = match &q.count_plan {
+        Some((text, ps)) => planned_count(&tx, text, ps, q.exact_below)
             .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
-        planned = rows
-            .first()
-            .and_then(|r| r.try_get::<_, Value>(0).ok())
-            .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
-            .map(|n| n as i64);
-        if let (Some(limit), Some(p)) = (q.exact_below, planned) {
-            if p <= limit {
-                let row = tx
-                    .query_typed(&format!("SELECT count(*) FROM ({text}) AS pgrst_c"), &ct)
-                    .await
-                    .map_err(|e| RestError::from_pg(&e, anon))?;
-                planned = Some(row[0].get(0));
-            }
-        }
-    }
-    let row = tx
-        .query_typed(&q.text, &typed)
-        .await
-        .map_err(|e| RestError::from_pg(&e, anon))?;
-    let row = row
-        .into_iter()
-        .next()
-        .ok_or_else(|| RestError::internal("statement returned no row"))?;
-    let out = Outcome {
-        total: planned.or(row.get(0)),
-        page: row.get(1),
-        body: row.get::<_, Option<String>>(2).map(bytes::Bytes::from),
-        location: row.get(3),
-        inserted: if row.len() > 4 { row.get(4) } else { None },
+            .map_err(pg)?,
+        None => None,
     };
+    let params = text_params(&q.params);
+    let rows = tx
+        .query_typed(&q.text, &untyped(&params))
+        .await
+        .map_err(pg)?;
+    let row = rows
+        .first()
+        .ok_or_else(|| RestError::internal("statement returned no row"))?;
+    let mut out = Outcome::from_row(row)?;
+    out.total = planned.or(out.total);
     if let Err(e) = run.check(&out) {
         let _ = tx.rollback().await;
         return Err(e);
     }
-    if rollback {
-        tx.rollback()
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
+    if run.rollback {
+        tx.rollback().await.map_err(pg)?;
     } else {
-        tx.commit()
-            .await
-            .map_err(|e| RestError::from_pg(&e, anon))?;
+        tx.commit().await.map_err(pg)?;
     }
     Ok(out)
+}
+
+/// `Accept: application/vnd.pgrst.plan`: the statement's EXPLAIN, as text or JSON.
+async fn explain(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &Sql,
+    text: bool,
+    options: &[String],
+) -> Result<String, tokio_postgres::Error> {
+    let mut opts = vec![format!("FORMAT {}", if text { "TEXT" } else { "JSON" })];
+    for o in options {
+        match o.as_str() {
+            "analyze" | "verbose" | "settings" | "buffers" | "wal" => {
+                opts.push(o.to_ascii_uppercase())
+            }
+            _ => {}
+        }
+    }
+    let stmt = format!("EXPLAIN ({}) {}", opts.join(", "), q.text);
+    let params = text_params(&q.params);
+    let rows = tx.query_typed(&stmt, &untyped(&params)).await?;
+    Ok(if text {
+        let mut lines = vec![];
+        for r in &rows {
+            lines.push(r.try_get::<_, String>(0)?);
+        }
+        lines.join("\n")
+    } else {
+        match rows.first() {
+            Some(r) => r.try_get::<_, Value>(0)?.to_string(),
+            None => String::new(),
+        }
+    })
+}
+
+/// `count=planned` (and `estimated`): the planner's row estimate for the count query, or
+/// the exact count when the estimate is at most `exact_below`.
+async fn planned_count(
+    tx: &deadpool_postgres::Transaction<'_>,
+    text: &str,
+    ps: &[String],
+    exact_below: Option<i64>,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let cp = text_params(ps);
+    let ct = untyped(&cp);
+    let rows = tx
+        .query_typed(&format!("EXPLAIN (FORMAT JSON) {text}"), &ct)
+        .await?;
+    let planned = rows
+        .first()
+        .and_then(|r| r.try_get::<_, Value>(0).ok())
+        .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+        .map(|n| n as i64);
+    if let (Some(limit), Some(p)) = (exact_below, planned) {
+        if p <= limit {
+            let row = tx
+                .query_typed(&format!("SELECT count(*) FROM ({text}) AS pgrst_c"), &ct)
+                .await?;
+            if let Some(r) = row.first() {
+                return Ok(Some(r.try_get(0)?));
+            }
+        }
+    }
+    Ok(planned)
 }
 
 pub(super) fn content_type(accept: &Accept) -> &'static str {

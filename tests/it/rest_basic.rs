@@ -458,7 +458,7 @@ async fn prefer_timezone() {
 
 /// A database URL the wire pool cannot serve (two hosts; likewise a Unix socket or
 /// `sslmode=require`) leaves `state.wire` unset: requests without a check then go through
-/// tokio-postgres as one pipelined batch (`futures::join!` in rest/execute.rs). Reads,
+/// tokio-postgres as one queued batch (`queued` in rest/execute.rs). Reads,
 /// writes and a database error behave there as on the wire path.
 #[tokio::test]
 async fn without_the_wire_pool_the_pipelined_path_serves() {
