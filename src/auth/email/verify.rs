@@ -61,17 +61,17 @@ async fn spend_token(
     Ok(())
 }
 
-async fn verify_token(
+/// The user a code (with its address) or a link's token hash belongs to, the token column
+/// it matched, and the stored hash; locked for the rest of the transaction.
+async fn find_token_owner(
     tx: &tokio_postgres::Transaction<'_>,
-    cfg: &crate::config::AuthConfig,
     vtype: &str,
     token: Option<&str>,
     token_hash: Option<&str>,
     email: Option<&str>,
     phone: Option<&str>,
-) -> AuthResult<Verified> {
-    let otp_expiry = cfg.otp_expiry;
-    let columns: &[&str] = match vtype {
+) -> AuthResult<(User, &'static str, String)> {
+    let columns: &[&'static str] = match vtype {
         "signup" | "invite" | "sms" => &["confirmation_token"],
         "magiclink" | "recovery" => &["recovery_token"],
         "email" => &["confirmation_token", "recovery_token"],
@@ -102,7 +102,7 @@ async fn verify_token(
                 ))
             }
         };
-    let mut found: Option<(User, &str, String)> = None;
+    let mut found: Option<(User, &'static str, String)> = None;
     for col in columns {
         // A code for the new address of an email change is matched against that address.
         let address_col = match (*col, address_col) {
@@ -131,9 +131,72 @@ async fn verify_token(
             break;
         }
     }
-    let Some((u, col, hash)) = found else {
-        return Err(AuthError::otp_expired());
-    };
+    found.ok_or_else(AuthError::otp_expired)
+}
+
+/// An email change confirmed by one of its codes: with secure email change, the first of
+/// two only spends itself (`None`); otherwise the new address takes over.
+async fn confirm_email_change(
+    tx: &tokio_postgres::Transaction<'_>,
+    cfg: &crate::config::AuthConfig,
+    u: &User,
+    col: &'static str,
+    hash: &str,
+) -> AuthResult<Option<&'static str>> {
+    let secure = !cfg.autoconfirm
+        && cfg.secure_email_change
+        && u.email_change_confirm_status == 0
+        && u.email.is_some();
+    if secure {
+        // First of two confirmations: spend this code, wait for the other.
+        tx.execute(
+            &format!("update auth.users set {col} = '', email_change_confirm_status = 1, updated_at = now() where id = $1"),
+            &[&u.id],
+        )
+        .await.map_err(AuthError::pg)?;
+        tx.execute(
+            "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
+            &[&u.id, &hash],
+        )
+        .await
+        .map_err(AuthError::pg)?;
+        return Ok(None);
+    }
+    let taken = tx
+        .query_opt(
+            "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
+            &[&u.email_change, &u.id],
+        )
+        .await.map_err(AuthError::pg)?;
+    if taken.is_some() {
+        return Err(AuthError::email_exists());
+    }
+    tx.execute(
+        "update auth.users set email = email_change, email_change = '', email_change_token_new = '',
+           email_change_token_current = '', email_change_confirm_status = 0,
+           email_confirmed_at = now(), is_anonymous = false, updated_at = now() where id = $1",
+        &[&u.id],
+    )
+    .await.map_err(AuthError::pg)?;
+    tx.execute(
+        "delete from auth.one_time_tokens where user_id = $1 and token_type like 'email_change_token_%'",
+        &[&u.id],
+    )
+    .await.map_err(AuthError::pg)?;
+    ensure_email_identity(tx, u.id).await?;
+    Ok(Some("email_change"))
+}
+
+async fn verify_token(
+    tx: &tokio_postgres::Transaction<'_>,
+    cfg: &crate::config::AuthConfig,
+    vtype: &str,
+    token: Option<&str>,
+    token_hash: Option<&str>,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> AuthResult<Verified> {
+    let (u, col, hash) = find_token_owner(tx, vtype, token, token_hash, email, phone).await?;
     if u.is_banned() {
         return Err(AuthError::forbidden("user_banned", "User is banned"));
     }
@@ -144,7 +207,7 @@ async fn verify_token(
         "phone_change_token" => u.phone_change_sent_at,
         _ => None,
     };
-    let expired = sent_at.is_none_or(|s| (Utc::now() - s).num_seconds() > otp_expiry as i64);
+    let expired = sent_at.is_none_or(|s| (Utc::now() - s).num_seconds() > cfg.otp_expiry as i64);
     if expired || hash.is_empty() {
         return Err(AuthError::otp_expired());
     }
@@ -172,48 +235,10 @@ async fn verify_token(
             }
         }
         "email_change_token_new" | "email_change_token_current" => {
-            let secure = !cfg.autoconfirm
-                && cfg.secure_email_change
-                && u.email_change_confirm_status == 0
-                && u.email.is_some();
-            if secure {
-                // First of two confirmations: spend this code, wait for the other.
-                tx.execute(
-                    &format!("update auth.users set {col} = '', email_change_confirm_status = 1, updated_at = now() where id = $1"),
-                    &[&u.id],
-                )
-                .await.map_err(AuthError::pg)?;
-                tx.execute(
-                    "delete from auth.one_time_tokens where user_id = $1 and token_hash = $2",
-                    &[&u.id, &hash],
-                )
-                .await
-                .map_err(AuthError::pg)?;
-                return Ok(Verified::HalfwayEmailChange);
+            match confirm_email_change(tx, cfg, &u, col, &hash).await? {
+                Some(method) => method,
+                None => return Ok(Verified::HalfwayEmailChange),
             }
-            let taken = tx
-                .query_opt(
-                    "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
-                    &[&u.email_change, &u.id],
-                )
-                .await.map_err(AuthError::pg)?;
-            if taken.is_some() {
-                return Err(AuthError::email_exists());
-            }
-            tx.execute(
-                "update auth.users set email = email_change, email_change = '', email_change_token_new = '',
-                   email_change_token_current = '', email_change_confirm_status = 0,
-                   email_confirmed_at = now(), is_anonymous = false, updated_at = now() where id = $1",
-                &[&u.id],
-            )
-            .await.map_err(AuthError::pg)?;
-            tx.execute(
-                "delete from auth.one_time_tokens where user_id = $1 and token_type like 'email_change_token_%'",
-                &[&u.id],
-            )
-            .await.map_err(AuthError::pg)?;
-            ensure_email_identity(tx, u.id).await?;
-            "email_change"
         }
         "phone_change_token" => {
             tx.execute(
