@@ -145,55 +145,65 @@ pub async fn list(
     Ok(ok(&Value::Array(rows.iter().map(|r| r.get(0)).collect())))
 }
 
-/// v2 list: cursor pages of objects (and folders with `with_delimiter`).
-pub async fn list_v2(
-    state: &AppState,
-    ctx: &AuthContext,
-    body: Value,
-    bucket: &str,
-) -> Result<Resp, StorageError> {
-    let prefix = str_field(&body, "prefix");
-    let delimiter = body
-        .get("with_delimiter")
-        .and_then(coerce::boolean)
-        .unwrap_or(false);
-    let limit = int_field(&body, "limit", 1000, 1)?.min(1000);
-    let (mut col, mut ord) = sort_of(&body, &["name", "updated_at", "created_at"])?;
-    // The cursor: base64url JSON {c: column, o: order, k: sort key (text), n: name}.
-    let mut after: Option<(Option<String>, String)> = None;
-    if let Some(cur) = body
-        .get("cursor")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+/// A list-v2 page cursor: base64url JSON `{c: column, o: order, k: sort key (text), n: name}`.
+struct Cursor {
+    col: &'static str,
+    ord: &'static str,
+    /// The last entry's sort key (a timestamp; none when sorting by name).
+    key: Option<String>,
+    name: String,
+}
+
+impl Cursor {
+    fn decode(cur: &str) -> Result<Cursor, StorageError> {
         let bad = || StorageError::InvalidParameter("cursor".into());
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(cur)
             .map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-        col = match v.get("c").and_then(Value::as_str) {
+        let col = match v.get("c").and_then(Value::as_str) {
             Some("updated_at") => "updated_at",
             Some("created_at") => "created_at",
             Some("name") => "name",
             _ => return Err(bad()),
         };
-        ord = match v.get("o").and_then(Value::as_str) {
+        let ord = match v.get("o").and_then(Value::as_str) {
             Some("desc") => "desc",
             Some("asc") => "asc",
             _ => return Err(bad()),
         };
-        let n = v
+        let name = v
             .get("n")
             .and_then(Value::as_str)
             .ok_or_else(bad)?
             .to_string();
-        let k = v.get("k").and_then(Value::as_str).map(str::to_string);
+        let key = v.get("k").and_then(Value::as_str).map(str::to_string);
         // The sort key goes to SQL as a timestamp: refuse anything else here.
-        if let Some(k) = &k {
+        if let Some(k) = &key {
             DateTime::parse_from_rfc3339(k).map_err(|_| bad())?;
         }
-        after = Some((k, n));
+        Ok(Cursor {
+            col,
+            ord,
+            key,
+            name,
+        })
     }
+
+    fn encode(&self) -> String {
+        let key = if self.col == "name" {
+            None
+        } else {
+            self.key.as_deref()
+        };
+        let cur = json!({"c": self.col, "o": self.ord, "n": self.name, "k": key});
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cur.to_string())
+    }
+}
+
+/// The list-v2 statement for a sort column and order (both from fixed lists, never input).
+/// Parameters: bucket, prefix, with_delimiter, cursor name, cursor key, limit.
+fn list_v2_sql(col: &str, ord: &str) -> String {
     let cmp = if ord == "asc" { ">" } else { "<" };
     let (sk, cursor_cond) = if col == "name" {
         (
@@ -215,7 +225,7 @@ pub async fn list_v2(
     } else {
         format!("sk {ord}, ename collate \"C\" {ord}")
     };
-    let sql = format!(
+    format!(
         "with e as ( \
            select case when $3 and position('/' in substr(name, length($2) + 1)) > 0 \
                     then $2 || split_part(substr(name, length($2) + 1), '/', 1) || '/' \
@@ -238,11 +248,37 @@ pub async fn list_v2(
         ts("updated_at"),
         ts("created_at"),
         ts("last_accessed_at"),
-    );
-    let (after_key, after_name) = match &after {
-        Some((k, n)) => (k.clone(), Some(n.clone())),
-        None => (None, None),
+    )
+}
+
+/// v2 list: cursor pages of objects (and folders with `with_delimiter`).
+pub async fn list_v2(
+    state: &AppState,
+    ctx: &AuthContext,
+    body: Value,
+    bucket: &str,
+) -> Result<Resp, StorageError> {
+    let prefix = str_field(&body, "prefix");
+    let delimiter = body
+        .get("with_delimiter")
+        .and_then(coerce::boolean)
+        .unwrap_or(false);
+    let limit = int_field(&body, "limit", 1000, 1)?.min(1000);
+    let (mut col, mut ord) = sort_of(&body, &["name", "updated_at", "created_at"])?;
+    let after = match body
+        .get("cursor")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(cur) => Some(Cursor::decode(cur)?),
+        None => None,
     };
+    if let Some(c) = &after {
+        (col, ord) = (c.col, c.ord);
+    }
+    let sql = list_v2_sql(col, ord);
+    let after_name = after.as_ref().map(|c| c.name.clone());
+    let after_key = after.and_then(|c| c.key);
     let rows = query_as_caller(
         state,
         ctx,
@@ -284,10 +320,13 @@ pub async fn list_v2(
             }));
         }
         if has_next && i as i64 == limit - 1 {
-            let sk: Option<String> = r.get(7);
-            let cur =
-                json!({"c": col, "o": ord, "n": ename, "k": if col == "name" { None } else { sk }});
-            next = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cur.to_string()));
+            let cur = Cursor {
+                col,
+                ord,
+                key: r.get(7),
+                name: ename.clone(),
+            };
+            next = Some(cur.encode());
         }
     }
     let mut out = Map::new();
