@@ -1,13 +1,18 @@
 //! Prometheus metrics at `GET /metrics` (service_role key only; `[metrics] enabled`).
 //!
 //! Counted on the way (cheap, in the one place every request passes): requests by API,
-//! method and status, their latency by API, code-execution runs by status. Read at
+//! route, method and status, their latency by API, code-execution runs by status, function
+//! calls with the providers' tokens and errors (where `api_usage` is written). Read at
 //! scrape time (no bookkeeping on hot paths): database pools, realtime sockets and
 //! channels, postgres_changes RLS round trips, process RSS and open descriptors.
-//! Label values are bounded: the API (first path segment), a known method, the status.
+//! Label values are bounded: the API (first path segment), the route template (path
+//! segments outside a fixed vocabulary collapse to `:param`, and at most
+//! [`MAX_ROUTES`] distinct templates are kept), a known method, the status, the four
+//! function names and the providers' names.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use http::{HeaderValue, Method, StatusCode};
 use prometheus::{
@@ -24,6 +29,11 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     code_runs: IntCounterVec,
+    function_calls: IntCounterVec,
+    llm_tokens: IntCounterVec,
+    provider_errors: IntCounterVec,
+    /// The route templates seen so far (bounded by [`MAX_ROUTES`]).
+    routes: RwLock<HashSet<String>>,
     storage_bytes: IntCounterVec,
     pool: IntGaugeVec,
     realtime: IntGaugeVec,
@@ -82,8 +92,8 @@ impl Metrics {
             requests: counter_vec(
                 &r,
                 "oxibase_http_requests_total",
-                "HTTP requests answered, by API, method and status.",
-                &["api", "method", "status"],
+                "HTTP requests answered, by API, route template, method and status.",
+                &["api", "route", "method", "status"],
             ),
             duration,
             code_runs: counter_vec(
@@ -92,6 +102,26 @@ impl Metrics {
                 "code-execution sandbox runs, by outcome.",
                 &["status"],
             ),
+            function_calls: counter_vec(
+                &r,
+                "oxibase_function_calls_total",
+                "Built-in function calls, by function and outcome status (a stream that fails \
+                 after its 200 counts with its failure).",
+                &["function", "status"],
+            ),
+            llm_tokens: counter_vec(
+                &r,
+                "oxibase_llm_tokens_total",
+                "Tokens the LLM providers reported for chat-completion, by provider and kind.",
+                &["provider", "kind"],
+            ),
+            provider_errors: counter_vec(
+                &r,
+                "oxibase_llm_provider_errors_total",
+                "chat-completion calls that ended in an error, by provider.",
+                &["provider"],
+            ),
+            routes: RwLock::new(HashSet::new()),
             storage_bytes: counter_vec(
                 &r,
                 "oxibase_storage_bytes_total",
@@ -123,9 +153,10 @@ impl Metrics {
     }
 
     /// One answered request (called once per request, in `http::server`).
-    pub fn request(&self, api: &str, method: &Method, status: StatusCode, secs: f64) {
+    pub fn request(&self, api: &str, path: &str, method: &Method, status: StatusCode, secs: f64) {
+        let route = self.route_label(path);
         self.requests
-            .with_label_values(&[api, method_label(method), status.as_str()])
+            .with_label_values(&[api, &route, method_label(method), status.as_str()])
             .inc();
         self.duration.with_label_values(&[api]).observe(secs);
     }
@@ -139,6 +170,48 @@ impl Metrics {
         self.storage_bytes
             .with_label_values(&["out"])
             .inc_by(bytes_out);
+    }
+
+    /// `path`'s route template, or `other` once [`MAX_ROUTES`] distinct ones were seen.
+    fn route_label(&self, path: &str) -> String {
+        let t = route_template(path);
+        let seen = |r: &HashSet<String>| r.contains(&t);
+        if self.routes.read().map(|r| seen(&r)).unwrap_or(false) {
+            return t;
+        }
+        let mut w = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if w.len() < MAX_ROUTES || w.contains(&t) {
+            w.insert(t.clone());
+            t
+        } else {
+            "other".into()
+        }
+    }
+
+    /// One built-in function call, as recorded in `api_usage`: its outcome, and for
+    /// chat-completion the provider's tokens or its failure.
+    pub fn function_call(
+        &self,
+        function: &str,
+        status: u16,
+        provider: Option<&str>,
+        tokens: [Option<i32>; 2],
+    ) {
+        let status_label = StatusCode::from_u16(status)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| "other".into());
+        self.function_calls
+            .with_label_values(&[function, &status_label])
+            .inc();
+        let Some(p) = provider else { return };
+        if status >= 400 {
+            self.provider_errors.with_label_values(&[p]).inc();
+        }
+        for (kind, n) in ["prompt", "completion"].into_iter().zip(tokens) {
+            if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
+                self.llm_tokens.with_label_values(&[p, kind]).inc_by(n);
+            }
+        }
     }
 
     /// One code-execution run finished (or was refused) with this outcome.
@@ -221,6 +294,100 @@ pub fn api_label(path: &str) -> &'static str {
     }
 }
 
+/// The most distinct route templates labelled; later ones count as `other`.
+pub const MAX_ROUTES: usize = 200;
+
+/// The path segments kept as they are in a route template: the APIs' own words.
+const ROUTE_WORDS: &[&str] = &[
+    "rest",
+    "auth",
+    "storage",
+    "realtime",
+    "functions",
+    "v1",
+    "rpc",
+    "token",
+    "signup",
+    "user",
+    "logout",
+    "verify",
+    "otp",
+    "recover",
+    "magiclink",
+    "resend",
+    "settings",
+    "health",
+    "authorize",
+    "callback",
+    "reauthenticate",
+    "factors",
+    "challenge",
+    "identities",
+    "admin",
+    "users",
+    "audit",
+    "generate_link",
+    "invite",
+    "sso",
+    "saml",
+    "oauth",
+    "clients",
+    "object",
+    "bucket",
+    "empty",
+    "list",
+    "list-v2",
+    "move",
+    "copy",
+    "sign",
+    "public",
+    "authenticated",
+    "info",
+    "upload",
+    "resumable",
+    "render",
+    "image",
+    "s3",
+    "websocket",
+    "api",
+    "broadcast",
+    "events",
+    "ping",
+    "metrics",
+    "chat-completion",
+    "code-execution",
+    "websocket-handler",
+    "file-upload",
+];
+
+/// The path with every run of segments outside [`ROUTE_WORDS`] (table and bucket names,
+/// ids, object paths) collapsed to one `:param`, and at most six segments.
+pub fn route_template(path: &str) -> String {
+    let mut out = String::new();
+    let mut param = false;
+    let mut n = 0;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        if ROUTE_WORDS.contains(&seg) {
+            param = false;
+        } else if param {
+            continue;
+        } else {
+            param = true;
+        }
+        n += 1;
+        if n > 6 {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        out.push_str(if param { ":param" } else { seg });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 /// A message's declared body length.
 pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)
@@ -291,8 +458,14 @@ mod tests {
         let odd = Method::from_bytes(b"BREW").unwrap();
         assert_eq!(method_label(&odd), "OTHER");
         let m = Metrics::new();
-        m.request("rest", &Method::GET, StatusCode::OK, 0.01);
-        m.request("rest", &odd, StatusCode::IM_A_TEAPOT, 0.01);
+        m.request("rest", "/rest/v1/todos", &Method::GET, StatusCode::OK, 0.01);
+        m.request(
+            "rest",
+            "/rest/v1/notes",
+            &odd,
+            StatusCode::IM_A_TEAPOT,
+            0.01,
+        );
         let text = {
             let mut out = vec![];
             TextEncoder::new()
@@ -301,6 +474,78 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         assert!(text
-            .contains(r#"oxibase_http_requests_total{api="rest",method="OTHER",status="418"} 1"#));
+            .contains(r#"oxibase_http_requests_total{api="rest",method="OTHER",route="/rest/v1/:param",status="418"} 1"#));
+    }
+
+    #[test]
+    fn route_templates_hide_names_and_stay_few() {
+        for (path, want) in [
+            ("/rest/v1/todos", "/rest/v1/:param"),
+            ("/rest/v1/rpc/add_them", "/rest/v1/rpc/:param"),
+            ("/rest/v1/", "/rest/v1"),
+            (
+                "/storage/v1/object/public/avatars/a/b/c.png",
+                "/storage/v1/object/public/:param",
+            ),
+            (
+                "/storage/v1/object/sign/b/x",
+                "/storage/v1/object/sign/:param",
+            ),
+            (
+                "/auth/v1/admin/users/0b1c5e0e-8d9e-4c4e-9a4e-1f0a6c8e2d11",
+                "/auth/v1/admin/users/:param",
+            ),
+            (
+                "/functions/v1/chat-completion",
+                "/functions/v1/chat-completion",
+            ),
+            ("/functions/v1/my-own", "/functions/v1/:param"),
+            ("/", "/"),
+            ("/rest/v1/rpc/rpc/rpc/rpc/rpc", "/rest/v1/rpc/rpc/rpc/rpc/…"),
+        ] {
+            assert_eq!(route_template(path), want, "{path}");
+        }
+        let m = Metrics::new();
+        for i in 0..(MAX_ROUTES + 50) {
+            // Distinct templates made of the vocabulary: only MAX_ROUTES get their own label.
+            let words = [
+                "rpc", "user", "list", "copy", "info", "sign", "move", "ping",
+            ];
+            let path: String = (0..4)
+                .map(|d| format!("/{}", words[(i >> (3 * d)) & 7]))
+                .collect();
+            m.request("other", &path, &Method::GET, StatusCode::NOT_FOUND, 0.0);
+        }
+        assert_eq!(m.routes.read().unwrap().len(), MAX_ROUTES);
+        assert_eq!(m.route_label("/never/seen/before"), "other");
+        assert_eq!(
+            m.route_label("/rpc/rpc/rpc/rpc"),
+            "/rpc/rpc/rpc/rpc",
+            "seen first, kept"
+        );
+    }
+
+    #[test]
+    fn function_calls_count_tokens_and_provider_errors() {
+        let m = Metrics::new();
+        m.function_call("chat-completion", 200, Some("openai"), [Some(5), Some(2)]);
+        m.function_call("chat-completion", 502, Some("anthropic"), [None, None]);
+        m.function_call("code-execution", 200, None, [None, None]);
+        let mut out = vec![];
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            r#"oxibase_function_calls_total{function="chat-completion",status="200"} 1"#,
+            r#"oxibase_function_calls_total{function="chat-completion",status="502"} 1"#,
+            r#"oxibase_function_calls_total{function="code-execution",status="200"} 1"#,
+            r#"oxibase_llm_tokens_total{kind="prompt",provider="openai"} 5"#,
+            r#"oxibase_llm_tokens_total{kind="completion",provider="openai"} 2"#,
+            r#"oxibase_llm_provider_errors_total{provider="anthropic"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains(r#"oxibase_llm_provider_errors_total{provider="openai"}"#));
     }
 }

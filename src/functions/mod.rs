@@ -251,6 +251,9 @@ async fn record_usage(
         d.provider,
         [d.prompt_tokens, d.completion_tokens, d.total_tokens],
     );
+    state
+        .metrics
+        .function_call(endpoint, status as u16, provider, [tokens[0], tokens[1]]);
     let endpoint_owned = endpoint.to_string();
     let r = as_server(state, move |tx| {
         Box::pin(async move {

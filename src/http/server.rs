@@ -291,7 +291,9 @@ async fn handle(
     }
     let secs = start.elapsed().as_secs_f64();
     let api = crate::metrics::api_label(&path);
-    state.metrics.request(api, &method, resp.status(), secs);
+    state
+        .metrics
+        .request(api, &path, &method, resp.status(), secs);
     if api == "storage" {
         // A HEAD answer's content-length is the object's, not bytes sent.
         let out = crate::metrics::content_length(resp.headers())

@@ -147,7 +147,7 @@ async fn request_counters_move_by_the_requests_made() {
         .await;
     let before = scrape(&t).await;
     let rest = r#"oxibase_http_requests_total{api="rest""#;
-    let ok = r#"method="GET",status="200""#;
+    let (get, ok) = (r#"method="GET""#, r#"status="200""#);
     for _ in 0..7 {
         let r = t
             .http
@@ -177,7 +177,13 @@ async fn request_counters_move_by_the_requests_made() {
     let name = "oxibase_http_requests_total";
     let delta = |labels: &[&str]| sum(&after, name, labels) - sum(&before, name, labels);
     assert_eq!(delta(&[r#"api="rest""#]), 8.0, "{rest}");
-    assert_eq!(delta(&[r#"api="rest""#, ok]), 7.0);
+    assert_eq!(delta(&[r#"api="rest""#, get, ok]), 7.0);
+    // Table names are not labels: both tables share one route template.
+    assert_eq!(delta(&[r#"route="/rest/v1/:param""#]), 8.0);
+    assert!(
+        !after.keys().any(|k| k.contains("m_items")),
+        "a table name became a label"
+    );
     assert_eq!(delta(&[r#"api="rest""#, r#"status="404""#]), 1.0);
     let auth_status = format!(r#"status="{}""#, auth.status);
     assert_eq!(delta(&[r#"api="auth""#, &auth_status]), 1.0);
@@ -275,4 +281,15 @@ async fn code_runs_are_counted_by_outcome() {
     let m = scrape(&t).await;
     assert_eq!(m[r#"oxibase_code_runs_total{status="success"}"#], 2.0);
     assert_eq!(m[r#"oxibase_code_runs_total{status="error"}"#], 1.0);
+    // Every call is counted as its api_usage row is written (after the answer).
+    let calls = r#"function="code-execution""#;
+    let mut n = 0.0;
+    for _ in 0..50 {
+        n = sum(&scrape(&t).await, "oxibase_function_calls_total", &[calls]);
+        if n >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 3.0);
 }
