@@ -1,0 +1,83 @@
+//! Several oxibase processes on one database (the supabase-js side of scale-out is
+//! compat-tests/test/scaleout.test.mjs): what every process does at start must be safe when
+//! they start together, as replicas of one deployment do.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use oxibase::config::{AuthRateLimits, Secret};
+use oxibase::{Config, Server};
+
+fn config(db_url: &str, data_dir: &Path, project: &Path) -> Config {
+    Config {
+        port: 0,
+        bind: vec!["127.0.0.1".into()],
+        data_dir: data_dir.to_path_buf(),
+        database_url: Some(Secret(db_url.to_string())),
+        db_pool_size: 4,
+        project: Some(project.to_path_buf()),
+        auth: oxibase::config::AuthConfig {
+            rate_limit: AuthRateLimits::generous(),
+            ..Default::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// Three replicas start at once with one project folder: its migration is applied once and
+/// recorded once, its seed runs once, and every replica starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_apply_the_project_once() {
+    let db = common::template_db().await;
+    let project = tempfile::tempdir().unwrap();
+    let sb = project.path().join("supabase");
+    std::fs::create_dir_all(sb.join("migrations")).unwrap();
+    // The sleeps widen the window in which replicas that do not wait for each other would
+    // both see the migration and the seed as pending.
+    std::fs::write(
+        sb.join("migrations/20240101000000_once.sql"),
+        "create table public.scale_once (id serial primary key, what text not null);\n\
+         select pg_sleep(0.5);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        sb.join("seed.sql"),
+        "select pg_sleep(0.5);\ninsert into public.scale_once (what) values ('seeded');\n",
+    )
+    .unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let starts = dirs.iter().map(|d| {
+        let cfg = config(&db, d.path(), project.path());
+        Server::start(cfg, Arc::new(|_: &str| {}))
+    });
+    let results = futures::future::join_all(starts).await;
+    let mut servers = vec![];
+    for r in results {
+        match r {
+            Ok(s) => servers.push(s),
+            Err(e) => panic!("a replica did not start: {e}"),
+        }
+    }
+    let (c, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n = |q: &'static str| {
+        let c = &c;
+        async move { c.query_one(q, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(n("select count(*) from public.scale_once").await, 1);
+    assert_eq!(
+        n("select count(*) from supabase_migrations.schema_migrations where version = '20240101000000'").await,
+        1
+    );
+    assert_eq!(
+        n("select count(*) from supabase_migrations.seed_files").await,
+        1
+    );
+    for s in servers {
+        s.shutdown().await;
+    }
+}
