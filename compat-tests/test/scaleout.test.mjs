@@ -6,6 +6,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, chmodSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createClient } from '@supabase/supabase-js';
 import { startServer, freePort, ANON_KEY, SERVICE_KEY } from '../lib/server.mjs';
 import { sql as sqlOn } from '../lib/pg.mjs';
@@ -348,6 +351,93 @@ test('code-execution: capacity is per process (A saturated, B still runs)', { sk
   assert.equal(elsewhere.error, null, String(elsewhere.error));
   assert.equal(elsewhere.data.stdout.trim(), '42');
   assert.equal((await spinning).error, null);
+});
+
+function hasNginx() {
+  try {
+    execFileSync('nginx', ['-v'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** nginx running examples/scaleout/nginx.conf in front of A, B and C; its URL and process. */
+async function startNginx() {
+  const dir = mkdtempSync(join(tmpdir(), 'oxibase-nginx-'));
+  chmodSync(dir, 0o777); // workers run as an unprivileged user
+  const example = readFileSync(new URL('../../examples/scaleout/nginx.conf', import.meta.url), 'utf8');
+  const port = await freePort();
+  const upstreams = example.match(/^ *server 10\.0\.0\.\d+:54321 .*$/gm);
+  assert.equal(upstreams?.length, 3, 'the example lists three upstream servers');
+  let conf = example.replace(/listen 80;/, `listen 127.0.0.1:${port};`);
+  ['A', 'B', 'C'].forEach((p, i) => (conf = conf.replace(upstreams[i], upstreams[i].replace(/10\.0\.0\.\d+:54321/, `127.0.0.1:${procs[p].port}`))));
+  assert.ok(conf.includes(`listen 127.0.0.1:${port};`));
+  writeFileSync(join(dir, 'oxibase.conf'), conf);
+  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `${t}_temp_path ${dir}/${t};`).join('\n  ');
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log warn;\n` +
+      `events { worker_connections 1024; }\nhttp {\n  access_log off;\n  ${temp}\n  include ${dir}/oxibase.conf;\n}\n`,
+  );
+  const proc = spawn('nginx', ['-p', dir, '-e', `${dir}/error.log`, '-c', `${dir}/nginx.conf`], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}`;
+  await until('nginx answers', async () => (await fetch(`${url}/health`).catch(() => null))?.status === 200);
+  return { url, proc, dir };
+}
+
+/** API requests (not /metrics itself) a process has served so far. */
+async function served(proc) {
+  const text = await (await fetch(`${procs[proc].url}/metrics`, { headers: { authorization: `Bearer ${SERVICE_KEY}` } })).text();
+  let n = 0;
+  for (const m of text.matchAll(/^oxibase_http_requests_total\{([^}]*)\} (\d+)/gm)) if (/api="(rest|auth|storage|realtime|functions)"/.test(m[1])) n += Number(m[2]);
+  return n;
+}
+
+test('behind nginx (examples/scaleout/nginx.conf): one supabase-js client, its requests spread over every process', { skip: skip || (hasNginx() || process.env.CI ? false : 'nginx not installed'), timeout: 120_000 }, async () => {
+  const lb = await startNginx();
+  try {
+    const before = { A: await served('A'), B: await served('B'), C: await served('C') };
+    const sb = createClient(lb.url, ANON_KEY, opts);
+    clients.push(sb);
+    const email = `lb-${crypto.randomUUID().slice(0, 8)}@scale.test`;
+    const { data, error } = await sb.auth.signUp({ email, password: 'hunter22' });
+    assert.equal(error, null);
+    let token = data.session.refresh_token;
+    for (let i = 0; i < 4; i++) {
+      const r = await sb.auth.refreshSession({ refresh_token: token });
+      assert.equal(r.error, null, `refresh ${i}`);
+      token = r.data.session.refresh_token;
+    }
+    // A realtime socket through nginx (WebSocket upgrade), rows inserted through it too.
+    const seen = [];
+    const ch = sb.channel(uniq('lb')).on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'scaleout_ticks' }, (e) => seen.push(e.new.id));
+    await subscribed(ch);
+    const svc = createClient(lb.url, SERVICE_KEY, opts);
+    for (let id = 500; id < 506; id++) assert.equal((await svc.from('scaleout_ticks').insert({ id, note: 'lb' })).error, null);
+    await until('the socket behind nginx got every row', () => seen.length >= 6);
+    assert.deepEqual(seen, [500, 501, 502, 503, 504, 505]);
+    // A TUS upload in three requests, wherever nginx sends each.
+    assert.equal((await svc.storage.createBucket('scale-lb')).error, null);
+    const data2 = crypto.randomBytes(2 * 6 * 1024 * 1024 + 999);
+    const h = { Authorization: `Bearer ${SERVICE_KEY}`, 'Tus-Resumable': '1.0.0' };
+    const meta = `bucketName ${Buffer.from('scale-lb').toString('base64')},objectName ${Buffer.from('lb.bin').toString('base64')}`;
+    const made = await fetch(`${lb.url}/storage/v1/upload/resumable`, { method: 'POST', headers: { ...h, 'Upload-Length': String(data2.length), 'Upload-Metadata': meta } });
+    assert.equal(made.status, 201);
+    const at = new URL(made.headers.get('location'), lb.url).toString();
+    for (let off = 0; off < data2.length; off += 6 * 1024 * 1024) {
+      const body = data2.subarray(off, off + 6 * 1024 * 1024);
+      const r = await fetch(at, { method: 'PATCH', headers: { ...h, 'Upload-Offset': String(off), 'Content-Type': 'application/offset+octet-stream' }, body });
+      assert.equal(r.status, 204, `PATCH at ${off}`);
+    }
+    const { data: blob } = await svc.storage.from('scale-lb').download('lb.bin');
+    assert.ok(Buffer.from(await blob.arrayBuffer()).equals(data2));
+    // No stickiness: every process served some of it.
+    for (const p of ['A', 'B', 'C']) assert.ok((await served(p)) > before[p], `${p} served none of the requests`);
+  } finally {
+    lb.proc.kill();
+    rmSync(lb.dir, { recursive: true, force: true });
+  }
 });
 
 test('kill -9 of one process under change traffic: subscribers on the survivors get every change once', { skip, timeout: 120_000 }, async () => {
