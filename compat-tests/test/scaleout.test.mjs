@@ -331,6 +331,12 @@ test('storage: a TUS upload created on A continues on B and finishes on C, in th
   const { data: blob, error } = await client('B', { key: SERVICE_KEY }).storage.from('scale-tus').download('big.bin');
   assert.equal(error, null);
   assert.ok(Buffer.from(await blob.arrayBuffer()).equals(data));
+  // A signed URL made by one process is honoured by another (one shared secret).
+  const signed = await client('A', { key: SERVICE_KEY }).storage.from('scale-tus').createSignedUrl('big.bin', 60);
+  assert.equal(signed.error, null);
+  const viaC = await fetch(signed.data.signedUrl.replace(procs.A.url, procs.C.url), { headers: { Range: 'bytes=0-9' } });
+  assert.equal(viaC.status, 206);
+  assert.ok(Buffer.from(await viaC.arrayBuffer()).equals(data.subarray(0, 10)));
   // The bytes are in the one S3 bucket every process uses.
   const listing = await (await fetch(`${s3}/oxi-scale?list-type=2&prefix=shared/objects/`)).text();
   assert.match(listing, /<Size>6345777<\/Size>/, listing);
