@@ -11,7 +11,7 @@
 //           change message, to a topic nobody joined: what an elected capturer fanning its
 //           changes out to the other processes would make each of them and PostgreSQL pay.
 // usage: node --experimental-websocket bench/scaleout/capture.mjs [processes=3] [rows=2000] [rows/s=200]
-// env: OXIBASE_BIN (default target/release, else target/debug). Needs compat-tests' packages.
+// env: OXIBASE_BIN (default target/debug, else target/release). Needs compat-tests' packages.
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
