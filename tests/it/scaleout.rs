@@ -81,3 +81,58 @@ async fn replicas_starting_together_apply_the_project_once() {
         s.shutdown().await;
     }
 }
+
+fn plain_config(db_url: &str, data_dir: &Path) -> Config {
+    Config {
+        port: 0,
+        bind: vec!["127.0.0.1".into()],
+        data_dir: data_dir.to_path_buf(),
+        database_url: Some(Secret(db_url.to_string())),
+        db_pool_size: 4,
+        ..Config::default()
+    }
+}
+
+/// A process that stops (a rolling deploy) takes its presences with it at once: the other
+/// processes do not keep showing them until they expire (35 s), beside the same users
+/// tracked again on a live process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_process_withdraws_its_presences_from_the_others() {
+    let db = common::template_db().await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stays = Server::start(plain_config(&db, d1.path()), Arc::new(|_: &str| {}))
+        .await
+        .unwrap();
+    let leaves = Server::start(plain_config(&db, d2.path()), Arc::new(|_: &str| {}))
+        .await
+        .unwrap();
+    let key = ("scale-room".to_string(), false);
+    let keys = |s: &Server| {
+        s.state
+            .realtime
+            .hub
+            .presence_state(&key)
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // Announced once the fan-out listener is up; tracked again until the other side sees it.
+    let hub = &leaves.state.realtime.hub;
+    let chan = hub.new_chan_id();
+    let meta = serde_json::Map::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while keys(&stays) != ["user-1"] {
+        hub.track(&key, chan, "user-1", meta.clone());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the presence never reached the other process"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    leaves.shutdown().await;
+    common::eventually("the stopped process's presence is withdrawn", || async {
+        keys(&stays).is_empty()
+    })
+    .await;
+    stays.shutdown().await;
+}
