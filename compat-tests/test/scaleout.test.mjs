@@ -203,6 +203,13 @@ test('realtime: broadcast and presence span processes', { skip, timeout: 60_000 
   assert.equal(await chB.send({ type: 'broadcast', event: 'ev', payload: { from: 'B' } }), 'ok');
   await until('A and C heard B', () => heard.A.length && heard.C.length);
   assert.deepEqual([heard.A, heard.C], [[{ from: 'B' }], [{ from: 'B' }]]);
+  // Sent over HTTP to B (a sender that never joined), and from SQL (realtime.send): each
+  // reaches the subscribers on A and C once.
+  assert.equal(await client('B').channel(name).send({ type: 'broadcast', event: 'ev', payload: { from: 'rest' } }), 'ok');
+  await sql(`select realtime.send('{"from": "sql"}'::jsonb, 'ev', $1, false)`, [name]);
+  await until('A and C heard the HTTP and SQL broadcasts', () => heard.A.length >= 3 && heard.C.length >= 3);
+  await sleep(300);
+  for (const h of [heard.A, heard.C]) assert.deepEqual(h.slice(1).map((m) => m.from).sort(), ['rest', 'sql']);
 
   assert.equal(await chans.A.track({ on: 'A' }), 'ok');
   assert.equal(await chans.C.track({ on: 'C' }), 'ok');
