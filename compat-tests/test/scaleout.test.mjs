@@ -353,10 +353,10 @@ test('code-execution: capacity is per process (A saturated, B still runs)', { sk
   const hog = await signUp('A', 'hog');
   const other = await signUp('A', 'other');
   const run = (proc, u, body) => client(proc, { token: u.token }).functions.invoke('code-execution', { body });
-  // A's only runner spins for 3.5 s; the other user asks A meanwhile (after the sandbox
-  // started), then B.
-  const spinning = run('A', hog, { language: 'javascript', code: 'const t = Date.now(); while (Date.now() - t < 3500) {}', timeout_ms: 4500 });
-  await sleep(1000);
+  // A's only runner spins for 4.5 s; the other user asks A meanwhile (once the run has
+  // surely taken the runner), then B.
+  const spinning = run('A', hog, { language: 'javascript', code: 'const t = Date.now(); while (Date.now() - t < 4500) {}', timeout_ms: 5000 });
+  await sleep(1500);
   const refused = await run('A', other, { language: 'javascript', code: 'console.log(1)' });
   assert.equal(refused.error?.context?.status, 503, String(refused.error));
   assert.equal((await refused.error.context.json()).error.code, 'too_many_runs');
