@@ -1,6 +1,7 @@
 //! Several oxibase processes on one database (the supabase-js side of scale-out is
 //! compat-tests/test/scaleout.test.mjs): what every process does at start must be safe when
-//! they start together, as replicas of one deployment do.
+//! they start together, as replicas of one deployment do, and a process that stops must not
+//! leave its realtime presences behind on the others.
 
 use crate::common;
 
