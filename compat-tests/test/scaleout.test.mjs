@@ -47,6 +47,7 @@ code_queue_timeout_ms = 500
 const opts = { auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false } };
 let moto;
 let s3;
+let motoEnv;
 let dbUrl;
 const procs = {}; // name -> server
 const clients = [];
@@ -86,6 +87,7 @@ before(async () => {
   };
   procs.A = await startServer({ toml: TOML, env });
   dbUrl = `postgres://postgres:postgres@127.0.0.1:${procs.A.dbPort}/postgres`;
+  motoEnv = env;
   const ext = { ...env, OXIBASE_DATABASE_URL: dbUrl };
   // B and C start together, as a rolling deployment might start them.
   [procs.B, procs.C] = await Promise.all([startServer({ toml: TOML, env: ext }), startServer({ toml: TOML, env: ext })]);
@@ -467,6 +469,12 @@ test('kill -9 of one process under change traffic: subscribers on the survivors 
     await subscribe(`${p}1`, p);
     await subscribe(`${p}2`, p);
   }
+  // A websocket-handler session open on C when it dies.
+  const wsUser = await signUp('C', 'ws-dies');
+  const onC = await wsOpen('C', wsUser.token);
+  const openOn = async () =>
+    (await sql(`select count(*)::int n from public.user_sessions where user_id = $1 and disconnected_at is null`, [wsUser.id])).rows[0].n;
+  assert.equal(await openOn(), 1);
   const slotsBefore = (await sql(`select count(*)::int n from pg_replication_slots where temporary and active`)).rows[0].n;
   assert.equal(slotsBefore, 3, 'one temporary slot per process');
   const writer = client('A', { key: SERVICE_KEY });
@@ -488,5 +496,10 @@ test('kill -9 of one process under change traffic: subscribers on the survivors 
     const r = (await sql(`select temporary, active from pg_replication_slots`)).rows;
     return r.length === 2 && r.every((x) => x.temporary && x.active);
   });
+  // The dead process's websocket-handler session is closed by the next sweep, which every
+  // process runs at start (and each minute): start a fourth process.
+  onC.ws.close();
+  procs.D = await startServer({ toml: TOML, env: { ...motoEnv, OXIBASE_DATABASE_URL: dbUrl } });
+  await until('the dead process left no open websocket-handler session', async () => (await openOn()) === 0);
   delete procs.C;
 });
