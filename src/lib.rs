@@ -354,6 +354,7 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.serve).await;
         functions::shutdown(&self.state).await;
+        realtime::shutdown(&self.state).await;
         self.state.pool.close();
         if let Some(pg) = self.pg.take() {
             pg.stop().await;

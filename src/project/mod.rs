@@ -195,6 +195,28 @@ pub async fn apply(
             notes.join("\n  ")
         ));
     }
+    // Replicas of one deployment start together on one database: one at a time, so each
+    // migration and seed file runs once (the others then find it recorded).
+    client
+        .batch_execute(&format!("select pg_advisory_lock({START_LOCK})"))
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    let r = apply_locked(client, cfg, &p, progress).await;
+    let _ = client
+        .batch_execute(&format!("select pg_advisory_unlock({START_LOCK})"))
+        .await;
+    r
+}
+
+/// The session advisory lock held while a project is applied at start.
+const START_LOCK: i64 = 7391027;
+
+async fn apply_locked(
+    client: &mut Client,
+    cfg: &Config,
+    p: &Project,
+    progress: &dyn Fn(&str),
+) -> Result<(), String> {
     if p.flag("db.migrations.enabled", true) {
         migrations::apply_pending(
             client,

@@ -237,6 +237,49 @@ fn decode(s: &str) -> Option<(String, TopicKey, Broadcast)> {
     Some((origin, key, msg))
 }
 
+/// At shutdown, before the pool closes: tell the other processes that this one's presences
+/// are gone. Without it they would show them until they expire ([`PRESENCE_EXPIRY`]), beside
+/// the same users tracked again on a live process after their clients reconnect.
+pub async fn withdraw_presences(state: &AppState) {
+    let fan = &state.realtime.fanout;
+    if !fan.enabled {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let untracks: Vec<String> = state
+        .realtime
+        .hub
+        .local_presences()
+        .into_iter()
+        .filter(|(key, chan, _, _)| seen.insert((key.clone(), *chan)))
+        .map(|(key, chan, _, _)| {
+            presence_payload(&fan.origin, &key, &PresenceChange::Untrack { chan })
+        })
+        .collect();
+    if untracks.is_empty() {
+        return;
+    }
+    let sent = async {
+        let c = state.pool.get().await.map_err(|e| e.to_string())?;
+        for batch in untracks.chunks(500) {
+            c.execute(
+                "select pg_notify('oxibase_realtime', m) from unnest($1::text[]) m",
+                &[&batch],
+            )
+            .await
+            .map_err(|e| crate::db::error_text(&e))?;
+        }
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "realtime: withdrawing presences at shutdown failed")
+        }
+        Err(_) => tracing::warn!("realtime: withdrawing presences at shutdown timed out"),
+    }
+}
+
 /// Start the publisher (through the pool) and the listener (its own connection).
 pub fn start(state: &AppState) {
     if !state.realtime.fanout.enabled {

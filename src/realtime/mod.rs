@@ -51,6 +51,11 @@ pub fn spawn_background(state: &AppState) {
     fanout::start(state);
 }
 
+/// At shutdown, before the pool closes: the other processes drop this one's presences now.
+pub async fn shutdown(state: &AppState) {
+    fanout::withdraw_presences(state).await;
+}
+
 /// Deliver a broadcast here and to the other processes on this database.
 pub fn broadcast(state: &AppState, key: &hub::TopicKey, from: Option<hub::ChanId>, msg: Broadcast) {
     state.realtime.fanout.publish(key, &msg);

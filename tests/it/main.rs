@@ -22,6 +22,7 @@ mod pg_net;
 mod project_folder;
 mod realtime_ws;
 mod rest_basic;
+mod scaleout;
 mod spine;
 mod static_files;
 mod storage_api;

@@ -294,3 +294,29 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A new database of the shared cluster copied from the migrated template (as
+/// `TestServer::start` makes one), for tests that start several servers on one database.
+pub async fn template_db() -> String {
+    let port = shared_pg().port;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres");
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let h = tokio::spawn(conn);
+    // Copies of one template may not be made concurrently while it is connected to; retry.
+    for attempt in 0.. {
+        let q = format!("create database {name} template oxibase_template");
+        match client.batch_execute(&q).await {
+            Ok(()) => break,
+            Err(_) if attempt < 50 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("create database: {e}"),
+        }
+    }
+    drop(client);
+    let _ = h.await;
+    format!("postgres://postgres:postgres@127.0.0.1:{port}/{name}")
+}
