@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -152,6 +153,8 @@ async fn prepare_database(
                     .map_err(|e| StartError::Init(e.to_string()))??;
                 pg = p;
             }
+            // [backup]: continuous WAL archiving (src/backup/).
+            pg.set_settings(backup::pg_settings(cfg).map_err(StartError::Init)?);
             progress(&format!(
                 "Starting PostgreSQL {} on 127.0.0.1:{}...",
                 pg.bin_dir.display(),
@@ -331,6 +334,7 @@ impl Server {
         realtime::spawn_background(&state);
         functions::spawn_background(&state);
         net::spawn_background(&state);
+        backup::schedule::spawn(&state, &admin_url);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {
@@ -354,6 +358,9 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.serve).await;
         functions::shutdown(&self.state).await;
         self.state.pool.close();
+        if self.pg.is_some() && self.state.config.backup.target.is_some() {
+            backup::schedule::flush_wal(&self.db_url).await;
+        }
         if let Some(pg) = self.pg.take() {
             pg.stop().await;
         }
