@@ -358,8 +358,12 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.serve).await;
         functions::shutdown(&self.state).await;
         self.state.pool.close();
-        if self.pg.is_some() && self.state.config.backup.target.is_some() {
-            backup::schedule::flush_wal(&self.db_url).await;
+        if self.state.config.backup.target.is_some() {
+            let store = &self.state.storage.store;
+            store.settle_archive(Duration::from_secs(30)).await;
+            if self.pg.is_some() {
+                backup::schedule::flush_wal(&self.db_url).await;
+            }
         }
         if let Some(pg) = self.pg.take() {
             pg.stop().await;

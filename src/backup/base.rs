@@ -95,16 +95,12 @@ pub async fn take(
 ) -> Result<Manifest, String> {
     let started_at = Utc::now();
     let id = started_at.format("%Y%m%dT%H%M%SZ").to_string();
-    let (client, conn) = src
-        .pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to the database: {} (the backup is online: is oxibase running?)",
-                crate::db::error_text(&e)
-            )
-        })?;
+    let (client, conn) = src.pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        format!(
+            "cannot connect to the database: {} (the backup is online: is oxibase running?)",
+            crate::db::error_text(&e)
+        )
+    })?;
     tokio::spawn(conn);
     let pg_version: String = client
         .query_one("show server_version", &[])
@@ -117,11 +113,17 @@ pub async fn take(
         .await
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let result = async {
-        say(&format!("Backing up the database (pg_basebackup) to {}...", target.describe));
+        say(&format!(
+            "Backing up the database (pg_basebackup) to {}...",
+            target.describe
+        ));
         let t = Instant::now();
         run_basebackup(src, &dir, &id, show_pg_progress).await?;
         let wal = read_wal_range(&dir.join("backup_manifest"))?;
-        say(&format!("  database copied in {:.1} s", t.elapsed().as_secs_f64()));
+        say(&format!(
+            "  database copied in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
         let start_wal_file: String = client
             .query_one("select pg_walfile_name($1::text::pg_lsn)", &[&wal.start])
             .await
@@ -144,7 +146,11 @@ pub async fn take(
                     let pct = done * 20 / total.max(1);
                     if pct > step.load(std::sync::atomic::Ordering::Relaxed) || done == total {
                         step.store(pct, std::sync::atomic::Ordering::Relaxed);
-                        s(&format!("  uploading {shown}: {} / {}", human(done), human(total)));
+                        s(&format!(
+                            "  uploading {shown}: {} / {}",
+                            human(done),
+                            human(total)
+                        ));
                     }
                 })
                 .await?;
@@ -171,7 +177,10 @@ pub async fn take(
         };
         let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
         target
-            .put(&Path::from(format!("base/{id}/manifest.json")), Bytes::from(text))
+            .put(
+                &Path::from(format!("base/{id}/manifest.json")),
+                Bytes::from(text),
+            )
             .await?;
         Ok(m)
     }
@@ -241,7 +250,10 @@ async fn run_basebackup(
     if status.success() {
         Ok(())
     } else {
-        Err(format!("pg_basebackup failed ({status}): {}", said.join("\n")))
+        Err(format!(
+            "pg_basebackup failed ({status}): {}",
+            said.join("\n")
+        ))
     }
 }
 
@@ -396,7 +408,10 @@ mod tests {
         )
         .unwrap();
         let r = read_wal_range(&p).unwrap();
-        assert_eq!((r.start.as_str(), r.end.as_str(), r.timeline), ("0/2000028", "0/2000138", 1));
+        assert_eq!(
+            (r.start.as_str(), r.end.as_str(), r.timeline),
+            ("0/2000028", "0/2000138", 1)
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -103,7 +103,10 @@ fn fail(e: String) -> ExitCode {
 
 pub async fn backup(cfg: Config, a: BackupArgs) -> ExitCode {
     let Some(url) = a.to.clone().or_else(|| cfg.backup.target.clone()) else {
-        return fail("no backup target: pass --to <folder or s3://bucket/prefix> or set [backup] target".into());
+        return fail(
+            "no backup target: pass --to <folder or s3://bucket/prefix> or set [backup] target"
+                .into(),
+        );
     };
     let target = match Target::open(&url) {
         Ok(t) => t,
@@ -112,7 +115,10 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> ExitCode {
     if a.list {
         return match base::list_backups(&target).await {
             Ok(all) => {
-                println!("{:<18} {:<20} {:>10} {:>8}  WAL start", "ID", "FINISHED (UTC)", "SIZE", "OBJECTS");
+                println!(
+                    "{:<18} {:<20} {:>10} {:>8}  WAL start",
+                    "ID", "FINISHED (UTC)", "SIZE", "OBJECTS"
+                );
                 for m in all {
                     println!(
                         "{:<18} {:<20} {:>10} {:>8}  {}",
@@ -164,7 +170,10 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> ExitCode {
 
 pub async fn restore(cfg: Config, a: RestoreArgs) -> ExitCode {
     let Some(from) = a.from.clone().or_else(|| cfg.backup.target.clone()) else {
-        return fail("no backup source: pass --from <folder or s3://bucket/prefix> or set [backup] target".into());
+        return fail(
+            "no backup source: pass --from <folder or s3://bucket/prefix> or set [backup] target"
+                .into(),
+        );
     };
     let until = match restore::parse_until(&a.to, chrono::Utc::now()) {
         Ok(u) => u,

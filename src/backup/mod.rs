@@ -21,7 +21,9 @@ pub fn validate(b: &BackupConfig) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("backup.interval: {e}"))?;
     if b.target.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return Err("backup.target is empty: a folder or s3://bucket/prefix, or leave it unset".into());
+        return Err(
+            "backup.target is empty: a folder or s3://bucket/prefix, or leave it unset".into(),
+        );
     }
     Ok(())
 }
@@ -42,10 +44,16 @@ pub fn parse_interval(s: &str) -> Result<Option<Duration>, String> {
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => return Err(format!("'{s}' is not an interval such as 30m, 6h, 1d or 1w")),
+        _ => {
+            return Err(format!(
+                "'{s}' is not an interval such as 30m, 6h, 1d or 1w"
+            ))
+        }
     };
     if n == 0 {
-        return Err(format!("'{s}': the interval must be above zero (\"\" for none)"));
+        return Err(format!(
+            "'{s}': the interval must be above zero (\"\" for none)"
+        ));
     }
     Ok(Some(Duration::from_secs(n * secs)))
 }
@@ -105,9 +113,18 @@ mod tests {
     fn intervals_parse() {
         assert_eq!(parse_interval("").unwrap(), None);
         assert_eq!(parse_interval("90").unwrap(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_interval("30m").unwrap(), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_interval("1d").unwrap(), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_interval("2w").unwrap(), Some(Duration::from_secs(1_209_600)));
+        assert_eq!(
+            parse_interval("30m").unwrap(),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            parse_interval("1d").unwrap(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_interval("2w").unwrap(),
+            Some(Duration::from_secs(1_209_600))
+        );
         for bad in ["0h", "h", "1y", "-1d", "1.5h"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
         }

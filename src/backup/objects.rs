@@ -51,24 +51,22 @@ pub async fn preserve(
     Ok(())
 }
 
-/// After a write: copy the new version to the archive in the background (a backup catches
-/// up on any this misses; a deletion copies first).
-pub fn archive_soon(live: Arc<dyn ObjectStore>, archive: Arc<dyn ObjectStore>, key: Path) {
+/// After a write: copy the new version to the archive (run in the background; a backup
+/// catches up on any this misses, and a deletion copies first).
+pub async fn archive_soon(live: Arc<dyn ObjectStore>, archive: Arc<dyn ObjectStore>, key: Path) {
     if !is_version_key(&key) {
         return;
     }
-    tokio::spawn(async move {
-        let r = async {
-            if !archived(archive.as_ref(), &key).await? {
-                copy_key(live.as_ref(), archive.as_ref(), &key).await?;
-            }
-            Ok::<_, object_store::Error>(())
+    let r = async {
+        if !archived(archive.as_ref(), &key).await? {
+            copy_key(live.as_ref(), archive.as_ref(), &key).await?;
         }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(key = %key, error = %e, "could not archive object bytes (the next backup retries)");
-        }
-    });
+        Ok::<_, object_store::Error>(())
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(key = %key, error = %e, "could not archive object bytes (the next backup retries)");
+    }
 }
 
 /// What a backup found and copied.

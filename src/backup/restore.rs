@@ -33,11 +33,15 @@ pub fn parse_until(s: &str, now: DateTime<Utc>) -> Result<Until, String> {
         .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
-            ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"]
-                .iter()
-                .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-                .map(|n| n.and_utc())
-                .ok_or(())
+            [
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M",
+            ]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+            .map(|n| n.and_utc())
+            .ok_or(())
         })
         .map_err(|_| {
             format!(
@@ -149,22 +153,26 @@ async fn recover(
     unpack(dir, &pgdir, target, m, say).await?;
     std::fs::write(pgdir.join("recovery.signal"), "")
         .map_err(|e| format!("cannot write recovery.signal: {e}"))?;
-    if let Some((uid, gid)) =
-        crate::db::embedded_pg::postgres_owner().map_err(|e| e.to_string())?
-    {
+    if let Some((uid, gid)) = crate::db::embedded_pg::postgres_owner().map_err(|e| e.to_string())? {
         chown_tree(&pgdir, uid, gid)?;
     }
     let port = free_port()?;
-    let mut pg = EmbeddedPg::new(dir, port, cfg.pg_bin_dir.as_deref(), true)
-        .map_err(|e| e.to_string())?;
-    pg.set_settings(recovery_settings(&target_url(target, &req.from), req.until)?);
+    let mut pg =
+        EmbeddedPg::new(dir, port, cfg.pg_bin_dir.as_deref(), true).map_err(|e| e.to_string())?;
+    pg.set_settings(recovery_settings(
+        &target_url(target, &req.from),
+        req.until,
+    )?);
     pg.set_start_timeout(Duration::from_secs(6 * 3600));
     say("Replaying archived WAL (PostgreSQL recovery)...");
     let t = std::time::Instant::now();
     pg.start().await.map_err(|e| explain(&e.to_string()))?;
     let out = async {
         let client = wait_promoted(&pg, dir).await?;
-        say(&format!("  recovery done in {:.1} s", t.elapsed().as_secs_f64()));
+        say(&format!(
+            "  recovery done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
         let versions: Vec<String> = client
             .query(
                 "select version from storage.objects where version is not null",
@@ -241,7 +249,11 @@ async fn unpack(
                 &Path::from(format!("base/{}/{name}", m.id)),
                 &file,
                 &move |done, total| {
-                    s(&format!("  downloading {shown}: {} / {}", human(done), human(total)))
+                    s(&format!(
+                        "  downloading {shown}: {} / {}",
+                        human(done),
+                        human(total)
+                    ))
                 },
             )
             .await?;
@@ -426,9 +438,13 @@ mod tests {
         assert_eq!(choose(&all, None, at(10)).unwrap().id, "b");
         assert_eq!(choose(&all, None, Until::Latest).unwrap().id, "c");
         assert!(choose(&all, None, at(7)).unwrap_err().contains("oldest"));
-        assert!(choose(&all, Some("c"), at(10)).unwrap_err().contains("after"));
+        assert!(choose(&all, Some("c"), at(10))
+            .unwrap_err()
+            .contains("after"));
         assert!(choose(&all, Some("z"), Until::Latest).is_err());
-        assert!(choose(&[], None, Until::Latest).unwrap_err().contains("no finished"));
+        assert!(choose(&[], None, Until::Latest)
+            .unwrap_err()
+            .contains("no finished"));
     }
 
     #[test]

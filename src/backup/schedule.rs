@@ -85,7 +85,12 @@ async fn scheduled_backup(
     }
     match base::prune(target, cfg.backup.keep, cfg.backup.keep_days).await {
         Ok((b, w, o)) if b + w + o > 0 => {
-            tracing::info!(backups = b, wal_files = w, objects = o, "old backups pruned")
+            tracing::info!(
+                backups = b,
+                wal_files = w,
+                objects = o,
+                "old backups pruned"
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning old backups failed"),

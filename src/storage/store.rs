@@ -28,6 +28,8 @@ pub struct Store {
     /// The backup target's store (`[backup] target`): every version written is copied there
     /// and none is deleted here before it is (src/backup/objects.rs).
     archive: Option<Arc<dyn ObjectStore>>,
+    /// Those copies in flight (a shutdown lets them finish).
+    archiving: tokio_util::task::TaskTracker,
 }
 
 /// What a finished upload wrote.
@@ -102,6 +104,7 @@ impl Store {
                 describe: "memory".into(),
                 chunk: 1 << 20,
                 archive: None,
+                archiving: Default::default(),
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -123,6 +126,7 @@ impl Store {
                 describe: format!("s3://{bucket}"),
                 chunk: 5 << 20,
                 archive: None,
+                archiving: Default::default(),
             });
         }
         Err(format!(
@@ -140,6 +144,7 @@ impl Store {
             describe: dir.display().to_string(),
             chunk: 1 << 20,
             archive: None,
+            archiving: Default::default(),
         })
     }
 
@@ -257,8 +262,18 @@ impl Store {
     /// With a backup target, copy a new version there in the background.
     fn archive_soon(&self, key: &Path) {
         if let Some(a) = &self.archive {
-            crate::backup::objects::archive_soon(self.inner.clone(), a.clone(), key.clone());
+            self.archiving.spawn(crate::backup::objects::archive_soon(
+                self.inner.clone(),
+                a.clone(),
+                key.clone(),
+            ));
         }
+    }
+
+    /// Wait (bounded) for object copies to the backup target still in flight.
+    pub async fn settle_archive(&self, within: std::time::Duration) {
+        self.archiving.close();
+        let _ = tokio::time::timeout(within, self.archiving.wait()).await;
     }
 
     /// Delete, treating an already missing key as done. With a backup target the bytes are
@@ -378,6 +393,7 @@ mod tests {
             describe: "memory".into(),
             chunk: 8,
             archive: None,
+            archiving: Default::default(),
         }
     }
 
