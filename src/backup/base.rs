@@ -304,7 +304,7 @@ pub async fn list_backups(target: &Target) -> Result<Vec<Manifest>, String> {
             Err(e) => tracing::warn!(key = %m.location, error = %e, "unreadable backup manifest"),
         }
     }
-    out.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    out.sort_by_key(|m| m.started_at);
     Ok(out)
 }
 
