@@ -113,15 +113,15 @@ pub async fn run(cfg: &Config, req: &Request, say: Say) -> Result<String, String
         target.describe
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = recover(cfg, &dir, &target, &m, req, &say).await;
-    if result.is_err() {
-        say(&format!(
-            "The restore did not finish; {} is left as it is for a look (delete it before \
-             trying again).",
-            dir.display()
-        ));
-    }
-    result
+    recover(cfg, &dir, &target, &m, req, &say)
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}\n\nThe restore did not finish; {} is left as it is for a look (delete it \
+             before trying again).",
+                dir.display()
+            )
+        })
 }
 
 fn refuse_non_empty(dir: &FsPath) -> Result<(), String> {
@@ -338,16 +338,23 @@ async fn wait_promoted(pg: &EmbeddedPg, dir: &FsPath) -> Result<tokio_postgres::
     }
 }
 
-/// Add what to do about the usual recovery failures.
+/// Lead with what to do about the usual recovery failure (PostgreSQL's log follows).
 fn explain(err: &str) -> String {
-    if err.contains("recovery ended before configured recovery target was reached") {
-        format!(
-            "{err}\n\nThe archived WAL ends before the requested time: restore to an earlier \
-             time or --to latest (WAL reaches the archive within archive_timeout_secs)."
-        )
-    } else {
-        err.to_string()
+    if !err.contains("recovery ended before configured recovery target was reached") {
+        return err.to_string();
     }
+    let last = err
+        .lines()
+        .find_map(|l| {
+            l.split("last completed transaction was at log time ")
+                .nth(1)
+        })
+        .map(|t| format!(" (its last change committed at {})", t.trim()))
+        .unwrap_or_default();
+    format!(
+        "the archived WAL ends before the requested time{last}: restore to an earlier time \
+         or --to latest (WAL reaches the archive within archive_timeout_secs)\n\n{err}"
+    )
 }
 
 fn log_tail(p: &FsPath) -> String {
@@ -445,6 +452,19 @@ mod tests {
         assert!(choose(&[], None, Until::Latest)
             .unwrap_err()
             .contains("no finished"));
+    }
+
+    #[test]
+    fn a_target_past_the_archive_is_explained() {
+        let log = "LOG:  last completed transaction was at log time 2026-12-04 15:24:12+00\n\
+                   FATAL:  recovery ended before configured recovery target was reached";
+        let e = explain(log);
+        assert!(
+            e.starts_with("the archived WAL ends before the requested time"),
+            "{e}"
+        );
+        assert!(e.contains("committed at 2026-12-04 15:24:12+00") && e.contains("--to latest"));
+        assert_eq!(explain("other"), "other");
     }
 
     #[test]

@@ -296,6 +296,10 @@ async fn round_trip(target: &str, env: Vec<(String, String)>) {
         3
     );
 
+    // A time after the last archived change cannot be proven reached: said so.
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    let (ok, _, said) = restore(&root.join("late"), &now);
+    assert!(!ok && said.contains("--to latest"), "{said}");
     // Clear errors for a bad time and for a time before the first backup.
     let (ok, _, said) = restore(&root.join("bad"), "next tuesday");
     assert!(!ok && said.contains("YYYY-MM-DD HH:MM:SS"), "{said}");
