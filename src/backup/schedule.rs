@@ -40,23 +40,35 @@ pub fn spawn(state: &AppState, admin_url: &str) {
                 continue;
             }
             next_try = tokio::time::Instant::now() + TICK.min(every);
-            let due = match base::list_backups(&target).await {
-                Ok(all) => all.last().map_or(Duration::ZERO, |m| {
-                    let age = (Utc::now() - m.finished_at).to_std().unwrap_or_default();
-                    every.saturating_sub(age)
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list backups");
-                    continue;
-                }
+            // Several processes on one database: one at a time, and each looks at the
+            // newest manifest under the lock (so only one takes each due backup).
+            let Some(lock) = admin(&admin_url).await else {
+                continue;
             };
-            if !due.is_zero() {
-                next_try = tokio::time::Instant::now() + due.min(TICK * 10);
+            let mine = lock
+                .query_one("select pg_try_advisory_lock(7002, 1)", &[])
+                .await
+                .is_ok_and(|r| r.get::<_, bool>(0));
+            if !mine {
                 continue;
             }
-            scheduled_backup(&cfg, &target, live.as_ref()).await;
+            match due_in(&target, every).await {
+                Ok(d) if d.is_zero() => scheduled_backup(&cfg, &target, live.as_ref()).await,
+                Ok(d) => next_try = tokio::time::Instant::now() + d.min(TICK * 10),
+                Err(e) => tracing::warn!(error = %e, "cannot list backups"),
+            }
+            drop(lock); // the session's end releases the lock
         }
     });
+}
+
+/// How long until the next backup is due (zero: now).
+async fn due_in(target: &Target, every: Duration) -> Result<Duration, String> {
+    let all = base::list_backups(target).await?;
+    Ok(all.last().map_or(Duration::ZERO, |m| {
+        let age = (Utc::now() - m.finished_at).to_std().unwrap_or_default();
+        every.saturating_sub(age)
+    }))
 }
 
 async fn scheduled_backup(
