@@ -129,34 +129,7 @@ pub async fn take(
             .await
             .map_err(|e| crate::db::error_text(&e))?
             .get(0);
-        let mut files = vec![];
-        let mut size_bytes = 0;
-        for name in ["base.tar.gz", "pg_wal.tar.gz", "backup_manifest"] {
-            let path = dir.join(name);
-            if !path.exists() {
-                continue;
-            }
-            let key = Path::from(format!("base/{id}/{name}"));
-            let shown = name.to_string();
-            let s = say.clone();
-            let step = std::sync::atomic::AtomicU64::new(0);
-            let n = target
-                .upload_file(&key, &path, &move |done, total| {
-                    // A line per ~5% (and the last).
-                    let pct = done * 20 / total.max(1);
-                    if pct > step.load(std::sync::atomic::Ordering::Relaxed) || done == total {
-                        step.store(pct, std::sync::atomic::Ordering::Relaxed);
-                        s(&format!(
-                            "  uploading {shown}: {} / {}",
-                            human(done),
-                            human(total)
-                        ));
-                    }
-                })
-                .await?;
-            size_bytes += n;
-            files.push(name.to_string());
-        }
+        let (files, size_bytes) = upload_all(target, &dir, &id, &say).await?;
         say("Archiving stored objects...");
         let caught = objects::catch_up(live, target, say.as_ref()).await?;
         let m = Manifest {
@@ -187,6 +160,45 @@ pub async fn take(
     .await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
     result
+}
+
+/// Upload pg_basebackup's files to `base/<id>/`, a progress line per ~5%; returns the names
+/// and the bytes uploaded.
+async fn upload_all(
+    target: &Target,
+    dir: &FsPath,
+    id: &str,
+    say: &Say,
+) -> Result<(Vec<String>, u64), String> {
+    let mut files = vec![];
+    let mut size_bytes = 0;
+    for name in ["base.tar.gz", "pg_wal.tar.gz", "backup_manifest"] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let key = Path::from(format!("base/{id}/{name}"));
+        let shown = name.to_string();
+        let s = say.clone();
+        let step = std::sync::atomic::AtomicU64::new(0);
+        let n = target
+            .upload_file(&key, &path, &move |done, total| {
+                // A line per ~5% (and the last).
+                let pct = done * 20 / total.max(1);
+                if pct > step.load(std::sync::atomic::Ordering::Relaxed) || done == total {
+                    step.store(pct, std::sync::atomic::Ordering::Relaxed);
+                    s(&format!(
+                        "  uploading {shown}: {} / {}",
+                        human(done),
+                        human(total)
+                    ));
+                }
+            })
+            .await?;
+        size_bytes += n;
+        files.push(name.to_string());
+    }
+    Ok((files, size_bytes))
 }
 
 async fn run_basebackup(

@@ -4,6 +4,7 @@
 //! versions the recovered `storage.objects` rows name.
 
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -173,35 +174,7 @@ async fn recover(
             "  recovery done in {:.1} s",
             t.elapsed().as_secs_f64()
         ));
-        let versions: Vec<String> = client
-            .query(
-                "select version from storage.objects where version is not null",
-                &[],
-            )
-            .await
-            .map_err(|e| crate::db::error_text(&e))?
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .filter(|v| crate::storage::objects::is_our_version(v))
-            .collect();
-        client
-            .batch_execute("checkpoint")
-            .await
-            .map_err(|e| crate::db::error_text(&e))?;
-        say(&format!("Restoring {} stored objects...", versions.len()));
-        let mut live_cfg = cfg.clone();
-        live_cfg.data_dir = dir.to_path_buf();
-        live_cfg.backup.target = None;
-        let live = crate::storage::store::Store::open(&live_cfg)?;
-        let (copied, bytes, missing) =
-            super::objects::restore(target, live.raw().as_ref(), &versions, say.as_ref()).await?;
-        if !missing.is_empty() {
-            return Err(format!(
-                "{} object version(s) named by restored rows are not in the archive (first: {})",
-                missing.len(),
-                missing[0]
-            ));
-        }
+        let (copied, bytes) = restore_objects(cfg, dir, target, &client, say).await?;
         Ok(format!(
             "Restored {} to {} in {}: {} objects ({}). Start it with `oxibase --data-dir {}`.",
             m.id,
@@ -218,6 +191,46 @@ async fn recover(
     .await;
     pg.stop().await;
     out
+}
+
+/// Copy exactly the object versions the recovered rows name into the data dir's store.
+async fn restore_objects(
+    cfg: &Config,
+    dir: &FsPath,
+    target: &Target,
+    client: &tokio_postgres::Client,
+    say: &Say,
+) -> Result<(u64, u64), String> {
+    let versions: Vec<String> = client
+        .query(
+            "select version from storage.objects where version is not null",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::db::error_text(&e))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|v| crate::storage::objects::is_our_version(v))
+        .collect();
+    client
+        .batch_execute("checkpoint")
+        .await
+        .map_err(|e| crate::db::error_text(&e))?;
+    say(&format!("Restoring {} stored objects...", versions.len()));
+    let mut live_cfg = cfg.clone();
+    live_cfg.data_dir = dir.to_path_buf();
+    live_cfg.backup.target = None;
+    let live = crate::storage::store::Store::open(&live_cfg)?;
+    let (copied, bytes, missing) =
+        super::objects::restore(target, live.raw().as_ref(), &versions, say.as_ref()).await?;
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} object version(s) named by restored rows are not in the archive (first: {})",
+            missing.len(),
+            missing[0]
+        ));
+    }
+    Ok((copied, bytes))
 }
 
 /// Download and unpack the base backup's tarballs into `pgdir` (0700).
@@ -244,16 +257,22 @@ async fn unpack(
         let file = scratch.join(name);
         let s = say.clone();
         let shown = name.to_string();
+        let step = AtomicU64::new(0);
         target
             .download_file(
                 &Path::from(format!("base/{}/{name}", m.id)),
                 &file,
                 &move |done, total| {
-                    s(&format!(
-                        "  downloading {shown}: {} / {}",
-                        human(done),
-                        human(total)
-                    ))
+                    // A line per ~5% (and the last).
+                    let pct = done * 20 / total.max(1);
+                    if pct > step.load(Ordering::Relaxed) || done == total {
+                        step.store(pct, Ordering::Relaxed);
+                        s(&format!(
+                            "  downloading {shown}: {} / {}",
+                            human(done),
+                            human(total)
+                        ))
+                    }
                 },
             )
             .await?;
