@@ -80,7 +80,9 @@ pub fn wal_push(a: &WalPushArgs) -> ExitCode {
     }
 }
 
-/// wal-fetch: exit 1 quietly when the file is not archived (PostgreSQL probes for files).
+/// wal-fetch: exit 1 quietly when the file is not archived (PostgreSQL probes for files);
+/// any other failure exits 126, which PostgreSQL takes as fatal: the restore stops with the
+/// error in its log instead of ending early at the last WAL it could read.
 pub fn wal_fetch(a: &WalFetchArgs) -> ExitCode {
     let r = runtime().block_on(async {
         let t = Target::open(&a.from)?;
@@ -91,7 +93,7 @@ pub fn wal_fetch(a: &WalFetchArgs) -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("oxibase wal-fetch {}: {e}", a.name);
-            ExitCode::FAILURE
+            ExitCode::from(126)
         }
     }
 }
