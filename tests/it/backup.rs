@@ -195,6 +195,10 @@ async fn round_trip(target: &str, env: Vec<(String, String)>) {
         "progress shown: {said}"
     );
     assert!(said.contains("3 objects"), "{said}");
+    assert!(
+        said.contains("(LSN 0/"),
+        "start and end LSN reported: {said}"
+    );
     let id = id.trim().to_string();
     let (ok, listed, said) = oxibase(
         root,
