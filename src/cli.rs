@@ -44,6 +44,17 @@ pub enum Command {
     Status,
     /// Move a project off Supabase: restore `supabase db dump` files and copy the objects.
     Import(crate::project::import::ImportArgs),
+    /// Back up now: the database (pg_basebackup) and the stored objects, to `[backup] target`
+    /// or --to (`--list` shows the backups there).
+    Backup(crate::backup::cli::BackupArgs),
+    /// Restore a backup, to a time or the latest archived change, into a fresh --data-dir.
+    Restore(crate::backup::cli::RestoreArgs),
+    /// PostgreSQL's archive_command when backups are on (internal).
+    #[command(hide = true)]
+    WalPush(crate::backup::cli::WalPushArgs),
+    /// PostgreSQL's restore_command during a restore (internal).
+    #[command(hide = true)]
+    WalFetch(crate::backup::cli::WalFetchArgs),
     /// Generate types from the database schema (like `supabase gen types`).
     Gen {
         #[command(subcommand)]

@@ -100,6 +100,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
+    pub backup: BackupConfig,
     /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
     /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
@@ -130,6 +131,39 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { enabled: true }
+    }
+}
+
+/// `[backup]`: base backups, continuous WAL archiving and object versions in one target
+/// (see `oxibase backup` / `oxibase restore` and src/backup/).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// A folder (`/path` or `file:///path`) or `s3://bucket[/prefix]` (S3 credentials and
+    /// endpoint from the same AWS_* variables as the S3 storage backend). Unset: no
+    /// archiving and no scheduled backups (`oxibase backup --to` still works).
+    pub target: Option<String>,
+    /// A base backup every this long while the server runs (`30m`, `6h`, `1d`, `1w`);
+    /// "" = none scheduled (WAL and objects are still archived).
+    pub interval: String,
+    /// Keep the newest this many base backups (0 = no count rule).
+    pub keep: u32,
+    /// Keep base backups younger than this many days too (0 = no age rule).
+    pub keep_days: u32,
+    /// Seconds after which a WAL segment with changes is archived even if not full: the
+    /// most a point-in-time restore can lose (PostgreSQL's archive_timeout).
+    pub archive_timeout_secs: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            target: None,
+            interval: "1d".into(),
+            keep: 7,
+            keep_days: 0,
+            archive_timeout_secs: 60,
+        }
     }
 }
 
@@ -524,6 +558,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             server: ServerConfig::default(),
             metrics: MetricsConfig::default(),
+            backup: BackupConfig::default(),
             require_apikey: None,
             project: None,
         }
@@ -830,6 +865,7 @@ impl Config {
             ));
         }
         self.functions.validate()?;
+        crate::backup::validate(&self.backup).map_err(ConfigError::Invalid)?;
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid(
                 "db_pool_size must be at least 1".into(),

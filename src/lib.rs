@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub(crate) mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -153,6 +154,8 @@ async fn prepare_database(
                     .map_err(|e| StartError::Init(e.to_string()))??;
                 pg = p;
             }
+            // [backup]: continuous WAL archiving (src/backup/).
+            pg.set_settings(backup::pg_settings(cfg).map_err(StartError::Init)?);
             progress(&format!(
                 "Starting PostgreSQL {} on 127.0.0.1:{}...",
                 pg.bin_dir.display(),
@@ -332,6 +335,7 @@ impl Server {
         realtime::spawn_background(&state);
         functions::spawn_background(&state);
         net::spawn_background(&state);
+        backup::schedule::spawn(&state, &admin_url);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {
@@ -356,6 +360,13 @@ impl Server {
         functions::shutdown(&self.state).await;
         realtime::shutdown(&self.state).await;
         self.state.pool.close();
+        if self.state.config.backup.target.is_some() {
+            let store = &self.state.storage.store;
+            store.settle_archive(Duration::from_secs(30)).await;
+            if self.pg.is_some() {
+                backup::schedule::flush_wal(&self.db_url).await;
+            }
+        }
         if let Some(pg) = self.pg.take() {
             pg.stop().await;
         }

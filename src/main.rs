@@ -15,6 +15,12 @@ fn main() -> ExitCode {
         oxibase::functions::code::sandbox::child_main();
     }
     let cli = Cli::parse();
+    // Run by PostgreSQL's archiver and recovery: no config file, no logging set-up.
+    match &cli.command {
+        Some(Command::WalPush(a)) => return oxibase::backup::cli::wal_push(a),
+        Some(Command::WalFetch(a)) => return oxibase::backup::cli::wal_fetch(a),
+        _ => {}
+    }
     let cfg = match Config::load(&cli.args) {
         Ok(c) => c,
         Err(e) => {
@@ -61,6 +67,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Backup(a) => rt.block_on(oxibase::backup::cli::backup(cfg, a)),
+        Command::Restore(a) => rt.block_on(oxibase::backup::cli::restore(cfg, a)),
+        Command::WalPush(_) | Command::WalFetch(_) => ExitCode::FAILURE, // handled above
         Command::Serve => rt.block_on(serve(cfg)),
     }
 }

@@ -50,6 +50,9 @@ pub struct EmbeddedPg {
     child: Option<Child>,
     fsync: bool,
     die_with_parent: bool,
+    /// More `-c name=value` settings (WAL archiving for backups).
+    settings: Vec<(String, String)>,
+    start_timeout: Duration,
 }
 
 impl EmbeddedPg {
@@ -96,6 +99,8 @@ impl EmbeddedPg {
             child: None,
             fsync,
             die_with_parent: false,
+            settings: vec![],
+            start_timeout: Duration::from_secs(60),
         })
     }
 
@@ -103,6 +108,17 @@ impl EmbeddedPg {
     /// (keep that thread alive for as long as the database is wanted).
     pub fn set_die_with_parent(&mut self, yes: bool) {
         self.die_with_parent = yes;
+    }
+
+    /// Settings passed as `-c name=value` on every start (archive_mode and friends).
+    pub fn set_settings(&mut self, settings: Vec<(String, String)>) {
+        self.settings = settings;
+    }
+
+    /// How long [`EmbeddedPg::start`] waits for connections (a restore's recovery may
+    /// replay a lot of WAL first).
+    pub fn set_start_timeout(&mut self, t: Duration) {
+        self.start_timeout = t;
     }
 
     fn command(&self, program: &str) -> Command {
@@ -219,6 +235,9 @@ impl EmbeddedPg {
             .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
             // As in Supabase's image (EXPLAIN ... SETTINGS shows it).
             .args(["-c", "effective_cache_size=128MB"]);
+        for (k, v) in &self.settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
         if self.die_with_parent {
             die_with_parent(&mut cmd);
         }
@@ -241,7 +260,7 @@ impl EmbeddedPg {
             .spawn()
             .map_err(|e| PgError::Start(format!("cannot run postgres: {e}")))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + self.start_timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -257,7 +276,8 @@ impl EmbeddedPg {
             }
             if Instant::now() > deadline {
                 return Err(PgError::Start(format!(
-                    "not accepting connections after 60 s; log:\n{}",
+                    "not accepting connections after {} s; log:\n{}",
+                    self.start_timeout.as_secs(),
                     self.log_since(start_offset)
                 )));
             }
@@ -514,6 +534,15 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The (uid, gid) PostgreSQL runs as when we are root; None otherwise (files we make for
+/// it, such as a restored data directory or a WAL archive folder, must belong to it).
+pub fn postgres_owner() -> Result<Option<(u32, u32)>, PgError> {
+    if !is_root() {
+        return Ok(None);
+    }
+    lookup_user("postgres").map(|u| Some((u.uid, u.gid)))
 }
 
 fn is_root() -> bool {

@@ -25,6 +25,11 @@ pub struct Store {
     pub describe: String,
     /// Part size for streamed uploads (S3 needs at least 5 MiB).
     chunk: usize,
+    /// The backup target's store (`[backup] target`): every version written is copied there
+    /// and none is deleted here before it is (src/backup/objects.rs).
+    archive: Option<Arc<dyn ObjectStore>>,
+    /// Those copies in flight (a shutdown lets them finish).
+    archiving: tokio_util::task::TaskTracker,
 }
 
 /// What a finished upload wrote.
@@ -78,6 +83,14 @@ pub async fn discard_rest(body: &mut ByteStream) {
 
 impl Store {
     pub fn open(cfg: &Config) -> Result<Store, String> {
+        let mut store = Self::open_live(cfg)?;
+        if let Some(t) = &cfg.backup.target {
+            store.archive = Some(crate::backup::target::Target::open(t)?.store);
+        }
+        Ok(store)
+    }
+
+    fn open_live(cfg: &Config) -> Result<Store, String> {
         let url = cfg.storage.url.clone().unwrap_or_default();
         if url.is_empty() {
             return Self::local(&cfg.storage_dir());
@@ -90,6 +103,8 @@ impl Store {
                 inner: Arc::new(object_store::memory::InMemory::new()),
                 describe: "memory".into(),
                 chunk: 1 << 20,
+                archive: None,
+                archiving: Default::default(),
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -100,21 +115,7 @@ impl Store {
             if bucket.is_empty() {
                 return Err("storage url s3:// needs a bucket name".into());
             }
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            let endpoint = std::env::var("AWS_ENDPOINT_URL")
-                .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                .unwrap_or_default();
-            if !endpoint.is_empty() {
-                b = b
-                    .with_endpoint(&endpoint)
-                    .with_allow_http(endpoint.starts_with("http://"))
-                    .with_virtual_hosted_style_request(false);
-            }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-            {
-                b = b.with_region("us-east-1");
-            }
-            let s3 = b.build().map_err(|e| format!("S3 storage: {e}"))?;
+            let s3 = s3_bucket(bucket).map_err(|e| format!("S3 storage: {e}"))?;
             let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
                 Arc::new(s3)
             } else {
@@ -124,6 +125,8 @@ impl Store {
                 inner,
                 describe: format!("s3://{bucket}"),
                 chunk: 5 << 20,
+                archive: None,
+                archiving: Default::default(),
             });
         }
         Err(format!(
@@ -140,6 +143,8 @@ impl Store {
             inner: Arc::new(fs),
             describe: dir.display().to_string(),
             chunk: 1 << 20,
+            archive: None,
+            archiving: Default::default(),
         })
     }
 
@@ -209,6 +214,7 @@ impl Store {
             }
             (Err(e), None) => return Err(e),
         }
+        self.archive_soon(key);
         Ok(Written {
             size,
             md5: hex(&md5.finalize()),
@@ -248,12 +254,34 @@ impl Store {
         self.inner
             .put(key, PutPayload::from(bytes))
             .await
-            .map(|_| ())
-            .map_err(|e| StorageError::internal(format!("object store put: {e}")))
+            .map_err(|e| StorageError::internal(format!("object store put: {e}")))?;
+        self.archive_soon(key);
+        Ok(())
     }
 
-    /// Delete, treating an already missing key as done.
+    /// With a backup target, copy a new version there in the background.
+    fn archive_soon(&self, key: &Path) {
+        if let Some(a) = &self.archive {
+            self.archiving.spawn(crate::backup::objects::archive_soon(
+                self.inner.clone(),
+                a.clone(),
+                key.clone(),
+            ));
+        }
+    }
+
+    /// Wait (bounded) for object copies to the backup target still in flight.
+    pub async fn settle_archive(&self, within: std::time::Duration) {
+        self.archiving.close();
+        let _ = tokio::time::timeout(within, self.archiving.wait()).await;
+    }
+
+    /// Delete, treating an already missing key as done. With a backup target the bytes are
+    /// archived first (a restore to an earlier time may need them).
     pub async fn delete(&self, key: &Path) -> Result<(), object_store::Error> {
+        if let Some(a) = &self.archive {
+            crate::backup::objects::preserve(self.inner.as_ref(), a.as_ref(), key).await?;
+        }
         match self.inner.delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -276,7 +304,9 @@ impl Store {
     }
 
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
-        self.inner.copy(from, to).await
+        self.inner.copy(from, to).await?;
+        self.archive_soon(to);
+        Ok(())
     }
 
     pub async fn size(&self, key: &Path) -> Result<u64, object_store::Error> {
@@ -301,6 +331,26 @@ impl Store {
     pub fn raw(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
     }
+}
+
+/// An S3 bucket configured from the AWS_* variables (`AWS_ENDPOINT_URL` for an
+/// S3-compatible server, path-style then; region us-east-1 unless set). Storage and backup
+/// targets share it, so one set of variables serves both.
+pub fn s3_bucket(bucket: &str) -> Result<object_store::aws::AmazonS3, object_store::Error> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .unwrap_or_default();
+    if !endpoint.is_empty() {
+        b = b
+            .with_endpoint(&endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    b.build()
 }
 
 /// Remove the staging files (`<key>#<n>`) the local file store writes before renaming a
@@ -342,6 +392,8 @@ mod tests {
             inner: Arc::new(object_store::memory::InMemory::new()),
             describe: "memory".into(),
             chunk: 8,
+            archive: None,
+            archiving: Default::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! so `cargo test --test it fault_pg::` runs one file.
 
 mod auth_flow;
+mod backup;
 mod cli_project;
 mod common;
 mod db_wire;

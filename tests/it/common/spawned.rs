@@ -38,6 +38,8 @@ pub struct Opts {
     pub toml: String,
     /// Soft and hard RLIMIT_NOFILE of the child.
     pub nofile: Option<u64>,
+    /// More environment variables for the child (e.g. AWS_* for an S3 target).
+    pub env: Vec<(String, String)>,
 }
 
 impl Spawned {
@@ -74,6 +76,7 @@ impl Spawned {
             .env("OXIBASE_DATA_DIR", dir)
             .env_remove("OXIBASE_CONFIG")
             .env_remove("OXIBASE_DATABASE_URL")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
