@@ -82,7 +82,7 @@ pub fn keys_text(cfg: &Config, api_url: &str) -> String {
     let (anon, service) = api_keys(cfg);
     let opaque = OpaqueKeys::for_secret(cfg.jwt_secret.expose());
     format!(
-        "         API URL: {api_url}\n     GraphQL URL: (not served)\n          DB URL: {}\n      JWT secret: {}\n        anon key: {anon}\nservice_role key: {service}\n Publishable key: {}\n      Secret key: {}\n",
+        "         API URL: {api_url}\n   Dashboard URL: {api_url}/_/\n     GraphQL URL: (not served)\n          DB URL: {}\n      JWT secret: {}\n        anon key: {anon}\nservice_role key: {service}\n Publishable key: {}\n      Secret key: {}\n",
         crate::display_db_url(cfg),
         if secret_is_default(cfg) { DEFAULT_JWT_SECRET } else { "(configured; not shown)" },
         opaque.publishable,

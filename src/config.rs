@@ -100,6 +100,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
+    pub dashboard: DashboardConfig,
     /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
     /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
@@ -130,6 +131,29 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { enabled: true }
+    }
+}
+
+/// The built-in dashboard at `/_/` (see `src/dashboard/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// The sign-in password (OXIBASE_DASHBOARD__PASSWORD); a bcrypt hash (`$2b$...`) is
+    /// taken as is. Without it the dashboard opens only on loopback with the local secret.
+    pub password: Option<Secret<String>>,
+    /// Open without a password for loopback peers when the JWT secret is the well-known
+    /// local one (as the CLI's Studio); false asks for the password everywhere.
+    pub trust_loopback: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            password: None,
+            trust_loopback: true,
+        }
     }
 }
 
@@ -524,6 +548,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             server: ServerConfig::default(),
             metrics: MetricsConfig::default(),
+            dashboard: DashboardConfig::default(),
             require_apikey: None,
             project: None,
         }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub(crate) mod dashboard;
 pub mod db;
 pub mod functions;
 pub mod gentypes;
@@ -311,6 +312,7 @@ impl Server {
                 db_config: pool_cfg,
                 keys,
                 metrics: metrics::Metrics::new(),
+                dashboard: dashboard::init(&cfg)?,
             })
         }
         .await;
@@ -331,6 +333,7 @@ impl Server {
         realtime::spawn_background(&state);
         functions::spawn_background(&state);
         net::spawn_background(&state);
+        dashboard::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {

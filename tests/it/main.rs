@@ -5,6 +5,7 @@
 mod auth_flow;
 mod cli_project;
 mod common;
+mod dashboard;
 mod db_wire;
 mod fault_flood;
 mod fault_kill;

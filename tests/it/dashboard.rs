@@ -1,0 +1,264 @@
+//! The built-in dashboard at `/_/`: who gets in (loopback with the local secret, else a
+//! password; proxied requests never count as loopback), CSRF on every change, the security
+//! headers, rate-limited sign-in, and user-controlled values rendered as text.
+use crate::common;
+
+use common::{Client, TestServer, SERVICE_KEY};
+
+/// A browser-like session: its cookie and its CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn cookie_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// The `content` of `<meta name="csrf-token">`.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf-token\" content=\"")
+        .expect("csrf meta")
+        + 27;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+/// Opens the dashboard as a loopback client (no password: default secret).
+async fn open_session(s: &TestServer) -> Session {
+    let r = s.http.get(&format!("{}/_/", s.url), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sc = r.header("set-cookie").expect("session cookie").to_string();
+    Session {
+        cookie: cookie_of(&sc),
+        csrf: csrf_of(&r.text()),
+    }
+}
+
+async fn page(s: &TestServer, sess: &Session, path: &str) -> common::reqwest_like::Response {
+    s.http
+        .get(&format!("{}/_/{path}", s.url), &[("cookie", &sess.cookie)])
+        .await
+}
+
+async fn post_form(
+    http: &Client,
+    url: &str,
+    cookie: &str,
+    body: &str,
+) -> common::reqwest_like::Response {
+    http.send(
+        "POST",
+        url,
+        &[
+            ("cookie", cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn loopback_with_local_secret_opens_with_secure_headers_and_csrf() {
+    let s = TestServer::start().await;
+    let r = s.http.get(&format!("{}/_/", s.url), &[]).await;
+    assert_eq!(r.status, 200);
+    let sc = r.header("set-cookie").unwrap();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Strict"),
+        "{sc}"
+    );
+    assert!(!sc.contains("Secure"), "plain HTTP: {sc}");
+    let csp = r.header("content-security-policy").expect("CSP");
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert!(!r.text().contains("<script>"), "no inline script");
+    let sess = Session {
+        cookie: cookie_of(sc),
+        csrf: csrf_of(&r.text()),
+    };
+    // Behind a TLS proxy the cookie is Secure (but such a request is not loopback).
+    let r = s
+        .http
+        .get(
+            &format!("{}/_/", s.url),
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "proxied: not loopback, no password set");
+    assert!(r.text().contains("needs a password"));
+
+    // A change without its CSRF token is refused; with it, it runs.
+    let sql_url = format!("{}/_/api/sql", s.url);
+    let body = r#"{"sql":"create table public.dash_t (x int)"}"#;
+    let json_h = ("content-type", "application/json");
+    let r = s
+        .http
+        .send("POST", &sql_url, &[("cookie", &sess.cookie), json_h], body)
+        .await;
+    assert_eq!(r.status, 403);
+    let r = s
+        .http
+        .send(
+            "POST",
+            &sql_url,
+            &[("cookie", &sess.cookie), json_h, ("x-csrf-token", "wrong")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(s
+        .sql("select 1 from pg_tables where tablename = 'dash_t'")
+        .await
+        .is_empty());
+    let r = s
+        .http
+        .send(
+            "POST",
+            &sql_url,
+            &[
+                ("cookie", &sess.cookie),
+                json_h,
+                ("x-csrf-token", &sess.csrf),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s.sql("select 1 from pg_tables where tablename = 'dash_t'")
+            .await
+            .len(),
+        1
+    );
+    // A query's rows; an error's position.
+    let r = s
+        .http
+        .send(
+            "POST",
+            &sql_url,
+            &[
+                ("cookie", &sess.cookie),
+                json_h,
+                ("x-csrf-token", &sess.csrf),
+            ],
+            r#"{"sql":"select 1 as a, null::text as b"}"#,
+        )
+        .await;
+    let j = r.json();
+    assert_eq!(j["results"][0]["columns"], serde_json::json!(["a", "b"]));
+    assert_eq!(j["results"][0]["rows"], serde_json::json!([["1", null]]));
+    let r = s
+        .http
+        .send(
+            "POST",
+            &sql_url,
+            &[
+                ("cookie", &sess.cookie),
+                json_h,
+                ("x-csrf-token", &sess.csrf),
+            ],
+            "{\"sql\":\"select 1;\\nselec 2\"}",
+        )
+        .await;
+    let j = r.json();
+    assert_eq!(j["error"]["code"], "42601", "{j}");
+    assert_eq!(
+        (j["error"]["line"].as_u64(), j["error"]["column"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // A form change without the token is refused too.
+    let r = post_form(&s.http, &format!("{}/_/signout", s.url), &sess.cookie, "").await;
+    assert_eq!(r.status, 403);
+    // The keys need the token even to be read.
+    assert_eq!(page(&s, &sess, "api/keys").await.status, 403);
+    let r = s
+        .http
+        .get(
+            &format!("{}/_/api/keys", s.url),
+            &[("cookie", &sess.cookie), ("x-csrf-token", &sess.csrf)],
+        )
+        .await;
+    assert_eq!(r.json()["service_role"], SERVICE_KEY);
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn off_loopback_needs_the_password_and_wrong_ones_are_rate_limited() {
+    let s = TestServer::start_with(|c| {
+        c.dashboard.trust_loopback = false;
+        c.dashboard.password = Some(oxibase::config::Secret("correct horse".into()));
+    })
+    .await;
+    let base = format!("{}/_/", s.url);
+    let r = s.http.get(&base, &[]).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/_/signin"));
+    for p in ["api/keys", "tables", "users", "sql"] {
+        let r = s.http.get(&format!("{base}{p}"), &[]).await;
+        assert!(r.status == 303 || r.status == 401, "{p}: {}", r.status);
+        assert!(!r.text().contains("service_role"), "{p}");
+    }
+    let r = s
+        .http
+        .send(
+            "POST",
+            &format!("{base}api/sql"),
+            &[("content-type", "application/json")],
+            r#"{"sql":"select 1"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // The sign-in form: a pre-session token in cookie and form.
+    let sign_in = async |pw: &str| {
+        let r = s.http.get(&format!("{base}signin"), &[]).await;
+        assert_eq!(r.status, 200);
+        let pre_cookie = cookie_of(r.header("set-cookie").unwrap());
+        let html = r.text();
+        let at = html.find("name=\"_pre\" value=\"").unwrap() + 19;
+        let pre = html[at..].split('"').next().unwrap().to_string();
+        let body = format!("_pre={pre}&password={}", pw.replace(' ', "+"));
+        post_form(&s.http, &format!("{base}signin"), &pre_cookie, &body).await
+    };
+    // Without the pre-session token: refused.
+    let r = post_form(
+        &s.http,
+        &format!("{base}signin"),
+        "",
+        "password=correct+horse",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = sign_in("correct horse").await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let sess_cookie = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("oxibase_dash="))
+        .map(cookie_of)
+        .unwrap();
+    let r = s.http.get(&base, &[("cookie", &sess_cookie)]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Overview"));
+
+    for _ in 0..5 {
+        let r = sign_in("wrong").await;
+        assert_eq!(r.status, 401);
+        assert!(r.text().contains("Wrong password"));
+    }
+    let r = sign_in("wrong").await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    // Blocked: even the right password waits.
+    assert_eq!(sign_in("correct horse").await.status, 429);
+    s.server.shutdown().await;
+}
