@@ -17,6 +17,7 @@ mod realtime;
 mod sql;
 mod storage;
 mod tables;
+mod tables_edit;
 mod users;
 
 use std::net::SocketAddr;
@@ -322,4 +323,26 @@ pub fn qs(pairs: &[(&str, &str)]) -> String {
         s.append_pair(k, v);
     }
     s.finish()
+}
+
+/// An in-process API answer read back: `Ok(body)` for a 2xx, else the API's message.
+pub async fn answer_json(resp: Resp) -> Result<Value, String> {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(["msg", "message", "error_description", "error"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(Value::as_str))
+            .unwrap_or(status.as_str())
+            .to_string())
+    }
 }

@@ -262,3 +262,200 @@ async fn off_loopback_needs_the_password_and_wrong_ones_are_rate_limited() {
     assert_eq!(sign_in("correct horse").await.status, 429);
     s.server.shutdown().await;
 }
+
+const SCRIPT: &str = "<script>alert(1)</script>";
+const IMG: &str = "<img src=x onerror=alert(1)>";
+
+/// No payload appears as markup; each appears escaped.
+fn assert_escaped(html: &str, what: &str) {
+    for raw in [SCRIPT, IMG, "<script>alert", "<img src=x"] {
+        assert!(!html.contains(raw), "{what}: raw {raw} in the page");
+    }
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+            || html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{what}: payload not shown escaped"
+    );
+}
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+#[tokio::test]
+async fn changes_go_through_and_user_values_render_as_text() {
+    let s = TestServer::start().await;
+    let sess = open_session(&s).await;
+    let post = async |path: &str, pairs: &[(&str, &str)]| {
+        let mut p = vec![("_csrf", sess.csrf.as_str())];
+        p.extend_from_slice(pairs);
+        post_form(
+            &s.http,
+            &format!("{}/_/{path}", s.url),
+            &sess.cookie,
+            &form_body(&p),
+        )
+        .await
+    };
+
+    // A table made and a row inserted through the table editor, a payload in a cell.
+    let r = post(
+        "tables/create",
+        &[
+            ("schema", "public"),
+            ("name", "xss"),
+            ("columns", "v text"),
+            ("id", "1"),
+            ("rls", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(
+        !r.header("location").unwrap().contains("err="),
+        "{:?}",
+        r.header("location")
+    );
+    let r = post(
+        "tables/row/insert",
+        &[("schema", "public"), ("table", "xss"), ("c:v", SCRIPT)],
+    )
+    .await;
+    assert!(
+        r.header("location").unwrap().contains("msg="),
+        "{:?}",
+        r.header("location")
+    );
+    s.batch(&format!("insert into public.xss (v) values ('{IMG}')"))
+        .await;
+    let rows = s.sql("select v from public.xss order by id").await;
+    assert_eq!(rows[0].get::<_, String>(0), SCRIPT);
+    let r = page(&s, &sess, "tables?schema=public&table=xss").await;
+    assert_eq!(r.status, 200);
+    assert_escaped(&r.text(), "table cell");
+    // The RLS switch and an owner-only policy.
+    let rls: bool = s
+        .sql("select relrowsecurity from pg_class where relname = 'xss'")
+        .await[0]
+        .get(0);
+    assert!(rls);
+    let r = post(
+        "tables/policy",
+        &[
+            ("schema", "public"),
+            ("table", "xss"),
+            ("name", "owner only"),
+            ("command", "SELECT"),
+            ("roles", "authenticated"),
+            ("using", "true"),
+            ("check", ""),
+        ],
+    )
+    .await;
+    assert!(
+        r.header("location").unwrap().contains("msg="),
+        "{:?}",
+        r.header("location")
+    );
+    assert_eq!(
+        s.sql("select 1 from pg_policies where policyname = 'owner only'")
+            .await
+            .len(),
+        1
+    );
+
+    // A bucket through the bucket code, a file named with a payload through the storage API.
+    let r = post(
+        "storage/bucket/create",
+        &[("name", "pics"), ("public", "1")],
+    )
+    .await;
+    assert!(
+        r.header("location").unwrap().contains("msg="),
+        "{:?}",
+        r.header("location")
+    );
+    // The storage API refuses `<` in a key; a row written by SQL (an import) may hold one.
+    let r = s
+        .http
+        .send(
+            "POST",
+            &format!("{}/storage/v1/object/pics/a%26b'(1).png", s.url),
+            &[
+                ("authorization", &format!("Bearer {SERVICE_KEY}")),
+                ("content-type", "image/png"),
+            ],
+            b"\x89PNG\r\n\x1a\n".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.batch(&format!(
+        "insert into storage.objects (bucket_id, name, metadata) values ('pics', '{IMG}.png', '{{\"size\": 1, \"mimetype\": \"image/png\"}}')"
+    ))
+    .await;
+    let r = page(&s, &sess, "storage?bucket=pics").await;
+    assert_eq!(r.status, 200);
+    assert_escaped(&r.text(), "file name");
+    assert!(r.text().contains("a&amp;b'(1).png"));
+    // A bucket rule goes through the same code: an over-global limit is refused.
+    let r = post(
+        "storage/bucket/update",
+        &[("bucket", "pics"), ("file_size_limit", "999999999999")],
+    )
+    .await;
+    assert!(
+        r.header("location").unwrap().contains("err="),
+        "{:?}",
+        r.header("location")
+    );
+
+    // A user made through the admin API's code, with a payload in its metadata.
+    let meta = serde_json::json!({"name": SCRIPT}).to_string();
+    let r = post(
+        "users/create",
+        &[
+            ("email", "ada@example.test"),
+            ("password", "secret-123"),
+            ("user_metadata", &meta),
+            ("email_confirm", "1"),
+        ],
+    )
+    .await;
+    let loc = r.header("location").unwrap().to_string();
+    assert!(loc.contains("msg=") && loc.contains("id="), "{loc}");
+    let rows = s.sql("select raw_user_meta_data->>'name', email_confirmed_at is not null from auth.users where email = 'ada@example.test'").await;
+    assert_eq!(rows[0].get::<_, String>(0), SCRIPT);
+    assert!(rows[0].get::<_, bool>(1));
+    let r = page(&s, &sess, loc.trim_start_matches("/_/")).await;
+    assert_eq!(r.status, 200);
+    assert_escaped(&r.text(), "user metadata");
+    // The same rules as the API: a duplicate email is refused with its message.
+    let r = post("users/create", &[("email", "ada@example.test")]).await;
+    assert!(
+        r.header("location").unwrap().contains("err="),
+        "{:?}",
+        r.header("location")
+    );
+
+    // The request log saw the storage upload.
+    let r = page(&s, &sess, "logs?path=/storage").await;
+    assert!(r.text().contains("/storage/v1/object/pics/"), "logs");
+    assert!(!r.text().contains("<img src=x"), "logs escape paths");
+    for p in [
+        "",
+        "sql",
+        "realtime",
+        "functions",
+        "users",
+        "storage",
+        "tables",
+    ] {
+        let r = page(&s, &sess, p).await;
+        assert_eq!(r.status, 200, "/_/{p}: {}", r.text());
+    }
+    s.server.shutdown().await;
+}

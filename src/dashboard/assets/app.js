@@ -202,3 +202,8 @@
     initReveal(); initSql(); initStorage(); initPolicies(); initCopy();
   });
 })();
+document.addEventListener("DOMContentLoaded", () => {
+  for (const s of document.querySelectorAll("select[data-autosubmit]")) {
+    s.addEventListener("change", () => s.form.submit());
+  }
+});
