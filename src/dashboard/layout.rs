@@ -24,6 +24,7 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="referrer" content="no-referrer";
             title { (title) " · oxibase" }
+            link rel="icon" href={ (PREFIX) "assets/icon.svg" } type="image/svg+xml";
             link rel="stylesheet" href={ (PREFIX) "assets/app.css" };
             script src={ (PREFIX) "assets/app.js" } defer {}
         }

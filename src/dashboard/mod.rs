@@ -255,6 +255,7 @@ fn asset(name: &str) -> Option<Resp> {
             include_str!("assets/app.js"),
             "text/javascript; charset=utf-8",
         ),
+        "assets/icon.svg" => (include_str!("assets/icon.svg"), "image/svg+xml"),
         "assets/realtime.js" => (
             include_str!("assets/realtime.js"),
             "text/javascript; charset=utf-8",
