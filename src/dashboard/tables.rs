@@ -264,7 +264,7 @@ async fn rel_view(c: &Client, rel: &Rel, r: &DashReq) -> DashResult<Markup> {
             div.toolbar {
                 h2 { (rel.schema) "." (rel.name) }
                 @if rel.editable() {
-                    span.badge.on[rel.rls] { "RLS " @if rel.rls { "enabled" } @else { "disabled" } }
+                    span.badge.on[rel.rls].off[!rel.rls] { "RLS " @if rel.rls { "enabled" } @else { "disabled" } }
                     (button_form(r, "tables/rls", &[("schema", &rel.schema), ("table", &rel.name), ("on", if rel.rls { "0" } else { "1" })],
                         if rel.rls { "Disable RLS" } else { "Enable RLS" }, "small",
                         rel.rls.then_some("Disable Row Level Security? Every role with grants will see every row.")))
@@ -333,7 +333,7 @@ async fn rows_view(c: &Client, rel: &Rel, r: &DashReq) -> DashResult<Markup> {
             }
         }
         div.card.scroll {
-            p.muted { (total) " rows" @if total > 0 { " · " (page * PAGE + 1) "–" (((page + 1) * PAGE).min(total)) } }
+            p.muted { (total) @if total == 1 { " row" } @else { " rows" } @if total > 0 { " · " (page * PAGE + 1) "–" (((page + 1) * PAGE).min(total)) } }
             table.grid #rows {
                 thead { tr {
                     @if rel.editable() { th {} }
@@ -348,7 +348,7 @@ async fn rows_view(c: &Client, rel: &Rel, r: &DashReq) -> DashResult<Markup> {
                         tr {
                             @if rel.editable() {
                                 @let key = row[0].clone().unwrap_or_default();
-                                td {
+                                td.actions {
                                     details.row-edit {
                                         summary { "Edit" }
                                         form.stack method="post" action={ (PREFIX) "tables/row/update" } {
