@@ -70,6 +70,14 @@ pub async fn page(state: &AppState, r: &DashReq) -> DashResult<Markup> {
     )
     .await
     .unwrap_or(Value::Null);
+    let inbox = auth(state, r, Method::GET, "inbox", &[], Value::Null)
+        .await
+        .unwrap_or(Value::Null);
+    let mail: Vec<Value> = inbox
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|m| m.iter().take(10).cloned().collect())
+        .unwrap_or_default();
     let body = html! {
         @if let Some(d) = detail { (d) }
         div.card {
@@ -138,6 +146,21 @@ pub async fn page(state: &AppState, r: &DashReq) -> DashResult<Markup> {
                         tr { td.mono { (short_time(s(e, "created_at"))) } td { (s(&p, "action")) }
                              td { (s(&p, "actor_username")) } td { (s(e, "ip_address")) } }
                     }
+                }
+            }
+        }
+        div.card.scroll {
+            h2 { "Local inbox" }
+            p.muted { "Mail the auth API sent without SMTP (newest first)." }
+            table.grid #inbox {
+                thead { tr { th { "Time" } th { "To" } th { "Type" } th { "Subject" } th { "Link" } } }
+                tbody {
+                    @for m in &mail {
+                        @let link = s(m, "action_link");
+                        tr { td.mono { (short_time(s(m, "created_at"))) } td { (s(m, "to")) } td { (s(m, "type")) } td { (s(m, "subject")) }
+                             td { @if link.starts_with("http://") || link.starts_with("https://") { a href=(link) rel="noreferrer" { "open" } } } }
+                    }
+                    @if mail.is_empty() { tr { td colspan="5" .muted { "Empty." } } }
                 }
             }
         }
