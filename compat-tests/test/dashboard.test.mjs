@@ -107,7 +107,9 @@ test('table editor: inserts a row, sorts, adds an owner-only policy', async () =
   assert.match(await page.locator('#policies').textContent(), /owner only/);
   const { rows } = await sql("select qual from pg_policies where tablename = 'notes'", [], `postgres://postgres:postgres@127.0.0.1:${server.dbPort}/postgres`);
   assert.match(rows[0].qual, /auth\.uid\(\)/);
+  await sql("insert into public.notes (body, user_id) select 'note ' || g, gen_random_uuid() from generate_series(2, 8) g", [], `postgres://postgres:postgres@127.0.0.1:${server.dbPort}/postgres`);
   await go('tables?schema=public&table=notes');
+  assert.equal(await page.locator('#rows tbody tr').count(), 8);
   await shot('04-tables');
 });
 
@@ -164,6 +166,10 @@ test('functions and logs pages list what happened', async () => {
   await go('logs?path=/storage');
   assert.match(await page.locator('#log-table').textContent(), /\/storage\/v1\/object\/photos\/pixel\.png/);
   await shot('09-logs');
+  // By now the overview has request-rate samples to chart.
+  await go('');
+  await page.waitForSelector('svg.spark');
+  await page.screenshot({ path: resolve(shots, '12-overview-charts.png') });
 });
 
 test('on a phone the navigation collapses behind the menu', async () => {

@@ -125,6 +125,11 @@ pub fn size(n: i64) -> String {
 
 /// An inline SVG line chart of `points` (no script; the numbers are ours).
 pub fn sparkline(points: &[f64], label: &str) -> Markup {
+    // One interval is a flat line, not an invisible dot.
+    let points: Vec<f64> = match points {
+        [v] => vec![*v, *v],
+        p => p.to_vec(),
+    };
     let w = 300.0;
     let h = 60.0;
     let max = points.iter().cloned().fold(0.0_f64, f64::max).max(1e-9);
