@@ -1136,7 +1136,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 6);
+        assert_eq!(checked, 7); // + dashboard.password
     }
 
     #[test]

@@ -159,19 +159,59 @@ fn set_cookie(h: &http::HeaderMap, name: &str, value: &str, max_age: u64) -> Str
     format!("{name}={value}; Path={PREFIX}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")
 }
 
+/// The host of a `Host` header or an `Origin` URL, without port or brackets.
+fn host_part(v: &str) -> &str {
+    let v = v.split_once("://").map_or(v, |x| x.1);
+    let v = v.split('/').next().unwrap_or("");
+    match v.strip_prefix('[') {
+        Some(six) => six.split(']').next().unwrap_or(""),
+        None => v.rsplit_once(':').map_or(v, |x| x.0),
+    }
+}
+
+/// A name only this machine answers to. A page on another site can point its own name at
+/// 127.0.0.1 (DNS rebinding) and so reach a loopback server as "same origin": such a
+/// request carries that other name in `Host`, and is not opened.
+fn local_host(host: &str) -> bool {
+    let h = host_part(host).to_ascii_lowercase();
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether this request may have a session without a password.
 pub fn open_access(state: &AppState, r: &DashReq) -> bool {
     let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
         .iter()
         .any(|h| r.headers.contains_key(*h));
+    let host = r
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     state.config.dashboard.trust_loopback
         && state.config.jwt_secret.expose() == DEFAULT_JWT_SECRET
         && r.peer.ip().to_canonical().is_loopback()
         && !proxied
+        && local_host(host)
+}
+
+/// A change sent by a page of another origin (an `Origin` whose host is not the `Host`):
+/// refused whatever its cookie and token, on top of SameSite=Strict.
+fn cross_origin(r: &DashReq) -> bool {
+    let get = |n: header::HeaderName| r.headers.get(n).and_then(|v| v.to_str().ok());
+    match (get(header::ORIGIN), get(header::HOST)) {
+        (Some(o), Some(h)) => o == "null" || !o.split_once("://").is_some_and(|x| x.1 == h),
+        _ => false,
+    }
 }
 
 pub async fn check(state: &AppState, r: &mut DashReq) -> Verdict {
     let access = &state.dashboard.access;
+    if r.method != Method::GET && cross_origin(r) {
+        return Verdict::Answer(forbidden(r));
+    }
     let open = open_access(state, r);
     let session = cookie_value(&r.headers, COOKIE).and_then(|t| access.session(&t, open));
     let Some(csrf) = session else {
@@ -341,6 +381,28 @@ mod tests {
         let c = set_cookie(&h, COOKIE, "t", 1);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Secure"));
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn local_hosts() {
+        for h in [
+            "localhost:54321",
+            "127.0.0.1:1",
+            "[::1]:54321",
+            "app.localhost",
+            "127.0.0.1",
+        ] {
+            assert!(local_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:54321",
+            "localhost.evil.example",
+            "10.0.0.1:80",
+            "",
+            "[::2]:1",
+        ] {
+            assert!(!local_host(h), "{h}");
+        }
     }
 
     #[test]

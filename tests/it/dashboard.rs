@@ -94,6 +94,30 @@ async fn loopback_with_local_secret_opens_with_secure_headers_and_csrf() {
     assert_eq!(r.status, 403, "proxied: not loopback, no password set");
     assert!(r.text().contains("needs a password"));
 
+    // DNS rebinding: another site's name pointed at 127.0.0.1 is not "local".
+    let r = s
+        .http
+        .get(&format!("{}/_/", s.url), &[("host", "rebind.evil.example")])
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+    // A change from a page of another origin is refused, token or not.
+    let r = s
+        .http
+        .send(
+            "POST",
+            &format!("{}/_/api/sql", s.url),
+            &[
+                ("cookie", &sess.cookie),
+                ("content-type", "application/json"),
+                ("x-csrf-token", &sess.csrf),
+                ("origin", "http://evil.example"),
+            ],
+            r#"{"sql":"select 1"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
     // A change without its CSRF token is refused; with it, it runs.
     let sql_url = format!("{}/_/api/sql", s.url);
     let body = r#"{"sql":"create table public.dash_t (x int)"}"#;
