@@ -22,7 +22,7 @@ fn head(title: &str) -> Markup {
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
-            meta name="referrer" content="no-referrer";
+            meta name="referrer" content="same-origin";
             title { (title) " · oxibase" }
             link rel="icon" href={ (PREFIX) "assets/icon.svg" } type="image/svg+xml";
             link rel="stylesheet" href={ (PREFIX) "assets/app.css" };
