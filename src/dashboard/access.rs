@@ -202,7 +202,7 @@ pub fn open_access(state: &AppState, r: &DashReq) -> bool {
 fn cross_origin(r: &DashReq) -> bool {
     let get = |n: header::HeaderName| r.headers.get(n).and_then(|v| v.to_str().ok());
     match (get(header::ORIGIN), get(header::HOST)) {
-        (Some(o), Some(h)) => o == "null" || !o.split_once("://").is_some_and(|x| x.1 == h),
+        (Some(o), Some(h)) => o == "null" || o.split_once("://").is_none_or(|x| x.1 != h),
         _ => false,
     }
 }
