@@ -314,14 +314,17 @@ async fn handle(
         peer = %peer.ip(), request_id = %request_id,
         role, user_id = user_id.map(tracing::field::display),
     );
-    state.dashboard.log.push(crate::dashboard::LogEntry {
-        time: chrono::Utc::now(),
-        method: method.to_string(),
-        path,
-        status: resp.status().as_u16(),
-        latency_ms: secs * 1000.0,
-        role: role.map(str::to_string),
-    });
+    if state.config.dashboard.enabled {
+        // The dashboard's Logs page: a bounded ring of the same fields.
+        state.dashboard.log.push(crate::dashboard::LogEntry {
+            time: chrono::Utc::now(),
+            method: method.to_string(),
+            path,
+            status: resp.status().as_u16(),
+            latency_ms: secs * 1000.0,
+            role: role.map(str::to_string),
+        });
+    }
     resp
 }
 

@@ -251,6 +251,16 @@ async fn off_loopback_needs_the_password_and_wrong_ones_are_rate_limited() {
         let body = format!("_pre={pre}&password={}", pw.replace(' ', "+"));
         post_form(&s.http, &format!("{base}signin"), &pre_cookie, &body).await
     };
+    // Behind TLS (X-Forwarded-Proto: https) the cookies are Secure.
+    let r = s
+        .http
+        .get(&format!("{base}signin"), &[("x-forwarded-proto", "https")])
+        .await;
+    let c = r.header("set-cookie").unwrap();
+    assert!(
+        c.contains("; Secure") && c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+        "{c}"
+    );
     // Without the pre-session token: refused.
     let r = post_form(
         &s.http,
@@ -482,4 +492,18 @@ async fn changes_go_through_and_user_values_render_as_text() {
         assert_eq!(r.status, 200, "/_/{p}: {}", r.text());
     }
     s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn disabled_dashboard_is_not_served() {
+    let s = TestServer::start_with(|c| c.dashboard.enabled = false).await;
+    let r = s.http.get(&format!("{}/_/", s.url), &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(r.header("set-cookie").is_none());
+    assert!(page_text_lacks_keys(&r.text()));
+    s.server.shutdown().await;
+}
+
+fn page_text_lacks_keys(t: &str) -> bool {
+    !t.contains(SERVICE_KEY) && !t.contains("csrf-token")
 }
