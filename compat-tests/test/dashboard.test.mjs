@@ -166,8 +166,12 @@ test('functions and logs pages list what happened', async () => {
   await go('logs?path=/storage');
   assert.match(await page.locator('#log-table').textContent(), /\/storage\/v1\/object\/photos\/pixel\.png/);
   await shot('09-logs');
-  // By now the overview has request-rate samples to chart.
+  // The overview charts the request rate once two samples (5 s apart) exist: poll for it.
   await go('');
+  for (let i = 0; i < 20 && (await page.locator('svg.spark').count()) === 0; i++) {
+    await page.waitForTimeout(1000);
+    await page.reload();
+  }
   await page.waitForSelector('svg.spark');
   await page.screenshot({ path: resolve(shots, '12-overview-charts.png') });
 });
