@@ -182,8 +182,7 @@ test('on a phone the navigation collapses behind the menu', async () => {
   assert.equal(await page.locator('.sidebar').isVisible() && (await page.locator('.sidebar').boundingBox()).x >= 0, false);
   await shot('10-phone');
   await page.click('label.menu');
-  await page.waitForTimeout(300);
-  assert.ok((await page.locator('.sidebar').boundingBox()).x >= 0);
+  await page.waitForFunction(() => document.querySelector('.sidebar').getBoundingClientRect().x >= 0);
   await page.screenshot({ path: resolve(shots, '11-phone-menu.png') });
   await page.setViewportSize({ width: 1280, height: 860 });
 });
