@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startServer } from '../lib/server.mjs';
+import { startServer, ANON_KEY } from '../lib/server.mjs';
 import { sql } from '../lib/pg.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -160,8 +160,15 @@ test('realtime: joins a channel and sees its own broadcast', async () => {
 });
 
 test('functions and logs pages list what happened', async () => {
+  // Usage rows as chat-completion records them, and one (refused) function call.
+  await sql(
+    "insert into public.api_usage (endpoint, provider, model, total_tokens, status_code, latency_ms) values ('chat-completion', 'openai', 'gpt-4o-mini', 120, 200, 800), ('chat-completion', 'openai', 'gpt-4o-mini', 80, 200, 500), ('chat-completion', 'anthropic', 'claude-3-5-haiku', 60, 429, 90)",
+    [], `postgres://postgres:postgres@127.0.0.1:${server.dbPort}/postgres`);
+  await fetch(`${server.url}/functions/v1/chat-completion`, { method: 'POST', headers: { apikey: ANON_KEY, 'content-type': 'application/json' }, body: '{}' });
   await go('functions');
   assert.match(await page.locator('.grid').first().textContent(), /OpenAI key/);
+  assert.match(await page.locator('#usage').textContent(), /gpt-4o-mini.*2.*200/s);
+  assert.match(await page.locator('#fn-calls').textContent(), /chat-completion/);
   await shot('08-functions');
   await go('logs?path=/storage');
   assert.match(await page.locator('#log-table').textContent(), /\/storage\/v1\/object\/photos\/pixel\.png/);
