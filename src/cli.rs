@@ -92,8 +92,14 @@ pub fn api_keys(cfg: &Config) -> (String, String) {
 pub fn keys_text(cfg: &Config, api_url: &str) -> String {
     let (anon, service) = api_keys(cfg);
     let opaque = OpaqueKeys::for_secret(cfg.jwt_secret.expose());
+    // The built-in dashboard (src/dashboard): with a password of its own off loopback.
+    let dashboard = match (&cfg.dashboard.enabled, &cfg.dashboard.password) {
+        (false, _) => "(disabled)".to_string(),
+        (true, Some(_)) => format!("{api_url}/_/ (sign in with [dashboard] password)"),
+        (true, None) => format!("{api_url}/_/"),
+    };
     format!(
-        "         API URL: {api_url}\n     GraphQL URL: (not served)\n          DB URL: {}\n      JWT secret: {}\n        anon key: {anon}\nservice_role key: {service}\n Publishable key: {}\n      Secret key: {}\n",
+        "         API URL: {api_url}\n   Dashboard URL: {dashboard}\n     GraphQL URL: (not served)\n          DB URL: {}\n      JWT secret: {}\n        anon key: {anon}\nservice_role key: {service}\n Publishable key: {}\n      Secret key: {}\n",
         crate::display_db_url(cfg),
         if secret_is_default(cfg) { DEFAULT_JWT_SECRET } else { "(configured; not shown)" },
         opaque.publishable,
@@ -118,6 +124,7 @@ mod tests {
         assert_eq!(k.verify(&s).unwrap()["role"], "service_role");
         let text = keys_text(&cfg, "http://127.0.0.1:54321");
         assert!(text.contains(WELL_KNOWN_ANON));
+        assert!(text.contains("Dashboard URL: http://127.0.0.1:54321/_/\n"));
     }
 
     #[test]

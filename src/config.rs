@@ -101,6 +101,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
     pub backup: BackupConfig,
+    pub dashboard: DashboardConfig,
     /// Answer 401 "No API key found in request" to requests with no `apikey` (header or
     /// query parameter) and no `Authorization`, as Supabase's gateway does; health, auth
     /// links, the JWKS and public/signed storage URLs stay open. Unset: off with the
@@ -167,9 +168,29 @@ impl Default for BackupConfig {
     }
 }
 
-/// Connection limits and timeouts of the HTTP server. A connection counts from accept to
-/// close, WebSockets included; past a cap the server first closes an idle connection of
-/// the same client (or of the biggest one), else answers a short 503 and closes.
+/// The built-in dashboard at `/_/` (see `src/dashboard/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// The sign-in password (OXIBASE_DASHBOARD__PASSWORD); a bcrypt hash (`$2b$...`) is
+    /// taken as is. Without it the dashboard opens only on loopback with the local secret.
+    pub password: Option<Secret<String>>,
+    /// Open without a password for loopback peers when the JWT secret is the well-known
+    /// local one (as the CLI's Studio); false asks for the password everywhere.
+    pub trust_loopback: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            password: None,
+            trust_loopback: true,
+        }
+    }
+}
+
 /// What the server hosts besides the APIs.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -179,6 +200,9 @@ pub struct ServerConfig {
     pub static_dir: Option<PathBuf>,
 }
 
+/// Connection limits and timeouts of the HTTP server. A connection counts from accept to
+/// close, WebSockets included; past a cap the server first closes an idle connection of
+/// the same client (or of the biggest one), else answers a short 503 and closes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -559,6 +583,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             metrics: MetricsConfig::default(),
             backup: BackupConfig::default(),
+            dashboard: DashboardConfig::default(),
             require_apikey: None,
             project: None,
         }
@@ -1147,7 +1172,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 6);
+        assert_eq!(checked, 7); // + dashboard.password
     }
 
     #[test]

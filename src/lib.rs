@@ -12,6 +12,7 @@ pub(crate) mod auth;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub(crate) mod dashboard;
 pub mod db;
 pub mod functions;
 pub mod fuzz;
@@ -315,6 +316,7 @@ impl Server {
                 db_config: pool_cfg,
                 keys,
                 metrics: metrics::Metrics::new(),
+                dashboard: dashboard::init(&cfg)?,
             })
         }
         .await;
@@ -336,6 +338,7 @@ impl Server {
         functions::spawn_background(&state);
         net::spawn_background(&state);
         backup::schedule::spawn(&state, &admin_url);
+        dashboard::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {

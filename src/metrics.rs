@@ -152,6 +152,28 @@ impl Metrics {
         }
     }
 
+    /// Requests answered, and the sum (seconds) and count of their latencies: the
+    /// dashboard's charts sample these.
+    pub fn totals(&self) -> (u64, f64, u64) {
+        use prometheus::core::Collector;
+        let mut n = 0.0;
+        for mf in self.requests.collect() {
+            n += mf
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .sum::<f64>();
+        }
+        let (mut sum, mut count) = (0.0, 0);
+        for mf in self.duration.collect() {
+            for m in mf.get_metric() {
+                sum += m.get_histogram().get_sample_sum();
+                count += m.get_histogram().get_sample_count();
+            }
+        }
+        (n as u64, sum, count)
+    }
+
     /// One answered request (called once per request, in `http::server`).
     pub fn request(&self, api: &str, path: &str, method: &Method, status: StatusCode, secs: f64) {
         let route = self.route_label(path);

@@ -26,6 +26,8 @@ pub struct Inner {
     pub functions: crate::functions::State,
     /// Prometheus series of this process (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The built-in dashboard's sessions, request ring and samples.
+    pub dashboard: crate::dashboard::State,
 }
 
 #[derive(Clone)]

@@ -159,6 +159,35 @@ pub async fn handle(state: &AppState, req: Req, path: &str) -> Resp {
     resp
 }
 
+/// An auth API call made in-process by the built-in dashboard, as the service_role (the
+/// server's own secret key): the same endpoint parsing, privilege check and handlers as
+/// `/auth/v1/<path>`, so the dashboard has no second implementation of user management.
+pub async fn call_as_service(
+    state: &AppState,
+    method: http::Method,
+    path: &str,
+    query: Vec<(String, String)>,
+    body: Value,
+    ip: String,
+) -> Resp {
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&state.keys.opaque.secret) {
+        headers.insert("apikey", v);
+    }
+    let call = Call {
+        method,
+        path: path.to_string(),
+        query,
+        headers,
+        body,
+        ip,
+    };
+    match route(state, &call).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
 fn rest(r: &[String]) -> Vec<&str> {
     r.iter().map(String::as_str).collect()
 }

@@ -249,7 +249,10 @@ async fn handle(
     let bytes_in = crate::metrics::content_length(req.headers()).unwrap_or(0);
     let served_as = ServedAs::default();
     let answer = async {
-        if cors::is_preflight(&method, req.headers()) {
+        if crate::dashboard::owns(&path) {
+            // The dashboard checks its own sessions; it needs no API key.
+            crate::dashboard::handle(state, req, peer).await
+        } else if cors::is_preflight(&method, req.headers()) {
             cors::preflight(req.headers())
         } else if let Some(site) = site.filter(|_| StaticSite::owns(&path)) {
             // The site's paths need no API key, as any web page.
@@ -284,7 +287,10 @@ async fn handle(
         Some((role, user)) => (Some(role.as_str()), *user),
         None => (None, None),
     };
-    cors::decorate(origin.as_ref(), &mut resp);
+    if !crate::dashboard::owns(&path) {
+        // The dashboard is same-origin only.
+        cors::decorate(origin.as_ref(), &mut resp);
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v.clone());
         resp.headers_mut().insert("sb-request-id", v);
@@ -310,6 +316,17 @@ async fn handle(
         peer = %peer.ip(), request_id = %request_id,
         role, user_id = user_id.map(tracing::field::display),
     );
+    if state.config.dashboard.enabled {
+        // The dashboard's Logs page: a bounded ring of the same fields.
+        state.dashboard.log.push(crate::dashboard::LogEntry {
+            time: chrono::Utc::now(),
+            method: method.to_string(),
+            path,
+            status: resp.status().as_u16(),
+            latency_ms: secs * 1000.0,
+            role: role.map(str::to_string),
+        });
+    }
     resp
 }
 

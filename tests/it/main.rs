@@ -6,6 +6,8 @@ mod auth_flow;
 mod backup;
 mod cli_project;
 mod common;
+mod dashboard;
+mod dashboard_edit;
 mod db_wire;
 mod fault_flood;
 mod fault_kill;
