@@ -238,7 +238,7 @@ pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Chang
                     None => json!({"ids": ids, "data": data}),
                     Some(cols) => json!({"ids": ids, "data": select_columns(&data, cols, &rel.pk)}),
                 };
-                let _ = tx.try_send(Out::Push {
+                let _ = tx.send(Out::Push {
                     chan: *chan,
                     event: "postgres_changes",
                     payload,
