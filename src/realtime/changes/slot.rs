@@ -205,9 +205,12 @@ fn idle(st: &AppState) -> bool {
 #[derive(Default)]
 struct Position {
     decoder: Decoder,
-    /// Changes of the open transaction not fanned out yet.
+    /// Changes not fanned out yet (of the open transaction and of committed ones kept to
+    /// go out together with the next).
     pending: Vec<Change>,
     in_tx: bool,
+    /// End of the last commit whose changes are in `pending` (confirmed once they are out).
+    ready_end: Option<u64>,
     /// Everything up to here is fanned out (or holds nothing for us).
     confirmed: u64,
     /// What PostgreSQL was last told.
@@ -322,7 +325,7 @@ async fn stream(st: &AppState, conn: &mut ReplConn, pos: &mut Position) -> Stop 
                 Ok(Frame::Keepalive { wal_end, reply: asked }) => {
                     pos.server_end = pos.server_end.max(wal_end);
                     // Between transactions everything sent so far is handled.
-                    if !pos.in_tx && pos.pending.is_empty() {
+                    if !pos.in_tx && pos.pending.is_empty() && pos.ready_end.is_none() {
                         pos.confirmed = pos.confirmed.max(wal_end);
                     }
                     reply = asked;
@@ -334,6 +337,11 @@ async fn stream(st: &AppState, conn: &mut ReplConn, pos: &mut Position) -> Stop 
                     return Stop::Idle;
                 }
             }
+        }
+        // Committed transactions go out when nothing more is at hand: those that arrived
+        // together are checked and sent together.
+        if pos.ready_end.is_some() && !conn.has_buffered() {
+            flush(st, pos).await;
         }
         st.realtime.capture.lag_bytes.store(
             pos.server_end.saturating_sub(pos.confirmed),
@@ -360,10 +368,13 @@ async fn handle(st: &AppState, pos: &mut Position, data: &[u8]) {
             let end = data
                 .get(10..18)
                 .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
-            flush(st, pos).await;
             pos.in_tx = false;
             if let Some(end) = end {
-                pos.confirmed = pos.confirmed.max(end);
+                pos.ready_end = Some(end);
+            }
+            if pos.pending.is_empty() {
+                // Nothing of ours in it: confirmed as is.
+                confirm(pos);
             }
             return;
         }
@@ -381,7 +392,8 @@ async fn handle(st: &AppState, pos: &mut Position, data: &[u8]) {
     }
 }
 
-/// Fan out the pending changes (relations described first).
+/// Fan out the pending changes (relations described first); the commits among them are
+/// then confirmed.
 async fn flush(st: &AppState, pos: &mut Position) {
     for rel in pos.decoder.take_new_relations() {
         describe(st, &mut pos.decoder, rel).await;
@@ -389,6 +401,13 @@ async fn flush(st: &AppState, pos: &mut Position) {
     if !pos.pending.is_empty() {
         let changes = std::mem::take(&mut pos.pending);
         dispatch(st, &pos.decoder, changes).await;
+    }
+    confirm(pos);
+}
+
+fn confirm(pos: &mut Position) {
+    if let Some(end) = pos.ready_end.take() {
+        pos.confirmed = pos.confirmed.max(end);
     }
 }
 

@@ -124,12 +124,20 @@ impl ReplConn {
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
             } else if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(8192);
+                // Large reads: whatever PostgreSQL has sent arrives at once, so the
+                // transactions in it are fanned out (and RLS-checked) together.
+                self.rbuf.reserve(64 * 1024);
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ReplError::Io("the database closed the connection".into()));
             }
         }
+    }
+
+    /// Is a complete message already read (no waiting for the next one)?
+    pub(super) fn has_buffered(&self) -> bool {
+        self.rbuf.len() >= 5
+            && self.rbuf.len() > u32::from_be_bytes(self.rbuf[1..5].try_into().expect("4")) as usize
     }
 
     async fn send(&mut self) -> Result<(), ReplError> {
