@@ -4,6 +4,11 @@
 -- own (a failing policy answers false for that subscriber's rows only), read-only, every
 -- setting local to the calling statement's transaction.
 --
+-- A commit reaches the replication stream a moment before other sessions can see it (the
+-- WAL is flushed before the transaction leaves the running set), so the function first
+-- waits, briefly, until the transactions `xids` (32-bit, as pgoutput sends them) are no
+-- longer in progress: otherwise a fresh row could read as invisible to everyone.
+--
 -- key_vals holds the key values row after row: key_vals[(r - 1) * keys + k] is the value of
 -- key column k of row r.
 -- The answer is subscriber-major: answer[(i - 1) * rows + r] says whether subscriber i may
@@ -16,7 +21,8 @@ create or replace function realtime.oxibase_rows_visible_many(
   roles text[],
   claims text[],
   request_method text,
-  request_path text
+  request_path text,
+  xids bigint[]
 ) returns boolean[]
 language plpgsql volatile
 set search_path = ''
@@ -30,6 +36,10 @@ declare
   q text;
   seen boolean[];
   out boolean[] := '{}';
+  xmax bigint;
+  x bigint;
+  full_xid bigint;
+  waits int := 0;
 begin
   perform set_config('transaction_read_only', 'on', true);
   if nkeys = 0
@@ -42,6 +52,19 @@ begin
   if nrows = 0 then
     return out;
   end if;
+  xmax := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+  foreach x in array coalesce(xids, '{}') loop
+    -- The epoch is the current one unless that would put the xid in the future.
+    full_xid := ((xmax >> 32) << 32) | x;
+    if full_xid >= xmax then
+      full_xid := full_xid - 4294967296;
+    end if;
+    while full_xid > 0 and waits < 2000
+          and pg_xact_status(full_xid::text::xid8) = 'in progress' loop
+      perform pg_sleep(0.0005);
+      waits := waits + 1;
+    end loop;
+  end loop;
   -- Types go through regtype, names through %I: nothing of the arguments reaches the SQL
   -- text unquoted.
   select string_agg(format('t.%I = $1[(r - 1) * %s + %s]::%s', key_cols[k], nkeys, k,
@@ -73,5 +96,5 @@ begin
 end
 $$;
 
-revoke all on function realtime.oxibase_rows_visible_many(regclass, text[], text[], text[], text[], text[], text, text) from public;
-grant execute on function realtime.oxibase_rows_visible_many(regclass, text[], text[], text[], text[], text[], text, text) to authenticator;
+revoke all on function realtime.oxibase_rows_visible_many(regclass, text[], text[], text[], text[], text[], text, text, bigint[]) from public;
+grant execute on function realtime.oxibase_rows_visible_many(regclass, text[], text[], text[], text[], text[], text, text, bigint[]) to authenticator;

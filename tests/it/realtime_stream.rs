@@ -166,3 +166,75 @@ async fn a_terminated_walsender_loses_no_change() {
     let missing = collect(&mut ws, &want, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "changes lost: {missing:?}");
 }
+
+/// Under RLS, a burst of single-row transactions from several connections reaches every
+/// user whole: the visibility check waits for each transaction to be visible (a commit is
+/// streamed a moment before other sessions can see its row) and batches rows together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_under_rls_reaches_every_user_whole() {
+    let t = TestServer::start().await;
+    t.batch(
+        "create table public.burst (id bigint primary key);
+         alter table public.burst enable row level security;
+         create policy users on public.burst for select to authenticated
+           using ((select auth.uid()) is not null);
+         grant select on public.burst to authenticated;
+         alter publication supabase_realtime add table public.burst;",
+    )
+    .await;
+    let mut users = vec![];
+    for _ in 0..5 {
+        let (_, token) = t.user().await;
+        let url = format!(
+            "{}/realtime/v1/websocket?apikey={token}&vsn=1.0.0",
+            t.url.replace("http://", "ws://")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let join = json!({"join_ref": "1", "ref": "1", "topic": "realtime:b", "event": "phx_join",
+            "payload": {"config": {"postgres_changes": [
+                {"event": "INSERT", "schema": "public", "table": "burst"}]},
+                "access_token": token}});
+        ws.send(Message::Text(join.to_string())).await.unwrap();
+        loop {
+            let m = next(&mut ws, Duration::from_secs(10))
+                .await
+                .expect("joined");
+            if m["event"] == "system" {
+                assert_eq!(m["payload"]["status"], "ok", "{m}");
+                break;
+            }
+        }
+        users.push(ws);
+    }
+    let writers: Vec<_> = (0..4i64)
+        .map(|w| {
+            let url = t.db_url.clone();
+            tokio::spawn(async move {
+                let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                // Durable commits (the harness runs with synchronous_commit off): the WAL
+                // is flushed, and streamed, before the row is visible to others.
+                db.batch_execute("set synchronous_commit = on")
+                    .await
+                    .unwrap();
+                for i in 0..100i64 {
+                    db.execute("insert into public.burst values ($1)", &[&(w * 1000 + i)])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let want: BTreeSet<i64> = (0..4i64)
+        .flat_map(|w| (0..100i64).map(move |i| w * 1000 + i))
+        .collect();
+    for (u, ws) in users.iter_mut().enumerate() {
+        let missing = collect(ws, &want, Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "user {u} is missing {missing:?}");
+    }
+}

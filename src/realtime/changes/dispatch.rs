@@ -37,6 +37,7 @@ struct Prepared<'a> {
     rel: &'a Relation,
     /// The row to read back under RLS (inserts and updates on tables with RLS).
     row: Option<Map<String, Value>>,
+    xid: u32,
     data: Value,
     matched: Vec<Match<'a>>,
     /// Visibility by claims key (service_role always sees).
@@ -64,7 +65,7 @@ impl Prepared<'_> {
 
 const ROWS_VISIBLE_MANY: &str =
     "select realtime.oxibase_rows_visible_many($1::int8::oid::regclass, \
-     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8)";
+     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8, $9::int8[])";
 
 /// Subscriber-major answers (`answer[i * rows + r]`): may subscriber `i` SELECT row `r`
 /// (by primary key) under RLS? Rows without a usable key are visible to nobody.
@@ -73,6 +74,7 @@ async fn rows_visible(
     rel: &Relation,
     rel_oid: u32,
     rows: &[&Map<String, Value>],
+    xids: &[i64],
     subs: &[&AuthContext],
 ) -> Result<Vec<bool>, String> {
     let keys: Vec<&Column> = rel
@@ -107,7 +109,7 @@ async fn rows_visible(
         .prepare_cached(ROWS_VISIBLE_MANY)
         .await
         .map_err(|e| crate::db::error_text(&e))?;
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &i64::from(rel_oid),
         &names,
         &types,
@@ -116,6 +118,7 @@ async fn rows_visible(
         &claims,
         &gucs.method,
         &gucs.path,
+        &xids,
     ];
     let row = client
         .query_one(&stmt, &params)
@@ -251,8 +254,11 @@ async fn rls_verdicts(
             .iter()
             .filter_map(|i| prepared[*i].row.as_ref())
             .collect();
+        let mut xids: Vec<i64> = idx.iter().map(|i| i64::from(prepared[*i].xid)).collect();
+        xids.sort_unstable();
+        xids.dedup();
         let answers = with_retries("rows visible", || {
-            rows_visible(state, rel, rel_oid, &rows, &subs)
+            rows_visible(state, rel, rel_oid, &rows, &xids, &subs)
         })
         .await
         .unwrap_or_default();
@@ -348,6 +354,7 @@ fn prepare<'a>(subs: &'a [Subscriber], dec: &'a Decoder, ch: &Change) -> Option<
     Some(Prepared {
         rel_oid: ch.rel,
         rel,
+        xid: ch.xid,
         row: new.filter(|_| ch.kind != Kind::Delete && rel.rls),
         data,
         matched,
