@@ -6,8 +6,8 @@
 --
 -- A commit reaches the replication stream a moment before other sessions can see it (the
 -- WAL is flushed before the transaction leaves the running set), so the function first
--- waits, briefly, until the transactions `xids` (32-bit, as pgoutput sends them) are no
--- longer in progress: otherwise a fresh row could read as invisible to everyone.
+-- waits, briefly, until the transactions `xids` (32-bit, as pgoutput sends them) are
+-- visible to new snapshots: otherwise a fresh row could read as invisible to everyone.
 --
 -- key_vals holds the key values row after row: key_vals[(r - 1) * keys + k] is the value of
 -- key column k of row r.
@@ -59,8 +59,10 @@ begin
     if full_xid >= xmax then
       full_xid := full_xid - 4294967296;
     end if;
+    -- Visible to a fresh snapshot (each evaluation takes one): the commit has left the
+    -- running set (pg_xact_status says committed earlier, from the commit log).
     while full_xid > 0 and waits < 2000
-          and pg_xact_status(full_xid::text::xid8) = 'in progress' loop
+          and not pg_visible_in_snapshot(full_xid::text::xid8, pg_current_snapshot()) loop
       perform pg_sleep(0.0005);
       waits := waits + 1;
     end loop;

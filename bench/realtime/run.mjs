@@ -289,10 +289,23 @@ async function memory(n) {
 // ---- run ----------------------------------------------------------------------------------
 const results = { binary: BIN, cores: os.cpus().length, when: new Date().toISOString() };
 const log = (s) => process.stderr.write(`${s}\n`);
+// Memory first, on a fresh process: later scenarios leave freed heap that new sockets
+// would reuse unseen.
+results.memory = [];
+for (const n of QUICK || process.env.BENCH_ONLY ? [] : [1000, 10000]) {
+  const r = await memory(n);
+  log(`memory: ${JSON.stringify(r)}`);
+  results.memory.push(r);
+}
 // Warm up: capture started, relation described, pools filled.
 await throughput(1, 20);
+if (process.env.BENCH_ONLY === 'load') {
+  log(JSON.stringify(await latency(100, 100, 10)));
+  process.exit(0);
+}
+if (process.env.BENCH_NORLS === '1') await db.query('alter table public.rt_bench disable row level security');
 if (process.env.BENCH_ONLY === 'throughput1') {
-  log(JSON.stringify(await throughput(1, 300)));
+  log(JSON.stringify(await throughput(1, Number(process.env.BENCH_ROWS ?? 300))));
   process.exit(0);
 }
 results.idle = await latency(1, 20, QUICK ? 2 : 5);
@@ -307,12 +320,6 @@ results.load = await latency(100, 100, QUICK ? 2 : 10);
 log(`load latency: ${JSON.stringify(results.load)}`);
 results.broadcast = await broadcast(100, QUICK ? 200 : 2000);
 log(`broadcast: ${JSON.stringify(results.broadcast)}`);
-results.memory = [];
-for (const n of QUICK ? [500] : [1000, 10000]) {
-  const r = await memory(n);
-  log(`memory: ${JSON.stringify(r)}`);
-  results.memory.push(r);
-}
 await db.end();
 
 const t100 = results.throughput.find((t) => t.users === 100);
