@@ -11,7 +11,8 @@
 // usage: bench/realtime/run.sh [path/to/oxibase]   (raises the descriptor limit, then this)
 //        node --experimental-websocket bench/realtime/run.mjs [path/to/oxibase]
 // env:   BENCH_NODE_MODULES  where `pg` is installed (default compat-tests/node_modules:
-//        `npm ci --prefix compat-tests`); BENCH_QUICK=1 for small sizes (a smoke run).
+//        `npm ci --prefix compat-tests`); BENCH_QUICK=1 for small sizes (a smoke run);
+//        for digging: BENCH_ONLY=load | throughput1 (with BENCH_ROWS), BENCH_NORLS=1.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import crypto from 'node:crypto';
