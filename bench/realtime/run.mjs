@@ -12,7 +12,7 @@
 //        node --experimental-websocket bench/realtime/run.mjs [path/to/oxibase]
 // env:   BENCH_NODE_MODULES  where `pg` is installed (default compat-tests/node_modules:
 //        `npm ci --prefix compat-tests`); BENCH_QUICK=1 for small sizes (a smoke run);
-//        for digging: BENCH_ONLY=load | throughput1 (with BENCH_ROWS), BENCH_NORLS=1.
+//        for digging: BENCH_ONLY=memory | load | throughput1 (with BENCH_ROWS), BENCH_NORLS=1.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import crypto from 'node:crypto';
@@ -301,11 +301,12 @@ const log = (s) => process.stderr.write(`${s}\n`);
 // Memory first, on a fresh process: later scenarios leave freed heap that new sockets
 // would reuse unseen.
 results.memory = [];
-for (const n of QUICK || process.env.BENCH_ONLY ? [] : [1000, 10000]) {
+for (const n of QUICK || (process.env.BENCH_ONLY ?? 'memory') !== 'memory' ? [] : [1000, 10000]) {
   const r = await memory(n);
   log(`memory: ${JSON.stringify(r)}`);
   results.memory.push(r);
 }
+if (process.env.BENCH_ONLY === 'memory') await stop();
 // Warm up: capture started, relation described, pools filled.
 await throughput(1, 20);
 if (process.env.BENCH_ONLY === 'load') {

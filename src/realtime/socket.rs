@@ -125,11 +125,13 @@ async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
                 c.hub.counters.messages_in.fetch_add(1, Ordering::Relaxed);
                 let ok = match m {
                     Message::Text(t) => match phoenix::decode_text(c.vsn, &t) {
-                        Ok(msg) => c.handle(msg).await,
+                        // Boxed: the handler's state (a join's database work) is large and
+                        // lives only while it runs, instead of in every idle socket's task.
+                        Ok(msg) => Box::pin(c.handle(msg)).await,
                         Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable frame"); true }
                     },
                     Message::Binary(b) => match phoenix::decode_binary(&b) {
-                        Ok(msg) if c.vsn == Vsn::V2 => c.handle(msg).await,
+                        Ok(msg) if c.vsn == Vsn::V2 => Box::pin(c.handle(msg)).await,
                         Ok(_) => true,
                         Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable binary frame"); true }
                     },
