@@ -242,6 +242,12 @@ async fn capture(st: AppState, mut conn: ReplConn, slot: LiveSlot) {
                 drop_slot(&st, &slot).await;
                 return;
             }
+            Stop::Lost(_) if st.pool.is_closed() => {
+                // The server is stopping: the slot stays for the next start to resume or
+                // sweep.
+                *st.realtime.capture.running.lock().await = false;
+                return;
+            }
             Stop::Lost(e) => {
                 tracing::warn!(error = %e, confirmed = %lsn_text(pos.confirmed), "realtime: change capture lost its replication connection; reconnecting");
                 match reconnect(&st, &slot).await {
