@@ -123,10 +123,16 @@ async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
 }
 
 /// Start PostgreSQL if needed and apply migrations; returns (superuser URL, pool config, pg).
+/// The logins the server uses: requests (`authenticator`) and realtime change capture.
+struct DbLogins {
+    pool: tokio_postgres::Config,
+    capture: tokio_postgres::Config,
+}
+
 async fn prepare_database(
     cfg: &Config,
     progress: &Progress,
-) -> Result<(String, tokio_postgres::Config, Option<EmbeddedPg>), StartError> {
+) -> Result<(String, DbLogins, Option<EmbeddedPg>), StartError> {
     let (admin_url, mut pg) = match &cfg.database_url {
         Some(url) => (url.expose().clone(), None),
         None => {
@@ -203,13 +209,38 @@ async fn prepare_database(
             c.user("authenticator").password(pw);
             c
         } else {
+            admin_cfg.clone()
+        };
+        // realtime: change capture streams over a replication connection, which needs a
+        // login with REPLICATION: embedded, supabase_realtime_admin with a fresh password;
+        // external, the given URL's role.
+        let capture_cfg = if pg.is_some() {
+            use rand::Rng;
+            let pw: String = rand::thread_rng()
+                .sample_iter(&rand::distributions::Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect();
+            admin
+                .batch_execute(&format!(
+                    "alter role supabase_realtime_admin with login replication password '{pw}'"
+                ))
+                .await
+                .map_err(|e| StartError::Connect(db::error_text(&e)))?;
+            let mut c = admin_cfg;
+            c.user("supabase_realtime_admin").password(pw);
+            c
+        } else {
             admin_cfg
         };
-        Ok::<_, StartError>(pool_cfg)
+        Ok::<_, StartError>(DbLogins {
+            pool: pool_cfg,
+            capture: capture_cfg,
+        })
     }
     .await;
     match result {
-        Ok(pool_cfg) => Ok((admin_url, pool_cfg, pg)),
+        Ok(logins) => Ok((admin_url, logins, pg)),
         Err(e) => {
             if let Some(pg) = pg.as_mut() {
                 pg.stop().await;
@@ -298,7 +329,8 @@ impl Server {
         } else {
             None
         };
-        let (admin_url, mut pool_cfg, mut pg) = prepare_database(&cfg, &progress).await?;
+        let (admin_url, logins, mut pg) = prepare_database(&cfg, &progress).await?;
+        let mut pool_cfg = logins.pool;
         let timeouts = db::PoolTimeouts::from_config(&cfg);
         db::harden_config(&mut pool_cfg, timeouts);
         let pool = db::make_pool_with(pool_cfg.clone(), cfg.db_pool_size, timeouts);
@@ -307,7 +339,7 @@ impl Server {
                 rest: rest::init(&cfg, &pool).await?,
                 auth: auth::init(&cfg, &pool).await?,
                 storage: storage::init(&cfg, &pool).await?,
-                realtime: realtime::init(&cfg, &pool).await?,
+                realtime: realtime::init(&cfg, &pool, &logins.capture).await?,
                 functions: functions::init(&cfg, &pool).await?,
                 config: cfg.clone(),
                 pool: pool.clone(),

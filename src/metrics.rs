@@ -38,6 +38,10 @@ pub struct Metrics {
     pool: IntGaugeVec,
     realtime: IntGaugeVec,
     rls_round_trips: IntCounter,
+    /// Realtime frames by direction: in, out, dropped (a socket's queue was full).
+    rt_messages: IntCounterVec,
+    rt_overflow_closes: IntCounter,
+    rt_capture_lag: IntGauge,
     rss: IntGauge,
     fds: IntGauge,
     /// One scrape refreshes the read-at-scrape values at a time.
@@ -141,6 +145,28 @@ impl Metrics {
                 &["kind"],
             ),
             rls_round_trips,
+            rt_messages: counter_vec(
+                &r,
+                "oxibase_realtime_messages_total",
+                "Realtime WebSocket messages: in (from clients), out (to clients), dropped \
+                 (refused by a full socket queue; the socket is then closed).",
+                &["direction"],
+            ),
+            rt_overflow_closes: {
+                let c = IntCounter::new(
+                    "oxibase_realtime_overflow_closes_total",
+                    "Realtime sockets closed because they fell too far behind.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            rt_capture_lag: gauge(
+                &r,
+                "oxibase_realtime_capture_lag_bytes",
+                "postgres_changes capture: WAL bytes received or announced by PostgreSQL \
+                 whose changes are not fanned out yet.",
+            ),
             rss: gauge(
                 &r,
                 "process_resident_memory_bytes",
@@ -264,6 +290,21 @@ impl Metrics {
         let trips = state.realtime.rls_round_trips.load(Ordering::Relaxed);
         self.rls_round_trips
             .inc_by(trips.saturating_sub(self.rls_round_trips.get()));
+        let c = &hub.counters;
+        for (dir, n) in [
+            ("in", &c.messages_in),
+            ("out", &c.messages_out),
+            ("dropped", &c.dropped),
+        ] {
+            let m = self.rt_messages.with_label_values(&[dir]);
+            m.inc_by(n.load(Ordering::Relaxed).saturating_sub(m.get()));
+        }
+        let closes = c.overflow_closes.load(Ordering::Relaxed);
+        self.rt_overflow_closes
+            .inc_by(closes.saturating_sub(self.rt_overflow_closes.get()));
+        let lag = state.realtime.capture.lag_bytes.load(Ordering::Relaxed);
+        self.rt_capture_lag
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
         if let Some(rss) = resident_bytes() {
             self.rss.set(rss as i64);
         }

@@ -49,6 +49,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(550, "0550_functions_ws.sql", app),
     migration!(560, "0560_app_references.sql", app),
     migration!(570, "0570_realtime_rls_check.sql"),
+    migration!(571, "0571_realtime_rls_check_many.sql"),
     migration!(600, "0600_pg_net.sql"),
 ];
 

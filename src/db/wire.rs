@@ -127,6 +127,9 @@ pub struct WireConfig {
     dbname: String,
     /// The URL's `options` (e.g. `-c search_path=...`), passed on at startup.
     options: Option<String>,
+    /// `replication=database` at startup: a walsender session (logical replication).
+    replication: bool,
+    application_name: &'static str,
 }
 
 impl WireConfig {
@@ -148,7 +151,17 @@ impl WireConfig {
             user,
             password: cfg.get_password().map(<[u8]>::to_vec),
             options: cfg.get_options().map(str::to_string),
+            replication: false,
+            application_name: "oxibase",
         })
+    }
+
+    /// The same login as a logical replication session (`replication=database`), named
+    /// `application_name` in `pg_stat_replication`.
+    pub fn replication(mut self, application_name: &'static str) -> WireConfig {
+        self.replication = true;
+        self.application_name = application_name;
+        self
     }
 }
 
@@ -178,8 +191,11 @@ impl WireConn {
             ("user", cfg.user.as_str()),
             ("database", cfg.dbname.as_str()),
             ("client_encoding", "UTF8"),
-            ("application_name", "oxibase"),
+            ("application_name", cfg.application_name),
         ];
+        if cfg.replication {
+            params.push(("replication", "database"));
+        }
         if let Some(o) = &cfg.options {
             params.push(("options", o.as_str()));
         }
@@ -196,6 +212,12 @@ impl WireConn {
         }
         c.busy = false;
         Ok(c)
+    }
+
+    /// The connection's socket and whatever was read past the last message, for a caller
+    /// that speaks a part of the protocol this client does not (CopyBoth streaming).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
     }
 
     async fn authenticate(&mut self, cfg: &WireConfig) -> Result<(), WireError> {

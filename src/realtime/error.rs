@@ -55,6 +55,8 @@ pub enum RealtimeError {
     ReadRevoked(String),
     /// Subscribing to postgres_changes failed (the bindings' errors, joined).
     PostgresChanges(String),
+    /// The socket fell too far behind and is closed (the client reconnects).
+    SlowClient,
 }
 
 impl From<TokenError> for RealtimeError {
@@ -95,7 +97,8 @@ impl RealtimeError {
             RealtimeError::Refused => String::new(),
             RealtimeError::ExpiredWhileJoined(_)
             | RealtimeError::ReadRevoked(_)
-            | RealtimeError::PostgresChanges(_) => self.system_message(),
+            | RealtimeError::PostgresChanges(_)
+            | RealtimeError::SlowClient => self.system_message(),
             other => other.http_parts().1,
         }
     }
@@ -147,7 +150,8 @@ impl RealtimeError {
             | RealtimeError::Refused
             | RealtimeError::ExpiredWhileJoined(_)
             | RealtimeError::ReadRevoked(_)
-            | RealtimeError::PostgresChanges(_) => return (StatusCode::BAD_REQUEST, self.reason()),
+            | RealtimeError::PostgresChanges(_)
+            | RealtimeError::SlowClient => return (StatusCode::BAD_REQUEST, self.reason()),
         };
         (status, msg.to_string())
     }
@@ -183,6 +187,9 @@ impl RealtimeError {
                 "Realtime was unable to connect to the project database".into()
             }
             RealtimeError::PostgresChanges(m) => m.clone(),
+            RealtimeError::SlowClient => {
+                "ClientTooSlow: too many messages queued for this connection; it is closed, reconnect to rejoin".into()
+            }
             other => other.reason(),
         }
     }

@@ -3,7 +3,7 @@
 //! channels of the same name are different topics (as in Supabase Realtime).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,67 @@ pub enum Out {
     },
 }
 
+/// Message counts of this process's realtime sockets (read by `/metrics`).
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Frames received from clients.
+    pub messages_in: AtomicU64,
+    /// Frames sent to clients.
+    pub messages_out: AtomicU64,
+    /// Messages not queued because the socket's queue was full.
+    pub dropped: AtomicU64,
+    /// Sockets closed because their queue overflowed.
+    pub overflow_closes: AtomicU64,
+}
+
+/// The sending side of one socket's bounded queue. Nothing waits on a slow socket: a full
+/// queue refuses the message, counts it as dropped and marks the socket overflowed, and the
+/// socket then tells its channels and closes (see `socket.rs`), so the client reconnects and
+/// rejoins rather than silently missing messages. Other sockets are never held up.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<Out>,
+    overflowed: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<Out>, counters: Arc<Counters>) -> Outbox {
+        Outbox {
+            tx,
+            overflowed: Arc::new(AtomicBool::new(false)),
+            counters,
+        }
+    }
+
+    /// Queue `out`; false when the socket is gone or overflowed (then it is counted).
+    pub fn send(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.overflowed.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Has a message been refused because the queue was full?
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// A queue whose overflow only counts (for sockets that do not close on overflow).
+impl From<mpsc::Sender<Out>> for Outbox {
+    fn from(tx: mpsc::Sender<Out>) -> Outbox {
+        Outbox::new(tx, Arc::default())
+    }
+}
+
 pub struct Sub {
-    pub tx: mpsc::Sender<Out>,
+    pub tx: Outbox,
     pub self_broadcast: bool,
     /// False on a private channel whose caller may not read broadcasts.
     pub broadcast_read: bool,
@@ -98,6 +157,7 @@ pub struct Hub {
     sockets: AtomicU64,
     /// Told about local presence changes (set by the fan-out).
     pub on_presence: std::sync::OnceLock<PresenceHook>,
+    pub counters: Arc<Counters>,
 }
 
 fn meta_value(e: &PresenceEntry) -> Value {
@@ -170,16 +230,11 @@ impl Hub {
             if !s.broadcast_read || (Some(*id) == from && !s.self_broadcast) {
                 continue;
             }
-            if s.tx
-                .try_send(Out::Broadcast {
-                    chan: *id,
-                    msg: msg.clone(),
-                })
-                .is_ok()
-            {
+            if s.tx.send(Out::Broadcast {
+                chan: *id,
+                msg: msg.clone(),
+            }) {
                 n += 1;
-            } else {
-                tracing::warn!(topic = %key.0, "realtime: a slow client missed a broadcast");
             }
         }
         n
@@ -187,7 +242,7 @@ impl Hub {
 
     fn push_all(topic: &Topic, event: &'static str, payload: &Value) {
         for (id, s) in topic.subs.iter().filter(|(_, s)| s.presence_read) {
-            let _ = s.tx.try_send(Out::Push {
+            let _ = s.tx.send(Out::Push {
                 chan: *id,
                 event,
                 payload: payload.clone(),
@@ -393,7 +448,7 @@ impl Hub {
     }
 
     /// Every channel with postgres_changes bindings: (chan, sender, bindings, claims).
-    pub fn pg_subscribers(&self) -> Vec<(ChanId, mpsc::Sender<Out>, Vec<PgBinding>, AuthContext)> {
+    pub fn pg_subscribers(&self) -> Vec<(ChanId, Outbox, Vec<PgBinding>, AuthContext)> {
         let t = self.topics();
         t.values()
             .flat_map(|topic| topic.subs.iter())
@@ -446,7 +501,7 @@ mod tests {
 
     fn sub(tx: mpsc::Sender<Out>, self_broadcast: bool) -> Sub {
         Sub {
-            tx,
+            tx: tx.into(),
             self_broadcast,
             broadcast_read: true,
             presence_read: true,

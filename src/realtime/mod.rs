@@ -36,10 +36,15 @@ pub struct State {
     pub rls_round_trips: std::sync::atomic::AtomicU64,
 }
 
-pub async fn init(_config: &Config, _pool: &Pool) -> Result<State, String> {
+/// `capture_login` connects change capture's replication sessions (a role with REPLICATION).
+pub async fn init(
+    _config: &Config,
+    _pool: &Pool,
+    capture_login: &tokio_postgres::Config,
+) -> Result<State, String> {
     Ok(State {
         hub: Arc::new(Hub::default()),
-        capture: changes::Capture::default(),
+        capture: changes::Capture::new(crate::db::wire::WireConfig::from_config(capture_login)),
         fanout: fanout::Fanout::new(true),
         rls_round_trips: Default::default(),
     })

@@ -3,6 +3,7 @@
 //! socket's channels out of the hub however the task ends.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::authz::{self, Policies};
 use super::error::RealtimeError;
-use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, TopicKey};
+use super::hub::{Broadcast, ChanId, Hub, HubGuard, Out, Outbox, TopicKey};
 use super::phoenix::{self, Msg, Payload, UserBroadcast, Vsn};
 use super::token;
 use super::upgrade::{self, WsStream};
@@ -26,7 +27,11 @@ mod join;
 
 /// A client that sends nothing (not even heartbeats) for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages waiting for one socket. A socket that falls this far behind is closed (see
+/// [`Outbox`]): its channels get a `system` error first, then the client reconnects.
 const QUEUE: usize = 1024;
+/// How long one frame may wait for a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Channels one socket may join (Supabase's default `max_channels_per_client`).
 const MAX_CHANNELS: usize = 100;
 
@@ -87,7 +92,7 @@ struct Conn {
     hub: Arc<Hub>,
     vsn: Vsn,
     socket_token: String,
-    tx: mpsc::Sender<Out>,
+    tx: Outbox,
     sink: Sink,
     /// Joined channels by full topic (`realtime:<name>`).
     channels: HashMap<String, Channel>,
@@ -101,11 +106,11 @@ async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
     let hub = state.realtime.hub.clone();
     let mut c = Conn {
         guard: HubGuard::new(hub.clone()),
+        tx: Outbox::new(tx, hub.counters.clone()),
         state,
         hub,
         vsn,
         socket_token,
-        tx,
         sink,
         channels: HashMap::new(),
         by_id: HashMap::new(),
@@ -117,13 +122,16 @@ async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
             m = stream.next() => {
                 let Some(Ok(m)) = m else { break };
                 last_seen = Instant::now();
+                c.hub.counters.messages_in.fetch_add(1, Ordering::Relaxed);
                 let ok = match m {
                     Message::Text(t) => match phoenix::decode_text(c.vsn, &t) {
-                        Ok(msg) => c.handle(msg).await,
+                        // Boxed: the handler's state (a join's database work) is large and
+                        // lives only while it runs, instead of in every idle socket's task.
+                        Ok(msg) => Box::pin(c.handle(msg)).await,
                         Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable frame"); true }
                     },
                     Message::Binary(b) => match phoenix::decode_binary(&b) {
-                        Ok(msg) if c.vsn == Vsn::V2 => c.handle(msg).await,
+                        Ok(msg) if c.vsn == Vsn::V2 => Box::pin(c.handle(msg)).await,
                         Ok(_) => true,
                         Err(e) => { tracing::debug!(error = %e.0, "realtime: undecodable binary frame"); true }
                     },
@@ -134,6 +142,10 @@ async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
                 if !ok { break }
             }
             Some(out) = rx.recv() => {
+                if c.tx.overflowed() {
+                    c.overflow().await;
+                    break;
+                }
                 if !c.deliver(out).await { break }
             }
             _ = tick.tick() => {
@@ -148,7 +160,51 @@ async fn run(state: AppState, ws: WsStream, vsn: Vsn, socket_token: String) {
 
 impl Conn {
     async fn text(&mut self, s: String) -> bool {
-        self.sink.send(Message::Text(s)).await.is_ok()
+        self.frame(Message::Text(s)).await
+    }
+
+    /// Send one frame; false ends the connection. A client that takes no data for
+    /// `SEND_TIMEOUT` (its TCP window stays shut) is dropped: meanwhile nothing of this
+    /// socket, not even its overflow, can be handled.
+    async fn frame(&mut self, m: Message) -> bool {
+        self.hub
+            .counters
+            .messages_out
+            .fetch_add(1, Ordering::Relaxed);
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(m)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The queue overflowed (messages were refused): each channel gets a `system` error and
+    /// the socket closes with 1013 (try again later). The client reconnects and rejoins
+    /// instead of going on with holes in its stream; the backlog is not sent.
+    async fn overflow(&mut self) {
+        self.hub
+            .counters
+            .overflow_closes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            channels = self.channels.len(),
+            "realtime: a client fell {QUEUE} messages behind; closing its socket"
+        );
+        let topics: Vec<(String, Option<String>, String)> = self
+            .channels
+            .iter()
+            .map(|(t, c)| (t.clone(), c.join_ref.clone(), c.key.0.clone()))
+            .collect();
+        for (topic, join_ref, sub_topic) in topics {
+            let sys = RealtimeError::SlowClient.system_payload(&sub_topic);
+            if !self.push(&topic, join_ref.as_deref(), "system", &sys).await {
+                return;
+            }
+        }
+        let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Again,
+            reason: "too many messages queued".into(),
+        };
+        let _ = self.frame(Message::Close(Some(close))).await;
     }
 
     /// An error reply to `m`.
@@ -232,7 +288,7 @@ impl Conn {
                 (Broadcast::Json(p), _) => self.push(&topic, None, "broadcast", p).await,
                 (Broadcast::User(ub), Vsn::V2) => {
                     match phoenix::encode_user_broadcast(&topic, ub) {
-                        Some(b) => self.sink.send(Message::Binary(b.to_vec())).await.is_ok(),
+                        Some(b) => self.frame(Message::Binary(b.to_vec())).await,
                         None => true,
                     }
                 }

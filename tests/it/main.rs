@@ -23,6 +23,8 @@ mod logs_json;
 mod metrics;
 mod pg_net;
 mod project_folder;
+mod realtime_overflow;
+mod realtime_stream;
 mod realtime_ws;
 mod rest_basic;
 mod scaleout;

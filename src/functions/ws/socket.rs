@@ -293,7 +293,7 @@ impl Conn {
             key.clone(),
             chan,
             Sub {
-                tx: self.tx.clone(),
+                tx: self.tx.clone().into(),
                 self_broadcast: false,
                 broadcast_read: true,
                 presence_read: true,

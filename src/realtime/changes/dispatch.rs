@@ -1,4 +1,8 @@
 //! Delivery of decoded changes to the subscribers whose bindings match, after their RLS check.
+//!
+//! A batch (the transactions the capture had at hand) is checked in as few round trips as
+//! possible: per table, one call for all its changes and all distinct subscribers, then
+//! every change goes out in order.
 
 use std::collections::HashMap;
 
@@ -9,75 +13,68 @@ use super::bindings::{as_text, passes, select_columns, PgBinding};
 use super::pgoutput::{Change, Column, Decoder, Kind, Relation};
 use super::types::{commit_timestamp, record};
 use crate::identity::AuthContext;
-use crate::realtime::hub::Out;
+use crate::realtime::hub::{ChanId, Out, Outbox};
 use crate::state::AppState;
 
-/// Which distinct subscribers (role and claims) may see one change: filled by one round trip
-/// for all of them, never by one query per subscriber.
-#[derive(Default)]
-struct Verdicts(HashMap<String, bool>);
+/// Rows of one table checked in one call at most (bounds the call's duration).
+const ROWS_PER_CHECK: usize = 200;
 
 fn claims_key(ctx: &AuthContext) -> String {
     format!("{}|{}", ctx.role.as_str(), ctx.claims)
 }
 
-impl Verdicts {
+/// One subscriber channel a change matched.
+struct Match<'a> {
+    chan: ChanId,
+    tx: &'a Outbox,
+    bindings: Vec<&'a PgBinding>,
+    ctx: &'a AuthContext,
+}
+
+/// A change ready to go: its payload and who it matched.
+struct Prepared<'a> {
+    rel_oid: u32,
+    rel: &'a Relation,
+    /// The row to read back under RLS (inserts and updates on tables with RLS).
+    row: Option<Map<String, Value>>,
+    xid: u32,
+    data: Value,
+    matched: Vec<Match<'a>>,
+    /// Visibility by claims key (service_role always sees).
+    verdicts: HashMap<String, bool>,
+}
+
+impl Prepared<'_> {
     fn allows(&self, ctx: &AuthContext) -> bool {
-        ctx.role.is_service() || self.0.get(&claims_key(ctx)).copied().unwrap_or(false)
+        ctx.role.is_service()
+            || self
+                .verdicts
+                .get(&claims_key(ctx))
+                .copied()
+                .unwrap_or(false)
     }
 
-    /// Tables with RLS: the row must be readable by each subscriber (one call of
-    /// `realtime.oxibase_rows_visible` that becomes every subscriber in turn, each check in
-    /// its own subtransaction). Tables without RLS, and deletes (a deleted row cannot be read
-    /// back): the table privilege of each distinct role, as Supabase.
-    async fn check<'a>(
-        state: &AppState,
-        rel: &Relation,
-        rel_oid: u32,
-        row: Option<&Map<String, Value>>,
-        ctxs: impl Iterator<Item = &'a AuthContext>,
-    ) -> Verdicts {
-        // Distinct claim sets in first-seen order (the answers come back in this order).
-        let mut distinct: Vec<&AuthContext> = vec![];
-        let mut v = Verdicts::default();
-        for ctx in ctxs.filter(|c| !c.role.is_service()) {
-            if let std::collections::hash_map::Entry::Vacant(e) = v.0.entry(claims_key(ctx)) {
-                e.insert(false);
-                distinct.push(ctx);
-            }
-        }
-        if distinct.is_empty() {
-            return v;
-        }
-        let answers = match row.filter(|_| rel.rls) {
-            Some(row) => rows_visible(state, rel, rel_oid, row, &distinct).await,
-            None => table_privilege(state, rel_oid, &distinct).await,
-        };
-        state
-            .realtime
-            .rls_round_trips
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let answers = answers.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "realtime: visibility check failed");
-            vec![]
-        });
-        for (i, ctx) in distinct.iter().enumerate() {
-            v.0.insert(claims_key(ctx), answers.get(i).copied().unwrap_or(false));
-        }
-        v
+    /// Distinct non-service subscribers of this change.
+    fn claimants(&self) -> impl Iterator<Item = &AuthContext> {
+        self.matched
+            .iter()
+            .map(|m| m.ctx)
+            .filter(|c| !c.role.is_service())
     }
 }
 
-const ROWS_VISIBLE: &str = "select realtime.oxibase_rows_visible($1::int8::oid::regclass, \
-     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8)";
+const ROWS_VISIBLE_MANY: &str =
+    "select realtime.oxibase_rows_visible_many($1::int8::oid::regclass, \
+     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8, $9::int8[])";
 
-/// One answer per subscriber, in order: can they SELECT this row (by primary key) under RLS?
-/// A row without a usable key is visible to nobody.
+/// Subscriber-major answers (`answer[i * rows + r]`): may subscriber `i` SELECT row `r`
+/// (by primary key) under RLS? Rows without a usable key are visible to nobody.
 async fn rows_visible(
     state: &AppState,
     rel: &Relation,
     rel_oid: u32,
-    row: &Map<String, Value>,
+    rows: &[&Map<String, Value>],
+    xids: &[i64],
     subs: &[&AuthContext],
 ) -> Result<Vec<bool>, String> {
     let keys: Vec<&Column> = rel
@@ -85,31 +82,34 @@ async fn rows_visible(
         .iter()
         .filter_map(|k| rel.columns.iter().find(|c| &c.name == k))
         .collect();
-    let mut names = vec![];
-    let mut types = vec![];
-    let mut vals = vec![];
-    for c in &keys {
-        match row.get(&c.name).filter(|v| !v.is_null()) {
-            Some(v) if !c.type_sql.is_empty() => {
-                names.push(c.name.clone());
-                types.push(c.type_sql.clone());
-                vals.push(as_text(v));
-            }
-            _ => return Ok(vec![false; subs.len()]),
-        }
+    if keys.is_empty() || keys.iter().any(|c| c.type_sql.is_empty()) {
+        return Ok(vec![false; subs.len() * rows.len()]);
     }
-    if keys.is_empty() {
-        return Ok(vec![false; subs.len()]);
+    let names: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
+    let types: Vec<&str> = keys.iter().map(|c| c.type_sql.as_str()).collect();
+    // Rows lacking a key value are checked against an impossible key: they answer false.
+    let mut usable = vec![true; rows.len()];
+    let mut vals: Vec<Option<String>> = Vec::with_capacity(rows.len() * keys.len());
+    for (r, row) in rows.iter().enumerate() {
+        for c in &keys {
+            match row.get(&c.name).filter(|v| !v.is_null()) {
+                Some(v) => vals.push(Some(as_text(v))),
+                None => {
+                    usable[r] = false;
+                    vals.push(None);
+                }
+            }
+        }
     }
     let roles: Vec<&str> = subs.iter().map(|c| c.role.as_str()).collect();
     let claims: Vec<String> = subs.iter().map(|c| c.claims.to_string()).collect();
     let gucs = crate::realtime::authz::gucs();
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
     let stmt = client
-        .prepare_cached(ROWS_VISIBLE)
+        .prepare_cached(ROWS_VISIBLE_MANY)
         .await
         .map_err(|e| crate::db::error_text(&e))?;
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &i64::from(rel_oid),
         &names,
         &types,
@@ -118,13 +118,21 @@ async fn rows_visible(
         &claims,
         &gucs.method,
         &gucs.path,
+        &xids,
     ];
     let row = client
         .query_one(&stmt, &params)
         .await
         .map_err(|e| crate::db::error_text(&e))?;
     let out: Vec<Option<bool>> = row.try_get(0).map_err(|e| e.to_string())?;
-    Ok(out.into_iter().map(|b| b.unwrap_or(false)).collect())
+    if out.len() != subs.len() * rows.len() {
+        return Err("visibility check answered the wrong number of rows".into());
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| b.unwrap_or(false) && usable[i % rows.len()])
+        .collect())
 }
 
 const TABLE_PRIVILEGE: &str =
@@ -153,81 +161,251 @@ async fn table_privilege(
         .collect()
 }
 
+/// A check that failed (pool exhausted, connection cut) is tried again before its changes
+/// are withheld; a change is never sent to someone not known to be allowed.
+async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for attempt in 0..3u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        }
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => last = e,
+        }
+    }
+    tracing::warn!(error = %last, what, "realtime: visibility check failed; changes withheld");
+    None
+}
+
+/// Fill the verdicts of every prepared change: per table, one call for its changes that
+/// need a row read back (RLS) and one for the rest (table privilege).
+async fn check_all(state: &AppState, prepared: &mut [Prepared<'_>]) {
+    let mut by_rel: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, p) in prepared.iter().enumerate() {
+        if p.claimants().next().is_some() {
+            by_rel.entry(p.rel_oid).or_default().push(i);
+        }
+    }
+    for (rel_oid, idx) in by_rel {
+        let (rls, plain): (Vec<usize>, Vec<usize>) = idx
+            .into_iter()
+            .partition(|i| prepared[*i].rel.rls && prepared[*i].row.is_some());
+        if !plain.is_empty() {
+            privilege_verdicts(state, rel_oid, prepared, &plain).await;
+        }
+        for part in rls.chunks(ROWS_PER_CHECK) {
+            rls_verdicts(state, rel_oid, prepared, part).await;
+        }
+    }
+}
+
+/// Distinct claim sets among these changes' subscribers, in first-seen order.
+fn distinct<'a>(prepared: &'a [Prepared<'a>], idx: &[usize]) -> Vec<&'a AuthContext> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![];
+    for i in idx {
+        for ctx in prepared[*i].claimants() {
+            if seen.insert(claims_key(ctx)) {
+                out.push(ctx);
+            }
+        }
+    }
+    out
+}
+
+async fn privilege_verdicts(
+    state: &AppState,
+    rel_oid: u32,
+    prepared: &mut [Prepared<'_>],
+    idx: &[usize],
+) {
+    let (keys, answers) = {
+        let subs = distinct(prepared, idx);
+        let answers = with_retries("table privilege", || table_privilege(state, rel_oid, &subs))
+            .await
+            .unwrap_or_default();
+        let keys: Vec<String> = subs.iter().map(|c| claims_key(c)).collect();
+        (keys, answers)
+    };
+    count_trip(state);
+    for i in idx {
+        for (k, key) in keys.iter().enumerate() {
+            let ok = answers.get(k).copied().unwrap_or(false);
+            prepared[*i].verdicts.insert(key.clone(), ok);
+        }
+    }
+}
+
+async fn rls_verdicts(
+    state: &AppState,
+    rel_oid: u32,
+    prepared: &mut [Prepared<'_>],
+    idx: &[usize],
+) {
+    let (keys, answers) = {
+        let subs = distinct(prepared, idx);
+        let rel = prepared[idx[0]].rel;
+        let rows: Vec<&Map<String, Value>> = idx
+            .iter()
+            .filter_map(|i| prepared[*i].row.as_ref())
+            .collect();
+        let mut xids: Vec<i64> = idx.iter().map(|i| i64::from(prepared[*i].xid)).collect();
+        xids.sort_unstable();
+        xids.dedup();
+        let mut answers = with_retries("rows visible", || {
+            rows_visible(state, rel, rel_oid, &rows, &xids, &subs)
+        })
+        .await
+        .unwrap_or_default();
+        // Rows nobody may see are asked once more, a moment later: a row is sometimes not
+        // yet visible to the check though its transaction was streamed.
+        let n = rows.len();
+        let hidden: Vec<usize> = (0..n)
+            .filter(|r| (0..subs.len()).all(|k| !answers.get(k * n + r).copied().unwrap_or(true)))
+            .collect();
+        if !answers.is_empty() && !hidden.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let again: Vec<&Map<String, Value>> = hidden.iter().map(|r| rows[*r]).collect();
+            if let Ok(second) = rows_visible(state, rel, rel_oid, &again, &xids, &subs).await {
+                let m = hidden.len();
+                let mut flipped = 0;
+                for (h, r) in hidden.iter().enumerate() {
+                    for k in 0..subs.len() {
+                        if second.get(k * m + h).copied().unwrap_or(false) {
+                            answers[k * n + r] = true;
+                            flipped += 1;
+                        }
+                    }
+                }
+                if flipped > 0 {
+                    tracing::debug!(
+                        flipped,
+                        rows = hidden.len(),
+                        "realtime: rows visible only on a second check"
+                    );
+                }
+            }
+        }
+        let keys: Vec<String> = subs.iter().map(|c| claims_key(c)).collect();
+        (keys, answers)
+    };
+    count_trip(state);
+    let n = idx.len();
+    for (r, i) in idx.iter().enumerate() {
+        for (k, key) in keys.iter().enumerate() {
+            let ok = answers.get(k * n + r).copied().unwrap_or(false);
+            prepared[*i].verdicts.insert(key.clone(), ok);
+        }
+    }
+}
+
+fn count_trip(state: &AppState) {
+    state
+        .realtime
+        .rls_round_trips
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+type Subscriber = (ChanId, Outbox, Vec<PgBinding>, AuthContext);
+
+/// The payload of one change and the channels whose bindings match it.
+fn prepare<'a>(subs: &'a [Subscriber], dec: &'a Decoder, ch: &Change) -> Option<Prepared<'a>> {
+    let rel = dec.relations.get(&ch.rel)?;
+    let old = ch.old.as_ref().map(|o| record(rel, o, None, ch.old_is_key));
+    let new = ch.new.as_ref().map(|n| record(rel, n, old.as_ref(), false));
+    let kind = match ch.kind {
+        Kind::Insert => "INSERT",
+        Kind::Update => "UPDATE",
+        Kind::Delete => "DELETE",
+    };
+    let filter_rec = match ch.kind {
+        Kind::Delete => old.as_ref(),
+        _ => new.as_ref(),
+    };
+    let empty = Map::new();
+    let filter_rec = filter_rec.unwrap_or(&empty);
+    let matched: Vec<Match> = subs
+        .iter()
+        .filter_map(|(chan, tx, bindings, ctx)| {
+            let matching: Vec<&PgBinding> = bindings
+                .iter()
+                .filter(|b| {
+                    (b.schema == "*" || b.schema == rel.schema)
+                        && (b.table == "*" || b.table == rel.table)
+                        && (b.action == "*" || b.action == kind)
+                        && passes(&b.filters, filter_rec)
+                })
+                .collect();
+            (!matching.is_empty()).then_some(Match {
+                chan: *chan,
+                tx,
+                bindings: matching,
+                ctx,
+            })
+        })
+        .collect();
+    if matched.is_empty() {
+        return None;
+    }
+    let columns: Vec<Value> = rel
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.type_name}))
+        .collect();
+    let mut data = json!({
+        "schema": rel.schema,
+        "table": rel.table,
+        "commit_timestamp": commit_timestamp(ch.commit_ts),
+        "type": kind,
+        "columns": columns,
+        "errors": null,
+    });
+    if let Some(n) = &new {
+        data["record"] = Value::Object(n.clone());
+    }
+    match ch.kind {
+        Kind::Update => data["old_record"] = Value::Object(old.clone().unwrap_or_default()),
+        Kind::Delete => {
+            let mut o = old.clone().unwrap_or_default();
+            // With RLS a delete cannot be checked, so only the key goes out (as Supabase).
+            if rel.rls {
+                o.retain(|k, _| rel.pk.contains(k));
+            }
+            data["old_record"] = Value::Object(o);
+        }
+        Kind::Insert => {}
+    }
+    Some(Prepared {
+        rel_oid: ch.rel,
+        rel,
+        xid: ch.xid,
+        row: new.filter(|_| ch.kind != Kind::Delete && rel.rls),
+        data,
+        matched,
+        verdicts: HashMap::new(),
+    })
+}
+
 pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Change>) {
     let subs = state.realtime.hub.pg_subscribers();
     if subs.is_empty() {
         return;
     }
-    for ch in changes {
-        let Some(rel) = dec.relations.get(&ch.rel) else {
-            continue;
-        };
-        let old = ch.old.as_ref().map(|o| record(rel, o, None, ch.old_is_key));
-        let new = ch.new.as_ref().map(|n| record(rel, n, old.as_ref(), false));
-        let kind = match ch.kind {
-            Kind::Insert => "INSERT",
-            Kind::Update => "UPDATE",
-            Kind::Delete => "DELETE",
-        };
-        let filter_rec = match ch.kind {
-            Kind::Delete => old.clone().unwrap_or_default(),
-            _ => new.clone().unwrap_or_default(),
-        };
-        let columns: Vec<Value> = rel
-            .columns
-            .iter()
-            .map(|c| json!({"name": c.name, "type": c.type_name}))
-            .collect();
-        let mut data = json!({
-            "schema": rel.schema,
-            "table": rel.table,
-            "commit_timestamp": commit_timestamp(ch.commit_ts),
-            "type": kind,
-            "columns": columns,
-            "errors": null,
-        });
-        if let Some(n) = &new {
-            data["record"] = Value::Object(n.clone());
-        }
-        match ch.kind {
-            Kind::Update => data["old_record"] = Value::Object(old.clone().unwrap_or_default()),
-            Kind::Delete => {
-                let mut o = old.clone().unwrap_or_default();
-                // With RLS a delete cannot be checked, so only the key goes out (as Supabase).
-                if rel.rls {
-                    o.retain(|k, _| rel.pk.contains(k));
-                }
-                data["old_record"] = Value::Object(o);
-            }
-            Kind::Insert => {}
-        }
-        let matched: Vec<_> = subs
-            .iter()
-            .filter_map(|(chan, tx, bindings, ctx)| {
-                let matching: Vec<&PgBinding> = bindings
-                    .iter()
-                    .filter(|b| {
-                        (b.schema == "*" || b.schema == rel.schema)
-                            && (b.table == "*" || b.table == rel.table)
-                            && (b.action == "*" || b.action == kind)
-                            && passes(&b.filters, &filter_rec)
-                    })
-                    .collect();
-                (!matching.is_empty()).then_some((chan, tx, matching, ctx))
-            })
-            .collect();
-        if matched.is_empty() {
-            continue;
-        }
-        let row = new.as_ref().filter(|_| ch.kind != Kind::Delete);
-        let verdicts = Verdicts::check(state, rel, ch.rel, row, matched.iter().map(|m| m.3)).await;
-        for (chan, tx, matching, ctx) in matched {
-            if !verdicts.allows(ctx) {
-                continue;
-            }
+    let mut prepared: Vec<Prepared> = changes
+        .iter()
+        .filter_map(|ch| prepare(&subs, dec, ch))
+        .collect();
+    check_all(state, &mut prepared).await;
+    for p in &prepared {
+        for m in p.matched.iter().filter(|m| p.allows(m.ctx)) {
             // One message per distinct column selection (as Supabase groups them).
             let mut groups: Vec<(Option<&Vec<String>>, Vec<u32>)> = vec![];
-            for b in matching {
+            for b in &m.bindings {
                 match groups.iter_mut().find(|(sel, _)| *sel == b.select.as_ref()) {
                     Some((_, ids)) => ids.push(b.id),
                     None => groups.push((b.select.as_ref(), vec![b.id])),
@@ -235,11 +413,13 @@ pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Chang
             }
             for (sel, ids) in groups {
                 let payload = match sel {
-                    None => json!({"ids": ids, "data": data}),
-                    Some(cols) => json!({"ids": ids, "data": select_columns(&data, cols, &rel.pk)}),
+                    None => json!({"ids": ids, "data": p.data}),
+                    Some(cols) => {
+                        json!({"ids": ids, "data": select_columns(&p.data, cols, &p.rel.pk)})
+                    }
                 };
-                let _ = tx.try_send(Out::Push {
-                    chan: *chan,
+                m.tx.send(Out::Push {
+                    chan: m.chan,
                     event: "postgres_changes",
                     payload,
                 });

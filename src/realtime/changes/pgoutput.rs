@@ -43,6 +43,8 @@ pub(super) struct Change {
     /// The old tuple holds only the replica identity key ('K').
     pub(super) old_is_key: bool,
     pub(super) commit_ts: i64,
+    /// The transaction (32-bit id, as pgoutput sends it).
+    pub(super) xid: u32,
 }
 
 #[derive(Default)]
@@ -50,6 +52,7 @@ pub(super) struct Decoder {
     pub(super) relations: HashMap<u32, Relation>,
     pub(super) fresh: Vec<u32>,
     pub(super) commit_ts: i64,
+    pub(super) xid: u32,
 }
 
 struct Reader<'a> {
@@ -113,6 +116,7 @@ impl Decoder {
             Some(b'B') => {
                 let _lsn = r.i64()?;
                 self.commit_ts = r.i64()?;
+                self.xid = r.i32()? as u32;
                 Ok(None)
             }
             Some(b'R') => {
@@ -160,6 +164,7 @@ impl Decoder {
                     old: None,
                     old_is_key: false,
                     commit_ts: self.commit_ts,
+                    xid: self.xid,
                 }))
             }
             Some(b'U') => {
@@ -182,6 +187,7 @@ impl Decoder {
                     old,
                     old_is_key,
                     commit_ts: self.commit_ts,
+                    xid: self.xid,
                 }))
             }
             Some(b'D') => {
@@ -195,6 +201,7 @@ impl Decoder {
                     old: Some(old),
                     old_is_key: tag == b'K',
                     commit_ts: self.commit_ts,
+                    xid: self.xid,
                 }))
             }
             // Commit, Origin, Type, Truncate, Message: nothing to deliver.

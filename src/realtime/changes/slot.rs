@@ -1,114 +1,190 @@
-//! The capture task: one temporary logical replication slot per process, opened on demand,
-//! polled, reopened after the database comes back and dropped when nobody listens.
+//! The capture task: one logical replication slot per process, created on demand, streamed
+//! over the replication protocol (no polling: an idle server makes no queries), its
+//! confirmed position moved only after a transaction's changes were fanned out, resumed
+//! from the slot after the connection or PostgreSQL itself went away, and dropped when
+//! nobody listens.
+//!
+//! The slot is persistent (a temporary one dies with its connection, and with it every
+//! change committed until a new one exists). Delivery is at least once: after a crash of
+//! PostgreSQL the slot may restart from its last checkpointed position and send a few
+//! transactions again. Slots of processes that are gone are dropped by the next capture
+//! that starts on the cluster (see `sweep`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::dispatch::dispatch;
-use super::pgoutput::Decoder;
+use super::pgoutput::{Change, Decoder};
+use super::stream::{lsn_text, Frame, ReplConn, ReplError};
+use crate::db::wire::WireConfig;
 use crate::state::AppState;
 
-/// How often the slot is read.
-const POLL: Duration = Duration::from_millis(50);
+/// With no postgres_changes subscriber for this long, the slot is dropped.
+const IDLE: Duration = Duration::from_secs(30);
+/// A transaction this large is fanned out in parts (its position is confirmed at commit).
+const CHUNK: usize = 1000;
+/// Confirmed positions go back to PostgreSQL at most this often (and when it asks).
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+const SLOT_PREFIX: &str = "oxibase_rt_";
+
+/// Slots held by live captures of this process (several servers may share one process, as
+/// in the tests): `sweep` never drops those.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A slot name registered in `LIVE` for as long as this value lives.
+struct LiveSlot(String);
+
+impl LiveSlot {
+    fn new(name: String) -> LiveSlot {
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        LiveSlot(name)
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n| n != &self.0);
+    }
+}
 
 /// The capture task's state, kept in the realtime `State`.
 pub struct Capture {
     running: tokio::sync::Mutex<bool>,
     /// When a join last asked for capture (the task idles out only well after that).
-    last_demand: std::sync::Mutex<std::time::Instant>,
+    last_demand: Mutex<Instant>,
+    /// The replication login; `None` when the database is not reachable over plain TCP.
+    login: Option<WireConfig>,
+    /// Bytes of WAL the server has and whose changes are not fanned out yet.
+    pub lag_bytes: AtomicU64,
 }
 
-impl Default for Capture {
-    fn default() -> Self {
+impl Capture {
+    pub fn new(login: Option<WireConfig>) -> Capture {
         Capture {
             running: tokio::sync::Mutex::new(false),
-            last_demand: std::sync::Mutex::new(std::time::Instant::now()),
+            last_demand: Mutex::new(Instant::now()),
+            login,
+            lag_bytes: AtomicU64::new(0),
         }
     }
 }
 
-/// With no postgres_changes subscriber for this long, the slot is dropped.
-const IDLE: Duration = Duration::from_secs(30);
-
-/// A capture session: its client, slot, and whether each poll must first flush the WAL.
-struct Session {
-    client: deadpool_postgres::ClientWrapper,
-    slot: String,
-    /// With `synchronous_commit = off` (e.g. fsync off in tests), commits reach the decoder
-    /// only when the WAL writer flushes (up to 200 ms); a synchronous commit of our own that
-    /// wrote WAL (a logical message, ignored by pgoutput) flushes everything before it.
-    force_flush: bool,
-}
-
-/// A session of its own holding a temporary slot (dropped with the session).
-async fn open_slot(state: &AppState) -> Result<Session, String> {
-    let obj = state.pool.get().await.map_err(|e| e.to_string())?;
-    // Detached from the pool: the temporary slot belongs to this session.
-    let client = deadpool_postgres::Object::take(obj);
-    // The owner role of `realtime` has REPLICATION (0400); a superuser URL works as is.
-    if let Err(e) = client
-        .batch_execute(&crate::identity::ServerRole::RealtimeAdmin.set_sql(false))
-        .await
-    {
-        tracing::debug!(error = %crate::db::error_text(&e), "realtime: staying in the login role for capture");
-    }
-    let slot = format!(
-        "oxibase_rt_{}_{}",
+fn new_slot_name() -> String {
+    format!(
+        "{SLOT_PREFIX}{}_{}",
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    // Creating a slot waits for every transaction already running in the cluster; a session
-    // left idle in a transaction must not hang the join that asked for capture.
-    let created = async {
-        client
-            .batch_execute("set statement_timeout = '10s'")
-            .await?;
-        client
-            .query(
-                "select pg_create_logical_replication_slot($1, 'pgoutput', true)",
-                &[&slot],
-            )
-            .await?;
-        client.batch_execute("set statement_timeout = 0").await
+    )
+}
+
+/// Is this inactive slot of ours left over? Its process is gone, or it is this process's
+/// and no live capture holds it.
+fn is_stale(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(SLOT_PREFIX)
+        .and_then(|r| r.split('_').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    if pid == std::process::id() {
+        return !LIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n == name);
     }
-    .await;
-    created.map_err(|e| {
-        format!(
-            "cannot create the replication slot: {}",
-            crate::db::error_text(&e)
+    let proc = std::path::Path::new("/proc");
+    proc.is_dir() && !proc.join(pid.to_string()).exists()
+}
+
+/// Drop the inactive slots of this server left behind by processes that are gone.
+async fn sweep(conn: &mut ReplConn) {
+    let rows = conn
+        .simple(
+            "select slot_name::text from pg_catalog.pg_replication_slots
+              where slot_type = 'logical' and not active and slot_name like 'oxibase\\_rt\\_%'",
         )
-    })?;
-    let force_flush = client
-        .query_one("show synchronous_commit", &[])
         .await
-        .map(|r| r.get::<_, String>(0) == "off")
-        .unwrap_or(false);
-    if force_flush {
-        let _ = client.batch_execute("set synchronous_commit = on").await;
+        .unwrap_or_default();
+    for name in rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+    {
+        if is_stale(&name) {
+            match conn.drop_slot(&name).await {
+                Ok(()) => {
+                    tracing::info!(slot = %name, "realtime: dropped a slot left by a stopped process")
+                }
+                Err(e) => {
+                    tracing::debug!(slot = %name, error = %e, "realtime: cannot drop a stale slot")
+                }
+            }
+        }
     }
-    tracing::info!(%slot, "realtime: change capture started");
-    Ok(Session {
-        client,
-        slot,
-        force_flush,
-    })
+}
+
+/// A replication session on a new slot, streaming. Creating a slot waits for every
+/// transaction already running in the cluster; a session left idle in a transaction must
+/// not hang the join that asked for capture.
+async fn open_new(login: &WireConfig) -> Result<(ReplConn, LiveSlot), String> {
+    let work = async {
+        let mut conn = ReplConn::connect(login).await?;
+        sweep(&mut conn).await;
+        let name = new_slot_name();
+        conn.create_slot(&name).await?;
+        let slot = LiveSlot::new(name);
+        conn.start(&slot.0).await?;
+        Ok::<_, ReplError>((conn, slot))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("cannot start change capture: {e}")),
+        Err(_) => Err("cannot start change capture: creating the replication slot timed out (a transaction left open?)".into()),
+    }
+}
+
+/// Stream an existing slot again (after a reconnect) from its confirmed position; a slot
+/// that no longer exists (the cluster was recreated) is made anew.
+async fn reopen(login: &WireConfig, slot: &LiveSlot) -> Result<ReplConn, ReplError> {
+    let mut conn = ReplConn::connect(login).await?;
+    match conn.start(&slot.0).await {
+        Ok(()) => Ok(conn),
+        Err(e) if e.code() == Some("42704") => {
+            tracing::warn!(slot = %slot.0, "realtime: the replication slot is gone; changes committed meanwhile are not delivered");
+            let mut conn = ReplConn::connect(login).await?;
+            conn.create_slot(&slot.0).await?;
+            conn.start(&slot.0).await?;
+            Ok(conn)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Start the capture task if it is not running; returns once the slot exists, so every
 /// change committed after a join reply is seen.
 pub async fn ensure_started(state: &AppState) -> Result<(), String> {
-    *state
-        .realtime
-        .capture
-        .last_demand
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-    let mut running = state.realtime.capture.running.lock().await;
+    let cap = &state.realtime.capture;
+    *cap.last_demand.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    let mut running = cap.running.lock().await;
     if *running {
         return Ok(());
     }
-    let session = open_slot(state).await?;
+    let Some(login) = &cap.login else {
+        return Err(
+            "postgres_changes needs the database over plain TCP (no Unix socket, no required TLS)"
+                .into(),
+        );
+    };
+    let (conn, slot) = open_new(login).await?;
+    tracing::info!(slot = %slot.0, "realtime: change capture started (streaming)");
     *running = true;
-    tokio::spawn(capture(state.clone(), session));
+    tokio::spawn(capture(state.clone(), conn, slot));
     Ok(())
 }
 
@@ -125,119 +201,232 @@ fn idle(st: &AppState) -> bool {
             > IDLE
 }
 
-async fn capture(st: AppState, mut session: Session) {
-    let mut decoder = Decoder::default();
-    let mut interval = tokio::time::interval(POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Where the stream stands.
+#[derive(Default)]
+struct Position {
+    decoder: Decoder,
+    /// Changes not fanned out yet (of the open transaction and of committed ones kept to
+    /// go out together with the next).
+    pending: Vec<Change>,
+    in_tx: bool,
+    /// End of the last commit whose changes are in `pending` (confirmed once they are out).
+    ready_end: Option<u64>,
+    /// Everything up to here is fanned out (or holds nothing for us).
+    confirmed: u64,
+    /// What PostgreSQL was last told.
+    reported: u64,
+    /// The server's WAL end, as far as we know.
+    server_end: u64,
+}
+
+/// Why streaming stopped.
+enum Stop {
+    Idle,
+    Lost(ReplError),
+}
+
+async fn capture(st: AppState, mut conn: ReplConn, slot: LiveSlot) {
+    let mut pos = Position::default();
     loop {
-        interval.tick().await;
-        if idle(&st) {
-            let mut running = st.realtime.capture.running.lock().await;
-            // Re-checked under the lock a join takes before it subscribes.
-            if idle(&st) {
-                *running = false;
-                tracing::info!(slot = %session.slot, "realtime: no postgres_changes subscribers; capture stopped");
-                return;
-            }
-        }
-        if session.force_flush {
-            // Only when something is written but not yet flushed (no WAL while idle).
-            let _ = session
-                .client
-                .simple_query(
-                    "select case when pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()
-                       then pg_logical_emit_message(true, 'oxibase', '') end",
-                )
-                .await;
-        }
-        let rows = session
-            .client
-            .query(
-                "select data from pg_logical_slot_get_binary_changes($1, NULL, 2000,
-                   'proto_version', '1', 'publication_names', 'supabase_realtime')",
-                &[&session.slot],
-            )
-            .await;
-        let rows = match rows {
-            Ok(r) => r,
-            Err(e) => {
-                if !session.client.is_closed() && !crate::db::is_connection_error(&e) {
-                    tracing::error!(error = %crate::db::error_text(&e), "realtime: reading the replication slot failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        match stream(&st, &mut conn, &mut pos).await {
+            Stop::Idle => {
+                let mut running = st.realtime.capture.running.lock().await;
+                // Re-checked under the lock a join takes before it subscribes.
+                if !idle(&st) {
                     continue;
                 }
-                // The session (and its temporary slot) is gone, e.g. the database restarted:
-                // open a new one while anyone listens. Changes committed before the new
-                // slot exists are not delivered (as in Supabase Realtime).
-                if st.pool.is_closed() {
-                    *st.realtime.capture.running.lock().await = false;
-                    return;
-                }
-                tracing::warn!(error = %crate::db::error_text(&e), "realtime: change capture lost its database connection; reconnecting");
-                let mut backoff = crate::db::Backoff::new(Duration::from_secs(2));
-                let mut attempt = 0u32;
-                loop {
-                    if st.pool.is_closed() || !st.realtime.hub.has_pg_subscribers() {
+                *running = false;
+                drop(running);
+                drop(conn);
+                tracing::info!(slot = %slot.0, "realtime: no postgres_changes subscribers; capture stopped");
+                drop_slot(&st, &slot).await;
+                return;
+            }
+            Stop::Lost(_) if st.pool.is_closed() => {
+                // The server is stopping: the slot stays for the next start to resume or
+                // sweep.
+                *st.realtime.capture.running.lock().await = false;
+                return;
+            }
+            Stop::Lost(e) => {
+                tracing::warn!(error = %e, confirmed = %lsn_text(pos.confirmed), "realtime: change capture lost its replication connection; reconnecting");
+                match reconnect(&st, &slot).await {
+                    Some(c) => {
+                        conn = c;
+                        // The stream starts again at the slot's confirmed position; the
+                        // relations are sent again before their first change.
+                        pos = Position {
+                            confirmed: pos.confirmed,
+                            reported: pos.confirmed,
+                            ..Position::default()
+                        };
+                    }
+                    None => {
                         *st.realtime.capture.running.lock().await = false;
+                        drop_slot(&st, &slot).await;
                         return;
                     }
-                    attempt += 1;
-                    match open_slot(&st).await {
-                        Ok(s) => {
-                            session = s;
-                            decoder = Decoder::default();
-                            tracing::info!(attempt, "realtime: change capture resumed");
-                            break;
-                        }
-                        Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
-                            tracing::warn!(attempt, error = %e, "realtime: change capture unavailable; retrying");
-                        }
-                        Err(e) => {
-                            tracing::debug!(attempt, error = %e, "realtime: change capture unavailable; retrying");
-                        }
-                    }
-                    backoff.wait().await;
                 }
-                continue;
             }
-        };
-        if rows.is_empty() {
-            continue;
-        }
-        let mut changes = vec![];
-        for r in &rows {
-            let data: &[u8] = r.get(0);
-            match decoder.message(data) {
-                Ok(Some(c)) => changes.push(c),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "realtime: undecodable pgoutput message"),
-            }
-        }
-        for rel in decoder.take_new_relations() {
-            describe(&st, &session.client, &mut decoder, rel).await;
-        }
-        if !changes.is_empty() {
-            dispatch(&st, &decoder, changes).await;
         }
     }
 }
 
-/// Describe a relation (column types, RLS, primary key) before its changes go out: without
-/// it values would go out untyped and no RLS check could run. Right after a reconnect the
-/// capture session may fail where a pooled connection works, so that is tried too, a few
-/// times; a relation still undescribed is retried with the next batch.
-async fn describe(
-    st: &AppState,
-    session: &tokio_postgres::Client,
-    decoder: &mut Decoder,
-    rel: u32,
-) {
-    let mut last = match decoder.describe(session, rel).await {
-        Ok(()) => return,
-        Err(e) => e,
+/// Best effort: the slot would otherwise hold WAL until the next start sweeps it.
+async fn drop_slot(st: &AppState, slot: &LiveSlot) {
+    let Some(login) = &st.realtime.capture.login else {
+        return;
     };
-    for attempt in 0..3u64 {
-        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+    let work = async {
+        let mut c = ReplConn::connect(login).await?;
+        c.drop_slot(&slot.0).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(slot = %slot.0, error = %e, "realtime: cannot drop the slot"),
+        Err(_) => tracing::debug!(slot = %slot.0, "realtime: dropping the slot timed out"),
+    }
+}
+
+/// A new session on the same slot, with backoff, while anyone listens; `None` when nobody
+/// does any more or the server stops.
+async fn reconnect(st: &AppState, slot: &LiveSlot) -> Option<ReplConn> {
+    let login = st.realtime.capture.login.as_ref()?;
+    let mut backoff = crate::db::Backoff::new(Duration::from_secs(2));
+    let mut attempt = 0u32;
+    loop {
+        if st.pool.is_closed() || !st.realtime.hub.has_pg_subscribers() {
+            return None;
+        }
+        attempt += 1;
+        match reopen(login, slot).await {
+            Ok(c) => {
+                tracing::info!(attempt, slot = %slot.0, "realtime: change capture resumed");
+                return Some(c);
+            }
+            Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
+                tracing::warn!(attempt, error = %e, "realtime: change capture unavailable; retrying");
+            }
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "realtime: change capture unavailable; retrying");
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+/// Read the stream until it breaks or capture idles out.
+async fn stream(st: &AppState, conn: &mut ReplConn, pos: &mut Position) -> Stop {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = Instant::now();
+    loop {
+        let mut reply = false;
+        tokio::select! {
+            f = conn.frame() => match f {
+                Ok(Frame::XLogData { start, data }) => {
+                    pos.server_end = pos.server_end.max(start);
+                    handle(st, pos, &data).await;
+                }
+                Ok(Frame::Keepalive { wal_end, reply: asked }) => {
+                    pos.server_end = pos.server_end.max(wal_end);
+                    // Between transactions everything sent so far is handled.
+                    if !pos.in_tx && pos.pending.is_empty() && pos.ready_end.is_none() {
+                        pos.confirmed = pos.confirmed.max(wal_end);
+                    }
+                    reply = asked;
+                }
+                Err(e) => return Stop::Lost(e),
+            },
+            _ = tick.tick() => {
+                if idle(st) {
+                    return Stop::Idle;
+                }
+            }
+        }
+        // Committed transactions go out when nothing more is at hand: those that arrived
+        // together are checked and sent together.
+        if pos.ready_end.is_some() && !conn.has_buffered() {
+            flush(st, pos).await;
+        }
+        st.realtime.capture.lag_bytes.store(
+            pos.server_end.saturating_sub(pos.confirmed),
+            Ordering::Relaxed,
+        );
+        let due = pos.confirmed > pos.reported && last_status.elapsed() >= STATUS_EVERY;
+        if reply || due {
+            if let Err(e) = conn.status(pos.confirmed).await {
+                return Stop::Lost(e);
+            }
+            pos.reported = pos.confirmed;
+            last_status = Instant::now();
+        }
+    }
+}
+
+/// One pgoutput message: a change joins its transaction; a commit fans the transaction out
+/// and confirms its end.
+async fn handle(st: &AppState, pos: &mut Position, data: &[u8]) {
+    match data.first() {
+        Some(b'B') => pos.in_tx = true,
+        Some(b'C') => {
+            // Commit: flags (1), commit LSN (8), end LSN (8), timestamp (8).
+            let end = data
+                .get(10..18)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
+            pos.in_tx = false;
+            if let Some(end) = end {
+                pos.ready_end = Some(end);
+            }
+            if pos.pending.is_empty() {
+                // Nothing of ours in it: confirmed as is.
+                confirm(pos);
+            }
+            return;
+        }
+        _ => {}
+    }
+    match pos.decoder.message(data) {
+        Ok(Some(c)) => {
+            pos.pending.push(c);
+            if pos.pending.len() >= CHUNK {
+                flush(st, pos).await;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "realtime: undecodable pgoutput message"),
+    }
+}
+
+/// Fan out the pending changes (relations described first); the commits among them are
+/// then confirmed.
+async fn flush(st: &AppState, pos: &mut Position) {
+    for rel in pos.decoder.take_new_relations() {
+        describe(st, &mut pos.decoder, rel).await;
+    }
+    if !pos.pending.is_empty() {
+        let changes = std::mem::take(&mut pos.pending);
+        dispatch(st, &pos.decoder, changes).await;
+    }
+    confirm(pos);
+}
+
+fn confirm(pos: &mut Position) {
+    if let Some(end) = pos.ready_end.take() {
+        pos.confirmed = pos.confirmed.max(end);
+    }
+}
+
+/// Describe a relation (column types, RLS, primary key) before its changes go out: without
+/// it values would go out untyped and no RLS check could run. Tried a few times (right
+/// after a restart the pool may still be reconnecting); a relation still undescribed is
+/// retried with the next transaction and its changes go out failing closed (RLS assumed).
+async fn describe(st: &AppState, decoder: &mut Decoder, rel: u32) {
+    let mut last = String::new();
+    for attempt in 0..4u64 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        }
         match st.pool.get().await {
             Ok(c) => match decoder.describe(&c, rel).await {
                 Ok(()) => return,
@@ -246,6 +435,6 @@ async fn describe(
             Err(e) => last = e.to_string(),
         }
     }
-    tracing::warn!(error = %last, "realtime: cannot describe a relation; retrying with the next batch");
+    tracing::warn!(error = %last, "realtime: cannot describe a relation; retrying with the next transaction");
     decoder.fresh.push(rel);
 }
