@@ -8,8 +8,10 @@
 //! change committed until a new one exists). Delivery is at least once: after a crash of
 //! PostgreSQL the slot may restart from its last checkpointed position and send a few
 //! transactions again. Slots of processes that are gone are dropped by the next capture
-//! that starts on the cluster (see `sweep`).
+//! that starts on the same machine (see `sweep`); a machine that never runs oxibase again
+//! leaves its slot for an operator (or `max_slot_wal_keep_size`) to end.
 
+use sha2::Digest;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -76,22 +78,45 @@ impl Capture {
 
 fn new_slot_name() -> String {
     format!(
-        "{SLOT_PREFIX}{}_{}",
+        "{SLOT_PREFIX}{}_{}_{}",
+        host_tag(),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }
 
-/// Is this inactive slot of ours left over? Its process is gone, or it is this process's
-/// and no live capture holds it.
+/// This machine in slot names (8 hex digits of its machine id, else its host name): a
+/// process id only means something on the machine it came from.
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let id = ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+            .iter()
+            .find_map(|f| {
+                std::fs::read_to_string(f)
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+            })
+            .unwrap_or_default();
+        let h = sha2::Sha256::digest(id.trim().as_bytes());
+        h[..4].iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// Is this inactive slot of ours left over? It was made on this machine and its process
+/// is gone, or it is this process's and no live capture holds it. Slots of other machines
+/// are theirs to sweep (a process there may be between two connections).
 fn is_stale(name: &str) -> bool {
-    let Some(pid) = name
-        .strip_prefix(SLOT_PREFIX)
-        .and_then(|r| r.split('_').next())
-        .and_then(|p| p.parse::<u32>().ok())
-    else {
+    let mut parts = name.strip_prefix(SLOT_PREFIX).unwrap_or("").split('_');
+    let (Some(host), Some(pid)) = (
+        parts.next(),
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+    ) else {
         return false;
     };
+    if host != host_tag() {
+        return false;
+    }
     if pid == std::process::id() {
         return !LIVE
             .lock()
@@ -437,4 +462,29 @@ async fn describe(st: &AppState, decoder: &mut Decoder, rel: u32) {
     }
     tracing::warn!(error = %last, "realtime: cannot describe a relation; retrying with the next transaction");
     decoder.fresh.push(rel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machines_leftover_slots_are_stale() {
+        let here = host_tag();
+        assert_eq!(here.len(), 8);
+        let mine = new_slot_name();
+        assert!(mine.len() <= 63 && mine.starts_with(&format!("{SLOT_PREFIX}{here}_")));
+        // Ours and unheld (no live capture in this test), a dead process of this machine.
+        assert!(is_stale(&mine));
+        let dead = format!("{SLOT_PREFIX}{here}_4294967294_0123abcd");
+        assert!(is_stale(&dead));
+        let held = LiveSlot::new(mine.clone());
+        assert!(!is_stale(&held.0));
+        // Another machine's slot, even with a process id that is dead here, is left alone.
+        let other = if here == "00000000" { "11111111" } else { "00000000" };
+        assert!(!is_stale(&format!("{SLOT_PREFIX}{other}_4294967294_0123abcd")));
+        // Names of the old layout (no machine) and foreign names are never dropped.
+        assert!(!is_stale(&format!("{SLOT_PREFIX}4294967294_0123abcd")));
+        assert!(!is_stale("oxibase_rt_"));
+    }
 }
