@@ -123,6 +123,29 @@ async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
 }
 
 /// Start PostgreSQL if needed and apply migrations; returns (superuser URL, pool config, pg).
+/// Give an embedded server role a password made fresh on this start (nothing well-known)
+/// and these attributes; the login config for it. `role` and `attrs` are constants.
+async fn fresh_login(
+    admin: &tokio_postgres::Client,
+    admin_cfg: &tokio_postgres::Config,
+    role: &str,
+    attrs: &str,
+) -> Result<tokio_postgres::Config, StartError> {
+    use rand::Rng;
+    let pw: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    admin
+        .batch_execute(&format!("alter role {role} with {attrs} password '{pw}'"))
+        .await
+        .map_err(|e| StartError::Connect(db::error_text(&e)))?;
+    let mut c = admin_cfg.clone();
+    c.user(role).password(pw);
+    Ok(c)
+}
+
 /// The logins the server uses: requests (`authenticator`) and realtime change capture.
 struct DbLogins {
     pool: tokio_postgres::Config,
@@ -193,21 +216,7 @@ async fn prepare_database(
         // Embedded: requests use the `authenticator` login role with a password made fresh
         // on every start (nothing well-known). External: the given URL's role.
         let pool_cfg = if pg.is_some() {
-            use rand::Rng;
-            let pw: String = rand::thread_rng()
-                .sample_iter(&rand::distributions::Alphanumeric)
-                .take(32)
-                .map(char::from)
-                .collect();
-            admin
-                .batch_execute(&format!(
-                    "alter role authenticator with login password '{pw}'"
-                ))
-                .await
-                .map_err(|e| StartError::Connect(db::error_text(&e)))?;
-            let mut c = admin_cfg.clone();
-            c.user("authenticator").password(pw);
-            c
+            fresh_login(&admin, &admin_cfg, "authenticator", "login").await?
         } else {
             admin_cfg.clone()
         };
@@ -215,21 +224,13 @@ async fn prepare_database(
         // login with REPLICATION: embedded, supabase_realtime_admin with a fresh password;
         // external, the given URL's role.
         let capture_cfg = if pg.is_some() {
-            use rand::Rng;
-            let pw: String = rand::thread_rng()
-                .sample_iter(&rand::distributions::Alphanumeric)
-                .take(32)
-                .map(char::from)
-                .collect();
-            admin
-                .batch_execute(&format!(
-                    "alter role supabase_realtime_admin with login replication password '{pw}'"
-                ))
-                .await
-                .map_err(|e| StartError::Connect(db::error_text(&e)))?;
-            let mut c = admin_cfg;
-            c.user("supabase_realtime_admin").password(pw);
-            c
+            fresh_login(
+                &admin,
+                &admin_cfg,
+                "supabase_realtime_admin",
+                "login replication",
+            )
+            .await?
         } else {
             admin_cfg
         };

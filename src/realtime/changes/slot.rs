@@ -481,8 +481,14 @@ mod tests {
         let held = LiveSlot::new(mine.clone());
         assert!(!is_stale(&held.0));
         // Another machine's slot, even with a process id that is dead here, is left alone.
-        let other = if here == "00000000" { "11111111" } else { "00000000" };
-        assert!(!is_stale(&format!("{SLOT_PREFIX}{other}_4294967294_0123abcd")));
+        let other = if here == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        assert!(!is_stale(&format!(
+            "{SLOT_PREFIX}{other}_4294967294_0123abcd"
+        )));
         // Names of the old layout (no machine) and foreign names are never dropped.
         assert!(!is_stale(&format!("{SLOT_PREFIX}4294967294_0123abcd")));
         assert!(!is_stale("oxibase_rt_"));
