@@ -54,9 +54,12 @@ begin
   end if;
   xmax := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
   foreach x in array coalesce(xids, '{}') loop
-    -- The epoch is the current one unless that would put the xid in the future.
+    -- The epoch is the current one unless that puts the xid far in the future (then it
+    -- is of the previous epoch). An xid just at or above xmax is of this epoch: xmax is
+    -- one past the latest *completed* xid, and a transaction whose commit has streamed
+    -- may not have completed yet, which is exactly the case to wait for.
     full_xid := ((xmax >> 32) << 32) | x;
-    if full_xid >= xmax then
+    if full_xid - xmax > 2147483648 then
       full_xid := full_xid - 4294967296;
     end if;
     -- Visible to a fresh snapshot (each evaluation takes one): the commit has left the

@@ -198,10 +198,31 @@ async fn check_all(state: &AppState, prepared: &mut [Prepared<'_>]) {
         if !plain.is_empty() {
             privilege_verdicts(state, rel_oid, prepared, &plain).await;
         }
-        for part in rls.chunks(ROWS_PER_CHECK) {
-            rls_verdicts(state, rel_oid, prepared, part).await;
+        for group in by_claimants(prepared, rls) {
+            for part in group.chunks(ROWS_PER_CHECK) {
+                rls_verdicts(state, rel_oid, prepared, part).await;
+            }
         }
     }
+}
+
+/// The changes grouped by who claims them (their distinct subscribers), in first-seen
+/// order: one check covers every row of a group for every subscriber of it, so nobody is
+/// checked for a row they did not subscribe to. Where every subscriber watches every row
+/// (one group) that is one call; where each user watches their own rows (a chat's
+/// conversations) it is one small call per user, not rows × users checks.
+fn by_claimants(prepared: &[Prepared<'_>], idx: Vec<usize>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Vec<String>, Vec<usize>)> = vec![];
+    for i in idx {
+        let mut who: Vec<String> = prepared[i].claimants().map(claims_key).collect();
+        who.sort_unstable();
+        who.dedup();
+        match groups.iter_mut().find(|(w, _)| *w == who) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((who, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
 }
 
 /// Distinct claim sets among these changes' subscribers, in first-seen order.
