@@ -248,8 +248,9 @@ async fn handle(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let bytes_in = crate::metrics::content_length(req.headers()).unwrap_or(0);
     let served_as = ServedAs::default();
+    let dashboard = crate::dashboard::owns(&path);
     let answer = async {
-        if crate::dashboard::owns(&path) {
+        if dashboard {
             // The dashboard checks its own sessions; it needs no API key.
             crate::dashboard::handle(state, req, peer).await
         } else if cors::is_preflight(&method, req.headers()) {
@@ -287,7 +288,7 @@ async fn handle(
         Some((role, user)) => (Some(role.as_str()), *user),
         None => (None, None),
     };
-    if !crate::dashboard::owns(&path) {
+    if !dashboard {
         // The dashboard is same-origin only.
         cors::decorate(origin.as_ref(), &mut resp);
     }

@@ -11,6 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::db::quote_ident;
 use crate::db::wire::{WireConfig, WireConn, WireError};
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
@@ -81,11 +82,6 @@ pub(super) fn lsn_text(lsn: u64) -> String {
 pub(super) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-/// A quoted identifier for replication commands (slot names are plain, but never trusted).
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn now_pg_us() -> i64 {
@@ -183,7 +179,7 @@ impl ReplConn {
         let rows = self
             .simple(&format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                ident(slot)
+                quote_ident(slot)
             ))
             .await?;
         rows.first()
@@ -193,7 +189,7 @@ impl ReplConn {
     }
 
     pub(super) async fn drop_slot(&mut self, slot: &str) -> Result<(), ReplError> {
-        self.simple(&format!("DROP_REPLICATION_SLOT {} WAIT", ident(slot)))
+        self.simple(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot)))
             .await
             .map(drop)
     }
@@ -203,7 +199,7 @@ impl ReplConn {
     pub(super) async fn start(&mut self, slot: &str) -> Result<(), ReplError> {
         self.put_query(&format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names '\"supabase_realtime\"')",
-            ident(slot)
+            quote_ident(slot)
         ));
         self.send().await?;
         loop {
