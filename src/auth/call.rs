@@ -170,20 +170,7 @@ fn check_field_types(v: &Value) -> AuthResult<()> {
 /// The peer address when the server recorded it as a request extension; the first
 /// `X-Forwarded-For` hop only when configured to trust a proxy.
 fn client_ip(state: &AppState, parts: &http::request::Parts) -> String {
-    if state.config.auth.trust_forwarded_for {
-        if let Some(f) = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
-        {
-            return f.to_string();
-        }
-    }
-    if let Some(a) = parts.extensions.get::<std::net::SocketAddr>() {
-        return a.ip().to_string();
-    }
-    "unknown".into()
+    let peer = parts.extensions.get::<std::net::SocketAddr>().copied();
+    crate::http::client_ip(state.config.auth.trust_forwarded_for, &parts.headers, peer)
+        .map_or_else(|| "unknown".into(), |ip| ip.to_string())
 }

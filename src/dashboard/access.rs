@@ -305,7 +305,12 @@ fn signin_form(r: &DashReq, error: Option<&str>, status: StatusCode) -> Resp {
 
 async fn sign_in(state: &AppState, r: &DashReq) -> Resp {
     let access = &state.dashboard.access;
-    let ip = r.peer.ip().to_canonical();
+    // Failures count per client, as auth's limits do: behind a trusted proxy, per the
+    // address it forwards (else every client would share the proxy's).
+    let trust = state.config.auth.trust_forwarded_for;
+    let ip = crate::http::client_ip(trust, &r.headers, Some(r.peer))
+        .unwrap_or(r.peer.ip())
+        .to_canonical();
     let pre_ok = match (cookie_value(&r.headers, PRE_COOKIE), r.f("_pre")) {
         (Some(c), Some(f)) => same(&c, f),
         _ => false,

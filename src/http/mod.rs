@@ -89,6 +89,21 @@ pub fn error_response<E: ApiError>(e: &E) -> Resp {
     r
 }
 
+/// The client's address: the first `X-Forwarded-For` hop when `[auth] trust_forwarded_for`
+/// says a proxy in front sets it (and it is an address), else the TCP peer.
+pub fn client_ip(
+    trust_forwarded_for: bool,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<std::net::IpAddr> {
+    let forwarded = trust_forwarded_for
+        .then(|| headers.get("x-forwarded-for")?.to_str().ok())
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded.or(peer.map(|a| a.ip()))
+}
+
 /// Query-string pairs, form-decoded (`+` is a space), keys kept in order with repeats.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())

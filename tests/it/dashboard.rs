@@ -297,6 +297,47 @@ async fn off_loopback_needs_the_password_and_wrong_ones_are_rate_limited() {
     s.server.shutdown().await;
 }
 
+/// Behind a trusted proxy (`[auth] trust_forwarded_for`) failed sign-ins count per forwarded
+/// client, as auth's limits do: one client's failures do not lock out the others.
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_per_client() {
+    let s = TestServer::start_with(|c| {
+        c.dashboard.password = Some(oxibase::config::Secret("correct horse".into()));
+        c.auth.trust_forwarded_for = true;
+    })
+    .await;
+    let base = format!("{}/_/", s.url);
+    let sign_in = async |client: &str, pw: &str| {
+        let fwd = [("x-forwarded-for", client)];
+        let r = s.http.get(&format!("{base}signin"), &fwd).await;
+        assert_eq!(r.status, 200);
+        let pre_cookie = cookie_of(r.header("set-cookie").unwrap());
+        let html = r.text();
+        let at = html.find("name=\"_pre\" value=\"").unwrap() + 19;
+        let pre = html[at..].split('"').next().unwrap().to_string();
+        let body = format!("_pre={pre}&password={}", pw.replace(' ', "+"));
+        s.http
+            .send(
+                "POST",
+                &format!("{base}signin"),
+                &[
+                    ("cookie", pre_cookie.as_str()),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("x-forwarded-for", client),
+                ],
+                body,
+            )
+            .await
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("203.0.113.1", "wrong").await.status, 401);
+    }
+    assert_eq!(sign_in("203.0.113.1", "wrong").await.status, 429);
+    let other = sign_in("203.0.113.2", "correct horse").await;
+    assert_eq!(other.status, 303, "{}", other.text());
+    s.server.shutdown().await;
+}
+
 const SCRIPT: &str = "<script>alert(1)</script>";
 const IMG: &str = "<img src=x onerror=alert(1)>";
 
