@@ -42,6 +42,9 @@ use identity::{KeyRing, OpaqueKeys};
 use jwt::JwtKeys;
 use state::{AppState, Inner};
 
+/// Change capture's own connections for its RLS checks (it checks one batch at a time).
+const REALTIME_CHECK_CONNECTIONS: usize = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -340,7 +343,12 @@ impl Server {
                 rest: rest::init(&cfg, &pool).await?,
                 auth: auth::init(&cfg, &pool).await?,
                 storage: storage::init(&cfg, &pool).await?,
-                realtime: realtime::init(&cfg, &pool, &logins.capture).await?,
+                realtime: realtime::init(
+                    &cfg,
+                    db::make_pool_with(pool_cfg.clone(), REALTIME_CHECK_CONNECTIONS, timeouts),
+                    &logins.capture,
+                )
+                .await?,
                 functions: functions::init(&cfg, &pool).await?,
                 config: cfg.clone(),
                 pool: pool.clone(),

@@ -320,7 +320,6 @@ if (process.env.BENCH_ONLY === 'throughput1') {
 }
 results.idle = await latency(1, 20, QUICK ? 2 : 5);
 log(`idle latency: ${JSON.stringify(results.idle)}`);
-// Before the full-speed runs: after them the same load measured far slower (see README).
 results.load = await latency(100, 100, QUICK ? 2 : 10);
 log(`load latency: ${JSON.stringify(results.load)}`);
 results.throughput = [];
@@ -329,6 +328,10 @@ for (const [users, rows] of QUICK ? [[1, 200], [10, 100], [100, 50]] : [[1, 5000
   log(`throughput: ${JSON.stringify(r)}`);
   results.throughput.push(r);
 }
+// The same load again, on the table the full-speed runs grew: a check whose cost grows with
+// the table shows here (see README).
+results.loadAfter = await latency(100, 100, QUICK ? 2 : 10);
+log(`load latency after the full-speed runs: ${JSON.stringify(results.loadAfter)}`);
 results.broadcast = await broadcast(100, QUICK ? 200 : 2000);
 log(`broadcast: ${JSON.stringify(results.broadcast)}`);
 await db.end();
@@ -341,9 +344,10 @@ console.log(`| measure | oxibase | target | Supabase (published) |
 ${results.throughput.map((t) => `| postgres_changes under RLS, ${t.users} user(s), ${t.rows} rows at full speed (${t.inserts_per_s} inserts/s) | ${t.deliveries_per_s} deliveries/s, ${t.complete_pct}% delivered | ${t.users === 100 ? '> 10,000/s at 100%' : ''} | ${t.users === 100 ? '~3,000-4,000 msgs/s on any size (RLS checks)' : ''} |`).join('\n')}
 | insert-to-delivery idle (1 user, 20 inserts/s) | p50 ${results.idle.p50_ms} ms, p99 ${results.idle.p99_ms} ms | p50 < 10 ms | |
 | insert-to-delivery under load (100 users, 100 inserts/s) | p50 ${results.load.p50_ms} ms, p99 ${results.load.p99_ms} ms (${results.load.delivered}/${results.load.expected}) | p99 < 100 ms | |
+| the same, after the full-speed runs | p50 ${results.loadAfter.p50_ms} ms, p99 ${results.loadAfter.p99_ms} ms (${results.loadAfter.delivered}/${results.loadAfter.expected}) | p99 < 100 ms | |
 | broadcast fan-out (100 subscribers) | ${results.broadcast.deliveries_per_s} deliveries/s (${results.broadcast.delivered}/${results.broadcast.expected}), p50 ${results.broadcast.p50_ms} ms | | |
 ${results.memory.map((m) => `| memory per idle socket, ${m.sockets} sockets | ${(m.bytes_per_socket / 1024).toFixed(1)} KB (RSS ${m.rss_before_mb} -> ${m.rss_after_mb} MB) | < 20 KB | ~160 KB |`).join('\n')}
 
-targets: 100 users ${ok(t100 && t100.deliveries_per_s > 10000 && t100.complete_pct === 100)}; idle p50 ${ok(results.idle.p50_ms < 10)}; load p99 ${ok(results.load.p99_ms < 100)}; memory ${ok(mem && mem.bytes_per_socket < 20 * 1024)}`);
+targets: 100 users ${ok(t100 && t100.deliveries_per_s > 10000 && t100.complete_pct === 100)}; idle p50 ${ok(results.idle.p50_ms < 10)}; load p99 ${ok(results.load.p99_ms < 100 && results.loadAfter.p99_ms < 100)}; memory ${ok(mem && mem.bytes_per_socket < 20 * 1024)}`);
 console.log(JSON.stringify(results));
 await stop();

@@ -51,6 +51,8 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(570, "0570_realtime_rls_check.sql"),
     migration!(571, "0571_realtime_rls_check_many.sql"),
     migration!(600, "0600_pg_net.sql"),
+    migration!(601, "0601_realtime_drop_single_rls_check.sql"),
+    migration!(602, "0602_realtime_rls_check_by_index.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -31,20 +31,24 @@ pub struct State {
     pub hub: Arc<Hub>,
     pub capture: changes::Capture,
     pub fanout: fanout::Fanout,
-    /// Visibility checks made for postgres_changes: one database round trip each, however
-    /// many subscribers a change has.
+    /// Visibility check calls made for postgres_changes (one per table and group of
+    /// subscribers in a batch, retries included; a batch's calls are pipelined).
     pub rls_round_trips: std::sync::atomic::AtomicU64,
 }
 
-/// `capture_login` connects change capture's replication sessions (a role with REPLICATION).
+/// `capture_login` connects change capture's replication sessions (a role with REPLICATION);
+/// `checks` is change capture's own small pool for its RLS checks (see [`changes::Capture`]).
 pub async fn init(
     _config: &Config,
-    _pool: &Pool,
+    checks: Pool,
     capture_login: &tokio_postgres::Config,
 ) -> Result<State, String> {
     Ok(State {
         hub: Arc::new(Hub::default()),
-        capture: changes::Capture::new(crate::db::wire::WireConfig::from_config(capture_login)),
+        capture: changes::Capture::new(
+            crate::db::wire::WireConfig::from_config(capture_login),
+            checks,
+        ),
         fanout: fanout::Fanout::new(true),
         rls_round_trips: Default::default(),
     })
@@ -59,6 +63,7 @@ pub fn spawn_background(state: &AppState) {
 /// At shutdown, before the pool closes: the other processes drop this one's presences now.
 pub async fn shutdown(state: &AppState) {
     fanout::withdraw_presences(state).await;
+    state.realtime.capture.checks.close();
 }
 
 /// Deliver a broadcast here and to the other processes on this database.

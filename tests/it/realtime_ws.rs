@@ -1001,3 +1001,50 @@ async fn rls_is_checked_once_per_change_for_all_subscribers_and_one_failing_chec
         "one visibility round trip for the transaction's two changes"
     );
 }
+
+/// The visibility check reads each changed row through the primary key, under RLS, however
+/// large the table: no scan of the table, whatever its policy (a leaky cast once kept the key
+/// comparison behind the policy's filter, and every check scanned the subscriber's rows).
+#[tokio::test]
+async fn the_rls_check_reads_rows_by_primary_key() {
+    let t = TestServer::start().await;
+    let owner = uuid::Uuid::new_v4();
+    t.batch(&format!(
+        "create table public.ledger (id uuid primary key, owner uuid not null, v text);
+         alter table public.ledger enable row level security;
+         create policy mine on public.ledger for select to authenticated
+           using (owner = (select auth.uid()));
+         insert into public.ledger
+           select gen_random_uuid(), case when g % 2 = 0 then '{owner}'::uuid else gen_random_uuid() end, 'v'
+             from generate_series(1, 5000) g;
+         insert into public.ledger values ('00000000-0000-0000-0000-00000000000a', '{owner}', 'mine'),
+                                          ('00000000-0000-0000-0000-00000000000b', gen_random_uuid(), 'theirs');
+         analyze public.ledger;"
+    ))
+    .await;
+    let claims = json!({"sub": owner, "role": "authenticated"}).to_string();
+    // One transaction: the function's answers, then what it read (this transaction's counts).
+    t.batch(&format!(
+        "do $$
+         declare
+           answers boolean[];
+           seq bigint;
+           idx bigint;
+         begin
+           answers := realtime.oxibase_rows_visible_many('public.ledger'::regclass, '{{id}}', '{{uuid}}',
+             array['00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-00000000000b',
+                   '00000000-0000-0000-0000-00000000000c'],
+             array['authenticated', 'anon'], array['{claims}', '{{\"role\":\"anon\"}}'],
+             'GET', '/realtime/v1', '{{}}');
+           if answers <> array[true, false, false, false, false, false] then
+             raise exception 'wrong answers: %', answers;
+           end if;
+           select seq_scan, idx_scan into seq, idx from pg_stat_xact_user_tables
+            where relid = 'public.ledger'::regclass;
+           if seq <> 0 or idx < 3 then
+             raise exception 'the check scanned the table: seq_scan %, idx_scan %', seq, idx;
+           end if;
+         end $$;"
+    ))
+    .await;
+}

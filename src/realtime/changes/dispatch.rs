@@ -1,8 +1,8 @@
 //! Delivery of decoded changes to the subscribers whose bindings match, after their RLS check.
 //!
-//! A batch (the transactions the capture had at hand) is checked in as few round trips as
-//! possible: per table, one call for all its changes and all distinct subscribers, then
-//! every change goes out in order.
+//! A batch (the transactions the capture had at hand) is checked in few calls: per table,
+//! one per group of subscribers watching the same rows (and one for table privilege), all
+//! sent down capture's own connection at once; then every change goes out in order.
 
 use std::collections::HashMap;
 
@@ -15,6 +15,7 @@ use super::types::{commit_timestamp, record};
 use crate::identity::AuthContext;
 use crate::realtime::hub::{ChanId, Out, Outbox};
 use crate::state::AppState;
+use deadpool_postgres::ClientWrapper;
 
 /// Rows of one table checked in one call at most (bounds the call's duration).
 const ROWS_PER_CHECK: usize = 200;
@@ -67,10 +68,49 @@ const ROWS_VISIBLE_MANY: &str =
     "select realtime.oxibase_rows_visible_many($1::int8::oid::regclass, \
      $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7, $8, $9::int8[])";
 
-/// Subscriber-major answers (`answer[i * rows + r]`): may subscriber `i` SELECT row `r`
-/// (by primary key) under RLS? Rows without a usable key are visible to nobody.
+const TABLE_PRIVILEGE: &str =
+    "select coalesce(has_table_privilege(r.oid, $1::int8::oid, 'SELECT'), false) \
+     from unnest($2::text[]) with ordinality as u(name, n) \
+     left join pg_catalog.pg_roles r on r.rolname = u.name order by u.n";
+
+/// One question to the database about some changes of one table, for their distinct
+/// claimants (`subs`).
+enum Ask<'a> {
+    /// One answer per claimant, in order: may their role SELECT from the table at all?
+    Privilege { subs: &'a [&'a AuthContext] },
+    /// Claimant k's answer on row r at `k * rows.len() + r`: may they SELECT the row (by
+    /// primary key) under RLS? Rows without a usable key are visible to nobody.
+    Rows {
+        rel: &'a Relation,
+        rows: Vec<&'a Map<String, Value>>,
+        xids: &'a [i64],
+        subs: &'a [&'a AuthContext],
+    },
+}
+
+impl Ask<'_> {
+    async fn on(&self, client: &ClientWrapper, rel_oid: u32) -> Result<Vec<bool>, String> {
+        match self {
+            Ask::Privilege { subs } => table_privilege(client, rel_oid, subs).await,
+            Ask::Rows {
+                rel,
+                rows,
+                xids,
+                subs,
+            } => rows_visible(client, rel, rel_oid, rows, xids, subs).await,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Ask::Privilege { .. } => "table privilege",
+            Ask::Rows { .. } => "rows visible",
+        }
+    }
+}
+
 async fn rows_visible(
-    state: &AppState,
+    client: &ClientWrapper,
     rel: &Relation,
     rel_oid: u32,
     rows: &[&Map<String, Value>],
@@ -104,7 +144,6 @@ async fn rows_visible(
     let roles: Vec<&str> = subs.iter().map(|c| c.role.as_str()).collect();
     let claims: Vec<String> = subs.iter().map(|c| c.claims.to_string()).collect();
     let gucs = crate::realtime::authz::gucs();
-    let client = state.pool.get().await.map_err(|e| e.to_string())?;
     let stmt = client
         .prepare_cached(ROWS_VISIBLE_MANY)
         .await
@@ -135,19 +174,12 @@ async fn rows_visible(
         .collect())
 }
 
-const TABLE_PRIVILEGE: &str =
-    "select coalesce(has_table_privilege(r.oid, $1::int8::oid, 'SELECT'), false) \
-     from unnest($2::text[]) with ordinality as u(name, n) \
-     left join pg_catalog.pg_roles r on r.rolname = u.name order by u.n";
-
-/// One answer per subscriber, in order: may their role SELECT from the table at all?
 async fn table_privilege(
-    state: &AppState,
+    client: &ClientWrapper,
     rel_oid: u32,
     subs: &[&AuthContext],
 ) -> Result<Vec<bool>, String> {
     let roles: Vec<&str> = subs.iter().map(|c| c.role.as_str()).collect();
-    let client = state.pool.get().await.map_err(|e| e.to_string())?;
     let stmt = client
         .prepare_cached(TABLE_PRIVILEGE)
         .await
@@ -161,46 +193,111 @@ async fn table_privilege(
         .collect()
 }
 
-/// A check that failed (pool exhausted, connection cut) is tried again before its changes
-/// are withheld; a change is never sent to someone not known to be allowed.
-async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let mut last = String::new();
-    for attempt in 0..3u64 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-        }
-        match f().await {
+/// Ask on the batch's connection; a check that failed (connection cut, pool exhausted) is
+/// tried again on a connection of its own before its changes are withheld: a change is
+/// never sent to someone not known to be allowed.
+async fn answer(
+    state: &AppState,
+    shared: Option<&ClientWrapper>,
+    rel_oid: u32,
+    ask: &Ask<'_>,
+) -> Option<Vec<bool>> {
+    let mut last = String::from("no connection");
+    if let Some(c) = shared {
+        count_trip(state);
+        match ask.on(c, rel_oid).await {
             Ok(v) => return Some(v),
             Err(e) => last = e,
         }
     }
-    tracing::warn!(error = %last, what, "realtime: visibility check failed; changes withheld");
+    for attempt in 1..3u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        count_trip(state);
+        match state.realtime.capture.checks.get().await {
+            Ok(c) => match ask.on(&c, rel_oid).await {
+                Ok(v) => return Some(v),
+                Err(e) => last = e,
+            },
+            Err(e) => last = e.to_string(),
+        }
+    }
+    tracing::warn!(error = %last, what = ask.what(), "realtime: visibility check failed; changes withheld");
     None
 }
 
-/// Fill the verdicts of every prepared change: per table, one call for its changes that
-/// need a row read back (RLS) and one for the rest (table privilege).
-async fn check_all(state: &AppState, prepared: &mut [Prepared<'_>]) {
-    let mut by_rel: HashMap<u32, Vec<usize>> = HashMap::new();
+/// One check to make: the changes `idx` (of one table), of one kind.
+struct Job {
+    rel_oid: u32,
+    idx: Vec<usize>,
+    check: Check,
+}
+
+/// The checks a batch needs: per table, one for its changes that need a row read back
+/// (RLS), per group of claimants and at most `ROWS_PER_CHECK` rows, and one for the rest
+/// (table privilege).
+fn jobs(prepared: &[Prepared<'_>]) -> Vec<Job> {
+    let mut by_rel: Vec<(u32, Vec<usize>)> = vec![];
     for (i, p) in prepared.iter().enumerate() {
-        if p.claimants().next().is_some() {
-            by_rel.entry(p.rel_oid).or_default().push(i);
+        if p.claimants().next().is_none() {
+            continue;
+        }
+        match by_rel.iter_mut().find(|(rel, _)| *rel == p.rel_oid) {
+            Some((_, idx)) => idx.push(i),
+            None => by_rel.push((p.rel_oid, vec![i])),
         }
     }
+    let mut jobs = vec![];
     for (rel_oid, idx) in by_rel {
         let (rls, plain): (Vec<usize>, Vec<usize>) = idx
             .into_iter()
             .partition(|i| prepared[*i].rel.rls && prepared[*i].row.is_some());
         if !plain.is_empty() {
-            privilege_verdicts(state, rel_oid, prepared, &plain).await;
+            jobs.push(Job {
+                rel_oid,
+                idx: plain,
+                check: Check::Privilege,
+            });
         }
         for group in by_claimants(prepared, rls) {
             for part in group.chunks(ROWS_PER_CHECK) {
-                rls_verdicts(state, rel_oid, prepared, part).await;
+                jobs.push(Job {
+                    rel_oid,
+                    idx: part.to_vec(),
+                    check: Check::Rows,
+                });
+            }
+        }
+    }
+    jobs
+}
+
+/// Fill the verdicts of every prepared change. All checks of a batch go down one
+/// connection at once (pipelined): the database answers them back to back, so a batch
+/// waits about one round trip however many groups of claimants it has.
+async fn check_all(state: &AppState, prepared: &mut [Prepared<'_>]) {
+    let jobs = jobs(prepared);
+    if jobs.is_empty() {
+        return;
+    }
+    let shared = state.realtime.capture.checks.get().await.ok();
+    let answers = {
+        let ro: &[Prepared<'_>] = prepared;
+        futures::future::join_all(
+            jobs.iter()
+                .map(|job| job_verdicts(state, shared.as_deref(), ro, job)),
+        )
+        .await
+    };
+    for (job, (keys, answers)) in jobs.iter().zip(answers) {
+        for (r, i) in job.idx.iter().enumerate() {
+            for (k, key) in keys.iter().enumerate() {
+                // Privilege answers are one per claimant; row answers one per claimant and row.
+                let at = match job.check {
+                    Check::Privilege => k,
+                    Check::Rows => k * job.idx.len() + r,
+                };
+                let ok = answers.get(at).copied().unwrap_or(false);
+                prepared[*i].verdicts.insert(key.clone(), ok);
             }
         }
     }
@@ -239,90 +336,94 @@ fn distinct<'a>(prepared: &'a [Prepared<'a>], idx: &[usize]) -> Vec<&'a AuthCont
     out
 }
 
-async fn privilege_verdicts(
-    state: &AppState,
-    rel_oid: u32,
-    prepared: &mut [Prepared<'_>],
-    idx: &[usize],
-) {
-    let (keys, answers) = {
-        let subs = distinct(prepared, idx);
-        let answers = with_retries("table privilege", || table_privilege(state, rel_oid, &subs))
-            .await
-            .unwrap_or_default();
-        let keys: Vec<String> = subs.iter().map(|c| claims_key(c)).collect();
-        (keys, answers)
-    };
-    count_trip(state);
-    for i in idx {
-        for (k, key) in keys.iter().enumerate() {
-            let ok = answers.get(k).copied().unwrap_or(false);
-            prepared[*i].verdicts.insert(key.clone(), ok);
-        }
-    }
+/// What a verdict answers: whether the claimant may read the table at all (changes without
+/// a row to read back), or whether each row is visible to them under RLS.
+#[derive(Clone, Copy)]
+enum Check {
+    Privilege,
+    Rows,
 }
 
-async fn rls_verdicts(
+/// One job's claimants (by claims key) and their answers (as [`Ask`] lays them out); no
+/// answers when the check failed (then nobody is allowed).
+async fn job_verdicts(
     state: &AppState,
+    shared: Option<&ClientWrapper>,
+    prepared: &[Prepared<'_>],
+    job: &Job,
+) -> (Vec<String>, Vec<bool>) {
+    let subs = distinct(prepared, &job.idx);
+    let answers = match job.check {
+        Check::Privilege => answer(state, shared, job.rel_oid, &Ask::Privilege { subs: &subs })
+            .await
+            .unwrap_or_default(),
+        Check::Rows => rows_verdicts(state, shared, job.rel_oid, prepared, &job.idx, &subs).await,
+    };
+    let keys = subs.iter().map(|c| claims_key(c)).collect();
+    (keys, answers)
+}
+
+/// Claimant k's verdict on row r at `k * rows + r`.
+async fn rows_verdicts(
+    state: &AppState,
+    shared: Option<&ClientWrapper>,
     rel_oid: u32,
-    prepared: &mut [Prepared<'_>],
+    prepared: &[Prepared<'_>],
     idx: &[usize],
-) {
-    let (keys, answers) = {
-        let subs = distinct(prepared, idx);
-        let rel = prepared[idx[0]].rel;
-        let rows: Vec<&Map<String, Value>> = idx
-            .iter()
-            .filter_map(|i| prepared[*i].row.as_ref())
-            .collect();
-        let mut xids: Vec<i64> = idx.iter().map(|i| i64::from(prepared[*i].xid)).collect();
-        xids.sort_unstable();
-        xids.dedup();
-        let mut answers = with_retries("rows visible", || {
-            rows_visible(state, rel, rel_oid, &rows, &xids, &subs)
-        })
+    subs: &[&AuthContext],
+) -> Vec<bool> {
+    let rel = prepared[idx[0]].rel;
+    let rows: Vec<&Map<String, Value>> = idx
+        .iter()
+        .filter_map(|i| prepared[*i].row.as_ref())
+        .collect();
+    let mut xids: Vec<i64> = idx.iter().map(|i| i64::from(prepared[*i].xid)).collect();
+    xids.sort_unstable();
+    xids.dedup();
+    let ask = Ask::Rows {
+        rel,
+        rows: rows.clone(),
+        xids: &xids,
+        subs,
+    };
+    let mut answers = answer(state, shared, rel_oid, &ask)
         .await
         .unwrap_or_default();
-        // Rows nobody may see are asked once more, a moment later: a row is sometimes not
-        // yet visible to the check though its transaction was streamed.
-        let n = rows.len();
-        let hidden: Vec<usize> = (0..n)
-            .filter(|r| (0..subs.len()).all(|k| !answers.get(k * n + r).copied().unwrap_or(true)))
-            .collect();
-        if !answers.is_empty() && !hidden.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            let again: Vec<&Map<String, Value>> = hidden.iter().map(|r| rows[*r]).collect();
-            if let Ok(second) = rows_visible(state, rel, rel_oid, &again, &xids, &subs).await {
-                let m = hidden.len();
-                let mut flipped = 0;
-                for (h, r) in hidden.iter().enumerate() {
-                    for k in 0..subs.len() {
-                        if second.get(k * m + h).copied().unwrap_or(false) {
-                            answers[k * n + r] = true;
-                            flipped += 1;
-                        }
+    // Rows nobody may see are asked once more, a moment later: a row is sometimes not
+    // yet visible to the check though its transaction was streamed.
+    let n = rows.len();
+    let hidden: Vec<usize> = (0..n)
+        .filter(|r| (0..subs.len()).all(|k| !answers.get(k * n + r).copied().unwrap_or(true)))
+        .collect();
+    if !answers.is_empty() && !hidden.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let again = Ask::Rows {
+            rel,
+            rows: hidden.iter().map(|r| rows[*r]).collect(),
+            xids: &xids,
+            subs,
+        };
+        if let Some(second) = answer(state, shared, rel_oid, &again).await {
+            let m = hidden.len();
+            let mut flipped = 0;
+            for (h, r) in hidden.iter().enumerate() {
+                for k in 0..subs.len() {
+                    if second.get(k * m + h).copied().unwrap_or(false) {
+                        answers[k * n + r] = true;
+                        flipped += 1;
                     }
                 }
-                if flipped > 0 {
-                    tracing::debug!(
-                        flipped,
-                        rows = hidden.len(),
-                        "realtime: rows visible only on a second check"
-                    );
-                }
+            }
+            if flipped > 0 {
+                tracing::debug!(
+                    flipped,
+                    rows = hidden.len(),
+                    "realtime: rows visible only on a second check"
+                );
             }
         }
-        let keys: Vec<String> = subs.iter().map(|c| claims_key(c)).collect();
-        (keys, answers)
-    };
-    count_trip(state);
-    let n = idx.len();
-    for (r, i) in idx.iter().enumerate() {
-        for (k, key) in keys.iter().enumerate() {
-            let ok = answers.get(k * n + r).copied().unwrap_or(false);
-            prepared[*i].verdicts.insert(key.clone(), ok);
-        }
     }
+    answers
 }
 
 fn count_trip(state: &AppState) {
@@ -421,7 +522,23 @@ pub(super) async fn dispatch(state: &AppState, dec: &Decoder, changes: Vec<Chang
         .iter()
         .filter_map(|ch| prepare(&subs, dec, ch))
         .collect();
+    let started = std::time::Instant::now();
+    let trips = state
+        .realtime
+        .rls_round_trips
+        .load(std::sync::atomic::Ordering::Relaxed);
     check_all(state, &mut prepared).await;
+    tracing::debug!(
+        changes = changes.len(),
+        matched = prepared.len(),
+        round_trips = state
+            .realtime
+            .rls_round_trips
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - trips,
+        check_ms = started.elapsed().as_millis() as u64,
+        "realtime: batch checked"
+    );
     for p in &prepared {
         for m in p.matched.iter().filter(|m| p.allows(m.ctx)) {
             // One message per distinct column selection (as Supabase groups them).

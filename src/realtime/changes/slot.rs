@@ -11,6 +11,7 @@
 //! that starts on the same machine (see `sweep`); a machine that never runs oxibase again
 //! leaves its slot for an operator (or `max_slot_wal_keep_size`) to end.
 
+use deadpool_postgres::Pool;
 use sha2::Digest;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -63,15 +64,20 @@ pub struct Capture {
     login: Option<WireConfig>,
     /// Bytes of WAL the server has and whose changes are not fanned out yet.
     pub lag_bytes: AtomicU64,
+    /// Connections of capture's own (the request pool's login, made on first use) for
+    /// describing relations and the RLS checks of every change: requests queueing for the
+    /// request pool never hold up delivery, nor can a burst of them starve it.
+    pub checks: Pool,
 }
 
 impl Capture {
-    pub fn new(login: Option<WireConfig>) -> Capture {
+    pub fn new(login: Option<WireConfig>, checks: Pool) -> Capture {
         Capture {
             running: tokio::sync::Mutex::new(false),
             last_demand: Mutex::new(Instant::now()),
             login,
             lag_bytes: AtomicU64::new(0),
+            checks,
         }
     }
 }
@@ -265,6 +271,8 @@ async fn capture(st: AppState, mut conn: ReplConn, slot: LiveSlot) {
                 drop(conn);
                 tracing::info!(slot = %slot.0, "realtime: no postgres_changes subscribers; capture stopped");
                 drop_slot(&st, &slot).await;
+                // Its check connections close too (the next start makes them again).
+                st.realtime.capture.checks.retain(|_, _| false);
                 return;
             }
             Stop::Lost(_) if st.pool.is_closed() => {
@@ -452,7 +460,7 @@ async fn describe(st: &AppState, decoder: &mut Decoder, rel: u32) {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
         }
-        match st.pool.get().await {
+        match st.realtime.capture.checks.get().await {
             Ok(c) => match decoder.describe(&c, rel).await {
                 Ok(()) => return,
                 Err(e) => last = e,
