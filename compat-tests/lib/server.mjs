@@ -15,7 +15,7 @@ export const SERVICE_KEY =
   'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU';
 export const JWT_SECRET = 'super-secret-jwt-token-with-at-least-32-characters-long';
 
-const GENEROUS_AUTH_LIMITS = `[auth.rate_limit]
+export const GENEROUS_AUTH_LIMITS = `[auth.rate_limit]
 sign_in_sign_ups = 100000
 token_verifications = 100000
 token_refresh = 100000

@@ -369,5 +369,9 @@ test('errors a person can act on, and managing conversations', { timeout: 120_00
   await a.click('.older');
   await a.waitForSelector('.msg >> text=m01');
   assert.equal(await a.locator('.messages .msg').count(), 45);
+  // In order, each once: the live stream may bring these rows' inserts late, after the
+  // conversation opened, and they must not land at the bottom.
+  const shown = (await a.locator('.messages .msg .bubble').allTextContents()).map((t) => t.trim());
+  assert.deepEqual(shown, Array.from({ length: 45 }, (_, i) => `m${String(i + 1).padStart(2, '0')}`));
   assert.ok(await a.locator('.older').isHidden(), 'no older page left');
 });

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { createClient } from '@supabase/supabase-js';
 import { URL, ANON_KEY, SERVICE_KEY } from '../lib/env.mjs';
+import { subscribed } from '../lib/helpers.mjs';
 import { JWT_SECRET } from '../lib/server.mjs';
 import { sql } from '../lib/pg.mjs';
 
@@ -47,21 +48,6 @@ async function makeUser() {
   return { id, token };
 }
 
-/** Subscribe and resolve on SUBSCRIBED; reject on an error status (with its error). */
-function subscribed(channel, ms = 5000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('subscribe timeout')), ms);
-    channel.subscribe((status, err) => {
-      if (status === 'SUBSCRIBED') {
-        clearTimeout(t);
-        resolve(channel);
-      } else if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') {
-        clearTimeout(t);
-        reject(err ?? new Error(status));
-      }
-    });
-  });
-}
 
 /** A queue of events with `next(ms)` that fails on timeout and `none(ms)` that fails on arrival. */
 function inbox() {

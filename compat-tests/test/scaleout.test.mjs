@@ -10,18 +10,11 @@ import { mkdtempSync, chmodSync, readFileSync, writeFileSync, rmSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createClient } from '@supabase/supabase-js';
-import { startServer, freePort, ANON_KEY, SERVICE_KEY } from '../lib/server.mjs';
+import { startServer, freePort, ANON_KEY, SERVICE_KEY, GENEROUS_AUTH_LIMITS } from '../lib/server.mjs';
+import { subscribed, skipWithoutMoto } from '../lib/helpers.mjs';
 import { sql as sqlOn } from '../lib/pg.mjs';
 
-function hasMoto() {
-  try {
-    execFileSync('moto_server', ['--help'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const skip = hasMoto() || process.env.CI ? false : 'moto_server not installed (pip install "moto[server]")';
+const skip = skipWithoutMoto();
 
 // The same settings on every process, as a deployment would have them.
 const TOML = `
@@ -30,14 +23,7 @@ const TOML = `
 # needs no wait.
 refresh_token_reuse_interval = 0
 
-[auth.rate_limit]
-sign_in_sign_ups = 100000
-token_verifications = 100000
-token_refresh = 100000
-anonymous_users = 100000
-email_sent = 100000
-sms_sent = 100000
-password_failures_per_account = 4
+${GENEROUS_AUTH_LIMITS}password_failures_per_account = 4
 
 [functions]
 code_max_concurrent = 1
@@ -104,21 +90,6 @@ after(async () => {
   if (moto) moto.kill();
 });
 
-/** Subscribe and resolve on SUBSCRIBED; reject on an error status. */
-function subscribed(channel, ms = 10_000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('subscribe timeout')), ms);
-    channel.subscribe((status, err) => {
-      if (status === 'SUBSCRIBED') {
-        clearTimeout(t);
-        resolve(channel);
-      } else if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') {
-        clearTimeout(t);
-        reject(err ?? new Error(status));
-      }
-    });
-  });
-}
 
 /** Resolves when `check()` holds (polled), fails after `ms` with `what`. */
 async function until(what, check, ms = 15_000) {
@@ -179,7 +150,7 @@ test('realtime: postgres_changes reach subscribers on every process', { skip, ti
     const ch = client(p)
       .channel(uniq('pg'))
       .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'scaleout_ticks' }, (e) => got[p].push(e.new.id));
-    await subscribed(ch);
+    await subscribed(ch, 10_000);
   }
   const svc = client('B', { key: SERVICE_KEY });
   const { error } = await svc.from('scaleout_ticks').insert([{ id: 1, note: 'one' }, { id: 2, note: 'two' }]);
@@ -198,10 +169,10 @@ test('realtime: broadcast and presence span processes', { skip, timeout: 60_000 
       .channel(name, { config: { presence: { key: `user-${p}` } } })
       .on('broadcast', { event: 'ev' }, (m) => heard[p].push(m.payload))
       .on('presence', { event: 'sync' }, () => {});
-    await subscribed(chans[p]);
+    await subscribed(chans[p], 10_000);
   }
   const chB = client('B').channel(name);
-  await subscribed(chB);
+  await subscribed(chB, 10_000);
   assert.equal(await chB.send({ type: 'broadcast', event: 'ev', payload: { from: 'B' } }), 'ok');
   await until('A and C heard B', () => heard.A.length && heard.C.length);
   assert.deepEqual([heard.A, heard.C], [[{ from: 'B' }], [{ from: 'B' }]]);
@@ -427,7 +398,7 @@ test('behind nginx (examples/scaleout/nginx.conf): one supabase-js client, its r
     // A realtime socket through nginx (WebSocket upgrade), rows inserted through it too.
     const seen = [];
     const ch = sb.channel(uniq('lb')).on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'scaleout_ticks' }, (e) => seen.push(e.new.id));
-    await subscribed(ch);
+    await subscribed(ch, 10_000);
     const svc = createClient(lb.url, SERVICE_KEY, opts);
     for (let id = 500; id < 506; id++) assert.equal((await svc.from('scaleout_ticks').insert({ id, note: 'lb' })).error, null);
     await until('the socket behind nginx got every row', () => seen.length >= 6);
@@ -463,7 +434,7 @@ test('kill -9 of one process under change traffic: subscribers on the survivors 
     const ch = client(proc)
       .channel(uniq('kill'))
       .on('postgres_changes', { event: 'INSERT', schema: 'public', table }, (e) => e.new.id >= 1000 && got[label].push(e.new.id));
-    await subscribed(ch);
+    await subscribed(ch, 10_000);
   };
   for (const p of ['A', 'B', 'C']) {
     await subscribe(`${p}1`, p);

@@ -58,12 +58,12 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
       const sb = createClient(server.url, ANON_KEY, { ...opts, accessToken: async () => token });
       const conv = await sb.from('conversations').insert({ title: `soak ${i}` }).select('id').single();
       assert.equal(conv.error, null, JSON.stringify(conv.error));
-      users.push({ id: data.user.id, email, token, sb, conversation: conv.data.id, inserted: new Set() });
+      users.push({ id: data.user.id, email, token, sb, conversation: conv.data.id, inserted: new Map() });
     }
 
     // Realtime subscribers: each watches its own conversation's messages.
     for (const u of users.slice(0, SUBSCRIBERS)) {
-      u.seen = new Set();
+      u.seen = new Map();
       const rt = createClient(server.url, ANON_KEY, { ...opts, accessToken: async () => u.token });
       await rt.realtime.setAuth(u.token);
       realtimeClients.push(rt);
@@ -71,7 +71,7 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
         const timer = setTimeout(() => reject(new Error('subscribe timed out')), 10_000);
         rt.channel(`soak-${u.id}`)
           .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'messages', filter: `conversation_id=eq.${u.conversation}` },
-            (p) => u.seen.add(p.new.id))
+            (p) => u.seen.set(p.new.id, performance.now()))
           .subscribe((status, err) => {
             if (status === 'SUBSCRIBED') { clearTimeout(timer); resolve(); }
             if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') { clearTimeout(timer); reject(err ?? new Error(status)); }
@@ -104,7 +104,7 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
       [30, 'rest.insert', async (u) => {
         const id = randomUUID();
         const r = await u.sb.from('messages').insert({ id, conversation_id: u.conversation, role: 'user', content: `hello ${id}` });
-        if (!r.error) u.inserted.add(id);
+        if (!r.error) u.inserted.set(id, performance.now());
         return fromResult(r);
       }],
       [30, 'rest.select', async (u) => fromResult(await u.sb.from('messages').select('id, role, content, created_at')
@@ -178,9 +178,12 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
 
     // Every message inserted for a subscriber arrives (a short grace for the last ones).
     const subscribed = users.filter((u) => u.seen);
-    const missing = () => subscribed.reduce((a, u) => a + [...u.inserted].filter((id) => !u.seen.has(id)).length, 0);
+    const missing = () => subscribed.reduce((a, u) => a + [...u.inserted.keys()].filter((id) => !u.seen.has(id)).length, 0);
     for (let i = 0; i < 100 && missing() > 0; i++) await new Promise((r) => setTimeout(r, 100));
     const expected = subscribed.reduce((a, u) => a + u.inserted.size, 0);
+    // Delivery latency: from the insert's answer to the change's arrival (0 when it came first).
+    const delivery = subscribed.flatMap((u) => [...u.inserted]
+      .filter(([id]) => u.seen.has(id)).map(([id, at]) => Math.max(0, u.seen.get(id) - at)));
 
     for (const rt of realtimeClients) await rt.removeAllChannels();
     realtimeClients.length = 0;
@@ -197,7 +200,7 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
       ...rows,
       `${'all'.padEnd(26)} ${String(total).padStart(7)} ${pct(all, 50).toFixed(1).padStart(8)} ${pct(all, 99).toFixed(1).padStart(8)}`,
       `requests/s ${(total / SECONDS).toFixed(0)}; 5xx ${fivexx}; failed ${fails.length}`,
-      `realtime: ${expected - missing()}/${expected} inserts delivered to their subscribers`,
+      `realtime: ${expected - missing()}/${expected} inserts delivered to their subscribers, p50 ${pct(delivery, 50).toFixed(1)} ms, p99 ${pct(delivery, 99).toFixed(1)} ms after the insert's answer`,
       `rss MB: after warm-up ${(before.rss / 2 ** 20).toFixed(1)}, peak ${(peakRss / 2 ** 20).toFixed(1)}, end ${(after.rss / 2 ** 20).toFixed(1)}`,
       `descriptors: after warm-up ${before.fds}, peak ${Math.max(...samples.map((s) => s.fds))}, after ${after.fds}`,
     ].join('\n'));
@@ -205,7 +208,10 @@ test(`soak: ${CLIENTS} clients, ${USERS} users, ${SECONDS} s of mixed APIs`, { t
     assert.equal(fivexx, 0, `5xx answers:\n${fails.slice(0, 20).join('\n')}`);
     assert.deepEqual(fails.slice(0, 20), [], `${fails.length} failed requests`);
     assert.ok(total > CLIENTS, `the soak made requests (${total})`);
-    assert.equal(missing(), 0, `every inserted message reaches its subscriber (${expected - missing()}/${expected})`);
+    const perUser = subscribed.map((u) => `${[...u.inserted.keys()].filter((id) => !u.seen.has(id)).length}/${u.inserted.size}`).join(' ');
+    const realtimeLog = server.logs().split('\n').map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''))
+      .filter((l) => /realtime/.test(l) && /WARN|ERROR/.test(l)).slice(-20).join('\n');
+    assert.equal(missing(), 0, `every inserted message reaches its subscriber (${expected - missing()}/${expected}); missing per subscriber ${perUser}\n${realtimeLog}`);
     // Flat: once warm, memory grows by less than a quarter (plus allocator slack), and the
     // descriptors return to where they were once the clients are gone.
     assert.ok(after.rss < before.rss * 1.25 + 16 * 2 ** 20, `RSS after warm-up ${before.rss}, at the end ${after.rss}`);

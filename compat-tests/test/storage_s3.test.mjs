@@ -3,20 +3,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { startServer, freePort, SERVICE_KEY } from '../lib/server.mjs';
 import { userClient } from './storage_helpers.mjs';
+import { skipWithoutMoto } from '../lib/helpers.mjs';
 
-function hasMoto() {
-  try {
-    execFileSync('moto_server', ['--help'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-test('S3 backend: buckets of bytes in moto, multipart uploads, ranges, copy, delete', { timeout: 180_000, skip: hasMoto() || process.env.CI ? false : 'moto_server not installed (pip install "moto[server]")' }, async () => {
+test('S3 backend: buckets of bytes in moto, multipart uploads, ranges, copy, delete', { timeout: 180_000, skip: skipWithoutMoto() }, async () => {
   const motoPort = await freePort();
   const moto = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(motoPort)], { stdio: 'ignore' });
   const s3 = `http://127.0.0.1:${motoPort}`;
