@@ -21,7 +21,6 @@ fn copy_dir(from: &Path, to: &Path) {
 
 struct Project {
     dir: tempfile::TempDir,
-    db_port: u16,
 }
 
 impl Project {
@@ -32,10 +31,7 @@ impl Project {
         let fixture =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/projects/notes/supabase");
         copy_dir(&fixture, &dir.path().join("supabase"));
-        Project {
-            dir,
-            db_port: free_port(),
-        }
+        Project { dir }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -43,7 +39,9 @@ impl Project {
             .args(args)
             .current_dir(self.dir.path())
             .env("OXIBASE_DATA_DIR", self.dir.path().join("data"))
-            .env("OXIBASE_DB_PORT", self.db_port.to_string())
+            // Ports are picked right before each command: one held for the whole test
+            // would be free between commands, for a parallel test to take.
+            .env("OXIBASE_DB_PORT", free_port().to_string())
             .env("OXIBASE_PORT", free_port().to_string())
             .env("OXIBASE_DB_FSYNC", "false")
             .env("OXIBASE_LOG", "warn")

@@ -122,6 +122,14 @@ async fn loopback_with_local_secret_opens_with_secure_headers_and_csrf() {
     let sql_url = format!("{}/_/api/sql", s.url);
     let body = r#"{"sql":"create table public.dash_t (x int)"}"#;
     let json_h = ("content-type", "application/json");
+    let run_sql = async |body: &str| {
+        let h = [
+            ("cookie", sess.cookie.as_str()),
+            json_h,
+            ("x-csrf-token", sess.csrf.as_str()),
+        ];
+        s.http.send("POST", &sql_url, &h, body.to_string()).await
+    };
     let r = s
         .http
         .send("POST", &sql_url, &[("cookie", &sess.cookie), json_h], body)
@@ -141,19 +149,7 @@ async fn loopback_with_local_secret_opens_with_secure_headers_and_csrf() {
         .sql("select 1 from pg_tables where tablename = 'dash_t'")
         .await
         .is_empty());
-    let r = s
-        .http
-        .send(
-            "POST",
-            &sql_url,
-            &[
-                ("cookie", &sess.cookie),
-                json_h,
-                ("x-csrf-token", &sess.csrf),
-            ],
-            body,
-        )
-        .await;
+    let r = run_sql(body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         s.sql("select 1 from pg_tables where tablename = 'dash_t'")
@@ -162,35 +158,11 @@ async fn loopback_with_local_secret_opens_with_secure_headers_and_csrf() {
         1
     );
     // A query's rows; an error's position.
-    let r = s
-        .http
-        .send(
-            "POST",
-            &sql_url,
-            &[
-                ("cookie", &sess.cookie),
-                json_h,
-                ("x-csrf-token", &sess.csrf),
-            ],
-            r#"{"sql":"select 1 as a, null::text as b"}"#,
-        )
-        .await;
+    let r = run_sql(r#"{"sql":"select 1 as a, null::text as b"}"#).await;
     let j = r.json();
     assert_eq!(j["results"][0]["columns"], serde_json::json!(["a", "b"]));
     assert_eq!(j["results"][0]["rows"], serde_json::json!([["1", null]]));
-    let r = s
-        .http
-        .send(
-            "POST",
-            &sql_url,
-            &[
-                ("cookie", &sess.cookie),
-                json_h,
-                ("x-csrf-token", &sess.csrf),
-            ],
-            "{\"sql\":\"select 1;\\nselec 2\"}",
-        )
-        .await;
+    let r = run_sql("{\"sql\":\"select 1;\\nselec 2\"}").await;
     let j = r.json();
     assert_eq!(j["error"]["code"], "42601", "{j}");
     assert_eq!(
@@ -353,6 +325,24 @@ fn assert_escaped(html: &str, what: &str) {
     );
 }
 
+/// POST a form to a dashboard page with the session's cookie and CSRF token.
+pub async fn post_csrf(
+    s: &TestServer,
+    sess: &Session,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> common::reqwest_like::Response {
+    let mut p = vec![("_csrf", sess.csrf.as_str())];
+    p.extend_from_slice(pairs);
+    post_form(
+        &s.http,
+        &format!("{}/_/{path}", s.url),
+        &sess.cookie,
+        &form_body(&p),
+    )
+    .await
+}
+
 pub fn form_body(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -365,17 +355,7 @@ pub fn form_body(pairs: &[(&str, &str)]) -> String {
 async fn changes_go_through_and_user_values_render_as_text() {
     let s = TestServer::start().await;
     let sess = open_session(&s).await;
-    let post = async |path: &str, pairs: &[(&str, &str)]| {
-        let mut p = vec![("_csrf", sess.csrf.as_str())];
-        p.extend_from_slice(pairs);
-        post_form(
-            &s.http,
-            &format!("{}/_/{path}", s.url),
-            &sess.cookie,
-            &form_body(&p),
-        )
-        .await
-    };
+    let post = async |path: &str, pairs: &[(&str, &str)]| post_csrf(&s, &sess, path, pairs).await;
 
     // A table made and a row inserted through the table editor, a payload in a cell.
     let r = post(

@@ -2,7 +2,7 @@
 //! invite, recovery, ban and delete of users through the auth admin code; folders, signed
 //! URLs, downloads, deletes and bucket rules through the storage code.
 use crate::common;
-use crate::dashboard::{form_body, open_session, page, post_form};
+use crate::dashboard::{open_session, page, post_csrf};
 
 use common::{TestServer, SERVICE_KEY};
 
@@ -23,17 +23,7 @@ fn outcome(r: &common::reqwest_like::Response) -> Result<String, String> {
 async fn rows_columns_users_and_objects_change_through_the_dashboard() {
     let s = TestServer::start().await;
     let sess = open_session(&s).await;
-    let post = async |path: &str, pairs: &[(&str, &str)]| {
-        let mut p = vec![("_csrf", sess.csrf.as_str())];
-        p.extend_from_slice(pairs);
-        post_form(
-            &s.http,
-            &format!("{}/_/{path}", s.url),
-            &sess.cookie,
-            &form_body(&p),
-        )
-        .await
-    };
+    let post = async |path: &str, pairs: &[(&str, &str)]| post_csrf(&s, &sess, path, pairs).await;
     s.batch("create table public.items (id int primary key, name text, qty int); insert into public.items values (1, 'a', 5), (2, 'b', 7), (3, 'c', 1)").await;
     let t = [("schema", "public"), ("table", "items")];
     // Filter and sort are applied by the database, with the value bound.

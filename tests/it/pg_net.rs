@@ -312,10 +312,16 @@ async fn sql_errors_ttl_cleanup_and_worker_check() {
         .batch_execute("set role anon; select net.http_get('http://127.0.0.1:1/'); reset role")
         .await
         .unwrap();
-    client
-        .batch_execute("select net.check_worker_is_up()")
-        .await
-        .unwrap();
+    // The worker connects in the background once the server is up.
+    common::eventually("the pg_net worker is up", || {
+        let c = &client;
+        async move {
+            c.batch_execute("select net.check_worker_is_up()")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
     // Responses older than pg_net.ttl (6 hours) are deleted by the worker.
     client
         .batch_execute(

@@ -13,17 +13,12 @@ use oxibase::{Config, Server};
 
 fn config(db_url: &str, data_dir: &Path, project: &Path) -> Config {
     Config {
-        port: 0,
-        bind: vec!["127.0.0.1".into()],
-        data_dir: data_dir.to_path_buf(),
-        database_url: Some(Secret(db_url.to_string())),
-        db_pool_size: 4,
         project: Some(project.to_path_buf()),
         auth: oxibase::config::AuthConfig {
             rate_limit: AuthRateLimits::generous(),
             ..Default::default()
         },
-        ..Config::default()
+        ..plain_config(db_url, data_dir)
     }
 }
 
