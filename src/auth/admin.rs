@@ -402,111 +402,19 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
     let new_email = call.s("new_email").map(util::validate_email).transpose()?;
     as_admin(state, async |tx| {
         let existing = users::by_email(tx, &email).await?;
-        let (user, kind): (User, Kind) = match ltype.as_str() {
-            "signup" | "invite" => {
-                let kind = if ltype == "signup" {
-                    Kind::Signup
-                } else {
-                    Kind::Invite
-                };
-                let u = match existing {
-                    Some(u) if u.is_confirmed() => return Err(AuthError::email_exists()),
-                    Some(u) => {
-                        if let Some(h) = &hash {
-                            tx.execute(
-                                "update auth.users set encrypted_password = $2 where id = $1",
-                                &[&u.id, h],
-                            )
-                            .await
-                            .map_err(AuthError::pg)?;
-                        }
-                        if let Some(d) = &data {
-                            tx.execute(
-                                "update auth.users set raw_user_meta_data = $2 where id = $1",
-                                &[&u.id, d],
-                            )
-                            .await
-                            .map_err(AuthError::pg)?;
-                        }
-                        if kind == Kind::Invite {
-                            tx.execute(
-                                "update auth.users set invited_at = now() where id = $1",
-                                &[&u.id],
-                            )
-                            .await
-                            .map_err(AuthError::pg)?;
-                        }
-                        u
-                    }
-                    None => {
-                        let id = users::create(
-                            tx,
-                            NewUser {
-                                password_hash: hash.clone(),
-                                invited: kind == Kind::Invite,
-                                ..NewUser::new(
-                                    Some(&email),
-                                    None,
-                                    data.clone().unwrap_or_else(|| json!({})),
-                                )
-                            },
-                        )
-                        .await?;
-                        users::by_id(tx, id)
-                            .await?
-                            .ok_or_else(AuthError::user_not_found)?
-                    }
-                };
-                (u, kind)
+        let kind = link_kind(&ltype)?;
+        let user = match kind {
+            Kind::Signup | Kind::Invite => {
+                link_user(tx, existing, &email, hash, data, kind == Kind::Invite).await?
             }
-            "magiclink" | "recovery" => {
-                let Some(u) = existing else {
-                    return Err(AuthError::not_found(
-                        "user_not_found",
-                        "User with this email not found",
-                    ));
-                };
-                (
-                    u,
-                    if ltype == "magiclink" {
-                        Kind::MagicLink
-                    } else {
-                        Kind::Recovery
-                    },
-                )
-            }
-            "email_change_current" | "email_change_new" => {
-                let Some(u) = existing else {
-                    return Err(AuthError::not_found(
-                        "user_not_found",
-                        "User with this email not found",
-                    ));
-                };
-                let Some(ne) = &new_email else {
-                    return Err(AuthError::validation(
-                        "The new email address provided is invalid",
-                    ));
-                };
-                if users::by_email(tx, ne).await?.is_some() {
-                    return Err(AuthError::email_exists());
+            _ => {
+                let u = existing.ok_or_else(|| {
+                    AuthError::not_found("user_not_found", "User with this email not found")
+                })?;
+                if matches!(kind, Kind::EmailChange | Kind::EmailChangeCurrent) {
+                    stage_email_change(tx, &u, new_email.as_deref()).await?;
                 }
-                tx.execute(
-                    "update auth.users set email_change = $2 where id = $1",
-                    &[&u.id, ne],
-                )
-                .await
-                .map_err(AuthError::pg)?;
-                let kind = if ltype == "email_change_current" {
-                    Kind::EmailChangeCurrent
-                } else {
-                    Kind::EmailChange
-                };
-                (u, kind)
-            }
-            other => {
-                return Err(AuthError::validation(format!(
-                    "Invalid email action link type requested: {other}"
-                )))
+                u
             }
         };
         let to = if kind == Kind::EmailChange {
@@ -532,6 +440,92 @@ async fn generate_link(state: &AppState, call: &Call) -> AuthResult<Resp> {
     })
     .await
     .map(ok)
+}
+
+/// The kind of email a `generate_link` type stands for.
+fn link_kind(ltype: &str) -> AuthResult<Kind> {
+    Ok(match ltype {
+        "signup" => Kind::Signup,
+        "invite" => Kind::Invite,
+        "magiclink" => Kind::MagicLink,
+        "recovery" => Kind::Recovery,
+        "email_change_current" => Kind::EmailChangeCurrent,
+        "email_change_new" => Kind::EmailChange,
+        other => {
+            return Err(AuthError::validation(format!(
+                "Invalid email action link type requested: {other}"
+            )))
+        }
+    })
+}
+
+/// The user a signup or invite link is for: a confirmed one is refused, an unconfirmed one
+/// takes the call's password and data (and is marked invited), a missing one is created.
+async fn link_user(
+    tx: &tokio_postgres::Transaction<'_>,
+    existing: Option<User>,
+    email: &str,
+    hash: Option<String>,
+    data: Option<Value>,
+    invite: bool,
+) -> AuthResult<User> {
+    match existing {
+        Some(u) if u.is_confirmed() => Err(AuthError::email_exists()),
+        Some(u) => {
+            // Only when there is something to change: a project's update triggers see no
+            // empty updates.
+            if hash.is_some() || data.is_some() || invite {
+                tx.execute(
+                    "update auth.users set \
+                       encrypted_password = coalesce($2, encrypted_password), \
+                       raw_user_meta_data = coalesce($3, raw_user_meta_data), \
+                       invited_at = case when $4 then now() else invited_at end \
+                     where id = $1",
+                    &[&u.id, &hash, &data, &invite],
+                )
+                .await
+                .map_err(AuthError::pg)?;
+            }
+            Ok(u)
+        }
+        None => {
+            let id = users::create(
+                tx,
+                NewUser {
+                    password_hash: hash,
+                    invited: invite,
+                    ..NewUser::new(Some(email), None, data.unwrap_or_else(|| json!({})))
+                },
+            )
+            .await?;
+            users::by_id(tx, id)
+                .await?
+                .ok_or_else(AuthError::user_not_found)
+        }
+    }
+}
+
+/// Stage the new address of an email-change link in the user's `email_change`.
+async fn stage_email_change(
+    tx: &tokio_postgres::Transaction<'_>,
+    u: &User,
+    new_email: Option<&str>,
+) -> AuthResult<()> {
+    let Some(ne) = new_email else {
+        return Err(AuthError::validation(
+            "The new email address provided is invalid",
+        ));
+    };
+    if users::by_email(tx, ne).await?.is_some() {
+        return Err(AuthError::email_exists());
+    }
+    tx.execute(
+        "update auth.users set email_change = $2 where id = $1",
+        &[&u.id, &ne],
+    )
+    .await
+    .map_err(AuthError::pg)?;
+    Ok(())
 }
 
 pub async fn invite(state: &AppState, call: &Call, _admin: AdminCaller) -> AuthResult<Resp> {

@@ -169,38 +169,9 @@ pub async fn refresh(
     let Some(session_id) = row.col::<Option<Uuid>>(4)? else {
         return Err(not_found());
     };
-    // Lock the session: concurrent refreshes of one session serialize here.
-    let Some(sess) = tx
-        .query_opt(
-            "select user_id, not_after,
-                    extract(epoch from now() - created_at)::bigint,
-                    extract(epoch from now() - coalesce(refreshed_at at time zone 'utc', created_at))::bigint
-             from auth.sessions where id = $1 for update",
-            &[&session_id],
-        )
-        .await.map_err(AuthError::pg)?
-    else {
-        return Err(not_found());
-    };
-    let user_id: Uuid = sess.col(0)?;
-    let not_after: Option<DateTime<Utc>> = sess.col(1)?;
-    let (age, idle): (Option<i64>, Option<i64>) = (sess.col(2)?, sess.col(3)?);
-    let cfg = &state.config.auth;
-    let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
-    if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
-        return Err(AuthError::bad_request(
-            "session_expired",
-            "Invalid Refresh Token: Session Expired",
-        ));
-    }
-    if cfg.session_inactivity_timeout > 0
-        && idle.unwrap_or(0) > cfg.session_inactivity_timeout as i64
-    {
-        return Err(AuthError::bad_request(
-            "session_expired",
-            "Invalid Refresh Token: Session Expired (Inactivity)",
-        ));
-    }
+    let user_id = lock_live_session(state, tx, session_id)
+        .await?
+        .ok_or_else(not_found)?;
     let Some(user) = users::by_id(tx, user_id).await? else {
         return Err(not_found());
     };
@@ -221,36 +192,8 @@ pub async fn refresh(
         .and_then(|r| r.col::<bool>(0).ok())
         .unwrap_or(revoked);
     if revoked {
-        let active = tx
-            .query_opt(
-                "select token, parent from auth.refresh_tokens
-                 where session_id = $1 and revoked = false order by id desc limit 1",
-                &[&session_id],
-            )
-            .await
-            .map_err(AuthError::pg)?;
-        if let Some(a) = &active {
-            if a.col::<Option<String>>(1)?.as_deref() == Some(token) {
-                let active_token: String = a.col(0)?;
-                touch_session(tx, session_id).await?;
-                return respond(state, tx, user_id, session_id, active_token).await;
-            }
-        }
-        let reuse_until = updated_at.unwrap_or_else(Utc::now)
-            + chrono::Duration::seconds(state.config.auth.refresh_token_reuse_interval as i64);
-        if Utc::now() > reuse_until {
-            tx.execute(
-                "update auth.refresh_tokens set revoked = true, updated_at = now()
-                 where session_id = $1 and revoked = false",
-                &[&session_id],
-            )
-            .await
-            .map_err(AuthError::pg)?;
-            return Err(AuthError::bad_request(
-                "refresh_token_already_used",
-                "Invalid Refresh Token: Already Used",
-            )
-            .keep_commit());
+        if let Some(answer) = reused(state, tx, token, session_id, user_id, updated_at).await? {
+            return Ok(answer);
         }
     }
     tx.execute(
@@ -268,6 +211,94 @@ pub async fn refresh(
     .await.map_err(AuthError::pg)?;
     touch_session(tx, session_id).await?;
     respond(state, tx, user_id, session_id, new_token).await
+}
+
+/// Lock the session (concurrent refreshes of one session serialize here) and check it has
+/// not expired; its user, or None when there is no such session.
+async fn lock_live_session(
+    state: &AppState,
+    tx: &tokio_postgres::Transaction<'_>,
+    session_id: Uuid,
+) -> AuthResult<Option<Uuid>> {
+    let Some(sess) = tx
+        .query_opt(
+            "select user_id, not_after,
+                    extract(epoch from now() - created_at)::bigint,
+                    extract(epoch from now() - coalesce(refreshed_at at time zone 'utc', created_at))::bigint
+             from auth.sessions where id = $1 for update",
+            &[&session_id],
+        )
+        .await.map_err(AuthError::pg)?
+    else {
+        return Ok(None);
+    };
+    let user_id: Uuid = sess.col(0)?;
+    let not_after: Option<DateTime<Utc>> = sess.col(1)?;
+    let (age, idle): (Option<i64>, Option<i64>) = (sess.col(2)?, sess.col(3)?);
+    let cfg = &state.config.auth;
+    let timeboxed = cfg.session_timebox > 0 && age.unwrap_or(0) > cfg.session_timebox as i64;
+    if not_after.is_some_and(|n| n < Utc::now()) || timeboxed {
+        return Err(AuthError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired",
+        ));
+    }
+    if cfg.session_inactivity_timeout > 0
+        && idle.unwrap_or(0) > cfg.session_inactivity_timeout as i64
+    {
+        return Err(AuthError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired (Inactivity)",
+        ));
+    }
+    Ok(Some(user_id))
+}
+
+/// A revoked token presented again: the parent of the session's active token gets that
+/// token back (Some answer); any other is let through within the reuse interval (None);
+/// after it the whole session is revoked.
+async fn reused(
+    state: &AppState,
+    tx: &tokio_postgres::Transaction<'_>,
+    token: &str,
+    session_id: Uuid,
+    user_id: Uuid,
+    updated_at: Option<DateTime<Utc>>,
+) -> AuthResult<Option<Value>> {
+    let active = tx
+        .query_opt(
+            "select token, parent from auth.refresh_tokens
+             where session_id = $1 and revoked = false order by id desc limit 1",
+            &[&session_id],
+        )
+        .await
+        .map_err(AuthError::pg)?;
+    if let Some(a) = &active {
+        if a.col::<Option<String>>(1)?.as_deref() == Some(token) {
+            let active_token: String = a.col(0)?;
+            touch_session(tx, session_id).await?;
+            return respond(state, tx, user_id, session_id, active_token)
+                .await
+                .map(Some);
+        }
+    }
+    let reuse_until = updated_at.unwrap_or_else(Utc::now)
+        + chrono::Duration::seconds(state.config.auth.refresh_token_reuse_interval as i64);
+    if Utc::now() > reuse_until {
+        tx.execute(
+            "update auth.refresh_tokens set revoked = true, updated_at = now()
+             where session_id = $1 and revoked = false",
+            &[&session_id],
+        )
+        .await
+        .map_err(AuthError::pg)?;
+        return Err(AuthError::bad_request(
+            "refresh_token_already_used",
+            "Invalid Refresh Token: Already Used",
+        )
+        .keep_commit());
+    }
+    Ok(None)
 }
 
 async fn touch_session(c: &impl GenericClient, session_id: Uuid) -> AuthResult<()> {

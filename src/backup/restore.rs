@@ -169,7 +169,7 @@ async fn recover(
     let t = std::time::Instant::now();
     pg.start().await.map_err(|e| explain(&e.to_string()))?;
     let out = async {
-        let client = wait_promoted(&pg, dir).await?;
+        let client = wait_promoted(&mut pg, dir).await?;
         say(&format!(
             "  recovery done in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -331,7 +331,10 @@ fn recovery_settings(from: &str, until: Until) -> Result<Vec<(String, String)>, 
 }
 
 /// Wait until recovery ended and the server was promoted; returns a superuser connection.
-async fn wait_promoted(pg: &EmbeddedPg, dir: &FsPath) -> Result<tokio_postgres::Client, String> {
+async fn wait_promoted(
+    pg: &mut EmbeddedPg,
+    dir: &FsPath,
+) -> Result<tokio_postgres::Client, String> {
     let cfg: tokio_postgres::Config = pg.superuser_url().parse().map_err(|e| format!("{e}"))?;
     loop {
         if let Ok((client, conn)) = cfg.connect(tokio_postgres::NoTls).await {
@@ -344,10 +347,7 @@ async fn wait_promoted(pg: &EmbeddedPg, dir: &FsPath) -> Result<tokio_postgres::
                 }
             }
         }
-        let alive = pg
-            .pid()
-            .is_some_and(|p| FsPath::new(&format!("/proc/{p}")).exists());
-        if !alive {
+        if pg.exited() {
             return Err(explain(&format!(
                 "PostgreSQL stopped during recovery; its log says:\n{}",
                 log_tail(&dir.join("logs/postgres.log"))

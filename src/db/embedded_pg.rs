@@ -369,6 +369,14 @@ impl EmbeddedPg {
         self.child.as_ref().and_then(|c| c.id())
     }
 
+    /// Whether the started postmaster has exited (it is reaped then: a zombie still has its
+    /// /proc entry). False when none was started.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Wait until the postmaster exits (and reap it); never returns when none runs.
     async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let Some(child) = self.child.as_mut() else {

@@ -2,7 +2,7 @@
 //! code written against `Tables<"x">`, `TablesInsert`, `TablesUpdate`, `Enums` and
 //! `CompositeTypes` compiles unchanged.
 
-pub const HELPERS: &str = r#"
+const HEAD: &str = r#"
 type DatabaseWithoutInternals = Omit<Database, "__InternalSupabase">
 
 type DefaultSchema = DatabaseWithoutInternals[Extract<keyof Database, "public">]
@@ -36,7 +36,10 @@ export type Tables<
       : never
     : never
 
-export type TablesInsert<
+"#;
+
+/// `TablesInsert` and `TablesUpdate`: one shape, for a table's `Insert` and `Update` types.
+const TABLES_WRITE: &str = r#"export type Tables{KIND}<
   DefaultSchemaTableNameOrOptions extends
     | keyof DefaultSchema["Tables"]
     | { schema: keyof DatabaseWithoutInternals },
@@ -49,74 +52,61 @@ export type TablesInsert<
   schema: keyof DatabaseWithoutInternals
 }
   ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
-      Insert: infer I
+      {KIND}: infer {V}
     }
-    ? I
+    ? {V}
     : never
   : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
     ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
-        Insert: infer I
+        {KIND}: infer {V}
       }
-      ? I
+      ? {V}
       : never
     : never
 
-export type TablesUpdate<
-  DefaultSchemaTableNameOrOptions extends
-    | keyof DefaultSchema["Tables"]
-    | { schema: keyof DatabaseWithoutInternals },
-  TableName extends DefaultSchemaTableNameOrOptions extends {
-    schema: keyof DatabaseWithoutInternals
-  }
-    ? keyof DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
-    : never = never,
-> = DefaultSchemaTableNameOrOptions extends {
-  schema: keyof DatabaseWithoutInternals
-}
-  ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
-      Update: infer U
-    }
-    ? U
-    : never
-  : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
-    ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
-        Update: infer U
-      }
-      ? U
-      : never
-    : never
+"#;
 
-export type Enums<
-  DefaultSchemaEnumNameOrOptions extends
-    | keyof DefaultSchema["Enums"]
+/// `Enums` and `CompositeTypes`: one shape, for a schema's enums and composite types.
+const BY_NAME: &str = r#"export type {KEY}<
+  {PARAM} extends
+    | keyof DefaultSchema["{KEY}"]
     | { schema: keyof DatabaseWithoutInternals },
-  EnumName extends DefaultSchemaEnumNameOrOptions extends {
+  {NAME} extends {PARAM} extends {
     schema: keyof DatabaseWithoutInternals
   }
-    ? keyof DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"]
+    ? keyof DatabaseWithoutInternals[{PARAM}["schema"]]["{KEY}"]
     : never = never,
-> = DefaultSchemaEnumNameOrOptions extends {
+> = {PARAM} extends {
   schema: keyof DatabaseWithoutInternals
 }
-  ? DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"][EnumName]
-  : DefaultSchemaEnumNameOrOptions extends keyof DefaultSchema["Enums"]
-    ? DefaultSchema["Enums"][DefaultSchemaEnumNameOrOptions]
-    : never
-
-export type CompositeTypes<
-  PublicCompositeTypeNameOrOptions extends
-    | keyof DefaultSchema["CompositeTypes"]
-    | { schema: keyof DatabaseWithoutInternals },
-  CompositeTypeName extends PublicCompositeTypeNameOrOptions extends {
-    schema: keyof DatabaseWithoutInternals
-  }
-    ? keyof DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"]
-    : never = never,
-> = PublicCompositeTypeNameOrOptions extends {
-  schema: keyof DatabaseWithoutInternals
-}
-  ? DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"][CompositeTypeName]
-  : PublicCompositeTypeNameOrOptions extends keyof DefaultSchema["CompositeTypes"]
-    ? DefaultSchema["CompositeTypes"][PublicCompositeTypeNameOrOptions]
+  ? DatabaseWithoutInternals[{PARAM}["schema"]]["{KEY}"][{NAME}]
+  : {PARAM} extends keyof DefaultSchema["{KEY}"]
+    ? DefaultSchema["{KEY}"][{PARAM}]
     : never
 "#;
+
+/// The whole helper text.
+pub fn helpers() -> String {
+    let mut o = String::from(HEAD);
+    for (kind, var) in [("Insert", "I"), ("Update", "U")] {
+        o.push_str(&TABLES_WRITE.replace("{KIND}", kind).replace("{V}", var));
+    }
+    let by_name: Vec<String> = [
+        ("Enums", "DefaultSchemaEnumNameOrOptions", "EnumName"),
+        (
+            "CompositeTypes",
+            "PublicCompositeTypeNameOrOptions",
+            "CompositeTypeName",
+        ),
+    ]
+    .iter()
+    .map(|(key, param, name)| {
+        BY_NAME
+            .replace("{KEY}", key)
+            .replace("{PARAM}", param)
+            .replace("{NAME}", name)
+    })
+    .collect();
+    o.push_str(&by_name.join("\n"));
+    o
+}

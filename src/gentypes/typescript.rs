@@ -317,7 +317,7 @@ pub fn render(cat: &Catalog, opts: &Options) -> String {
         super::schema::render_schema(&ctx_view(&ctx), s, &mut o);
     }
     o.push_str("}\n");
-    o.push_str(super::helpers::HELPERS);
+    o.push_str(&super::helpers::helpers());
     o.push_str("\nexport const Constants = {\n");
     for s in &schemas {
         let enums = super::schema::enums_of(cat, s);

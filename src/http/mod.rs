@@ -1,5 +1,39 @@
 //! HTTP plumbing shared by every API: body types, responses, CORS, the router and server.
 
+/// The `AsyncWrite` methods of a stream wrapper that pass straight through to its `inner`
+/// stream: writes, vectored writes and flush (each wrapper writes its own `poll_shutdown`).
+macro_rules! forward_writes {
+    () => {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+    };
+}
+pub(crate) use forward_writes;
+
 pub mod body;
 pub mod conns;
 pub mod cors;

@@ -489,18 +489,7 @@ impl<'a> Planner<'a> {
                 .collect();
         }
         if let Some(h) = hint {
-            cands.retain(|r| {
-                r.constraint == h
-                    || r.cols.iter().any(|(a, b)| a == h || b == h)
-                    || match &r.card {
-                        Cardinality::ManyToMany {
-                            junction,
-                            fk_source,
-                            ..
-                        } => junction.1 == h || fk_source == h,
-                        _ => false,
-                    }
-            });
+            cands.retain(|r| hint_names(r, h));
         }
         // Self-reference: a constraint-name hint does not pick a direction (as PostgREST),
         // and without a column hint the one-to-many direction wins.
@@ -520,68 +509,86 @@ impl<'a> Planner<'a> {
         }
         match cands.len() {
             1 => Ok(cands[0].clone()),
-            0 => {
-                let mut e = RestError::new(
-                    400,
-                    "PGRST200",
-                    format!("Could not find a relationship between '{}' and '{}' in the schema cache", src.1, name),
-                )
-                .details(match hint {
-                    Some(h) => format!(
-                        "Searched for a foreign key relationship between '{}' and '{}' using the hint '{h}' in the schema '{}', but no matches were found.",
-                        src.1, name, src.0
-                    ),
-                    None => format!(
-                        "Searched for a foreign key relationship between '{}' and '{}' in the schema '{}', but no matches were found.",
-                        src.1, name, src.0
-                    ),
-                });
-                if let Some(s) = sc
-                    .relationships
-                    .iter()
-                    .filter(|r| &r.source == src)
-                    .map(|r| r.target.1.clone())
-                    .find(|t| similar(t, name))
-                {
-                    e = e.hint(format!("Perhaps you meant '{s}' instead of '{name}'."));
-                }
-                Err(e)
-            }
-            _ => {
-                // Prefer non-m2m over m2m only if the hint was a junction; otherwise ambiguous.
-                let details: Vec<serde_json::Value> = cands
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "cardinality": r.card_name(),
-                            "embedding": format!("{} with {}", src.1, name),
-                            "relationship": describe(r),
-                        })
-                    })
-                    .collect();
-                let opts: Vec<String> = cands
-                    .iter()
-                    .map(|r| {
-                        let h = match &r.card {
-                            Cardinality::ManyToMany { junction, .. } => junction.1.clone(),
-                            _ => r.constraint.clone(),
-                        };
-                        format!("'{name}!{h}'")
-                    })
-                    .collect();
-                Err(RestError::new(
-                    300,
-                    "PGRST201",
-                    format!("Could not embed because more than one relationship was found for '{}' and '{}'", src.1, name),
-                )
-                .details_json(serde_json::Value::Array(details))
-                .hint(format!(
-                    "Try changing '{name}' to one of the following: {}. Find the desired relationship in the 'details' key.",
-                    opts.join(", ")
-                )))
-            }
+            0 => Err(self.no_relationship(src, name, hint)),
+            _ => Err(ambiguous(src, name, &cands)),
         }
     }
+
+    /// PGRST200, with a near name as the hint when the schema has one.
+    fn no_relationship(&self, src: &(String, String), name: &str, hint: Option<&str>) -> RestError {
+        let mut e = RestError::new(
+            400,
+            "PGRST200",
+            format!("Could not find a relationship between '{}' and '{}' in the schema cache", src.1, name),
+        )
+        .details(format!(
+            "Searched for a foreign key relationship between '{}' and '{}'{} in the schema '{}', but no matches were found.",
+            src.1,
+            name,
+            hint.map(|h| format!(" using the hint '{h}'")).unwrap_or_default(),
+            src.0
+        ));
+        if let Some(s) = self
+            .sc
+            .relationships
+            .iter()
+            .filter(|r| &r.source == src)
+            .map(|r| r.target.1.clone())
+            .find(|t| similar(t, name))
+        {
+            e = e.hint(format!("Perhaps you meant '{s}' instead of '{name}'."));
+        }
+        e
+    }
+}
+
+/// PGRST201: more than one relationship fits; the hint lists the ways to say which.
+fn ambiguous(src: &(String, String), name: &str, cands: &[&Relationship]) -> RestError {
+    let details: Vec<serde_json::Value> = cands
+        .iter()
+        .map(|r| {
+            json!({
+                "cardinality": r.card_name(),
+                "embedding": format!("{} with {}", src.1, name),
+                "relationship": describe(r),
+            })
+        })
+        .collect();
+    let opts: Vec<String> = cands
+        .iter()
+        .map(|r| {
+            let h = match &r.card {
+                Cardinality::ManyToMany { junction, .. } => junction.1.clone(),
+                _ => r.constraint.clone(),
+            };
+            format!("'{name}!{h}'")
+        })
+        .collect();
+    RestError::new(
+        300,
+        "PGRST201",
+        format!("Could not embed because more than one relationship was found for '{}' and '{}'", src.1, name),
+    )
+    .details_json(serde_json::Value::Array(details))
+    .hint(format!(
+        "Try changing '{name}' to one of the following: {}. Find the desired relationship in the 'details' key.",
+        opts.join(", ")
+    ))
+}
+
+/// Whether `!hint` names this relationship: its constraint, one of its columns, or (many to
+/// many) its junction table or the junction's key to the source.
+fn hint_names(r: &Relationship, h: &str) -> bool {
+    r.constraint == h
+        || r.cols.iter().any(|(a, b)| a == h || b == h)
+        || match &r.card {
+            Cardinality::ManyToMany {
+                junction,
+                fk_source,
+                ..
+            } => junction.1 == h || fk_source == h,
+            _ => false,
+        }
 }
 
 fn describe(r: &Relationship) -> String {

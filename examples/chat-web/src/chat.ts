@@ -35,6 +35,8 @@ export class ChatView {
   private messages: Message[] = [];
   private charts: Record<string, ChartSpec[]> = {};
   private conversation: Conversation | null = null;
+  /** The page load in flight: live rows wait for it, so they land in order. */
+  private loading: Promise<void> | null = null;
   private abort: AbortController | null = null;
   private typers = new Map<string, number>();
   private typingSent = 0;
@@ -103,6 +105,7 @@ export class ChatView {
     this.typers.clear();
     this.renderTyping();
     this.list.replaceChildren();
+    this.loading = null;
     this.live.join(c?.id ?? null);
     this.renderHead([]);
     if (!c) {
@@ -124,8 +127,19 @@ export class ChatView {
     );
   }
 
+  /** The page before the oldest on screen; a second call while one loads waits for it. */
+  private loadOlder(): Promise<void> {
+    if (!this.loading) {
+      const p: Promise<void> = this.fetchOlder().finally(() => {
+        if (this.loading === p) this.loading = null;
+      });
+      this.loading = p;
+    }
+    return this.loading;
+  }
+
   /** Keyset pagination: the PAGE messages before the oldest on screen. */
-  private async loadOlder(): Promise<void> {
+  private async fetchOlder(): Promise<void> {
     const c = this.conversation;
     if (!c) return;
     let q = supabase
@@ -181,6 +195,13 @@ export class ChatView {
 
   /** A stored row arrived (over the socket): adopt it if it is one shown already. */
   private adopt(row: Message): void {
+    if (this.loading) {
+      const c = this.conversation;
+      void this.loading.then(() => {
+        if (this.conversation === c) this.adopt(row);
+      });
+      return;
+    }
     if (this.messages.some((m) => m.id === row.id)) return;
     const pending = this.messages.find(
       (m) => m.id.startsWith('tmp') && m.role === row.role && m.user_id === row.user_id && (m.role === 'assistant' || m.content === row.content),
@@ -193,7 +214,20 @@ export class ChatView {
       if (el) el.replaceWith(this.renderMessage(pending));
       return;
     }
-    this.append(row);
+    // The live stream can lag the insert, so a row may be older than rows shown: one older
+    // than the oldest comes with "load older" while there is more to load; any other goes
+    // in its place by time.
+    const at = Date.parse(row.created_at);
+    const stored = this.messages.filter((m) => !m.id.startsWith('tmp'));
+    if (stored.length && !this.older.hidden && at < Date.parse(stored[0].created_at)) return;
+    const next = stored.find((m) => Date.parse(m.created_at) > at);
+    const nextEl = next && this.list.querySelector(`[data-id="${next.id}"]`);
+    if (!next || !nextEl) {
+      this.append(row);
+      return;
+    }
+    this.messages.splice(this.messages.indexOf(next), 0, row);
+    nextEl.before(this.renderMessage(row));
   }
 
   private onLive(e: ServerEvent): void {

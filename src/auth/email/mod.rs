@@ -106,6 +106,10 @@ impl Kind {
             Kind::Sms | Kind::PhoneChange => None,
         }
     }
+    /// Sent as a text message (to a phone), not a mail.
+    fn is_sms(self) -> bool {
+        matches!(self, Kind::Sms | Kind::PhoneChange)
+    }
     fn sent_at(self, u: &User) -> Option<chrono::DateTime<Utc>> {
         match self {
             Kind::Signup | Kind::Invite | Kind::Sms => u.confirmation_sent_at,
@@ -136,7 +140,7 @@ pub async fn send(
     deliver: bool,
 ) -> AuthResult<Sent> {
     let cfg = &state.config.auth;
-    let sms = matches!(kind, Kind::Sms | Kind::PhoneChange);
+    let sms = kind.is_sms();
     let test_otp = if sms {
         cfg.sms_test_otp.get(to).cloned()
     } else {
@@ -152,24 +156,7 @@ pub async fn send(
         ));
     }
     if deliver {
-        if let Some(at) = kind.sent_at(u) {
-            let wait = cfg.email_max_frequency as i64 - (Utc::now() - at).num_seconds();
-            if wait > 0 {
-                return Err(AuthError::new(
-                    http::StatusCode::TOO_MANY_REQUESTS,
-                    "over_email_send_rate_limit",
-                    format!(
-                        "For security purposes, you can only request this after {wait} seconds."
-                    ),
-                ));
-            }
-        }
-        ratelimit::check_email(state, tx, to).await?;
-        if sms {
-            ratelimit::check_sms(state, tx).await?;
-        } else {
-            ratelimit::check_email_sent(state, tx).await?;
-        }
+        check_limits(state, tx, u, kind, to).await?;
     }
     let otp = test_otp.unwrap_or_else(util::otp);
     let token_hash = util::token_hash(to, &otp);
@@ -196,63 +183,111 @@ pub async fn send(
         kind.link_type(),
         percent_encoding::utf8_percent_encode(redirect, percent_encoding::NON_ALPHANUMERIC)
     );
-    if deliver {
-        let name = kind.template();
-        let subject = name
-            .and_then(|n| cfg.email_subjects.get(n))
-            .map(String::as_str)
-            .unwrap_or(kind.subject());
-        let custom = name.and_then(|n| state.auth.templates.get(n));
-        let body = match (custom, kind) {
-            (Some(tpl), _) => {
-                let new_email = if matches!(kind, Kind::EmailChange | Kind::EmailChangeCurrent) {
-                    if kind == Kind::EmailChange {
-                        to.to_string()
-                    } else {
-                        u.email_change.clone()
-                    }
-                } else {
-                    String::new()
-                };
-                render(
-                    tpl,
-                    &[
-                        ("ConfirmationURL", &action_link),
-                        ("Token", &otp),
-                        ("TokenHash", &token_hash),
-                        ("SiteURL", &cfg.site_url),
-                        ("RedirectTo", redirect),
-                        ("Email", u.email.as_deref().unwrap_or(to)),
-                        ("NewEmail", &new_email),
-                    ],
-                )
-            }
-            (None, Kind::Reauthentication | Kind::Sms | Kind::PhoneChange) => {
-                format!("Enter the code: {otp}")
-            }
-            (None, _) => format!(
-                "{}\n\nFollow this link: {action_link}\n\nOr enter the code: {otp}\n",
-                kind.subject()
-            ),
-        };
-        tx.execute(
-            "insert into auth.oxibase_outbox (recipient, kind, subject, body, html, otp, token_hash, action_link)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&to, &kind.link_type(), &subject, &body, &custom.is_some(), &otp, &token_hash, &action_link],
-        )
-        .await.map_err(AuthError::pg)?;
-        if state.auth.smtp.is_none() {
-            tracing::info!(
-                kind = kind.link_type(),
-                "mail queued in the local inbox (GET /auth/v1/inbox)"
-            );
-        }
-    }
-    Ok(Sent {
+    let sent = Sent {
         otp,
         token_hash,
         action_link,
-    })
+    };
+    if deliver {
+        queue(state, tx, u, kind, to, redirect, &sent).await?;
+    }
+    Ok(sent)
+}
+
+/// Refuse a message sent again sooner than the per-kind frequency allows, or over the
+/// per-address and global hourly limits.
+async fn check_limits(
+    state: &AppState,
+    tx: &tokio_postgres::Transaction<'_>,
+    u: &User,
+    kind: Kind,
+    to: &str,
+) -> AuthResult<()> {
+    let cfg = &state.config.auth;
+    if let Some(at) = kind.sent_at(u) {
+        let wait = cfg.email_max_frequency as i64 - (Utc::now() - at).num_seconds();
+        if wait > 0 {
+            return Err(AuthError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "over_email_send_rate_limit",
+                format!("For security purposes, you can only request this after {wait} seconds."),
+            ));
+        }
+    }
+    ratelimit::check_email(state, tx, to).await?;
+    if kind.is_sms() {
+        ratelimit::check_sms(state, tx).await?;
+    } else {
+        ratelimit::check_email_sent(state, tx).await?;
+    }
+    Ok(())
+}
+
+/// Put the message for `sent` in the outbox (the SMTP sender or the local inbox takes it
+/// from there), in the project's template when it has one.
+async fn queue(
+    state: &AppState,
+    tx: &tokio_postgres::Transaction<'_>,
+    u: &User,
+    kind: Kind,
+    to: &str,
+    redirect: &str,
+    sent: &Sent,
+) -> AuthResult<()> {
+    let cfg = &state.config.auth;
+    let name = kind.template();
+    let subject = name
+        .and_then(|n| cfg.email_subjects.get(n))
+        .map(String::as_str)
+        .unwrap_or(kind.subject());
+    let custom = name.and_then(|n| state.auth.templates.get(n));
+    let body = match (custom, kind) {
+        (Some(tpl), _) => {
+            let new_email = if matches!(kind, Kind::EmailChange | Kind::EmailChangeCurrent) {
+                if kind == Kind::EmailChange {
+                    to.to_string()
+                } else {
+                    u.email_change.clone()
+                }
+            } else {
+                String::new()
+            };
+            render(
+                tpl,
+                &[
+                    ("ConfirmationURL", &sent.action_link),
+                    ("Token", &sent.otp),
+                    ("TokenHash", &sent.token_hash),
+                    ("SiteURL", &cfg.site_url),
+                    ("RedirectTo", redirect),
+                    ("Email", u.email.as_deref().unwrap_or(to)),
+                    ("NewEmail", &new_email),
+                ],
+            )
+        }
+        (None, Kind::Reauthentication | Kind::Sms | Kind::PhoneChange) => {
+            format!("Enter the code: {}", sent.otp)
+        }
+        (None, _) => format!(
+            "{}\n\nFollow this link: {}\n\nOr enter the code: {}\n",
+            kind.subject(),
+            sent.action_link,
+            sent.otp
+        ),
+    };
+    tx.execute(
+        "insert into auth.oxibase_outbox (recipient, kind, subject, body, html, otp, token_hash, action_link)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[&to, &kind.link_type(), &subject, &body, &custom.is_some(), &sent.otp, &sent.token_hash, &sent.action_link],
+    )
+    .await.map_err(AuthError::pg)?;
+    if state.auth.smtp.is_none() {
+        tracing::info!(
+            kind = kind.link_type(),
+            "mail queued in the local inbox (GET /auth/v1/inbox)"
+        );
+    }
+    Ok(())
 }
 
 /// Substitute Supabase's template variables (`{{ .Name }}`, spacing optional).
