@@ -57,8 +57,8 @@ pub struct State {
     pub smtp: Option<email::Smtp>,
     /// Custom email templates by Supabase's names (see `auth.email_templates_dir`).
     pub templates: std::collections::HashMap<String, String>,
-    /// See [`password::dummy_hash`].
-    pub dummy_hash: String,
+    /// See [`password::DummyHash`].
+    pub dummy_hash: password::DummyHash,
 }
 
 pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
@@ -90,10 +90,7 @@ pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
             a.custom_access_token_hook
         ));
     }
-    let cost = a.password_hash_cost;
-    let dummy_hash = tokio::task::spawn_blocking(move || password::dummy_hash(cost))
-        .await
-        .map_err(|e| e.to_string())?;
+    let dummy_hash = password::DummyHash::new(a.password_hash_cost);
     let templates = email::load_templates(a.email_templates_dir.as_deref())?;
     Ok(State {
         smtp,
@@ -105,6 +102,10 @@ pub async fn init(config: &Config, _pool: &Pool) -> Result<State, String> {
 /// Background work: deliver queued mail (when SMTP is configured) and sweep old rate-limit
 /// windows, expired flow states and old outbox rows.
 pub fn spawn_background(state: &AppState) {
+    let warm = state.clone();
+    tokio::spawn(async move {
+        warm.auth.dummy_hash.get().await;
+    });
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));

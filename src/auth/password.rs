@@ -4,9 +4,36 @@
 use super::error::{AuthError, AuthResult};
 use crate::config::AuthConfig;
 
-/// A hash of nothing in particular at the configured cost (made once at start), verified
-/// when the user does not exist or has no password, so the answer takes as long.
-pub fn dummy_hash(cost: u32) -> String {
+/// A hash of nothing in particular at the configured cost, verified when the user does not
+/// exist or has no password, so the answer takes as long. It is made once, on the blocking
+/// pool, by the first caller or by the warm-up that `auth::spawn_background` starts after
+/// the server listens (a hash costs as long as a sign-in, so start-up does not wait for it).
+pub struct DummyHash {
+    cost: u32,
+    hash: tokio::sync::OnceCell<String>,
+}
+
+impl DummyHash {
+    pub fn new(cost: u32) -> DummyHash {
+        DummyHash {
+            cost,
+            hash: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> &str {
+        let cost = self.cost;
+        self.hash
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || dummy_hash(cost))
+                    .await
+                    .unwrap_or_default()
+            })
+            .await
+    }
+}
+
+fn dummy_hash(cost: u32) -> String {
     bcrypt::hash("oxibase-timing-equalizer", cost).unwrap_or_default()
 }
 
@@ -19,11 +46,11 @@ pub async fn hash(password: &str, cost: u32) -> AuthResult<String> {
 }
 
 /// Does `password` match `stored`? A missing or malformed hash never matches.
-pub async fn verify(password: &str, stored: Option<&str>, dummy: &str) -> bool {
+pub async fn verify(password: &str, stored: Option<&str>, dummy: &DummyHash) -> bool {
     let p = password.to_string();
     let (h, real) = match stored.filter(|s| s.starts_with("$2")) {
         Some(s) => (s.to_string(), true),
-        None => (dummy.to_string(), false),
+        None => (dummy.get().await.to_string(), false),
     };
     let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &h).unwrap_or(false))
         .await
@@ -97,9 +124,10 @@ mod tests {
     #[tokio::test]
     async fn bcrypt_roundtrip_and_imported_hashes() {
         let h = hash("secret-pw", 4).await.unwrap();
-        let dummy = dummy_hash(4);
+        let dummy = DummyHash::new(4);
         assert!(verify("secret-pw", Some(&h), &dummy).await);
         assert!(!verify("wrong", Some(&h), &dummy).await);
         assert!(!verify("oxibase-timing-equalizer", None, &dummy).await);
+        assert!(dummy.get().await.starts_with("$2"));
     }
 }

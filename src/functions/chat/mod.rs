@@ -47,28 +47,50 @@ pub const NAME: &str = "chat-completion";
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// This function's share of the functions state: one HTTP client (connection pool) for
-/// every provider call.
+/// every provider call, built on the first call (it reads the system's root certificates,
+/// which a server that never calls a provider need not hold in memory).
 pub struct State {
-    client: reqwest::Client,
+    connect: Duration,
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 pub fn init(cfg: &FunctionsConfig) -> Result<State, String> {
-    let connect = Duration::from_secs(cfg.provider_timeout_secs.min(10));
-    let client = reqwest::Client::builder()
-        .connect_timeout(connect)
-        .user_agent(concat!("oxibase/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .or_else(|e| {
-            // A machine whose certificate store cannot be read still serves plain-HTTP
-            // providers (local models); HTTPS calls then fail with a clear 502.
-            tracing::warn!(error = %e, "provider client without the system's root certificates");
+    Ok(State {
+        connect: Duration::from_secs(cfg.provider_timeout_secs.min(10)),
+        client: std::sync::OnceLock::new(),
+    })
+}
+
+impl State {
+    /// The provider client; an error only when no client can be built at all.
+    fn client(&self) -> Result<&reqwest::Client, FnError> {
+        let built = self.client.get_or_init(|| {
+            let connect = self.connect;
             reqwest::Client::builder()
                 .connect_timeout(connect)
-                .tls_built_in_native_certs(false)
+                .user_agent(concat!("oxibase/", env!("CARGO_PKG_VERSION")))
                 .build()
+                .or_else(|e| {
+                    // A machine whose certificate store cannot be read still serves
+                    // plain-HTTP providers (local models); HTTPS calls then fail with a
+                    // clear 502.
+                    tracing::warn!(error = %e, "provider client without the system's root certificates");
+                    reqwest::Client::builder()
+                        .connect_timeout(connect)
+                        .tls_built_in_native_certs(false)
+                        .build()
+                })
+                .map_err(|e| format!("chat-completion HTTP client: {e}"))
+        });
+        built.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "no provider client");
+            FnError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                "The server cannot make HTTP calls to providers.",
+            )
         })
-        .map_err(|e| format!("chat-completion HTTP client: {e}"))?;
-    Ok(State { client })
+    }
 }
 
 /// The gateway's entry: always a response, carrying the usage details for `api_usage`.

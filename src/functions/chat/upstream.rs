@@ -40,7 +40,7 @@ pub(super) async fn send(state: &AppState, call: &Call<'_>) -> Result<reqwest::R
     let mut rb = state
         .functions
         .chat
-        .client
+        .client()?
         .post(call.url())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(
