@@ -27,6 +27,7 @@ pub(crate) mod realtime;
 pub(crate) mod rest;
 pub mod state;
 pub mod storage;
+pub(crate) mod trim;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -381,6 +382,7 @@ impl Server {
         backup::schedule::spawn(&state, &admin_url);
         dashboard::spawn_background(&state);
         let (tx, rx) = watch::channel(false);
+        trim::spawn(&state, rx.clone());
         let serve = tokio::spawn(http::server::serve(listeners, state.clone(), rx));
         Ok(Server {
             state,
