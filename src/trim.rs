@@ -14,30 +14,25 @@ use std::time::Duration;
 
 use crate::state::AppState;
 
-/// How long without a request before the code pages that requests used are released.
-const IDLE: Duration = Duration::from_secs(60);
+/// How often the request count is looked at, and how many looks in a row must find it
+/// unchanged before the code pages that requests used are released (a quiet minute).
+const TURN: Duration = Duration::from_secs(15);
+const QUIET_TURNS: u32 = 4;
 
 /// Release the start-up code pages once the background tasks have had their first turn,
-/// then again whenever requests were served and a quiet `IDLE` followed; ends at shutdown.
+/// then again whenever requests were served and a quiet minute followed; ends at shutdown.
 pub fn spawn(state: &AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let state = state.clone();
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(1);
-        let mut seen = state.metrics.totals().0;
-        let mut used = true;
+        let mut when = When::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
-            wait = IDLE;
-            let served = state.metrics.totals().0;
-            if served != seen {
-                (seen, used) = (served, true);
-                continue;
-            }
-            if used {
-                used = false;
+            wait = TURN;
+            if when.tick(state.metrics.totals().0) {
                 let bytes = tokio::task::spawn_blocking(release_code_pages)
                     .await
                     .unwrap_or(0);
@@ -45,6 +40,32 @@ pub fn spawn(state: &AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
         }
     });
+}
+
+/// When to release, told the count of requests served at each turn.
+#[derive(Default)]
+struct When {
+    started: bool,
+    seen: u64,
+    used: bool,
+    quiet: u32,
+}
+
+impl When {
+    fn tick(&mut self, served: u64) -> bool {
+        if !self.started {
+            // The first turn releases start-up's pages whatever was served meanwhile (a
+            // health probe waiting for the start, say).
+            (self.started, self.seen) = (true, served);
+            return true;
+        }
+        if served != self.seen {
+            (self.seen, self.used, self.quiet) = (served, true, 0);
+            return false;
+        }
+        self.quiet += 1;
+        self.used && self.quiet >= QUIET_TURNS && std::mem::take(&mut self.used)
+    }
 }
 
 /// A mapping of the executable that may be released: `[start, end)`.
@@ -156,6 +177,21 @@ mod tests {
             ]
         );
         assert!(releasable(MAPS, 1).is_empty());
+    }
+
+    #[test]
+    fn released_after_start_then_after_a_quiet_minute_that_followed_requests() {
+        let mut w = When::default();
+        assert!(w.tick(3), "start-up's pages go at the first turn");
+        assert!(!w.tick(3), "nothing served since: nothing to release");
+        assert!(!w.tick(10), "requests in this turn: wait for a quiet minute");
+        assert!(!w.tick(12), "still busy");
+        for _ in 1..QUIET_TURNS {
+            assert!(!w.tick(12), "not quiet long enough");
+        }
+        assert!(w.tick(12), "a quiet minute after requests releases");
+        assert!(!w.tick(12), "once");
+        assert!(!w.tick(12));
     }
 
     #[test]
