@@ -184,7 +184,10 @@ mod tests {
         let mut w = When::default();
         assert!(w.tick(3), "start-up's pages go at the first turn");
         assert!(!w.tick(3), "nothing served since: nothing to release");
-        assert!(!w.tick(10), "requests in this turn: wait for a quiet minute");
+        assert!(
+            !w.tick(10),
+            "requests in this turn: wait for a quiet minute"
+        );
         assert!(!w.tick(12), "still busy");
         for _ in 1..QUIET_TURNS {
             assert!(!w.tick(12), "not quiet long enough");
