@@ -5,7 +5,9 @@
 //! process's mappings of its executable's read-only segments. The bytes stay in the page
 //! cache; code that runs again faults its pages back in (a minor fault, no disk read while
 //! the cache holds them). The same happens after a burst of requests, once the server has
-//! been idle for a minute: the first request after it pays a millisecond or so of faults.
+//! been idle for a minute: the first request after it faults its code back in. A uprobe
+//! placed on oxibase's code (bpftrace, perf) lives in a private copy of its page, which a
+//! release drops: place such probes after the server has been up for a minute.
 
 #![allow(unsafe_code)]
 
@@ -63,7 +65,7 @@ impl When {
             (self.seen, self.used, self.quiet) = (served, true, 0);
             return false;
         }
-        self.quiet += 1;
+        self.quiet = self.quiet.saturating_add(1);
         self.used && self.quiet >= QUIET_TURNS && std::mem::take(&mut self.used)
     }
 }
@@ -75,11 +77,12 @@ struct Span {
     end: usize,
 }
 
-/// The read-only, never-written mappings of the executable with inode `ino` in a
+/// The read-only, never-written mappings of the executable (inode `ino`, path `path`) in a
 /// `/proc/self/maps` text: the code (`r-xp`) and the read-only data mapped before it
 /// (`r--p` at a lower file offset). Relocated read-only data (RELRO) is mapped after the
 /// code and holds pages the loader wrote, so it is never included; nor is anything writable.
-fn releasable(maps: &str, ino: u64) -> Vec<Span> {
+fn releasable(maps: &str, ino: u64, path: &str) -> Vec<Span> {
+    let path: Vec<&str> = path.split_ascii_whitespace().collect();
     let mut exe = Vec::new();
     for line in maps.lines() {
         let mut f = line.split_ascii_whitespace();
@@ -88,7 +91,7 @@ fn releasable(maps: &str, ino: u64) -> Vec<Span> {
         else {
             continue;
         };
-        if inode.parse::<u64>().ok() != Some(ino) {
+        if inode.parse::<u64>().ok() != Some(ino) || !f.eq(path.iter().copied()) {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else {
@@ -120,14 +123,15 @@ fn releasable(maps: &str, ino: u64) -> Vec<Span> {
 /// Drop this process's page mappings of its own code and read-only data; returns the bytes
 /// of address space advised (0 where nothing could be read or advised).
 pub fn release_code_pages() -> usize {
-    let (Ok(meta), Ok(maps)) = (
+    let (Ok(meta), Ok(path), Ok(maps)) = (
         std::fs::metadata("/proc/self/exe"),
+        std::fs::read_link("/proc/self/exe"),
         std::fs::read_to_string("/proc/self/maps"),
     ) else {
         return 0;
     };
     let mut advised = 0;
-    for s in releasable(&maps, meta.ino()) {
+    for s in releasable(&maps, meta.ino(), &path.to_string_lossy()) {
         let len = s.end - s.start;
         // SAFETY: the span is a whole private mapping of the executable file that is
         // read-only and was never written: the linker refuses dynamic relocations in
@@ -159,12 +163,13 @@ mod tests {
 55d0a3100000-55d0a3200000 rw-p 03100000 fd:01 4242 /usr/bin/oxibase
 55d0a3200000-55d0a3300000 rw-p 00000000 00:00 0 [heap]
 7f0000000000-7f0000100000 r-xp 00001000 fd:01 777 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1000000000-7f1000100000 r-xp 00001000 08:02 4242 /opt/other
 ";
 
     #[test]
     fn only_the_code_and_the_read_only_data_before_it() {
         assert_eq!(
-            releasable(MAPS, 4242),
+            releasable(MAPS, 4242, "/usr/bin/oxibase"),
             vec![
                 Span {
                     start: 0x55d0a0000000,
@@ -176,7 +181,10 @@ mod tests {
                 },
             ]
         );
-        assert!(releasable(MAPS, 1).is_empty());
+        assert!(releasable(MAPS, 1, "/usr/bin/oxibase").is_empty());
+        // Another file with the same inode number (on another device) is not ours.
+        assert_eq!(releasable(MAPS, 4242, "/opt/other").len(), 1);
+        assert!(releasable(MAPS, 4242, "/usr/bin/oxibase (deleted)").is_empty());
     }
 
     #[test]
