@@ -260,15 +260,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
                 .await.map_err(AuthError::pg)?;
         }
         if let Some(e) = email.as_deref().filter(|e| Some(*e) != u.email.as_deref()) {
-            let taken = tx
-                .query_opt(
-                    "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
-                    &[&e, &id],
-                )
-                .await.map_err(AuthError::pg)?;
-            if taken.is_some() {
-                return Err(AuthError::email_exists());
-            }
+            users::refuse_taken_email(tx, e, id).await?;
             tx.execute(
                 "update auth.users set email = $2, email_change = '', email_change_token_new = '' where id = $1",
                 &[&id, &e],
@@ -277,19 +269,7 @@ async fn update(state: &AppState, call: &Call, id: Uuid) -> AuthResult<Resp> {
             email::ensure_email_identity(tx, id).await?;
         }
         if let Some(p) = phone.as_deref().filter(|p| Some(*p) != u.phone.as_deref()) {
-            if tx
-                .query_opt(
-                    "select 1 from auth.users where phone = $1 and id <> $2",
-                    &[&p, &id],
-                )
-                .await.map_err(AuthError::pg)?
-                .is_some()
-            {
-                return Err(AuthError::unprocessable(
-                    "phone_exists",
-                    "Phone number already registered by another user",
-                ));
-            }
+            users::refuse_taken_phone(tx, p, id).await?;
             tx.execute("update auth.users set phone = $2 where id = $1", &[&id, &p])
                 .await.map_err(AuthError::pg)?;
         }

@@ -131,16 +131,7 @@ async fn change_email(
     redirect: &str,
 ) -> AuthResult<()> {
     let cfg = &state.config.auth;
-    let taken = tx
-        .query_opt(
-            "select 1 from auth.users where lower(email) = $1 and id <> $2 and deleted_at is null",
-            &[&e, &u.id],
-        )
-        .await
-        .map_err(AuthError::pg)?;
-    if taken.is_some() {
-        return Err(AuthError::email_exists());
-    }
+    users::refuse_taken_email(tx, e, u.id).await?;
     tx.execute(
         "update auth.users set email_change = $2, updated_at = now() where id = $1",
         &[&u.id, &e],
@@ -194,16 +185,7 @@ async fn change_phone(
     redirect: &str,
 ) -> AuthResult<()> {
     let cfg = &state.config.auth;
-    let taken = tx
-        .query_opt(
-            "select 1 from auth.users where phone = $1 and id <> $2 and deleted_at is null",
-            &[&p, &u.id],
-        )
-        .await
-        .map_err(AuthError::pg)?;
-    if taken.is_some() {
-        return Err(AuthError::phone_exists());
-    }
+    users::refuse_taken_phone(tx, p, u.id).await?;
     if cfg.autoconfirm {
         tx.execute(
             "update auth.users set phone = $2, phone_confirmed_at = now(), updated_at = now() where id = $1",

@@ -87,6 +87,45 @@ pub async fn by_id(c: &impl GenericClient, id: Uuid) -> AuthResult<Option<User>>
         .transpose()
 }
 
+/// Is `email` (any case) the address of another live user than `except`? Refused then with
+/// `email_exists`, as GoTrue does.
+pub async fn refuse_taken_email(
+    c: &impl GenericClient,
+    email: &str,
+    except: Uuid,
+) -> AuthResult<()> {
+    let taken = c
+        .query_opt(
+            "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
+            &[&email, &except],
+        )
+        .await
+        .map_err(AuthError::pg)?;
+    match taken {
+        Some(_) => Err(AuthError::email_exists()),
+        None => Ok(()),
+    }
+}
+
+/// The same for a phone number (`phone_exists`).
+pub async fn refuse_taken_phone(
+    c: &impl GenericClient,
+    phone: &str,
+    except: Uuid,
+) -> AuthResult<()> {
+    let taken = c
+        .query_opt(
+            "select 1 from auth.users where phone = $1 and id <> $2 and deleted_at is null",
+            &[&phone, &except],
+        )
+        .await
+        .map_err(AuthError::pg)?;
+    match taken {
+        Some(_) => Err(AuthError::phone_exists()),
+        None => Ok(()),
+    }
+}
+
 /// The live (not soft-deleted) user with this email, locked for the transaction.
 pub async fn by_email(c: &impl GenericClient, email: &str) -> AuthResult<Option<User>> {
     let q = format!(

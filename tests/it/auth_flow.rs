@@ -684,6 +684,45 @@ async fn admin_api() {
         )
         .await;
     assert_eq!((s, v["code"].as_str()), (422, Some("email_exists")));
+    // Updating a user to another user's address is refused in GoTrue's words.
+    let (s, v) = a
+        .post(
+            "admin/users",
+            SERVICE_KEY,
+            json!({"phone": "15550001111", "phone_confirm": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let with_phone = v["id"].as_str().unwrap().to_string();
+    let (s, v) = a
+        .put(
+            &format!("admin/users/{id}"),
+            SERVICE_KEY,
+            json!({"phone": "15550001111"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("phone_exists")), "{v}");
+    assert_eq!(
+        v["msg"],
+        "A user with this phone number has already been registered"
+    );
+    let (s, v) = a
+        .put(
+            &format!("admin/users/{with_phone}"),
+            SERVICE_KEY,
+            json!({"email": "E1@example.com"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("email_exists")), "{v}");
+    let (s, _, _) = a
+        .call(
+            "DELETE",
+            &format!("admin/users/{with_phone}"),
+            SERVICE_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
     let (s, v) = a
         .post(
             "admin/users",

@@ -162,15 +162,7 @@ async fn confirm_email_change(
         .map_err(AuthError::pg)?;
         return Ok(None);
     }
-    let taken = tx
-        .query_opt(
-            "select 1 from auth.users where lower(email) = lower($1) and id <> $2 and deleted_at is null",
-            &[&u.email_change, &u.id],
-        )
-        .await.map_err(AuthError::pg)?;
-    if taken.is_some() {
-        return Err(AuthError::email_exists());
-    }
+    users::refuse_taken_email(tx, &u.email_change, u.id).await?;
     tx.execute(
         "update auth.users set email = email_change, email_change = '', email_change_token_new = '',
            email_change_token_current = '', email_change_confirm_status = 0,
